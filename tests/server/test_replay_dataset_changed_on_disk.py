@@ -184,3 +184,32 @@ def test_a_rerecording_while_serve_loads_its_modality_config_is_refused(tmp_path
     with pytest.raises(DatasetError) as refused:
         policy.reset(session("robot", episode_index=0))
     assert changed(root) in str(refused.value)
+
+
+def test_a_modality_config_in_meta_byte_compiled_and_a_relative_path_left_by_a_chdir_are_no_change(tmp_path,
+                                                                                                 monkeypatch):
+    """Both refused every reset of an unchanged dataset once serve took the signatures before running the config: a
+    cfg.py kept in meta/ left meta/__pycache__/cfg.cpython-*.pyc when imported, and a relative --dataset-path named
+    other files once the config changed directory to read its neighbours."""
+    from gr00t_server.cli import _replay_policy, build_parser
+
+    root = make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=("image",))
+    config = root / "meta" / "cfg.py"
+    config.write_text(
+        "import os\n"
+        "from gr00t_client.modality import ModalityConfig\n"
+        "from gr00t_server.modality_configs import register_modality_config\n"
+        "os.chdir(os.path.dirname(os.path.abspath(__file__)))  # reads its neighbour files\n"
+        "register_modality_config('meta_kept_tag', {\n"
+        "    'video': ModalityConfig(delta_indices=[0], modality_keys=['image']),\n"
+        "    'state': ModalityConfig(delta_indices=[0], modality_keys=['arm', 'gripper']),\n"
+        "    'action': ModalityConfig(delta_indices=[0, 1, 2, 3], modality_keys=['arm', 'gripper']),\n"
+        "})\n")
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    monkeypatch.setattr("sys.dont_write_bytecode", False)
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["serve", "--dataset-path", "ds", "--modality-config-path", str(config)])
+    policy, _ = _replay_policy(args, None)
+    assert any((root / "meta" / "__pycache__").glob("cfg.*.pyc"))  # the import wrote its byte code there
+    for episode in range(len(LENGTHS)):
+        policy.reset(session("robot", episode_index=episode))  # not refused as 'changed on disk'

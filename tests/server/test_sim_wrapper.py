@@ -824,6 +824,22 @@ def test_serving_a_client_of_a_replay_server_is_refused_naming_the_chain(tmp_pat
                 assert "every client of this server would share its one session" in str(refused.value)
 
 
+def test_a_client_of_a_replay_server_swapped_in_while_serving_is_refused_too(tmp_path):
+    """The check ran only at construction: `server.policy = gateway` on a running server let robot A get robot B's
+    episode. The assignment is refused, and the policy served stays the one before."""
+    from gr00t_client import PolicyClient
+    from serving import running_server
+
+    root = make_dataset(tmp_path / "ds", lengths=(6, 9), cameras=("image",))
+    with running_server(ReplayPolicy(root, execution_horizon=2)) as inner, \
+            PolicyClient(port=inner.port, timeout_ms=10000) as client:
+        served = RecordingPolicy()
+        with running_server(served) as outer:
+            with pytest.raises(ValueError, match=r"ends in a PolicyClient of the replay server"):
+                outer.policy = Gr00tSimPolicyWrapper(client, strict=False)
+            assert outer.policy is served
+
+
 def test_serving_a_client_of_a_stateless_server_is_allowed(tmp_path):
     """A gateway to a policy without sessions (a model's server) loses nothing by its one session: served as before."""
     from gr00t_client import PolicyClient

@@ -31,12 +31,17 @@ def meta_files(root: Path) -> List[Path]:
     (WRITER_LEFTOVERS), sorted."""
     meta = Path(root) / "meta"
     return sorted(p for p in files_under(meta) if p.name not in STATS_FILES and p.suffix not in WRITER_LEFTOVERS
-                  and not any(part.startswith(".") for part in p.relative_to(meta).parts))
+                  and p.suffix not in BYTECODE_SUFFIXES
+                  and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(meta).parts))
 
 
 # Statistics files, which GR00T's stats tooling writes next to a dataset's others (relative_stats.json, after the
 # recording): one written under a running replay made every episode not yet read refused as 'changed on disk'.
 STATS_FILES = ("stats.json", "relative_stats.json", "episodes_stats.jsonl")
+
+# Python's byte code of a `.py` modality config kept in meta/ (__pycache__/*.pyc, written when serve imports it): no
+# reader reads it, and written after the signatures were taken it made every reset refused as 'changed on disk'.
+BYTECODE_SUFFIXES = (".pyc", ".pyo")
 
 # Suffixes of the names earlier `gr00t-eval record` versions staged meta files under (NAME.tmp, NAME.prev): one a kill -9
 # left mid-rewrite is read by no reader, and hashed it made the same episodes another dataset.
@@ -59,7 +64,9 @@ class DatasetChanges:
     served with the lengths and seeds of the one it loaded. Once a change is seen, every later check refuses."""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        # absolute: a relative root would name other files once the process changes directory (a .py modality
+        # config may, to read its neighbours), and every file would look removed
+        self.root = Path(root).absolute()
         self._meta = self._meta_signatures()
         self._data: Dict[Path, Optional[Signature]] = {}
         self.change: Optional[str] = None  # the first change seen, e.g. "meta/episodes.jsonl rewritten"

@@ -143,8 +143,7 @@ class PolicyServer(BuiltinEndpoints):
         if metrics_port is not None and metrics_port != 0 and metrics_port == port:
             raise ValueError(f"metrics_port {metrics_port} is also port: the metrics endpoint needs a port of its own "
                              "(pass another, or 0 for any free one)")
-        check_no_shared_replay_session(policy)
-        self.policy = policy
+        self.policy = policy  # checked (the property's setter)
         # Facts about the policy's wrapper chain (_policy_fact), learnt once per policy object: [policy, {fact: value}]
         self._policy_facts: List[Any] = [None, {}]
         self.host = normalize_host(host)
@@ -291,6 +290,18 @@ class PolicyServer(BuiltinEndpoints):
                 and self.is_built_in("get_action"))
 
     # --- lifetime -------------------------------------------------------------------------------
+
+    @property
+    def policy(self) -> BasePolicy:
+        """The policy served; another may be assigned while serving (session_table then starts afresh)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: BasePolicy) -> None:
+        # a chain whose one PolicyClient session of a replay server every client would share is refused, whether given
+        # at construction or swapped in while serving
+        check_no_shared_replay_session(policy)
+        self._policy = policy
 
     def session_table(self) -> SessionTable:
         """The sessions of the policy served now. A policy swapped in while serving (`server.policy = ...`) holds none
