@@ -20,7 +20,7 @@ BUILD_VENV := build/dist-venv
 BUILD_PY := $(BUILD_VENV)/bin/python
 PACKAGES := gr00t-client gr00t-eval gr00t-server
 
-.PHONY: install test demo dist dist-check dist-check-python bench lint clean
+.PHONY: install test demo dist dist-check bench lint clean
 
 install: $(STAMP)
 
@@ -52,12 +52,12 @@ dist:
 # Install the wheels from dist/ into fresh venvs (client alone with numpy 2 and 1, eval alone, server with and
 # without [replay]) and smoke-test each against a real replay server. The server venv downloads torch
 # (TORCH_SPEC / TORCH_INDEX_URL) and transformers: minutes and ~1.3 GB.
-# The Python check comes first: dist would otherwise build for a minute before an older Python is refused.
-dist-check: dist-check-python dist
-	$(PYTHON) scripts/dist_check.py --dist dist --torch-spec '$(TORCH_SPEC)' --torch-index-url '$(TORCH_INDEX_URL)'
-
-dist-check-python:
+# The Python check comes first (in the recipe, so that `make -j` cannot start dist's rm -rf dist beside it): dist
+# would otherwise build for a minute before an older Python is refused.
+dist-check:
 	$(PYTHON) scripts/dist_check.py --check-python
+	$(MAKE) dist
+	$(PYTHON) scripts/dist_check.py --dist dist --torch-spec '$(TORCH_SPEC)' --torch-index-url '$(TORCH_INDEX_URL)'
 
 bench: install
 	$(PY) benchmarks/wire_latency.py

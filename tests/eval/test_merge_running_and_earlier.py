@@ -202,3 +202,21 @@ def test_a_partial_merge_merged_with_its_missing_shard_passes_on_its_own_shards_
     assert (f"{partial} is an incomplete merge: continue its shard {shards / 'results_shard0of2.json'} with "
             f"gr00t-eval rollout --resume {shards} --shard 0/2") in line, line
     assert "merge it again with the missing shards" not in line, line
+    # gathered as links (a folder of links to each node's files): the resume names the shards' own folder, where
+    # their run files are, not the links' (whose resume failed: no run_shard0of2.json there)
+    collected = tmp_path / "collected"
+    collected.mkdir()
+    for name in ("results_shard0of2.json", "results_shard1of2.json"):
+        (collected / name).symlink_to(shards / name)
+    assert cli.main(["merge", str(collected), "--output", str(tmp_path / "direct" / "merged.json")]) == 1
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("INCOMPLETE"))
+    assert f"gr00t-eval rollout --resume {shards} --shard 0/2" in line, line
+    assert f"--resume {collected}" not in line, line
+    partial = tmp_path / "p2" / "partial.json"
+    assert cli.main(["merge", str(collected / "results_shard0of2.json"), "--allow-missing", "--output",
+                     str(partial)]) == 1
+    capsys.readouterr()
+    assert cli.main(["merge", str(partial), str(collected / "results_shard1of2.json"),
+                     "--output", str(tmp_path / "full2" / "merged.json")]) == 1
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("INCOMPLETE"))
+    assert f"gr00t-eval rollout --resume {shards} --shard 0/2" in line and f"--resume {collected}" not in line, line
