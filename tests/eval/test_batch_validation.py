@@ -9,7 +9,7 @@ import pytest
 
 from eval.scale_fixtures import policy_server
 from gr00t_eval import cli
-from gr00t_eval.batch import JobError, load_jobs
+from gr00t_eval.batch import JobError, load_jobs, setting_changes, with_setting_defaults
 
 SMALL = {"n_episodes": 2, "n_envs": 1, "seed": 0, "max_episode_steps": 6,
          "overrides": {"n_action_steps": 2, "vectorization": "sync", "video_dir": None}}
@@ -111,8 +111,35 @@ def test_a_video_setting_without_a_video_dir_fails_its_job_alone_naming_both(ser
 def test_a_resumed_job_with_a_video_setting_and_no_video_dir_runs_as_before_warned(tmp_path, caplog):
     """A batch an earlier version started with such a job keeps its settings (and its finished episodes)."""
     [job] = load_jobs(write_jobs(tmp_path / "jobs.json", 1, [
-        {"name": "old", "env_name": "walkto/fast", "overrides": {"video_fps": 5}}]), resumed=True)
+        {"name": "old", "env_name": "walkto/fast", "overrides": {"video_fps": 5}}]), resumed=True,
+        started={"old"}.__contains__)
     assert not isinstance(job, JobError) and job.config["video_fps"] == 5
+    assert any("override video_fps 5 only applies to videos" in r.getMessage()
+               and "an earlier attempt of this batch started the job with it" in r.getMessage() for r in caplog.records)
+
+
+def test_resume_still_refuses_a_job_this_version_refused_and_never_started(server, tmp_path):
+    """The resume was lenient with every job, so the job refused as invalid ran done with video_fps recorded."""
+    out = tmp_path / "out"
+    jobs = write_jobs(tmp_path / "jobs.json", server.port, [
+        {"name": "novideo", "env_name": "walkto/fast", "overrides": {"video_fps": 5}}])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 1
+    assert cli.main(["batch", "--resume", str(out)]) == 1
+    record = batch_results(out)["novideo"]
+    assert record["status"] == "failed" and record["reason"].startswith(
+        "invalid job: job 'novideo': override video_fps 5 only applies to videos")
+    assert "job_config" not in record and not (out / "jobs" / "novideo").exists()
+
+
+def test_resume_runs_a_started_job_with_a_video_setting_and_no_video_dir_as_it_began(server, tmp_path, caplog):
+    """An earlier version started it (its jobs/<name>/ folder is there): its finished episodes are kept."""
+    out = tmp_path / "out"
+    jobs = write_jobs(tmp_path / "jobs.json", server.port, [
+        {"name": "novideo", "env_name": "walkto/fast", "overrides": {"video_fps": 5}}])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 1
+    (out / "jobs" / "novideo").mkdir(parents=True)  # as an earlier version's attempt left it
+    assert cli.main(["batch", "--resume", str(out)]) == 0
+    assert batch_results(out)["novideo"]["status"] == "done"
     assert any("override video_fps 5 only applies to videos" in r.getMessage() for r in caplog.records)
 
 
@@ -120,6 +147,53 @@ def test_a_job_rendering_no_episodes_needs_no_video_dir(tmp_path):
     [job] = load_jobs(write_jobs(tmp_path / "jobs.json", 1, [
         {"name": "quiet", "env_name": "walkto/fast", "overrides": {"max_episodes_rendered": 0}}]))
     assert not isinstance(job, JobError) and job.config["max_episodes_rendered"] == 0
+
+
+def test_a_job_with_video_dir_null_turns_off_the_videos_its_defaults_give(server, tmp_path):
+    """It was refused, blaming the video_fps and steps_per_frame of `defaults`, which it cannot unset alone."""
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps({"defaults": {
+        **SMALL, "policy_server": {"port": server.port, "timeout_ms": 5000},
+        "overrides": {**SMALL["overrides"], "video_dir": str(videos), "video_fps": 5, "steps_per_frame": 2}},
+        "jobs": [{"name": "quiet", "env_name": "walkto/fast", "overrides": {"video_dir": None}},
+                 {"name": "loud", "env_name": "walkto/fast"}]}))
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 0
+    quiet = batch_results(out)["quiet"]["job_config"]
+    assert quiet["video_dir"] is None and quiet["video_fps"] != 5 and quiet["steps_per_frame"] != 2
+    assert batch_results(out)["loud"]["job_config"]["video_fps"] == 5
+
+
+def test_a_job_with_video_dir_null_and_its_own_video_setting_is_still_invalid(tmp_path):
+    [job] = load_jobs(write_jobs(tmp_path / "jobs.json", 1, [
+        {"name": "mixed", "env_name": "walkto/fast", "overrides": {"video_dir": None, "video_fps": 5}}]))
+    assert isinstance(job, JobError) and "override video_fps 5 only applies to videos" in str(job)
+
+
+def test_a_job_rendering_no_episodes_may_keep_other_video_settings_without_a_video_dir(tmp_path):
+    [job] = load_jobs(write_jobs(tmp_path / "jobs.json", 1, [
+        {"name": "quiet", "env_name": "walkto/fast", "overrides": {"max_episodes_rendered": 0, "video_fps": 5}}]))
+    assert not isinstance(job, JobError) and job.config["max_episodes_rendered"] == 0
+
+
+def test_resume_keeps_a_done_job_without_videos_whose_video_settings_were_left_out(server, tmp_path, caplog):
+    """It ran the done job again from the start, its finished episodes discarded, though no video was written."""
+    out = tmp_path / "out"
+    jobs = write_jobs(tmp_path / "jobs.json", server.port, [
+        {"name": "quiet", "env_name": "walkto/fast", "overrides": {"max_episodes_rendered": 0, "video_fps": 5}}])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 0
+    before = batch_results(out)["quiet"]
+    write_jobs(out / "jobs.json", server.port, [{"name": "quiet", "env_name": "walkto/fast"}])
+    assert cli.main(["batch", "--resume", str(out)]) == 0
+    assert batch_results(out)["quiet"] == before  # not run again
+    assert not any("changed since it was done" in r.getMessage() for r in caplog.records)
+
+
+def test_a_video_setting_of_a_job_with_a_video_dir_is_still_a_setting_change(tmp_path):
+    saved = with_setting_defaults({"video_dir": str(tmp_path), "video_fps": 5})
+    assert setting_changes(saved, {**saved, "video_fps": 20}, "job") == ["video_fps 5 -> 20"]
+    assert setting_changes(saved, {**saved, "video_dir": None, "video_fps": 20}, "job") == [
+        f"video_dir {str(tmp_path)!r} -> None", "video_fps 5 -> 20"]
 
 
 def test_resume_reruns_a_done_job_whose_settings_changed_and_keeps_the_unchanged_one(server, tmp_path, caplog):
@@ -193,3 +267,15 @@ def test_a_video_dir_that_is_a_broken_link_fails_its_job_alone_naming_it(server,
     records = batch_results(tmp_path / "out")
     assert {name: r["status"] for name, r in records.items()} == {"good": "done", "linked": "failed"}
     assert expected in records["linked"]["reason"], records["linked"]["reason"]
+
+
+def test_a_job_with_rtc_against_a_policy_that_does_not_read_it_is_warned_before_it_runs(server, tmp_path, caplog):
+    """rollout warned of it; the same setting in a batch job finished done with nothing said."""
+    out = tmp_path / "out"
+    jobs = write_jobs(tmp_path / "jobs.json", server.port, [
+        {"name": "rtc", "env_name": "walkto/fast", "overrides": {"client_chunking": "async", "rtc_frozen_steps": 1}}])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 0
+    assert batch_results(out)["rtc"]["results"]["settings_not_applied"] == {"rtc_frozen_steps": 1}
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelname == "WARNING" and "--rtc-frozen-steps 1" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("not applied: --rtc-frozen-steps 1;")

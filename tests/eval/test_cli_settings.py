@@ -95,6 +95,20 @@ def test_host_port_entries_agree_with_an_explicit_port_or_stand_alone_without_on
         parse_servers("a, b:7000", 6000, port_given=True)
 
 
+def test_a_host_entry_in_the_servers_tcp_address_form_is_taken_as_host_and_port():
+    """The address the server prints ('listening on tcp://HOST:PORT') went through as a host name."""
+    assert [str(s) for s in parse_servers("tcp://127.0.0.1:6000, tcp://b", 5555)] == ["127.0.0.1:6000", "b:5555"]
+    assert [str(s) for s in parse_servers("tcp://[::1]:6000", 5555)] == ["[::1]:6000"]
+
+
+@pytest.mark.parametrize("entry, missing", [(":5555", "host"), ("localhost:", "port"), ("tcp://", "host"),
+                                            ("tcp://:5555", "host")])
+def test_a_host_entry_with_an_empty_host_or_port_is_refused_naming_the_flag(entry, missing):
+    with pytest.raises(ValueError, match=f"^--host entry {re.escape(repr(entry))}: the {missing} is empty; expected "
+                                         "HOST or HOST:PORT"):
+        parse_servers(entry, 5555, host_flag="--host", port_flag="--port")
+
+
 def test_batch_jobs_check_the_server_port_and_timeout(tmp_path):
     servers = [{"port": 70000}, {"port": True}, {"port": 5555, "timeout_ms": 0}, {"port": "5555", "timeout_ms": "2000"}]
     path = tmp_path / "jobs.json"

@@ -324,3 +324,20 @@ def test_a_host_whose_port_differs_from_the_port_flag_is_refused_naming_both_fla
     assert (f"--host '127.0.0.1:{server.port}' names port {server.port} and --port is {server.port + 1}; give the "
             "port once, in --host or with --port") in err
     assert "port=" not in err and not (tmp_path / "out").exists()
+
+
+def test_the_servers_own_tcp_address_as_host_is_taken_as_host_and_port(dataset, server, tmp_path):
+    """'--host tcp://127.0.0.1:PORT', as the server prints its address, was refused in the Python API's words."""
+    out = tmp_path / "out"
+    assert cli.main(["open-loop", "--dataset-path", str(dataset), "--host", f"tcp://127.0.0.1:{server.port}",
+                     "--traj-ids", "0", "--no-plots", "--output-dir", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("host", [":5555", "localhost:"])
+def test_a_host_with_an_empty_host_or_port_is_refused_naming_the_flag(dataset, tmp_path, capsys, host):
+    code = cli.main(["open-loop", "--dataset-path", str(dataset), "--host", host, "--traj-ids", "0", "--no-plots",
+                     "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--host entry {host!r}: the " in err and "expected HOST or HOST:PORT" in err
+    assert "port=" not in err and not (tmp_path / "out").exists()

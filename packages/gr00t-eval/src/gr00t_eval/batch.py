@@ -22,8 +22,9 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, 
 from gr00t_client import BasePolicy, PolicyClient
 from gr00t_client.peer_text import shown_text
 
-from .batch_jobs import (Job, JobError, PolicyServerAddress, check_unique_job_names, job_dir_name, job_video_dirs,
-                         load_jobs, parse_job)
+from .applied_settings import settings_not_applied, warn_not_applied
+from .batch_jobs import (VIDEO_ONLY_SETTINGS, Job, JobError, PolicyServerAddress, check_unique_job_names,
+                         job_dir_name, job_video_dirs, load_jobs, parse_job)
 from .episode_log import EpisodeLog, latest_entries
 from .metrics import EpisodeOutcome
 from .output_files import EPISODE_LOG_FILENAME, RUN_FILENAME
@@ -161,7 +162,8 @@ def setting_changes(saved: Any, planned: Mapping[str, Any], job_folder: str) -> 
     to <video_dir>/<job folder> only while another job shares its folder, so adding or removing another job to
     the job file moved it, and re-ran jobs nobody changed. The job keeps the folder it recorded. Folders are compared
     as the OS resolves them (links followed): an older batch recorded a relative video_dir, which load_jobs now makes
-    absolute.
+    absolute. A video-only setting (VIDEO_ONLY_SETTINGS) is no change when neither names a video_dir: no video was
+    written, so leaving out the video_fps of a job without videos reran it from the start for nothing.
     """
     if not isinstance(saved, Mapping):
         return [f"job_config {saved!r} -> {dict(planned)!r}"]
@@ -173,6 +175,8 @@ def setting_changes(saved: Any, planned: Mapping[str, Any], job_folder: str) -> 
             os.path.realpath(recorded) == os.path.realpath(wanted)
             or job_folder in (os.path.relpath(recorded, wanted), os.path.relpath(wanted, recorded))):
         diffs = [diff for diff in diffs if not diff.startswith("video_dir ")]
+    if not recorded and not wanted:  # no video written, before or now: what shapes videos changed nothing measured
+        diffs = [diff for diff in diffs if diff.split(" ", 1)[0] not in VIDEO_ONLY_SETTINGS]
     return diffs
 
 
@@ -250,6 +254,9 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
         policy = policy_factory(job.server_with_token())
         served = policy_record(policy)  # which checkpoint or dataset the server serves
         check_takes_flat_observations(served)  # before any episode: each would error on the flat observations
+        # Asked and warned of before the run, as rollout does (a server gone by the run's end reads as applying them)
+        not_applied = settings_not_applied(policy, {"rtc_frozen_steps": config.rtc_frozen_steps})
+        warn_not_applied(policy, not_applied)
         if job_dir is not None:
             logged: List[Dict[str, Any]] = []
             config, done = prepare_job_dir(job_dir, config, served, logged, moved_from)
@@ -263,6 +270,7 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
         folder_checked = output_folder_checked(log.check_folder) if job_dir is not None else contextlib.nullcontext()
         with pinned_policy(policy, served), folder_checked:
             results = run_suite(policy, job.env_name, config, progress=progress, on_episode=on_episode, done=done)
+        results["settings_not_applied"] = not_applied
         if earlier:  # the episodes kept from earlier attempts took their time too, as in rollout --resume
             add_earlier_task_eval_s(results, earlier)
         if job_dir is not None:  # what a later attempt adds its time to

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from gr00t_client.cli_flags import token_shape, user_path
 from gr00t_client.client import MAX_TIMEOUT_MS
@@ -305,34 +305,36 @@ def check_setting_types(name: str, config: Mapping[str, Any]) -> None:
             raise JobError(f"job {name!r}: override chunk_merge {config['chunk_merge']!r} needs client_chunking 'async'", name)
 
 
-# Settings that only shape a job's videos; max_episodes_rendered 0 (or null: all) renders none with or without a folder
+# Settings that only shape a job's videos; max_episodes_rendered 0 renders none, so the others then need no folder
 VIDEO_ONLY_SETTINGS = ("max_episodes_rendered", "steps_per_frame", "video_fps")
 
 
-def check_video_settings_apply(name: str, config: Mapping[str, Any], resumed: bool = False) -> None:
+def check_video_settings_apply(name: str, config: Mapping[str, Any], started: bool = False) -> None:
     """JobError when a video-only setting is given to a job without a video_dir: a batch job writes no videos without
     one (rollout's OUTPUT_DIR/videos default has no batch counterpart), so the setting would be recorded in its
-    job_config as if it applied. A batch an earlier version started with such a job resumes it as it ran, warned."""
-    if config.get("video_dir"):
+    job_config as if it applied. A job an earlier attempt of the batch `started` (an earlier version ran it so)
+    resumes as it began, warned; one never started stays refused until its entry is fixed."""
+    if config.get("video_dir") or config.get("max_episodes_rendered") == 0:
         return
-    unused = [key for key in VIDEO_ONLY_SETTINGS
-              if config.get(key) is not None and not (key == "max_episodes_rendered" and config[key] == 0)]
+    unused = [key for key in VIDEO_ONLY_SETTINGS if config.get(key) is not None]
     if not unused:
         return
     given = ", ".join(f"{key} {config[key]!r}" for key in unused)
-    if resumed:
+    if started:
         logger.warning("job %r: override %s only applies to videos, and the job names no video_dir, so it writes none; "
-                       "the resumed job runs as it ran before (add a video_dir, or leave them out, in its jobs.json)",
-                       name, given)
+                       "an earlier attempt of this batch started the job with it, so it runs on as it began (add a "
+                       "video_dir, or leave them out, in its jobs.json)", name, given)
         return
     raise JobError(f"job {name!r}: override {given} only applies to videos, and the job names no video_dir (a batch "
                    f"job writes no videos without one); add a video_dir override, or leave "
                    f"{' and '.join(unused)} out", name)
 
 
-def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None, resumed: bool = False) -> Job:
+def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None, resumed: bool = False,
+              started: Optional[Callable[[str], bool]] = None) -> Job:
     """One job object over `defaults` -> Job; raises JobError naming the job and the bad field (`resumed`: read by a
-    batch --resume, which takes the env timeout an earlier version took with vectorization "sync" as no limit).
+    batch --resume, which takes the env timeout an earlier version took with vectorization "sync" as no limit;
+    `started(name)`: an earlier attempt of that batch started the job, which then keeps video settings it began with).
 
     Each layer's aliases are translated within it first (_layer), then the job's settings win over the defaults',
     setting by setting; `overrides` merge key by key, and an object-valued setting (policy_server, env_kwargs) that
@@ -371,10 +373,14 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
         if key not in CONFIG_FIELDS:
             raise JobError(f"job {name!r}: override {key!r} is not a rollout setting; allowed: {sorted(CONFIG_FIELDS)}", name)
         config[key] = value
+    if "video_dir" in own["overrides"] and own["overrides"]["video_dir"] is None:  # the job turns its videos off:
+        for key in VIDEO_ONLY_SETTINGS:  # the video settings of `defaults` are not the job's
+            if key not in own["overrides"]:
+                config.pop(key, None)
     if resumed:
         config = resumed_job_env_timeout(name, config)
     check_counts(name, config)
-    check_video_settings_apply(name, config, resumed)
+    check_video_settings_apply(name, config, started=started is not None and started(name))
     try:
         return Job(name, str(merged["env_name"]), _server(name, merged["policy_server"]), config)
     except JobError as exc:
@@ -410,12 +416,13 @@ def is_utf8(text: str) -> bool:
 
 
 def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None, home_dir: Optional[str] = None,
-              resumed: bool = False) -> List[Union[Job, JobError]]:
+              resumed: bool = False, started: Optional[Callable[[str], bool]] = None) -> List[Union[Job, JobError]]:
     """Read a job file: {"defaults": {...}, "jobs": [...]} or a bare list; invalid jobs come back as JobError.
 
     Job names must be unique (they name the rows of the table and the jobs a resumed batch skips). A relative
     `video_dir` is made absolute against `start_dir` (default: the working directory), as rollout saves --video-dir,
-    and a leading '~' is `home_dir` (default: this user's home folder). `resumed`: read by a batch --resume (parse_job).
+    and a leading '~' is `home_dir` (default: this user's home folder). `resumed`, `started`: read by a batch --resume
+    (parse_job).
     """
     try:
         data = json.loads(Path(path).read_bytes().decode("utf-8"),
@@ -450,7 +457,7 @@ def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None, 
         raw_name = raw.get("name") if isinstance(raw, Mapping) else None
         raw_name = raw_name if is_utf8(str(raw_name)) else None  # a name no folder or table can hold
         try:
-            job: Union[Job, JobError] = parse_job(raw, index, defaults, resumed)
+            job: Union[Job, JobError] = parse_job(raw, index, defaults, resumed, started)
         except (JobError, TypeError, ValueError) as exc:
             name = getattr(exc, "job_name", None) or (str(raw_name) if raw_name else None)
             job = exc if isinstance(exc, JobError) else JobError(f"job {name or '#' + str(index)!s}: {exc}", name)

@@ -86,7 +86,8 @@ def apply_env_registrations(args: argparse.Namespace) -> None:
 
 def _add_connection(p: argparse.ArgumentParser, host_flag: str, port_flag: str, host_default: Optional[str]) -> None:
     p.add_argument(*_flag(host_flag), dest="host", default=host_default,
-                   help=f"policy server host, or HOST:PORT (default {host_default})")
+                   help=f"policy server host, or HOST:PORT (or tcp://HOST:PORT, as the server prints it; default "
+                        f"{host_default})")
     p.add_argument(*_flag(port_flag), dest="port", type=int, default=5555, help="policy server port (default 5555)")
     from . import connection
 

@@ -43,27 +43,36 @@ class ServerAddress:
         return f"{endpoint_host(self.host)}:{self.port}"  # an IPv6 literal bracketed, as its port follows
 
 
+TCP_SCHEME = "tcp://"  # the server prints "listening on tcp://HOST:PORT", and that address is pasted as a host
+
+
 def parse_servers(hosts: str, default_port: int, port_given: bool = False, host_flag: str = "--policy-client-host",
                   port_flag: str = "--policy-client-port") -> List[ServerAddress]:
     """'h1,h2:5556' -> [h1:default_port, h2:5556] (entries without a port use `default_port`). An IPv6 address
     takes a port only in brackets ('[::1]:5556'); unbracketed ('::1', '2001:db8::1') it is a host (its last group
     was taken for a port: '::1' connected to host ':' port 1). `port_given`: the port flag was on the command
     line, and an entry naming another port is refused (it was run against the entry's, the flag silently ignored).
-    Errors name `host_flag` and `port_flag` (rollout's by default; open-loop's are --host and --port)."""
+    Errors name `host_flag` and `port_flag` (rollout's by default; open-loop's are --host and --port). A leading
+    'tcp://' (the address the server prints) is dropped; an entry with an empty host or port is refused."""
     servers = []
     for item in (part.strip() for part in str(hosts).split(",")):
         if not item:
             continue
-        host, sep, port = item.rpartition(":")
-        if item.count(":") > 1 and not item.startswith("["):
-            servers.append(ServerAddress(item, int(default_port)))
-        elif sep and port.isdigit() and host:
+        address = item[len(TCP_SCHEME):] if item.lower().startswith(TCP_SCHEME) else item
+        host, sep, port = address.rpartition(":")
+        if address.count(":") > 1 and not address.startswith("["):
+            servers.append(ServerAddress(address, int(default_port)))
+            continue
+        if not address or (sep and not (host and port)):  # ':5555' went on as a host, which PolicyClient refused
+            raise ValueError(f"{host_flag} entry {item!r}: the {'port' if address and host else 'host'} is empty; "
+                             "expected HOST or HOST:PORT")
+        if sep and port.isdigit():
             if port_given and int(port) != int(default_port):
                 raise ValueError(f"{host_flag} entry {item!r} names port {int(port)} and {port_flag} is "
                                  f"{default_port}; give the port once, in the entry or with {port_flag}")
             servers.append(ServerAddress(host, int(port)))
         else:
-            servers.append(ServerAddress(item, int(default_port)))
+            servers.append(ServerAddress(address, int(default_port)))
         if not 1 <= servers[-1].port <= 65535:
             raise ValueError(f"{host_flag} entry {item!r}: port {servers[-1].port} is not from 1 to 65535")
     if not servers:
