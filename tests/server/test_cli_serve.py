@@ -195,13 +195,14 @@ def test_a_max_batch_size_over_the_cap_is_refused_before_the_model_loads(tiny_ch
     assert "loaded GR00T N1.7 checkpoint" not in result.stderr and READY not in result.stdout
 
 
-def _start_up_lines(*args):
-    """`gr00t-server serve ARGS` on a free port: its lines up to ready, once it has been killed and exited 0."""
+def _start_up_lines(*args, token=None):
+    """`gr00t-server serve ARGS` on a free port (with `token`: --api-token TOKEN): its lines up to ready, once it has
+    been killed (with the token) and exited 0."""
     port = _free_port()
-    proc = _start(["serve", *args, "--port", str(port)])
+    proc = _start(["serve", *args, *(["--api-token", token] if token is not None else []), "--port", str(port)])
     try:
         lines = _wait_ready(proc)
-        with PolicyClient(port=port, timeout_ms=10000) as client:
+        with PolicyClient(port=port, timeout_ms=10000, api_token=token) as client:
             client.kill_server()
         assert proc.wait(timeout=30) == 0
         return lines
@@ -215,25 +216,9 @@ def test_remote_bind_without_token_warns(dataset):
     assert any("without an API token" in line for line in lines)
 
 
-def _start_up_lines_with_token(token, *args):
-    """`gr00t-server serve ARGS --api-token TOKEN` on a free port: its lines up to ready, once killed with the token."""
-    port = _free_port()
-    proc = _start(["serve", *args, "--api-token", token, "--port", str(port)])
-    try:
-        lines = _wait_ready(proc)
-        with PolicyClient(port=port, timeout_ms=10000, api_token=token) as client:
-            client.kill_server()
-        assert proc.wait(timeout=30) == 0
-        return lines
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
 def test_allow_remote_kill_with_an_api_token_is_named_as_ignored(dataset):
     """With a token every tokenless request is refused, kill too, so the flag did nothing and nothing said so."""
-    lines = _start_up_lines_with_token("s3cret", "--dataset-path", str(dataset), "--host", "0.0.0.0",
-                                       "--allow-remote-kill")
+    lines = _start_up_lines("--dataset-path", str(dataset), "--host", "0.0.0.0", "--allow-remote-kill", token="s3cret")
     assert [_message(line) for line in lines if "--allow-remote-kill" in line] == [
         "WARNING:gr00t_server:--allow-remote-kill: ignored; with --api-token any peer holding the token may stop the "
         "server, and no peer without it may"]
