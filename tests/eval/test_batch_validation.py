@@ -112,7 +112,7 @@ def test_a_resumed_job_with_a_video_setting_and_no_video_dir_runs_as_before_warn
     """A batch an earlier version started with such a job keeps its settings (and its finished episodes)."""
     [job] = load_jobs(write_jobs(tmp_path / "jobs.json", 1, [
         {"name": "old", "env_name": "walkto/fast", "overrides": {"video_fps": 5}}]), resumed=True,
-        started={"old"}.__contains__)
+        started={"old": {"video_fps": 5}}.get)
     assert not isinstance(job, JobError) and job.config["video_fps"] == 5
     assert any("override video_fps 5 only applies to videos" in r.getMessage()
                and "an earlier attempt of this batch started the job with it" in r.getMessage() for r in caplog.records)
@@ -132,15 +132,38 @@ def test_resume_still_refuses_a_job_this_version_refused_and_never_started(serve
 
 
 def test_resume_runs_a_started_job_with_a_video_setting_and_no_video_dir_as_it_began(server, tmp_path, caplog):
-    """An earlier version started it (its jobs/<name>/ folder is there): its finished episodes are kept."""
+    """An earlier version started it with that very setting (recorded in its job_config): its finished episodes are
+    kept."""
     out = tmp_path / "out"
     jobs = write_jobs(tmp_path / "jobs.json", server.port, [
         {"name": "novideo", "env_name": "walkto/fast", "overrides": {"video_fps": 5}}])
     assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 1
-    (out / "jobs" / "novideo").mkdir(parents=True)  # as an earlier version's attempt left it
+    results = json.loads((out / "batch_results.json").read_text())  # as an earlier version's attempt recorded it
+    results["jobs"][0]["job_config"] = {"video_fps": 5}
+    (out / "batch_results.json").write_text(json.dumps(results))
     assert cli.main(["batch", "--resume", str(out)]) == 0
     assert batch_results(out)["novideo"]["status"] == "done"
     assert any("override video_fps 5 only applies to videos" in r.getMessage() for r in caplog.records)
+
+
+def test_resume_refuses_a_video_setting_added_since_a_started_job_began(server, tmp_path):
+    """A job the first attempt reached (its server was not up) recorded its settings: a video_fps added to its entry
+    since was taken as one it began with, and ran done with video_fps recorded, no video written."""
+    import socket
+
+    with socket.socket() as probe:  # a port no server listens on
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    out, jobs = tmp_path / "out", tmp_path / "jobs.json"
+    write_jobs(jobs, dead_port, [{"name": "late", "env_name": "walkto/fast"}])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 1
+    assert "job_config" in batch_results(out)["late"]
+    write_jobs(out / "jobs.json", server.port,  # the batch's own copy, which a resume reads
+               [{"name": "late", "env_name": "walkto/fast", "overrides": {"video_fps": 5}}])
+    assert cli.main(["batch", "--resume", str(out)]) == 1
+    record = batch_results(out)["late"]
+    assert record["status"] == "failed" and record["reason"].startswith(
+        "invalid job: job 'late': override video_fps 5 only applies to videos")
 
 
 def test_a_job_rendering_no_episodes_needs_no_video_dir(tmp_path):
@@ -279,3 +302,25 @@ def test_a_job_with_rtc_against_a_policy_that_does_not_read_it_is_warned_before_
     warned = [r.getMessage() for r in caplog.records
               if r.levelname == "WARNING" and "--rtc-frozen-steps 1" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("not applied: --rtc-frozen-steps 1;")
+
+
+@pytest.mark.parametrize("host", ["tcp://127.0.0.1:5555", "127.0.0.1:5555", "[::1]:5555", "TCP://gpu-box"])
+def test_a_job_host_holding_a_scheme_or_port_is_refused_at_load_naming_the_field(tmp_path, host):
+    """The address the server prints, pasted as a job's host, passed the load check and failed only at its turn, in
+    the Python API's words (pass the port as port=)."""
+    raw = json.loads(write_jobs(tmp_path / "jobs.json", 5555, [{"name": "pasted", "env_name": "walkto/fast"}]
+                                ).read_text())
+    raw["defaults"]["policy_server"]["host"] = host
+    (tmp_path / "jobs.json").write_text(json.dumps(raw))
+    [job] = load_jobs(tmp_path / "jobs.json")
+    assert isinstance(job, JobError) and f"policy_server 'host' {host!r} holds more than a host" in str(job)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "2001:db8::1", "gpu-box.local"])
+def test_a_job_host_alone_is_taken(tmp_path, host):
+    raw = json.loads(write_jobs(tmp_path / "jobs.json", 5555, [{"name": "ok", "env_name": "walkto/fast"}]).read_text())
+    raw["defaults"]["policy_server"]["host"] = host
+    (tmp_path / "jobs.json").write_text(json.dumps(raw))
+    [job] = load_jobs(tmp_path / "jobs.json")
+    assert not isinstance(job, JobError) and job.server.host == host
+

@@ -220,3 +220,18 @@ def test_a_partial_merge_merged_with_its_missing_shard_passes_on_its_own_shards_
                      "--output", str(tmp_path / "full2" / "merged.json")]) == 1
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("INCOMPLETE"))
     assert f"gr00t-eval rollout --resume {shards} --shard 0/2" in line and f"--resume {collected}" not in line, line
+
+
+def test_a_started_shard_without_results_behind_links_is_resumed_in_its_own_folder(shards, tmp_path, capsys):
+    """A folder of links to a node's shard files, shard 0/2 killed before its results: the advice resumed the links'
+    folder, which copied the run file there and left the node's folder unfinished."""
+    split, collected = tmp_path / "split", tmp_path / "collected"
+    shutil.copytree(shards, split)
+    (split / "results_shard0of2.json").unlink()  # started (its run file is there), killed before its results
+    collected.mkdir()
+    for name in ("run_shard0of2.json", "run_shard1of2.json", "results_shard1of2.json"):
+        (collected / name).symlink_to(split / name)
+    assert cli.main(["merge", str(collected), "--output", str(tmp_path / "m" / "merged.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"continue it with gr00t-eval rollout --resume {split} --shard 0/2" in err, err
+    assert f"--resume {collected}" not in err, err

@@ -11,8 +11,7 @@ import stat
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .batch import (BATCH_RESULTS_FILENAME, JOBS_DIRNAME, JobError, format_table, job_dir_name, job_video_dirs,
-                    load_jobs, run_batch)
+from .batch import BATCH_RESULTS_FILENAME, JobError, format_table, job_video_dirs, load_jobs, run_batch
 from .cli_errors import UsageError
 from .output_files import OutputDirError
 from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim, refuse_live_claims,
@@ -129,11 +128,10 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
         raise UsageError(f"--resume {output_dir}: {results_path} job record #{unnamed} has no 'name' (got "
                          f"{jobs_done[unnamed].get('name')!r}); expected each record to name its job as in jobs.json "
                          f"(restore {BATCH_RESULTS_FILENAME}, or delete the record to run its job again)")
-    # Started by an earlier attempt (it ran far enough to record its settings, or to make its folder): such a job
-    # keeps settings a newer check refuses; one refused then, or never reached, is checked as in a new batch.
-    recorded = {job["name"] for job in jobs_done if "job_config" in job}
-    jobs = load_jobs(jobs_path, start_dir, home_dir, resumed=True,
-                     started=lambda name: name in recorded or (output_dir / JOBS_DIRNAME / job_dir_name(name)).is_dir())
+    # The settings an earlier attempt recorded for each job it reached: a job keeps a setting a newer check refuses
+    # only where it began with that very setting; one added since (or a job never reached) is checked as in a new batch.
+    recorded = {job["name"]: job["job_config"] for job in jobs_done if isinstance(job.get("job_config"), dict)}
+    jobs = load_jobs(jobs_path, start_dir, home_dir, resumed=True, started=recorded.get)
     # Under the claim's lock: of two resumes started at once, one runs and the other is refused.
     settings = {"resumed": True, **{key: value for key, value in ((START_DIR_KEY, start_dir), (HOME_DIR_KEY, home_dir))
                                     if value}}

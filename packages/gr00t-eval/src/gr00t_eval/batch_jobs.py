@@ -113,6 +113,11 @@ def _server(name: str, raw: Any) -> PolicyServerAddress:
     host = raw.get("host", "127.0.0.1")
     if not isinstance(host, str) or not host.strip():
         raise JobError(f"job {name!r}: policy_server 'host' must be a host name or IP address, got {host!r}")
+    bare = host.strip()[len("tcp://"):] if host.strip().lower().startswith("tcp://") else host.strip()
+    if bare != host.strip() or bare.count(":") == 1 or "]:" in bare:  # the address the server prints, pasted whole
+        raise JobError(f"job {name!r}: policy_server 'host' {host!r} holds more than a host (a 'tcp://' scheme or a "
+                       "':PORT'); expected the host alone, with the port in 'port' (e.g. \"host\": \"127.0.0.1\", "
+                       "\"port\": 5555)")
     return PolicyServerAddress(host, port, token, timeout_ms,
                                raw.get("server_public_key"), raw.get("client_key"), str(variable) if variable else None)
 
@@ -309,18 +314,20 @@ def check_setting_types(name: str, config: Mapping[str, Any]) -> None:
 VIDEO_ONLY_SETTINGS = ("max_episodes_rendered", "steps_per_frame", "video_fps")
 
 
-def check_video_settings_apply(name: str, config: Mapping[str, Any], started: bool = False) -> None:
+def check_video_settings_apply(name: str, config: Mapping[str, Any],
+                               started: Optional[Mapping[str, Any]] = None) -> None:
     """JobError when a video-only setting is given to a job without a video_dir: a batch job writes no videos without
     one (rollout's OUTPUT_DIR/videos default has no batch counterpart), so the setting would be recorded in its
-    job_config as if it applied. A job an earlier attempt of the batch `started` (an earlier version ran it so)
-    resumes as it began, warned; one never started stays refused until its entry is fixed."""
+    job_config as if it applied. `started`: the job_config an earlier attempt of the batch recorded for the job (an
+    earlier version ran it so): a job that began with these very settings resumes as it began, warned; any other
+    stays refused until its entry is fixed."""
     if config.get("video_dir") or config.get("max_episodes_rendered") == 0:
         return
     unused = [key for key in VIDEO_ONLY_SETTINGS if config.get(key) is not None]
     if not unused:
         return
     given = ", ".join(f"{key} {config[key]!r}" for key in unused)
-    if started:
+    if started is not None and all(started.get(key) == config[key] for key in unused):
         logger.warning("job %r: override %s only applies to videos, and the job names no video_dir, so it writes none; "
                        "an earlier attempt of this batch started the job with it, so it runs on as it began (add a "
                        "video_dir, or leave them out, in its jobs.json)", name, given)
@@ -331,10 +338,11 @@ def check_video_settings_apply(name: str, config: Mapping[str, Any], started: bo
 
 
 def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None, resumed: bool = False,
-              started: Optional[Callable[[str], bool]] = None) -> Job:
+              started: Optional[Callable[[str], Optional[Mapping[str, Any]]]] = None) -> Job:
     """One job object over `defaults` -> Job; raises JobError naming the job and the bad field (`resumed`: read by a
     batch --resume, which takes the env timeout an earlier version took with vectorization "sync" as no limit;
-    `started(name)`: an earlier attempt of that batch started the job, which then keeps video settings it began with).
+    `started(name)`: the job_config an earlier attempt of that batch recorded for the job, or None; a job keeps the
+    video settings it began with).
 
     Each layer's aliases are translated within it first (_layer), then the job's settings win over the defaults',
     setting by setting; `overrides` merge key by key, and an object-valued setting (policy_server, env_kwargs) that
@@ -380,7 +388,7 @@ def parse_job(raw: Any, index: int, defaults: Optional[Mapping[str, Any]] = None
     if resumed:
         config = resumed_job_env_timeout(name, config)
     check_counts(name, config)
-    check_video_settings_apply(name, config, started=started is not None and started(name))
+    check_video_settings_apply(name, config, started=started(name) if started is not None else None)
     try:
         return Job(name, str(merged["env_name"]), _server(name, merged["policy_server"]), config)
     except JobError as exc:
@@ -416,7 +424,8 @@ def is_utf8(text: str) -> bool:
 
 
 def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None, home_dir: Optional[str] = None,
-              resumed: bool = False, started: Optional[Callable[[str], bool]] = None) -> List[Union[Job, JobError]]:
+              resumed: bool = False, started: Optional[Callable[[str], Optional[Mapping[str, Any]]]] = None,
+              ) -> List[Union[Job, JobError]]:
     """Read a job file: {"defaults": {...}, "jobs": [...]} or a bare list; invalid jobs come back as JobError.
 
     Job names must be unique (they name the rows of the table and the jobs a resumed batch skips). A relative

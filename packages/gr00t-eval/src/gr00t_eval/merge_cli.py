@@ -72,7 +72,7 @@ def _candidate_files(paths: List[str]) -> List[Path]:
 def _unfinished_shards_hint(paths: List[str]) -> str:
     """'; shard 1/2 ... started and has no results file ...' for every shard of the given directories that started
     (its run file is there) and wrote no results: still running, or killed. Empty when there is none."""
-    from .output_files import results_file_name, started_shards
+    from .output_files import results_file_name, run_file_name, started_shards
     from .rollout_args import _recorded_registration_flags
     from .run_file import read_run_file
     from .run_resume import resume_command
@@ -87,8 +87,12 @@ def _unfinished_shards_hint(paths: List[str]) -> str:
                     flags = _recorded_registration_flags(read_run_file(directory, shard))
                 except (OSError, ValueError):  # an unreadable run file (OutputDirError): the resume says why
                     flags = ""
+                # where its run file really is: in a folder of links to each node's files, a resume of the links'
+                # folder would copy the run file there and leave the node's folder unfinished
+                run_file = directory / run_file_name(shard)
+                home = run_file.resolve().parent if run_file.is_symlink() else directory
                 unfinished.append(f"shard {shard} in {directory} started and has no results file (still running, or "
-                                  f"killed: continue it with {resume_command(directory, shard)}{flags})")
+                                  f"killed: continue it with {resume_command(home, shard)}{flags})")
     return "; " + "; ".join(unfinished) if unfinished else ""
 
 
