@@ -228,6 +228,33 @@ def test_one_envs_non_finite_state_errors_only_its_episode_and_the_episode_besid
                for seed in (101, 103)), errors
 
 
+class OutOfDistributionPolicy(ConstantPolicy):
+    """A model that goes NaN on a row whose (finite) state is far from its training data, beside healthy rows."""
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        far = np.abs(np.asarray(observation["state.position"], np.float64)).reshape(len(action["action.push"]), -1)
+        action["action.push"][(far > 100).any(axis=1)] = np.nan
+        return action, info
+
+
+@pytest.mark.parametrize("chunking", ["off", "sync"])
+def test_a_refusal_naming_one_row_errors_only_that_envs_episode_and_the_batch_mate_is_asked_again(chunking):
+    """The server refused the request for one row's NaN action ("... rows [1]"), and the healthy env beside it lost
+    its episode too (dropped from pc_success), although the state was finite for both."""
+    register_env_prefix("farwalk", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: BlownUpWalkEnv(500.0))
+    config = RolloutConfig(env_name="farwalk/walk", client_chunking=chunking, **{**WALK, "n_action_steps": 1})
+    with running_server(OutOfDistributionPolicy()) as server:
+        from gr00t_client import PolicyClient
+
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            results = run_suite(client, "farwalk/walk", config)
+    errors = {e["seed"]: e["error"] for e in results["per_episode"]}
+    assert [seed for seed, error in errors.items() if error is None] == [100, 102], errors
+    assert all(re.search(r"non-finite values \(NaN or inf\) in action key 'action.push' rows \[\d\]", errors[seed])
+               for seed in (101, 103)), errors
+
+
 def test_the_observation_mapper_refuses_a_state_beyond_float32s_range_naming_key_row_and_value():
     from gr00t_eval.rollout.policy_io import HorizonSpec, ObservationMapper
 

@@ -70,12 +70,30 @@ def test_one_denoising_step_asked_of_a_four_step_model_with_an_inf_weight_is_ref
 
 
 def test_a_float16_overflow_of_the_model_output_is_refused(copy_of):
-    checkpoint = damaged(copy_of, 1e5, steps=1)  # finite in float32, inf in float16
+    checkpoint = damaged(copy_of, 1e5, steps=1)  # finite in float32 (refused as beyond the bound), inf in float16
     observation = example_observation(checkpoint, TAG)
-    finite, _ = Gr00tPolicy(checkpoint, TAG, device="cpu").get_action(observation, {"seed": 0})
-    assert np.isfinite(finite["x"]).all()
+    with pytest.raises(NonFiniteActionError, match=r"action key 'x' of 'libero_sim' reaches \|values\| up to 1e\+05"):
+        Gr00tPolicy(checkpoint, TAG, device="cpu").get_action(observation, {"seed": 0})
     with pytest.raises(NonFiniteActionError, match=REFUSAL + r".*float16 model.*65504"):
         Gr00tPolicy(checkpoint, TAG, device="cpu", dtype="float16").get_action(observation, {"seed": 0})
+
+
+def test_a_finite_but_absurd_model_output_is_refused_not_pinned_to_the_statistics_edge(copy_of):
+    # A blown-up layer's 1e6, where training targets lie in about [-1, 1], was clipped to q99 at every step: a
+    # constant, plausible chunk. Refused like an inf, with the same error (batching isolates its rows alike).
+    checkpoint = damaged(copy_of, 1e6, steps=1)
+    with pytest.raises(NonFiniteActionError, match=r"the model's output for action key 'x' of 'libero_sim' reaches "
+                                                   r"\|values\| up to 1e\+06 in rows \[0\], beyond \+-1000 .*before "
+                                                   r"unnormalization; the action was not sent") as refused:
+        Gr00tPolicy(checkpoint, TAG, device="cpu").get_action(example_observation(checkpoint, TAG), {"seed": 0})
+    assert (refused.value.key, refused.value.rows, refused.value.action) == ("x", [0], None)
+
+
+def test_a_model_output_within_the_bound_is_decoded_as_before(copy_of):
+    checkpoint = damaged(copy_of, 3.0, steps=1)  # beyond [-1, 1]: clipped to the statistics' edge, as upstream does
+    action, _ = Gr00tPolicy(checkpoint, TAG, device="cpu").get_action(example_observation(checkpoint, TAG), {"seed": 0})
+    high = json.loads((checkpoint / "statistics.json").read_text())[TAG]["action"]["x"]["q99"]
+    assert np.allclose(action["x"], high)
 
 
 def test_a_state_beyond_float16_once_normalized_is_refused_naming_the_state_for_a_float16_model(copy_of):

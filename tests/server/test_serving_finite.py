@@ -372,6 +372,25 @@ def test_a_min_max_state_far_beyond_its_range_is_refused_only_when_not_clipped(t
             client.get_action(observation, {"seed": 0})
 
 
+def test_a_clipped_state_that_anchors_a_relative_action_is_judged_by_its_unclipped_value(tiny_checkpoint):
+    """eef_9d is clipped to +-1 for the model, but its relative action is decoded against its raw value: a 1e30
+    state made an end-effector target of 1e30, sent as a good action."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", clip_outliers=True)
+    observation = example_observation(tiny_checkpoint, "new_embodiment", image_size=(32, 32), batch_size=2)
+    observation["state"]["eef_9d"][1, :, 0] = 1e30
+    with pytest.raises(ObservationError, match=r"State key 'eef_9d' of 'new_embodiment' normalizes to \|values\| up to "
+                                               r"\S+ in rows \[1\], beyond \+-1000: column 0 holds 1e\+30 against this "
+                                               r"checkpoint's statistics range \[\S+, \S+\], clipped for the model but "
+                                               r"anchoring relative action key 'eef_9d'"):
+        policy.get_action(observation, {"seed": 0})
+    observation["state"]["eef_9d"][1, :, 0] = 3.0  # a few ranges out: clipped for the model, served as before
+    action, _ = policy.get_action(observation, {"seed": 0})
+    assert np.isfinite(action["eef_9d"]).all()
+
+
 def test_a_float64_state_beyond_float32_is_refused_by_a_lenient_policy_not_answered_with_inf(tiny_checkpoint):
     """strict=False: a float64 reference state of 1e300 passed the finiteness check, and the relative action decoded
     against it became inf in the float32 cast; in process nothing checked it, over the wire the refusal named no

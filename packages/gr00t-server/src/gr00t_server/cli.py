@@ -47,9 +47,11 @@ def _add_serve_parser(subparsers: Any) -> None:
     p.add_argument(*_flag("dtype"), default=None, choices=["bfloat16", "bf16", "float16", "fp16", "float32", "fp32"],
                    help="model dtype (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument(*_flag("clip-outliers"), dest="clip_outliers", action="store_true", default=None,
-                   help="clip min/max-normalized states to [-1, 1] and absolute actions to the statistics range; mean/std "
-                   "states and relative actions are not clipped, as in the reference (default: the checkpoint's "
-                   "processor_config.json clip_outliers, for states; mean/std absolute actions then stay unclipped)")
+                   help="clip min/max-normalized states to [-1, 1] (one anchoring a relative action is refused beyond "
+                   "+-1000, as its action is decoded against its raw value) and absolute actions to the statistics "
+                   "range; mean/std states and relative actions are not clipped, as in the reference (default: the "
+                   "checkpoint's processor_config.json clip_outliers, for states; mean/std absolute actions then stay "
+                   "unclipped)")
     p.add_argument(*_flag("no-clip-outliers"), dest="clip_outliers", action="store_false",
                    help="do not clip normalized states (actions decode as the reference does)")
     p.add_argument(*_flag("preprocess-device"), default=None,

@@ -5,6 +5,7 @@ to notice a policy that lost it)."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -16,9 +17,10 @@ require_gymnasium("closed-loop rollout")  # one line naming the extra, not a dee
 import gymnasium as gym  # noqa: E402
 import numpy as np
 
-from gr00t_client import ModalityConfig
+from gr00t_client import ModalityConfig, PolicyServerError
 from gr00t_client.flat import language_batch, language_source, language_text
-from gr00t_client.policy import ActionError, ObservationError, non_finite_rows, unreal_dtype
+from gr00t_client.policy import (ActionError, NonFiniteActionError, ObservationError, PolicyValidationError,
+                                 non_finite_rows, unreal_dtype)
 
 from ..action_steps import check_consecutive_action_deltas
 from ..key_matching import match_keys
@@ -199,6 +201,21 @@ def language_row(value: Any, key: str) -> str:
                                    "expected one")
         return texts[0]
     return language_text(value, f"the env's language key {key!r}", "must be a str or UTF-8 bytes in each env row")
+
+
+_NAMED_ROWS = re.compile(r"\brows \[([\d, ]*)\]")  # as the server renumbers a merged call's rows for each request
+
+
+def refused_rows(exc: BaseException, rows: Sequence[int]) -> List[int]:
+    """The rows of `rows` a get_action refusal names (a NaN action in one row: the server's "... in rows [1]", a
+    NonFiniteActionError's rows), so only their episodes error and the others are asked again, as for a NaN state
+    (ObservationMapper.state_errors); all of `rows` when it names none of them, or every one."""
+    named = list(getattr(exc, "rows", None) or []) if isinstance(exc, NonFiniteActionError) else []
+    if not named and isinstance(exc, (PolicyServerError, PolicyValidationError)):
+        found = _NAMED_ROWS.search(str(exc))
+        named = [int(row) for row in found.group(1).replace(",", " ").split()] if found else []
+    picked = [row for row in rows if row in named]
+    return picked or list(rows)
 
 
 def with_idle_rows_mirrored(observation: Mapping[str, Any], active_rows: Sequence[int]) -> Dict[str, Any]:

@@ -47,7 +47,7 @@ from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import embodiment_for_env
 from .multistep import EpisodeSummary
 from .policy_io import (HorizonSpec, ObservationMapper, PolicyRowCursor, PositionCheckedPolicy, policy_actions,
-                        recording_ends, with_idle_rows_mirrored)
+                        recording_ends, refused_rows, with_idle_rows_mirrored)
 from .replay_plan import check_replay_horizon
 from .replay_recordings import RecordedEnvMismatchError, _check_recorded_env, _note_recorded_seeds
 from .result import RolloutResult
@@ -405,8 +405,9 @@ class RolloutRunner:
                     env_action, info = self._act_once_more_if_not_run(checked, observation, vec.single_action_space)
                     self.watch.request_succeeded()
                 except Exception as exc:  # noqa: BLE001 - one batch failed: score its episodes, keep going
-                    pending = set(active)
-                    self._policy_failed(active, "get_action", exc, bar)
+                    failed = refused_rows(exc, active)  # the rows it names, if any: the others are asked again
+                    pending.update(failed)
+                    self._policy_failed(failed, "get_action", exc, bar)
                     continue
                 cursor.after_get_action(info)
                 self._end_replays_with_their_recordings(vec, info)

@@ -299,8 +299,8 @@ def _action_comparisons(policy: Any, observation: dict[str, Any], options: dict[
     try:
         actions = policy.get_action(observation, dict(options))[0]
     except NonFiniteActionError as exc:  # a report to print, not a request to refuse: the action rows FAIL
-        logger.warning("the %s backend's model output holds NaN or inf in action key '%s' rows %s; its actions are "
-                       "reported as NaN", mode, exc.key, exc.rows)
+        logger.warning("the %s backend's model output was refused in action key '%s' rows %s (NaN, inf or beyond "
+                       "the bound of a plausible output); its actions are reported as NaN", mode, exc.key, exc.rows)
         actions = exc.action if exc.action is not None else {
             key: np.full(np.shape(reference_actions[key]), np.nan) for key in keys}
     spreads = {key: action_spread(reference_actions[key]) for key in keys}

@@ -15,7 +15,8 @@ from .config import ProcessorConfig
 from .norm_params import EmbodimentNormParams
 
 # A normalized state (or RTC previous action) this far beyond its statistics' range (about [-1, 1]) is in other units
-# than the training data's, and the likelier cause of a non-finite model output than the weights.
+# than the training data's, and the likelier cause of a non-finite model output than the weights. A model output
+# this far out is no action either (training targets lie in about [-1, 1]).
 STATE_OUTLIER_LIMIT = 1e3
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -37,17 +38,8 @@ def decode_action(
     dims = {key: p.dim for key, p in params.action.items()}
     parts = norm.split_action(action, action_config.modality_keys, dims, action_config.horizon)
     for key, part in parts.items():  # before unnormalizing: its clip to [-1, 1] made an inf a plausible q99 action
-        rows = non_finite_rows(part)
-        if rows:
-            outliers = state_outliers(raw_states or {}, rows, configs.get("state"), params.state, config)
-            cause = (f" Likely cause: {'; '.join(outliers)}, far outside the range the model was trained on; send "
-                     "states in the units of the checkpoint's statistics." if outliers else
-                     " The checkpoint's weights were finite when loaded: for a float16 model, check values beyond "
-                     "its range (65504) and serve in bf16 or fp32; for an ONNX, TensorRT or torch.compile backend, "
-                     "compare it with eager PyTorch (gr00t-server verify --onnx-dir, --engine-dir or --torch-compile).")
-            raise NonFiniteActionError(
-                f"the model's output for action key '{key}' of '{tag}' holds non-finite values (NaN or inf) in rows "
-                f"{rows}, before unnormalization; the action was not sent.{cause}", key=key, rows=rows)
+        if not (np.abs(part) <= STATE_OUTLIER_LIMIT).all():  # NaN too: one pass on the happy path
+            _refuse_raw_output(key, part, tag, configs, params, config, raw_states)
     mean_std_keys = set(action_config.mean_std_embedding_keys or [])
     out: Dict[str, np.ndarray] = {}
     for index, key in enumerate(action_config.modality_keys):
@@ -72,6 +64,33 @@ def decode_action(
             out[key] = value.astype(np.float32)
         _check_decoded_finite(out[key], key, tag, action_config, params, raw_states)
     return out
+
+
+def _refuse_raw_output(key: str, part: np.ndarray, tag: str, configs: Mapping[str, ModalityConfig],
+                       params: EmbodimentNormParams, config: ProcessorConfig,
+                       raw_states: Optional[Mapping[str, np.ndarray]]) -> None:
+    """NonFiniteActionError naming action `key`, its rows and the likely cause when the model's normalized output
+    for it holds NaN or inf, or |values| beyond +-STATE_OUTLIER_LIMIT (a finite 1e6 clipped to the statistics' edge
+    at every step: a constant, plausible chunk from a blown-up layer)."""
+    rows = non_finite_rows(part)
+    if rows:
+        what = f"holds non-finite values (NaN or inf) in rows {rows}"
+        weights = ("The checkpoint's weights were finite when loaded: for a float16 model, check values beyond its "
+                   "range (65504) and serve in bf16 or fp32")
+    else:
+        rows = flagged_rows(np.abs(part) > STATE_OUTLIER_LIMIT)
+        what = (f"reaches |values| up to {float(np.max(np.abs(part))):.3g} in rows {rows}, beyond "
+                f"+-{STATE_OUTLIER_LIMIT:g} of the about [-1, 1] it was trained to produce (unnormalization would clip "
+                "it to the statistics' edge)")
+        weights = ("The checkpoint's weights are likely damaged (a diverged fine-tune, a layer scaled wrong): compare "
+                   "them with a good checkpoint's")
+    outliers = state_outliers(raw_states or {}, rows, configs.get("state"), params.state, config)
+    cause = (f" Likely cause: {'; '.join(outliers)}, far outside the range the model was trained on; send states in "
+             "the units of the checkpoint's statistics." if outliers else
+             f" {weights}; for an ONNX, TensorRT or torch.compile backend, compare it with eager PyTorch (gr00t-server "
+             "verify --onnx-dir, --engine-dir or --torch-compile).")
+    raise NonFiniteActionError(f"the model's output for action key '{key}' of '{tag}' {what}, before unnormalization; "
+                               f"the action was not sent.{cause}", key=key, rows=rows)
 
 
 def _check_decoded_finite(value: np.ndarray, key: str, tag: str, action_config: ModalityConfig,
@@ -134,11 +153,12 @@ def outlier_magnitude(key: str, normalized: np.ndarray, params: norm.KeyNormPara
 
 
 def check_state_outliers(tag: str, key: str, value: np.ndarray, normalized: np.ndarray, params: norm.KeyNormParams,
-                         state_config: ModalityConfig, sincos: bool) -> None:
+                         state_config: ModalityConfig, sincos: bool, anchoring: Sequence[str] = ()) -> None:
     """ObservationError when state `key` normalizes beyond +-STATE_OUTLIER_LIMIT (outlier_magnitude), naming its rows,
     the value and the statistics it was normalized by: refused before the model, whose answer to it depended on the
     backend (PyTorch made NaN, ONNX Runtime finite actions computed from it). Only unclipped keys can get there
-    (mean/std keys, and min/max keys with clip_outliers off)."""
+    (mean/std keys, min/max keys with clip_outliers off, and min/max keys `anchoring` relative action keys, judged
+    before their clip)."""
     magnitude = outlier_magnitude(key, normalized, params, state_config, sincos)
     outlier = magnitude > STATE_OUTLIER_LIMIT
     if not outlier.any():
@@ -158,7 +178,10 @@ def check_state_outliers(tag: str, key: str, value: np.ndarray, normalized: np.n
                       "wrong, correct its std in the checkpoint's statistics.json")
     else:
         statistics = (f"range [{float(np.broadcast_to(params.low, value.shape)[worst]):.3g}, "
-                      f"{float(np.broadcast_to(params.high, value.shape)[worst]):.3g}], not clipped (clip_outliers off)")
+                      f"{float(np.broadcast_to(params.high, value.shape)[worst]):.3g}], " +
+                      (f"clipped for the model but anchoring relative action key{'s' if len(anchoring) > 1 else ''} "
+                       f"{', '.join(repr(name) for name in anchoring)}, decoded against its raw value" if anchoring
+                       else "not clipped (clip_outliers off)"))
     raise ObservationError(
         f"State key '{key}' of '{tag}' normalizes to |values| up to {float(magnitude[worst]):.3g} in rows "
         f"{flagged_rows(outlier)}, beyond +-{STATE_OUTLIER_LIMIT:g}: column {column} holds {raw:.3g} against this "
@@ -186,6 +209,16 @@ def state_outliers(raw_states: Mapping[str, np.ndarray], rows: Sequence[int], st
             found.append(f"state key '{key}' normalizes to |values| up to {largest:.3g} in those rows (raw "
                          f"{float(np.max(np.abs(picked))):.3g}; its statistics' range is [{low:.3g}, {high:.3g}])")
     return found
+
+
+def relative_anchors(action_config: ModalityConfig, params: EmbodimentNormParams) -> Dict[str, List[str]]:
+    """{state key: the relative action keys decoded against its raw value} (an action config's state_key, else the
+    action key's own name)."""
+    anchors: Dict[str, List[str]] = {}
+    for index, key in enumerate(action_config.modality_keys):
+        if key in params.relative_action:
+            anchors.setdefault(action_config.action_configs[index].state_key or key, []).append(key)
+    return anchors
 
 
 def check_reference_states(tag: str, action_config: ModalityConfig, params: EmbodimentNormParams,

@@ -156,8 +156,10 @@ class Gr00tN1d7Processor(VideoChecks):
 
     def normalize_state(self, tag: str, states: Mapping[str, np.ndarray]) -> np.ndarray:
         """{key: (T, D)} raw states -> (T, max_state_dim) float32, normalized, concatenated, zero-padded."""
-        state_config = self.modality_configs(tag)["state"]
+        configs = self.modality_configs(tag)
+        state_config = configs["state"]
         params = self.norm_params(tag).state
+        anchors = actions.relative_anchors(configs["action"], self.norm_params(tag)) if self.config.clip_outliers else {}
         groups = []
         for key in state_config.modality_keys:
             if key not in states:
@@ -175,12 +177,19 @@ class Gr00tN1d7Processor(VideoChecks):
                     f"State key '{key}' of '{tag}' has values beyond float32's range (largest |value| "
                     f"{np.max(np.abs(value)):.3g}, float32 holds up to {_FLOAT32_MAX:.3g}) in rows "
                     f"{actions.flagged_rows(beyond)}; states must fit float32, the float of the model's inputs and actions")
+            sincos = self.config.apply_sincos_state_encoding and key in (state_config.sin_cos_embedding_keys or [])
+            # A clipped min/max key that anchors a relative action is judged unclipped: the model saw +-1, but the
+            # action was decoded against the raw value (a 1e30 state made a finite 1e30 end-effector target).
+            min_max = not sincos and key not in (state_config.mean_std_embedding_keys or [])
+            anchoring = anchors.get(key, []) if min_max else []
             normalized = norm.normalize_state_key(
-                key, value, params[key], state_config, self.config.apply_sincos_state_encoding, self.config.clip_outliers
+                key, value, params[key], state_config, self.config.apply_sincos_state_encoding,
+                self.config.clip_outliers and not anchoring,
             )
             # Before the model-float check: its "serve in bf16 or fp32" would only meet this refusal in another float
-            sincos = self.config.apply_sincos_state_encoding and key in (state_config.sin_cos_embedding_keys or [])
-            actions.check_state_outliers(tag, key, value, normalized, params[key], state_config, sincos)
+            actions.check_state_outliers(tag, key, value, normalized, params[key], state_config, sincos, anchoring)
+            if anchoring:
+                normalized = np.clip(normalized, -1.0, 1.0)
             # A finite but huge state (1e38; 1e5 for a float16 model) overflows the model's float once normalized:
             # the model then makes NaN actions whose error blamed an action key. Refuse it here, naming the state.
             with np.errstate(over="ignore"):
