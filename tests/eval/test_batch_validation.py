@@ -304,7 +304,8 @@ def test_a_job_with_rtc_against_a_policy_that_does_not_read_it_is_warned_before_
     assert len(warned) == 1 and warned[0].startswith("not applied: --rtc-frozen-steps 1;")
 
 
-@pytest.mark.parametrize("host", ["tcp://127.0.0.1:5555", "127.0.0.1:5555", "[::1]:5555", "TCP://gpu-box"])
+@pytest.mark.parametrize("host", ["tcp://127.0.0.1:5555", "127.0.0.1:5555", "[::1]:5555", "TCP://gpu-box",
+                                  "http://127.0.0.1:5555", "localhost::5555", "127.0.0.1:5555:"])
 def test_a_job_host_holding_a_scheme_or_port_is_refused_at_load_naming_the_field(tmp_path, host):
     """The address the server prints, pasted as a job's host, passed the load check and failed only at its turn, in
     the Python API's words (pass the port as port=)."""
@@ -313,7 +314,7 @@ def test_a_job_host_holding_a_scheme_or_port_is_refused_at_load_naming_the_field
     raw["defaults"]["policy_server"]["host"] = host
     (tmp_path / "jobs.json").write_text(json.dumps(raw))
     [job] = load_jobs(tmp_path / "jobs.json")
-    assert isinstance(job, JobError) and f"policy_server 'host' {host!r} holds more than a host" in str(job)
+    assert isinstance(job, JobError) and f"policy_server 'host' {host!r} is not a host alone" in str(job)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "2001:db8::1", "gpu-box.local"])
@@ -324,3 +325,30 @@ def test_a_job_host_alone_is_taken(tmp_path, host):
     [job] = load_jobs(tmp_path / "jobs.json")
     assert not isinstance(job, JobError) and job.server.host == host
 
+
+
+def test_resume_runs_an_interrupted_job_with_the_video_setting_its_run_file_records(server, tmp_path):
+    """A job stopped mid-run (Ctrl-C, a node lost) has a pending record without job_config: its settings are in its
+    run.json. One an earlier version started with video_fps and no video_dir was refused on --resume, its logged
+    episodes stranded."""
+    out, jobs = tmp_path / "out", tmp_path / "jobs.json"
+    write_jobs(jobs, server.port, [{"name": "novideo", "env_name": "walkto/fast"}])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 0
+    # what an earlier version left when stopped in the middle of the job, started with video_fps 5 and no video_dir
+    run_file = out / "jobs" / "novideo" / "run.json"
+    run = json.loads(run_file.read_text())
+    run["job_config"]["video_fps"] = run["config"]["video_fps"] = 5
+    run_file.write_text(json.dumps(run))
+    log = out / "jobs" / "novideo" / "episodes.jsonl"
+    log.write_text(log.read_text().splitlines()[0] + "\n")  # one episode logged before the stop
+    (out / "jobs" / "novideo" / "results.json").unlink(missing_ok=True)
+    results = json.loads((out / "batch_results.json").read_text())
+    record = results["jobs"][0]
+    results["jobs"][0] = {**{key: record[key] for key in ("name", "env_name", "policy_server")},
+                          "status": "pending", "reason": None, "n_errors": 0, "results": None, "wall_s": 0.0}
+    results["status"] = "interrupted"
+    (out / "batch_results.json").write_text(json.dumps(results))
+    write_jobs(out / "jobs.json", server.port,
+               [{"name": "novideo", "env_name": "walkto/fast", "overrides": {"video_fps": 5}}])
+    assert cli.main(["batch", "--resume", str(out)]) == 0
+    assert batch_results(out)["novideo"]["status"] == "done"

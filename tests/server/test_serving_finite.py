@@ -381,12 +381,37 @@ def test_a_clipped_state_that_anchors_a_relative_action_is_judged_by_its_unclipp
     policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", clip_outliers=True)
     observation = example_observation(tiny_checkpoint, "new_embodiment", image_size=(32, 32), batch_size=2)
     observation["state"]["eef_9d"][1, :, 0] = 1e30
-    with pytest.raises(ObservationError, match=r"State key 'eef_9d' of 'new_embodiment' normalizes to \|values\| up to "
-                                               r"\S+ in rows \[1\], beyond \+-1000: column 0 holds 1e\+30 against this "
-                                               r"checkpoint's statistics range \[\S+, \S+\], clipped for the model but "
-                                               r"anchoring relative action key 'eef_9d'"):
+    with pytest.raises(ObservationError, match=r"State key 'eef_9d' of 'new_embodiment' holds \|values\| up to 1e\+30 "
+                                               r"in rows \[1\], beyond 1000 times its statistics' magnitude; it is "
+                                               r"clipped for the model but anchors relative action key 'eef_9d'"):
         policy.get_action(observation, {"seed": 0})
     observation["state"]["eef_9d"][1, :, 0] = 3.0  # a few ranges out: clipped for the model, served as before
+    action, _ = policy.get_action(observation, {"seed": 0})
+    assert np.isfinite(action["eef_9d"]).all()
+
+
+def test_a_real_rotation_of_a_column_that_barely_varied_in_training_is_served(tiny_checkpoint, tmp_path):
+    """Judged in units of its range, a rot6d entry that stayed within +-5e-6 in training put a real 0.6 degree roll
+    (0.01) thousands of ranges out, and the request was refused as 'in other units'; it is clipped and served."""
+    import json
+    import shutil
+
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    stats_file = next(checkpoint.rglob("statistics.json"))
+    stats = json.loads(stats_file.read_text())
+    eef = stats["new_embodiment"]["state"]["eef_9d"]
+    for name in ("min", "q01"):
+        eef[name][4] = -5e-6
+    for name in ("max", "q99"):
+        eef[name][4] = 5e-6
+    stats_file.write_text(json.dumps(stats))
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu", clip_outliers=True)
+    observation = example_observation(checkpoint, "new_embodiment", image_size=(32, 32), batch_size=1)
+    observation["state"]["eef_9d"][0, :, 4] = 0.01
     action, _ = policy.get_action(observation, {"seed": 0})
     assert np.isfinite(action["eef_9d"]).all()
 

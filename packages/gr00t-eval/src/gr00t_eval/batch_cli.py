@@ -11,7 +11,8 @@ import stat
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .batch import BATCH_RESULTS_FILENAME, JobError, format_table, job_video_dirs, load_jobs, run_batch
+from .batch import (BATCH_RESULTS_FILENAME, JOBS_DIRNAME, JobError, format_table, job_dir_name, job_video_dirs,
+                    load_jobs, read_job_run_file, run_batch)
 from .cli_errors import UsageError
 from .output_files import OutputDirError
 from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim, refuse_live_claims,
@@ -131,7 +132,17 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
     # The settings an earlier attempt recorded for each job it reached: a job keeps a setting a newer check refuses
     # only where it began with that very setting; one added since (or a job never reached) is checked as in a new batch.
     recorded = {job["name"]: job["job_config"] for job in jobs_done if isinstance(job.get("job_config"), dict)}
-    jobs = load_jobs(jobs_path, start_dir, home_dir, resumed=True, started=recorded.get)
+
+    def started_with(name: str) -> Any:  # its record's settings, else (stopped mid-run) its folder's run.json's
+        if name in recorded:
+            return recorded[name]
+        try:
+            saved = read_job_run_file(output_dir / JOBS_DIRNAME / job_dir_name(name)).get("job_config")
+        except (OSError, ValueError):  # none, or damaged: the job is checked as in a new batch (its run says why)
+            return None
+        return saved if isinstance(saved, dict) else None
+
+    jobs = load_jobs(jobs_path, start_dir, home_dir, resumed=True, started=started_with)
     # Under the claim's lock: of two resumes started at once, one runs and the other is refused.
     settings = {"resumed": True, **{key: value for key, value in ((START_DIR_KEY, start_dir), (HOME_DIR_KEY, home_dir))
                                     if value}}

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gr00t_client.cli_flags import token_shape, user_path
 from gr00t_client.client import MAX_TIMEOUT_MS
+from gr00t_client.client_options import check_host
 
 from .rollout.config import (MAX_ENVS, MAX_EPISODES, RolloutConfig, check_env_kwargs_finite, check_env_timeout,
                              check_env_timeout_applies, default_env_timeout, env_timeout_applies)
@@ -113,11 +114,12 @@ def _server(name: str, raw: Any) -> PolicyServerAddress:
     host = raw.get("host", "127.0.0.1")
     if not isinstance(host, str) or not host.strip():
         raise JobError(f"job {name!r}: policy_server 'host' must be a host name or IP address, got {host!r}")
-    bare = host.strip()[len("tcp://"):] if host.strip().lower().startswith("tcp://") else host.strip()
-    if bare != host.strip() or bare.count(":") == 1 or "]:" in bare:  # the address the server prints, pasted whole
-        raise JobError(f"job {name!r}: policy_server 'host' {host!r} holds more than a host (a 'tcp://' scheme or a "
-                       "':PORT'); expected the host alone, with the port in 'port' (e.g. \"host\": \"127.0.0.1\", "
-                       "\"port\": 5555)")
+    try:  # as the client will judge it at the job's turn: a ':port' or scheme (the address the server prints, pasted
+        check_host(host)  # whole), a malformed IPv6 address
+    except ValueError:
+        raise JobError(f"job {name!r}: policy_server 'host' {host!r} is not a host alone (a 'tcp://' scheme, a "
+                       "':PORT', or a malformed IPv6 address); expected the host alone, with the port in 'port' (e.g. \"host\": \"127.0.0.1\", "
+                       "\"port\": 5555)") from None
     return PolicyServerAddress(host, port, token, timeout_ms,
                                raw.get("server_public_key"), raw.get("client_key"), str(variable) if variable else None)
 

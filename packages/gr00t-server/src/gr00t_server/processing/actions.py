@@ -153,12 +153,12 @@ def outlier_magnitude(key: str, normalized: np.ndarray, params: norm.KeyNormPara
 
 
 def check_state_outliers(tag: str, key: str, value: np.ndarray, normalized: np.ndarray, params: norm.KeyNormParams,
-                         state_config: ModalityConfig, sincos: bool, anchoring: Sequence[str] = ()) -> None:
+                         state_config: ModalityConfig, sincos: bool) -> None:
     """ObservationError when state `key` normalizes beyond +-STATE_OUTLIER_LIMIT (outlier_magnitude), naming its rows,
     the value and the statistics it was normalized by: refused before the model, whose answer to it depended on the
     backend (PyTorch made NaN, ONNX Runtime finite actions computed from it). Only unclipped keys can get there
-    (mean/std keys, min/max keys with clip_outliers off, and min/max keys `anchoring` relative action keys, judged
-    before their clip)."""
+    (mean/std keys, and min/max keys with clip_outliers off; a clipped key anchoring a relative action has
+    check_anchor_magnitude)."""
     magnitude = outlier_magnitude(key, normalized, params, state_config, sincos)
     outlier = magnitude > STATE_OUTLIER_LIMIT
     if not outlier.any():
@@ -178,10 +178,7 @@ def check_state_outliers(tag: str, key: str, value: np.ndarray, normalized: np.n
                       "wrong, correct its std in the checkpoint's statistics.json")
     else:
         statistics = (f"range [{float(np.broadcast_to(params.low, value.shape)[worst]):.3g}, "
-                      f"{float(np.broadcast_to(params.high, value.shape)[worst]):.3g}], " +
-                      (f"clipped for the model but anchoring relative action key{'s' if len(anchoring) > 1 else ''} "
-                       f"{', '.join(repr(name) for name in anchoring)}, decoded against its raw value" if anchoring
-                       else "not clipped (clip_outliers off)"))
+                      f"{float(np.broadcast_to(params.high, value.shape)[worst]):.3g}], not clipped (clip_outliers off)")
     raise ObservationError(
         f"State key '{key}' of '{tag}' normalizes to |values| up to {float(magnitude[worst]):.3g} in rows "
         f"{flagged_rows(outlier)}, beyond +-{STATE_OUTLIER_LIMIT:g}: column {column} holds {raw:.3g} against this "
@@ -209,6 +206,24 @@ def state_outliers(raw_states: Mapping[str, np.ndarray], rows: Sequence[int], st
             found.append(f"state key '{key}' normalizes to |values| up to {largest:.3g} in those rows (raw "
                          f"{float(np.max(np.abs(picked))):.3g}; its statistics' range is [{low:.3g}, {high:.3g}])")
     return found
+
+
+def check_anchor_magnitude(tag: str, key: str, value: np.ndarray, params: norm.KeyNormParams,
+                           anchoring: Sequence[str]) -> None:
+    """ObservationError when state `key`, clipped for the model but anchoring relative action keys `anchoring`
+    (decoded against its raw value), holds a value beyond STATE_OUTLIER_LIMIT times its statistics' magnitude
+    (the larger of |low|, |high| and 1, per column): units other than the training data's, whose decoded target
+    would be sent as good."""
+    scale = np.maximum(np.maximum(np.abs(params.low), np.abs(params.high)), 1.0)
+    beyond = np.abs(value) > STATE_OUTLIER_LIMIT * np.broadcast_to(scale, value.shape)
+    if not beyond.any():
+        return
+    raise ObservationError(
+        f"State key '{key}' of '{tag}' holds |values| up to {float(np.max(np.abs(value))):.3g} in rows "
+        f"{flagged_rows(beyond)}, beyond "
+        f"{STATE_OUTLIER_LIMIT:g} times its statistics' magnitude; it is clipped for the model but anchors relative "
+        f"action key{'s' if len(anchoring) > 1 else ''} {', '.join(repr(name) for name in anchoring)}, decoded "
+        "against its raw value: send states in the units of the checkpoint's statistics")
 
 
 def relative_anchors(action_config: ModalityConfig, params: EmbodimentNormParams) -> Dict[str, List[str]]:
