@@ -103,7 +103,13 @@ def _may_hold_a_secret(text: str) -> bool:
         return True  # 'keys/<KEY>_old.key_secret' starts with an existing folder and still holds the key
     stem, dot, suffix = text.rpartition(".")
     if dot and suffix in ("key", "key_secret") and not any(char.isspace() for char in text):
-        return False  # a missing key file, whose path is worth naming (not a whole key with a suffix typed after it)
+        # a missing key file, whose path is worth naming; not a whole key with a suffix typed after it: a file name
+        # holding a key's length of z85 characters in a row with capitals or symbols in it, which path words (lower
+        # case, digits, '-') lack (a key drawn with only 4 capitals and 2 symbols passed the run's test above and was
+        # shown whole before its '_old.key')
+        name = stem.rpartition("/")[2]
+        return (_longest_z85_run(name) >= Z85_KEY_LENGTH - 5
+                and sum(char.isupper() or char in _Z85_SYMBOLS for char in name) >= 2)
     top, separator, _ = text.lstrip(os.sep).partition(os.sep)
     if not separator or top in ("", ".", ".."):
         return True
@@ -119,6 +125,15 @@ def _deepest_existing_folder(path: str) -> Tuple[str, str]:
     if not folder or not os.path.isdir(folder):
         return ".", path
     return folder, path[len(folder):].lstrip(os.sep + (os.altsep or ""))
+
+
+def _longest_z85_run(text: str) -> int:
+    """The most z85 characters in a row in `text`."""
+    longest = run = 0
+    for char in text:
+        run = run + 1 if char in _Z85_TEXT else 0
+        longest = max(longest, run)
+    return longest
 
 
 def _holds_a_key_like_run(text: str) -> bool:
