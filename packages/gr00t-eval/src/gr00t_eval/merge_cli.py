@@ -76,7 +76,7 @@ def _unfinished_shards_hint(paths: List[str]) -> str:
     from .rollout_args import _recorded_registration_flags
     from .run_file import read_run_file
     from .run_resume import resume_command
-    from .shard import ShardSpec
+    from .shard import ShardSpec, shard_folder
 
     unfinished = []
     for directory in (Path(p) for p in paths if Path(p).is_dir()):
@@ -89,8 +89,7 @@ def _unfinished_shards_hint(paths: List[str]) -> str:
                     flags = ""
                 # where its run file really is: in a folder of links to each node's files, a resume of the links'
                 # folder would copy the run file there and leave the node's folder unfinished
-                run_file = directory / run_file_name(shard)
-                home = run_file.resolve().parent if run_file.is_symlink() else directory
+                home = shard_folder(str(directory / run_file_name(shard)))
                 unfinished.append(f"shard {shard} in {directory} started and has no results file (still running, or "
                                   f"killed: continue it with {resume_command(home, shard)}{flags})")
     return "; " + "; ".join(unfinished) if unfinished else ""

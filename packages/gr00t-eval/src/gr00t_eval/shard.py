@@ -582,7 +582,7 @@ def _stopped_shard_hint(label: str, results: Mapping[str, Any], with_reason: boo
     shard = (results.get("plan") or {}).get("shard")
     spec = ShardSpec(*shard) if shard else None
     flags = _recorded_registration_flags(results.get("plan") or {})  # a resume is held to the shard's own
-    resume = (f": continue it with {resume_command(_shard_folder(label), spec)}{flags}" if label.endswith(".json")
+    resume = (f": continue it with {resume_command(shard_folder(label), spec)}{flags}" if label.endswith(".json")
               else "")
     return f"{label} is an {results.get('status')} run{reason}{resume}"
 
@@ -608,12 +608,12 @@ def _merged_shard_resumes(merge: Mapping[str, Any]) -> List[str]:
         except (TypeError, ValueError):  # a whole run (None), or a hand-edited record: nothing to resume by
             continue
         if failed & set(shard_ranges(tasks, plan.get("n_episodes") or 0, spec)):
-            resumes.append(f"continue its shard {path} with {resume_command(_shard_folder(path), spec)}{flags}")
+            resumes.append(f"continue its shard {path} with {resume_command(shard_folder(path), spec)}{flags}")
     return resumes
 
 
-def _shard_folder(path: str) -> Path:
-    """The folder a shard's results file lives in, where its run file is (a resume needs it): a symbolic link to the
-    file (a folder of links to each node's shard files) is followed; the path is kept as given otherwise."""
+def shard_folder(path: str) -> Path:
+    """The folder a shard's file (its results or run file) really lives in, where a resume must run: a symbolic link
+    to the file (a folder of links to each node's shard files) is followed; the path is kept as given otherwise."""
     file = Path(path)
     return (file.resolve() if file.is_symlink() else file).parent
