@@ -46,19 +46,25 @@ def test_a_number_key_deep_in_an_observation_is_named_by_its_path():
         str(refused.value)
 
 
+class OptionsRecordingPolicy(EchoPolicy):
+    """Echoes, keeping the options of every call (in `seen`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = []
+
+    def _get_action(self, observation, options=None):
+        self.seen.append(options)
+        return super()._get_action(observation, options)
+
+
 def test_our_server_still_gets_number_keys_from_our_client():
     """Our server decodes number keys (strict_map_key=False): nothing is refused for it."""
-    seen = []
-
-    class RecordingPolicy(EchoPolicy):
-        def _get_action(self, observation, options=None):
-            seen.append(options)
-            return super()._get_action(observation, options)
-
-    with running_server(RecordingPolicy()) as server, \
+    policy = OptionsRecordingPolicy()
+    with running_server(policy) as server, \
             PolicyClient(port=server.port, timeout_ms=5000, wire="reference") as client:
         client.get_action({}, {"gains": {0: 1.5}})
-    assert seen[0]["gains"] == {0: 1.5}
+    assert policy.seen[0]["gains"] == {0: 1.5}
 
 
 class NewerModalityConfig(ModalityConfig):
@@ -70,18 +76,12 @@ class NewerModalityConfig(ModalityConfig):
 
 def test_a_number_key_reaches_a_gr00t_server_whose_info_this_client_cannot_read():
     """Not known to be a reference server, so not refused as one: a newer gr00t-server decodes number keys."""
-    seen = []
-
-    class RecordingPolicy(EchoPolicy):
-        def _get_action(self, observation, options=None):
-            seen.append(options)
-            return super()._get_action(observation, options)
-
     configs = {k: NewerModalityConfig(v.delta_indices, v.modality_keys) for k, v in libero_like_configs().items()}
-    with running_server(RecordingPolicy(configs)) as server, \
+    policy = OptionsRecordingPolicy(configs)
+    with running_server(policy) as server, \
             PolicyClient(port=server.port, timeout_ms=5000) as client:
         client.get_action(libero_like_observation(height=8, width=8), {"gains": {0: 1.5}})
-    assert seen[-1]["gains"] == {0: 1.5}
+    assert policy.seen[-1]["gains"] == {0: 1.5}
 
 
 class Mode(enum.Enum):
