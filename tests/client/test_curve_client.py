@@ -323,9 +323,13 @@ def test_wrong_server_key_fails_fast_as_a_handshake_error(keys, tmp_path):
 def test_plaintext_client_against_curve_server_is_told_to_pass_the_server_key(keys):
     secret, public = server_pair(keys)
     with raw_server(secret, public) as port:
-        with pytest.raises(HandshakeError, match="pass server_public_key"):
+        # The server's mechanism-mismatch ERROR can be lost to its closing the connection (seen in CI under load: every
+        # connection met only closings, as a forwarder whose server is down makes too): then the timeout names both,
+        # the remedy included. A HandshakeError, when the ERROR arrives, comes before the timeout.
+        with pytest.raises((HandshakeError, PolicyTimeoutError), match="pass server_public_key") as info:
             call_ping(port)
-    assert call_ping.elapsed < TIMEOUT_MS / 1000.0
+    if isinstance(info.value, HandshakeError):
+        assert call_ping.elapsed < TIMEOUT_MS / 1000.0
 
 
 def test_curve_client_against_plaintext_server_is_a_handshake_error(keys):
