@@ -74,6 +74,7 @@ class Gr00tN1d7Processor(VideoChecks):
         # file name -> the file this processor was read from (from_pretrained; none when built in memory)
         self.source_files: Dict[str, Path] = {}
         self._norm_cache: Dict[str, EmbodimentNormParams] = {}
+        self._anchor_cache: Dict[str, Dict[str, List[str]]] = {}
         self._prompt_cache: Dict[tuple, str] = {}
         # The dtype the model computes in ("float16" from Gr00tPolicy's --dtype fp16): a normalized state beyond its
         # range is refused naming the state, not met as NaN actions blamed on an action key.
@@ -140,6 +141,12 @@ class Gr00tN1d7Processor(VideoChecks):
             self._norm_cache[tag] = self._compute_norm_params(tag)
         return self._norm_cache[tag]
 
+    def relative_anchors(self, tag: str) -> Dict[str, List[str]]:
+        """{state key: relative action keys decoded against it} of an embodiment, computed once (as norm_params)."""
+        if tag not in self._anchor_cache:
+            self._anchor_cache[tag] = actions.relative_anchors(self.modality_configs(tag)["action"], self.norm_params(tag))
+        return self._anchor_cache[tag]
+
     def _compute_norm_params(self, tag: str) -> EmbodimentNormParams:
         if tag in self.statistics_errors:
             raise ValueError(self.statistics_errors[tag])
@@ -159,7 +166,7 @@ class Gr00tN1d7Processor(VideoChecks):
         configs = self.modality_configs(tag)
         state_config = configs["state"]
         params = self.norm_params(tag).state
-        anchors = actions.relative_anchors(configs["action"], self.norm_params(tag)) if self.config.clip_outliers else {}
+        anchors = self.relative_anchors(tag) if self.config.clip_outliers else {}
         groups = []
         for key in state_config.modality_keys:
             if key not in states:
