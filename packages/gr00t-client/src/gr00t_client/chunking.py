@@ -81,15 +81,27 @@ def _as_float(name: str, value: Any) -> float:
                          f"a float ({type(value).__name__}: {exc})") from None
 
 
-def _wraps_client(policy: Any) -> bool:
-    """Whether `policy` is a PolicyClient or wraps one through `.policy` (PolicyWrapper's attribute); a cycle ends it."""
+def _client_of(policy: Any) -> Optional[PolicyClient]:
+    """`policy` itself if a PolicyClient, or the one it wraps through `.policy` (PolicyWrapper's attribute), or None; a
+    cycle ends the search."""
     seen = set()
     while policy is not None and id(policy) not in seen:
         if isinstance(policy, PolicyClient):
-            return True
+            return policy
         seen.add(id(policy))
         policy = getattr(policy, "policy", None)
-    return False
+    return None
+
+
+def _wraps_client(policy: Any) -> bool:
+    """Whether `policy` is a PolicyClient or wraps one."""
+    return _client_of(policy) is not None
+
+
+def _server_changes(policy: Any) -> Optional[int]:
+    """The wrapped client's server_changes (it moves when the server may have restarted), or None for a local policy."""
+    client = _client_of(policy)
+    return None if client is None else client.server_changes
 
 
 class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
@@ -181,14 +193,28 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         self._prefetch_failure: Optional[BaseException] = None  # its error
         self._worker: Optional[_PrefetchWorker] = None  # started by the first prefetch
         self._last_info: Dict[str, Any] = {}
-        self._horizon_checked = False  # whether a policy that says how far it advances per call was compared with us
-        self._advancing_policy = False  # the policy said it advances per call (a replay server's execution_horizon)
         self._partial_reset_warned = False
+        self._advance_warning: Optional[str] = None  # the last advance mismatch warned about: not again after a reset
         self._expected_steps: Optional[List[int]] = None  # per policy row: the step an advancing policy reports next
+        self._expected_basis = ""  # why those steps are due, for the error refusing a reply past them
         self._last_reply: Optional[_Reply] = None  # an advancing policy's last reply to every env, since its reset
         self._reply_lost = False  # a request failed since that reply (an advancing policy may have moved on for it)
-        self._inferred_horizon: Optional[int] = None  # the advance per call of a policy whose info does not say it
         self._pid = os.getpid()  # the process whose prefetch thread this is (see _adopt_after_fork)
+        self._forget_policy_server()  # nothing is known of it yet
+
+    def _forget_policy_server(self) -> None:
+        """Forget what was learnt of the policy's server (at a full reset, and when the wrapped client's server_changes
+        moved: a restart, maybe with another horizon): its next replies and config tell it again."""
+        self._horizon_checked = False  # whether a policy that says how far it advances per call was compared with us
+        self._advancing_policy = False  # the policy said it advances per call (a replay server's execution_horizon)
+        self._inferred_horizon: Optional[int] = None  # the advance per call of a policy whose info does not say it
+        self._configs_refused = False  # its modality config could not be had (RTC then sends no action horizon cap)
+        self._server_changes = _server_changes(self.policy)  # the client's count when this was forgotten
+
+    def _notice_new_server(self) -> None:
+        """Forget what was learnt of the policy's server once the wrapped client may talk to another one."""
+        if _server_changes(self.policy) != self._server_changes:
+            self._forget_policy_server()
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -327,8 +353,9 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         self._keys, self._step_shapes, self._step_dtypes = None, {}, {}
         self._expected_steps = self._last_reply = None
         self._reply_lost = False
+        self._forget_policy_server()  # a new episode may be served with another advance (a restarted replay server)
         info = self.policy.reset(options) or {}
-        self._expected_steps = _reported_steps(info)
+        self._expected_steps, self._expected_basis = _reported_steps(info), "the step its reset reported"
         return info
 
     def wait_for_prefetch(self, timeout: Optional[float] = None) -> bool:
@@ -381,6 +408,7 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         except BaseException:
             self._reply_lost = True  # the policy may have run it all the same (a timeout) and advanced
             raise
+        self._notice_new_server()  # this reply may be a restarted server's
         if not self._horizon_checked:
             self._check_policy_advance(result)
         if isinstance(result, (tuple, list)) and len(result) == 2:

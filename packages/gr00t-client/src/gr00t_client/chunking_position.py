@@ -69,8 +69,8 @@ class _Reply:
 
 
 class _PositionChecks:
-    """ActionChunker's checks of an advancing policy's replies (it sets the expected steps, the last reply, whether a
-    request was lost since, the horizon inferred and what the policy said)."""
+    """ActionChunker's checks of an advancing policy's replies (it sets the expected steps and why they are due, the last
+    reply, whether a request was lost since, the horizon inferred and what the policy said)."""
 
     def _check_position(self, info: Any, n_rows: int) -> None:
         """Refuse a reply of a policy that advances its own position (a replay: `current_step` in its info) from past
@@ -84,17 +84,21 @@ class _PositionChecks:
             # no position, or some envs alone (per_env: a replay re-tiles its rows)
             self._expected_steps = self._last_reply = None
             return
-        served = info.get("execution_horizon")
-        horizon = int(served) if _is_int(served) else self._inferred_horizon
         expected = _tiled(self._expected_steps, n_rows)
         if expected is not None and len(expected) == n_rows:  # left as it was: every later reply is refused too
-            self._refuse_skipped(expected, reported, f"its last reply's step + execution_horizon {horizon}"
-                                 if horizon is not None else "the step its reset reported")
-        if horizon is None:
-            horizon = self._infer_horizon(info, reported)
+            self._refuse_skipped(expected, reported, self._expected_basis)
+        served = info.get("execution_horizon")
+        if _is_int(served):
+            horizon, basis = int(served), f"its last reply's step + execution_horizon {int(served)}"
+        else:  # the policy does not say it: what its replies showed (not its own execution_horizon)
+            horizon = self._inferred_horizon
+            if horizon is None:
+                horizon = self._infer_horizon(info, reported)
+            basis = f"its last reply's step + inferred advance {horizon}"
         self._reply_lost = False
         self._last_reply = _Reply(reported, _reported_ints(info, "episode_index"), self._executed_steps())
         self._expected_steps = None if horizon is None else [step + horizon for step in reported]
+        self._expected_basis = basis
 
     def _infer_horizon(self, info: Any, reported: List[int]) -> Optional[int]:
         """The steps a policy reporting `current_step` but no `execution_horizon` advances per call: the same advance
@@ -139,22 +143,28 @@ class _PositionChecks:
             self._warn_advance_mismatch(int(served), _chunk_steps(result[0]), "its info's execution_horizon")
 
     def _warn_advance_mismatch(self, served: int, chunk: Optional[int], source: str) -> None:
-        """Warn (once: the horizon is then checked) when this chunker cannot follow a policy advancing `served` steps
-        per call (`source` says how that is known), executing another number of the `chunk` steps, or prefetching."""
+        """Warn when this chunker cannot follow a policy advancing `served` steps per call (`source` says how that is
+        known), executing another number of the `chunk` steps, or prefetching. Checked once per server and episode
+        (the horizon is then checked); the same warning is not given again after a reset."""
         self._horizon_checked = True
         self._advancing_policy = True
         steps = self.n_action_steps if self.n_action_steps is not None else chunk
         if self.asynchronous:
-            logger.warning("the policy advances %d steps per call (%s: a replay server), but this ActionChunker "
-                           "prefetches, so its calls do not follow the steps executed: steps will repeat or be "
-                           "skipped; use asynchronous=False and n_action_steps=%d", served, source, served)
+            warning = (f"the policy advances {served} steps per call ({source}: a replay server), but this "
+                       "ActionChunker prefetches, so its calls do not follow the steps executed: steps will repeat or "
+                       f"be skipped; use asynchronous=False and n_action_steps={served}")
         elif self.per_env and (self._n_envs or 0) > 1:
-            logger.warning("the policy advances %d steps per call (%s: a replay server, one cursor per session), but "
-                           "this ActionChunker fetches some envs at a time (per_env=True): the envs take turns at the "
-                           "one cursor and skip steps; use per_env=False", served, source)
+            warning = (f"the policy advances {served} steps per call ({source}: a replay server, one cursor per "
+                       "session), but this ActionChunker fetches some envs at a time (per_env=True): the envs take "
+                       "turns at the one cursor and skip steps; use per_env=False")
         elif steps is not None and steps != served:
             # A server horizon of `steps` is only a way out where the chunk holds that many steps
             serve_with = f" (or serve with --execution-horizon {steps})" if chunk is None or steps <= chunk else ""
-            logger.warning("the policy advances %d steps per call (%s: a replay server), but this ActionChunker "
-                           "executes %d steps of each chunk: steps will %s; pass n_action_steps=%d%s", served, source,
-                           steps, "repeat" if steps > served else "be skipped", served, serve_with)
+            warning = (f"the policy advances {served} steps per call ({source}: a replay server), but this "
+                       f"ActionChunker executes {steps} steps of each chunk: steps will "
+                       f"{'repeat' if steps > served else 'be skipped'}; pass n_action_steps={served}{serve_with}")
+        else:
+            return
+        if warning != self._advance_warning:
+            self._advance_warning = warning
+            logger.warning("%s", warning)

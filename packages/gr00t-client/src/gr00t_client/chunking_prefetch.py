@@ -117,7 +117,7 @@ class _Prefetching:
             request_options = {**(request_options or {}), "rtc": rtc}
         self.stats.prefetches += 1
         self._pending = _Prefetch(
-            future=self._prefetch_worker().submit(self._request, request_obs, request_options, len(ids)),
+            future=self._prefetch_worker().submit(self._prefetch_request, request_obs, request_options, len(ids)),
             env_ids=ids,
             generations=[self._generations[i] for i in ids],
             steps_at_observation=[self._steps_taken[i] - 1 for i in ids],  # this call's step was already taken
@@ -145,6 +145,37 @@ class _Prefetching:
             "frozen_steps": min(self.rtc_frozen_steps, overlap),
             "ramp_rate": self.rtc_ramp_rate,
         }
+
+    def _prefetch_request(self, observation: Any, options: Optional[Dict[str, Any]], n_rows: int) -> Tuple[Any, Any]:
+        """A prefetch's request (on the worker thread), its options["rtc"] cut to the action horizon the policy serves
+        now: a server restarted with a shorter one refuses a longer previous_action."""
+        rtc = options.get("rtc") if options else None
+        horizon = self._served_action_horizon() if rtc is not None else None
+        if horizon is not None and rtc["overlap_steps"] > horizon:
+            options = {**options, "rtc": {
+                **rtc, "previous_action": {key: steps[:, :horizon] for key, steps in rtc["previous_action"].items()},
+                "overlap_steps": horizon, "frozen_steps": min(rtc["frozen_steps"], horizon)}}
+        return self._request(observation, options, n_rows)
+
+    def _served_action_horizon(self) -> Optional[int]:
+        """The action steps the policy serves (its modality config's action delta_indices), or None where it does not
+        say. A client answers from what it learnt of its server, and asks a restarted one again first."""
+        self._notice_new_server()
+        if self._configs_refused:  # not asked again until the server changes
+            return None
+        try:
+            configs = self.policy.get_modality_config()
+        except (PolicyTimeoutError, ConnectionError):  # the prefetch is dropped and asked for again (_outlived)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a policy without configs: its previous_action is not cut
+            logger.debug("no action horizon to cut options['rtc'] to: get_modality_config failed (%s: %s)",
+                         type(exc).__name__, exc)
+            self._notice_new_server()
+            self._configs_refused = True
+            return None
+        action = configs.get("action") if isinstance(configs, Mapping) else None
+        indices = action.get("delta_indices") if isinstance(action, Mapping) else getattr(action, "delta_indices", None)
+        return len(indices) if isinstance(indices, (list, tuple)) and indices else None
 
     def _collect(self, block: bool) -> List[int]:
         """Merge a finished prefetch into the buffers; return the env ids merged."""
