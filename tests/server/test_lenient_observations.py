@@ -231,3 +231,31 @@ def test_language_rows_of_any_accepted_form_are_served_as_the_same_nested_list(l
         action, _ = client.get_action(_broken(two_rows, _set("language", key, rows)), options={"seed": 7})
     for name in expected:
         np.testing.assert_allclose(action[name], expected[name], rtol=1e-5, atol=1e-5)
+
+
+def _masked(value):
+    """`value` as a numpy masked array with its first entry masked (over a stale reading there)."""
+    data = np.array(value)
+    mask = np.zeros(data.shape, bool)
+    mask.flat[0] = True
+    return np.ma.MaskedArray(data, mask=mask)
+
+
+@pytest.mark.parametrize("group", ["state", "video"])
+def test_a_masked_array_is_refused_naming_the_entry_as_a_strict_policy_does(lenient, good, group):
+    """np.asarray dropped the mask: the value under it (a stale reading) reached the model and moved the action."""
+    key = next(iter(good[group]))
+    with pytest.raises(ValueError, match=re.escape(f"{group}['{key}'] is a numpy masked array; send value.filled(x) "
+                                                   "with the value the policy should see (a masked entry has no value "
+                                                   "to act on)")):
+        lenient.get_action(_broken(good, _set(group, key, _masked(good[group][key]))))
+
+
+def test_a_lenient_sim_wrapper_refuses_a_masked_state_in_its_flat_form(lenient, good):
+    from gr00t_server.policies.sim_wrapper import Gr00tSimPolicyWrapper
+
+    flat = _flat(good)
+    state_key = next(key for key in flat if key.startswith("state."))
+    flat[state_key] = _masked(flat[state_key])
+    with pytest.raises(ValueError, match="is a numpy masked array; send value.filled"):
+        Gr00tSimPolicyWrapper(lenient, strict=False).get_action(flat)

@@ -64,8 +64,7 @@ def _check_array(kind: str, key: str, value: Any, dtype: type, ndim: int, horizo
                else type(value).__name__)
         raise err(f"{kind} key '{key}' must be a numpy array of dtype {np.dtype(dtype)} and shape {layout}; got {got}")
     if type(value) is not np.ndarray and isinstance(value, np.ma.MaskedArray):  # the wire and the model see no mask
-        raise err(f"{kind} key '{key}' is a numpy masked array; send value.filled(x) with the value the policy should "
-                  "see (a masked entry has no value to act on)")
+        raise err(masked_array_refusal(f"{kind} key '{key}'"))
     if value.dtype != dtype:
         hint, scale = "", ""
         # A cast is the fix only when the byte order alone differs: '>f4' frames in [0, 1] cast to uint8 were black.
@@ -79,6 +78,12 @@ def _check_array(kind: str, key: str, value: Any, dtype: type, ndim: int, horizo
         raise err(f"{kind} key '{key}' must have shape {layout}; got shape {value.shape}")
     if value.shape[1] != horizon:
         raise err(f"{kind} key '{key}' must have horizon T={horizon} (shape {layout}); got T={value.shape[1]} in shape {value.shape}")
+
+
+def masked_array_refusal(name: str) -> str:
+    """The refusal of a numpy masked array given as observation entry `name` (strict or lenient alike)."""
+    return (f"{name} is a numpy masked array; send value.filled(x) with the value the policy should see (a masked "
+            "entry has no value to act on)")
 
 
 def float_frames_hint(frames: np.ndarray) -> str:

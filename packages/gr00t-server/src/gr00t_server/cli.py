@@ -48,7 +48,9 @@ def _add_serve_parser(subparsers: Any) -> None:
                    help="model dtype (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument(*_flag("clip-outliers"), dest="clip_outliers", action="store_true", default=None,
                    help="clip min/max-normalized states to [-1, 1] (one anchoring a relative action is refused beyond "
-                   "1000 times its statistics' magnitude, as its action is decoded against its raw value) and absolute actions to the statistics "
+                   "1000 times its statistics' magnitude, as its action is decoded against its raw value; any state "
+                   "about 10 times beyond its range is served with a warning, once per key) and absolute actions to "
+                   "the statistics "
                    "range; mean/std states and relative actions are not clipped, as in the reference (default: the "
                    "checkpoint's processor_config.json clip_outliers, for states; mean/std absolute actions then stay "
                    "unclipped)")

@@ -10,10 +10,14 @@ import numpy as np
 
 from gr00t_client.flat import language_text
 from gr00t_client.modality import ModalityConfig
-from gr00t_client.policy import ObservationError, unreal_dtype
+from gr00t_client.policy import ObservationError, masked_array_refusal, unreal_dtype
 
 if TYPE_CHECKING:
     from gr00t_server.processing.processor import Gr00tN1d7Processor
+
+# Embodiments trained on episodes without an instruction, which take an empty one: DROID's data holds them (the
+# reference's droid_sample dataset has the empty string as its task 0, shared/reference server-eval.md §demo data).
+EMPTY_INSTRUCTION_TAGS = frozenset({"oxe_droid_relative_eef_relative_joint"})
 
 
 def _instruction(language: Any, key: str, row: int) -> str:
@@ -45,10 +49,10 @@ class Gr00tObservationChecks:
         return int(np.asarray(observation["state"][state_keys[0]]).shape[0])
 
     def _check_lenient_layout(self, observation: Any) -> None:
-        """strict=False takes lists and other dtypes, but not a missing group or key, a None, an array without its
-        batch and time axes, or a time axis other than the checkpoint's delta_indices: ObservationError naming the
-        entry and what it needs (these failed as a KeyError, an IndexError, or an internal error with a traceback in
-        the server's log, and a video T as a plausible action)."""
+        """strict=False takes lists and other dtypes, but not a missing group or key, a None, a numpy masked array, an
+        array without its batch and time axes, or a time axis other than the checkpoint's delta_indices:
+        ObservationError naming the entry and what it needs (these failed as a KeyError, an IndexError, or an internal
+        error with a traceback in the server's log, and a video T or a masked array as a plausible action)."""
         if not isinstance(observation, Mapping):
             raise ObservationError(f"observation must be a dict with keys 'video', 'state', 'language'; got "
                                    f"{type(observation).__name__}")
@@ -72,6 +76,8 @@ class Gr00tObservationChecks:
                     if not isinstance(value, (list, tuple, np.ndarray)) or getattr(value, "ndim", 1) == 0:
                         raise ObservationError(f"language['{key}'] must be {layout}; got {type(value).__name__}")
                     continue
+                if isinstance(value, np.ma.MaskedArray):  # np.asarray drops the mask: the model saw what lay under it
+                    raise ObservationError(masked_array_refusal(f"{group}['{key}']"))
                 try:
                     shape = None if value is None else np.shape(value)
                 except ValueError:  # a ragged list
@@ -159,9 +165,19 @@ class Gr00tObservationChecks:
 
     def _check_instructions(self, observation: Mapping[str, Any]) -> None:
         """ObservationError naming the language key, row and tokens when an instruction holds the backbone's special
-        tokens (vision or chat placeholders): the model would read them as such, or fail inside transformers."""
+        tokens (vision or chat placeholders): the model would read them as such, or fail inside transformers. Likewise
+        one that is empty once formalized ("", blanks, punctuation: an env's missing task field), which the model
+        served as an action for no task, unless the embodiment was trained on empty ones (EMPTY_INSTRUCTION_TAGS)."""
+        blank_allowed = self.embodiment_tag_value in EMPTY_INSTRUCTION_TAGS
         for row, language in enumerate(observation["language"][self.language_key]):
-            found = self.processor.reserved_tokens_in(_instruction(language, self.language_key, row))
+            text = _instruction(language, self.language_key, row)
+            if not blank_allowed and not self.processor.instruction_text(text).strip():
+                what = ("empty" if not text else "blank" if not text.strip()
+                        else "nothing but whitespace and punctuation once formalized")
+                raise ObservationError(
+                    f"language['{self.language_key}'] row {row} is {text[:80]!r}, {what}; a task instruction is "
+                    "expected (an env whose task field is missing or renamed sends an empty one): send the task's text")
+            found = self.processor.reserved_tokens_in(text)
             if found:
                 raise ObservationError(
                     f"language['{self.language_key}'] row {row} holds the backbone's reserved token(s) {found}; an "

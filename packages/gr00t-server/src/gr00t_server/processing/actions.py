@@ -18,6 +18,9 @@ from .norm_params import EmbodimentNormParams
 # than the training data's, and the likelier cause of a non-finite model output than the weights. A model output
 # this far out is no action either (training targets lie in about [-1, 1]).
 STATE_OUTLIER_LIMIT = 1e3
+# A normalized state this far out (unclipped) is about ten times its training range away: served, but warned about,
+# as the mark of a unit slip (degrees for radians is x57.3, millimetres for metres x1000) below the refusal's limit.
+STATE_WARNING_LIMIT = 10.0
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -183,6 +186,33 @@ def check_state_outliers(tag: str, key: str, value: np.ndarray, normalized: np.n
         f"State key '{key}' of '{tag}' normalizes to |values| up to {float(magnitude[worst]):.3g} in rows "
         f"{flagged_rows(outlier)}, beyond +-{STATE_OUTLIER_LIMIT:g}: column {column} holds {raw:.3g} against this "
         f"checkpoint's statistics {statistics}; {advice}")
+
+
+def state_range_warning(tag: str, key: str, value: np.ndarray, normalized: np.ndarray, params: norm.KeyNormParams,
+                        state_config: ModalityConfig, sincos: bool) -> Optional[str]:
+    """A warning for state `key` when it normalizes beyond +-STATE_WARNING_LIMIT (outlier_magnitude; a min/max key
+    as normalized before clip_outliers' clip, which hid it from the model but not from its relative actions), naming
+    its largest value, its statistics and the usual unit slips; None otherwise."""
+    if sincos:
+        return None
+    mean_std = key in (state_config.mean_std_embedding_keys or [])
+    if not mean_std:
+        normalized = norm.minmax_normalize(value, params.low, params.high, clip=False)
+    magnitude = outlier_magnitude(key, normalized, params, state_config, sincos)
+    largest = float(np.max(magnitude)) if magnitude.size else 0.0
+    if not largest > STATE_WARNING_LIMIT:
+        return None
+    worst = np.unravel_index(int(np.argmax(magnitude)), magnitude.shape)
+    low, high = (float(np.broadcast_to(bound, value.shape)[worst]) for bound in (params.low, params.high))
+    statistics = f"range [{low:.3g}, {high:.3g}]"
+    if mean_std:
+        statistics += (f", mean {float(np.broadcast_to(params.mean, value.shape)[worst]):.3g}, std "
+                       f"{float(np.broadcast_to(params.std, value.shape)[worst]):.3g}")
+    return (f"State key '{key}' of '{tag}' normalizes to |values| up to {largest:.3g}, beyond "
+            f"+-{STATE_WARNING_LIMIT:g} (about ten times its training range): column {int(worst[-1])} holds "
+            f"{float(value[worst]):.3g} against this checkpoint's statistics {statistics}. Served, but likely in other "
+            "units than the training data's: degrees for radians (x57.3) or millimetres for metres (x1000)? Send "
+            "states in the units of the checkpoint's statistics (warned once per state key)")
 
 
 def state_outliers(raw_states: Mapping[str, np.ndarray], rows: Sequence[int], state_config: Optional[ModalityConfig],

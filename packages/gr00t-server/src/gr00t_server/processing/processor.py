@@ -76,6 +76,8 @@ class Gr00tN1d7Processor(VideoChecks):
         self._norm_cache: Dict[str, EmbodimentNormParams] = {}
         self._anchor_cache: Dict[str, Dict[str, List[str]]] = {}
         self._prompt_cache: Dict[tuple, str] = {}
+        # (tag, state key or camera) already warned about: a robot loop's every step would repeat the warning
+        self._warned: Dict[str, set] = {"state": set(), "video": set()}
         # The dtype the model computes in ("float16" from Gr00tPolicy's --dtype fp16): a normalized state beyond its
         # range is refused naming the state, not met as NaN actions blamed on an action key.
         self.model_float = "float32"
@@ -208,6 +210,11 @@ class Gr00tN1d7Processor(VideoChecks):
                     f"{np.max(np.abs(normalized)):.3g}, against this checkpoint's statistics); send the state in the "
                     "units the model was trained on" + (", or serve in bf16 or fp32" if self.model_float == "float16" else "")
                 )
+            if (tag, key) not in self._warned["state"]:
+                warning = actions.state_range_warning(tag, key, value, normalized, params[key], state_config, sincos)
+                if warning:
+                    self._warned["state"].add((tag, key))
+                    logger.warning(warning)
             groups.append(normalized)
         state = np.concatenate(groups, axis=-1)
         if self.config.exclude_state:
@@ -266,13 +273,16 @@ class Gr00tN1d7Processor(VideoChecks):
         text = formalize_language(language)
         return [token for token in self._reserved_plain_tokens if token in text]
 
+    def instruction_text(self, language: str) -> str:
+        """The instruction as the tokenizer gets it: formalized when the checkpoint's formalize_language is on."""
+        return formalize_language(language) if self.config.formalize_language else language
+
     def build_prompt(self, language: str, num_images: int) -> str:
         """Formalize the instruction and render the chat template with `num_images` images before it (cached)."""
         cache_key = (language, num_images)
         prompt = self._prompt_cache.get(cache_key)
         if prompt is None:
-            text = formalize_language(language) if self.config.formalize_language else language
-            prompt = render_prompt(build_conversation(num_images, text), self.tokenizer)
+            prompt = render_prompt(build_conversation(num_images, self.instruction_text(language)), self.tokenizer)
             if len(self._prompt_cache) >= _PROMPT_CACHE_SIZE:
                 self._prompt_cache.clear()
             self._prompt_cache[cache_key] = prompt

@@ -3,7 +3,8 @@ transform cannot take, and video whose frames together make more vision tokens t
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+import logging
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -13,6 +14,8 @@ from gr00t_client.policy import ObservationError, float_frames_hint
 from .config import ProcessorConfig
 from .image import check_frame_size, eval_transform_shape, torchvision_style_transform_shape
 from .vision_patches import VisionPatchConfig, num_image_tokens, smart_resize
+
+logger = logging.getLogger(__name__)
 
 _SQUARE_SIDE = 256  # any side would do: every transform scales a square frame to the checkpoint's own size
 # The widest common camera frame (16:9): the budget's rows are of frames up to this wide, so that --max-rows rows of 4:3
@@ -29,6 +32,7 @@ class VideoChecks:
     max_image_pixels: int
     max_rows: Optional[int]
     modality_configs: Callable[[str], Dict[str, ModalityConfig]]
+    _warned: Dict[str, Set[Tuple[str, str]]]  # {"video": (tag, camera) warned about}
 
     def check_video(self, tag: str, video: Mapping[str, np.ndarray]) -> None:
         """Refuse, from shapes alone, video the transform cannot take: a missing view, a layout other than uint8
@@ -57,7 +61,22 @@ class VideoChecks:
             check_frame_size(frames.shape[2], frames.shape[3], self.config.letter_box_transform, f"Video key '{key}'",
                              self._scaled_shortest_edge(), self.max_image_pixels)
             sizes.append((key, frames.shape[0] * frames.shape[1], frames.shape[2], frames.shape[3]))
+            self._warn_float_cast_frames(tag, key, frames)
         self._check_vision_tokens(tag, sizes)
+
+    def _warn_float_cast_frames(self, tag: str, key: str, frames: np.ndarray) -> None:
+        """Warn once per camera when its uint8 frames hold only 0 and 1: float frames in [0, 1] cast with
+        astype(np.uint8), a black image to the model (served: a truly dark frame is legal). No copy; every pixel is
+        read only where a sample of them holds nothing above 1."""
+        if (tag, key) in self._warned["video"] or not frames.size or frames[..., ::8, ::8, :].max() > 1:
+            return  # a sample of pixels first: a real camera's frames are ruled out without reading them all
+        if frames.max() > 1:
+            return
+        self._warned["video"].add((tag, key))
+        logger.warning("Video key '%s' of '%s' has uint8 frames holding only 0 and 1 (max %d): float frames in [0, 1] "
+                       "cast with astype(np.uint8)? The model sees a black image; send (frames * 255).round().clip(0, "
+                       "255).astype(np.uint8) (if the camera is truly dark, ignore this; warned once per camera)",
+                       key, tag, int(frames.max()))
 
     def frame_tokens(self, height: int, width: int) -> int:
         """Vision tokens one (height, width) frame becomes (eval transform, then image patches), from its shape alone."""

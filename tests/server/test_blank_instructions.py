@@ -1,0 +1,74 @@
+"""An instruction with nothing in it once formalized (an env's missing task field sent as "") is a client's mistake:
+refused naming the language key and row, not served as a task-free action."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gr00t_client import ObservationError
+
+pytest.importorskip("torch")
+
+from gr00t_server.policies.gr00t_policy import Gr00tPolicy  # noqa: E402
+from gr00t_server.policies.sim_wrapper import Gr00tSimPolicyWrapper  # noqa: E402
+from gr00t_server.test_checkpoint import example_observation, make_test_checkpoint  # noqa: E402
+
+BLANK = ["", "   ", "?!."]  # the last formalizes to nothing
+
+
+@pytest.fixture(scope="module")
+def observation(tiny_checkpoint):
+    return example_observation(tiny_checkpoint, "new_embodiment", batch_size=2, image_size=(32, 32))
+
+
+@pytest.fixture(scope="module")
+def policies(tiny_checkpoint):
+    """{strict: Gr00tPolicy}: a strict policy and a lenient one."""
+    return {strict: Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", strict=strict)
+            for strict in (True, False)}
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("text", BLANK)
+def test_a_blank_instruction_is_refused_naming_the_key_the_row_and_what_was_given(policies, observation, strict, text):
+    policy = policies[strict]
+    key = policy.language_key
+    blank_second_row = {**observation, "language": {key: [["pick up the cube"], [text]]}}
+    with pytest.raises(ObservationError, match=re.escape(f"language['{key}'] row 1 is {text!r}")) as caught:
+        policy.get_action(blank_second_row)
+    assert "a task instruction is expected" in str(caught.value)
+    assert "missing" in str(caught.value)  # the likely cause: an env's missing task field
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("text", BLANK)
+def test_a_blank_instruction_in_the_sim_wrappers_flat_form_is_refused_naming_the_key(policies, observation, strict,
+                                                                                     text):
+    wrapper = Gr00tSimPolicyWrapper(policies[strict], strict=strict)
+    key = wrapper.policy.language_key
+    flat = {**{f"video.{k}": v[:1] for k, v in observation["video"].items()},
+            **{f"state.{k}": v[:1] for k, v in observation["state"].items()}, key: (text,)}
+    # the wrapper names the flat key as its caller sent it ("Language key '...'")
+    expected = re.escape(f"key '{key}' row 0 is {text!r}") + ".*a task instruction is expected"
+    with pytest.raises(ObservationError, match=expected):
+        wrapper.get_action(flat)
+
+
+def test_an_instruction_with_words_among_punctuation_is_served(policies, observation):
+    policy = policies[True]
+    key = policy.language_key
+    action, _ = policy.get_action({**observation, "language": {key: [["Pick up the cube!"], ["  go  "]]}})
+    assert action
+
+
+def test_the_droid_embodiment_takes_an_empty_instruction_as_its_training_data_holds_them(tmp_path):
+    """DROID's data has episodes without an instruction (the reference's droid_sample: task 0 is the empty string),
+    so its embodiment was trained on empty instructions: the refusal does not apply to it."""
+    tag = "oxe_droid_relative_eef_relative_joint"
+    checkpoint = make_test_checkpoint(tmp_path / "droid", size="tiny", embodiment_tags=(tag,), seed=0)
+    policy = Gr00tPolicy(checkpoint, tag, device="cpu")
+    observation = example_observation(checkpoint, tag, batch_size=1, image_size=(32, 32))
+    action, _ = policy.get_action({**observation, "language": {policy.language_key: [[""]]}})
+    assert action
