@@ -18,7 +18,7 @@ from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import ObservationError
 from gr00t_eval.dataset import LeRobotDataset
 from gr00t_server.modality_configs import derive_from_dataset
-from gr00t_server.policies import ReplayPolicy
+from gr00t_server.policies import Gr00tSimPolicyWrapper, ReplayPolicy
 from gr00t_server.serving import ServerLimits
 
 LENGTHS = (6, 9, 4)
@@ -289,6 +289,21 @@ def test_a_lenient_replay_refuses_a_zero_row_observation_sent_as_flat_keys_or_li
         with pytest.raises(PolicyServerError, match=re.escape("the observation has 0 rows (its arrays' first axis); "
                                                               f"expected 1 to {replay.max_rows}")):
             client.get_action(form(observation(dataset, 0)))
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])
+def test_a_sim_wrapper_refuses_a_zero_row_flat_observation_naming_its_rows_not_its_language(dataset, strict):
+    """The flat form's empty language list was refused first, as "Language key ... must not be empty": the user was
+    sent to the instruction's text, not to the empty batch the docs name."""
+    replay = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=strict)
+    with running_server(Gr00tSimPolicyWrapper(replay, strict=strict)) as server, \
+            PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError, match=re.escape("the observation has 0 rows (its arrays' first axis); "
+                                                              f"expected 1 to {replay.max_rows}")):
+            client.get_action(flat(observation(dataset, 0)))
+        one_row = flat(observation(dataset, 1))
+        one_row.update({key: [rows[0][0]] for key, rows in observation(dataset, 1)["language"].items()})  # B strings
+        assert client.get_action(one_row)[0]["action.arm"].shape[0] == 1  # and the next call is answered
 
 
 @pytest.mark.parametrize("form, says", [

@@ -44,7 +44,7 @@ def language_source(key: str, observation: Mapping[str, Any]) -> str:
 
 
 def language_batch(value: Any, key: str) -> List[str]:
-    """B strings from a tuple/list of str (or UTF-8 bytes), a numpy string array or a bare str."""
+    """B strings from a tuple/list of str (or UTF-8 bytes), a numpy string array or a bare str (B may be 0)."""
     if isinstance(value, str):
         items: List[Any] = [value]
     elif isinstance(value, np.ndarray):
@@ -55,8 +55,7 @@ def language_batch(value: Any, key: str) -> List[str]:
         items = list(value)
     else:
         raise ObservationError(f"Language key '{key}' must be a tuple, list, numpy array or str; got {type(value).__name__}")
-    if not items:
-        raise ObservationError(f"Language key '{key}' must not be empty")
+    # None is fine: an observation of 0 rows is refused as such, by the batch checks of whoever reads the texts
     return [language_text(item, f"Language key '{key}'", "must hold strings") for item in items]
 
 

@@ -41,7 +41,7 @@ class ServerLimits:
     max_session_id_chars: int = 128
     max_sessions: int = 1024  # sessions a stateful policy keeps (segmented LRU: sessions used once are evicted first)
     session_idle_s: float = 3600.0  # a session unused this long is evicted
-    max_client_queued_bytes: Optional[int] = None  # request bytes one connection may have waiting; None: 16 MiB
+    max_client_queued_bytes: Optional[int] = None  # request bytes one connection may have waiting; None: 16 MiB, or the max message size if smaller
     # Requests one connection may have waiting, the one being served included (a REQ client has one): the bytes alone
     # let one pipelining connection of small requests take every slot of the shared queue below.
     max_client_queued_requests: int = 8
