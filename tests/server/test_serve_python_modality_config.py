@@ -119,3 +119,27 @@ def test_a_py_config_that_calls_sys_exit_is_one_line_naming_the_file_exit_2(data
     err = capsys.readouterr().err
     assert err == (f"gr00t-server serve: error: {config}: running the modality config file called {called}; expected a "
                    ".py file that calls register_modality_config(tag, configs)\n")
+
+
+@pytest.mark.parametrize("taken", ["port", "metrics port"])
+def test_a_port_in_use_is_refused_before_the_replays_py_config_runs(dataset, tmp_path, capsys, taken):
+    """Replay found a --port (or --metrics-port) in use only at ZeroMQ's bind, after its .py modality config (user
+    code) had run and every data file had been read and hashed; --model-path was already refused before its load."""
+    import socket
+
+    if taken == "metrics port":
+        pytest.importorskip("prometheus_client")
+    ran = tmp_path / "config_ran"
+    config = write_config(tmp_path / "cfg.py", {"own_robot": 4})
+    config.write_text(f"open({str(ran)!r}, 'w').close()\n" + config.read_text())
+    with socket.socket() as holder:  # another service listening on the port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        held = holder.getsockname()[1]
+        ports = ["--port", str(held)] if taken == "port" else ["--port", str(free_port()), "--metrics-port", str(held)]
+        code = main(["serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), *ports])
+    flag = "--port" if taken == "port" else "--metrics-port"
+    assert code == 2
+    assert capsys.readouterr().err == (f"gr00t-server serve: error: {flag} {held}: the port is in use on 127.0.0.1 "
+                                       f"(another server?); pass another {flag}, or stop the process holding it\n")
+    assert not ran.exists(), "the replay's .py modality config ran before the port in use was refused"

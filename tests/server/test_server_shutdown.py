@@ -448,3 +448,58 @@ def test_requests_arriving_during_the_stop_are_refused_without_being_decoded():
             process.wait()
     assert all("server is shutting down; 'get_action' was not run" in reply["error"] for reply in replies), replies
     assert process.returncode == 0, "".join(lines) + output
+
+
+class _HeldPolicy(EchoPolicy):
+    """An EchoPolicy whose get_action says it started, then waits for `release`."""
+
+    def __init__(self):
+        super().__init__()
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def _get_action(self, observation, options=None):
+        self.started.set()
+        assert self.release.wait(30), "the test never released the policy call"
+        return super()._get_action(observation, options)
+
+
+def test_the_next_request_of_a_client_answered_during_the_stop_is_told_the_server_is_shutting_down():
+    """The call running at a stop had its reply sent, and the socket closed about a millisecond later under its
+    client's next request (a control loop sends again within its step): that client waited its whole timeout, or got
+    ReplyLostError, instead of `server is shutting down`."""
+    from reference_peer import libero_like_observation
+
+    from gr00t_client import ServerStoppingError
+
+    policy = _HeldPolicy()
+    # A short poll interval: the stop's wait for the worker to end (one poll at most) no longer keeps the socket open
+    # past the reply by luck, so only a deliberate wait for the client answers its next request.
+    server = PolicyServer(policy, port=0, inline_below_ms=0, poll_interval_ms=10).start()
+    thread, errors = run_in_thread(server)
+    outcomes = []
+
+    def control_loop():
+        observation = libero_like_observation(height=8, width=8)
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            outcomes.append(client.get_action(observation))
+            time.sleep(0.05)  # a 20 Hz control loop's step (the socket used to close ~1 ms after the reply)
+            try:
+                client.get_action(observation)
+            except Exception as exc:  # noqa: BLE001 - what the stopping server answered is the subject
+                outcomes.append(exc)
+
+    caller = threading.Thread(target=control_loop, daemon=True)
+    try:
+        caller.start()
+        assert policy.started.wait(10), "the policy call never started"
+        server.stop()  # a stop while the call runs: the call finishes and its reply is sent
+        policy.release.set()
+        caller.join(15)
+        thread.join(15)
+    finally:
+        policy.release.set()
+        server.close()
+    assert not caller.is_alive() and not thread.is_alive() and errors == []
+    assert len(outcomes) == 2 and isinstance(outcomes[0], tuple), outcomes  # the running call's reply
+    assert isinstance(outcomes[1], ServerStoppingError), f"expected 'server is shutting down', got {outcomes[1]!r}"
+    assert "server is shutting down; 'get_action' was not run" in str(outcomes[1])

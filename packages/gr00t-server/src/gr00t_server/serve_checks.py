@@ -171,9 +171,10 @@ def _check_bind_host(host: str) -> None:
 
 def _check_bind_address(host: str, port: int, flag: str = "--port", name_family: int = socket.AF_INET) -> None:
     """CliError for a --host that is not this machine's, or a --port (or --metrics-port: `flag`) in use, found by
-    binding a plain socket to the address the server will bind (and closing it) before the model loads: ZeroMQ (and
-    the metrics endpoint) said so only after the load and warm-up (minutes for a 3B model). Any other failure is left
-    to that bind (it says what it meets). `name_family`: what a name is resolved in; AF_INET as ZeroMQ, which binds a
+    binding a plain socket to the address the server will bind (and closing it) before the model or the replay loads:
+    ZeroMQ (and the metrics endpoint) said so only after the load and warm-up (minutes for a 3B model), or after a
+    replay ran its .py modality config and hashed every data file. Any other failure is left to that bind (it says
+    what it meets). `name_family`: what a name is resolved in; AF_INET as ZeroMQ, which binds a
     name's first IPv4 address (its IPv6 is on only for an IPv6 literal); AF_UNSPEC as the metrics endpoint, which binds
     a name's first address of any family."""
     import errno

@@ -195,10 +195,11 @@ def _start_server(args: argparse.Namespace) -> Any:
             require_prometheus()
         except ImportError as exc:
             raise CliError(str(exc)) from exc
+    # Before either load: a model's takes minutes, and a replay's runs a .py modality config and hashes every data file
+    _check_bind_address(args.host, args.port)
+    if args.metrics_port:
+        _check_bind_address(args.host, args.metrics_port, "--metrics-port", socket.AF_UNSPEC)
     if args.model_path:
-        _check_bind_address(args.host, args.port)  # before the load (minutes): a replay's load is quick, ZeroMQ says it
-        if args.metrics_port:
-            _check_bind_address(args.host, args.metrics_port, "--metrics-port", socket.AF_UNSPEC)
         # The tag as typed: Gr00tPolicy serves an exact checkpoint tag first, then a built-in tag by any spelling (the
         # enum first made an N1.6-era checkpoint tag 'libero_panda' serve libero_sim, as the Python API did not).
         policy = _model_policy(args, str(args.embodiment_tag).strip(), tag_given)

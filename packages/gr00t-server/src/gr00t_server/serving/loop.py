@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from gr00t_client import codec
 from gr00t_client.client import SHUTTING_DOWN  # ServerStoppingError on the client: keep the words in step
@@ -67,6 +67,10 @@ PRECHECK_MIN_BYTES = 1024 * 1024
 # server worked out. Only a reply delivered later than this, or than half the client's whole timeout if less (a 1 ms
 # client takes nothing 5 ms late), is counted `late`; one that found its client gone is late from the deadline on.
 LATE_GRACE_S = 0.005
+# After a stop's last replies, how long the socket stays open to answer "server is shutting down" to the next requests
+# of the clients those replies answered: a control loop sends again about 1 ms after its reply, and the socket closed
+# under that request left it to time out (15 s) or lost (ReplyLostError). It ends as soon as each of them has sent.
+STOP_GRACE_S = 0.2
 
 
 class RequestLoop(Gathering):
@@ -92,6 +96,8 @@ class RequestLoop(Gathering):
         self.socket_taken = False
         self.abandoning_inline = False  # set when a stop gave up on the inline job: the signal handler raises
         self.stop_waiting = False  # set by a second stop signal: shut_down gives up on a running call at once
+        # Connections sent a policy reply after a stop came and not since refused: they are about to send again
+        self._answered_in_stop: Set[bytes] = set()
 
     def turn(self) -> None:
         """Wait for a message or a finished job (at most until the gather window closes), then serve what came."""
@@ -399,7 +405,7 @@ class RequestLoop(Gathering):
         self._arrived_during_inline = self._input_waiting()
         for request, frames in replies:
             self._send(request, frames)
-        self._served_at = time.monotonic()
+        self._served([request for request, _ in replies] if abandoned is None else [])  # those told "shutting down"
         if abandoned is not None:
             raise abandoned
 
@@ -467,13 +473,20 @@ class RequestLoop(Gathering):
         """Send every reply the worker has finished."""
         worker = self._server._worker
         assert worker is not None
-        sent = False
+        sent: List[Request] = []
         while worker.outbox:
             request, frames = worker.outbox.popleft()
             self._send(request, frames)
-            sent = True
+            sent.append(request)
         if sent:
-            self._served_at = time.monotonic()
+            self._served(sent)
+
+    def _served(self, requests: List[Request]) -> None:
+        """Note that the policy's replies to `requests` went out; after a stop, their clients are waited for
+        (shut_down)."""
+        self._served_at = time.monotonic()
+        if self.stopping:
+            self._answered_in_stop.update(request.identity for request in requests)
 
     def _send(self, request: Request, frames: List[Any]) -> None:
         self._release_admission(request)
@@ -496,7 +509,8 @@ class RequestLoop(Gathering):
 
     def shut_down(self, worker: PolicyWorker) -> None:
         """Answer the requests that never reached the policy, let a running call finish and send its reply; whatever
-        arrives meanwhile is answered "server is shutting down" at once rather than left to time out."""
+        arrives meanwhile, and for up to STOP_GRACE_S after the last replies, is answered "server is shutting down" at
+        once rather than left to time out."""
         waiting = [request for job in worker.take_queued() for request in job] + self.pending
         self.pending = []
         for request in waiting:
@@ -529,6 +543,21 @@ class RequestLoop(Gathering):
                 self._refuse_arrivals()
         self.send_replies()
         self._refuse_arrivals()
+        self._refuse_answered_clients_next_requests()
+
+    def _refuse_answered_clients_next_requests(self) -> None:
+        """Keep answering arrivals "server is shutting down" until every connection the policy answered since the
+        stop has sent again, or STOP_GRACE_S has passed (one that closed or stopped sending holds it that long)."""
+        owed, transport = self._answered_in_stop, self._server._transport
+        ends_at = time.monotonic() + STOP_GRACE_S
+        while owed and transport is not None:
+            left_s = ends_at - time.monotonic()
+            if left_s <= 0:
+                break
+            inbound, _ = transport.poll(int(left_s * 1000.0) + 1)
+            if inbound:
+                self._refuse_arrivals()
+        owed.clear()  # a later run() starts with none
 
     def _refuse_arrivals(self) -> None:
         """Answer the requests waiting on the socket (a burst at most) with "server is shutting down"."""
@@ -548,3 +577,4 @@ class RequestLoop(Gathering):
             if peeked is not None:
                 request.endpoint, request.name_read = peeked, True
             self.reply_error(request, RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' was not run"))
+            self._answered_in_stop.discard(request.identity)
