@@ -353,6 +353,38 @@ def test_close_ends_the_prefetch_thread_and_a_dropped_chunker_does_too():
     assert len(prefetch_threads()) == before
 
 
+class ZeroPolicy(BasePolicy):
+    """A zero chunk of 4 steps for every row, for as many calls as asked."""
+
+    def __init__(self):
+        super().__init__(strict=False)
+
+    def _get_action(self, observation, options=None):
+        return {"action.x": np.zeros((observation["state"]["t"].shape[0], 4, 2), np.float32)}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def test_a_chunker_closed_and_reused_per_episode_keeps_no_finalizer_or_stopped_worker_per_episode():
+    import gc
+    import weakref
+
+    chunker = ActionChunker(ZeroPolicy(), asynchronous=True, prefetch_steps=2)
+    workers = []
+    for _ in range(20):  # a robot's episodes: reset, steps, close (the next get_action starts a new prefetch thread)
+        chunker.reset()
+        for _ in range(6):
+            chunker.get_action(obs())
+        workers.append(weakref.ref(chunker._worker))
+        chunker.close()
+    gc.collect()
+    kept = sum(1 for worker in workers if worker() is not None)
+    assert kept == 0, f"{kept} of 20 stopped prefetch workers are still held after their chunker's close()"
+    finalizers = [f for f in weakref.finalize._registry if f.peek() is not None and f.peek()[0] is chunker]
+    assert not finalizers, f"{len(finalizers)} finalizers still registered for a closed chunker; expected none"
+
+
 # --- chunks too short to prefetch --------------------------------------------------------------------------------
 
 

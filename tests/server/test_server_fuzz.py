@@ -61,3 +61,34 @@ def test_random_envelopes_never_stop_the_server(server, envelope):
 def test_random_multi_frame_messages_never_stop_the_server(server, frames, multipart):
     send(server.port, ([codec.MULTIPART_MAGIC] if multipart else []) + frames)
     assert_still_serving(server.port)
+
+
+def refusal_text(reply):
+    """The error text of a one-frame error reply."""
+    assert reply is not None, "the server did not answer"
+    answer = ref_unpackb(reply[-1]) if len(reply) == 1 else codec.decode_multipart(reply)
+    assert isinstance(answer, dict) and "error" in answer, f"expected an error reply, got {answer!r:.200}"
+    return answer["error"]
+
+
+@FUZZ
+@given(payload=st.binary(min_size=1, max_size=512))
+def test_random_bytes_are_refused_as_undecodable_not_as_an_internal_error(server, payload):
+    try:
+        msgpack.unpackb(payload, strict_map_key=False)
+        return  # bytes that happen to be msgpack: the envelope tests cover what they say
+    except Exception:
+        pass
+    assert "internal error" not in refusal_text(raw_round_trip(server.port, payload, timeout_ms=5000))
+    assert_still_serving(server.port)
+
+
+@pytest.mark.parametrize("array_map", [
+    {"nd": True, "type": ",1", "kind": b"", "shape": [1], "data": b"\0" * 4},  # numpy reads the dtype as Python
+    {"__ndarray_class__": True, "as_npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': '''  \n"},  # a header numpy cannot tokenize
+], ids=["dtype-string", "npy-header"])
+def test_arrays_numpy_parses_as_python_are_refused_naming_the_array_not_as_an_internal_error(server, array_map):
+    envelope = {"endpoint": "get_action", "data": {"observation": {"state": {"x": array_map}}}}
+    text = refusal_text(raw_round_trip(server.port, msgpack.packb(envelope, use_bin_type=True), timeout_ms=5000))
+    assert "internal error" not in text and "state.x" in text, text
+    assert_still_serving(server.port)

@@ -29,10 +29,14 @@ class _PrefetchWorker:
     """One daemon thread that runs the chunker's background requests in turn, each with its Future.
 
     Not a ThreadPoolExecutor: a program's exit joins an executor's worker, so with a request in flight to a stalled
-    server, exit waited out timeout_ms. The thread ends with stop(), or once its chunker is garbage collected."""
+    server, exit waited out timeout_ms. The thread ends with stop(), or once its chunker (`owner`) is garbage
+    collected."""
 
-    def __init__(self) -> None:
+    def __init__(self, owner: Any) -> None:
         self._queue: "queue.SimpleQueue[Optional[Tuple[Future, Callable[..., Any], Tuple[Any, ...]]]]" = queue.SimpleQueue()
+        # stop() runs this once and unregisters it: a chunker closed and reused per episode kept a finalizer (and
+        # with it a stopped worker) per episode for its whole life. It holds the queue only, never the chunker.
+        self._stop = weakref.finalize(owner, self._queue.put, None)
         threading.Thread(target=self._run, args=(self._queue,), name="gr00t-chunk-prefetch", daemon=True).start()
 
     @staticmethod
@@ -56,8 +60,12 @@ class _PrefetchWorker:
         return future
 
     def stop(self) -> None:
-        """End the thread after the request it runs (if any); returns at once."""
-        self._queue.put(None)
+        """End the thread after the request it runs (if any); returns at once; at most once."""
+        self._stop()
+
+    def forget(self) -> None:
+        """Unregister the stop at the owner's collection: in a forked child, which has no thread of the worker."""
+        self._stop.detach()
 
 
 @dataclass
@@ -91,8 +99,7 @@ class _Prefetching:
 
     def _prefetch_worker(self) -> _PrefetchWorker:
         if self._worker is None:
-            self._worker = _PrefetchWorker()
-            weakref.finalize(self, self._worker.stop)  # a chunker dropped without close() ends its thread too
+            self._worker = _PrefetchWorker(self)  # a chunker dropped without close() ends its thread too
         return self._worker
 
     def _maybe_prefetch(self, observation: Any, options: Optional[Dict[str, Any]]) -> None:
@@ -263,6 +270,8 @@ class _Prefetching:
 
     def _start_afresh_in_child(self) -> None:
         self._lock = threading.RLock()
+        if self._worker is not None:
+            self._worker.forget()
         self._worker = None
         if self._pending is not None:
             self.stats.discarded_envs += len(self._pending.env_ids)

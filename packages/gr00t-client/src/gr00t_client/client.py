@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import zmq
 
-from . import codec, curve
+from . import codec, curve, host_lookup
 from .client_connection import ClientConnection
 from .client_errors import (SHUTTING_DOWN, ClientClosedError, DeadlineNotRunError, MessageTooLargeError,
                             PolicyServerError, PolicyTimeoutError, ReplyLostError, ServerStoppingError)
@@ -135,6 +135,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         self._new_server_check: Optional[Callable[["PolicyClient"], None]] = None
         self._checked_server_changes = 0
         self._host_resolved = False  # the host name has resolved once (_check_host_resolves)
+        self._unfinished_lookup: Optional[host_lookup.HostLookup] = None  # its lookup, while slower than a call's budget
         self.return_server_timing = check_flag("return_server_timing", return_server_timing)
         # CURVE encryption (gr00t_client.curve): None for plaintext; an ephemeral key pair when no client key is given.
         self._curve = curve.client_keys(server_public_key, client_secret_key)
@@ -193,7 +194,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
                                f"'{self._awaiting}' on the same thread (from a signal handler?); only close() may be "
                                "called there")
         if self._socket is None or self._handshake is None:  # none yet, or half of one (a close interrupted mid-way)
-            self._check_host_resolves(deadline)
+            self._check_host_resolves(deadline, endpoint)
         try:
             if self._socket is None or self._handshake is None:
                 self._open_socket()  # made anew: a half one is closed first

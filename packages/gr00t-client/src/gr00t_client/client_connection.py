@@ -21,7 +21,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     resource = None  # type: ignore[assignment]
 
-from . import codec, curve
+from . import codec, curve, host_lookup
 from .client_errors import ClientClosedError, PolicyTimeoutError, ReplyLostError
 from .client_options import endpoint_host, is_ipv6_literal
 from .client_sockets import _PROCESS_CONTEXT, FORK_ADOPTION_LOCK, _ReplyWatch
@@ -165,7 +165,11 @@ class ClientConnection:
 
     def _timeout(self, endpoint: str, stage: Optional[str] = None) -> PolicyTimeoutError:
         """`stage`: what the connection got to (HandshakeMonitor.stage); '' when connected, None when not known."""
-        if stage is None:
+        lookup = self._unfinished_lookup
+        if lookup is not None and not lookup.finished:  # ZeroMQ's connect waits on that resolver too
+            why = (f"the name lookup of {self.host!r} had not finished after {lookup.age_ms()} ms: a DNS server that "
+                   "does not answer, or a slow mDNS '.local' name? Pass the server's IP address as host to skip it")
+        elif stage is None:
             why = "is it running and reachable?"
         elif stage:
             why = stage + self._localhost_hint(stage) + (
@@ -201,10 +205,11 @@ class ClientConnection:
             return "; host 'localhost' is connected over IPv4 (127.0.0.1): for a server bound to ::1 pass host='::1'"
         return ""
 
-    def _check_host_resolves(self, deadline: float) -> None:
+    def _check_host_resolves(self, deadline: float, endpoint: str) -> None:
         """ConnectionError at once for a host name that does not resolve (ZeroMQ would retry it in silence until
         the timeout). Checked until the name has resolved once; a lookup slower than the budget is left to ZeroMQ,
-        as is a temporary DNS failure. IP addresses are not looked up; a malformed IPv4 address is refused."""
+        as is a temporary DNS failure; a budget spent waiting on it is a PolicyTimeoutError naming the lookup. IP
+        addresses are not looked up; a malformed IPv4 address is refused."""
         if self._host_resolved or is_ipv6_literal(self.host):
             return
         try:
@@ -213,23 +218,14 @@ class ClientConnection:
             return
         except ValueError:  # a name, a short form the resolver reads (127.1), or a malformed address (999.1.1.1)
             pass
-        outcome: Dict[str, Any] = {}
-
-        def look_up() -> None:
-            try:
-                outcome["ipv4"] = socket.getaddrinfo(self.host, self.port, socket.AF_INET, socket.SOCK_STREAM)
-            except socket.gaierror as exc:
-                outcome["error"] = exc
-                try:  # a name with IPv6 addresses only: ZeroMQ is not told to use IPv6 for names
-                    outcome["ipv6"] = socket.getaddrinfo(self.host, self.port, socket.AF_INET6, socket.SOCK_STREAM)
-                except (socket.gaierror, OSError):
-                    pass
-            except (OSError, UnicodeError) as exc:
-                outcome["error"] = exc
-
-        lookup = threading.Thread(target=look_up, name="gr00t-client-resolve", daemon=True)
-        lookup.start()
-        lookup.join(max(0.0, min(deadline - time.monotonic(), 5.0)))
+        lookup = host_lookup.look_up(self.host)  # shared: clients of a host whose lookup hangs wait on that one
+        if not lookup.wait(max(0.0, min(deadline - time.monotonic(), 5.0))):
+            self._unfinished_lookup = lookup  # the timeout names it: ZeroMQ's own connect waits on the same resolver
+            if time.monotonic() >= deadline:  # nothing sent, no socket made: the next call waits on the same lookup
+                raise self._timeout(endpoint)
+            return  # slower than 5 s: left to ZeroMQ, and the timeout says the lookup had not finished
+        self._unfinished_lookup = None
+        outcome = lookup.outcome
         if "ipv4" in outcome:
             self._host_resolved = True
             return
@@ -285,7 +281,7 @@ class ClientConnection:
 
     def _start_afresh_in_child(self) -> None:
         closed, closing = self._context is None, self._closing.is_set()
-        self._socket, self._handshake = None, None
+        self._socket, self._handshake, self._unfinished_lookup = None, None, None  # its thread is the parent's
         self._lock, self._lock_owner, self._awaiting = threading.RLock(), None, None
         self._closing, self._call = threading.Event(), threading.local()
         if closing:

@@ -22,7 +22,7 @@ from .multipart import (MULTIPART_MAGIC, decode_multipart, encode_multipart, is_
 from .wire_decode import (MAX_MODALITY_CONFIG_JSON_CHARS, _MARKER_KEYS, _decode_hook, _has, _locate, _undecodable,
                           _unpack, normalize_keys)
 from .wire_encode import _PACKERS, _encode_array, _encode_hook, _pack
-from .wire_errors import DecodeLimitError, WireDecodeError, WireEncodeError
+from .wire_errors import MALFORMED_BYTES_ERRORS, DecodeLimitError, WireDecodeError, WireEncodeError
 from .wire_limits import BufferLike, DecodeLimits
 
 # pyzmq sends frames below this size by copying: zero-copy tracking costs more than copying ~256 KiB.
@@ -170,7 +170,7 @@ def decode(data: BufferLike, limits: Optional[DecodeLimits] = None, share_buffer
     except WireDecodeError as exc:
         _locate(exc, data, lambda value: _unpack(value, _decode_hook, limits))
         raise
-    except Exception as exc:  # msgpack raises many unrelated types on garbage
+    except MALFORMED_BYTES_ERRORS as exc:  # msgpack raises many unrelated types on garbage; a caller's own goes on
         raise _undecodable(data, exc) from exc
 
 
@@ -203,7 +203,7 @@ def decode_noting_npsave(
         exc.written_npsave = bool(seen)  # the wire from a reply whose configs it cannot read)
         _locate(exc, data, lambda value: _unpack(value, _decode_hook, limits))
         raise
-    except Exception as exc:  # msgpack raises many unrelated types on garbage
+    except MALFORMED_BYTES_ERRORS as exc:  # msgpack raises many unrelated types on garbage; a caller's own goes on
         error = _undecodable(data, exc)
         error.written_npsave = bool(seen)
         raise error from exc

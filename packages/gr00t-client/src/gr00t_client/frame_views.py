@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from typing import Any, Callable, Dict, List
 
+from .wire_errors import MALFORMED_BYTES_ERRORS
+
 MapHook = Callable[[Dict[Any, Any], bool], Any]  # (the map, whether any of its values is a view) -> value
 
 _U16 = struct.Struct(">H").unpack_from
@@ -209,7 +211,8 @@ def unpack_viewing(buffer: memoryview, on_map: MapHook, min_view_bytes: int, max
         value = read(0)
     except NeedsFullUnpacker:
         raise
-    except Exception as exc:  # bad UTF-8, unhashable keys, errors from on_map: msgpack gives the canonical answer
+    except (struct.error, *MALFORMED_BYTES_ERRORS) as exc:  # bad UTF-8, unhashable keys, refusals from on_map:
+        # msgpack gives the canonical answer (a caller's own exception, a signal handler's, is no such refusal)
         raise NeedsFullUnpacker(f"{type(exc).__name__}: {exc}") from exc
     finally:
         # read and container call each other through their closures, which also hold the buffer: a reference

@@ -9,7 +9,7 @@ import msgpack
 
 from .wire_decode import _array_from_buffer, _cached_dtype, _decode_hook, _locate, _undecodable, _unpack
 from .wire_encode import _EXT_BUFFER, _PACKERS, _pack
-from .wire_errors import WireDecodeError, WireEncodeError
+from .wire_errors import MALFORMED_BYTES_ERRORS, WireDecodeError, WireEncodeError
 from .wire_limits import DecodeLimits
 
 MULTIPART_MAGIC = b"\x00GR00T-MP1"
@@ -79,7 +79,7 @@ def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = Non
                                   "multipart header (an array reference to a later frame)")
         try:
             index, type_str, shape = msgpack.unpackb(data, raw=False)
-        except Exception as exc:
+        except MALFORMED_BYTES_ERRORS as exc:
             raise WireDecodeError(
                 f"malformed array reference in multipart header ({type(exc).__name__}: {exc}); expected a msgpack "
                 "array [frame_index, dtype str, shape]"
@@ -101,7 +101,7 @@ def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = Non
 
         _locate(exc, views[1], decodes)
         raise
-    except Exception as exc:
+    except MALFORMED_BYTES_ERRORS as exc:  # a caller's own exception (a signal handler's) goes on unchanged
         raise _undecodable(views[1], exc, "multipart header") from exc
     stray = sorted(set(range(2, len(views))) - referenced)
     if stray:  # a sender's framing bug: answering as if they were not there would hide it

@@ -6,6 +6,7 @@ from __future__ import annotations
 import cmath
 import io
 import json
+import tokenize
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import msgpack
@@ -37,8 +38,8 @@ def _as_dtype(type_str: Any) -> np.dtype:
         raise WireDecodeError(f"array dtype must be a str like '<f4', got {type_str!r}")
     try:
         dtype = np.dtype(type_str)
-    except TypeError as exc:
-        raise WireDecodeError(f"unknown array dtype {type_str!r}") from exc
+    except (TypeError, ValueError, SyntaxError) as exc:  # numpy parses a comma string like '1,2' as Python
+        raise WireDecodeError(f"unknown array dtype {type_str!r}; expected a numpy dtype str like '<f4'") from exc
     _refuse_dtype(dtype, "decoded")
     return dtype
 
@@ -235,7 +236,7 @@ def _load_npy(blob: Union[bytes, bytearray]) -> np.ndarray:
             shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"npy format version {version} is not accepted (1.0 and 2.0 are)")
-    except ValueError as exc:
+    except (ValueError, SyntaxError, tokenize.TokenError) as exc:  # numpy parses a Python 2 era header as Python
         raise WireDecodeError(f"Malformed __ndarray_class__ payload (np.save header): {exc}") from exc
     if dtype.hasobject:  # np.load's own words, which peers know
         raise WireDecodeError("Refused __ndarray_class__ payload: Object arrays cannot be loaded when allow_pickle=False")

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 
 
 class WireDecodeError(ValueError):
     """Bytes that are not a valid message in any format we accept."""
+
+
+# What malformed bytes raise from msgpack's unpacker and our decode hooks (numpy, json and UTF-8 refusals are
+# ValueErrors; numpy parses dtype strings and np.save headers as Python, hence SyntaxError): the decoders refuse these
+# as WireDecodeError. Anything else, such as the exception a robot's SIGALRM watchdog raises in the middle of a
+# decode, is the caller's own and goes through unchanged.
+MALFORMED_BYTES_ERRORS = (msgpack.UnpackException, ValueError, TypeError, OverflowError, KeyError, IndexError,
+                          RecursionError, SyntaxError)
 
 
 class WireEncodeError(TypeError):
