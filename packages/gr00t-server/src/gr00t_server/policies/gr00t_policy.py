@@ -183,6 +183,16 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             raise ValueError(f"processor max_state_dim {pc.max_state_dim} != model max_state_dim {mc.max_state_dim}")
         if pc.max_action_dim != mc.max_action_dim:
             raise ValueError(f"processor max_action_dim {pc.max_action_dim} != model max_action_dim {mc.max_action_dim}")
+        if pc.max_action_horizon != mc.action_horizon:
+            # Training pads action targets to max_action_horizon (model.md §5); the reference ties the two nowhere, so
+            # a fine-tune may differ, but another checkpoint's config.json denoises another number of action tokens.
+            logger.warning(
+                "%s has action_horizon %d, but %s has max_action_horizon %d (the horizon training padded actions to): "
+                "the model denoises %d action tokens; check that the two files belong to the same checkpoint",
+                self.checkpoint_dir / CONFIG_NAME, mc.action_horizon,
+                self.processor.source_files.get(PROCESSOR_CONFIG_NAME, PROCESSOR_CONFIG_NAME), pc.max_action_horizon,
+                mc.action_horizon,
+            )
         if pc.strict_action_padding_mask:
             logger.warning("strict_action_padding_mask=true is not implemented; actions are sampled without the mask")
         if not 0 <= self.embodiment_id < mc.max_num_embodiments:

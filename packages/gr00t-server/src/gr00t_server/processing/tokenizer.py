@@ -1,7 +1,8 @@
 """Find and load the backbone tokenizer, chat template and image-processor settings.
 
 Order: the checkpoint folder (or its `processor/` sub-folder) when it has tokenizer files, then the
-backbone's `model_name` from the local Hugging Face cache, then from the Hub (fails offline, clearly).
+backbone's `model_name` from the local Hugging Face cache when that holds the tokenizer files and
+preprocessor_config.json, then from the Hub (fails offline, naming what the cache lacks).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..git_lfs import git_lfs_pointer_problem
 from .checkpoint_files import _read_json, _refuse_broken_link
@@ -57,16 +58,24 @@ def resolve_tokenizer_dir(checkpoint_dir: Union[str, Path], model_name: str, loc
     except ImportError as exc:  # pragma: no cover - huggingface_hub is a dependency
         raise TokenizerNotFoundError("huggingface_hub is required to fetch the backbone tokenizer") from exc
     try:
-        return Path(snapshot_download(model_name, allow_patterns=BACKBONE_FILE_PATTERNS, local_files_only=True))
+        cached = Path(snapshot_download(model_name, allow_patterns=BACKBONE_FILE_PATTERNS, local_files_only=True))
     except Exception as cache_error:  # not cached: try the Hub unless told not to
         if local_files_only:
             raise TokenizerNotFoundError(
                 f"No tokenizer files in checkpoint {str(root)!r} and {model_name!r} is not in the local Hugging Face "
                 f"cache ({type(cache_error).__name__})"
             ) from cache_error
+    else:
+        # The cache returns the snapshot folder whatever it holds (AutoConfig or AutoTokenizer may have fetched a part).
+        missing = missing_backbone_files(cached)
+        if not missing:
+            return cached
+        if local_files_only:
+            raise TokenizerNotFoundError(_incomplete_backbone_message(root, model_name, cached, missing))
+        logger.info("the Hugging Face cache of %s lacks %s", model_name, ", ".join(missing))
     try:
         logger.info("downloading tokenizer/processor files of %s from the Hugging Face Hub", model_name)
-        return Path(snapshot_download(model_name, allow_patterns=BACKBONE_FILE_PATTERNS))
+        fetched = Path(snapshot_download(model_name, allow_patterns=BACKBONE_FILE_PATTERNS))
     except Exception as exc:
         raise TokenizerNotFoundError(
             f"No tokenizer files in checkpoint {str(root)!r}, and the backbone tokenizer {model_name!r} could not be "
@@ -74,6 +83,31 @@ def resolve_tokenizer_dir(checkpoint_dir: Union[str, Path], model_name: str, loc
             f"tokenizer_config.json and the chat template of {model_name} into the checkpoint folder, or pre-fill the "
             f"Hugging Face cache with `hf download {model_name}`."
         ) from exc
+    missing = missing_backbone_files(fetched)  # offline (HF_HUB_OFFLINE, no network) it returns the cache as it is
+    if missing:
+        raise TokenizerNotFoundError(_incomplete_backbone_message(root, model_name, fetched, missing))
+    return fetched
+
+
+def missing_backbone_files(folder: Union[str, Path]) -> List[str]:
+    """The files a backbone folder lacks to serve as the tokenizer folder: tokenizer.json (or vocab.json and
+    merges.txt), tokenizer_config.json and preprocessor_config.json (a broken link counts as missing)."""
+    folder = Path(folder)
+    missing = [name for name in ("tokenizer_config.json", PREPROCESSOR_CONFIG_NAME) if not (folder / name).is_file()]
+    vocabulary = all((folder / name).is_file() for name in ("vocab.json", "merges.txt"))
+    if not (folder / "tokenizer.json").is_file() and not vocabulary:
+        missing.insert(0, "tokenizer.json")
+    return missing
+
+
+def _incomplete_backbone_message(root: Path, model_name: str, folder: Path, missing: List[str]) -> str:
+    names = missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} and {missing[-1]}"
+    return (
+        f"No tokenizer files in checkpoint {str(root)!r}, and the local Hugging Face cache entry of the backbone "
+        f"{model_name!r} ({folder}) is incomplete: it lacks {names}, and the Hub was not asked or could not supply "
+        f"them. Fill it with `hf download {model_name}` (online), or copy those files of {model_name} into the "
+        f"checkpoint folder."
+    )
 
 
 def load_tokenizer(folder: Union[str, Path]) -> Any:
@@ -81,6 +115,7 @@ def load_tokenizer(folder: Union[str, Path]) -> Any:
     from transformers import AutoTokenizer
 
     folder = Path(folder)
+    _refuse_broken_links(folder)
     # Without it AutoTokenizer falls back to the folder's config.json (GR00T's, or none) and blames the model type.
     if not (folder / "tokenizer_config.json").is_file():
         raise TokenizerNotFoundError(
@@ -156,6 +191,15 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8 text: {exc}") from None
+
+
+def _refuse_broken_links(folder: Path) -> None:
+    """FileNotFoundError naming the target of any backbone file in `folder` that is a broken link: the optional ones
+    (preprocessor_config.json, chat templates, vocab.json ...) read as absent and gave way to defaults silently."""
+    for name in BACKBONE_FILE_PATTERNS:
+        _refuse_broken_link(folder / name)
+    for path in sorted((folder / CHAT_TEMPLATE_DIR).glob("*.jinja")):
+        _refuse_broken_link(path)
 
 
 def _refuse_missing_vocabulary(folder: Path) -> None:
@@ -234,8 +278,10 @@ def _added_token_names(folder: Path) -> set:
 
 
 def load_vision_config(folder: Union[str, Path]) -> VisionPatchConfig:
-    """preprocessor_config.json in `folder`, else the Qwen3-VL defaults (patch 16, merge 2, temporal 2)."""
+    """preprocessor_config.json in `folder`, else the Qwen3-VL defaults (patch 16, merge 2, temporal 2): only a
+    checkpoint's own tokenizer folder may lack it, resolve_tokenizer_dir takes no backbone folder without it."""
     path = Path(folder) / PREPROCESSOR_CONFIG_NAME
+    _refuse_broken_link(path)
     if path.is_file():
         return VisionPatchConfig.from_file(path)
     logger.info("no %s in %s; using Qwen3-VL image-processor defaults", PREPROCESSOR_CONFIG_NAME, folder)
