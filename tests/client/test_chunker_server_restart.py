@@ -64,6 +64,46 @@ def test_an_rtc_prefetch_after_a_restart_with_a_shorter_action_horizon_sends_at_
     assert served[1].rtc_steps and max(served[1].rtc_steps) <= 6, served[1].rtc_steps
 
 
+class PassThroughWrapper:
+    """A user's wrapper: it keeps the client as `.policy` and forwards get_action and reset only."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+
+    def get_action(self, observation, options=None):
+        return self.policy.get_action(observation, options)
+
+    def reset(self, options=None):
+        return self.policy.reset(options)
+
+
+def _position_checked(client):
+    from gr00t_eval.rollout.policy_io import PolicyRowCursor, PositionCheckedPolicy
+
+    return PositionCheckedPolicy(client, PolicyRowCursor(1, 1), asynchronous=True, n_action_steps=1)
+
+
+@pytest.mark.parametrize("wrap", [PassThroughWrapper, _position_checked], ids=["user wrapper", "PositionCheckedPolicy"])
+def test_an_rtc_prefetch_through_a_wrapper_of_the_client_is_cut_to_the_restarted_servers_action_horizon(wrap):
+    """A wrapper without get_modality_config (gr00t-eval's rollout wraps the client in PositionCheckedPolicy): the
+    horizon is asked of the client it wraps, not taken as "no configs" (nothing cut, every other prefetch refused)."""
+    horizons, served = iter([16, 6]), []
+    server = RestartableServer(lambda: served.append(HorizonPolicy(next(horizons))) or served[-1])
+    observation = {"state": {"s": np.zeros((1, 1, 1), np.float32)}}
+    try:
+        with PolicyClient(port=server.port, timeout_ms=10000, strict=False) as client, \
+                ActionChunker(wrap(client), asynchronous=True, rtc_frozen_steps=2) as chunker:
+            for _ in range(2):  # a 16-step chunk is running
+                chunker.get_action(observation)
+            server.restart(reconnecting=1)  # now serving a 6-step action horizon
+            for _ in range(18):
+                chunker.get_action(observation)
+                assert chunker.wait_for_prefetch(10)
+    finally:
+        server.stop()
+    assert served[1].rtc_steps and max(served[1].rtc_steps) <= 6, served[1].rtc_steps
+
+
 class AdvancingReplay:
     """The reference's ReplayPolicy (no execution_horizon in its info) advancing `advance` steps per call: recorded
     step i is the value i."""

@@ -36,7 +36,7 @@ def test_a_blank_instruction_is_refused_naming_the_key_the_row_and_what_was_give
     policy = policies[strict]
     key = policy.language_key
     blank_second_row = {**observation, "language": {key: [["pick up the cube"], [text]]}}
-    with pytest.raises(ObservationError, match=re.escape(f"language['{key}'] row 1 is {text!r}")) as caught:
+    with pytest.raises(ObservationError, match=re.escape(f"language['{key}'] rows [1]: {text!r} is")) as caught:
         policy.get_action(blank_second_row)
     assert "a task instruction is expected" in str(caught.value)
     assert "missing" in str(caught.value)  # the likely cause: an env's missing task field
@@ -51,7 +51,7 @@ def test_a_blank_instruction_in_the_sim_wrappers_flat_form_is_refused_naming_the
     flat = {**{f"video.{k}": v[:1] for k, v in observation["video"].items()},
             **{f"state.{k}": v[:1] for k, v in observation["state"].items()}, key: (text,)}
     # the wrapper names the flat key as its caller sent it ("Language key '...'")
-    expected = re.escape(f"key '{key}' row 0 is {text!r}") + ".*a task instruction is expected"
+    expected = re.escape(f"key '{key}' rows [0]: {text!r} is") + ".*a task instruction is expected"
     with pytest.raises(ObservationError, match=expected):
         wrapper.get_action(flat)
 
@@ -72,3 +72,59 @@ def test_the_droid_embodiment_takes_an_empty_instruction_as_its_training_data_ho
     observation = example_observation(checkpoint, tag, batch_size=1, image_size=(32, 32))
     action, _ = policy.get_action({**observation, "language": {policy.language_key: [[""]]}})
     assert action
+
+
+def test_a_blank_instruction_in_one_env_of_a_rollout_errors_only_that_envs_episode(tiny_checkpoint):
+    """The refusal names the row as `rows [N]`, the form gr00t-eval's rollout reads (refused_rows): a batch-mate with
+    a real instruction is asked again, not errored with the blank row's reason."""
+    import json
+    import string
+
+    import gymnasium as gym
+    import numpy as np
+    from serving import running_server
+
+    from gr00t_client import PolicyClient
+    from gr00t_eval.rollout import RolloutConfig, register_env_prefix, run_rollout
+
+    key = "annotation.human.task_description"
+    stats = json.loads((tiny_checkpoint / "statistics.json").read_text())["new_embodiment"]["state"]
+    middle = {name: ((np.array(s["q01"]) + np.array(s["q99"])) / 2).astype(np.float32) for name, s in stats.items()}
+    middle["eef_9d"][3:9] = [1, 0, 0, 0, 1, 0]  # a valid rot6d reference state
+
+    class TaskEnv(gym.Env):
+        """Odd seeds' task has no description: they send ""."""
+
+        def __init__(self, **_):
+            self.observation_space = gym.spaces.Dict({
+                "video.front": gym.spaces.Box(0, 255, (32, 32, 3), np.uint8),
+                **{f"state.{name}": gym.spaces.Box(-np.inf, np.inf, (len(value),), np.float32)
+                   for name, value in middle.items()},
+                key: gym.spaces.Text(64, charset=string.printable)})
+            self.action_space = gym.spaces.Dict({f"action.{name}": gym.spaces.Box(-np.inf, np.inf, (len(value),),
+                                                                                  np.float32)
+                                                 for name, value in middle.items()})
+            self.seed_value, self.steps = 0, 0
+
+        def _observation(self):
+            return {"video.front": np.full((32, 32, 3), 100, np.uint8),
+                    **{f"state.{name}": value.copy() for name, value in middle.items()},
+                    key: "" if self.seed_value % 2 else "pick up the cube"}
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.seed_value, self.steps = int(seed), 0
+            return self._observation(), {}
+
+        def step(self, action):
+            self.steps += 1
+            return self._observation(), 0.0, self.steps >= 3, False, {"success": False}
+
+    register_env_prefix("blank_row", "new_embodiment", adapter=lambda task, **kwargs: TaskEnv(**kwargs))
+    policy = Gr00tSimPolicyWrapper(Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu"))
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        result = run_rollout(client, RolloutConfig(env_name="blank_row/task", n_episodes=2, n_envs=2, n_action_steps=1,
+                                                   max_episode_steps=5, seed=0, vectorization="sync"), progress=False)
+    outcomes = {outcome.seed: outcome for outcome in result.outcomes}
+    assert outcomes[0].failure_reason is None and outcomes[0].length == 3, outcomes[0]
+    assert "rows [1]: '' is empty" in outcomes[1].failure_reason, outcomes[1].failure_reason

@@ -41,7 +41,8 @@ def test_special_tokens_in_an_instruction_are_refused_naming_the_language_key_an
     checkpoint = _without_formalization(copy_of())
     policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
     observation, key = _with_instruction(checkpoint, text)
-    expected = rf"language\['{key}'\] row 0 holds the backbone's reserved token\(s\) {tokens}; an instruction must be"
+    expected = (rf"language\['{key}'\] rows \[0\]: the instruction holds the backbone's reserved token\(s\) {tokens}; "
+                "an instruction must be")
     with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
         with pytest.raises(PolicyServerError, match="ObservationError: " + expected):
             client.get_action(observation)
@@ -74,7 +75,8 @@ def test_a_special_token_formalization_keeps_is_found_in_the_formalized_instruct
     policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
     assert policy.processor.config.formalize_language and "endofchunk" in policy.processor.reserved_tokens
     observation, key = _with_instruction(checkpoint, "Pick the bowl. Then ENDOFCHUNK.")
-    with pytest.raises(ObservationError, match=rf"language\['{key}'\] row 0 holds the backbone's reserved token\(s\) "
+    with pytest.raises(ObservationError, match=rf"language\['{key}'\] rows \[0\]: the instruction holds the "
+                                               r"backbone's reserved token\(s\) "
                                                r"\['endofchunk'\]"):
         policy.get_action(observation)
     action, _ = policy.get_action(_with_instruction(checkpoint, "look at <|image_pad|> and pick")[0])

@@ -259,3 +259,16 @@ def test_a_lenient_sim_wrapper_refuses_a_masked_state_in_its_flat_form(lenient, 
     flat[state_key] = _masked(flat[state_key])
     with pytest.raises(ValueError, match="is a numpy masked array; send value.filled"):
         Gr00tSimPolicyWrapper(lenient, strict=False).get_action(flat)
+
+
+@pytest.mark.parametrize("group", ["state", "video"])
+@pytest.mark.parametrize("form", ["list of rows", "tuple of rows", "list of rows of time steps"])
+def test_a_masked_array_inside_a_list_value_is_refused_with_the_same_words(lenient, good, group, form):
+    """Lenient takes lists of per-row (or per-step) arrays: np.asarray dropped a masked item's mask too."""
+    key = next(iter(good[group]))
+    row = good[group][key][0]
+    value = {"list of rows": lambda: [_masked(row)], "tuple of rows": lambda: (_masked(row),),
+             "list of rows of time steps": lambda: [[_masked(step) for step in row]]}[form]()
+    with pytest.raises(ValueError, match=re.escape(f"{group}['{key}'] is a numpy masked array; send value.filled(x) "
+                                                   "with the value the policy should see")):
+        lenient.get_action(_broken(good, _set(group, key, value)))

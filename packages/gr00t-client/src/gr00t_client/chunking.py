@@ -93,6 +93,15 @@ def _client_of(policy: Any) -> Optional[PolicyClient]:
     return None
 
 
+def _configs_source(policy: Any) -> Any:
+    """What to ask for `policy`'s modality configs: `policy` where it has get_modality_config, else the PolicyClient it
+    wraps through `.policy` (a pass-through wrapper that forwards get_action alone), else `policy` (which then has
+    none)."""
+    if callable(getattr(policy, "get_modality_config", None)):
+        return policy
+    return _client_of(policy) or policy
+
+
 def _wraps_client(policy: Any) -> bool:
     """Whether `policy` is a PolicyClient or wraps one."""
     return _client_of(policy) is not None
@@ -210,6 +219,10 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         self._inferred_horizon: Optional[int] = None  # the advance per call of a policy whose info does not say it
         self._configs_refused = False  # its modality config could not be had (RTC then sends no action horizon cap)
         self._server_changes = _server_changes(self.policy)  # the client's count when this was forgotten
+
+    def _served_configs(self) -> Any:
+        """The modality configs of the policy (or of the client a wrapper of it holds, _configs_source)."""
+        return _configs_source(self.policy).get_modality_config()
 
     def _notice_new_server(self) -> None:
         """Forget what was learnt of the policy's server once the wrapped client may talk to another one."""

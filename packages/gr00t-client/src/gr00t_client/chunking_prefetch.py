@@ -165,13 +165,14 @@ class _Prefetching:
         return self._request(observation, options, n_rows)
 
     def _served_action_horizon(self) -> Optional[int]:
-        """The action steps the policy serves (its modality config's action delta_indices), or None where it does not
-        say. A client answers from what it learnt of its server, and asks a restarted one again first."""
+        """The action steps the policy serves (its modality config's action delta_indices; a wrapper's without one is
+        its client's), or None where it does not say. A client answers from what it learnt of its server, and asks a
+        restarted one again first."""
         self._notice_new_server()
         if self._configs_refused:  # not asked again until the server changes
             return None
         try:
-            configs = self.policy.get_modality_config()
+            configs = self._served_configs()
         except (PolicyTimeoutError, ConnectionError):  # the prefetch is dropped and asked for again (_outlived)
             raise
         except Exception as exc:  # noqa: BLE001 - a policy without configs: its previous_action is not cut

@@ -353,6 +353,10 @@ class PositionCheckedPolicy:
         """The policy's reset, unchanged."""
         return self.policy.reset(options)
 
+    def get_modality_config(self) -> Any:
+        """The policy's modality configs, unchanged (an ActionChunker cuts an RTC previous_action to their horizon)."""
+        return self.policy.get_modality_config()
+
 
 # A policy that reports its step (a replay server) serves the recorded steps by its own count, whatever the observation:
 # asynchronous chunking asks for the next chunk mid-chunk and lines the reply up with that env step, so the envs

@@ -29,6 +29,14 @@ def _instruction(language: Any, key: str, row: int) -> str:
     return language_text(text, f"language['{key}'] row {row}", "must be a str (each row a list of one str)")
 
 
+def _holds_masked_array(value: Any) -> bool:
+    """Whether `value` is a numpy masked array or a list/tuple holding one at any depth (lenient takes lists of
+    per-row or per-step arrays): np.asarray drops the mask, so the model saw what lay under it."""
+    if isinstance(value, np.ma.MaskedArray):
+        return True
+    return isinstance(value, (list, tuple)) and any(_holds_masked_array(item) for item in value)
+
+
 class Gr00tObservationChecks:
     """Gr00tPolicy's checks of an observation: mixed into Gr00tPolicy, whose modality configs and processor it reads."""
 
@@ -49,10 +57,11 @@ class Gr00tObservationChecks:
         return int(np.asarray(observation["state"][state_keys[0]]).shape[0])
 
     def _check_lenient_layout(self, observation: Any) -> None:
-        """strict=False takes lists and other dtypes, but not a missing group or key, a None, a numpy masked array, an
-        array without its batch and time axes, or a time axis other than the checkpoint's delta_indices:
-        ObservationError naming the entry and what it needs (these failed as a KeyError, an IndexError, or an internal
-        error with a traceback in the server's log, and a video T or a masked array as a plausible action)."""
+        """strict=False takes lists and other dtypes, but not a missing group or key, a None, a numpy masked array (or a
+        list holding one), an array without its batch and time axes, or a time axis other than the checkpoint's
+        delta_indices: ObservationError naming the entry and what it needs (these failed as a KeyError, an IndexError,
+        or an internal error with a traceback in the server's log, and a video T or a masked array as a plausible
+        action)."""
         if not isinstance(observation, Mapping):
             raise ObservationError(f"observation must be a dict with keys 'video', 'state', 'language'; got "
                                    f"{type(observation).__name__}")
@@ -76,7 +85,7 @@ class Gr00tObservationChecks:
                     if not isinstance(value, (list, tuple, np.ndarray)) or getattr(value, "ndim", 1) == 0:
                         raise ObservationError(f"language['{key}'] must be {layout}; got {type(value).__name__}")
                     continue
-                if isinstance(value, np.ma.MaskedArray):  # np.asarray drops the mask: the model saw what lay under it
+                if _holds_masked_array(value):
                     raise ObservationError(masked_array_refusal(f"{group}['{key}']"))
                 try:
                     shape = None if value is None else np.shape(value)
@@ -167,7 +176,8 @@ class Gr00tObservationChecks:
         """ObservationError naming the language key, row and tokens when an instruction holds the backbone's special
         tokens (vision or chat placeholders): the model would read them as such, or fail inside transformers. Likewise
         one that is empty once formalized ("", blanks, punctuation: an env's missing task field), which the model
-        served as an action for no task, unless the embodiment was trained on empty ones (EMPTY_INSTRUCTION_TAGS)."""
+        served as an action for no task, unless the embodiment was trained on empty ones (EMPTY_INSTRUCTION_TAGS).
+        The row is named as `rows [N]`, the form a rollout reads to error only that row's episode (refused_rows)."""
         blank_allowed = self.embodiment_tag_value in EMPTY_INSTRUCTION_TAGS
         for row, language in enumerate(observation["language"][self.language_key]):
             text = _instruction(language, self.language_key, row)
@@ -175,10 +185,10 @@ class Gr00tObservationChecks:
                 what = ("empty" if not text else "blank" if not text.strip()
                         else "nothing but whitespace and punctuation once formalized")
                 raise ObservationError(
-                    f"language['{self.language_key}'] row {row} is {text[:80]!r}, {what}; a task instruction is "
+                    f"language['{self.language_key}'] rows [{row}]: {text[:80]!r} is {what}; a task instruction is "
                     "expected (an env whose task field is missing or renamed sends an empty one): send the task's text")
             found = self.processor.reserved_tokens_in(text)
             if found:
                 raise ObservationError(
-                    f"language['{self.language_key}'] row {row} holds the backbone's reserved token(s) {found}; an "
-                    "instruction must be plain text, without the tokenizer's special tokens")
+                    f"language['{self.language_key}'] rows [{row}]: the instruction holds the backbone's reserved "
+                    f"token(s) {found}; an instruction must be plain text, without the tokenizer's special tokens")

@@ -190,25 +190,31 @@ def check_state_outliers(tag: str, key: str, value: np.ndarray, normalized: np.n
 
 def state_range_warning(tag: str, key: str, value: np.ndarray, normalized: np.ndarray, params: norm.KeyNormParams,
                         state_config: ModalityConfig, sincos: bool) -> Optional[str]:
-    """A warning for state `key` when it normalizes beyond +-STATE_WARNING_LIMIT (outlier_magnitude; a min/max key
-    as normalized before clip_outliers' clip, which hid it from the model but not from its relative actions), naming
-    its largest value, its statistics and the usual unit slips; None otherwise."""
+    """A warning for state `key` when it lies beyond +-STATE_WARNING_LIMIT (outlier_magnitude) of its training data:
+    a mean/std key as a z-score, a min/max key normalized by its statistics' full min/max, not by the q01/q99 the model
+    normalizes by (a gripper closed in 98% of the frames has q01..q99 a sliver of what it was seen at), and before
+    clip_outliers' clip, which hid it from the model but not from its relative actions. It names the largest value,
+    the statistics it was compared with and the usual unit slips; None otherwise."""
     if sincos:
         return None
     mean_std = key in (state_config.mean_std_embedding_keys or [])
+    full_range = params.data_min is not None and params.data_max is not None
+    low, high = (params.data_min, params.data_max) if full_range else (params.low, params.high)
     if not mean_std:
-        normalized = norm.minmax_normalize(value, params.low, params.high, clip=False)
+        normalized = norm.minmax_normalize(value, low, high, clip=False)
     magnitude = outlier_magnitude(key, normalized, params, state_config, sincos)
     largest = float(np.max(magnitude)) if magnitude.size else 0.0
     if not largest > STATE_WARNING_LIMIT:
         return None
     worst = np.unravel_index(int(np.argmax(magnitude)), magnitude.shape)
-    low, high = (float(np.broadcast_to(bound, value.shape)[worst]) for bound in (params.low, params.high))
-    statistics = f"range [{low:.3g}, {high:.3g}]"
+    bounds = tuple(float(np.broadcast_to(bound, value.shape)[worst]) for bound in (low, high))
+    range_name = "min/max" if full_range else "q01/q99"
+    statistics = f"{range_name} [{bounds[0]:.3g}, {bounds[1]:.3g}]"
     if mean_std:
-        statistics += (f", mean {float(np.broadcast_to(params.mean, value.shape)[worst]):.3g}, std "
-                       f"{float(np.broadcast_to(params.std, value.shape)[worst]):.3g}")
-    return (f"State key '{key}' of '{tag}' normalizes to |values| up to {largest:.3g}, beyond "
+        statistics = (f"mean {float(np.broadcast_to(params.mean, value.shape)[worst]):.3g}, std "
+                      f"{float(np.broadcast_to(params.std, value.shape)[worst]):.3g} ({statistics})")
+    scale = "as a z-score (mean/std)" if mean_std else f"by its statistics' {range_name}"
+    return (f"State key '{key}' of '{tag}' normalizes to |values| up to {largest:.3g} {scale}, beyond "
             f"+-{STATE_WARNING_LIMIT:g} (about ten times its training range): column {int(worst[-1])} holds "
             f"{float(value[worst]):.3g} against this checkpoint's statistics {statistics}. Served, but likely in other "
             "units than the training data's: degrees for radians (x57.3) or millimetres for metres (x1000)? Send "

@@ -4,7 +4,7 @@ relative-action parameters the processor normalizes with, checked once at load."
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Mapping, Set
 
 import numpy as np
@@ -179,7 +179,7 @@ def compute_norm_params(tag: str, stats: Mapping[str, Mapping[str, Mapping[str, 
         z_scored = key in (action_config.mean_std_embedding_keys or []) and not _is_relative(config, action_config, index)
         params = norm.key_norm_params(stats["action"][key], pct, f"action key '{key}' of '{tag}'", mean_std=z_scored)
         if "min" in stats["action"][key]:  # the output width comes from the absolute min (model.md §1.5)
-            params = norm.KeyNormParams(params.low, params.high, params.mean, params.std, int(stats["action"][key]["min"].shape[-1]))
+            params = replace(params, dim=int(stats["action"][key]["min"].shape[-1]))
         action[key] = params
         if _is_relative(config, action_config, index):
             if "relative_action" not in stats:

@@ -13,13 +13,16 @@ from gr00t_client.policy import NonFiniteActionError, ObservationError
 
 @dataclass(frozen=True)
 class KeyNormParams:
-    """Normalization parameters of one state/action key; `low`/`high` are q01/q99 or min/max."""
+    """Normalization parameters of one state/action key; `low`/`high` are q01/q99 or min/max. `data_min`/`data_max`:
+    the statistics' min/max, the training data's full range whichever `low`/`high` are (None where they lack them)."""
 
     low: np.ndarray
     high: np.ndarray
     mean: np.ndarray
     std: np.ndarray
     dim: int
+    data_min: Optional[np.ndarray] = None
+    data_max: Optional[np.ndarray] = None
 
 
 def key_norm_params(stats: Mapping[str, np.ndarray], use_percentiles: bool, where: str,
@@ -33,7 +36,9 @@ def key_norm_params(stats: Mapping[str, np.ndarray], use_percentiles: bool, wher
     low, high = np.asarray(stats[low_name], np.float64), np.asarray(stats[high_name], np.float64)
     mean = np.asarray(stats.get("mean", np.zeros_like(low)), np.float64)
     std = np.asarray(stats.get("std", np.ones_like(low)), np.float64)
-    return KeyNormParams(low=low, high=high, mean=mean, std=std, dim=int(low.shape[-1]))
+    full = [np.asarray(stats[name], np.float64) if name in stats else None for name in ("min", "max")]
+    return KeyNormParams(low=low, high=high, mean=mean, std=std, dim=int(low.shape[-1]), data_min=full[0],
+                         data_max=full[1])
 
 
 # --- elementary steps -----------------------------------------------------------------------------
