@@ -207,3 +207,75 @@ def test_the_protocol_says_threads_sharing_a_client_share_its_session():
     text = " ".join((ROOT / "docs" / "protocol.md").read_text(encoding="utf-8").split())
     threads = text[text.index("* **Threads and fork.**"):text.index("A client used in a process")]
     assert "share its one session" in threads and "a client of its own" in threads, threads
+
+
+def correlating_req(context, port):
+    """A REQ socket as the reference PolicyClient makes it (ZMQ_REQ_CORRELATE + ZMQ_REQ_RELAXED), connected."""
+    sock = context.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.REQ_CORRELATE, 1)
+    sock.setsockopt(zmq.REQ_RELAXED, 1)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    return sock
+
+
+def test_a_req_correlate_client_without_session_id_keeps_one_session_across_requests(tmp_path):
+    """libzmq's REQ_CORRELATE puts a 4-byte request id, new at every request, before the delimiter; it was part of
+    the connection's session key, so each request was a new session: the reset to episode 2 was never served (every
+    get_action replayed episode 0 from step 0) and one socket filled the session table."""
+    dataset = LeRobotDataset(make_dataset(tmp_path / "ds", lengths=(12, 10, 8)))
+    policy = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2)
+    with running_server(policy) as server, zmq.Context() as context:
+        with correlating_req(context, server.port) as robot:
+            call(robot, {"endpoint": "reset", "data": {"options": {"episode_index": 2}}})
+            served = [call(robot, {"endpoint": "get_action", "data": {"observation": {}}})[1] for _ in range(3)]
+            assert [(int(info["episode_index"]), int(info["current_step"])) for info in served] == \
+                   [(2, 0), (2, 2), (2, 4)], served
+            assert len(server.sessions) == 1, f"one connection made {len(server.sessions)} sessions"
+
+
+def test_req_correlate_clients_behind_a_router_dealer_proxy_keep_one_session_each(replay_server):
+    """Behind a proxy the request id follows the client's identity frame: it is dropped from the key, the identity
+    frames the proxy adds are kept, so the robots stay apart and each keeps its own across requests."""
+    context = zmq.Context()
+    frontend, backend = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    frontend.bind("inproc://correlating-robots")
+    backend.connect(f"tcp://127.0.0.1:{replay_server.port}")
+    threading.Thread(target=forward_until_closed, args=(frontend, backend), daemon=True).start()
+    robot_a, robot_b = (context.socket(zmq.REQ) for _ in range(2))
+    try:
+        for robot in (robot_a, robot_b):
+            robot.setsockopt(zmq.LINGER, 0)
+            robot.setsockopt(zmq.REQ_CORRELATE, 1)
+            robot.setsockopt(zmq.REQ_RELAXED, 1)
+            robot.connect("inproc://correlating-robots")
+        call(robot_a, {"endpoint": "reset", "data": {"options": {"episode_index": 1}}})
+        call(robot_b, {"endpoint": "reset", "data": {"options": {"episode_index": 2}}})
+        for step in (0, 2):
+            _, info_a = call(robot_a, {"endpoint": "get_action", "data": {"observation": {}}})
+            _, info_b = call(robot_b, {"endpoint": "get_action", "data": {"observation": {}}})
+            assert (int(info_a["episode_index"]), int(info_a["current_step"])) == (1, step), info_a
+            assert (int(info_b["episode_index"]), int(info_b["current_step"])) == (2, step), info_b
+    finally:
+        robot_a.close(0)
+        robot_b.close(0)
+        context.term()  # ends the proxy, which then closes its sockets
+
+
+def test_a_dealer_with_a_four_byte_identity_of_its_own_keeps_its_session(replay_server):
+    """Only a 4-byte frame after another routing frame is a request id: a direct DEALER whose own routing id is 4
+    bytes long is still keyed by it, and sends its replies back to itself."""
+    with zmq.Context.instance().socket(zmq.DEALER) as dealer:
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.ROUTING_ID, b"arm1")
+        dealer.connect(f"tcp://127.0.0.1:{replay_server.port}")
+
+        def dealer_call(envelope):
+            dealer.send_multipart([b"", codec.encode(envelope)])
+            assert dealer.poll(10000), f"no reply to {envelope['endpoint']}"
+            delimiter, reply = dealer.recv_multipart()
+            return codec.decode(reply)
+
+        dealer_call({"endpoint": "reset", "data": {"options": {"episode_index": 1}}})
+        _, info = dealer_call({"endpoint": "get_action", "data": {"observation": {}}})
+    assert (int(info["episode_index"]), int(info["current_step"])) == (1, 0), info

@@ -874,3 +874,61 @@ def test_a_strict_replay_behind_the_wrapper_still_names_the_missing_flat_keys(tm
     with pytest.raises(ObservationError, match=re.escape("flat keys ['state.arm', 'state.gripper', "
                                                          f"'{LANGUAGE_KEY}'] are missing")):
         wrapper.get_action({"video.image": np.zeros((2, 1, 32, 32, 3), np.uint8)}, {"_session_id": "s"})
+
+
+class HistoryPolicy(RecordingPolicy):
+    """A custom policy that keeps per-session state (a history), with an identity of its own: no replay."""
+
+    stateful_sessions = True
+
+    def identity(self):
+        return {"kind": "history", "version": 1}
+
+
+@pytest.mark.parametrize("make_policy, keeps", [(HistoryPolicy, True), (RecordingPolicy, False)],
+                         ids=["stateful", "stateless"])
+def test_get_server_info_reports_whether_the_policy_keeps_sessions(make_policy, keeps):
+    from gr00t_client import PolicyClient
+    from serving import running_server
+
+    with running_server(make_policy()) as server, PolicyClient(port=server.port, timeout_ms=10000) as client:
+        assert client.get_server_info()["keeps_sessions"] is keeps
+
+
+def test_serving_a_client_of_any_server_that_keeps_sessions_is_refused_naming_its_policy_and_the_fix():
+    """Only a replay kind was refused: a gateway to a custom policy with a history per session started, and robot B's
+    calls moved robot A's history (A was served counts 1, 3, 5 and B 2, 4, 6)."""
+    from gr00t_client import PolicyClient
+    from gr00t_server import PolicyServer
+    from serving import running_server
+
+    with running_server(HistoryPolicy()) as inner, PolicyClient(port=inner.port, timeout_ms=10000) as client:
+        gateway = Gr00tSimPolicyWrapper(client, strict=False)
+        for served in (gateway, client):
+            with pytest.raises(ValueError) as refused:
+                PolicyServer(served, port=0)
+            message = str(refused.value)
+            assert f"ends in a PolicyClient of the server at tcp://localhost:{inner.port}, whose policy " \
+                   "(HistoryPolicy, kind 'history') keeps state per client session" in message, message
+            assert "every client of this server would share its one session" in message, message
+            assert "Connect each robot to that server itself" in message and "its own gateway" in message, message
+
+
+def test_a_client_of_an_older_server_without_keeps_sessions_is_refused_for_a_replay_kind_only(tmp_path):
+    """A server older than the keeps_sessions field is judged by its policy kind, as before."""
+    from gr00t_client import PolicyClient
+    from gr00t_server import PolicyServer
+    from serving import running_server
+
+    root = make_dataset(tmp_path / "ds", lengths=(6,), cameras=("image",))
+    for inner_policy, refused in ((ReplayPolicy(root, execution_horizon=2), True), (HistoryPolicy(), False)):
+        with running_server(inner_policy) as inner:
+            with PolicyClient(port=inner.port, timeout_ms=10000) as asker:
+                older_info = {k: v for k, v in asker.get_server_info().items() if k != "keeps_sessions"}
+            inner.register_endpoint("get_server_info", lambda info=older_info: info, requires_input=False)
+            with PolicyClient(port=inner.port, timeout_ms=10000) as client:
+                if refused:
+                    with pytest.raises(ValueError, match=r"ends in a PolicyClient of the replay server at "):
+                        PolicyServer(client, port=0)
+                else:
+                    PolicyServer(client, port=0).close()

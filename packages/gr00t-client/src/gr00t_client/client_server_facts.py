@@ -45,6 +45,9 @@ class ServerFacts:
         # when unknown. A strict client holds an empty observation, and names the expected keys, by them.
         self.server_observation_format: Optional[str] = None
         self.server_policy_kind: Optional[str] = None
+        self.server_policy_class: Optional[str] = None
+        # Whether the server's policy keeps state per session (a replay, a custom history); None when unknown (older).
+        self.server_keeps_sessions: Optional[bool] = None
         self._server_info_asked = False  # get_server_info asked (a forced wire="multipart" never negotiates)
         self._warned_ignored_options: Set[str] = set()
 
@@ -109,12 +112,17 @@ class ServerFacts:
         return info
 
     def _learn_policy_facts(self, info: Mapping[str, Any]) -> None:
-        """The observation form and policy kind our server's get_server_info reports (None for what it does not)."""
+        """The observation form, policy kind and class, and whether the policy keeps sessions, as our server's
+        get_server_info reports them (None for what it does not)."""
         form = info.get("observation_format")
         self.server_observation_format = form if form in ("flat", "nested") else None
         identity = info.get("policy_identity")
         kind = identity.get("kind") if isinstance(identity, dict) else None
         self.server_policy_kind = kind if isinstance(kind, str) else None
+        policy_class = info.get("policy_class")
+        self.server_policy_class = policy_class if isinstance(policy_class, str) else None
+        keeps = info.get("keeps_sessions")
+        self.server_keeps_sessions = keeps if isinstance(keeps, bool) else None
 
     def _learn_server_facts(self, timeout_ms: Optional[int] = None) -> None:
         """Ask get_server_info once while the server's observation form and policy kind are unknown: a call with

@@ -29,8 +29,9 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
     spelled `action.<key>` lose the prefix, and the wrapped policy's refusals of them name each key as it was sent
     (the keys expected or missing `action.<key>`). A wrapped PolicyClient's refusals from its server are reworded
     alike, keeping their class, where their keys read back from the text without doubt (before the cut, where the
-    server cut a long one). A PolicyServer refuses to serve one wrapping a PolicyClient of a replay server: that
-    client's one session would be every robot's (serving.sessions.check_no_shared_replay_session).
+    server cut a long one). A PolicyServer refuses to serve one wrapping a PolicyClient of a server whose policy keeps
+    sessions (a replay): that client's one session would be every robot's
+    (serving.sessions.check_no_shared_replay_session).
     """
 
     observation_format = "flat"  # reported by get_server_info, so a client picks the form by it, not by a class name

@@ -213,6 +213,8 @@ class BuiltinEndpoints:
             "policy_class": type(self.policy).__name__,
             "observation_format": self._policy_info_fact("observation_format", _observation_format),
             "policy_identity": self._policy_identity(),
+            # a gateway (PolicyServer(PolicyClient(this server))) refuses to merge its robots into one session of ours
+            "keeps_sessions": self._policy_uses_sessions,
             "embodiment_tag": self.embodiment_tag,
             "modality_configs": modality,
             "capabilities": ["multipart", "sessions", "server_timing", "deadlines"]

@@ -35,6 +35,8 @@ ENDPOINT_PEEK_BYTES = 4096  # of an undecoded request map, read for its endpoint
 # Starts the session key of a request without session_id (client_of); session_of refuses a session_id starting so,
 # so that no client can name another connection's session (routing ids are sequential, hence guessable).
 CONNECTION_SESSION_PREFIX = "\x00"
+# libzmq's ZMQ_REQ_CORRELATE request id: a uint32 frame a REQ socket puts before the delimiter, new at every request.
+REQUEST_ID_BYTES = 4
 
 
 class RequestError(Exception):
@@ -119,9 +121,19 @@ def split_routing(frames: List[Any]) -> Tuple[List[Any], List[Any]]:
 
 def client_of(routing: List[Any]) -> str:
     """The session key of a request without session_id: every identity frame of its routing prefix, so that the REQ
-    clients behind one ROUTER-DEALER proxy (one connection to this server) are told apart by the frames it adds;
-    prefixed with CONNECTION_SESSION_PREFIX, which no session_id may start with."""
-    return CONNECTION_SESSION_PREFIX + ("/".join(bytes(frame).hex() for frame in routing if len(frame)) or "unknown")
+    clients behind one ROUTER-DEALER proxy (one connection to this server) are told apart by the frames it adds, but a
+    ZMQ_REQ_CORRELATE request id (new at every request: one socket stays one session); prefixed with
+    CONNECTION_SESSION_PREFIX, which no session_id may start with."""
+    identities = routing[:-2] if ends_in_request_id(routing) else routing
+    return CONNECTION_SESSION_PREFIX + ("/".join(bytes(frame).hex() for frame in identities if len(frame)) or "unknown")
+
+
+def ends_in_request_id(routing: List[Any]) -> bool:
+    """Whether the frame before the delimiter is a ZMQ_REQ_CORRELATE request id: exactly 4 bytes, after at least one
+    other routing frame (an identity libzmq makes is 5 bytes, so a 4-byte frame there is an id, or an identity set by
+    hand on a peer behind a proxy: those peers share one session). The reply still carries it: REQ drops replies
+    without it."""
+    return len(routing) >= 3 and len(routing[-1]) == 0 and len(routing[-2]) == REQUEST_ID_BYTES
 
 
 def peer_address(payload: List[Any]) -> Optional[str]:

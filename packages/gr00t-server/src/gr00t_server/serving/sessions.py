@@ -248,9 +248,10 @@ FACTS_AT_START_TIMEOUT_MS = 3000  # check_no_shared_replay_session's question to
 
 
 def check_no_shared_replay_session(policy: Any) -> None:
-    """ValueError when the policy's wrapper chain ends in a PolicyClient of a replay server (a flat-key gateway,
-    Gr00tSimPolicyWrapper(PolicyClient(...))): that client sends every request under its one session, so every client
-    of this server would move the one replay cursor (robot B's reset sent robot A its episode, without an error)."""
+    """ValueError when the policy's wrapper chain ends in a PolicyClient of a server whose policy keeps per-session
+    state (its get_server_info `keeps_sessions`; for an older server without it, a replay kind), as a flat-key gateway
+    Gr00tSimPolicyWrapper(PolicyClient(...)) does: that client sends every request under its one session, so every
+    client of this server would share one state (robot B's reset sent robot A its episode, without an error)."""
     from gr00t_client import PolicyClient, PolicyTimeoutError
 
     if keeps_sessions(policy):  # the server hands the chain each client's session, which it keeps apart itself
@@ -260,20 +261,25 @@ def check_no_shared_replay_session(policy: Any) -> None:
         if not isinstance(link, PolicyClient):
             continue
         try:
-            # what its server serves (the policy_identity kind of its get_server_info): asked within a few seconds, so
-            # that a gateway whose server is not up yet starts (warned) without waiting out the client's whole timeout
+            # what its server serves (its get_server_info): asked within a few seconds, so that a gateway whose server
+            # is not up yet starts (warned) without waiting out the client's whole timeout
             link._learn_server_facts(timeout_ms=min(link.timeout_ms, FACTS_AT_START_TIMEOUT_MS))
         except (PolicyTimeoutError, ConnectionError) as exc:
-            logger.warning("could not ask the server at %s what it serves (%s: %s): were it a replay, every client of "
-                           "this server would share its one session", link.address, type(exc).__name__, exc)
+            logger.warning("could not ask the server at %s what it serves (%s: %s): were its policy one that keeps "
+                           "sessions (a replay), every client of this server would share its one session",
+                           link.address, type(exc).__name__, exc)
             continue
-        if link.server_policy_kind == "replay":
+        kind, keeps = link.server_policy_kind, link.server_keeps_sessions
+        if keeps if keeps is not None else kind == "replay":
             names = " -> ".join(type(served).__name__ for served in chain)
+            upstream = "the replay server" if kind == "replay" else "the server"
+            served_there = ", ".join([link.server_policy_class or "a policy"] + ([f"kind {kind!r}"] if kind else []))
             raise ValueError(
-                f"the served policy ({names}) ends in a PolicyClient of the replay server at {link.address}, which "
-                "keeps an episode cursor per client session: every client of this server would share its one "
-                f"session ({link.session_id!r}), so one robot's reset would move every robot's episode. Have each "
-                "robot connect to the replay server itself (serve it with --use-sim-policy-wrapper for flat keys)")
+                f"the served policy ({names}) ends in a PolicyClient of {upstream} at {link.address}, whose policy "
+                f"({served_there}) keeps state per client session (a replay's episode cursor, a custom policy's "
+                f"history): every client of this server would share its one session ({link.session_id!r}), so one "
+                "robot's reset or step would move every robot's state. Connect each robot to that server itself "
+                "(serve it with --use-sim-policy-wrapper for flat keys), or give each robot its own gateway")
 
 
 def takes_session_lost(policy: Any) -> bool:
