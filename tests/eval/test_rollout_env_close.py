@@ -132,14 +132,17 @@ class InterruptingCloseWalkEnv(WalkToEnv):
 def test_a_ctrl_c_while_the_workers_close_leaves_the_vector_env_closed_and_no_worker_running(tmp_path):
     """The interrupt escaped _close_envs (it caught Exception only) with the env not marked closed: gymnasium's
     __del__ then closed it again, and a Ctrl-C there printed 'Exception ignored in: AsyncVectorEnv.__del__' with a
-    traceback."""
+    traceback. The run is stopped by a first Ctrl-C (the policy's second call), before episode 1 has ended: a stop
+    while the envs of a run that scored every episode close only cuts their close short
+    (test_rollout_env_teardown)."""
+    from eval.scale_fixtures import SigintOnCall
     from gr00t_eval.rollout import RolloutRunner
 
     register_env_prefix("closeint", EmbodimentTag.NEW_EMBODIMENT,
                         lambda task, **kwargs: InterruptingCloseWalkEnv(**kwargs))
     config = RolloutConfig("closeint/walk", n_episodes=2, n_envs=2, n_action_steps=2, max_episode_steps=6, seed=0,
                            vectorization="async", env_kwargs={"marks": str(tmp_path)})
-    runner = RolloutRunner(ConstantPolicy(), config, progress=False)
+    runner = RolloutRunner(SigintOnCall(2), config, progress=False)
     with pytest.raises(KeyboardInterrupt):
         runner.run()
     assert (tmp_path / "interrupted").is_file()

@@ -49,16 +49,18 @@ def rollout_argv(env_name, port, output_dir, *extra):
             "--output-dir", str(output_dir), *extra]
 
 
-def stopped_within_env_timeout(argv_for_port, capsys, reason):
-    """Run `gr00t-eval` with `argv_for_port(port)` against a loopback server and check that it stopped with exit 2
-    well within a hung env's 30 s, its error naming `reason`, and left no env worker (those still hanging killed)."""
+def stopped_within_env_timeout(argv_for_port, capsys, reason, expected_code=2):
+    """Run `gr00t-eval` with `argv_for_port(port)` against a loopback server and check that it stopped with
+    `expected_code` (2: nothing ran; 1: a run that started) well within a hung env's 30 s, its error naming `reason`,
+    and left no env worker (those still hanging killed)."""
     with running_server(ConstantPolicy()) as server:
         started = time.monotonic()
         code = main(argv_for_port(server.port))
         took = time.monotonic() - started
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err + captured.out
     assert reason in err, err
-    assert code == 2 and took < 20, f"exit {code} after {took:.0f} s"
+    assert code == expected_code and took < 20, f"exit {code} after {took:.0f} s"
     assert multiprocessing.active_children() == []
 
 
@@ -85,14 +87,16 @@ def test_a_hung_env_stops_the_run_naming_its_episode_and_leaves_no_worker(tmp_pa
 def test_a_run_of_one_episode_keeps_its_env_in_a_worker_that_env_timeout_stops(tmp_path, capsys, n_envs):
     """The envs were cut to min(--n-envs, episodes left) = 1 (and --n-envs 0, auto, picked 1), which ran the env in this
     process: a resume with one episode left, a one-episode task or shard, or any auto run on 2 cores, waited on a hung
-    env for ever (and an env's crash killed gr00t-eval)."""
+    env for ever (and an env's crash killed gr00t-eval). Its step was sent, so the run had started: exit 1, with
+    results.json and the --resume line, not the exit 2 of a run that never ran."""
     register_env_prefix("lasthang", EmbodimentTag.NEW_EMBODIMENT,
                         lambda task, **kwargs: HangingWalkEnv("step", hang_s=30))
     stopped_within_env_timeout(
         lambda port: ["rollout", "--env-name", "lasthang/walk", "--n-episodes", "1", "--n-envs", n_envs,
                       "--n-action-steps", "2", "--max-episode-steps", "6", "--seed", "103", "--no-video",
                       "--env-timeout", "2", "--policy-client-port", str(port), "--output-dir", str(tmp_path / "run")],
-        capsys, "env 0 (episode 0) did not finish a step within 2 s (--env-timeout)")
+        capsys, "env 0 (episode 0) did not finish a step within 2 s (--env-timeout)", expected_code=1)
+    assert (tmp_path / "run" / "results.json").is_file()
 
 
 class SlowToBuildWalkEnv(WalkToEnv):

@@ -60,3 +60,36 @@ def test_a_success_flag_of_none_is_no_report_not_a_success():
     assert success_from_info({"success": None}) is False
     result = rollout_with_flag(None)
     assert result.n_errors == 0 and result.success_rate == 0.0
+
+
+class OneValueArrayLike:
+    """An array-like of one value that numpy knows only through `__array__` (as a jax array is)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.value, dtype=dtype)
+
+
+def test_a_one_value_torch_tensor_or_array_like_is_a_success_flag():
+    """IsaacLab and ManiSkill style envs report info["success"] = torch.tensor(True): every episode errored ("not a
+    boolean"), though the flag may be an array of one value and states may be CPU torch tensors."""
+    torch = pytest.importorskip("torch")
+    for flag, expected in [(torch.tensor(True), True), (torch.tensor(False), False), (torch.tensor([1.0]), True),
+                           (torch.tensor([[0]]), False), (torch.tensor(1.0, requires_grad=True), True),
+                           (OneValueArrayLike([True]), True), (OneValueArrayLike(0), False)]:
+        assert success_from_info({"success": flag}) is expected, flag
+    result = rollout_with_flag(torch.tensor(True))
+    assert result.n_errors == 0 and result.success_rate == 1.0
+
+
+def test_a_several_value_or_non_boolean_torch_tensor_errors_naming_its_type_and_shape():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=r"success=Tensor of shape \(2,\) \(torch.bool\), which is not a boolean"):
+        success_from_info({"success": torch.tensor([True, False])})
+    with pytest.raises(ValueError, match=r"success=Tensor of shape \(\) \(torch.float32\) holding nan, which is not"):
+        success_from_info({"success": torch.tensor(float("nan"))})
+    result = rollout_with_flag(torch.tensor([True, False]))
+    assert result.n_errors == 2
+    assert result.outcomes[0].error.startswith("step 0: the env reported success=Tensor of shape (2,)")

@@ -33,7 +33,7 @@ from .results import RESULTS_FILENAME, write_results
 from .rollout.config import RolloutConfig, draw_base_seed, env_timeout_applies, without_unkept_env_timeout
 from .run_file import read_run_json
 from .run_resume import add_earlier_task_eval_s, earlier_eval_s, earlier_results
-from .run_stop import is_storage_error, output_folder_checked
+from .run_stop import is_storage_error, output_folder_checked, take_stop_while_closing
 from .run_summary import percent_text
 from .shard import run_suite
 
@@ -378,12 +378,15 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
             write_results(output_path, batch)
 
     save()
+    take_stop_while_closing()  # one left by an earlier run of this process is not this batch's
     for index, job in enumerate(jobs):
         if isinstance(job, JobError) or batch["jobs"][index]["status"] == DONE:
             continue
         logger.info("job %d/%d: %s (%s on %s)", index + 1, len(jobs), shown_text(job.name), shown_text(job.env_name),
                     job.server)
         try:
+            if take_stop_while_closing():  # a Ctrl-C at the last job's teardown (its episodes were all scored)
+                raise KeyboardInterrupt("a stop signal while the envs of the job before closed")
             rerun_reason = batch["jobs"][index].get("rerun_reason")
             recorded = kept.get(job.name, {}).get("policy_server") if rerun_reason else None
             batch["jobs"][index] = run_job(job, policy_factory, progress,

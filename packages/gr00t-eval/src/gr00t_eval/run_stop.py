@@ -18,11 +18,14 @@ from gr00t_client.cli_signals import stop_signals_ignored_until_exit  # noqa: F4
 __all__ = ["INTERRUPTED_EXIT_CODE", "STORAGE_ERRNOS", "WRITE_REFUSED_ERRNOS", "OutputFolderGone", "check_folder_kept",
            "check_output_folders", "folder_identity", "interrupts_deferred", "is_storage_error", "is_storage_line",
            "output_folder_checked", "permission_line", "sigterm_as_interrupt", "storage_advice", "storage_error_text",
-           "stop_signals_ignored_until_exit", "storage_stop_line"]
+           "stop_signals_ignored_until_exit", "storage_stop_line", "note_stop_while_closing", "take_stop_while_closing"]
 
 # A full disk (or quota, or file size limit) and a folder turned read-only: the run cannot write, but what it logged stays.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 INTERRUPTED_EXIT_CODE = 130
+# Stop signals that cut an env teardown short after every episode of a run was scored (vector_envs._close_envs): that
+# run is complete, but a command with more to run (the next task of a suite, the next batch job) stops before it.
+_stops_while_closing: list = []
 # A file or folder this user may not write: worded as a storage error (storage_stop_line), though not one that stops a
 # rollout's later episodes (is_storage_error): a video folder of its own may be writable.
 WRITE_REFUSED_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
@@ -148,3 +151,15 @@ def storage_stop_line(exc: OSError, command: str) -> str:
         return (f"the output folder {exc.filename} disappeared (unmounted or deleted): {command} stopped, and wrote "
                 "nothing more there")
     return f"{storage_error_text(exc)}: {command} stopped. {storage_advice(exc)}, then run the same command again"
+
+
+def note_stop_while_closing(signum: int) -> None:
+    """A stop signal came while a complete run's envs closed: the command's next run (task, job) is not started."""
+    _stops_while_closing.append(signum)
+
+
+def take_stop_while_closing() -> bool:
+    """Whether a stop signal cut an env teardown short since the last call (the record is cleared)."""
+    came = bool(_stops_while_closing)
+    _stops_while_closing.clear()
+    return came

@@ -193,10 +193,13 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             results = _run(args, env_spec, config, shard, done, log, first_policy)
             # the envs the names were built with (a resume is held to its run's): merge refuses shards of others
             results["plan"]["registrations"] = _registrations(args)
-            if not args.resume and not results.get("per_episode") and results.get("status") in ("aborted", "incomplete"):
-                # every task failed to start (an --env-kwarg its env does not take), or every Ray shard stopped before
-                # scoring (no server answered its workers): as a plain run that reaches no server, the folder is
-                # released, and the corrected command is not refused as "not empty" (a --resume repeats the mistake)
+            if (not args.resume and not results.get("per_episode") and not results.get("envs_stepped")
+                    and results.get("status") in ("aborted", "incomplete")):
+                # every task failed to start, before its envs were sent a step (an --env-kwarg its env does not
+                # take), or every Ray shard stopped before scoring (no server answered its workers): as a plain run
+                # that reaches no server, the folder is released, and the corrected command is not refused as "not
+                # empty" (a --resume repeats the mistake). A run whose envs stepped (a simulator that crashed before
+                # the first episode ended) ran: its results.json, episodes not run and --resume line are reported
                 failed = results.get("failed_tasks") or {}
                 reasons = "; ".join(f"task {task} failed: {why}" for task, why in failed.items())
                 raise UsageError(f"no episode was scored: {reasons or results.get('stop_reason')}")

@@ -520,6 +520,7 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     planned = sum(len(r) for r in ranges.values()) if ranges is not None else len(tasks) * config.n_episodes
     extra = {"plan": shard_plan(tasks, config, shard),
              "n_not_run": planned - sum(len(r.outcomes) for r in suite_run.runs),
+             "envs_stepped": any(r.env_stepped for r in suite_run.runs),
              "policy": served,  # merge refuses shards of another checkpoint or dataset by it
              "settings_not_applied": settings_not_applied(policy, {"rtc_frozen_steps": config.rtc_frozen_steps})}
     return suite_results(tasks, suite_run.runs, snapshot, env_spec, suite, extra, suite_run.status, suite_run.stop_reason)

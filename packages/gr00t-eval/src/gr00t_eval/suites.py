@@ -22,7 +22,7 @@ from gr00t_client.peer_text import shown_text
 from .metrics import ERROR_REASON_CHARS, EpisodeOutcome, rollout_aggregates
 from .rollout.config import MAX_ENVS, RolloutConfig, env_error_text, split_env_name
 from .rollout.liveness import PolicyServerUnreachableError, unanswered_ping_reason
-from .run_stop import is_storage_error
+from .run_stop import is_storage_error, take_stop_while_closing
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ class TaskRun:
     outcomes: List[EpisodeOutcome] = field(default_factory=list)
     eval_s: float = 0.0
     error: Optional[str] = None
+    env_stepped: bool = False  # its envs were sent a step (False: it failed while they were built or first reset)
 
 
 # How a run ended: every planned episode ran, Ctrl-C/SIGTERM stopped it, or the policy server was gone.
@@ -274,18 +275,23 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
                 raise
 
     start = time.perf_counter()
+    runner: Any = None
     try:
-        from .rollout.runner import RolloutRunner  # the simulator, only when tasks run
+        try:
+            from .rollout.runner import RolloutRunner  # the simulator, only when tasks run
 
-        # run_suite checked the served policy against every task before any ran (run_rollout's checks, once a run)
-        RolloutRunner(policy, task_config, progress=progress, on_episode=scored, episodes=todo).run()
+            # run_suite checked the served policy against every task before any ran (run_rollout's checks, once a run)
+            runner = RolloutRunner(policy, task_config, progress=progress, on_episode=scored, episodes=todo)
+            runner.run()
+        finally:  # the episodes' time, not the envs' close after them (up to --env-timeout for a hung close)
+            ended = getattr(runner, "loop_ended_at", None)
+            run.eval_s += (ended if ended is not None else time.perf_counter()) - start
+            run.env_stepped = getattr(runner, "env_stepped", False)
     except (PolicyServerUnreachableError, KeyboardInterrupt):
-        run.eval_s += time.perf_counter() - start
         raise
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - a task that cannot start (bad env) must not end the suite
         # the run's own files (its log, a video) could not be written (a full disk): the run stops, not only this task;
         if unrecorded or is_storage_error(exc):  # every later task's episodes would be lost the same way
-            run.eval_s += time.perf_counter() - start
             raise
         reason = env_error_text(exc)
         if isinstance(exc, (EOFError, BrokenPipeError, ConnectionResetError)):  # gymnasium's AsyncVectorEnv pipes
@@ -296,7 +302,6 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
         # the whole traceback, for --log-level DEBUG
         logger.debug("task %s failed", shown_text(task.env_name), exc_info=exc)
         run.error = reason
-    run.eval_s += time.perf_counter() - start
     run.outcomes.sort(key=lambda o: o.episode_index)
     return run
 
@@ -316,6 +321,7 @@ def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, 
     done_by_task: Dict[str, List[EpisodeOutcome]] = {}
     for outcome in done:
         done_by_task.setdefault(str(outcome.extras.get("task")), []).append(outcome)
+    take_stop_while_closing()  # one left by an earlier run of this process is not this run's
     for position, task in enumerate(tasks):
         episodes = range(config.n_episodes) if episode_ranges is None else episode_ranges.get(task.env_name, range(0))
         if len(episodes) == 0:
@@ -323,6 +329,8 @@ def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, 
         run = TaskRun(task, episodes)
         suite_run.runs.append(run)
         try:
+            if take_stop_while_closing():  # a Ctrl-C at the last task's teardown (its episodes were all scored)
+                raise KeyboardInterrupt("a stop signal while the envs of the task before closed")
             gone = unanswered_ping_reason(policy, f"task {shown_text(task.env_name)}") if position else None
             if gone is not None:
                 raise PolicyServerUnreachableError(f"{gone}; stopping the run (finished episodes are kept)")

@@ -67,16 +67,27 @@ def success_from_info(info: Mapping[str, Any]) -> bool:
 
 
 def _success_flag(key: str, value: Any) -> bool:
-    flag = value
-    if isinstance(value, (list, tuple, np.ndarray)):
-        array = np.asarray(value, dtype=object)
-        flag = array.item() if array.size == 1 else None
+    flag = _one_value(value)
     if isinstance(flag, (bool, np.bool_, int, np.integer)):
         return bool(flag)
     if isinstance(flag, (float, np.floating)) and np.isfinite(flag):
         return bool(flag)
     raise ValueError(f"the env reported {key}={_describe(value)}, which is not a boolean (expected a bool, an integer "
                      "or a finite float); the episode cannot be scored")
+
+
+def _one_value(value: Any) -> Any:
+    """The one value a list, tuple or array-like holds (a numpy array or scalar, a torch tensor, a jax array: anything
+    with `.item()` or `__array__`), `value` itself when it is none of those, None when it holds several or none."""
+    if callable(getattr(value, "item", None)):
+        try:  # .item() first: it also reads a torch tensor that np.asarray refuses (on a GPU, or tracking gradients)
+            return value.item()
+        except (ValueError, RuntimeError):  # several values (numpy says ValueError, torch RuntimeError)
+            return None
+    if isinstance(value, (list, tuple)) or hasattr(value, "__array__"):
+        array = np.asarray(value, dtype=object)
+        return array.item() if array.size == 1 else None
+    return value
 
 
 def _check_deltas(name: str, deltas: Sequence[int]) -> Tuple[int, ...]:
@@ -444,4 +455,8 @@ def _reward_number(reward: Any) -> Optional[float]:
 def _describe(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return f"array of shape {value.shape} ({value.dtype})"
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, np.generic):  # torch, jax
+        shape = tuple(value.shape)
+        one = f" holding {_one_value(value)!r:.20}" if int(np.prod(shape)) == 1 else ""
+        return f"{type(value).__name__} of shape {shape} ({value.dtype}){one}"
     return f"{value!r:.60} ({type(value).__name__})"

@@ -109,6 +109,8 @@ class RolloutRunner:
         self._recording_lengths: Dict[int, int] = {}  # row -> length of the recording its replay said ends (set on its env)
         self._vec: Optional[gym.vector.VectorEnv] = None
         self._ran = False
+        self.loop_ended_at: Optional[float] = None  # time.perf_counter() when the episode loop returned or raised
+        self.env_stepped = False  # the envs were sent a step: the run had started when it failed, if it did
 
     def run(self) -> RolloutResult:
         """Create the envs, run until every episode is scored, close the envs.
@@ -138,7 +140,10 @@ class RolloutRunner:
         clean = False
         try:
             with pinned_policy(self.policy):  # the CLI pins the run's policy itself; this covers the Python API
-                self._loop(vec, spec, n_envs)
+                try:
+                    self._loop(vec, spec, n_envs)
+                finally:  # eval_s ends here: closing the envs (up to --env-timeout for a hung close) is no episode's
+                    self.loop_ended_at = time.perf_counter()
             clean = True
         except PIPE_ERRORS as exc:
             if not isinstance(vec, gym.vector.AsyncVectorEnv):
@@ -146,7 +151,7 @@ class RolloutRunner:
             raise dead_worker_error(vec.processes, self.row_episode, self.seed_for, exc) from exc
         finally:
             _close_envs(vec, clean, config.env_timeout_s)
-        eval_s = time.perf_counter() - start
+        eval_s = self.loop_ended_at - start
         outcomes = [self.outcomes[i] for i in sorted(self.outcomes)]
         return RolloutResult(config.env_name, self.embodiment_tag, outcomes, eval_s)
 
@@ -418,6 +423,7 @@ class RolloutRunner:
                 active = [row for row in active if row not in lost]
                 if not active:
                     continue
+                self.env_stepped = True
                 obs, _, terminated, truncated, infos = step_envs(vec, env_action, self.config.env_timeout_s, self.row_episode)
                 ended = any(terminated[row] or truncated[row] for row in active)
                 # a stop waits for the ended episodes' videos and scores: it dropped episodes whose videos were written

@@ -18,7 +18,10 @@ import weakref
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from gr00t_client.cli_signals import interrupting_signals, signals_handled_by
+
 from ..extras import require_gymnasium
+from ..run_stop import note_stop_while_closing
 
 require_gymnasium("closed-loop rollout")
 
@@ -241,19 +244,35 @@ def _exit_with_the_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+class _ClosingCutShort(Exception):
+    """A stop signal came while the envs of a run whose every episode was scored were closing."""
+
+
+def _cut_closing_short(signum: int, frame: Any) -> None:
+    note_stop_while_closing(signum)  # the run is complete; a suite's next task or a batch's next job is not started
+    raise _ClosingCutShort(f"signal {signum}")
+
+
 def _close_envs(vec: gym.vector.VectorEnv, clean: bool, timeout_s: Optional[float] = None) -> None:
     """Close the envs: async workers are asked to close theirs (a pending reset or step answered first) and killed if
     they have not ended in time: `timeout_s` after a clean run (None: no limit; a simulator's teardown deadlock),
     WORKER_STOP_WAIT_S after an interrupt or error (a worker that does not answer, a hung env, is killed then).
     Envs in this process are closed in this thread, waited for (a simulator's GL context belongs to the thread that
-    made it)."""
+    made it). After a clean run a Ctrl-C, SIGTERM or SIGHUP cuts the closing short (the workers are killed) and is
+    spent: every episode is scored, so it must not make the run an interrupted one."""
     try:
-        if not isinstance(vec, gym.vector.AsyncVectorEnv):
-            vec.close()
-        elif clean:
-            _stop_workers(vec, timeout_s, "of being asked to close (--env-timeout)")
-        else:
-            _stop_workers(vec, WORKER_STOP_WAIT_S, "after the run stopped")
+        # a stop at a close() that looks stuck: the run is complete, only the teardown is left to cut short
+        with signals_handled_by(_cut_closing_short, (signal.SIGINT, *interrupting_signals())) if clean \
+                else contextlib.nullcontext():
+            if not isinstance(vec, gym.vector.AsyncVectorEnv):
+                vec.close()
+            elif clean:
+                _stop_workers(vec, timeout_s, "of being asked to close (--env-timeout)")
+            else:
+                _stop_workers(vec, WORKER_STOP_WAIT_S, "after the run stopped")
+    except _ClosingCutShort:
+        logger.warning("the envs' close was cut short by a stop signal (every episode was already scored): env "
+                       "workers still closing were killed")
     except Exception as exc:  # noqa: BLE001 - closing must not hide the reason the run ended
         logger.warning("closing the envs failed: %s: %s", type(exc).__name__, exc)
     finally:
