@@ -339,3 +339,20 @@ def test_register_suite_takes_env_names_pairs_and_tasks(monkeypatch):
     monkeypatch.setattr(suites, "_SUITES", dict(suites._SUITES))  # registered for this test only
     suite = register_suite("mixed", ["walkto/fast", ("walkto/slow", "hard"), Task("walkto/x", "x")], replace=True)
     assert suite.tasks == (Task("walkto/fast", "walkto"), Task("walkto/slow", "hard"), Task("walkto/x", "x"))
+
+
+def test_register_suite_refuses_an_env_name_given_twice_naming_it_and_both_groups(monkeypatch):
+    from gr00t_eval import suites
+
+    monkeypatch.setattr(suites, "_SUITES", dict(suites._SUITES))  # registered for this test only
+    with pytest.raises(ValueError, match=r"suite 'dup': 'metaworld/reach-v3' is listed twice \(in groups 'easy' and "
+                                         r"'hard'\); a rollout runs each env name once"):
+        register_suite("dup", [("metaworld/reach-v3", "easy"), ("metaworld/push-v3", "hard"),
+                               ("metaworld/reach-v3", "hard")])
+    assert "dup" not in suite_names()
+
+
+def test_no_built_in_suite_lists_an_env_name_twice():
+    for name in suite_names():
+        env_names = [task.env_name for task in get_suite(name).tasks]
+        assert len(env_names) == len(set(env_names)), name

@@ -81,7 +81,8 @@ def _metaworld_tasks(names: Sequence[str]) -> List[Task]:
 
 
 def register_suite(name: str, tasks: Sequence[Union[str, Tuple[str, str], Task]], description: str = "", replace: bool = False) -> Suite:
-    """Register a suite; a task is an env name (grouped by its prefix), an (env_name, group) pair or a Task."""
+    """Register a suite; a task is an env name (grouped by its prefix), an (env_name, group) pair or a Task, each env
+    name once (ValueError naming a repeat and its two groups)."""
     if not name or "," in name:
         raise ValueError(f"a suite name must be non-empty and have no ',', got {name!r}")
     if name in _SUITES and not replace:
@@ -91,6 +92,12 @@ def register_suite(name: str, tasks: Sequence[Union[str, Tuple[str, str], Task]]
     resolved = [_suite_task(name, task) for task in tasks]
     if not resolved:
         raise ValueError(f"suite {name!r} has no tasks")
+    groups: Dict[str, str] = {}
+    for task in resolved:  # resolve_tasks runs each env name once, so a repeat would be listed but never run
+        if task.env_name in groups:
+            raise ValueError(f"suite {name!r}: {task.env_name!r} is listed twice (in groups {groups[task.env_name]!r} "
+                             f"and {task.group!r}); a rollout runs each env name once, so list it once")
+        groups[task.env_name] = task.group
     suite = Suite(name, tuple(resolved), description)
     _SUITES[name] = suite
     return suite
@@ -251,7 +258,7 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
     """
     episodes = episodes if episodes is not None else range(config.n_episodes)
     run = run if run is not None else TaskRun(task, episodes)
-    kept = [o for o in done if o.episode_index in episodes and o.error is None]
+    kept = _kept_outcomes(done, episodes)
     run.outcomes.extend(kept)
     todo = [i for i in episodes if i not in {o.episode_index for o in kept}]
     if not todo:
@@ -306,13 +313,20 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
     return run
 
 
+def _kept_outcomes(done: Sequence[EpisodeOutcome], episodes: range) -> List[EpisodeOutcome]:
+    """The outcomes of `done` (an earlier attempt's) that a run of `episodes` keeps: those that finished; errored ones
+    run again."""
+    return [o for o in done if o.episode_index in episodes and o.error is None]
+
+
 def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, episode_ranges: Optional[Mapping[str, range]] = None,
               progress: bool = False, on_episode: Optional[Callable[[EpisodeOutcome], None]] = None,
               done: Sequence[EpisodeOutcome] = ()) -> SuiteRun:
     """Run each task in turn (only `episode_ranges[task]` when given; tasks missing from it are skipped).
 
     The policy server is pinged before each task; a server that is gone, or Ctrl-C/SIGTERM, ends the run
-    early with status "aborted"/"interrupted" and keeps every episode finished by then. The caller has checked the
+    early with status "aborted"/"interrupted" and keeps every episode finished by then, and every one of `done`
+    (tasks it did not reach are reported with those, running none). The caller has checked the
     served policy against the tasks (embodiment, replay plan) before any ran, as run_suite does.
     """
     if config.video_dir and len(tasks) > 1:
@@ -328,6 +342,10 @@ def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, 
             continue
         run = TaskRun(task, episodes)
         suite_run.runs.append(run)
+        task_done = done_by_task.get(task.env_name, ())
+        if suite_run.status != COMPLETE:  # stopped at an earlier task: this one's kept episodes still count
+            run.outcomes.extend(_kept_outcomes(task_done, episodes))
+            continue
         try:
             if take_stop_while_closing():  # a Ctrl-C at the last task's teardown (its episodes were all scored)
                 raise KeyboardInterrupt("a stop signal while the envs of the task before closed")
@@ -336,16 +354,17 @@ def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, 
                 raise PolicyServerUnreachableError(f"{gone}; stopping the run (finished episodes are kept)")
             logger.info("task %s: episodes %d..%d", shown_text(task.env_name), episodes.start, episodes.stop - 1)
             run_task(policy, task, config, episodes, progress=progress, on_episode=on_episode,
-                     done=done_by_task.get(task.env_name, ()), run=run, video_subdir=len(tasks) > 1)
+                     done=task_done, run=run, video_subdir=len(tasks) > 1)
         except PolicyServerUnreachableError as exc:
             logger.error("%s", exc)
             suite_run.status, suite_run.stop_reason = ABORTED, str(exc)
-            break
         except KeyboardInterrupt:
-            logger.warning("interrupted during task %s; keeping the %d finished episodes", shown_text(task.env_name),
-                           sum(len(r.outcomes) for r in suite_run.runs))
+            logger.warning("interrupted during task %s; keeping the finished episodes", shown_text(task.env_name))
             suite_run.status, suite_run.stop_reason = INTERRUPTED, "interrupted (SIGINT, SIGTERM or SIGHUP)"
-            break
+        if suite_run.status != COMPLETE:  # a stop before run_task kept them (the ping) leaves them out of `run`
+            held = {o.episode_index for o in run.outcomes}
+            run.outcomes.extend(o for o in _kept_outcomes(task_done, episodes) if o.episode_index not in held)
+            run.outcomes.sort(key=lambda o: o.episode_index)
     return suite_run
 
 
