@@ -503,3 +503,71 @@ def test_the_next_request_of_a_client_answered_during_the_stop_is_told_the_serve
     assert len(outcomes) == 2 and isinstance(outcomes[0], tuple), outcomes  # the running call's reply
     assert isinstance(outcomes[1], ServerStoppingError), f"expected 'server is shutting down', got {outcomes[1]!r}"
     assert "server is shutting down; 'get_action' was not run" in str(outcomes[1])
+
+
+class _HeldBatchingPolicy(_HeldPolicy):
+    supports_batching = True
+
+
+def test_every_robot_behind_one_proxy_answered_during_the_stop_is_told_the_server_is_shutting_down():
+    """The grace waited for each answered connection to send again: robots behind one ROUTER-DEALER proxy share its
+    connection, so the first robot's next request ended the wait and the others' met a closed socket (they waited out
+    their timeout). It waits for as many requests from a connection as it had replies."""
+    import zmq
+    from reference_peer import libero_like_observation
+
+    from gr00t_client import ServerStoppingError
+
+    robots_n = 4
+    policy = _HeldBatchingPolicy()
+    server = PolicyServer(policy, port=0, inline_below_ms=0, poll_interval_ms=10, max_batch_size=robots_n,
+                          batch_timeout_ms=3000).start()
+    thread, errors = run_in_thread(server)
+    context = zmq.Context()
+    front, back = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    front_port = front.bind_to_random_port("tcp://127.0.0.1")
+    back.connect(f"tcp://127.0.0.1:{server.port}")
+
+    def forward():
+        try:
+            zmq.proxy(front, back)
+        except zmq.ZMQError:  # the sockets closed: the test is over
+            pass
+
+    threading.Thread(target=forward, daemon=True).start()
+    outcomes = [[] for _ in range(robots_n)]
+    ready = threading.Barrier(robots_n)
+
+    def control_loop(index):
+        observation = libero_like_observation(height=8, width=8, seed=index)
+        with PolicyClient(port=front_port, timeout_ms=3000) as client:
+            client.get_server_info()
+            ready.wait()
+            for pause in (0.01 + 0.03 * index, None):  # loops of different phases, all well inside the grace
+                try:
+                    outcomes[index].append(client.get_action(observation))
+                except Exception as exc:  # noqa: BLE001 - what the stopping server answered is the subject
+                    outcomes[index].append(exc)
+                if pause is not None:
+                    time.sleep(pause)
+
+    robots = [threading.Thread(target=control_loop, args=(index,), daemon=True) for index in range(robots_n)]
+    try:
+        for robot in robots:
+            robot.start()
+        assert policy.started.wait(10), "the policy call never started"
+        time.sleep(0.2)  # the other robots' requests wait to join the batch
+        server.stop()
+        policy.release.set()
+        for robot in robots:
+            robot.join(15)
+        thread.join(15)
+    finally:
+        policy.release.set()
+        server.close()
+        front.close(0)
+        back.close(0)
+        context.term()
+    assert errors == [] and not thread.is_alive()
+    for got in outcomes:
+        assert len(got) == 2 and isinstance(got[1], ServerStoppingError), outcomes

@@ -911,7 +911,7 @@ def test_serving_a_client_of_any_server_that_keeps_sessions_is_refused_naming_it
             assert f"ends in a PolicyClient of the server at tcp://localhost:{inner.port}, whose policy " \
                    "(HistoryPolicy, kind 'history') keeps state per client session" in message, message
             assert "every client of this server would share its one session" in message, message
-            assert "Connect each robot to that server itself" in message and "its own gateway" in message, message
+            assert "Connect each robot to that server itself" in message and "in the robot's own process, not served" in message, message
 
 
 def test_a_client_of_an_older_server_without_keeps_sessions_is_refused_for_a_replay_kind_only(tmp_path):

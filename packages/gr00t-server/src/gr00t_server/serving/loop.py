@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from gr00t_client import codec
 from gr00t_client.client import SHUTTING_DOWN  # ServerStoppingError on the client: keep the words in step
@@ -96,8 +96,9 @@ class RequestLoop(Gathering):
         self.socket_taken = False
         self.abandoning_inline = False  # set when a stop gave up on the inline job: the signal handler raises
         self.stop_waiting = False  # set by a second stop signal: shut_down gives up on a running call at once
-        # Connections sent a policy reply after a stop came and not since refused: they are about to send again
-        self._answered_in_stop: Set[bytes] = set()
+        # Replies sent after a stop came, per connection, less the requests of it refused since: their clients are about
+        # to send again (a count: the robots behind one proxy share its connection, as a DEALER's requests do)
+        self._answered_in_stop: Dict[bytes, int] = {}
 
     def turn(self) -> None:
         """Wait for a message or a finished job (at most until the gather window closes), then serve what came."""
@@ -486,7 +487,8 @@ class RequestLoop(Gathering):
         (shut_down)."""
         self._served_at = time.monotonic()
         if self.stopping:
-            self._answered_in_stop.update(request.identity for request in requests)
+            for request in requests:
+                self._answered_in_stop[request.identity] = self._answered_in_stop.get(request.identity, 0) + 1
 
     def _send(self, request: Request, frames: List[Any]) -> None:
         self._release_admission(request)
@@ -546,8 +548,9 @@ class RequestLoop(Gathering):
         self._refuse_answered_clients_next_requests()
 
     def _refuse_answered_clients_next_requests(self) -> None:
-        """Keep answering arrivals "server is shutting down" until every connection the policy answered since the
-        stop has sent again, or STOP_GRACE_S has passed (one that closed or stopped sending holds it that long)."""
+        """Keep answering arrivals "server is shutting down" until every client the policy answered since the stop
+        has sent again (as many requests from a connection as it had replies), or STOP_GRACE_S has passed (one that
+        closed or stopped sending holds it that long)."""
         owed, transport = self._answered_in_stop, self._server._transport
         ends_at = time.monotonic() + STOP_GRACE_S
         while owed and transport is not None:
@@ -577,4 +580,8 @@ class RequestLoop(Gathering):
             if peeked is not None:
                 request.endpoint, request.name_read = peeked, True
             self.reply_error(request, RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' was not run"))
-            self._answered_in_stop.discard(request.identity)
+            owed = self._answered_in_stop.get(request.identity, 0)
+            if owed > 1:
+                self._answered_in_stop[request.identity] = owed - 1
+            else:
+                self._answered_in_stop.pop(request.identity, None)

@@ -279,7 +279,8 @@ def check_no_shared_replay_session(policy: Any) -> None:
                 f"({served_there}) keeps state per client session (a replay's episode cursor, a custom policy's "
                 f"history): every client of this server would share its one session ({link.session_id!r}), so one "
                 "robot's reset or step would move every robot's state. Connect each robot to that server itself "
-                "(serve it with --use-sim-policy-wrapper for flat keys), or give each robot its own gateway")
+                "(serve it with --use-sim-policy-wrapper for flat keys), or use the wrapper in the robot's own process, not "
+                "served")
 
 
 def takes_session_lost(policy: Any) -> bool:
