@@ -67,3 +67,26 @@ def test_a_timeout_whose_name_lookup_had_not_finished_names_the_lookup_not_the_s
     message = str(info.value)
     assert "the name lookup of 'localhost' had not finished after" in message, message
     assert "TCP connection" not in message and "ZeroMQ handshake" not in message, message
+
+
+def test_a_lookup_that_finished_before_it_was_shared_leaves_no_entry_to_answer_later_lookups(monkeypatch):
+    """A name the resolver answers at once (localhost, from /etc/hosts) could finish before its entry was put in the
+    table, which its thread then never removed: every later lookup of that host in the process got the old answer
+    without asking (a DNS change unseen), and a test whose resolver hangs saw no lookup at all."""
+    from gr00t_client import host_lookup
+
+    real_start = threading.Thread.start
+
+    def start_and_finish(thread):  # the lookup thread runs to its end before look_up shares the entry
+        real_start(thread)
+        if thread.name == LOOKUP_THREAD:
+            thread.join(10)
+
+    monkeypatch.setattr(threading.Thread, "start", start_and_finish)
+    first = host_lookup.look_up("localhost")
+    assert first.finished and "ipv4" in first.outcome
+    assert "localhost" not in host_lookup._IN_FLIGHT
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    second = host_lookup.look_up("localhost")
+    assert second is not first  # asked afresh
+    assert second.wait(10) and "ipv4" in second.outcome

@@ -65,13 +65,20 @@ _IN_FLIGHT: Dict[str, HostLookup] = {}
 
 def look_up(host: str) -> HostLookup:
     """The lookup of `host` in flight, started when none is; wait on it with `wait`."""
-    lookup = _IN_FLIGHT.get(host)
-    if lookup is not None:
-        return lookup
+    shared = _IN_FLIGHT.get(host)
+    if shared is not None and not shared.finished:
+        return shared
     lookup = HostLookup(host)
     # Started before it is shared: a start a signal handler interrupts leaves no entry that nothing will finish.
     threading.Thread(target=lookup._run, name="gr00t-client-resolve", daemon=True).start()
-    return _IN_FLIGHT.setdefault(host, lookup)  # two clients at once: the second waits on the first's (its own ends)
+    shared = _IN_FLIGHT.setdefault(host, lookup)  # two clients at once: the second waits on the first's (its own ends)
+    if shared is not lookup and shared.finished:  # an entry left finished (below): not a lookup in flight
+        _IN_FLIGHT[host] = shared = lookup
+    if lookup.finished and _IN_FLIGHT.get(host) is lookup:
+        # It finished before it was shared (a name in /etc/hosts answers at once), so its thread found no entry to
+        # remove: left, it would answer every later lookup of the host for the process's life, a DNS change unseen
+        _IN_FLIGHT.pop(host, None)
+    return shared
 
 
 if hasattr(os, "register_at_fork"):  # a forked child has none of its parent's lookup threads
