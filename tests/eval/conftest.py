@@ -8,6 +8,17 @@ import sys
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def no_stop_left_noted():
+    """A stop signal that cut a complete run's env teardown short stays noted, and the next run of the process raises
+    KeyboardInterrupt at its start (gr00t_eval.run_stop): one a test left noted would abort the whole test session
+    at the next test's rollout. A test that makes one spends it (or checks it); leaving one fails that test."""
+    yield
+    from gr00t_eval.run_stop import take_stop_while_closing
+
+    assert not take_stop_while_closing(), "the test left a stop signal noted from a cut-short env teardown"
+
+
 @pytest.fixture
 def ray_progress(caplog):
     """A callable giving the Ray runner's progress lines logged so far, joined by newlines (they are log records at

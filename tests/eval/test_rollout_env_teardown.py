@@ -83,6 +83,11 @@ def test_a_stop_signal_while_the_envs_close_after_every_episode_is_scored_cuts_t
     assert [entry["success"] for entry in results["per_episode"]] == [True, True]
     assert "the envs' close was cut short by a stop signal" in caplog.text
     assert multiprocessing.active_children() == []
+    # The stop stays noted: what this process runs next does not start (a script looping over checkpoints stops)
+    with pytest.raises(KeyboardInterrupt, match="a stop signal while the envs of the run before closed"):
+        run_rollout(ConstantPolicy(), hung_close_config(tmp_path, False, 2.0), progress=False)
+    result = run_rollout(ConstantPolicy(), hung_close_config(tmp_path, False, 2.0), progress=False)
+    assert result.success_rate == 1.0  # the stop was spent on the run it stopped
 
 
 @pytest.mark.timeout(120)

@@ -290,3 +290,13 @@ def test_a_checkpoints_own_tag_spelt_like_a_member_name_is_not_that_member(caplo
     with caplog.at_level(logging.WARNING):
         check_serves_env_embodiments({"embodiment_tag": "libero_panda", "identity": None}, ["walkto/fast"])
     assert "a tag of its checkpoint that no env prefix can map to" in caplog.text
+
+
+def test_a_merge_says_the_envs_stepped_where_any_shard_says_so(client):
+    """Ray's merged results dropped each shard's envs_stepped: a run whose simulator died after its envs stepped,
+    before any episode ended, was still refused as a usage error (exit 2, no results.json, no --resume line)."""
+    shards = [run_suite(client, "walkto/fast", config(), shard=ShardSpec(i, 2)) for i in range(2)]
+    assert all(shard["envs_stepped"] for shard in shards)
+    assert merge_results(shards)["envs_stepped"] is True
+    shards[0]["envs_stepped"] = shards[1]["envs_stepped"] = False  # shards of a run whose envs never stepped
+    assert merge_results(shards)["envs_stepped"] is False

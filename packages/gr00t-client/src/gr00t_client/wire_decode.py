@@ -6,6 +6,7 @@ from __future__ import annotations
 import cmath
 import io
 import json
+import re
 import tokenize
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from .frame_views import NeedsFullUnpacker, unpack_viewing
 from .modality import ModalityConfig
-from .wire_errors import DecodeLimitError, WireDecodeError, _refuse_dtype
+from .wire_errors import MALFORMED_BYTES_ERRORS, DecodeLimitError, WireDecodeError, _refuse_dtype
 from .wire_limits import BufferLike, DecodeLimits, _check_depth, _length_limit_error, path_to_culprit, shown_path
 
 # Decoding with share_buffer: messages from this size are read with frame_views, and arrays from
@@ -31,11 +32,26 @@ MAX_MODALITY_CONFIG_JSON_CHARS = 64 * 1024
 JSON_CHARS_PER_ITEM = 2
 
 
+# What a dtype's `.str` (or a plain name) looks like: byte order, kind and size ('<f4', '|u1', '<U10', 'float32'), a
+# datetime unit ('<M8[ns]', '<m8[25s]') or '?'. numpy's own parser takes more, and some of it kills the process: a
+# 60-byte request of dtype 'M8[Y/0]' divided by zero in C (SIGFPE), with no reply and no log.
+_DTYPE_TEXT = re.compile(r"[<>|=]?(?:\?|[A-Za-z]+[0-9]*(?:\[[0-9]{0,9}[A-Za-z]{1,3}\])?)")
+
+
+def _checked_dtype_text(type_str: str, what: str = "array dtype") -> str:
+    """`type_str` when it has the form of a dtype's str; WireDecodeError before numpy parses anything else."""
+    if len(type_str) > 32 or not _DTYPE_TEXT.fullmatch(type_str):
+        raise WireDecodeError(f"{what} {type_str[:40]!r} is not a dtype str; expected one like '<f4', '|u1' or "
+                              "'<M8[ns]'")
+    return type_str
+
+
 def _as_dtype(type_str: Any) -> np.dtype:
     if isinstance(type_str, bytes):
         type_str = type_str.decode("ascii", "replace")
     if not isinstance(type_str, str):
         raise WireDecodeError(f"array dtype must be a str like '<f4', got {type_str!r}")
+    _checked_dtype_text(type_str)
     try:
         dtype = np.dtype(type_str)
     except (TypeError, ValueError, SyntaxError) as exc:  # numpy parses a comma string like '1,2' as Python
@@ -221,6 +237,10 @@ def _require_fields(obj: Dict[Any, Any], form: str, fields: Tuple[str, ...]) -> 
                               "besides its marker")
 
 
+_NPY_DESCR = re.compile(rb"""['"]descr['"]\s*:\s*(['"])(.*?)\1""", re.DOTALL)
+_NPY_HEADER_PEEK = 10 + 65535  # magic, version and a 1.0 header's largest length; a 2.0 header's descr comes early
+
+
 def _load_npy(blob: Union[bytes, bytearray]) -> np.ndarray:
     """An np.save blob -> array, its header checked against the bytes present before anything is allocated.
 
@@ -228,6 +248,13 @@ def _load_npy(blob: Union[bytes, bytearray]) -> np.ndarray:
     terabytes.) Object and structured dtypes are refused, as everywhere on the wire.
     """
     stream = io.BytesIO(blob)
+    # numpy builds the header's dtype with its own parser, which some descr strings kill (see _DTYPE_TEXT): its text
+    # is checked first ('descr' in a header is ASCII; a list of fields, a structured dtype, is refused anyway)
+    descr = _NPY_DESCR.search(bytes(blob[:_NPY_HEADER_PEEK]))
+    if descr is not None:
+        _checked_dtype_text(descr.group(2).decode("ascii", "replace"), "np.save header descr")
+    elif b"descr" in bytes(blob[:_NPY_HEADER_PEEK]):
+        raise WireDecodeError("Refused __ndarray_class__ payload: its header's 'descr' is not a quoted dtype str")
     try:
         version = np.lib.format.read_magic(stream)
         if version == (1, 0):
@@ -390,7 +417,10 @@ def _locate(error: WireDecodeError, message: BufferLike, decodes: Callable[[memo
     again), and so is a message over LOCATE_MAX_BYTES."""
     if isinstance(error, DecodeLimitError) or memoryview(message).nbytes > LOCATE_MAX_BYTES:
         return
-    where = shown_path(_path_to_refused_value(message, decodes))
+    try:
+        where = shown_path(_path_to_refused_value(message, decodes))
+    except MALFORMED_BYTES_ERRORS:  # the search decodes parts again from a deeper stack (a RecursionError, JSON nested
+        return  # near the limit): the refusal stands, without its path
     if where:
         error.args = (f"{where}: {error}",)
 

@@ -378,7 +378,6 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
             write_results(output_path, batch)
 
     save()
-    take_stop_while_closing()  # one left by an earlier run of this process is not this batch's
     for index, job in enumerate(jobs):
         if isinstance(job, JobError) or batch["jobs"][index]["status"] == DONE:
             continue

@@ -24,7 +24,8 @@ __all__ = ["INTERRUPTED_EXIT_CODE", "STORAGE_ERRNOS", "WRITE_REFUSED_ERRNOS", "O
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 INTERRUPTED_EXIT_CODE = 130
 # Stop signals that cut an env teardown short after every episode of a run was scored (vector_envs._close_envs): that
-# run is complete, but a command with more to run (the next task of a suite, the next batch job) stops before it.
+# run is complete, but whatever the process runs next (a suite's next task, a batch's next job, a Python script's next
+# run_rollout) stops before it starts, as the Ctrl-C meant: it stays noted until then.
 _stops_while_closing: list = []
 # A file or folder this user may not write: worded as a storage error (storage_stop_line), though not one that stops a
 # rollout's later episodes (is_storage_error): a video folder of its own may be writable.

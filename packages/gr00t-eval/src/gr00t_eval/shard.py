@@ -403,6 +403,8 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
         "merged_from": [results.get("plan", {}).get("shard") for results in shards],
         "missing_episodes": missing,
         "n_not_run": len(missing) + len(not_run_by_failed_task),  # as a single run counts the episodes it never ran
+        # a run whose envs stepped ran, though no episode ended: rollout reports it (results, --resume), no usage error
+        "envs_stepped": any(bool(results.get("envs_stepped")) for results in shards),
         "policy": next((p for _, p in policies if p.get("identity")), policies[0][1]) if policies else None,
         "merged_servers": [_server_of(results) for results in shards],
         # a setting one shard's server ignored was not applied to all the merged episodes either

@@ -335,7 +335,6 @@ def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, 
     done_by_task: Dict[str, List[EpisodeOutcome]] = {}
     for outcome in done:
         done_by_task.setdefault(str(outcome.extras.get("task")), []).append(outcome)
-    take_stop_while_closing()  # one left by an earlier run of this process is not this run's
     for position, task in enumerate(tasks):
         episodes = range(config.n_episodes) if episode_ranges is None else episode_ranges.get(task.env_name, range(0))
         if len(episodes) == 0:

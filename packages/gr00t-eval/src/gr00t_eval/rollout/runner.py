@@ -40,7 +40,7 @@ from gr00t_client.peer_text import shown_text
 
 from ..metrics import ERROR_REASON_CHARS, EpisodeOutcome
 from ..policy_identity import ServedPolicyChanged, check_serves_env_embodiments, pinned_policy, policy_record
-from ..run_stop import check_output_folders
+from ..run_stop import check_output_folders, take_stop_while_closing
 from .config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed, is_whole_number  # noqa: F401 - draw_base_seed re-exported
 from .config import without_unkept_env_timeout
 from .liveness import PolicyServerUnreachableError, ServerWatch
@@ -124,6 +124,8 @@ class RolloutRunner:
         if self._ran:
             raise RuntimeError("a RolloutRunner runs once; make a new one to run again (episodes= the ones still to run)")
         self._ran = True
+        if take_stop_while_closing():  # a Ctrl-C at the teardown of the run before (complete): this one does not start
+            raise KeyboardInterrupt("a stop signal while the envs of the run before closed")
         config = self.config
         start = time.perf_counter()
         if not self.episodes:

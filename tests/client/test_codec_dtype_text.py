@@ -1,0 +1,84 @@
+"""Dtype strings from the wire are checked for a dtype's form before numpy parses them: numpy's parser takes more, and
+some of it kills the process (a datetime unit 'M8[Y/0]' divides by zero in C: SIGFPE), so one 60-byte request killed
+a policy server with no reply and no log, and a broken server's reply would kill a robot's process the same way. The
+decodes run in a child process, so that the defect, were it back, fails a test instead of the test run."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+
+import msgpack
+import numpy as np
+import pytest
+
+from gr00t_client import codec
+from gr00t_client.wire_errors import WireDecodeError
+
+KILLERS = ["M8[Y/0]", "<M8[Y/0]", ">m8[s/0]"]
+
+
+def npy_blob(descr: str) -> bytes:
+    """An np.save blob of 8 zero bytes whose header names `descr`, as a peer could write it by hand."""
+    header = repr({"descr": descr, "fortran_order": False, "shape": (1,)}).encode("latin1")
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 8
+
+
+def decode_in_child(message: bytes) -> subprocess.CompletedProcess:
+    code = textwrap.dedent("""
+        import sys
+        from gr00t_client import codec
+        try:
+            codec.decode(sys.stdin.buffer.read())
+        except codec.WireDecodeError as exc:
+            print("refused:", exc)
+        else:
+            print("decoded")
+    """)
+    return subprocess.run([sys.executable, "-c", code], input=message, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("dtype", KILLERS)
+def test_a_datetime_dtype_that_crashes_numpys_parser_is_refused_not_parsed(dtype):
+    msgpack_numpy = {b"nd": True, b"type": dtype, b"kind": b"", b"shape": [1], b"data": b"\0" * 8}
+    reference = {"__ndarray_class__": True, "as_npy": npy_blob(dtype)}
+    for array in (msgpack_numpy, reference):
+        done = decode_in_child(msgpack.packb({"observation": {"x": array}}, use_bin_type=True))
+        assert done.returncode == 0, f"the decode killed the process (exit {done.returncode}): {done.stderr[-300:]!r}"
+        assert b"refused:" in done.stdout and b"dtype str" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "|u1", "<U3", "|b1", "<c8", "<M8[ns]", "<m8[25s]"])
+def test_every_dtype_the_codec_writes_still_decodes(dtype):
+    array = np.zeros((2, 3), dtype=dtype)
+    for wire in (codec.encode({"x": array}), *([] if array.dtype.kind in "mM" else [msgpack.packb(
+            {"x": {"__ndarray_class__": True, "as_npy": _saved(array)}}, use_bin_type=True)])):
+        decoded = codec.decode(wire)["x"]
+        assert decoded.dtype == array.dtype and decoded.shape == (2, 3)
+
+
+def _saved(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def test_a_structured_or_comma_dtype_is_refused_naming_the_expected_form():
+    for dtype in ("f4,f4", "(2,)f4", "[('a', '<f4')]", "x" * 40):
+        message = msgpack.packb({"x": {b"nd": True, b"type": dtype, b"kind": b"", b"shape": [1], b"data": b"\0" * 8}},
+                                use_bin_type=True)
+        with pytest.raises(WireDecodeError, match="expected one like '<f4'"):
+            codec.decode(message)
+
+
+def test_malformed_json_nested_near_the_recursion_limit_is_refused_as_malformed_at_every_depth():
+    """The whole decode refused it; the search for its key path decoded its parts again from a deeper stack, and the
+    RecursionError of that second parse replaced the refusal (a server answered 'internal error')."""
+    for depth in range(900, 1000, 7):
+        as_json = '{"a":' * depth + "1 x"  # a JSON syntax error `depth` levels down
+        message = msgpack.packb({"data": {"observation": {"mc": {"__ModalityConfig__": True, "as_json": as_json}}}})
+        with pytest.raises(WireDecodeError):
+            codec.decode(message)
