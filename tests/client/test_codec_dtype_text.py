@@ -6,6 +6,7 @@ decodes run in a child process, so that the defect, were it back, fails a test i
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,11 +21,21 @@ from gr00t_client.wire_errors import WireDecodeError
 KILLERS = ["M8[Y/0]", "<M8[Y/0]", ">m8[s/0]"]
 
 
-def npy_blob(descr: str) -> bytes:
-    """An np.save blob of 8 zero bytes whose header names `descr`, as a peer could write it by hand."""
-    header = repr({"descr": descr, "fortran_order": False, "shape": (1,)}).encode("latin1")
+def npy_blob(descr: str, header_text: str = "") -> bytes:
+    """An np.save blob of 8 zero bytes whose header names `descr` (or is `header_text`), as a peer could write it."""
+    header = (header_text or repr({"descr": descr, "fortran_order": False, "shape": (1,)})).encode("latin1")
     header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
     return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 8
+
+
+# Headers whose text shows no bad descr but whose Python literal evaluates to one (a check of the text was passed by
+# each, and numpy then built the dtype that kills it)
+DISGUISED_HEADERS = [
+    "{'descr': '<f4', 'descr': 'M8[Y/0]', 'fortran_order': False, 'shape': (1,), }",
+    "{'descr': 'M8' '[Y/0]', 'fortran_order': False, 'shape': (1,), }",
+    "{'desc' 'r': 'M8[Y/0]', 'fortran_order': False, 'shape': (1,), }",
+    "{'\\x64escr': 'M8[Y/0]', 'fortran_order': False, 'shape': (1,), }",
+]
 
 
 def decode_in_child(message: bytes) -> subprocess.CompletedProcess:
@@ -81,4 +92,24 @@ def test_malformed_json_nested_near_the_recursion_limit_is_refused_as_malformed_
         as_json = '{"a":' * depth + "1 x"  # a JSON syntax error `depth` levels down
         message = msgpack.packb({"data": {"observation": {"mc": {"__ModalityConfig__": True, "as_json": as_json}}}})
         with pytest.raises(WireDecodeError):
+            codec.decode(message)
+
+
+@pytest.mark.parametrize("header_text", DISGUISED_HEADERS, ids=["key-twice", "concatenated", "split-key", "escaped-key"])
+def test_an_np_save_header_whose_literal_evaluates_to_a_killing_descr_is_refused(header_text):
+    reference = {"__ndarray_class__": True, "as_npy": npy_blob("", header_text)}
+    done = decode_in_child(msgpack.packb({"observation": {"x": reference}}, use_bin_type=True))
+    assert done.returncode == 0, f"the decode killed the process (exit {done.returncode}): {done.stderr[-300:]!r}"
+    assert b"refused:" in done.stdout and b"dtype str" in done.stdout, done.stdout
+
+
+def test_np_save_headers_of_other_forms_are_refused_as_malformed_naming_what_is_wrong():
+    for header_text, says in [("{'descr': '<f4', 'fortran_order': False}", "must be a dict of 'descr'"),
+                              ("{'descr': '<f4', 'fortran_order': 1, 'shape': (1,)}", "'fortran_order' must be"),
+                              ("{'descr': '<f4', 'fortran_order': False, 'shape': (-1,)}", "'shape' must be"),
+                              ("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (1,)}", "structured arrays"),
+                              ("__import__('os')", "np.save header")]:
+        message = msgpack.packb({"x": {"__ndarray_class__": True, "as_npy": npy_blob("", header_text)}},
+                                use_bin_type=True)
+        with pytest.raises(WireDecodeError, match=re.escape(says)):
             codec.decode(message)

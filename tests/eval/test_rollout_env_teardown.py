@@ -88,6 +88,11 @@ def test_a_stop_signal_while_the_envs_close_after_every_episode_is_scored_cuts_t
         run_rollout(ConstantPolicy(), hung_close_config(tmp_path, False, 2.0), progress=False)
     result = run_rollout(ConstantPolicy(), hung_close_config(tmp_path, False, 2.0), progress=False)
     assert result.success_rate == 1.0  # the stop was spent on the run it stopped
+    # run_suite alike: it raises, rather than returning an 'interrupted' run of nothing (a loop went on past it)
+    (tmp_path / "interrupted").unlink()
+    run_suite(ConstantPolicy(), "hungclose/walk", hung_close_config(tmp_path, True, 600.0))
+    with pytest.raises(KeyboardInterrupt, match="a stop signal while the envs of the run before closed"):
+        run_suite(ConstantPolicy(), "hungclose/walk", hung_close_config(tmp_path, False, 2.0))
 
 
 @pytest.mark.timeout(120)

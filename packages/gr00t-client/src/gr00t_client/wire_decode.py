@@ -4,10 +4,9 @@ and the unpack that runs it within DecodeLimits, viewing large arrays in the buf
 from __future__ import annotations
 
 import cmath
-import io
+import ast
 import json
 import re
-import tokenize
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import msgpack
@@ -237,8 +236,40 @@ def _require_fields(obj: Dict[Any, Any], form: str, fields: Tuple[str, ...]) -> 
                               "besides its marker")
 
 
-_NPY_DESCR = re.compile(rb"""['"]descr['"]\s*:\s*(['"])(.*?)\1""", re.DOTALL)
-_NPY_HEADER_PEEK = 10 + 65535  # magic, version and a 1.0 header's largest length; a 2.0 header's descr comes early
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _npy_header(blob: Union[bytes, bytearray]) -> Tuple[Tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, offset of the data) of an np.save blob (format 1.0 or 2.0), its header read here
+    and not by numpy: numpy evaluates it as a Python literal and builds the dtype with a parser that some descr strings
+    kill (see _DTYPE_TEXT), and a look at the header's text alone misses what the literal evaluates to ('M8' '[Y/0]',
+    a key given twice, an escaped key). ValueError or SyntaxError for a malformed header."""
+    head = bytes(blob[:12])
+    if head[:6] != _NPY_MAGIC:
+        raise ValueError(f"the magic string is not {_NPY_MAGIC!r}")
+    version = tuple(head[6:8])
+    if version == (1, 0):
+        start, size = 10, int.from_bytes(head[8:10], "little")
+    elif version == (2, 0):
+        start, size = 12, int.from_bytes(head[8:12], "little")
+    else:
+        raise ValueError(f"npy format version {version} is not accepted (1.0 and 2.0 are)")
+    if len(head) < start or len(blob) < start + size:
+        raise ValueError(f"the header is cut short ({len(blob)} bytes in all)")
+    text = bytes(blob[start:start + size]).decode("latin1")
+    header = ast.literal_eval(text)
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise ValueError(f"the header must be a dict of 'descr', 'fortran_order' and 'shape'; got {text.strip()[:80]!r}")
+    descr, fortran_order, shape = header["descr"], header["fortran_order"], header["shape"]
+    if not isinstance(descr, str):  # a list of fields: a structured dtype, refused everywhere on the wire
+        raise WireDecodeError(f"Refused __ndarray_class__ payload: its header's 'descr' is {type(descr).__name__} "
+                              f"{descr!r:.60}, not a dtype str (structured arrays cannot be decoded)")
+    _checked_dtype_text(descr, "np.save header descr")
+    if not isinstance(fortran_order, bool):
+        raise ValueError(f"'fortran_order' must be True or False; got {fortran_order!r:.40}")
+    if not isinstance(shape, tuple) or not all(type(dim) is int and dim >= 0 for dim in shape):
+        raise ValueError(f"'shape' must be a tuple of whole numbers >= 0; got {shape!r:.60}")
+    return shape, fortran_order, np.dtype(descr), start + size
 
 
 def _load_npy(blob: Union[bytes, bytearray]) -> np.ndarray:
@@ -247,23 +278,11 @@ def _load_npy(blob: Union[bytes, bytearray]) -> np.ndarray:
     (np.load on a file-like object allocates what the header claims first, so a 100-byte blob could ask for
     terabytes.) Object and structured dtypes are refused, as everywhere on the wire.
     """
-    stream = io.BytesIO(blob)
-    # numpy builds the header's dtype with its own parser, which some descr strings kill (see _DTYPE_TEXT): its text
-    # is checked first ('descr' in a header is ASCII; a list of fields, a structured dtype, is refused anyway)
-    descr = _NPY_DESCR.search(bytes(blob[:_NPY_HEADER_PEEK]))
-    if descr is not None:
-        _checked_dtype_text(descr.group(2).decode("ascii", "replace"), "np.save header descr")
-    elif b"descr" in bytes(blob[:_NPY_HEADER_PEEK]):
-        raise WireDecodeError("Refused __ndarray_class__ payload: its header's 'descr' is not a quoted dtype str")
     try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise ValueError(f"npy format version {version} is not accepted (1.0 and 2.0 are)")
-    except (ValueError, SyntaxError, tokenize.TokenError) as exc:  # numpy parses a Python 2 era header as Python
+        shape, fortran_order, dtype, offset = _npy_header(blob)
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as exc:
+        if isinstance(exc, WireDecodeError):
+            raise
         raise WireDecodeError(f"Malformed __ndarray_class__ payload (np.save header): {exc}") from exc
     if dtype.hasobject:  # np.load's own words, which peers know
         raise WireDecodeError("Refused __ndarray_class__ payload: Object arrays cannot be loaded when allow_pickle=False")
@@ -271,7 +290,6 @@ def _load_npy(blob: Union[bytes, bytearray]) -> np.ndarray:
     count = 1
     for dim in shape:
         count *= int(dim)
-    offset = stream.tell()
     present = len(blob) - offset
     if count * dtype.itemsize != present:
         raise WireDecodeError(

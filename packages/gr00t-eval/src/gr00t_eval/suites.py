@@ -335,6 +335,8 @@ def run_tasks(policy: BasePolicy, tasks: Sequence[Task], config: RolloutConfig, 
     done_by_task: Dict[str, List[EpisodeOutcome]] = {}
     for outcome in done:
         done_by_task.setdefault(str(outcome.extras.get("task")), []).append(outcome)
+    if take_stop_while_closing():  # a Ctrl-C at the teardown of the process's run before (complete): this one does
+        raise KeyboardInterrupt("a stop signal while the envs of the run before closed")  # not start
     for position, task in enumerate(tasks):
         episodes = range(config.n_episodes) if episode_ranges is None else episode_ranges.get(task.env_name, range(0))
         if len(episodes) == 0:
