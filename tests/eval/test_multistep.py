@@ -143,6 +143,22 @@ def test_history_before_the_episode_start_repeats_the_first_observation():
     assert wrapper.observation_space["state.pos"].shape == (2, 1)
 
 
+def test_history_reaching_far_back_is_padded_by_index_not_by_copies():
+    """The padding inserted the first observation at the front once per missing step: quadratic in the history, so a
+    server config's [-1000000, 0] hung the env's reset. Steps before the episode's first read its first observation."""
+    wrapper = wrap(StepEnv(), n_action_steps=2, state_delta_indices=[-9999, -2, -1, 0])
+    obs, _ = wrapper.reset(seed=0)
+    assert obs["state.pos"][:, 0].tolist() == [0.0, 0.0, 0.0, 0.0]
+    obs, *_ = wrapper.step(chunk(2))
+    assert obs["state.pos"][:, 0].tolist() == [0.0, 0.0, 1.0, 2.0]
+
+
+def test_delta_indices_beyond_the_history_kept_are_refused_naming_the_servers_config():
+    with pytest.raises(ValueError, match=r"reach -1000000 steps back; at most 10000 are kept \(the policy server's "
+                                         r"modality config"):
+        wrap(StepEnv(), state_delta_indices=[-1000000, 0])
+
+
 def test_positive_delta_indices_are_refused():
     with pytest.raises(ValueError, match="<= 0"):
         wrap(StepEnv(), state_delta_indices=[0, 1])

@@ -50,6 +50,9 @@ def language_batch(value: Any, key: str) -> List[str]:
     elif isinstance(value, np.ndarray):
         if value.dtype.kind not in "USO":
             raise ObservationError(f"Language key '{key}' must hold strings; got a numpy array of dtype {value.dtype}")
+        if value.ndim > 1 and value.size != value.shape[0]:  # before tolist(): 25x the array's bytes as Python strings
+            raise ObservationError(f"Language key '{key}' has shape {value.shape}: several strings in a row; expected "
+                                   "one string per row, (B,) or (B, 1)")
         items = value.reshape(-1).tolist()
     elif isinstance(value, (list, tuple)):
         items = list(value)

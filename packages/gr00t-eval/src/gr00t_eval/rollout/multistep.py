@@ -90,12 +90,20 @@ def _one_value(value: Any) -> Any:
     return value
 
 
+# The steps of history a modality config may ask for: far beyond any policy's (GR00T's reach a few steps back), and
+# each kept step holds an observation's frames
+MAX_HISTORY_STEPS = 10000
+
+
 def _check_deltas(name: str, deltas: Sequence[int]) -> Tuple[int, ...]:
     deltas = tuple(int(d) for d in deltas)
     if not deltas:
         raise ValueError(f"{name} delta indices must not be empty")
     if any(d > 0 for d in deltas):
         raise ValueError(f"{name} delta indices must be <= 0 (history only), got {list(deltas)}")
+    if min(deltas) < -MAX_HISTORY_STEPS:
+        raise ValueError(f"{name} delta indices reach {min(deltas)} steps back; at most {MAX_HISTORY_STEPS} are kept "
+                         "(the policy server's modality config: is it the right server?)")
     return deltas
 
 
@@ -208,15 +216,16 @@ class MultiStepWrapper(gym.Wrapper):
     # -- observation history ----------------------------------------------------------------------
     def _stacked(self) -> Dict[str, Any]:
         history = list(self._history)
-        while len(history) < self._history_len:  # pad the start of an episode with its first observation
-            history.insert(0, history[0])
+        last = len(history) - 1
+        # a step before the episode's first is its first observation (padded by index: inserting copies was quadratic
+        # in the history, and a config's far-back delta, [-1000000, 0], hung the env's reset)
         latest = history[-1]
         out: Dict[str, Any] = {}
         for key, value in latest.items():
             if key.startswith("video."):
-                out[key] = np.stack([history[len(history) - 1 + d][key] for d in self.video_delta_indices])
+                out[key] = np.stack([history[max(0, last + d)][key] for d in self.video_delta_indices])
             elif key.startswith("state."):
-                states = np.stack([history[len(history) - 1 + d][key] for d in self.state_delta_indices])
+                states = np.stack([history[max(0, last + d)][key] for d in self.state_delta_indices])
                 out[key] = state_in_float32(key, states[:, None] if states.ndim == 1 else states)
             else:
                 out[key] = value
