@@ -36,6 +36,16 @@ def test_a_reset_of_exactly_max_rows_episodes_is_taken_and_one_more_is_refused(d
     assert info["episode_index"] == [1, 2]
 
 
+@pytest.mark.parametrize("name", ["episode_index", "step_index"])
+def test_an_index_array_of_more_rows_than_max_rows_is_refused_before_it_is_listed(dataset_root, name):
+    """A numpy array of indices became a Python list before its length was checked: a 256 MiB array of the wire's
+    largest message made 32 million Python ints (and step_index was never held to max_rows at all)."""
+    policy = replay(dataset_root, max_rows=2)
+    options = {"_session_id": "s", "episode_index": [1, 2], name: np.zeros(10_000_000, np.int64)}
+    with pytest.raises(ValueError, match=f"{name} lists 10000000 rows; this policy replays at most 2 rows per session"):
+        policy.reset(options)
+
+
 def test_one_step_index_for_several_episodes_starts_every_row_there(dataset_root):
     """reset(episode_index=[a, b], step_index=k) puts every row at step k (one value for all rows), and the rows'
     actions come from there."""

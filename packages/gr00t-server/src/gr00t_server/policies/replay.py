@@ -270,12 +270,12 @@ class ReplayPolicy(BasePolicy):
             cursor = cursor or _Cursor([0], [0])
             episodes = cursor.episodes
             if options.get("episode_index") is not None:
-                listed = _as_list(options["episode_index"], "episode_index")
+                listed = _as_list(options["episode_index"], "episode_index", self.max_rows)
                 if len(listed) > self.max_rows:
                     raise ValueError(f"episode_index lists {len(listed)} rows; this policy replays at most {self.max_rows} rows per session")
                 episodes = [self._check_episode(e) for e in listed]
             steps_option = options.get("step_index")
-            steps = [0] * len(episodes) if steps_option is None else _as_list(steps_option, "step_index")
+            steps = [0] * len(episodes) if steps_option is None else _as_list(steps_option, "step_index", self.max_rows)
             if len(steps) == 1 and len(episodes) > 1:
                 steps = steps * len(episodes)
             if len(steps) != len(episodes):
@@ -499,8 +499,10 @@ def _session_id(options: Mapping[str, Any]) -> str:
     return session
 
 
-def _as_list(value: Any, name: str) -> List[Any]:
+def _as_list(value: Any, name: str, max_rows: int) -> List[Any]:
     if isinstance(value, np.ndarray):
+        if value.size > max_rows:  # before tolist(): a 256 MiB array made 32 million Python ints to be refused
+            raise ValueError(f"{name} lists {value.size} rows; this policy replays at most {max_rows} rows per session")
         value = value.tolist()
     if isinstance(value, (list, tuple)):
         if not value:
