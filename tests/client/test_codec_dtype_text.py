@@ -113,3 +113,24 @@ def test_np_save_headers_of_other_forms_are_refused_as_malformed_naming_what_is_
                                 use_bin_type=True)
         with pytest.raises(WireDecodeError, match=re.escape(says)):
             codec.decode(message)
+
+
+def test_a_python_2_np_save_header_with_long_ints_still_decodes():
+    """An N1/N1.5-era peer on Python 2 wrote shapes as (2L, 3L); numpy reads them without the L, and so does the
+    header read here (it refused them as 'invalid decimal literal')."""
+    header_text = "{'descr': '<f4', 'fortran_order': False, 'shape': (2L,), }"
+    blob = npy_blob("", header_text)
+    blob = blob[:-8] + np.array([1.5, -2.0], "<f4").tobytes()
+    decoded = codec.decode(msgpack.packb({"x": {"__ndarray_class__": True, "as_npy": blob}}, use_bin_type=True))["x"]
+    assert decoded.tolist() == [1.5, -2.0]
+
+
+def test_an_np_save_header_longer_than_numpys_limit_is_refused_before_it_is_parsed():
+    """A 2 MB header padded with a million-element list was evaluated in full (18 s and ~1 GB on the server, for a
+    header that is never valid); numpy itself reads at most 10,000 bytes of one."""
+    header_text = "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'pad': [" + "0," * 1_000_000 + "]}"
+    header = header_text.encode("latin1") + b"\n"
+    blob = b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header + b"\0" * 4  # format 2.0: a 4-byte length
+    message = msgpack.packb({"x": {"__ndarray_class__": True, "as_npy": blob}}, use_bin_type=True)
+    with pytest.raises(WireDecodeError, match=r"the header has \d+ bytes; at most 10000 are read"):
+        codec.decode(message)

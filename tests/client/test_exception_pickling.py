@@ -29,7 +29,7 @@ def _cases():
     from gr00t_eval import batch, cli_errors, extras, open_loop, policy_identity, ray_connect, run_dir, run_stop, shard
     from gr00t_eval import metrics
     from gr00t_eval.dataset import errors as dataset_errors
-    from gr00t_eval.rollout import liveness, runner, stalls, worker_deaths
+    from gr00t_eval.rollout import liveness, runner, stalls, vector_envs, worker_deaths
 
     return [
         client_module.PolicyServerError("ValueError: bad observation", "get_action"),
@@ -72,6 +72,7 @@ def _cases():
         run_dir.OutputDirError("--output-dir out is not empty"),
         run_stop.OutputFolderGone(2, "the output folder disappeared (unmounted or deleted)", "/data/run"),
         shard.MergeError("shards of different plans"),
+        vector_envs._ClosingCutShort("signal 2"),
     ]
 
 

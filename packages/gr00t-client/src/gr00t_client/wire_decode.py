@@ -237,6 +237,8 @@ def _require_fields(obj: Dict[Any, Any], form: str, fields: Tuple[str, ...]) -> 
 
 
 _NPY_MAGIC = b"\x93NUMPY"
+_NPY_MAX_HEADER_BYTES = 10000  # numpy's max_header_size: np.save writes a dict of three keys in about 120
+_PY2_LONG = re.compile(r"\b([0-9]+)[lL]\b")
 
 
 def _npy_header(blob: Union[bytes, bytearray]) -> Tuple[Tuple[int, ...], bool, np.dtype, int]:
@@ -254,10 +256,15 @@ def _npy_header(blob: Union[bytes, bytearray]) -> Tuple[Tuple[int, ...], bool, n
         start, size = 12, int.from_bytes(head[8:12], "little")
     else:
         raise ValueError(f"npy format version {version} is not accepted (1.0 and 2.0 are)")
+    if size > _NPY_MAX_HEADER_BYTES:  # before it is parsed: a 2 MB header padded with a list stalled a server 18 s
+        raise ValueError(f"the header has {size} bytes; at most {_NPY_MAX_HEADER_BYTES} are read (numpy's own limit)")
     if len(head) < start or len(blob) < start + size:
         raise ValueError(f"the header is cut short ({len(blob)} bytes in all)")
     text = bytes(blob[start:start + size]).decode("latin1")
-    header = ast.literal_eval(text)
+    try:
+        header = ast.literal_eval(text)
+    except SyntaxError:  # a Python 2 np.save wrote long ints as 2L: read as numpy reads them, without the L
+        header = ast.literal_eval(_PY2_LONG.sub(r"\1", text))
     if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
         raise ValueError(f"the header must be a dict of 'descr', 'fortran_order' and 'shape'; got {text.strip()[:80]!r}")
     descr, fortran_order, shape = header["descr"], header["fortran_order"], header["shape"]
