@@ -297,9 +297,20 @@ def test_the_stray_character_hint_of_a_hidden_path_counts_only_the_part_below_it
 
 def test_the_servers_own_key_pair_as_the_client_key_is_refused_naming_the_mix_up(keys):
     """It connected to a server without authorized keys, and with them was told to authorize the server's own key."""
-    with pytest.raises(ValueError, match=r"^client_secret_key is the server's own key pair \(its public key is "
-                                         r"server_public_key\).* `gr00t-server keygen --name ROBOT`"):
+    with pytest.raises(ValueError, match=r"^server_public_key and client_secret_key are one key pair .* or "
+                                         r"client_secret_key is the server's own key pair .* `gr00t-server keygen "
+                                         r"--name ROBOT`"):
         PolicyClient(server_public_key=keys["server.key"], client_secret_key=keys["server.key_secret"])
+
+
+def test_the_clients_own_public_key_as_the_servers_is_refused_with_the_fix_for_it_too(keys):
+    """It was told only that the server's secret had been copied off the server, and to make the robot a new pair."""
+    with pytest.raises(ValueError) as info:
+        PolicyClient(server_public_key=keys["robot.key"], client_secret_key=keys["robot.key_secret"])
+    message = str(info.value)
+    assert message.startswith("server_public_key and client_secret_key are one key pair (SHA256:")
+    assert ("either server_public_key is this client's own public key (pass the server's .key file, e.g. server.key, "
+            "instead), or client_secret_key is the server's own key pair") in message
 
 
 # --- handshakes -----------------------------------------------------------------------------------

@@ -240,6 +240,8 @@ def test_the_servers_own_key_pair_as_the_client_key_is_refused_naming_both_flags
     public, secret = zmq.auth.create_certificates(str(tmp_path), "server")
     assert _open_loop(tmp_path, "--server-public-key", public, "--client-key", secret) == 2
     err = capsys.readouterr().err.strip()
-    assert ("--client-key is the server's own key pair (its public key is --server-public-key): the server's secret key "
-            "must stay on the server; make this client its own pair with `gr00t-server keygen --name ROBOT`") in err
+    assert ("--server-public-key and --client-key are one key pair (SHA256:" in err
+            and "either --server-public-key is this client's own public key (pass the server's .key file, e.g. "
+                "server.key, instead), or --client-key is the server's own key pair (the server's secret key must stay "
+                "on the server; make this client its own pair with `gr00t-server keygen --name ROBOT`") in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()

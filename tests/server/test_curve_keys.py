@@ -321,7 +321,7 @@ def test_serve_names_its_flags_in_key_errors(tmp_path, capsys):
     assert "--curve-secret-key: 'not-a-key' is neither an existing certificate file" in capsys.readouterr().err
     assert main(["serve", "--dataset-path", str(tmp_path), "--curve-secret-key", str(secret), "--authorized-keys",
                  str(tmp_path / "missing")]) != 0
-    assert f"--authorized-keys: {tmp_path / 'missing'} is not a directory" in capsys.readouterr().err
+    assert f"--authorized-keys: '{tmp_path / 'missing'}' is not a directory" in capsys.readouterr().err
 
 
 def test_an_empty_authorized_keys_is_refused_not_read_as_the_working_directory(tmp_path, monkeypatch):

@@ -270,12 +270,15 @@ def client_keys(server_public_key: Optional[KeySource], client_secret_key: Optio
 
 
 def refuse_the_servers_key_pair(server_public: bytes, client_public: bytes, client_what: str, server_what: str) -> None:
-    """ValueError when the client's key pair is the server's own: its secret has been copied off the server, and no
-    authorized-keys directory should ever admit it."""
+    """ValueError when the server's public key and the client's secret key are one pair: either the client's own
+    public key was given as the server's, or the server's secret was copied off the server (which the two keys alone
+    cannot tell apart), so the message gives the fix for each."""
     if client_public == server_public:
-        raise ValueError(f"{client_what} is the server's own key pair (its public key is {server_what}): the server's "
-                         "secret key must stay on the server; make this client its own pair with `gr00t-server keygen "
-                         "--name ROBOT` and add ROBOT.key to the server's authorized-keys directory")
+        raise ValueError(f"{server_what} and {client_what} are one key pair ({key_fingerprint(client_public)}): either "
+                         f"{server_what} is this client's own public key (pass the server's .key file, e.g. server.key, "
+                         f"instead), or {client_what} is the server's own key pair (the server's secret key must stay "
+                         "on the server; make this client its own pair with `gr00t-server keygen --name ROBOT` and add "
+                         "ROBOT.key to the server's authorized-keys directory)")
 
 
 def apply_client_keys(sock: zmq.Socket, keys: Optional[ClientCurveKeys]) -> None:

@@ -83,8 +83,9 @@ def _add_serve_parser(subparsers: Any) -> None:
                         "`gr00t-server keygen`; default: $GR00T_CURVE_SECRET_KEY); clients need NAME.key. Its z85 "
                         "secret key is accepted too, but other users see it in ps: use the file or the variable")
     p.add_argument(*_flag("authorized-keys"), default=os.environ.get("GR00T_AUTHORIZED_KEYS"), metavar="DIR",
-                   help="with --curve-secret-key: admit only clients whose public .key files are in DIR (re-read when "
-                        "it changes, no restart; default: $GR00T_AUTHORIZED_KEYS)")
+                   help="with --curve-secret-key: admit only clients whose public .key files are in DIR, one key per "
+                        "file (re-read when it changes, no restart: a client whose file is removed is refused at its "
+                        "next request, on its open connection too; default: $GR00T_AUTHORIZED_KEYS)")
     p.add_argument(*_flag("inference-mode"), default="pytorch", choices=INFERENCE_MODES, help="inference backend")
     p.add_argument(*_flag("onnx-dir"), type=user_path, default=None,
                    help="exported ONNX sub-models (--inference-mode onnxruntime)")
@@ -184,7 +185,7 @@ def _add_keygen_parser(subparsers: Any) -> None:
                     "to peers) and DIR/NAME.key_secret (secret, mode 0600: keep it on this machine).",
     )
     p.add_argument("directory", metavar="DIR", type=user_path,
-                   help="directory to write the two files into (created if missing)")
+                   help="directory to write the two files into (created if missing, mode 0700)")
     p.add_argument(*_flag("name"), default="server", help="file name stem (default server; e.g. robot-07 for a client)")
     p.add_argument(*_flag("force"), action="store_true", help="replace existing files of that name")
 

@@ -2,7 +2,8 @@
 
 Certificates are the files `zmq.auth` reads: NAME.key (public key; give it to peers) and NAME.key_secret
 (public and secret key, mode 0600; never leaves its machine). An authorized-keys directory holds the clients'
-NAME.key files; it is re-read when its contents change, so adding or removing a client needs no restart.
+NAME.key files, one key each; it is re-read when its contents change, so adding or removing a client needs no restart
+(a removed client's open connection is refused at its next request).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import secrets
 import stat as stat_mode
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple, Union
@@ -23,7 +25,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from gr00t_client.curve import KeySource, _is_z85_key, key_fingerprint, load_key_pair
+from gr00t_client.curve import KeySource, _is_z85_key, _unwrapped, key_fingerprint, load_key_pair
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,10 @@ SECRET_SUFFIX = ".key_secret"
 # ctime, inode: chmod and chown change only the ctime), why a NAME.key entry is not read (a dangling link, a FIFO), or
 # None for an entry read as a mistake (see _current_signature).
 _Entry = Tuple[str, Union[None, str, Tuple[int, int, int, int]]]
+# The requests of open connections read the folder again (a listing and a stat per key file) when its own stat says
+# an entry was added, removed or renamed (a stat, about 1 us a request), and at least this often for a file changed in
+# place, which leaves the folder's stat as it was.
+RECHECK_S = 1.0
 # A zmq.auth key file is about 300 bytes; a bigger NAME.key is not one, and is not read whole into the ZAP thread.
 MAX_KEY_FILE_BYTES = 64 * 1024
 _BANNER = """#   ****  Generated on {now} by gr00t-server keygen  ****
@@ -87,7 +93,7 @@ def generate_certificates(directory: Union[str, os.PathLike], name: str = "serve
     if not name or os.sep in name or name.startswith("."):
         raise ValueError(f"key name must be a plain file name without '{os.sep}' or a leading dot, got {name!r}")
     directory = Path(directory).expanduser()  # a quoted '~/keys' (or an exec-form CMD's) is not expanded by a shell
-    directory.mkdir(parents=True, exist_ok=True)
+    _make_key_folder(directory)
     public_path, secret_path = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
     # Two keygens of one NAME at once each renamed its own pair in, interleaved: NAME.key of one beside the other's
     # NAME.key_secret, both exit 0, and every client handed NAME.key was refused. The second now waits for the first,
@@ -95,6 +101,30 @@ def generate_certificates(directory: Union[str, os.PathLike], name: str = "serve
     # file is left among the keys.
     with _folder_lock(directory):
         return _generate_locked(directory, public_path, secret_path, overwrite)
+
+
+def _make_key_folder(directory: Path) -> None:
+    """Create `directory` and its missing parents with mode 0700, whatever the umask (as ssh-keygen makes ~/.ssh):
+    under umask 000 they were 0777, and any local user could swap a pair of their own in. An existing folder is left as
+    it is, with a warning when others may write to it."""
+    missing: List[Path] = []
+    folder = directory
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:  # made meanwhile (another keygen): not ours to change
+            continue
+        os.chmod(folder, 0o700)  # the umask may only have narrowed it (0o500 could not be written into)
+    if not missing:
+        directory.mkdir(exist_ok=True)  # FileExistsError for a file or a dangling link there, as before
+        mode = stat_mode.S_IMODE(directory.stat().st_mode)
+        if mode & 0o022:
+            logger.warning("keygen: %s is writable by %s (mode %o): they can replace the key files in it; "
+                           "chmod go-w it, or keep keys in a folder only you may write", directory,
+                           "all users" if mode & 0o002 else "its group", mode)
 
 
 @contextlib.contextmanager
@@ -173,7 +203,9 @@ class CurveServerConfig:
         public, secret = load_key_pair(secret_key, names[0])
         directory = None
         if authorized_keys is not None:
-            if not os.fspath(authorized_keys).strip():  # Path("") is ".": any *.key in the working directory
+            # A CRLF env file's '\r' or the quotes an env file keeps, as for keys: no folder name has them at its ends
+            folder = _unwrapped(os.fspath(authorized_keys))
+            if not folder:  # Path("") is ".": any *.key in the working directory
                 raise ValueError(f"{names[1]} is empty; pass the directory of client .key files (or None, to admit "
                                  "any client that has the server's public key)")
             if not isinstance(authorized_keys, str) and os.fspath(authorized_keys) == ".":
@@ -181,9 +213,9 @@ class CurveServerConfig:
                 raise ValueError(f"{names[1]} is Path('.'), which is what Path('') becomes; pass the directory of "
                                  "client .key files (write the str '.' or an absolute folder if the working directory "
                                  "is meant, or None to admit any client that has the server's public key)")
-            directory = Path(os.path.expanduser(os.fspath(authorized_keys)))  # --flag=~/x, $GR00T_AUTHORIZED_KEYS
-            if not directory.is_dir():
-                raise NotADirectoryError(f"{names[1]}: {directory} is not a directory of client .key files")
+            directory = Path(os.path.expanduser(folder))  # --flag=~/x, $GR00T_AUTHORIZED_KEYS
+            if not directory.is_dir():  # repr: a control character in the name is shown, not sent to the terminal
+                raise NotADirectoryError(f"{names[1]}: {str(directory)!r} is not a directory of client .key files")
         return cls(public, secret, directory)
 
     @property
@@ -218,7 +250,21 @@ def _read_client_key(path: Path) -> Tuple[Optional[bytes], Optional[bytes]]:
         logger.warning("authorized keys: skipping %s: it holds no valid 40-character z85 public-key (a key cut short, "
                        "or text after the closing quote on its line?); copy the robot's NAME.key file again", path)
         return None, None
+    count = _public_key_lines(path)
+    if count > 1:  # `cat a.key b.key > fleet.key`, as for ssh's authorized_keys: zmq.auth reads one of them
+        logger.warning("authorized keys: %s holds %d public keys, and only one of them (%s) is admitted: a .key file "
+                       "holds one client's key; put each client's key in a file of its own", path, count,
+                       key_fingerprint(public))
     return public, secret
+
+
+def _public_key_lines(path: Path) -> int:
+    """How many public-key lines a key file holds, counted as zmq.auth finds them (0 when it cannot be read again)."""
+    try:
+        with open(path, "rb") as file:
+            return sum(1 for line in file if line.strip().startswith(b"public-key"))
+    except OSError:
+        return 0
 
 
 class AuthorizedKeys:
@@ -239,6 +285,8 @@ class AuthorizedKeys:
         self._skipped: Tuple[str, ...] = ()  # NAME.key files that could not be used at the last read
         self._unreadable: Optional[str] = None  # why the directory could not be listed at the last read
         self.reload_if_changed()
+        self._recheck_at = time.monotonic() + RECHECK_S  # when removed_key_problem reads the folder again at the latest
+        self._folder_stamp = self._current_folder_stamp()  # the folder's stat when removed_key_problem last read it
 
     @property
     def keys(self) -> FrozenSet[bytes]:
@@ -352,6 +400,41 @@ class AuthorizedKeys:
             return ""
         return (f" (present there but unreadable or malformed, so not used: {', '.join(self._skipped)}; see the "
                 "warning that names each)")
+
+    def removed_key_problem(self, client_key: Optional[str]) -> Optional[str]:
+        """Why a request on an open connection is refused: its key (the connection's ZAP User-Id, z85) was removed from
+        the folder since the handshake; None while it is allowed. Only the handshake checks keys otherwise, and a
+        client keeps its connection for as long as it runs. Socket thread; reads the folder again when its stat changed
+        (a key file removed or added) or RECHECK_S passed."""
+        now = time.monotonic()
+        folder_stamp = self._current_folder_stamp()
+        if folder_stamp != self._folder_stamp or now >= self._recheck_at:
+            self._recheck_at, self._folder_stamp = now + RECHECK_S, folder_stamp  # taken before the read: a change
+            # during it is seen at the next request
+            try:
+                self.reload_if_changed()
+            except Exception:  # noqa: BLE001 - the keys read last stay in force; serving goes on
+                logger.exception("authorized keys: reading %s again failed; the keys read before are used",
+                                 self.directory)
+        if client_key is None:  # no ZAP User-Id (not a CURVE connection): nothing to check against
+            return None
+        key = client_key.encode("ascii", "replace")
+        if key in self._keys:
+            return None
+        fingerprint = key_fingerprint(key) if _is_z85_key(key) else repr(client_key)
+        self._refusals.warning("refused a request from CURVE client %s on its open connection: its key was removed "
+                               "from %s since it connected%s", fingerprint, self.directory, self._skipped_note())
+        return (f"Unauthorized: this client's CURVE key {fingerprint} was removed from the server's authorized keys; "
+                "its requests are refused until the server's admin adds its .key file back")
+
+    def _current_folder_stamp(self) -> Optional[Tuple[int, int, int]]:
+        """(mtime, ctime, inode) of the folder, which an entry added, removed or renamed in it changes; None when
+        it cannot be examined (then RECHECK_S alone sets the pace)."""
+        try:
+            folder = os.stat(self.directory)
+        except OSError:
+            return None
+        return folder.st_mtime_ns, folder.st_ctime_ns, folder.st_ino
 
     def callback(self, domain: str, client_key: bytes) -> bool:
         """pyzmq's credentials-provider hook: is this z85 client key allowed? (runs in the authenticator thread,

@@ -31,6 +31,7 @@ from .messages import (
     check_token,
     client_of,
     client_reads_number_keys,
+    connection_user_id,
     continues_session,
     deadline_of,
     decode_payload,
@@ -159,6 +160,7 @@ class RequestLoop(Gathering):
                                    "(one per array, and an observation has tens); it was not decoded")
             request.nbytes = sum(len(frame) for frame in payload)
             request.multipart = codec.is_multipart(payload)  # so that even a refused message is answered in kind
+            self._refuse_removed_key(frames)  # before the decode: a revoked robot's requests cost no more
             if request.nbytes >= PRECHECK_MIN_BYTES:
                 self._check_byte_budgets(request)  # refused undecoded: a flood's decode copies cost as much again
             envelope, request.wire_format = decode_payload(payload, server.max_message_bytes)
@@ -184,6 +186,16 @@ class RequestLoop(Gathering):
                 request.endpoint, request.name_read = peeked, True
             self.reply_error(request, exc)
             return None
+
+    def _refuse_removed_key(self, frames: List[Any]) -> None:
+        """RequestError for a request whose connection's CURVE key was removed from the authorized keys since its
+        handshake (which alone checked it before): revoking a robot no longer waits for it to reconnect."""
+        transport = self._server._transport
+        security = transport.security if transport is not None else None
+        if security is not None and security.authorized is not None:
+            problem = security.authorized.removed_key_problem(connection_user_id(frames))
+            if problem is not None:
+                raise RequestError(problem)
 
     def _route(self, request: Request) -> None:
         """Answer a built-in endpoint now, or queue the request for the worker (gathering batches)."""

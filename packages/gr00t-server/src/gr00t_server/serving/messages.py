@@ -144,6 +144,15 @@ def peer_address(payload: List[Any]) -> Optional[str]:
         return None
 
 
+def connection_user_id(frames: List[Any]) -> Optional[str]:
+    """The User-Id the ZAP handler gave the sender's connection (a CURVE client's z85 public key), or None: under a
+    microsecond, read from the frame's metadata."""
+    try:
+        return frames[0].get("User-Id") if frames else None
+    except (zmq.ZMQError, AttributeError):  # no ZAP on this connection; bytes frames (tests)
+        return None
+
+
 def bounded(message: str, limit: int = MAX_ERROR_CHARS) -> str:
     """The message cut to at most `limit` characters in all, saying how much was cut; characters UTF-8 cannot carry
     (lone surrogates, from a path os.fsdecode made of non-UTF-8 bytes; the reply cannot encode them) escaped."""

@@ -1,0 +1,152 @@
+"""CURVE keys over a server's life: the folders keygen makes, a .key file of several keys, $GR00T_AUTHORIZED_KEYS
+from a CRLF env file, and a robot whose key is removed while it is connected (real servers and clients on loopback)."""
+
+import logging
+import os
+import re
+import shutil
+import stat
+
+import numpy as np
+import pytest
+from serving import running_server
+
+from gr00t_client import BasePolicy, HandshakeError, PolicyClient, PolicyServerError
+from gr00t_client.curve import key_fingerprint, load_public_key
+from gr00t_server.cli import main
+from gr00t_server.curve import CurveServerConfig, generate_certificates
+
+OBSERVATION = {"video": {"image": np.zeros((1, 1, 8, 8, 3), np.uint8)},
+               "state": {"x": np.zeros((1, 1, 1), np.float32)},
+               "language": {"annotation.human.action.task_description": [["t"]]}}
+
+
+class OnesPolicy(BasePolicy):
+    """Answers every observation with the same small action."""
+
+    def __init__(self) -> None:
+        super().__init__(strict=False)
+
+    def _get_action(self, observation, options=None):
+        return {"a": np.ones((1, 4, 2), np.float32)}, {}
+
+    def reset(self, options=None):
+        return {}
+
+
+def robots_and_server(tmp_path, *names):
+    """(server secret file, authorized-keys folder holding each robot's NAME.key, {name: PolicyClient key arguments})."""
+    _, server_secret = generate_certificates(tmp_path / "server", "server")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    keys = {}
+    for name in names:
+        public, secret = generate_certificates(tmp_path / "robots", name)
+        shutil.copy(public, allowed / f"{name}.key")
+        keys[name] = dict(server_public_key=str(tmp_path / "server" / "server.key"), client_secret_key=str(secret))
+    return server_secret, allowed, keys
+
+
+# --- keygen's folders ------------------------------------------------------------------------------
+
+
+def test_keygen_makes_missing_key_folders_0700_whatever_the_umask(tmp_path, capsys):
+    """Under umask 000 they were 0777: any local user could swap a key pair of their own in."""
+    previous = os.umask(0)
+    try:
+        assert main(["keygen", str(tmp_path / "new" / "keys"), "--name", "robot-07"]) == 0
+    finally:
+        os.umask(previous)
+    for folder in (tmp_path / "new", tmp_path / "new" / "keys"):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder
+    assert stat.S_IMODE(os.stat(tmp_path / "new" / "keys" / "robot-07.key_secret").st_mode) == 0o600
+
+
+def test_keygen_leaves_an_existing_folder_as_it_is_and_warns_when_others_may_write_to_it(tmp_path, caplog, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with caplog.at_level(logging.WARNING, logger="gr00t_server.curve"):
+        assert main(["keygen", str(shared), "--name", "robot-07"]) == 0
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o777
+    assert any(str(shared) in m and "writable by all users (mode 777)" in m for m in caplog.messages), caplog.messages
+
+
+def test_keygen_into_an_existing_private_folder_warns_of_nothing(tmp_path, caplog, capsys):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o750)
+    with caplog.at_level(logging.WARNING, logger="gr00t_server.curve"):
+        assert main(["keygen", str(private), "--name", "robot-07"]) == 0
+    assert not caplog.messages
+
+
+# --- authorized keys -------------------------------------------------------------------------------
+
+
+def test_a_key_file_holding_several_keys_is_named_with_how_many_and_one_key_per_file_is_said(tmp_path, caplog):
+    """`cat a.key b.key > fleet.key` admitted only robot B, and robot A was refused as 'not in' the folder silently."""
+    server_secret, allowed, keys = robots_and_server(tmp_path, "robot-a", "robot-b")
+    fleet = allowed / "fleet.key"
+    fleet.write_text((allowed / "robot-a.key").read_text() + (allowed / "robot-b.key").read_text())
+    os.remove(allowed / "robot-a.key")
+    os.remove(allowed / "robot-b.key")
+    with caplog.at_level(logging.WARNING, logger="gr00t_server.curve"):
+        with running_server(OnesPolicy(), curve_secret_key=str(server_secret), authorized_keys=str(allowed)):
+            pass
+    admitted = key_fingerprint(load_public_key(str(tmp_path / "robots" / "robot-b.key")))
+    assert any(f"{fleet} holds 2 public keys, and only one of them ({admitted}) is admitted" in m
+               and "a file of its own" in m for m in caplog.messages), caplog.messages
+
+
+def test_authorized_keys_with_a_crlf_line_end_or_quotes_are_read_as_the_folder(tmp_path):
+    """A CRLF env file's '\\r' was kept in $GR00T_AUTHORIZED_KEYS (but stripped from the secret key's)."""
+    server_secret, allowed, _ = robots_and_server(tmp_path)
+    for value in (f"{allowed}\r", f' "{allowed}"\r\n', f"'{allowed}'"):
+        assert CurveServerConfig.load(f"{server_secret}\r", value).authorized_keys == allowed
+
+
+def test_a_missing_authorized_keys_folder_is_named_with_its_control_characters_shown(tmp_path, monkeypatch, capsys):
+    """The raw carriage return made a terminal draw the line's end over the folder's name."""
+    server_secret, _, _ = robots_and_server(tmp_path)
+    monkeypatch.setenv("GR00T_CURVE_SECRET_KEY", f"{server_secret}\r")
+    monkeypatch.setenv("GR00T_AUTHORIZED_KEYS", f"{tmp_path}/cli\rents\r")
+    assert main(["serve", "--dataset-path", str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert f"--authorized-keys: '{tmp_path}/cli\\rents' is not a directory of client .key files" in err
+    assert "\r" not in err
+
+
+def test_a_robot_whose_key_file_is_removed_is_refused_at_its_next_request_on_its_open_connection(tmp_path, caplog):
+    """Only the handshake checked keys: a revoked robot was served for as long as its connection lasted."""
+    server_secret, allowed, keys = robots_and_server(tmp_path, "robot-07", "robot-08")
+    fingerprint = key_fingerprint(load_public_key(str(allowed / "robot-07.key")))
+    with running_server(OnesPolicy(), curve_secret_key=str(server_secret), authorized_keys=str(allowed)) as server, \
+            PolicyClient("127.0.0.1", server.port, timeout_ms=5000, **keys["robot-07"]) as revoked, \
+            PolicyClient("127.0.0.1", server.port, timeout_ms=5000, **keys["robot-08"]) as kept:
+        revoked.get_action(OBSERVATION)
+        kept.get_action(OBSERVATION)
+        os.remove(allowed / "robot-07.key")
+        with caplog.at_level(logging.WARNING, logger="gr00t_server.curve"):
+            with pytest.raises(PolicyServerError, match=re.escape(f"this client's CURVE key {fingerprint} was removed "
+                                                                  "from the server's authorized keys")):
+                revoked.get_action(OBSERVATION)
+        kept.get_action(OBSERVATION)  # the robots still listed are served as before
+        assert any(fingerprint in m and f"removed from {allowed}" in m for m in caplog.messages), caplog.messages
+        with pytest.raises(HandshakeError, match="refused this client's public key"):  # and at its next handshake
+            with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, **keys["robot-07"]) as again:
+                again.get_action(OBSERVATION)
+
+
+def test_a_robot_whose_key_file_is_put_back_is_served_again_on_its_open_connection(tmp_path):
+    server_secret, allowed, keys = robots_and_server(tmp_path, "robot-07")
+    key_file = allowed / "robot-07.key"
+    saved = key_file.read_text()
+    with running_server(OnesPolicy(), curve_secret_key=str(server_secret), authorized_keys=str(allowed)) as server, \
+            PolicyClient("127.0.0.1", server.port, timeout_ms=5000, **keys["robot-07"]) as client:
+        client.get_action(OBSERVATION)  # connected
+        os.remove(key_file)
+        with pytest.raises(PolicyServerError, match="was removed from the server's authorized keys"):
+            client.get_action(OBSERVATION)
+        key_file.write_text(saved)
+        action, _ = client.get_action(OBSERVATION)
+        assert action["a"].shape == (1, 4, 2)
