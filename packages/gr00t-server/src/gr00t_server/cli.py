@@ -84,8 +84,8 @@ def _add_serve_parser(subparsers: Any) -> None:
                         "secret key is accepted too, but other users see it in ps: use the file or the variable")
     p.add_argument(*_flag("authorized-keys"), default=os.environ.get("GR00T_AUTHORIZED_KEYS"), metavar="DIR",
                    help="with --curve-secret-key: admit only clients whose public .key files are in DIR, one key per "
-                        "file (re-read when it changes, no restart: a client whose file is removed is refused at its "
-                        "next request, on its open connection too; default: $GR00T_AUTHORIZED_KEYS)")
+                        "file (re-read when it changes, no restart: a client whose file is removed is refused within "
+                        "about a second, on its open connection too; default: $GR00T_AUTHORIZED_KEYS)")
     p.add_argument(*_flag("inference-mode"), default="pytorch", choices=INFERENCE_MODES, help="inference backend")
     p.add_argument(*_flag("onnx-dir"), type=user_path, default=None,
                    help="exported ONNX sub-models (--inference-mode onnxruntime)")

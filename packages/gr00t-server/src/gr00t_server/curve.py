@@ -3,7 +3,7 @@
 Certificates are the files `zmq.auth` reads: NAME.key (public key; give it to peers) and NAME.key_secret
 (public and secret key, mode 0600; never leaves its machine). An authorized-keys directory holds the clients'
 NAME.key files, one key each; it is re-read when its contents change, so adding or removing a client needs no restart
-(a removed client's open connection is refused at its next request).
+(a removed client's open connection is refused within about a second: AuthorizedKeys.watch).
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ SECRET_SUFFIX = ".key_secret"
 # ctime, inode: chmod and chown change only the ctime), why a NAME.key entry is not read (a dangling link, a FIFO), or
 # None for an entry read as a mistake (see _current_signature).
 _Entry = Tuple[str, Union[None, str, Tuple[int, int, int, int]]]
-# The requests of open connections read the folder again (a listing and a stat per key file) when its own stat says
-# an entry was added, removed or renamed (a stat, about 1 us a request), and at least this often for a file changed in
-# place, which leaves the folder's stat as it was.
+# How often a thread of its own reads the authorized-keys folder again for the open connections (a key removed is
+# refused at its robot's next request after that); the socket thread never reads it for an allowed key.
 RECHECK_S = 1.0
+# A refusal on an open connection reads the folder once more first, at most this often (a revoked robot's requests
+# cost the socket thread a folder read ten times a second at most).
+REFUSAL_REREAD_S = 0.1
 # A zmq.auth key file is about 300 bytes; a bigger NAME.key is not one, and is not read whole into the ZAP thread.
 MAX_KEY_FILE_BYTES = 64 * 1024
 _BANNER = """#   ****  Generated on {now} by gr00t-server keygen  ****
@@ -284,9 +286,37 @@ class AuthorizedKeys:
         self._keys: FrozenSet[bytes] = frozenset()
         self._skipped: Tuple[str, ...] = ()  # NAME.key files that could not be used at the last read
         self._unreadable: Optional[str] = None  # why the directory could not be listed at the last read
+        # The keys the open connections are held to: those of the last read of a readable folder (a folder swapped
+        # non-atomically or an NFS blip refuses new handshakes, not the robots already connected)
+        self._open_keys: FrozenSet[bytes] = frozenset()
+        self._refusal_reread_at = 0.0  # a refusal reads the folder again first, at most every REFUSAL_REREAD_S
         self.reload_if_changed()
-        self._recheck_at = time.monotonic() + RECHECK_S  # when removed_key_problem reads the folder again at the latest
-        self._folder_stamp = self._current_folder_stamp()  # the folder's stat when removed_key_problem last read it
+        self._watching = threading.Event()  # set: the watcher stops
+        self._watcher: Optional[threading.Thread] = None
+
+    def watch(self) -> None:
+        """Re-read the folder every RECHECK_S on a thread of its own, so that a key removed while its robot stays
+        connected is refused at that robot's next request (removed_key_problem), without the socket thread ever
+        reading the folder for an allowed key. stop_watching() ends it."""
+        if self._watcher is not None:
+            return
+
+        def run() -> None:
+            while not self._watching.wait(RECHECK_S):
+                try:
+                    self.reload_if_changed()
+                except Exception:  # noqa: BLE001 - the keys read last stay in force; the watcher goes on
+                    logger.exception("authorized keys: reading %s again failed; the keys read before are used",
+                                     self.directory)
+
+        self._watcher = threading.Thread(target=run, name="gr00t-authorized-keys", daemon=True)
+        self._watcher.start()
+
+    def stop_watching(self) -> None:
+        self._watching.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
+            self._watcher = None
 
     @property
     def keys(self) -> FrozenSet[bytes]:
@@ -382,6 +412,8 @@ class AuthorizedKeys:
                 if secret:
                     secrets.append(name)
             self._keys = frozenset(keys)
+            if self._unreadable is None:  # listed: what open connections are held to too
+                self._open_keys = self._keys
             self._skipped = tuple(skipped)
             first = self._signature is None
             self._signature = signature
@@ -403,38 +435,29 @@ class AuthorizedKeys:
 
     def removed_key_problem(self, client_key: Optional[str]) -> Optional[str]:
         """Why a request on an open connection is refused: its key (the connection's ZAP User-Id, z85) was removed from
-        the folder since the handshake; None while it is allowed. Only the handshake checks keys otherwise, and a
-        client keeps its connection for as long as it runs. Socket thread; reads the folder again when its stat changed
-        (a key file removed or added) or RECHECK_S passed."""
-        now = time.monotonic()
-        folder_stamp = self._current_folder_stamp()
-        if folder_stamp != self._folder_stamp or now >= self._recheck_at:
-            self._recheck_at, self._folder_stamp = now + RECHECK_S, folder_stamp  # taken before the read: a change
-            # during it is seen at the next request
-            try:
-                self.reload_if_changed()
-            except Exception:  # noqa: BLE001 - the keys read last stay in force; serving goes on
-                logger.exception("authorized keys: reading %s again failed; the keys read before are used",
-                                 self.directory)
+        the folder since the handshake; None while it is allowed. Socket thread: an allowed key costs a set lookup (the
+        watcher thread reads the folder); a refusal reads the folder once more first, at most every
+        REFUSAL_REREAD_S (a key file rewritten in place, read half-written a moment ago, is allowed again at once)."""
         if client_key is None:  # no ZAP User-Id (not a CURVE connection): nothing to check against
             return None
         key = client_key.encode("ascii", "replace")
-        if key in self._keys:
+        if key in self._open_keys:
             return None
+        now = time.monotonic()
+        if now >= self._refusal_reread_at:
+            self._refusal_reread_at = now + REFUSAL_REREAD_S
+            try:
+                self.reload_if_changed()
+            except Exception:  # noqa: BLE001 - the keys read last stay in force
+                logger.exception("authorized keys: reading %s again failed; the keys read before are used",
+                                 self.directory)
+            if key in self._open_keys:
+                return None
         fingerprint = key_fingerprint(key) if _is_z85_key(key) else repr(client_key)
         self._refusals.warning("refused a request from CURVE client %s on its open connection: its key was removed "
                                "from %s since it connected%s", fingerprint, self.directory, self._skipped_note())
         return (f"Unauthorized: this client's CURVE key {fingerprint} was removed from the server's authorized keys; "
                 "its requests are refused until the server's admin adds its .key file back")
-
-    def _current_folder_stamp(self) -> Optional[Tuple[int, int, int]]:
-        """(mtime, ctime, inode) of the folder, which an entry added, removed or renamed in it changes; None when
-        it cannot be examined (then RECHECK_S alone sets the pace)."""
-        try:
-            folder = os.stat(self.directory)
-        except OSError:
-            return None
-        return folder.st_mtime_ns, folder.st_ctime_ns, folder.st_ino
 
     def callback(self, domain: str, client_key: bytes) -> bool:
         """pyzmq's credentials-provider hook: is this z85 client key allowed? (runs in the authenticator thread,
@@ -466,6 +489,7 @@ class ServerCurve:
             self._authenticator = ThreadAuthenticator(context, log=logging.getLogger(__name__ + ".zap"))
             self._authenticator.start()
             self._authenticator.configure_curve_callback(domain="*", credentials_provider=self.authorized)
+            self.authorized.watch()
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_SECRETKEY, config.secret_key)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, config.public_key)
@@ -478,6 +502,8 @@ class ServerCurve:
 
     def stop(self) -> None:
         """Stop the ZAP thread (idempotent); the context cannot terminate while it runs."""
+        if self.authorized is not None:
+            self.authorized.stop_watching()
         if self._authenticator is not None:
             self._authenticator.stop()
             self._authenticator = None
