@@ -184,3 +184,17 @@ def test_a_folder_unreadable_for_a_moment_refuses_new_connections_but_not_the_ro
                 time.sleep(0.05)
         finally:
             moved.rename(allowed)
+
+
+def test_a_rollout_stopped_by_a_revoked_key_says_the_key_was_removed_not_only_that_the_server_restarted(tmp_path):
+    """gr00t-eval's stop reason explained every mid-run refusal as 'a server restarted with another CURVE key or API
+    token': a key revoked on a running server sent the operator after a restart that never happened."""
+    from gr00t_eval.rollout.liveness import ServerWatch
+
+    server_secret, allowed, keys = robots_and_server(tmp_path, "robot-07")
+    with running_server(OnesPolicy(), curve_secret_key=str(server_secret), authorized_keys=str(allowed)) as server, \
+            PolicyClient("127.0.0.1", server.port, timeout_ms=5000, **keys["robot-07"]) as client:
+        client.get_action(OBSERVATION)
+        os.remove(allowed / "robot-07.key")
+        reason = ServerWatch(client).unreachable_reason(first_refusal(client))
+    assert "now refuses this client" in reason and "its CURVE key was removed from the server's authorized keys" in reason

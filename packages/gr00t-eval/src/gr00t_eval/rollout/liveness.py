@@ -90,8 +90,8 @@ def _closed_here(address: str, exc: BaseException) -> str:
 
 
 def _refusal(address: str, exc: BaseException) -> str:
-    return (f"the server at {address} now refuses this client ({type(exc).__name__}: {exc}), as a server restarted "
-            "with another CURVE key or API token does")
+    return (f"the server at {address} now refuses this client ({type(exc).__name__}: {exc}): its CURVE key was "
+            "removed from the server's authorized keys, or the server restarted with another CURVE key or API token")
 
 
 class ServerWatch:
