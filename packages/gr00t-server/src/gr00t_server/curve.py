@@ -38,9 +38,9 @@ _Entry = Tuple[str, Union[None, str, Tuple[int, int, int, int]]]
 # How often a thread of its own reads the authorized-keys folder again for the open connections (a key removed is
 # refused at its robot's next request after that); the socket thread never reads it for an allowed key.
 RECHECK_S = 1.0
-# A refusal on an open connection reads the folder once more first, at most this often (a revoked robot's requests
-# cost the socket thread a folder read ten times a second at most).
-REFUSAL_REREAD_S = 0.1
+# How long open connections keep the keys of the last read while the folder cannot be read (a non-atomic swap, a mount
+# blip): past it, a folder deleted or gone with its mount refuses every robot, connected or not.
+UNREADABLE_GRACE_S = 5.0
 # A zmq.auth key file is about 300 bytes; a bigger NAME.key is not one, and is not read whole into the ZAP thread.
 MAX_KEY_FILE_BYTES = 64 * 1024
 _BANNER = """#   ****  Generated on {now} by gr00t-server keygen  ****
@@ -289,9 +289,14 @@ class AuthorizedKeys:
         # The keys the open connections are held to: those of the last read of a readable folder (a folder swapped
         # non-atomically or an NFS blip refuses new handshakes, not the robots already connected)
         self._open_keys: FrozenSet[bytes] = frozenset()
-        self._refusal_reread_at = 0.0  # a refusal reads the folder again first, at most every REFUSAL_REREAD_S
+        self._unreadable_since: Optional[float] = None  # since when the folder could not be read (UNREADABLE_GRACE_S)
+        # The file each key was read from, at this read and the one before: a refused key's own file is read again
+        # (one file, not the folder) before its robot is refused, in case the watcher caught it half-written
+        self._key_files: Dict[bytes, str] = {}
+        self._read_key_files: Dict[bytes, str] = {}  # the last read's alone
         self.reload_if_changed()
         self._watching = threading.Event()  # set: the watcher stops
+        self._wake = threading.Event()  # set: the watcher reads the folder now
         self._watcher: Optional[threading.Thread] = None
 
     def watch(self) -> None:
@@ -302,7 +307,11 @@ class AuthorizedKeys:
             return
 
         def run() -> None:
-            while not self._watching.wait(RECHECK_S):
+            while True:
+                self._wake.wait(RECHECK_S)
+                if self._watching.is_set():
+                    return
+                self._wake.clear()
                 try:
                     self.reload_if_changed()
                 except Exception:  # noqa: BLE001 - the keys read last stay in force; the watcher goes on
@@ -314,6 +323,7 @@ class AuthorizedKeys:
 
     def stop_watching(self) -> None:
         self._watching.set()
+        self._wake.set()
         if self._watcher is not None:
             self._watcher.join(5)
             self._watcher = None
@@ -337,10 +347,13 @@ class AuthorizedKeys:
                 logger.warning("authorized keys: cannot read %s (%s); no client is allowed until it is readable",
                                self.directory, exc)
             self._unreadable = str(exc)
+            if self._unreadable_since is None:
+                self._unreadable_since = time.monotonic()
             return ()
         if self._unreadable is not None:
             logger.info("authorized keys: %s is readable again", self.directory)
             self._unreadable = None
+        self._unreadable_since = None
         signature: List[_Entry] = []
         for path in entries:
             if path.name.startswith("."):
@@ -414,6 +427,8 @@ class AuthorizedKeys:
             self._keys = frozenset(keys)
             if self._unreadable is None:  # listed: what open connections are held to too
                 self._open_keys = self._keys
+                self._key_files = {**self._read_key_files, **keys}  # this read's, and the one's before
+                self._read_key_files = dict(keys)
             self._skipped = tuple(skipped)
             first = self._signature is None
             self._signature = signature
@@ -435,29 +450,45 @@ class AuthorizedKeys:
 
     def removed_key_problem(self, client_key: Optional[str]) -> Optional[str]:
         """Why a request on an open connection is refused: its key (the connection's ZAP User-Id, z85) was removed from
-        the folder since the handshake; None while it is allowed. Socket thread: an allowed key costs a set lookup (the
-        watcher thread reads the folder); a refusal reads the folder once more first, at most every
-        REFUSAL_REREAD_S (a key file rewritten in place, read half-written a moment ago, is allowed again at once)."""
+        the folder since the handshake; None while it is allowed. Socket thread: it never reads the folder (the watcher
+        thread does); an allowed key costs a set lookup, a refused one a read of its own file (a file rewritten in
+        place, caught half-written by the watcher, is whole again: the robot is served and the watcher woken). Open
+        connections keep the last read's keys while the folder cannot be read, for UNREADABLE_GRACE_S."""
         if client_key is None:  # no ZAP User-Id (not a CURVE connection): nothing to check against
             return None
         key = client_key.encode("ascii", "replace")
-        if key in self._open_keys:
+        since = self._unreadable_since
+        unreadable_too_long = since is not None and time.monotonic() - since > UNREADABLE_GRACE_S
+        if key in self._open_keys and not unreadable_too_long:
             return None
-        now = time.monotonic()
-        if now >= self._refusal_reread_at:
-            self._refusal_reread_at = now + REFUSAL_REREAD_S
-            try:
-                self.reload_if_changed()
-            except Exception:  # noqa: BLE001 - the keys read last stay in force
-                logger.exception("authorized keys: reading %s again failed; the keys read before are used",
-                                 self.directory)
-            if key in self._open_keys:
-                return None
+        if not unreadable_too_long and self._file_holds_key(self._key_files.get(key), key):
+            self._wake.set()
+            return None
         fingerprint = key_fingerprint(key) if _is_z85_key(key) else repr(client_key)
+        if unreadable_too_long:
+            self._refusals.warning("refused a request from CURVE client %s on its open connection: %s cannot be read "
+                                   "(%s) for %.0f s", fingerprint, self.directory, self._unreadable,
+                                   UNREADABLE_GRACE_S)
+            return (f"Unauthorized: the server cannot read its authorized keys folder (for over "
+                    f"{UNREADABLE_GRACE_S:.0f} s), so this client's CURVE key {fingerprint} is refused until it can")
         self._refusals.warning("refused a request from CURVE client %s on its open connection: its key was removed "
                                "from %s since it connected%s", fingerprint, self.directory, self._skipped_note())
         return (f"Unauthorized: this client's CURVE key {fingerprint} was removed from the server's authorized keys; "
                 "its requests are refused until the server's admin adds its .key file back")
+
+    def _file_holds_key(self, name: Optional[str], key: bytes) -> bool:
+        """Whether the file `key` was last read from holds it now (read quietly: a refusal's check, not a load)."""
+        if name is None:
+            return False
+        path = self.directory / name
+        try:
+            found = path.stat()
+            if not stat_mode.S_ISREG(found.st_mode) or found.st_size > MAX_KEY_FILE_BYTES:
+                return False
+            public, _ = zmq.auth.load_certificate(str(path))
+        except Exception:  # noqa: BLE001 - gone, unreadable or still half-written: refused
+            return False
+        return public == key
 
     def callback(self, domain: str, client_key: bytes) -> bool:
         """pyzmq's credentials-provider hook: is this z85 client key allowed? (runs in the authenticator thread,
