@@ -197,7 +197,7 @@ def test_a_rollout_stopped_by_a_revoked_key_says_the_key_was_removed_not_only_th
         client.get_action(OBSERVATION)
         os.remove(allowed / "robot-07.key")
         reason = ServerWatch(client).unreachable_reason(first_refusal(client))
-    assert "now refuses this client" in reason and "its CURVE key was removed from the server's authorized keys" in reason
+    assert "now refuses this client" in reason and "CURVE key was removed from the server's authorized keys" in reason
 
 
 def test_a_folder_gone_for_longer_than_the_grace_refuses_the_robots_connected_too(tmp_path, monkeypatch):
@@ -240,3 +240,32 @@ def test_a_revoked_robots_requests_do_not_read_the_folder_on_the_socket_thread(t
                 revoked.get_action(OBSERVATION)
             time.sleep(0.12)  # past the 0.1 s the socket thread's re-reads were spaced by
     assert listings == []
+
+
+def test_a_folder_gone_and_re_created_empty_refuses_the_robots_connected(tmp_path):
+    """An unreadable folder's contents read as (), as an empty folder's: one deleted and re-created empty (or a bare
+    mount point after a failed mount) was never read again, and the connected robots were served for ever."""
+    server_secret, allowed, keys = robots_and_server(tmp_path, "robot-07")
+    with running_server(OnesPolicy(), curve_secret_key=str(server_secret), authorized_keys=str(allowed)) as server, \
+            PolicyClient("127.0.0.1", server.port, timeout_ms=5000, **keys["robot-07"]) as client:
+        client.get_action(OBSERVATION)
+        shutil.rmtree(allowed)
+        time.sleep(1.5)  # the watcher reads the missing folder
+        allowed.mkdir()
+        refusal = first_refusal(client)
+    assert "was removed from the server's authorized keys" in str(refusal), refusal
+
+
+@pytest.mark.parametrize("server_says, why", [
+    ("Unauthorized: the server cannot read its authorized keys folder (for over 5 s), so ...",
+     "the server cannot read its authorized keys folder"),
+    ("Unauthorized: Invalid API token", "the server requires another API token"),
+    ("Unauthorized: this client's CURVE key SHA256:x was removed from the server's authorized keys; ...",
+     "this client's CURVE key was removed"),
+])
+def test_rollouts_stop_reason_names_the_cause_the_servers_words_give(server_says, why):
+    from gr00t_eval.rollout.liveness import _refusal
+
+    reason = _refusal("tcp://127.0.0.1:5555", PolicyServerError(server_says, "get_action"))
+    assert reason.endswith(why) or why in reason.split("): ", 1)[1], reason
+    assert "removed" not in reason.split("): ", 1)[1] or "removed" in why

@@ -344,8 +344,9 @@ class AuthorizedKeys:
             entries = sorted(self.directory.iterdir())
         except OSError as exc:
             if str(exc) != self._unreadable:  # told when it changes, not at each handshake: any peer can make those
-                logger.warning("authorized keys: cannot read %s (%s); no client is allowed until it is readable",
-                               self.directory, exc)
+                logger.warning("authorized keys: cannot read %s (%s); no new client is admitted until it is "
+                               "readable, and the connected ones are refused after %.0f s",
+                               self.directory, exc, UNREADABLE_GRACE_S)
             self._unreadable = str(exc)
             if self._unreadable_since is None:
                 self._unreadable_since = time.monotonic()
@@ -406,8 +407,11 @@ class AuthorizedKeys:
     def reload_if_changed(self) -> bool:
         """Re-read the directory when its files changed since the last read; True when it was re-read."""
         with self._lock:
+            was_unreadable = self._unreadable is not None
             signature = self._current_signature()
-            if signature == self._signature:
+            # An unreadable folder's signature is (), as an empty one's: a folder re-created empty (or a bare mount
+            # point) after it could not be read is read, so that the connected robots' keys are replaced too
+            if signature == self._signature and not (was_unreadable and self._unreadable is None):
                 return False
             keys: Dict[bytes, str] = {}
             secrets: List[str] = []

@@ -90,8 +90,17 @@ def _closed_here(address: str, exc: BaseException) -> str:
 
 
 def _refusal(address: str, exc: BaseException) -> str:
-    return (f"the server at {address} now refuses this client ({type(exc).__name__}: {exc}): its CURVE key was "
-            "removed from the server's authorized keys, or the server restarted with another CURVE key or API token")
+    text = str(exc)
+    if "was removed from the server's authorized keys" in text:
+        why = "this client's CURVE key was removed from the server's authorized keys"
+    elif "cannot read its authorized keys folder" in text:
+        why = "the server cannot read its authorized keys folder (a mount gone?); resume once it can"
+    elif "API token" in text:
+        why = "the server requires another API token (restarted with a new one?)"
+    else:
+        why = ("the server restarted with another CURVE key or API token, or this client's key was removed from its "
+               "authorized keys")
+    return f"the server at {address} now refuses this client ({type(exc).__name__}: {exc}): {why}"
 
 
 class ServerWatch:
