@@ -269,3 +269,41 @@ def test_rollouts_stop_reason_names_the_cause_the_servers_words_give(server_says
     reason = _refusal("tcp://127.0.0.1:5555", PolicyServerError(server_says, "get_action"))
     assert reason.endswith(why) or why in reason.split("): ", 1)[1], reason
     assert "removed" not in reason.split("): ", 1)[1] or "removed" in why
+
+
+def test_an_entry_that_cannot_be_examined_does_not_stop_the_folder_being_read(tmp_path):
+    """Path.is_dir raised for a link whose target name is too long (or, for a non-root server, a link into a folder it
+    may not enter): every read of the folder failed, a robot whose key was removed was served for ever, and every
+    handshake was refused. Such an entry is no folder: the keys beside it are read as ever."""
+    server_secret, allowed, keys = robots_and_server(tmp_path, "robot-07", "robot-08")
+    os.symlink("x" * 300, allowed / "notes")  # not a .key file; its stat fails with ENAMETOOLONG
+    with running_server(OnesPolicy(), curve_secret_key=str(server_secret), authorized_keys=str(allowed)) as server, \
+            PolicyClient("127.0.0.1", server.port, timeout_ms=5000, **keys["robot-07"]) as revoked:
+        revoked.get_action(OBSERVATION)
+        os.remove(allowed / "robot-07.key")
+        assert "was removed from the server's authorized keys" in str(first_refusal(revoked))
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000, **keys["robot-08"]) as listed:
+            listed.get_action(OBSERVATION)  # admitted at its handshake
+
+
+def test_an_unreadable_folder_is_not_logged_as_holding_no_keys_and_its_refusals_name_it(tmp_path, caplog):
+    from gr00t_server.curve import AuthorizedKeys
+
+    _, allowed, keys = robots_and_server(tmp_path, "robot-07")
+    authorized = AuthorizedKeys(allowed)
+    client_key = load_public_key(str(allowed / "robot-07.key"))
+    shutil.rmtree(allowed)
+    with caplog.at_level(logging.WARNING, logger="gr00t_server.curve"):
+        assert authorized.callback("*", client_key) is False
+    assert not any("holds no" in message for message in caplog.messages), caplog.messages
+    assert any("cannot be read" in message and str(allowed) in message for message in caplog.messages), caplog.messages
+
+
+def test_rollouts_stop_reason_for_a_refused_handshake_names_curve_causes_only():
+    from gr00t_client import HandshakeError
+    from gr00t_eval.rollout.liveness import _refusal
+
+    zap = HandshakeError("handshake with the policy server at tcp://x:1 failed: the server refused this client's public "
+                         "key (SHA256:x) (ZAP status 400) - add its .key file to the server's authorized-keys directory")
+    reason = _refusal("tcp://x:1", zap)
+    assert "does not admit this client's CURVE key" in reason and "API token" not in reason, reason

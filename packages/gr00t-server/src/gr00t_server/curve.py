@@ -260,6 +260,15 @@ def _read_client_key(path: Path) -> Tuple[Optional[bytes], Optional[bytes]]:
     return public, secret
 
 
+def _is_folder(path: Path) -> bool:
+    """Whether `path` is a folder (or a link to one); False for anything that cannot be examined (Path.is_dir raised
+    for a link into a folder this server may not enter, or a name too long: every read of the keys then failed)."""
+    try:
+        return stat_mode.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def _public_key_lines(path: Path) -> int:
     """How many public-key lines a key file holds, counted as zmq.auth finds them (0 when it cannot be read again)."""
     try:
@@ -340,26 +349,12 @@ class AuthorizedKeys:
         key is. Hidden entries are
         skipped, as zmq.auth skips them: a Kubernetes Secret volume keeps its files in `..data` and `..2026_...`
         and links each NAME.key to them, so a key rotated by swapping `..data` shows as its NAME.key changing."""
-        try:
-            entries = sorted(self.directory.iterdir())
-        except OSError as exc:
-            if str(exc) != self._unreadable:  # told when it changes, not at each handshake: any peer can make those
-                logger.warning("authorized keys: cannot read %s (%s); no new client is admitted until it is "
-                               "readable, and the connected ones are refused after %.0f s",
-                               self.directory, exc, UNREADABLE_GRACE_S)
-            self._unreadable = str(exc)
-            if self._unreadable_since is None:
-                self._unreadable_since = time.monotonic()
-            return ()
-        if self._unreadable is not None:
-            logger.info("authorized keys: %s is readable again", self.directory)
-            self._unreadable = None
-        self._unreadable_since = None
+        entries = sorted(self.directory.iterdir())  # an OSError: reload_if_changed takes the folder as unreadable
         signature: List[_Entry] = []
         for path in entries:
             if path.name.startswith("."):
                 continue
-            if path.name.endswith(SECRET_SUFFIX) or (not path.name.endswith(PUBLIC_SUFFIX) and path.is_dir()):
+            if path.name.endswith(SECRET_SUFFIX) or (not path.name.endswith(PUBLIC_SUFFIX) and _is_folder(path)):
                 signature.append((path.name, None))
                 continue
             if not path.name.endswith(PUBLIC_SUFFIX):
@@ -383,7 +378,27 @@ class AuthorizedKeys:
                 signature.append((path.name, f"it holds {stat.st_size} bytes; a key file holds well under 1 KB"))
             else:
                 signature.append((path.name, (stat.st_mtime_ns, stat.st_size, stat.st_ctime_ns, stat.st_ino)))
+        if self._unreadable is not None:  # only once the whole folder was read
+            logger.info("authorized keys: %s is readable again", self.directory)
+            self._unreadable = None
+        self._unreadable_since = None
         return tuple(signature)
+
+    def _read_signature(self) -> Tuple[_Entry, ...]:
+        """_current_signature, or () with the folder marked unreadable when any part of reading it fails (a folder
+        gone, an entry that cannot be examined): the keys read last then hold open connections for
+        UNREADABLE_GRACE_S, and new handshakes are refused naming the folder."""
+        try:
+            return self._current_signature()
+        except OSError as exc:
+            if str(exc) != self._unreadable:  # told when it changes, not at each handshake: any peer can make those
+                logger.warning("authorized keys: cannot read %s (%s); no new client is admitted until it is "
+                               "readable, and the connected ones are refused after %.0f s",
+                               self.directory, exc, UNREADABLE_GRACE_S)
+            self._unreadable = str(exc)
+            if self._unreadable_since is None:
+                self._unreadable_since = time.monotonic()
+            return ()
 
     def _warn_of_mistakes(self, signature: Tuple[_Entry, ...], secrets: List[str]) -> None:
         """Files a server should not hold, and keys it does not read, named: a silent folder hid both."""
@@ -408,7 +423,7 @@ class AuthorizedKeys:
         """Re-read the directory when its files changed since the last read; True when it was re-read."""
         with self._lock:
             was_unreadable = self._unreadable is not None
-            signature = self._current_signature()
+            signature = self._read_signature()
             # An unreadable folder's signature is (), as an empty one's: a folder re-created empty (or a bare mount
             # point) after it could not be read is read, so that the connected robots' keys are replaced too
             if signature == self._signature and not (was_unreadable and self._unreadable is None):
@@ -437,7 +452,7 @@ class AuthorizedKeys:
             first = self._signature is None
             self._signature = signature
         self._warn_of_mistakes(signature, secrets)
-        if not keys:
+        if not keys and self._unreadable is None:  # an unreadable folder was told as such (_read_signature)
             usable = " usable" if skipped else ""
             logger.warning("authorized keys: %s holds no%s client .key files; every CURVE client is refused",
                            self.directory, usable)
@@ -500,7 +515,10 @@ class AuthorizedKeys:
         try:
             self.reload_if_changed()
             allowed = client_key in self._keys
-            if not allowed:
+            if not allowed and self._unreadable is not None:
+                self._refusals.warning("refused a CURVE client with key %s: %s cannot be read (%s)",
+                                       key_fingerprint(client_key), self.directory, self._unreadable)
+            elif not allowed:
                 self._refusals.warning("refused a CURVE client with key %s: not in %s%s", key_fingerprint(client_key),
                                        self.directory, self._skipped_note())
             return allowed

@@ -91,7 +91,11 @@ def _closed_here(address: str, exc: BaseException) -> str:
 
 def _refusal(address: str, exc: BaseException) -> str:
     text = str(exc)
-    if "was removed from the server's authorized keys" in text:
+    if isinstance(exc, HandshakeError):  # CURVE's own refusal: no API token is read before it
+        why = ("the server does not admit this client's CURVE key: removed from its authorized keys, or its keys "
+               "folder cannot be read for a moment" if "refused this client's public key" in text
+               else "the server's CURVE settings and this client's do not match")
+    elif "was removed from the server's authorized keys" in text:
         why = "this client's CURVE key was removed from the server's authorized keys"
     elif "cannot read its authorized keys folder" in text:
         why = "the server cannot read its authorized keys folder (a mount gone?); resume once it can"
