@@ -307,3 +307,46 @@ def test_rollouts_stop_reason_for_a_refused_handshake_names_curve_causes_only():
                          "key (SHA256:x) (ZAP status 400) - add its .key file to the server's authorized-keys directory")
     reason = _refusal("tcp://x:1", zap)
     assert "does not admit this client's CURVE key" in reason and "API token" not in reason, reason
+
+
+_NOT_ENTERED = """
+import os, sys
+import zmq.auth
+from gr00t_server.curve import AuthorizedKeys
+folder = sys.argv[1]
+public, _ = zmq.auth.load_certificate(os.path.join(folder, "robot-07.key"))
+keys = AuthorizedKeys(folder)
+assert public in keys.keys
+os.chmod(folder, 0o644)  # listed, not entered
+try:
+    keys.reload_if_changed()
+    print("unreadable" if keys._unreadable else "read as empty", keys.removed_key_problem(public.decode()))
+finally:
+    os.chmod(folder, 0o755)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="drops root's DAC capabilities with setpriv to check as an ordinary server would")
+def test_a_folder_that_can_be_listed_but_not_entered_is_unreadable_not_empty(tmp_path):
+    """Without its x bit (chmod -R 644 keys/) every key file's stat failed and read as removed: the folder counted as
+    empty, and every connected robot was refused at once as 'removed', with no grace and no word of the folder."""
+    import subprocess
+    import sys
+
+    import zmq.auth
+
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+    if subprocess.run([*drop, "true"], capture_output=True, timeout=30).returncode != 0:
+        pytest.skip("setpriv cannot change the capability bounding set here (a container without CAP_SETPCAP)")
+    os.chmod(tmp_path, 0o755)
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    zmq.auth.create_certificates(str(tmp_path), "robot-07")
+    os.replace(tmp_path / "robot-07.key", folder / "robot-07.key")
+    os.chmod(folder / "robot-07.key", 0o644)
+    os.chown(folder, 65534, 65534)  # not root's: only the x bit lets a server without DAC override in
+    done = subprocess.run([*drop, sys.executable, "-c", _NOT_ENTERED, str(folder)], capture_output=True, text=True,
+                          timeout=60, cwd="/")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "unreadable None", done.stdout  # in the grace: the connected robot is served

@@ -350,6 +350,10 @@ class AuthorizedKeys:
         skipped, as zmq.auth skips them: a Kubernetes Secret volume keeps its files in `..data` and `..2026_...`
         and links each NAME.key to them, so a key rotated by swapping `..data` shows as its NAME.key changing."""
         entries = sorted(self.directory.iterdir())  # an OSError: reload_if_changed takes the folder as unreadable
+        if entries and not os.access(self.directory, os.X_OK):  # listed but not entered (chmod -R 644): every key
+            # file's stat fails, which read as removed; the folder is unreadable, not empty
+            raise PermissionError(errno.EACCES, "it can be listed but not entered (no x permission)",
+                                  str(self.directory))
         signature: List[_Entry] = []
         for path in entries:
             if path.name.startswith("."):
@@ -362,7 +366,7 @@ class AuthorizedKeys:
             try:
                 stat = path.stat()  # a link to a regular file is read as that file
             except OSError as exc:
-                if not os.path.lexists(path):  # removed between listing and stat
+                if exc.errno == errno.ENOENT and not os.path.lexists(path):  # removed between listing and stat
                     continue
                 if not path.is_symlink():
                     why = f"it cannot be examined ({exc})"
