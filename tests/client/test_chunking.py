@@ -446,3 +446,24 @@ def test_numpy_rtc_frozen_steps_is_taken_as_an_int():
     chunker = ActionChunker(StampPolicy(), asynchronous=True, rtc_frozen_steps=frozen_steps)
     assert chunker.rtc_frozen_steps == 4 and type(chunker.rtc_frozen_steps) is int
     chunker.close()
+
+
+def test_prefetch_steps_without_asynchronous_is_refused():
+    """A synchronous chunker never prefetches: prefetch_steps=3 was taken and never applied."""
+    with pytest.raises(ValueError) as refused:
+        ActionChunker(StampPolicy(), prefetch_steps=3)
+    assert str(refused.value) == ("prefetch_steps needs asynchronous=True: only an asynchronous chunker prefetches (a "
+                                  "synchronous one fetches when a chunk runs out); leave prefetch_steps None, or pass "
+                                  "asynchronous=True")
+
+
+@pytest.mark.parametrize("policy, got", [
+    (None, "got NoneType"),
+    ("localhost:5555", "got str (an address? pass PolicyClient(host, port))"),
+    (PolicyClient, "got the class PolicyClient (pass an instance: PolicyClient(...))"),
+])
+def test_a_policy_that_is_no_policy_object_is_refused_naming_policy(policy, got):
+    """None, an address or a class was taken; the first get_action then failed with a bare AttributeError."""
+    with pytest.raises(TypeError) as refused:
+        ActionChunker(policy)
+    assert str(refused.value) == f"policy must be a BasePolicy or PolicyClient (an object with a get_action method), {got}"

@@ -392,3 +392,21 @@ def test_a_strict_policy_whose_action_config_has_no_delta_indices_refuses_its_em
     with pytest.raises(ActionError, match=r"the 'action' modality config has no delta_indices \(horizon 0\) for action "
                                           r"keys \['arm'\]; expected at least one step"):
         policy.get_action(libero_like_observation())
+
+
+@pytest.mark.parametrize("value", ["false", "no", None, 0, 1])
+def test_a_strict_that_is_not_a_bool_is_refused_naming_it(value):
+    """bool("false") is True: strict="false" validated every observation, and strict=None or 0 turned the checks off."""
+    class Wrapper(PolicyWrapper):
+        def _get_action(self, observation, options=None):
+            return self.policy.get_action(observation, options)
+
+    for make in (lambda: FixedActionPolicy(good_action(), strict=value), lambda: Wrapper(EchoPolicy(), strict=value)):
+        with pytest.raises(ValueError) as refused:
+            make()
+        assert str(refused.value) == f"strict must be True or False, got {value!r} ({type(value).__name__})"
+
+
+def test_a_numpy_bool_strict_is_taken_as_a_bool():
+    policy = FixedActionPolicy(good_action(), strict=np.bool_(False))
+    assert policy.strict is False

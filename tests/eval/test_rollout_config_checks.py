@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -164,3 +165,36 @@ def test_the_default_env_timeout_is_600_s_and_stays_600_s_when_a_copy_changes_th
     assert dataclasses.replace(sync, vectorization="async", n_envs=8).env_timeout_s == 600.0
     small = {k: v for k, v in dataclasses.asdict(config()).items() if k != "env_timeout_s"}
     assert run_rollout_of(ConstantPolicy(), dataclasses.replace(RolloutConfig(env_name=ENV), **small)).n_errors == 0
+
+
+@pytest.mark.parametrize("run", [run_rollout, run_suite_of, RolloutRunner])
+def test_an_on_episode_that_is_not_callable_is_refused_before_any_env_starts(run):
+    """on_episode=5 started the envs and failed once the first episode was scored, its outcome lost."""
+    with pytest.raises(TypeError, match="^on_episode must be a callable taking each EpisodeOutcome, or None, got int 5$"):
+        if run is run_suite_of:
+            run_suite(ConstantPolicy(), ENV, config(), on_episode=5)
+        else:
+            run(ConstantPolicy(), config(), progress=False, on_episode=5)
+
+
+@pytest.mark.parametrize("env_kwargs, shown", [([1], "list [1]"), ("noise=0", "str 'noise=0'"),
+                                               ({1: 2}, "a key int 1")])
+@pytest.mark.parametrize("run", [run_rollout_of, run_suite_of, run_runner_of])
+def test_env_kwargs_that_are_no_map_of_names_are_refused_naming_them(run, env_kwargs, shown):
+    """A list failed at env creation as "argument after ** must be a mapping"."""
+    with pytest.raises(TypeError, match=rf"^env_kwargs must be a dict of keyword arguments with str keys, got {re.escape(shown)}$"):
+        run(ConstantPolicy(), config(env_kwargs=env_kwargs))
+
+
+@pytest.mark.parametrize("run", [run_rollout_of, run_suite_of, run_runner_of])
+def test_a_video_dir_that_is_no_path_is_refused_naming_it(run):
+    """video_dir=5 failed in run(), after the policy checks, as "expected str, bytes or os.PathLike object"."""
+    with pytest.raises(TypeError, match=r"^video_dir must be a str or os\.PathLike folder \(or None for no videos\), "
+                                        r"got int 5$"):
+        run(ConstantPolicy(), config(video_dir=5))
+
+
+def test_a_path_video_dir_is_taken_as_its_str(tmp_path):
+    settings = config(video_dir=tmp_path / "videos")
+    RolloutRunner(ConstantPolicy(), settings, progress=False)
+    assert settings.video_dir == str(tmp_path / "videos")  # results.json saves the config as JSON

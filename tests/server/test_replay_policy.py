@@ -758,3 +758,10 @@ def test_a_wrapper_that_says_it_does_not_take_the_session_lost_mark_is_not_sent_
         server.stop()
     assert info["episode_index"] == 0
 
+
+
+@pytest.mark.parametrize("value", ["false", None, 0])
+def test_a_replay_strict_that_is_not_a_bool_is_refused_naming_it(dataset, value):
+    """ReplayPolicy took strict="false" as True and strict=None as False (BasePolicy stored it unchecked)."""
+    with pytest.raises(ValueError, match=rf"^strict must be True or False, got {value!r}"):
+        ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=value)

@@ -79,3 +79,30 @@ def test_get_server_info_reports_the_embodiment_tag_as_serve_resolves_it(tag, re
     with running_server(EchoPolicy(), embodiment_tag=tag) as server:
         with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
             assert client.get_server_info()["embodiment_tag"] == reported
+
+
+@pytest.mark.parametrize("host, message", [
+    (None, "host must be a non-empty str (a name or an IP address), got None"),
+    ("", "host must be a non-empty str (a name or an IP address), got ''"),
+    ("127.0.0.1:5555", "host '127.0.0.1:5555' is not a host name or an IP address: it holds a ':port' (or is a "
+                       "malformed IPv6 address); pass the host alone and the port as port= (host='127.0.0.1', port=5555)"),
+])
+def test_a_host_that_is_no_host_is_refused_naming_host(host, message):
+    """start() failed with ZeroMQ's "No such device" (tcp://None:0), or bound tcp://127.0.0.1:5555:0."""
+    with pytest.raises(ValueError) as refused:
+        PolicyServer(EchoPolicy(), host=host, port=0)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("host, kept", [("*", "*"), ("0.0.0.0", "0.0.0.0"), ("::", "::"), ("[::1]", "::1"),
+                                        ("localhost", "localhost")])
+def test_every_host_serve_accepts_is_taken(host, kept):
+    """gr00t-server serve's --host takes these (serve_checks._check_bind_host); PolicyServer agrees."""
+    from gr00t_server.serve_checks import _check_bind_host
+
+    _check_bind_host(host)
+    server = PolicyServer(EchoPolicy(), host=host, port=0)
+    try:
+        assert server.host == kept
+    finally:
+        server.close()

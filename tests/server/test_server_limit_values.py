@@ -58,3 +58,39 @@ def test_a_language_array_entry_over_the_limit_is_refused_naming_its_row_and_ite
     assert message == ("language 'language.task' in row 2, item 1 has 2049 characters; this server accepts at most 2048 "
                        "(--max-language-chars)")
     assert policy.calls == 0
+
+
+WIRE_INT_MAX = 2**63 - 1  # what get_server_info may report of a limit
+INT_LIMITS = ["max_rows", "max_language_chars", "max_language_tokens", "max_cameras", "max_image_pixels",
+              "max_session_id_chars", "max_sessions", "max_client_queued_bytes", "max_client_queued_requests",
+              "max_queued_requests", "max_queued_bytes"]
+
+
+@pytest.mark.parametrize("name", INT_LIMITS)
+def test_an_int_limit_past_the_wires_integer_range_is_refused_naming_it(name):
+    """max_rows=2**64 (a "no limit") was taken; every get_server_info then failed to encode, and clients took the
+    server for a reference server."""
+    with pytest.raises(ValueError) as refused:
+        ServerLimits(**{name: 2**64})
+    assert str(refused.value) == (f"{name} must be at most {WIRE_INT_MAX} (2**63 - 1, the largest the wire carries: "
+                                  f"get_server_info reports it), got {2**64}")
+
+
+def test_limits_at_the_top_of_the_wires_range_are_reported_by_get_server_info():
+    from gr00t_client import PolicyClient
+
+    limits = ServerLimits(max_rows=WIRE_INT_MAX, max_queued_bytes=WIRE_INT_MAX, max_image_pixels=np.int64(WIRE_INT_MAX))
+    with running_server(EchoPolicy(), limits=limits) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+            reported = client.get_server_info()["limits"]
+            assert client.server_is_gr00t_server
+    assert (reported["max_rows"], reported["max_queued_bytes"], reported["max_image_pixels"]) == (WIRE_INT_MAX,) * 3
+
+
+def test_serve_names_the_flag_of_a_limit_past_the_wires_integer_range():
+    from gr00t_server.cli import CliError, _server_limits, build_parser
+
+    args = build_parser().parse_args(["serve", "--dataset-path", "d", "--max-rows", str(2**64)])
+    with pytest.raises(CliError) as refused:
+        _server_limits(args)
+    assert str(refused.value).startswith(f"--max-rows must be at most {WIRE_INT_MAX} (2**63 - 1")

@@ -932,3 +932,11 @@ def test_a_client_of_an_older_server_without_keeps_sessions_is_refused_for_a_rep
                         PolicyServer(client, port=0)
                 else:
                     PolicyServer(client, port=0).close()
+
+
+@pytest.mark.parametrize("value", ["false", "no", None, 0])
+def test_a_sim_wrapper_strict_that_is_not_a_bool_is_refused_naming_it(value):
+    """strict="false" validated every observation (bool("false") is True); strict=None or 0 turned the checks off."""
+    with pytest.raises(ValueError) as refused:
+        Gr00tSimPolicyWrapper(RecordingPolicy(strict=False), strict=value)
+    assert str(refused.value) == f"strict must be True or False, got {value!r} ({type(value).__name__})"

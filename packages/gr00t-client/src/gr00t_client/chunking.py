@@ -138,6 +138,13 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         rtc_frozen_steps: Optional[int] = None,
         rtc_ramp_rate: float = 6.0,
     ) -> None:
+        # None, an address or a class was taken, and the first get_action failed with a bare AttributeError
+        if isinstance(policy, type) or not callable(getattr(policy, "get_action", None)):
+            hint = " (an address? pass PolicyClient(host, port))" if isinstance(policy, str) else ""
+            got = (f"the class {policy.__name__} (pass an instance: {policy.__name__}(...))" if isinstance(policy, type)
+                   else f"{type(policy).__name__}{hint}")
+            raise TypeError(f"policy must be a BasePolicy or PolicyClient (an object with a get_action method), "
+                            f"got {got}")
         per_env = check_flag("per_env", per_env)  # asynchronous="no" ran asynchronously: bool("no") is True
         asynchronous = check_flag("asynchronous", asynchronous)
         # Step counts index the chunk: a float (2.5) failed deep in a later step, a NaN prefetch never prefetched.
@@ -145,6 +152,10 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
             raise ValueError(f"n_action_steps must be an int >= 1 or None (the whole chunk), got {n_action_steps!r}")
         if prefetch_steps is not None and not (_is_int(prefetch_steps) and prefetch_steps >= 0):
             raise ValueError(f"prefetch_steps must be an int >= 0 or None (half the chunk), got {prefetch_steps!r}")
+        if prefetch_steps is not None and not asynchronous:  # as merge and rtc_frozen_steps: it was never applied
+            raise ValueError("prefetch_steps needs asynchronous=True: only an asynchronous chunker prefetches (a "
+                             "synchronous one fetches when a chunk runs out); leave prefetch_steps None, or pass "
+                             "asynchronous=True")
         if not callable(merge) and merge not in MERGE_RULES:
             raise ValueError(f"merge must be one of {MERGE_RULES} or a callable, got {merge!r}")
         if not _is_real(new_weight):  # a str or None raised a bare TypeError from the comparison, naming nothing

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Seq
 
 import numpy as np
 
+from .client_options import check_flag
 from .modality import ModalityConfig, copy_modality_configs, modality_configs_from_json
 from .peer_text import shown_key, shown_keys
 
@@ -450,7 +451,7 @@ class BasePolicy(ABC):
     row_wise_checks = False
 
     def __init__(self, *, strict: bool = True) -> None:
-        self.strict = strict
+        self.strict = check_flag("strict", strict)  # bool("false") is True, and None turned the checks off
 
     def check_observation(self, observation: Dict[str, Any]) -> None:
         """Raise ObservationError if the observation does not fit the modality config."""

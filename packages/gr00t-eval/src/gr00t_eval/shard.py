@@ -23,8 +23,8 @@ from .applied_settings import settings_not_applied
 from .extras import require
 from .metrics import EpisodeOutcome
 from .policy_identity import check_serves_env_embodiments, describe, policy_record, same_policy, serves_replay
-from .rollout.config import (RolloutConfig, check_policy, check_rollout_config, draw_base_seed, is_whole_number,
-                             simulator_extras, without_unkept_env_timeout)
+from .rollout.config import (RolloutConfig, check_on_episode, check_policy, check_rollout_config, draw_base_seed,
+                             is_whole_number, simulator_extras, without_unkept_env_timeout)
 from .rollout.replay_plan import check_replay_horizon
 from .suites import (INCOMPLETE, Task, TaskRun, outcome_from_json, resolve_auto_n_envs, resolve_tasks, run_tasks,
                      suite_results)
@@ -495,6 +495,7 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     """
     check_policy(policy)
     check_rollout_config(config, auto_n_envs=True)
+    check_on_episode(on_episode)
     config = without_unkept_env_timeout(config)  # envs in this process keep no default timeout: recorded as None
     config = resolve_shard_n_envs(config, shard)
     if config.first_episode != 0:  # the plan, shards, merge and resume all count each task's episodes from 0

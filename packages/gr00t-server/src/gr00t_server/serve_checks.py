@@ -31,8 +31,9 @@ def _server_limits(args: argparse.Namespace) -> Any:
             max_client_queued_requests=args.max_client_queued_requests,
             max_queued_bytes=max(1, int(args.max_queued_mb * MIB)),
         )
-    except ValueError as exc:
-        raise CliError(f"--{str(exc).replace('_', '-')}") from exc
+    except ValueError as exc:  # "max_rows must be ..." in the flag's name: "--max-rows must be ..."
+        field, _, rest = str(exc).partition(" ")
+        raise CliError(f"--{field.replace('_', '-')} {rest}") from exc
 
 
 # Flags that only one kind of policy reads, with their defaults: given with the other kind they do nothing.

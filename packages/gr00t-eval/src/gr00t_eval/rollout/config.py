@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -177,12 +178,34 @@ def check_rollout_config(config: RolloutConfig, auto_n_envs: bool = False) -> No
         raise ValueError(f"n_episodes must be at most {MAX_EPISODES:,} per run (split bigger evaluations into shards or "
                          f"jobs), got {config.n_episodes}")
     _check_chunking(config)
+    _check_env_kwargs_and_video_dir(config)
     check_env_kwargs_finite(config.env_kwargs)
     if config.env_timeout_s is not None:
         check_env_timeout(config.env_timeout_s, "env_timeout_s", no_limit="None")
     in_process = envs_in_process(config.vectorization, config.n_envs)
     if not (in_process and config.env_timeout_s == DEFAULT_ENV_TIMEOUT_S):  # the default: not kept
         check_env_timeout_applies(config.vectorization, config.env_timeout_s, n_envs=config.n_envs)
+
+
+def _check_env_kwargs_and_video_dir(config: RolloutConfig) -> None:
+    """TypeError for env_kwargs that are no map of keyword names, or a video_dir that is no path: each failed only once
+    the envs started (a list as "argument after ** must be a mapping"). A PathLike video_dir is kept as its str, which
+    results.json can save."""
+    kwargs = config.env_kwargs
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(f"env_kwargs must be a dict of keyword arguments with str keys, got {type(kwargs).__name__} "
+                        f"{kwargs!r:.60}")
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise TypeError(f"env_kwargs must be a dict of keyword arguments with str keys, got a key "
+                            f"{type(key).__name__} {key!r:.60}")
+    video_dir = config.video_dir
+    if video_dir is not None:
+        folder = os.fspath(video_dir) if isinstance(video_dir, os.PathLike) else video_dir
+        if not isinstance(folder, str):
+            raise TypeError(f"video_dir must be a str or os.PathLike folder (or None for no videos), got "
+                            f"{type(video_dir).__name__} {video_dir!r:.60}")
+        object.__setattr__(config, "video_dir", folder)
 
 
 def check_env_timeout_applies(vectorization: Any, env_timeout_s: Optional[float], name: str = "env_timeout_s",
@@ -238,6 +261,14 @@ def check_policy(policy: Any) -> None:
     if not all(callable(getattr(policy, name, None)) for name in ("get_action", "reset", "get_modality_config")):
         hint = " (an address? pass PolicyClient(host, port))" if isinstance(policy, str) else ""
         raise TypeError(f"policy must be a BasePolicy (e.g. a PolicyClient), got {type(policy).__name__}{hint}")
+
+
+def check_on_episode(on_episode: Any) -> None:
+    """TypeError unless `on_episode` is None or callable: an int was called only once the first episode was scored,
+    after the envs started, and the run's outcome was lost."""
+    if on_episode is not None and not callable(on_episode):
+        raise TypeError(f"on_episode must be a callable taking each EpisodeOutcome, or None, got "
+                        f"{type(on_episode).__name__} {on_episode!r:.60}")
 
 
 def draw_base_seed() -> int:

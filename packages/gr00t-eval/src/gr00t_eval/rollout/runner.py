@@ -42,7 +42,7 @@ from ..metrics import ERROR_REASON_CHARS, EpisodeOutcome
 from ..policy_identity import ServedPolicyChanged, check_serves_env_embodiments, pinned_policy, policy_record
 from ..run_stop import check_output_folders, take_stop_while_closing
 from .config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed, is_whole_number  # noqa: F401 - draw_base_seed re-exported
-from .config import without_unkept_env_timeout
+from .config import check_on_episode, without_unkept_env_timeout
 from .liveness import PolicyServerUnreachableError, ServerWatch
 from .envs import embodiment_for_env
 from .multistep import EpisodeSummary
@@ -78,6 +78,7 @@ class RolloutRunner:
                  on_episode: Optional[Callable[[EpisodeOutcome], None]] = None, episodes: Optional[Sequence[int]] = None) -> None:
         check_rollout_config(config)
         check_policy(policy)
+        check_on_episode(on_episode)
         self.policy = policy
         self.config = config if config.seed is not None else dataclasses.replace(config, seed=draw_base_seed())
         self.progress = progress
@@ -489,6 +490,7 @@ def run_rollout(policy: BasePolicy, config: RolloutConfig, progress: bool = True
     """
     check_policy(policy)
     check_rollout_config(config)
+    check_on_episode(on_episode)
     config = without_unkept_env_timeout(config)  # envs in this process keep no default timeout
     episodes = None if episodes is None else list(episodes)  # read once: a generator was used up by the replay check
     served = policy_record(policy)

@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 # A lower bound on a tokenizer's count (every word and punctuation mark is at least one token), cheap to compute.
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _LISTED_ROWS = 8  # rows named in an error message
+# The largest limit get_server_info can report (msgpack's signed 64 bits; byte counts are int64 in ZeroMQ too): a
+# larger "no limit" made every get_server_info fail, and clients took the server for a reference server.
+MAX_LIMIT = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class ServerLimits:
             value = getattr(self, name)
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            _check_wire_range(name, value)
             object.__setattr__(self, name, int(value))  # numpy's ints too, stored as Python ints
         idle = self.session_idle_s  # a bool (True: 1 s) or a str is no number of seconds
         if isinstance(idle, (bool, np.bool_)) or not isinstance(idle, Real) or not 0 < idle < math.inf:
@@ -67,7 +71,14 @@ class ServerLimits:
         if queued is not None:
             if isinstance(queued, (bool, np.bool_)) or not isinstance(queued, Integral) or queued < 1:
                 raise ValueError(f"max_client_queued_bytes must be >= 1 or None (an int: a number of bytes), got {queued!r}")
+            _check_wire_range("max_client_queued_bytes", queued)
             object.__setattr__(self, "max_client_queued_bytes", int(queued))
+
+
+def _check_wire_range(name: str, value: int) -> None:
+    if value > MAX_LIMIT:
+        raise ValueError(f"{name} must be at most {MAX_LIMIT} (2**63 - 1, the largest the wire carries: "
+                         f"get_server_info reports it), got {value!r}")
 
 
 def _rows_text(rows: Sequence[int]) -> str:

@@ -11,8 +11,8 @@ import signal
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from gr00t_client.client import endpoint_host, normalize_host
-from gr00t_client.client_options import MAX_REPLY_BYTES_LIMIT, check_flag
+from gr00t_client.client import endpoint_host
+from gr00t_client.client_options import MAX_REPLY_BYTES_LIMIT, check_flag, check_host
 from gr00t_client.policy import BasePolicy
 
 from . import batching
@@ -146,7 +146,9 @@ class PolicyServer(BuiltinEndpoints):
         self.policy = policy  # checked (the property's setter)
         # Facts about the policy's wrapper chain (_policy_fact), learnt once per policy object: [policy, {fact: value}]
         self._policy_facts: List[Any] = [None, {}]
-        self.host = normalize_host(host)
+        # The client's check ('*', every interface, passes as serve's --host does): None, '' or a 'host:port' bound
+        # tcp://None:0 and failed in start() with "No such device"
+        self.host = check_host(host)
         self.port = int(port)
         if api_token == "":
             raise ValueError("api_token is empty (an unset $GR00T_API_TOKEN?): pass a token, or None to serve without "
