@@ -413,12 +413,15 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         call = self._call
         if getattr(call, "active", False):  # nested (a subclass calling back in): the outer budget
             return super().get_action(observation, options)
-        call.active, call.deadline = True, None
-        try:
-            with self._asking_first("get_action"):  # its questions (kind, configs) are named with it when they fail
-                return super().get_action(observation, options)
-        finally:
-            call.active, call.deadline = False, None
+        # The lock is held from the first question to the reply: let go in between, another thread's call ran there
+        # and this one's budget, started by its first question, ran out before it sent anything.
+        with self._locked():
+            call.active, call.deadline = True, None
+            try:
+                with self._asking_first("get_action"):  # its questions (kind, configs) are named with it when they fail
+                    return super().get_action(observation, options)
+            finally:
+                call.active, call.deadline = False, None
 
     def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         if options is not None and not isinstance(options, Mapping):

@@ -219,7 +219,7 @@ class ClientConnection:
         except ValueError:  # a name, a short form the resolver reads (127.1), or a malformed address (999.1.1.1)
             pass
         lookup = host_lookup.look_up(self.host)  # shared: clients of a host whose lookup hangs wait on that one
-        if not lookup.wait(max(0.0, min(deadline - time.monotonic(), 5.0))):
+        if not self._wait_for_lookup(lookup, min(deadline, time.monotonic() + 5.0), endpoint):
             self._unfinished_lookup = lookup  # the timeout names it: ZeroMQ's own connect waits on the same resolver
             if time.monotonic() >= deadline:  # nothing sent, no socket made: the next call waits on the same lookup
                 raise self._timeout(endpoint)
@@ -238,6 +238,19 @@ class ClientConnection:
                                   "them as host to connect over IPv6")
         raise ConnectionError(f"cannot connect to the policy server at {self.address}: host {self.host!r} does not "
                               f"resolve ({error}); check the host name (or IP address)")
+
+    def _wait_for_lookup(self, lookup: host_lookup.HostLookup, until: float, endpoint: str) -> bool:
+        """Whether `lookup` finished by `until`, waited on in slices (as `_wait` does) so that close() from another
+        thread, which waits for this call's lock, ends the call within CLOSE_POLL_MS."""
+        while True:
+            if self._closing.is_set():
+                raise ClientClosedError(f"PolicyClient for {self.address} was closed while {self._named(endpoint)} "
+                                        f"waited for the name lookup of {self.host!r}, so nothing was sent")
+            remaining_s = until - time.monotonic()
+            if lookup.wait(max(0.0, min(remaining_s, CLOSE_POLL_MS / 1000))):
+                return True
+            if remaining_s <= CLOSE_POLL_MS / 1000:
+                return False
 
     def _reply_lost(self, endpoint: str) -> ReplyLostError:
         cap = self.max_reply_bytes
@@ -258,7 +271,8 @@ class ClientConnection:
         assert self._handshake is not None
         while True:  # in slices, so that close() from another thread is noticed within CLOSE_POLL_MS
             if self._closing.is_set():
-                raise ClientClosedError(f"PolicyClient for {self.address} was closed while waiting for '{endpoint}'")
+                raise ClientClosedError(f"PolicyClient for {self.address} was closed while waiting for "
+                                        f"{self._named(endpoint)}")
             remaining_ms = max(0.0, (deadline - time.monotonic()) * 1000)
             if wait(min(remaining_ms, CLOSE_POLL_MS)):
                 return
