@@ -448,6 +448,9 @@ class HandshakeMonitor:
     def _drain(self) -> None:
         while True:
             try:
+                # Asking for EVENTS costs less than the zmq.Again a receive would end on: every wait drains first
+                if not self._monitor.get(zmq.EVENTS) & MONITOR_READABLE:
+                    return
                 event = recv_monitor_message(self._monitor, flags=zmq.NOBLOCK)
             except zmq.Again:
                 return

@@ -50,7 +50,8 @@ def _refuse_masked(array: np.ndarray) -> None:
 
 
 def _encode_array(array: np.ndarray) -> Dict[bytes, Any]:
-    _refuse_masked(array)
+    if type(array) is not np.ndarray:  # only a subclass can be masked (a call saved per array of every message)
+        _refuse_masked(array)
     type_str = _dtype_str(array.dtype)
     # Small arrays: one tobytes() copy is cheaper than building a view; large ones are viewed, msgpack copies once.
     data = array.tobytes() if array.nbytes < _COPY_BELOW_BYTES else _raw_bytes(array)
@@ -161,7 +162,8 @@ def _multipart_hook(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         if value.nbytes < _COPY_BELOW_BYTES:
             return _encode_array(value)
-        _refuse_masked(value)
+        if type(value) is not np.ndarray:
+            _refuse_masked(value)
         type_str = _dtype_str(value.dtype)
         buffers = _PACKERS.buffers
         buffers.append(_raw_bytes(value))

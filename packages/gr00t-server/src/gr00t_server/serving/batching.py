@@ -378,12 +378,26 @@ class GatherWindow:
         known = self._least_by_rows.get(rows)
         if known is not None and known[1] <= now < known[2]:
             return known[0]
-        recent = [(ended, rows_then, s) for ended, rows_then, s in self._recent_calls if now - ended <= CALL_MEMORY_S]
-        if not recent:
+        # One pass without temporaries or calls: asked again after every call (each clears the answers), over up to
+        # SPREAD_HISTORY calls
+        least: Optional[float] = None
+        oldest = 0.0
+        for ended, rows_then, s in self._recent_calls:
+            if now - ended > CALL_MEMORY_S:
+                continue
+            share = rows / rows_then
+            took = s * share if share < 1.0 else s  # its share of a larger call: s * min(1.0, share)
+            if least is None:
+                least, oldest = took, ended
+                continue
+            if took < least:
+                least = took
+            if ended < oldest:
+                oldest = ended
+        if least is None:
             return 0.0
-        least = min(s * min(1.0, rows / rows_then) for _ended, rows_then, s in recent)
         # the same calls count from now until the oldest of them is forgotten (a later call clears the answers)
-        self._least_by_rows[rows] = (least, now, min(ended for ended, _rows, _s in recent) + CALL_MEMORY_S)
+        self._least_by_rows[rows] = (least, now, oldest + CALL_MEMORY_S)
         return least
 
     def note_refused(self) -> None:

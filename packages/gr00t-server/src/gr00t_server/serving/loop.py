@@ -163,7 +163,7 @@ class RequestLoop(Gathering):
             self._refuse_removed_key(frames)  # before the decode: a revoked robot's requests cost no more
             if request.nbytes >= PRECHECK_MIN_BYTES:
                 self._check_byte_budgets(request)  # refused undecoded: a flood's decode copies cost as much again
-            envelope, request.wire_format = decode_payload(payload, server.max_message_bytes)
+            envelope, request.wire_format = decode_payload(payload, server.max_message_bytes, request.nbytes)
             request.multipart = request.wire_format == WIRE_MULTIPART
             envelope = check_envelope(envelope)
             request.endpoint = envelope.get("endpoint", "get_action")  # a refusal below names it (logs, metrics)

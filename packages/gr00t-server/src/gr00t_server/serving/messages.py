@@ -167,8 +167,9 @@ def bounded(message: str, limit: int = MAX_ERROR_CHARS) -> str:
 ECHOED_ENDPOINT_CHARS = 100  # the endpoint name an error reply echoes; a client's name may be megabytes long
 
 
-def decode_payload(payload: List[Any], max_message_bytes: int) -> Tuple[Any, str]:
-    """Payload frames -> (envelope, wire format), decoded within limits derived from max_message_bytes.
+def decode_payload(payload: List[Any], max_message_bytes: int, total_bytes: Optional[int] = None) -> Tuple[Any, str]:
+    """Payload frames -> (envelope, wire format), decoded within limits derived from max_message_bytes;
+    `total_bytes`: the frames' size, when the caller counted it already (the socket loop, for its byte budgets).
 
     RequestError or WireDecodeError on anything malformed or over a limit.
     """
@@ -176,7 +177,8 @@ def decode_payload(payload: List[Any], max_message_bytes: int) -> Tuple[Any, str
         raise RequestError("empty message: expected a msgpack request map")
     # ZMQ_MAXMSGSIZE bounds each frame (a frame over it is dropped with its connection, unanswered); a multipart
     # message must respect the cap as a whole too, and that we can answer.
-    total_bytes = sum(len(frame) for frame in payload)
+    if total_bytes is None:
+        total_bytes = sum(len(frame) for frame in payload)
     if total_bytes > max_message_bytes:
         raise RequestError(
             f"message of {total_bytes} bytes exceeds this server's limit of {max_message_bytes} bytes "
