@@ -375,6 +375,17 @@ def test_a_string_in_stats_json_names_the_file_and_the_statistic(dataset):
         LeRobotDataset(dataset).group_stats("action", "arm")
 
 
+def test_an_integer_beyond_float64_in_stats_json_names_the_file_and_the_statistic(dataset):
+    """It failed with a bare "OverflowError: int too large to convert to float"."""
+    path = dataset / "meta" / "stats.json"
+    stats = json.loads(path.read_text())
+    stats["action"]["mean"][0] = 10 ** 400
+    path.write_text(json.dumps(stats))
+    with pytest.raises(DatasetError, match=r"stats\.json: 'action\.mean' must be a list of numbers within float32's "
+                                           r"range; it holds an integer beyond float64's range"):
+        LeRobotDataset(dataset).group_stats("action", "arm")
+
+
 def test_an_integer_original_key_in_modality_json_is_refused_naming_the_entry(dataset):
     path = dataset / "meta" / "modality.json"
     modality = json.loads(path.read_text())

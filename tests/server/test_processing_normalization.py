@@ -272,6 +272,17 @@ def test_a_sin_cos_state_key_of_another_width_than_its_statistics_is_refused():
         proc.normalize_state("robot", {"arm": np.array([[2.0, 4.0]]), "hand": np.array([[0.1, 0.2]])})
 
 
+def test_a_state_anchoring_a_relative_action_of_another_width_is_refused_naming_the_key_and_width():
+    """With clip_outliers on, the anchor's magnitude check ran first and failed with numpy's broadcast error, naming
+    neither the key nor the width its statistics expect."""
+    from gr00t_client.policy import ObservationError
+
+    proc = _processor()
+    assert proc.config.clip_outliers and "arm" in proc.relative_anchors("robot")
+    with pytest.raises(ObservationError, match="State key 'arm' has dimension 3; the checkpoint statistics expect 2"):
+        proc.normalize_state("robot", {"arm": np.array([[2.0, 4.0, 1.0]]), "hand": np.array([[0.5]])})
+
+
 @pytest.mark.parametrize("pose, why", [
     (np.zeros(16), "all zero"),
     (np.diag([1.0, 1.0, 0.0, 1.0]).reshape(16), "a zero rotation axis"),
@@ -307,6 +318,37 @@ def test_a_4x4_reference_pose_with_float32_round_off_is_accepted():
     np.testing.assert_allclose(encoded, relative, atol=1e-6)
 
 
+def test_a_4x4_reference_pose_flattened_column_major_is_refused_naming_key_row_and_last_row_both_ways():
+    """A pose flattened column-major (Eigen, OpenGL, T.T.flatten()) is invertible, so it passed: its translation sat in
+    the last row, which was dropped, and the chunk was composed onto a pose at the origin with the inverse rotation."""
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = _rot_z(0.5), [0.5, 0.1, 0.3]
+    reference = np.stack([pose.reshape(16), pose.T.reshape(16)])[:, None]  # (B=2, T=1, 16); row 1 column-major
+    relative = np.tile(np.eye(4).reshape(16), (2, 4, 1))
+    for convert in (norm.decode_relative, norm.encode_relative):
+        with pytest.raises(ValueError, match=r"reference state 'state.eef' of relative key 'eef' \(a flattened 4x4 "
+                                             r"pose\) has last row \[0.5, 0.1, 0.3, 1\] in rows \[1\]; expected "
+                                             r"\[0, 0, 0, 1\] .*flattened column-major"):
+            convert("eef", relative, reference, "EEF", "DEFAULT")
+    fine = norm.decode_relative("eef", relative[:1], reference[:1], "EEF", "DEFAULT")  # the row-major row alone
+    np.testing.assert_allclose(fine[0, 0], pose.reshape(16), atol=1e-12)
+
+
+def test_a_4x4_reference_pose_composed_in_float32_is_accepted():
+    """Poses a robot composes in float32 (base -> flange -> tool) keep a last row of [0, 0, 0, 1] to round-off."""
+    rng = np.random.default_rng(3)
+    pose = np.eye(4, dtype=np.float32)
+    for angle in rng.uniform(-3, 3, 6):
+        step = np.eye(4, dtype=np.float32)
+        step[:3, :3], step[:3, 3] = _rot_z(angle), rng.uniform(-2, 2, 3)
+        pose = pose @ step.astype(np.float32)
+    reference = pose.astype(np.float64).reshape(1, 1, 16)
+    reference[0, 0, 12:16] += [3e-7, -3e-7, 1e-7, 6e-8]  # float32 round-off of a last row computed, not set
+    relative = np.tile(np.eye(4).reshape(16), (1, 2, 1))
+    decoded = norm.decode_relative("eef", relative, reference, "EEF", "DEFAULT")
+    np.testing.assert_allclose(decoded[0, 0, :12], reference[0, 0, :12], atol=1e-5)
+
+
 def _rigid_by_reference_rule(matrix):
     """[R t; 0 1] as the reference's EndEffectorPose(homogeneous=...) rebuilds it: scipy's Rotation.from_matrix
     where scipy is installed, else the polar factor (M M^T)^(-1/2) M of a block with positive determinant."""
@@ -333,6 +375,7 @@ def test_relative_eef_default_poses_compose_as_rigid_transforms_like_the_referen
     rigid transform: the raw 4x4 product had rotation blocks off orthonormal by 0.14 and a last row of noise."""
     rng = np.random.default_rng(0)
     reference = _not_rigid(rng, 0.4, [0.4, 0.1, 0.3])
+    reference[3] = [0.0, 0.0, 0.0, 1.0]  # a state's last row is checked (a column-major pose holds xyz there)
     relative = np.stack([_not_rigid(rng, 0.1 * step, [0.01 * step, 0.0, 0.02]) for step in range(4)])
     decoded = norm.decode_relative("eef", relative.reshape(1, 4, 16), reference.reshape(1, 1, 16), "EEF", "DEFAULT")
     poses = decoded.reshape(4, 4, 4)
@@ -347,7 +390,9 @@ def test_relative_eef_default_poses_compose_as_rigid_transforms_like_the_referen
 def test_relative_eef_default_encoding_gives_rigid_relative_poses_that_decode_back():
     """RTC's encoder is the decoder's inverse on the same rigid poses: inv(T_ref) @ T_abs of the parsed poses."""
     rng = np.random.default_rng(1)
-    reference = _not_rigid(rng, -0.7, [0.2, -0.3, 0.5]).reshape(1, 1, 16)
+    reference = _not_rigid(rng, -0.7, [0.2, -0.3, 0.5])
+    reference[3] = [0.0, 0.0, 0.0, 1.0]  # a state's last row is checked (a column-major pose holds xyz there)
+    reference = reference.reshape(1, 1, 16)
     absolute = np.stack([_not_rigid(rng, 0.2 * step, [0.3, 0.0, 0.1 * step]) for step in range(3)]).reshape(1, 3, 16)
     encoded = norm.encode_relative("eef", absolute, reference, "EEF", "DEFAULT")
     steps = encoded.reshape(3, 4, 4)

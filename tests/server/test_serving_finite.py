@@ -307,6 +307,65 @@ def test_an_all_zero_4x4_reference_pose_is_refused_not_answered_with_zero_matric
     assert action["eef_9d"].shape[-1] == 16 and not (action["eef_9d"] == 0).all()
 
 
+def _pose_at(translation, angle):
+    """A flattened (row-major) 4x4 pose: a rotation by `angle` about z, then `translation`."""
+    pose = np.eye(4)
+    pose[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    pose[:3, 3] = translation
+    return pose
+
+
+def test_a_4x4_reference_pose_flattened_column_major_is_refused_naming_the_row_and_its_last_row(copy_of):
+    """A pose flattened column-major (Eigen, OpenGL, T.T.flatten()) is invertible, so it was served: its translation
+    (in the last row) was dropped and the robot was sent towards the origin with the inverse rotation."""
+    pytest.importorskip("torch")
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    checkpoint = _as_4x4_pose_checkpoint(copy_of())
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(checkpoint, "new_embodiment", batch_size=2, image_size=(32, 32))
+    pose = _pose_at([0.5, 0.1, 0.3], 0.5)
+    observation["state"]["eef_9d"][0] = pose.reshape(16)
+    observation["state"]["eef_9d"][1] = pose.T.reshape(16)  # the same pose, column-major
+    expected = (r"reference state 'state.eef_9d' of relative key 'eef_9d' \(a flattened 4x4 pose\) has last row "
+                r"\[0.5, 0.1, 0.3, 1\] in rows \[1\]; expected \[0, 0, 0, 1\].*flattened column-major")
+    with pytest.raises(ObservationError, match=expected):
+        policy.get_action(observation)
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError, match=expected):
+            client.get_action(observation)
+        observation["state"]["eef_9d"][1] = pose.reshape(16)
+        action, _ = client.get_action(observation)
+    assert np.isfinite(action["eef_9d"]).all()
+
+
+def test_a_4x4_pose_flattened_column_major_in_the_rtc_previous_chunk_is_refused_naming_key_row_and_step(copy_of):
+    """RTC re-expresses the overlap rows relative to the state: a column-major pose there lost its translation too."""
+    pytest.importorskip("torch")
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.policies.previous_action import PreviousActionError
+    from gr00t_server.test_checkpoint import example_observation
+
+    checkpoint = _as_4x4_pose_checkpoint(copy_of())
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(checkpoint, "new_embodiment", batch_size=2, image_size=(32, 32))
+    observation["state"]["eef_9d"][:] = _pose_at([0.2, -0.1, 0.4], 0.3).reshape(16)
+    earlier, _ = policy.get_action(observation, {"seed": 1})
+    previous = {key: value.copy() for key, value in earlier.items()}
+    horizon = previous["eef_9d"].shape[1]
+    step_pose = previous["eef_9d"][1, horizon - 2].reshape(4, 4).copy()
+    previous["eef_9d"][1, horizon - 2] = step_pose.T.reshape(16)
+    rtc = {"previous_action": previous, "overlap_steps": 4, "frozen_steps": 2}
+    with pytest.raises(PreviousActionError, match=r"^options\['rtc'\]\['previous_action'\]\['eef_9d'\] \(DEFAULT "
+                                                  r"pose\) has last row \[.*\] at \(row, step\) "
+                                                  rf"\[\(1, {horizon - 2}\)\]; expected \[0, 0, 0, 1\].*column-major"):
+        policy.get_action(observation, {"seed": 2, "rtc": rtc})
+    previous["eef_9d"][1, horizon - 2] = step_pose.reshape(16)
+    action, _ = policy.get_action(observation, {"seed": 2, "rtc": rtc})  # the poses get_action returned: served
+    assert np.isfinite(action["eef_9d"]).all()
+
+
 def test_a_state_far_beyond_its_statistics_is_refused_before_the_model_naming_it_not_the_weights_nor_a_zero_gripper(
         tiny_checkpoint):
     """A mean/std state of 1e30 (~6.5e30 once normalized) made the model's output NaN, refused after the model ran

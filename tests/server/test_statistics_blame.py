@@ -72,6 +72,39 @@ def test_a_nan_statistic_serving_uses_is_still_refused_at_load(copy_of):
         Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
 
 
+HUGE_INTEGER = 10 ** 400  # a JSON integer literal beyond float64's range: json reads it as a Python int
+
+
+@pytest.mark.parametrize("tag, group, key, stat", [
+    ("libero_sim", "action", "x", "max"),  # another embodiment's statistics
+    ("new_embodiment", "action", "gripper", "mean"),  # a q01/q99 key: its mean is never read
+])
+def test_an_integer_beyond_float64_in_statistics_serving_never_uses_leaves_the_tag_servable(copy_of, caplog, tag,
+                                                                                           group, key, stat):
+    """It failed the load with a bare "OverflowError: int too large to convert to float", naming nothing."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    checkpoint = copy_of()
+    _edit(checkpoint, "statistics.json", lambda stats: stats[tag][group][key].update({stat: [HUGE_INTEGER]}))
+    with caplog.at_level("WARNING"):
+        policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    assert policy.embodiment_tag_value == "new_embodiment"
+    if tag == "new_embodiment":
+        named = f"statistics[{tag!r}][{group!r}][{key!r}][{stat!r}] holds an integer beyond float64's range"
+        assert any(named in record.getMessage() for record in caplog.records)
+
+
+def test_an_integer_beyond_float64_in_statistics_serving_uses_is_refused_naming_the_stat(copy_of):
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    checkpoint = copy_of()
+    _edit(checkpoint, "statistics.json",
+          lambda stats: stats["new_embodiment"]["action"]["gripper"].update(q99=[HUGE_INTEGER]))
+    with pytest.raises(ValueError, match=r"statistics\.json: statistics\['new_embodiment'\]\['action'\]\['gripper'\]"
+                                         r"\['q99'\] holds an integer beyond float64's range"):
+        Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+
+
 # --- 2. relative rot6d statistics that decode to no rotation ----------------------------------------
 
 

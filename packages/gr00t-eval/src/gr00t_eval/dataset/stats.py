@@ -216,6 +216,9 @@ def group_stats(stats: Mapping[str, object], group: ArrayGroup, source: str) -> 
         except (TypeError, ValueError) as exc:
             raise DatasetError(f"{source}: '{group.original_key}.{name}' must be a list of numbers, got "
                                f"{str(column[name])[:80]} ({exc})") from None
+        except OverflowError:  # an integer literal such as 1 and 400 zeros, which json reads as an exact int
+            raise DatasetError(f"{source}: '{group.original_key}.{name}' must be a list of numbers within float32's "
+                               "range; it holds an integer beyond float64's range") from None
         if values.shape[0] < group.end:
             raise DatasetError(
                 f"{source}: '{group.original_key}.{name}' has {values.shape[0]} values; group '{group.name}' needs index {group.end - 1}"

@@ -272,7 +272,8 @@ class Gr00tActionOptions:
     def _check_previous_poses(self, rtc: RtcRequest) -> None:
         """The overlap rows of a relative EEF key are re-expressed as poses relative to the current state: a rotation
         no rigid transform has (zero or parallel rot6d rows, a singular 4x4 pose) became NaN deep inside the model, or
-        an arbitrary rotation that was acted on. Refused here with the test the reference states get."""
+        an arbitrary rotation that was acted on; a 4x4 pose whose last row is not [0, 0, 0, 1] (column-major) lost its
+        translation. Refused here with the tests the reference states get."""
         action_config = self._modality_configs["action"]
         relative = self.processor.norm_params(self.embodiment_tag_value).relative_action
         overlap, first_step = rtc.overlap_rows(), rtc.horizon - rtc.overlap_steps
@@ -287,6 +288,14 @@ class Gr00tActionOptions:
                     f" ({spec.format.name} pose) has a degenerate rotation at (row, step) {at}: no rotation matrix has "
                     f"it (zero or parallel rot6d rows, or a singular 4x4 pose), got "
                     f"{rows[at[0][0], at[0][1] - first_step].tolist()}; send the poses get_action returned", key=key)
+            if spec.format.name != "DEFAULT" or rows.shape[-1] != 16:
+                continue
+            bad = norm.non_homogeneous_rows(rows.reshape(-1, 16))
+            if bad:
+                at = [(row, first_step + step) for row, step in (divmod(flat, rows.shape[1]) for flat in bad[:8])]
+                raise PreviousActionError(
+                    f" (DEFAULT pose) has last row {norm.last_row_text(rows[at[0][0], at[0][1] - first_step])} at "
+                    f"(row, step) {at}; {norm.NON_HOMOGENEOUS_ADVICE}, as get_action returned it", key=key)
 
     @staticmethod
     def _check_previous_range(rtc: RtcRequest) -> None:

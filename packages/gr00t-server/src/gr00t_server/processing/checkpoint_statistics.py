@@ -33,6 +33,9 @@ def _parse_stat(values: Any, where: str) -> np.ndarray:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where} is not a list of numbers (or of equal-length rows): {exc}") from None
+    except OverflowError:  # an integer literal such as 1 and 400 zeros, which json reads as an exact int
+        raise ValueError(f"{where} holds an integer beyond float64's range; statistics must be finite numbers within "
+                         f"float32's range ({_FLOAT32_MAX:.4g})") from None
     if array.ndim == 0 or array.shape[-1] == 0:
         raise ValueError(f"{where} must be a non-empty list of numbers, got {json.dumps(values)[:60]}")
     if not np.isfinite(array).all():

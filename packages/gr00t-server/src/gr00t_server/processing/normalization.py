@@ -353,11 +353,36 @@ def _singular_pose_rows(reference: np.ndarray) -> List[int]:
     return rows
 
 
+# How far a DEFAULT pose's last row may be from [0, 0, 0, 1]: float32 round-off of a computed pose is ~1e-7; a pose
+# flattened column-major holds its translation there, which rigid_pose would drop.
+HOMOGENEOUS_ROW_TOLERANCE = 1e-4
+
+
+def non_homogeneous_rows(poses: np.ndarray) -> List[int]:
+    """Rows of flattened 4x4 poses (N, 16) whose last row (values 12:16) is not [0, 0, 0, 1] within
+    HOMOGENEOUS_ROW_TOLERANCE (NaN counts as not)."""
+    off = np.abs(poses[..., 12:16] - np.array([0.0, 0.0, 0.0, 1.0])).max(axis=-1)
+    return np.flatnonzero(~(off <= HOMOGENEOUS_ROW_TOLERANCE)).tolist()
+
+
+def last_row_text(pose: np.ndarray) -> str:
+    """The last row of a flattened 4x4 `pose` as an error shows it: [0.5, 0.1, 0.3, 1] (a float32 0.1 too)."""
+    return f"[{', '.join(f'{float(value):.6g}' for value in pose[12:16])}]"
+
+
+# What a refusal of such a last row says was expected, and its likely cause.
+NON_HOMOGENEOUS_ADVICE = (
+    f"expected [0, 0, 0, 1] (within {HOMOGENEOUS_ROW_TOLERANCE:g}), the last row of a homogeneous transform "
+    "[R t; 0 0 0 1] flattened row-major. The pose may be flattened column-major (as Eigen, OpenGL and T.T.flatten() "
+    "give it, the translation in the last row): send T.reshape(-1) of the 4x4 matrix")
+
+
 def _check_reference_pose(key: str, reference: np.ndarray, action_type: str, action_format: str,
                           state_key: Optional[str] = None) -> None:
     """Refuse a reference state that cannot anchor relative actions: NaN/inf values, an XYZ_ROT6D pose whose
     rotation rows are zero or parallel (no rotation matrix has them; Gram-Schmidt would turn them into NaN), or a
-    singular DEFAULT 4x4 pose (T_ref @ T_rel is then no pose: all zeros for an all-zero state, finite and plausible)."""
+    singular DEFAULT 4x4 pose (T_ref @ T_rel is then no pose: all zeros for an all-zero state, finite and plausible),
+    or one whose last row is not [0, 0, 0, 1] (a column-major pose: its translation would be read as zero)."""
     bad = ~np.isfinite(reference).all(axis=-1)
     if bad.any():
         raise ValueError(f"{_reference_name(key, state_key)} has NaN or infinite values in rows "
@@ -375,6 +400,10 @@ def _check_reference_pose(key: str, reference: np.ndarray, action_type: str, act
             f"{_reference_name(key, state_key)} (xyz + rot6d) has a degenerate rotation in rows {rows}: values 3:9 "
             f"must be the first two rows of a rotation matrix, got {reference[rows[0], 3:9].tolist()} (zero or "
             "parallel rows)")
+    rows = non_homogeneous_rows(reference)[:8] if action_format == "DEFAULT" and reference.shape[-1] == 16 else []
+    if rows:
+        raise ValueError(f"{_reference_name(key, state_key)} (a flattened 4x4 pose) has last row "
+                         f"{last_row_text(reference[rows[0]])} in rows {rows}; {NON_HOMOGENEOUS_ADVICE}")
 
 
 def degenerate_pose_rows(poses: np.ndarray, action_format: str) -> List[int]:

@@ -187,16 +187,17 @@ class Gr00tN1d7Processor(VideoChecks):
                     f"{np.max(np.abs(value)):.3g}, float32 holds up to {_FLOAT32_MAX:.3g}) in rows "
                     f"{actions.flagged_rows(beyond)}; states must fit float32, the float of the model's inputs and actions")
             sincos = self.config.apply_sincos_state_encoding and key in (state_config.sin_cos_embedding_keys or [])
-            # A clipped min/max key that anchors a relative action: the model sees +-1, but the action is decoded
-            # against the raw value (a 1e30 state made a finite 1e30 end-effector target). Judged by its raw size
-            # against the statistics' magnitude, not in units of their range: a column that barely varied in training
-            # (a rot6d entry within +-5e-6) puts a real 0.6 degree roll thousands of ranges out.
-            min_max = not sincos and key not in (state_config.mean_std_embedding_keys or [])
-            if min_max and key in anchors:
-                actions.check_anchor_magnitude(tag, key, value, params[key], anchors[key])
             normalized = norm.normalize_state_key(
                 key, value, params[key], state_config, self.config.apply_sincos_state_encoding, self.config.clip_outliers
             )
+            # A clipped min/max key that anchors a relative action: the model sees +-1, but the action is decoded
+            # against the raw value (a 1e30 state made a finite 1e30 end-effector target). Judged by its raw size
+            # against the statistics' magnitude, not in units of their range: a column that barely varied in training
+            # (a rot6d entry within +-5e-6) puts a real 0.6 degree roll thousands of ranges out. After
+            # normalize_state_key, whose width check names the key (numpy's broadcast error here named neither).
+            min_max = not sincos and key not in (state_config.mean_std_embedding_keys or [])
+            if min_max and key in anchors:
+                actions.check_anchor_magnitude(tag, key, value, params[key], anchors[key])
             # Before the model-float check: its "serve in bf16 or fp32" would only meet this refusal in another float
             actions.check_state_outliers(tag, key, value, normalized, params[key], state_config, sincos)
             # A finite but huge state (1e38; 1e5 for a float16 model) overflows the model's float once normalized:
