@@ -485,3 +485,17 @@ def load_jobs_from(folder, jobs):
     path = folder / "jobs.json"
     path.write_text(json.dumps({"jobs": [{**job, "policy_server": {"host": "127.0.0.1", "port": 1}} for job in jobs]}))
     return load_jobs(path)
+
+
+def test_a_jobs_failure_is_logged_and_recorded_as_one_bounded_escaped_line(tmp_path, caplog):
+    """The job's error was logged (and listed in the batch's table) raw: a connection error quoting a server's or a
+    simulator's words put forged log lines, terminal escapes and 200,000-character lines on the console."""
+    forged = "ERROR:gr00t_eval.batch:FORGED \x1b[31mred\x1b[0m"
+    message = "cannot reach the server\n" + forged + "\n" + "x" * 200_000
+    job = Job("j", "walkto/fast", PolicyServerAddress("127.0.0.1", 1), {})
+    batch = run_batch([job], policy_factory=lambda server: (_ for _ in ()).throw(ConnectionError(message)))
+    reason = batch["jobs"][0]["reason"]
+    assert reason.startswith("ConnectionError: cannot reach the server\\nERROR:gr00t_eval.batch:FORGED \\x1b[31m")
+    assert reason.isprintable() and len(reason) <= 4000 and reason.endswith("more characters)")
+    logged = [r.getMessage() for r in caplog.records if "job j failed" in r.getMessage()]
+    assert logged == [f"job j failed: {reason}"]

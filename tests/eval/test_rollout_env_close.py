@@ -270,3 +270,36 @@ def test_a_script_that_leaves_its_envs_open_or_is_stopped_while_they_build_exits
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
+
+
+FORGED_LINE = "ERROR:gr00t_eval.rollout.runner:FORGED LINE \x1b[31mred\x1b[0m"
+
+
+class FailingCloseWalkEnv(WalkToEnv):
+    """WalkTo whose close() raises a simulator's teardown error: a newline, a terminal escape, 200,000 characters."""
+
+    def __init__(self):
+        super().__init__(1.0)
+
+    def close(self):
+        raise RuntimeError("simulator teardown failed\n" + FORGED_LINE + "\n" + "x" * 200_000)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("vectorization, n_envs", [("sync", 1), ("async", 2)])
+def test_an_env_close_error_is_logged_as_one_bounded_escaped_line(tmp_path, capfd, caplog, vectorization, n_envs):
+    """The close error was logged raw (sync), and each async worker died printing its whole raw traceback: forged log
+    lines, terminal escapes and 200,000-character lines on the console, once per env."""
+    register_env_prefix("closefail", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: FailingCloseWalkEnv())
+    config = RolloutConfig("closefail/walk", n_episodes=2, n_envs=n_envs, n_action_steps=2, max_episode_steps=6,
+                           seed=0, vectorization=vectorization)
+    result = run_rollout(ConstantPolicy(), config, progress=False)
+    assert len(result.finished) == 2  # the run and its results stand
+    console = capfd.readouterr().err + caplog.text
+    lines = console.splitlines()
+    assert not [line for line in lines if line.startswith("ERROR:gr00t_eval.rollout.runner:FORGED")]
+    assert "\x1b" not in console and max(map(len, lines)) < 5000
+    closing = [line for line in lines if "RuntimeError: simulator teardown failed\\nERROR:" in line]
+    assert len(closing) == n_envs and all("more characters)" in line for line in closing), closing
+    assert "Traceback" not in console
+    assert multiprocessing.active_children() == []

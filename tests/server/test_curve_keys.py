@@ -472,3 +472,19 @@ def test_keygen_writes_into_a_folder_it_may_write_but_not_list(tmp_path):
     finally:
         folder.chmod(0o700)
     assert sorted(os.listdir(folder)) == ["server.key", "server.key_secret"]
+
+
+def test_a_refused_curve_handshake_is_logged_naming_the_peers_address(tmp_path, caplog):
+    """The refusal named only the key's fingerprint: a throwaway key's tells the operator nothing, and the address is
+    the one way to find the machine knocking (a robot with a stale key, a scanner)."""
+    _, server_secret = generate_certificates(tmp_path, "server")
+    _, stranger_secret = generate_certificates(tmp_path / "clients", "stranger")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    keys = dict(server_public_key=str(tmp_path / "server.key"), client_secret_key=str(stranger_secret))
+    with caplog.at_level("WARNING", logger="gr00t_server.curve"):
+        with curve_ping_server(CurveServerConfig.load(server_secret, allowed)) as (port, _security):
+            with pytest.raises(HandshakeError, match="refused"):
+                ping(port, **keys)
+    refusals = [r.getMessage() for r in caplog.records if "refused a CURVE client" in r.getMessage()]
+    assert refusals and refusals[0].startswith("refused a CURVE client at 127.0.0.1 with key SHA256:"), refusals

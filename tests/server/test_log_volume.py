@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 
 import msgpack
@@ -66,8 +67,8 @@ def test_a_new_kind_of_refusal_is_logged_inside_a_flood_and_the_count_is_reporte
         log.warning("unknown endpoint", kind=("get_actoin", "RequestError"))  # another client's one-off mistake
         log.warning("bad shape again", kind=("get_action", "ObservationError"))
         log.flush()
-    assert seen == ["bad shape 0", "bad shape 1", "bad shape 2", "unknown endpoint",
-                    "48 similar messages were suppressed in the last 1 s"]
+    assert seen[:4] == ["bad shape 0", "bad shape 1", "bad shape 2", "unknown endpoint"]
+    assert re.fullmatch(r"48 similar messages were suppressed (at|between) \d\d:\d\d:\d\d.*", seen[4]), seen
 
 
 def test_a_lenient_gr00t_policy_warns_of_an_unknown_option_once_not_per_call(tiny_checkpoint, caplog):
@@ -159,7 +160,8 @@ def test_the_first_window_opens_at_the_first_message_on_a_machine_just_booted(mo
         clock[0] = 12.0  # 7 s after the first message: the same window (it opened at 5 s, not at boot)
         log.warning("refused again", kind="same")
         log.flush()
-    assert seen == ["refused 0", "refused 1", "3 similar messages were suppressed in the last 7 s"]
+    assert seen[:2] == ["refused 0", "refused 1"] and len(seen) == 3
+    assert seen[2].startswith("3 similar messages were suppressed "), seen
 
 
 def test_a_peer_that_never_reads_its_replies_gets_a_few_log_lines_and_a_count_not_one_per_request(caplog):
@@ -287,3 +289,100 @@ def test_a_long_note_is_cut_and_a_long_messages_note_is_kept():
     exc = RuntimeError("m" * 5000)
     exc.add_note("which GPU: 0")
     assert bounded_exception(exc).__notes__ == ["which GPU: 0"]
+
+
+FORGED_LINE = "2026-01-01 00:00:00,000 INFO:gr00t_server.serving.server:FORGED \x1b[31mred\x1b[0m"
+
+
+class NamesTheClientsText(EchoPolicy):
+    """Words its error with text the client chose (an option's value), as custom policies word a bad instruction."""
+
+    def __init__(self, error: type) -> None:
+        super().__init__()
+        self.error = error
+
+    def _get_action(self, observation, options=None):
+        raise self.error(f"cannot follow {(options or {}).get('tag')}")
+
+
+@pytest.mark.parametrize("error", [RuntimeError, ValueError], ids=["internal error", "refusal"])
+def test_a_logged_traceback_escapes_client_text_so_it_cannot_forge_a_log_line(caplog, error):
+    """The first failure of a kind is logged with its traceback, whose last line printed the message raw: a client's
+    newline and terminal escapes in it wrote forged lines into the server's log."""
+    caplog.set_level(logging.INFO, logger=SERVER_LOG)
+    policy = NamesTheClientsText(error)
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError):
+            client.get_action({}, options={"tag": "x\n" + FORGED_LINE})
+    assert "Traceback (most recent call last)" in caplog.text and "_get_action" in caplog.text
+    assert [line for line in caplog.text.splitlines() if "FORGED" in line and not line.startswith(("ERROR", "WARNING"))
+            and "cannot follow x\\n2026" not in line] == []
+    assert "\x1b" not in caplog.text and "cannot follow x\\n2026-01-01" in caplog.text
+
+
+def test_a_note_or_a_chained_message_holding_a_newline_is_escaped_in_the_logged_traceback():
+    logger = logging.getLogger("test.escaped_traceback")
+    logger.propagate = False
+    lines, handler = [], logging.Handler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.emit = lambda record: lines.extend(handler.format(record).splitlines())
+    logger.addHandler(handler)
+    try:
+        try:
+            try:
+                raise KeyError("inner")
+            except KeyError as inner:
+                raise RuntimeError("cause\n" + FORGED_LINE) from inner
+        except RuntimeError as exc:
+            exc.add_note("note\n" + FORGED_LINE)
+            RateLimitedLog(logger).warning("internal error in %s", "get_action", exc_info=exc, kind="k")
+            original = exc
+        group = ExceptionGroup("several", [RuntimeError("member\n" + FORGED_LINE)])
+        group.add_note("group note\n" + FORGED_LINE)  # a group is logged as its rendering: its notes escaped too
+        try:
+            raise group
+        except ExceptionGroup as raised:
+            RateLimitedLog(logger).warning("internal error in %s", "get_action", exc_info=raised, kind="k")
+    finally:
+        logger.removeHandler(handler)
+    assert not [line for line in lines if line.lstrip(" |").startswith("2026-01-01")], lines
+    assert not any("\x1b" in line for line in lines)
+    assert any(line.startswith("RuntimeError: cause\\n2026-01-01") for line in lines)
+    assert any(line.startswith("note\\n2026-01-01 00:00:00,000 INFO:gr00t_server.serving.server:FORGED \\x1b[31m")
+               for line in lines)
+    assert any("RuntimeError: member\\n" in line for line in lines)
+    assert any(line.endswith("group note\\n2026-01-01 00:00:00,000 INFO:gr00t_server.serving.server:FORGED "
+                              "\\x1b[31mred\\x1b[0m") for line in lines)
+    assert str(original).startswith("cause\n")  # the exception itself is not changed
+
+
+def test_the_suppressed_count_names_when_those_messages_came_not_the_last_window(monkeypatch):
+    """'20 similar messages were suppressed in the last 10 s' was written 12 s after the burst (or an hour after it,
+    at shutdown): nothing had been suppressed in those 10 s, and an operator looked at the wrong minute."""
+    from gr00t_server.serving import endpoints
+
+    noon = time.mktime((2026, 5, 28, 12, 0, 0, 0, 0, -1))  # local time, as the log's own times
+    clock = [0.0]
+    monkeypatch.setattr(endpoints.time, "monotonic", lambda: 500.0 + clock[0])
+    monkeypatch.setattr(endpoints.time, "time", lambda: noon + clock[0])
+    with kept_messages("test.rate_limited_span") as (logger, seen):
+        log = RateLimitedLog(logger, per_window=2, window_s=10.0)
+        for i in range(6):
+            clock[0] = i * 0.9  # the suppressed ones at 1.8, 2.7, 3.6 and 4.5 s
+            log.warning("refused %d", i, kind="same")
+        clock[0] = 16.5  # 12 s after the last of them
+        log.warning("refused later", kind="same")
+        for i in range(3):
+            clock[0] = 17.0 + i * 0.2  # 2 suppressed within a second, reported by flush() an hour later
+            log.warning("refused again %d", i, kind="same")
+        clock[0] = 3600.0
+        log.flush()
+        for i in range(3):  # and one reported the next day
+            clock[0] = 3700.0 + i
+            log.warning("refused the next day %d", i, kind="same")
+        clock[0] = 86_400.0
+        log.flush()
+    assert seen == ["refused 0", "refused 1", "4 similar messages were suppressed between 12:00:01 and 12:00:04",
+                    "refused later", "refused again 0", "2 similar messages were suppressed at 12:00:17",
+                    "refused the next day 0", "refused the next day 1",
+                    "1 similar messages were suppressed at 2026-05-28 13:01:42"]

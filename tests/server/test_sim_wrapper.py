@@ -940,3 +940,15 @@ def test_a_sim_wrapper_strict_that_is_not_a_bool_is_refused_naming_it(value):
     with pytest.raises(ValueError) as refused:
         Gr00tSimPolicyWrapper(RecordingPolicy(strict=False), strict=value)
     assert str(refused.value) == f"strict must be True or False, got {value!r} ({type(value).__name__})"
+
+
+def test_an_rtc_previous_chunk_key_sent_twice_is_named_escaped_and_cut():
+    """The refusal put the client's key raw (4 times, any length) into its message, and so into the logged traceback:
+    a newline in it forged log lines."""
+    key = "arm\nINFO:gr00t_server:FORGED \x1b[31m" + "y" * 5000
+    previous = {"action." + key: np.ones((2, 2, 3), np.float32), key: np.zeros((2, 2, 3), np.float32)}
+    with pytest.raises(ValueError) as refused:
+        Gr00tSimPolicyWrapper(RecordingPolicy()).get_action(flat(), {"rtc": {"previous_action": previous}})
+    message = str(refused.value)
+    assert "action key 'arm\\nINFO:gr00t_server:FORGED \\x1b[31m" in message and "more characters)" in message
+    assert message.isprintable() and len(message) < 2000

@@ -26,7 +26,7 @@ from .applied_settings import settings_not_applied, warn_not_applied
 from .batch_jobs import (VIDEO_ONLY_SETTINGS, Job, JobError, PolicyServerAddress, check_unique_job_names,
                          job_dir_name, job_video_dirs, load_jobs, parse_job)
 from .episode_log import EpisodeLog, latest_entries
-from .metrics import EpisodeOutcome
+from .metrics import ERROR_REASON_CHARS, EpisodeOutcome
 from .output_files import EPISODE_LOG_FILENAME, RUN_FILENAME
 from .policy_identity import check_takes_flat_observations, describe, pinned_policy, policy_record, same_policy
 from .results import RESULTS_FILENAME, write_results
@@ -292,8 +292,11 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
     except Exception as exc:  # noqa: BLE001 - one broken job must not stop the batch
         if is_storage_error(exc):  # a full disk: every later job's episodes would be lost too; the batch stops
             raise
-        logger.error("job %s failed: %s: %s", shown_text(job.name), type(exc).__name__, exc)
-        record["status"], record["reason"] = FAILED, f"{type(exc).__name__}: {exc}"
+        # bounded and escaped: the error may quote a server's or a simulator's words (a newline forged a log line)
+        reason = shown_text(f"{type(exc).__name__}: {exc}", ERROR_REASON_CHARS)
+        logger.error("job %s failed: %s", shown_text(job.name), reason)
+        logger.debug("job %s failed", shown_text(job.name), exc_info=exc)
+        record["status"], record["reason"] = FAILED, reason
     finally:
         close = getattr(policy, "close", None)
         if close is not None:

@@ -298,6 +298,7 @@ class AuthorizedKeys:
         # The keys the open connections are held to: those of the last read of a readable folder (a folder swapped
         # non-atomically or an NFS blip refuses new handshakes, not the robots already connected)
         self._open_keys: FrozenSet[bytes] = frozenset()
+        self.peer_address: Optional[str] = None  # of the handshake being checked (_AddressingAuthenticator sets it)
         self._unreadable_since: Optional[float] = None  # since when the folder could not be read (UNREADABLE_GRACE_S)
         # The file each key was read from, at this read and the one before: a refused key's own file is read again
         # (one file, not the folder) before its robot is refused, in case the watcher caught it half-written
@@ -519,16 +520,37 @@ class AuthorizedKeys:
         try:
             self.reload_if_changed()
             allowed = client_key in self._keys
+            # the address finds the machine (a throwaway key's fingerprint names none); one kind per address, so a
+            # known robot whose key was removed is not hidden in a scanner's flood
+            peer, address = self.peer_address, f" at {self.peer_address}" if self.peer_address else ""
             if not allowed and self._unreadable is not None:
-                self._refusals.warning("refused a CURVE client with key %s: %s cannot be read (%s)",
-                                       key_fingerprint(client_key), self.directory, self._unreadable)
+                self._refusals.warning("refused a CURVE client%s with key %s: %s cannot be read (%s)", address,
+                                       key_fingerprint(client_key), self.directory, self._unreadable, kind=peer)
             elif not allowed:
-                self._refusals.warning("refused a CURVE client with key %s: not in %s%s", key_fingerprint(client_key),
-                                       self.directory, self._skipped_note())
+                self._refusals.warning("refused a CURVE client%s with key %s: not in %s%s", address,
+                                       key_fingerprint(client_key), self.directory, self._skipped_note(), kind=peer)
             return allowed
         except Exception:  # noqa: BLE001 - refuse this handshake, keep checking the next ones
             logger.exception("authorized keys: checking a client key failed; the client is refused")
             return False
+
+
+class _AddressingAuthenticator(ThreadAuthenticator):
+    """pyzmq's ZAP thread, telling `authorized` the peer address of the handshake it checks: pyzmq's
+    credentials-provider hook gets only the domain and the key."""
+
+    def __init__(self, context: zmq.Context, authorized: AuthorizedKeys) -> None:
+        super().__init__(context, log=logging.getLogger(__name__ + ".zap"))
+        self._authorized = authorized
+
+    async def handle_zap_message(self, msg: List[bytes]) -> None:
+        # A ZAP request (RFC 27): version, request id, domain, address, identity, mechanism, credentials. The thread
+        # awaits one request at a time, and the key check does not await: the address is this request's.
+        self._authorized.peer_address = msg[3].decode("utf-8", "replace") if len(msg) >= 6 else None
+        try:
+            await super().handle_zap_message(msg)
+        finally:
+            self._authorized.peer_address = None
 
 
 class ServerCurve:
@@ -543,7 +565,7 @@ class ServerCurve:
         self._authenticator: Optional[ThreadAuthenticator] = None
         if config.authorized_keys is not None:
             self.authorized = AuthorizedKeys(config.authorized_keys)
-            self._authenticator = ThreadAuthenticator(context, log=logging.getLogger(__name__ + ".zap"))
+            self._authenticator = _AddressingAuthenticator(context, self.authorized)
             self._authenticator.start()
             self._authenticator.configure_curve_callback(domain="*", credentials_provider=self.authorized)
             self.authorized.watch()

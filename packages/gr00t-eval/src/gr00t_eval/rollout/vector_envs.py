@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gr00t_client.cli_signals import interrupting_signals, signals_handled_by
+from gr00t_client.peer_text import shown_text
 
 from ..extras import require_gymnasium
 from ..run_stop import note_stop_while_closing
@@ -30,8 +31,9 @@ import numpy as np  # noqa: E402
 from gymnasium.vector.async_vector_env import _async_worker  # noqa: E402
 from gymnasium.vector.utils import batch_space, create_empty_array  # noqa: E402
 
+from ..metrics import ERROR_REASON_CHARS
 from ..video import EpisodeVideoRecorder
-from .config import RolloutConfig, envs_in_process
+from .config import RolloutConfig, env_error_text, envs_in_process
 from .envs import EnvFactory, env_factory
 from .multistep import MultiStepWrapper
 from .policy_io import HorizonSpec
@@ -215,9 +217,24 @@ def _announcing_worker(index: int, env_fn: Callable[[], gym.Env], pipe: Connecti
             pipe.send(_BuildFailed.of(exc))
             raise
         pipe.send(EnvSpaces.of(env))
+        built.append(True)
         return env
 
-    _async_worker(index, build, pipe, *rest)
+    built: List[bool] = []
+    try:
+        _async_worker(index, build, pipe, *rest)
+    except Exception as exc:  # noqa: BLE001 - past the build, gymnasium's `finally` closing the env raised
+        if not built:
+            raise
+        # unhandled, it ended this worker printing its raw traceback: unbounded, unescaped, once per env
+        _log_close_failure(f"closing env {index} failed", exc)
+
+
+def _log_close_failure(what: str, exc: BaseException) -> None:
+    """`what` and an env's close() error as one line, bounded and escaped as an episode's error is (an env's words
+    must neither flood the log nor forge a line of it); its traceback at DEBUG."""
+    logger.warning("%s: %s", what, shown_text(env_error_text(exc), ERROR_REASON_CHARS))
+    logger.debug("%s", what, exc_info=exc)
 
 
 def _kill_processes(processes: Sequence[Any], wait_s: Optional[float] = 10) -> None:
@@ -274,7 +291,7 @@ def _close_envs(vec: gym.vector.VectorEnv, clean: bool, timeout_s: Optional[floa
         logger.warning("the envs' close was cut short by a stop signal (every episode was already scored): env "
                        "workers still closing were killed")
     except Exception as exc:  # noqa: BLE001 - closing must not hide the reason the run ended
-        logger.warning("closing the envs failed: %s: %s", type(exc).__name__, exc)
+        _log_close_failure("closing the envs failed", exc)
     finally:
         if isinstance(vec, gym.vector.AsyncVectorEnv) and not vec.closed:
             _kill_workers(vec)

@@ -10,6 +10,7 @@ from gr00t_client.client_errors import PolicyServerError
 from gr00t_client.flat import (LEGACY_LANGUAGE_KEY, flat_observation_keys, language_batch, language_source,
                                missing_flat_keys_error, validate_flat_action, validate_flat_observation)
 from gr00t_client.modality import ModalityConfig
+from gr00t_client.peer_text import shown_key
 from gr00t_client.policy import BasePolicy, ObservationError, PolicyWrapper, are_rows_checked, rows_checked
 
 from .previous_action import PreviousActionError, parsed_previous_action_error, renamed_cut_previous_action_error
@@ -267,7 +268,8 @@ def _inner_options(options: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]
     for key, value in rtc["previous_action"].items():
         inner = _inner_key(key)
         if inner in previous:
-            raise ValueError(f"options['rtc']['previous_action'] holds action key '{inner}' twice, as 'action.{inner}' "
-                             f"and '{inner}'; send each key once (as get_action returns it: 'action.{inner}')")
+            shown = shown_key(inner)  # the client's key: cut and escaped, as it reaches the log with the message
+            raise ValueError(f"options['rtc']['previous_action'] holds action key '{shown}' twice, as 'action.{shown}' "
+                             f"and '{shown}'; send each key once (as get_action returns it: 'action.{shown}')")
         previous[inner] = value
     return {**options, "rtc": {**rtc, "previous_action": previous}}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Set, Tuple
 
 from gr00t_client.client import normalize_host
+from gr00t_client.peer_text import shown_text
 from gr00t_client.policy import ActionError, NonFiniteActionError, accepts_keyword
 
 from .messages import CONNECTION_SESSION_PREFIX, RequestError, bounded
@@ -96,9 +97,10 @@ class LoggedException(Exception):
 
 def bounded_exception(exc: BaseException, limit: int = LOGGED_ERROR_CHARS) -> BaseException:
     """`exc` for a log record whose formatter (the operator's own, too) prints it with its traceback: itself when its
-    message, notes and chained exceptions are short, else a stand-in of its class (same name and frames, each message
-    and note cut to `limit` characters), or a LoggedException holding its rendering cut part by part. A policy's
-    message holding a large repr wrote megabytes of log per failure. Never raises."""
+    message, notes and chained exceptions are short and printable, else a stand-in of its class (same name and frames,
+    each message and note cut to `limit` characters and escaped), or a LoggedException holding its rendering cut and
+    escaped part by part. A policy's message holding a large repr wrote megabytes of log per failure; one holding a
+    client's newline forged log lines. Never raises."""
     try:
         return _bounded(exc, limit, set())
     except Exception:  # noqa: BLE001 - the log path must not fail: the rendering, as text
@@ -117,8 +119,8 @@ def _bounded(exc: BaseException, limit: int, seen: Set[int]) -> BaseException:
     short_cause = cause if cause is None else _bounded(cause, limit, seen)
     short_context = context if context is None or context is cause else _bounded(context, limit, seen)
     text, notes = _safe_text(exc), getattr(exc, "__notes__", None)
-    long_notes = isinstance(notes, list) and any(len(str(note)) > limit for note in notes)
-    if len(text) <= limit and not long_notes and short_cause is cause and short_context is context:
+    odd_notes = isinstance(notes, list) and any(_needs_cut(str(note), limit) for note in notes)
+    if not _needs_cut(text, limit) and not odd_notes and short_cause is cause and short_context is context:
         return exc
     shown = _cut(text, limit)
     stand_in_class = type(type(exc).__name__, (type(exc),), {
@@ -132,17 +134,41 @@ def _bounded(exc: BaseException, limit: int, seen: Set[int]) -> BaseException:
     return stand_in.with_traceback(exc.__traceback__)
 
 
+def _needs_cut(text: str, limit: int) -> bool:
+    return len(text) > limit or not text.isprintable()
+
+
 def _cut(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying how many were cut; escaped as shown_text escapes it when a character
+    is not printable (a newline or a terminal escape, in a client's text, would forge a log line or recolour it)."""
+    if not text.isprintable():
+        return shown_text(text, limit)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _bounded_rendering(exc: BaseException, limit: int) -> str:
-    """exc's traceback as Python prints it (chains, groups and notes too; cycles stopped), each part cut."""
+    """exc's traceback as Python prints it (chains, groups and notes too; cycles stopped), each part cut and escaped
+    (a frame's two lines become one)."""
     try:
-        parts = traceback.TracebackException(type(exc), exc, exc.__traceback__).format()
-        return "".join(_cut(part, limit) for part in parts).rstrip("\n")
+        rendering = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+        _cut_notes(rendering, limit)
+        return "\n".join(_cut(part.rstrip("\n"), limit) for part in rendering.format())
     except Exception:  # noqa: BLE001
         return f"{type(exc).__qualname__} (its traceback could not be rendered)"
+
+
+def _cut_notes(rendering: traceback.TracebackException, limit: int) -> None:
+    """Cut and escape, in place, the notes of a rendering and of those it chains: format() gives each line of a note
+    as a part of its own, so a note's newline would begin a line of the log."""
+    pending, seen = [rendering], set()
+    while pending:  # not recursive: a chain may be thousands long
+        part = pending.pop()
+        if part is None or id(part) in seen:
+            continue
+        seen.add(id(part))
+        if isinstance(getattr(part, "__notes__", None), list):  # Python 3.11 on
+            part.__notes__ = [_cut(str(note), limit) for note in part.__notes__]
+        pending += [part.__cause__, part.__context__, *(getattr(part, "exceptions", None) or [])]
 
 
 def named_session(session: str) -> str:
@@ -182,7 +208,8 @@ class RateLimitedLog:
 
     `kind` (say, endpoint and exception type) keeps the first message of each kind visible whatever the flood: a
     kind not seen before is logged even when the window's share is spent (up to `max_kinds` kinds remembered). The
-    count of suppressed messages is reported with the next message after the window, or by flush() (at shutdown).
+    count of suppressed messages, and when the first and last of them came, is reported with the next message after
+    the window, or by flush() (at shutdown).
     """
 
     def __init__(self, log: logging.Logger, per_window: int = 20, window_s: float = 10.0, max_kinds: int = 256,
@@ -196,6 +223,7 @@ class RateLimitedLog:
         self._window_start = -math.inf  # the first message opens a window (0.0 did not, on a machine up < window_s)
         self._logged = 0
         self._suppressed = 0
+        self._first_suppressed = self._last_suppressed = 0.0  # wall-clock times: the report may come hours later
         self._lock = threading.Lock()
 
     def warning(self, message: str, *args: Any, exc_info: Any = None, kind: Any = None, first_exc_info: Any = None) -> bool:
@@ -210,6 +238,9 @@ class RateLimitedLog:
             if new_kind:
                 self._kinds.add(kind)
             if self._logged >= self.per_window and not new_kind:
+                self._last_suppressed = time.time()
+                if not self._suppressed:
+                    self._first_suppressed = self._last_suppressed
                 self._suppressed += 1
                 return False
             self._logged += 1
@@ -231,6 +262,14 @@ class RateLimitedLog:
 
     def _report_suppressed(self) -> None:
         if self._suppressed:
-            self._log.log(self.level, "%d similar messages were suppressed in the last %.0f s", self._suppressed,
-                          max(1.0, min(self.window_s, time.monotonic() - self._window_start)))
+            self._log.log(self.level, "%d similar messages were suppressed %s", self._suppressed,
+                          _time_span(self._first_suppressed, self._last_suppressed))
             self._suppressed = 0
+
+
+def _time_span(first: float, last: float) -> str:
+    """'between 13:40:01 and 13:40:02', or 'at 13:40:01', in local time as a log line's own time is written; with the
+    date when `first` was not today."""
+    clock = "%H:%M:%S" if time.localtime(first)[:3] == time.localtime(time.time())[:3] else "%Y-%m-%d %H:%M:%S"
+    shown_first, shown_last = time.strftime(clock, time.localtime(first)), time.strftime(clock, time.localtime(last))
+    return f"at {shown_first}" if shown_first == shown_last else f"between {shown_first} and {shown_last}"
