@@ -110,6 +110,38 @@ def test_a_batch_whose_first_results_file_cannot_be_written_says_so_and_its_resu
     assert [(r["name"], r["status"]) for r in records(out)] == [(f"j{i}", "done") for i in range(20)]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file size limits (RLIMIT_FSIZE)")
+def test_a_job_file_copy_that_does_not_fit_names_it_leaves_no_part_of_it_and_the_same_command_runs(server, tmp_path):
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out, jobs = tmp_path / "batch", tmp_path / "sweep.json"
+    # batch.json fits under the file size limit, the job file's copy does not (a full disk while it is copied)
+    write_jobs(jobs, [{"name": "j", "env_name": "walkto/fast"}], {**SMALL, "policy_server": {"port": server.port}})
+    jobs.write_text(jobs.read_text() + " " * 6000)
+    result = run_limited(4000, _FIRST_WRITE_UNDER_LIMIT, tests, str(jobs), str(out))
+    assert result.returncode == 2, result.stdout + result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"File too large writing {out / 'jobs.json'}" in last and "run the same command again" in last, last
+    assert [path.name for path in out.iterdir() if "jobs" in path.name] == []  # no copy cut short, no partial
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 0
+    assert [(r["name"], r["status"]) for r in records(out)] == [("j", "done")]
+    assert (out / "jobs.json").read_bytes() == jobs.read_bytes()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file size limits (RLIMIT_FSIZE)")
+def test_a_job_file_at_the_top_of_its_output_dir_is_not_written_over(server, tmp_path):
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "batch"
+    out.mkdir()
+    jobs = write_jobs(out / "jobs.json", [{"name": "j", "env_name": "walkto/fast"}],
+                      {**SMALL, "policy_server": {"port": server.port}})
+    jobs.write_text(jobs.read_text() + " " * 6000)
+    before = jobs.read_bytes()
+    # a copy onto itself would be cut at the limit: the user's own job file lost
+    run_limited(4000, _FIRST_WRITE_UNDER_LIMIT.replace('sys.argv[4]]', 'sys.argv[4], "--overwrite"]'), tests, str(jobs),
+                str(out))
+    assert jobs.read_bytes() == before
+
+
 def test_a_resume_of_a_folder_without_batch_files_is_still_refused(tmp_path, capsys):
     (tmp_path / "jobs.json").write_text(json.dumps({"jobs": [{"env_name": "walkto/fast", "policy_server": {"port": 1}}]}))
     assert cli.main(["batch", "--resume", str(tmp_path)]) == 2

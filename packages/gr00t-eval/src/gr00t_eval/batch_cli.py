@@ -9,7 +9,7 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .batch import (BATCH_RESULTS_FILENAME, JOBS_DIRNAME, JobError, format_table, job_dir_name, job_video_dirs,
                     load_jobs, read_job_run_file, run_batch)
@@ -19,9 +19,9 @@ from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_
                         take_claim)
 from .run_resume import command_path
 from . import run_dir  # its folder helpers looked up when called (tests stand in for them there)
-from .run_stop import (INTERRUPTED_EXIT_CODE, OutputFolderGone, is_storage_line, sigterm_as_interrupt, storage_advice,
-                       stop_signals_ignored_until_exit, storage_error_text)
-from .video_claims import claim_video_dir
+from .run_stop import (INTERRUPTED_EXIT_CODE, OutputFolderGone, is_storage_line, output_folder_checked,
+                       sigterm_as_interrupt, storage_advice, stop_signals_ignored_until_exit, storage_error_text)
+from .video_claims import batch_video_claim_writer, claim_video_dir, video_dir_check
 from .video_dirs import check_video_dir, delete_episode_videos, within
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     path = output_dir / BATCH_RESULTS_FILENAME
     outcome = "error"
     try:
-        with sigterm_as_interrupt():
+        # a job's video_dir outside the batch's folder gone (a share unmounted) stops the batch before its next video,
+        # as the job's own folder gone does: never made again beneath the mount point
+        with sigterm_as_interrupt(), output_folder_checked(_video_dirs_check(output_dir, video_claims)):
             batch = run_batch(jobs, path, previous=previous)
             stop_signals_ignored_until_exit()  # batch_results.json is final: exit status and claims agree with it
         outcome = "complete"
@@ -77,6 +79,18 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 1 if batch["n_failed"] else 0
 
 
+def _video_dirs_check(output_dir: Path, video_claims: List[Path]) -> Callable[[], None]:
+    """OutputFolderGone naming the first of the job video folders the batch claimed (`video_claims`, each the claim
+    file it holds in one) that is gone; their state now is the one held."""
+    checks = [video_dir_check(claim.parent, batch_video_claim_writer(output_dir)) for claim in video_claims]
+
+    def check() -> None:
+        for folder_check in checks:
+            folder_check()
+
+    return check
+
+
 def _storage_stop_message(exc: OSError, path: Path, output_dir: Path) -> str:
     """The one line for a batch stopped by a storage error (is_storage_line) before or while a job ran: what is kept,
     and the command that continues."""
@@ -85,7 +99,8 @@ def _storage_stop_message(exc: OSError, path: Path, output_dir: Path) -> str:
         return (f"{storage_error_text(exc)}: the batch stopped before any job started; {storage_advice(exc).lower()}, "
                 f"then continue with: {resume} (it runs the jobs of {output_dir / 'jobs.json'})")
     if isinstance(exc, OutputFolderGone):
-        return (f"the job folder {exc.filename} disappeared (unmounted or deleted) while its job wrote to it: the batch "
+        what = "job folder" if exc.what == OutputFolderGone.what else exc.what  # or a job's video_dir outside it
+        return (f"the {what} {exc.filename} disappeared (unmounted or deleted) while its job wrote to it: the batch "
                 f"stopped there, and wrote nothing more; the jobs done before it are kept in {path}. Continue with: "
                 f"{resume} (it runs that job again)")
     return (f"{storage_error_text(exc)}: the batch stopped there; the jobs done before it are kept in {path} and the "
@@ -198,17 +213,37 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
     else:
         output_dir = run_dir.make_fresh_dated_output_dir(DEFAULT_BATCH_DIR, "batch")
         claim = claim_output_dir(output_dir, BATCH_CLAIM_FILENAME, settings)
-    _write_with_mode(output_dir / "jobs.json", job_file, job_file_mode)
+    copy = output_dir / "jobs.json"
+    try:
+        if not (copy.exists() and os.path.samefile(args.jobs, copy)):  # --jobs DIR/jobs.json: it is the copy already
+            _write_with_mode(copy, job_file, job_file_mode)
+    except BaseException:  # a full disk: no job started, and no jobs.json for a --resume; the same command runs again
+        finish_claim(claim, "error")
+        raise
     return jobs, output_dir, claim, None, earlier_videos
 
 
 def _write_with_mode(path: Path, data: bytes, mode: int) -> None:
     """Write `data` to `path`, which has `mode` before a byte is written: a job file kept 0600 for its inline token or
-    key is never readable by others, not even for a moment or after a write that failed part-way."""
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT, mode), "wb") as copy:
-        os.fchmod(copy.fileno(), mode)  # the umask narrows a new file's mode; an existing file keeps its own
-        copy.truncate()
-        copy.write(data)
+    key is never readable by others, not even for a moment or after a write that failed part-way. Written aside and
+    renamed: a write that fails part-way (a full disk, OSError naming `path`) or is killed leaves no copy cut short."""
+    from .run_claim import partial_path
+    from .run_dir import remove_quietly
+
+    partial = partial_path(path)
+    try:
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as copy:
+            os.fchmod(copy.fileno(), mode)  # the umask narrows a new file's mode
+            copy.write(data)
+            copy.flush()
+            os.fsync(copy.fileno())
+        os.replace(partial, path)
+    except OSError as exc:
+        remove_quietly(partial)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    except BaseException:
+        remove_quietly(partial)
+        raise
 
 
 def _claim_job_videos(jobs: List[Any], output_dir: Path, claim: Path, resume: bool = False) -> List[Path]:
@@ -218,7 +253,7 @@ def _claim_job_videos(jobs: List[Any], output_dir: Path, claim: Path, resume: bo
     try:
         for video_dir in job_video_dirs(jobs):
             if not within(video_dir, output_dir):
-                video_claims.append(claim_video_dir(video_dir, f"batch {Path(output_dir).absolute()}",
+                video_claims.append(claim_video_dir(video_dir, batch_video_claim_writer(output_dir),
                                                     flag="a job's video_dir", resume=resume))
     except OutputDirError as exc:
         for held in [*video_claims, claim]:

@@ -204,6 +204,7 @@ def evaluate_trajectory(
     on_scored: Optional[Callable[[TrajectoryResult], None]] = None, warned_key_matches: Optional[set] = None,
     recording_dtype: Any = np.float64, output_dir_made: bool = False,
     replaceable_plots: Optional[Collection[Tuple[int, int, int]]] = None,
+    check_plot_folder: Optional[Callable[[], None]] = None,
 ) -> TrajectoryResult:
     """Query the policy every `execution_horizon` steps of trajectory `traj_id` and score the stitched chunks.
 
@@ -218,6 +219,8 @@ def evaluate_trajectory(
     folder of its own (plot_path) and, called alone, the output folder are made here.
     `replaceable_plots`: the files (plots.plot_identity) outside config.output_dir its plot may replace, those the
     run's check_plot_folder_free accepted (None: any, called alone); another one there is kept and fails the plot.
+    `check_plot_folder`: the plot folder of its own was made, and is watched, by the caller (_plot_folder_check):
+    OutputFolderGone once it is gone (a share unmounted), and the plot then has a plot_error; it is never made again.
     """
     if config.observation_format == "auto":  # called alone: evaluate_open_loop resolves it once per run
         observation_format = resolve_observation_format(server_info(policy), "auto", policy)
@@ -305,7 +308,9 @@ def evaluate_trajectory(
     labels = dim_labels(key_dims)
     path = config.plot_file(traj_id, len(config.traj_ids))
     try:
-        if config.plot_path is not None or not output_dir_made:
+        if check_plot_folder is not None:
+            check_plot_folder()
+        elif config.plot_path is not None or not output_dir_made:
             path.parent.mkdir(parents=True, exist_ok=True)
         # a run sharing a plot folder outside the run's own may have written this plot's file since the check
         replaceable = None if _same_folder(str(path.parent), config.output_dir) else replaceable_plots
@@ -447,6 +452,24 @@ def _comparable(value: Any) -> Any:
     return value
 
 
+def _plot_folder_check(config: OpenLoopConfig, traj_ids: Sequence[int]) -> Optional[Callable[[], None]]:
+    """The plot folder of its own (plot_path), outside the output folder, made now and watched as the output folder is
+    (check_folder_kept, by its identity: it holds no claim): OutputFolderGone once it is gone (a share unmounted,
+    deleted), so a plot is never written into a folder made again beneath the mount point. None without one, or when
+    it cannot be made now (each plot then says why)."""
+    if not config.plot or config.plot_path is None or not traj_ids:
+        return None
+    folder = config.plot_file(traj_ids[0], len(config.traj_ids)).parent
+    if _same_folder(str(folder), config.output_dir):
+        return None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        identity = folder_identity(folder)
+    except OSError:
+        return None
+    return functools.partial(check_folder_kept, folder, identity, None, what="plot folder")
+
+
 def _same_folder(a: Optional[str], b: Optional[str]) -> bool:
     return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
@@ -554,6 +577,7 @@ def evaluate_open_loop(
         logger.warning("trajectory %d is %s; skipping it", traj_id, reason)
         result.skipped.append(int(traj_id))
         result.skip_reasons[int(traj_id)] = reason
+    check_plot_folder = _plot_folder_check(config, valid)
     report(f"Running evaluation on trajectories: {valid}")
     bar = None
     if progress:
@@ -576,7 +600,8 @@ def evaluate_open_loop(
                                                on_scored=functools.partial(scored, traj_id),
                                                warned_key_matches=warned_key_matches,
                                                recording_dtype=np.float32 if serves_replay(served) else np.float64,
-                                               output_dir_made=True, replaceable_plots=replaceable_plots)
+                                               output_dir_made=True, replaceable_plots=replaceable_plots,
+                                               check_plot_folder=check_plot_folder)
                 except ServerStoppingError:
                     raise  # the server is going: this trajectory and the rest are not run (it was scored errored, and
                     # the next request waited out the whole timeout of a server already gone)

@@ -31,7 +31,8 @@ def _storage_failure(exc: OSError, output_dir: Path, shard: Any, flags: str = ""
     from .run_resume import resume_command
 
     if isinstance(exc, OutputFolderGone):
-        return (f"error: the output folder {output_dir} disappeared (unmounted or deleted) while the run wrote to it: "
+        folder = exc.filename if exc.what != OutputFolderGone.what else output_dir  # a --video-dir outside it, or it
+        return (f"error: the {exc.what} {folder} disappeared (unmounted or deleted) while the run wrote to it: "
                 "the run stopped, and wrote nothing more. If the folder comes back (a share mounted again), continue "
                 f"with: {resume_command(output_dir, shard)}{flags} and the same server flags; else start a new run")
     where = f" writing {exc.filename}" if exc.filename else ""

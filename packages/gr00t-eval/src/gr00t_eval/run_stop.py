@@ -9,7 +9,7 @@ import errno
 import os
 import signal
 from pathlib import Path
-from typing import Any, Callable, Iterator, Tuple
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 from gr00t_client.cli_signals import interrupting_signals, signals_handled_by, write_note
 from gr00t_client.cli_signals import sigterm_as_interrupt  # noqa: F401 - the gr00t_eval modules import it from here
@@ -55,6 +55,8 @@ def interrupts_deferred(note: str = SAVING_NOTE) -> Iterator[None]:
 class OutputFolderGone(OSError):
     """The folder a run claimed is gone (a share unmounted, a /tmp cleaner): what it wrote now would land elsewhere."""
 
+    what = "output folder"  # which of the run's folders: its output folder, or a video or plot folder outside it
+
 
 def folder_identity(folder: Path) -> Tuple[int, int]:
     """(device, inode) of `folder`: another folder at the same path (a share unmounted, a folder re-made) differs."""
@@ -62,14 +64,18 @@ def folder_identity(folder: Path) -> Tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
-def check_folder_kept(folder: Path, identity: Tuple[int, int], claim: str) -> None:
-    """OutputFolderGone unless `folder` is still the one the run claimed: the same `identity`, its `claim` in it."""
+def check_folder_kept(folder: Path, identity: Optional[Tuple[int, int]], claim: Optional[str],
+                      what: str = "output folder") -> None:
+    """OutputFolderGone unless `folder` is still the one the run claimed: the same `identity`, its `claim` in it (None:
+    a folder that holds no claim, such as a plot folder, is told apart by its identity alone). `what` names it."""
     try:
-        kept = folder_identity(folder) == identity and (folder / claim).is_file()
+        kept = folder_identity(folder) == identity and (claim is None or (folder / claim).is_file())
     except OSError:
         kept = False
     if not kept:
-        raise OutputFolderGone(errno.ENOENT, "the output folder disappeared (unmounted or deleted)", str(folder))
+        gone = OutputFolderGone(errno.ENOENT, f"the {what} disappeared (unmounted or deleted)", str(folder))
+        gone.what = what
+        raise gone
 
 
 # The checks (check_folder_kept) of the output folders the running code writes into, for a writer that does not know
@@ -149,7 +155,7 @@ def storage_stop_line(exc: OSError, command: str) -> str:
     """The one line for a command (`command`: 'batch', 'open-loop', ...) stopped by a storage error (is_storage_line)
     that no nearer handler worded: the file or folder, and what to do."""
     if isinstance(exc, OutputFolderGone):
-        return (f"the output folder {exc.filename} disappeared (unmounted or deleted): {command} stopped, and wrote "
+        return (f"the {exc.what} {exc.filename} disappeared (unmounted or deleted): {command} stopped, and wrote "
                 "nothing more there")
     return f"{storage_error_text(exc)}: {command} stopped. {storage_advice(exc)}, then run the same command again"
 

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.peer_text import shown_text
@@ -258,8 +258,10 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
         not_applied = _record_settings_not_applied(client, config, output_dir, shard)
         if shard is not None:  # its results change now (not when it stops before): a merge of them in its folder goes
             remove_merges_of(output_dir, results_file_name(shard))
-        # a restart with another checkpoint stops it (pinned_policy), and so does its folder gone before a video
-        with sigterm_as_interrupt(), pinned_policy(client, policy), output_folder_checked(log.check_folder):
+        # a restart with another checkpoint stops it (pinned_policy), and so does its folder gone before a video, or
+        # its --video-dir outside it gone (never made again beneath a share's mount point)
+        with sigterm_as_interrupt(), pinned_policy(client, policy), output_folder_checked(log.check_folder), \
+                output_folder_checked(_outside_video_dir_check(config, output_dir, shard)):
             results = run_suite(client, env_spec, config, shard, progress=True,
                                 on_episode=lambda outcome: log.append(outcome.to_json_dict()), done=done)
     results["config"].update(policy_client_host=server.host, policy_client_port=server.port)
@@ -267,6 +269,17 @@ def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done:
     results["settings_not_applied"] = not_applied
     results["episode_log"] = str(log.path)
     return results
+
+
+def _outside_video_dir_check(config: Any, output_dir: Path, shard: Any) -> Callable[[], None]:
+    """The check of the run's --video-dir when it lies outside its output folder, whose claim the run holds there
+    (rollout_output._claim_videos); else none (the output folder's check covers its own videos/)."""
+    from .video_claims import video_claim_writer, video_dir_check
+    from .video_dirs import within
+
+    if not config.video_dir or within(Path(config.video_dir), output_dir):
+        return lambda: None
+    return video_dir_check(config.video_dir, video_claim_writer(output_dir, shard))
 
 
 # --- suites -----------------------------------------------------------------------------------

@@ -3,11 +3,12 @@ file in it while it runs, so a second run into the folder is refused (a shard of
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from .output_files import OutputDirError
 from .run_claim import CLAIM_KEY, holder_alive, holder_record, read_holder
@@ -24,6 +25,26 @@ VIDEO_LOCK_FILENAME = ".gr00t_videos.lock"
 def video_claim_writer(output_dir: Union[str, Path], shard: Any = None) -> str:
     """Who writes into a --video-dir, as its claim names it: the run's output directory (absolute), with its shard."""
     return f"{Path(output_dir).absolute()}{'' if shard is None else f' (shard {shard})'}"
+
+
+def batch_video_claim_writer(output_dir: Union[str, Path]) -> str:
+    """Who writes into a job's video_dir outside its batch's folder, as its claim names it: the batch's folder."""
+    return f"batch {Path(output_dir).absolute()}"
+
+
+def video_dir_check(video_dir: Union[str, Path], writer: str) -> Callable[[], None]:
+    """The check (run_stop.check_folder_kept) of a video folder outside the run's output folder that `writer` claimed
+    (claim_video_dir): OutputFolderGone naming it once it is gone (a share unmounted, deleted, made again), so a video
+    is never written into a folder made again beneath the mount point. Held to the folder as it is now."""
+    from .run_stop import check_folder_kept, folder_identity
+
+    folder = Path(video_dir)
+    try:
+        identity: Optional[Tuple[int, int]] = folder_identity(folder)
+    except OSError:  # gone already: the first check says so
+        identity = None
+    return functools.partial(check_folder_kept, folder, identity, _video_claim_file(folder, writer).name,
+                             what="video folder")
 
 
 def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str] = None,

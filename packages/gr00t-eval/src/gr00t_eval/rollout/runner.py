@@ -138,6 +138,7 @@ class RolloutRunner:
         logger.info("Running collecting %d episodes for %s with %d vec envs (base seed %d)", len(self.episodes),
                     shown_text(config.env_name), n_envs, config.seed)
         if config.video_dir:  # once, here: an episode's video only makes its own file (never a folder gone mid-run)
+            check_output_folders()  # nor a claimed folder gone since the run started (a suite's next task, a job)
             Path(config.video_dir).mkdir(parents=True, exist_ok=True)
         vec = self._vec = make_vector_env(config, spec, n_envs)
         clean = False
