@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import zmq
 
 from gr00t_client import BasePolicy
+from gr00t_server.policies.replay import ReplayPolicy
 from gr00t_server.server import PolicyServer
 
 
@@ -47,6 +48,14 @@ def stopped_while_it_hangs(policy: Any) -> Iterator[PolicyServer]:
             yield server
     finally:
         policy.release.set()
+
+
+class ReplayOfAnyCopy(ReplayPolicy):
+    """A replay whose identity names no dataset hashes (a server that does not say which dataset it serves): open-loop
+    cannot refuse another or a damaged copy of its dataset before the run, and checks each trajectory on its own."""
+
+    def identity(self):
+        return {k: v for k, v in super().identity().items() if not k.startswith("dataset_")}
 
 
 READY = "Server is ready and listening on tcp://"

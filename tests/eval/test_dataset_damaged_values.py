@@ -22,7 +22,7 @@ from gr00t_eval import cli
 from gr00t_eval.dataset import DatasetWriter, LeRobotDataset
 from gr00t_eval.dataset.errors import DatasetError
 from gr00t_server.policies.replay import ReplayPolicy
-from serving import running_server
+from serving import ReplayOfAnyCopy, running_server
 
 LENGTHS = (6, 9, 4)
 
@@ -56,7 +56,8 @@ def dataset(tmp_path) -> Path:
 
 
 def test_open_loop_errors_a_trajectory_whose_recorded_actions_hold_nan_and_scores_the_others(dataset, tmp_path, capsys):
-    with running_server(ReplayPolicy(make_dataset(tmp_path / "clean", lengths=LENGTHS), execution_horizon=3)) as server:
+    clean = make_dataset(tmp_path / "clean", lengths=LENGTHS)
+    with running_server(ReplayOfAnyCopy(clean, execution_horizon=3)) as server:
         edit_rows(data_file(dataset, 0), lambda t: set_action(set_action(t, 2, 0, float("nan")), 3, 1, float("inf")))
         out = tmp_path / "out"
         code = cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--no-plots",
@@ -132,7 +133,8 @@ def test_open_loop_against_a_replay_errors_a_float64_recorded_action_beyond_floa
     null for a run reported complete, exit 0."""
     store_actions_as_float64(dataset)
     edit_rows(data_file(dataset, 0), lambda t: set_action(t, 4, 2, 1e39))
-    with running_server(ReplayPolicy(make_dataset(tmp_path / "clean", lengths=LENGTHS), execution_horizon=3)) as server:
+    clean = make_dataset(tmp_path / "clean", lengths=LENGTHS)
+    with running_server(ReplayOfAnyCopy(clean, execution_horizon=3)) as server:
         out = tmp_path / "out"
         assert cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--no-plots",
                          "--execution-horizon", "3", "--output-dir", str(out), "--traj-ids", "0", "1"]) == 1
@@ -186,7 +188,8 @@ def test_open_loop_errors_a_recorded_state_that_is_sent_holding_nan_naming_file_
     """It was reported as "non-finite values in rows [0]" of the one-row request, not the dataset's file and step."""
     edit_rows(data_file(dataset, 0), lambda t: set_state(t, 3, 0, float("nan")))  # step 3: sent (horizon 3)
     edit_rows(data_file(dataset, 1), lambda t: set_state(t, 4, 0, float("nan")))  # step 4: never sent
-    with running_server(ReplayPolicy(make_dataset(tmp_path / "clean", lengths=LENGTHS), execution_horizon=3)) as server:
+    clean = make_dataset(tmp_path / "clean", lengths=LENGTHS)
+    with running_server(ReplayOfAnyCopy(clean, execution_horizon=3)) as server:
         out = tmp_path / "out"
         assert cli.main(["open-loop", "--dataset-path", str(dataset), "--port", str(server.port), "--no-plots",
                          "--execution-horizon", "3", "--output-dir", str(out), "--traj-ids", "0", "1"]) == 1
@@ -253,6 +256,32 @@ def test_an_episode_without_frame_index_whose_timestamps_do_not_start_at_0_is_re
     with pytest.raises(DatasetError, match=r"episode_000000\.parquet: column 'timestamp' of episode 0 starts at 0\.1 s, "
                                            r"expected 0"):
         LeRobotDataset(dataset).episode(0)
+
+
+def number_frames_from_the_dataset_start(table: pa.Table) -> pa.Table:
+    """frame_index as some converters write it: the dataset-wide `index`, counting on from the previous episode."""
+    return table.set_column(table.column_names.index("frame_index"), "frame_index", table.column("index"))
+
+
+def test_an_episode_whose_frame_index_counts_on_from_the_previous_episode_is_read_whole(dataset):
+    """All its rows there, timestamps from 0 at 1/fps: only frame_index is numbered 6..14 (LeRobot never checks it)."""
+    edit_rows(data_file(dataset, 1), number_frames_from_the_dataset_start)
+    episode = LeRobotDataset(dataset).episode(1)
+    np.testing.assert_array_equal(episode.actions("arm"), expected_actions(1, 9)["arm"])
+    decoded = episode.frames("image", [0, 8]).astype(int)  # row k paired with frame k (steps' colours differ by >= 28)
+    assert np.abs(decoded - episode_frames(1, 0, 9)[[0, 8]]).max() < 14
+    policy = ReplayPolicy(dataset, execution_horizon=3)
+    policy.reset({"episode_index": 1})
+    np.testing.assert_array_equal(policy.get_action({})[0]["arm"][0][:3], expected_actions(1, 9)["arm"][:3])
+
+
+def test_an_episode_whose_frame_index_and_timestamps_both_start_late_is_refused_as_missing_its_first_rows(dataset):
+    edit_rows(data_file(dataset, 1), lambda t: t.set_column(
+        t.column_names.index("timestamp"), "timestamp", pa.array(np.arange(6, 15, dtype=np.float32) / 10)))
+    edit_rows(data_file(dataset, 1), number_frames_from_the_dataset_start)
+    with pytest.raises(DatasetError, match=r"episode_000001\.parquet: column 'frame_index' of episode 1 starts at 6, "
+                                           r"expected 0.*'timestamp' starts at 0\.6 s.*first rows are missing"):
+        LeRobotDataset(dataset).episode(1)
 
 
 # --- a column the file lacks ---------------------------------------------------------------------------------

@@ -251,3 +251,35 @@ def test_a_task_index_naming_a_task_the_episode_list_does_not_give_the_episode_i
                                            rf"meta/{task_file} names '{TASKS[0]}', and meta/{episode_list} gives the "
                                            rf"episode the tasks \['{TASKS[1]}'\]; expected a task of the episode's own"):
         LeRobotDataset(root).episode(1).language(LANGUAGE)
+
+
+def declare_version(root, version):
+    """Set meta/info.json's codebase_version to `version` (None: remove the field, which reads as v2.1)."""
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info.pop("codebase_version")
+    if version is not None:
+        info["codebase_version"] = version
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("version, said", [("v2.1", "says codebase_version 'v2.1'"),
+                                           (None, "has no codebase_version, which reads as v2.1")],
+                         ids=["declared v2.1", "no version"])
+def test_a_v3_folder_declared_v2_is_refused_naming_codebase_version_and_the_v3_files_found(tmp_path, version, said):
+    """It was refused over 'tasks file not found: meta/tasks.jsonl', naming neither the version nor the files there."""
+    root = make_dataset(tmp_path / "ds", lengths=(2, 3), layout="v3.0", cameras=())
+    declare_version(root, version)
+    with pytest.raises(DatasetError, match=rf"meta/info\.json {said}, but .* has the LeRobot v3\.0 files "
+                                           r"meta/tasks\.parquet, meta/episodes/chunk-000/file-000\.parquet .*no "
+                                           r"meta/tasks\.jsonl, meta/episodes\.jsonl.*set codebase_version to 'v3\.0'"):
+        LeRobotDataset(root)
+
+
+def test_a_v2_folder_declared_v3_is_refused_naming_codebase_version_and_the_v2_files_found(tmp_path):
+    root = make_dataset(tmp_path / "ds", lengths=(2, 3), cameras=())
+    declare_version(root, "v3.0")
+    with pytest.raises(DatasetError, match=r"meta/info\.json says codebase_version 'v3\.0', but .* has the LeRobot "
+                                           r"v2\.1 files meta/tasks\.jsonl, meta/episodes\.jsonl .*no "
+                                           r"meta/tasks\.parquet, "
+                                           r"meta/episodes/chunk-\*/file-\*\.parquet.*set codebase_version to 'v2\.1'"):
+        LeRobotDataset(root)

@@ -597,8 +597,7 @@ def test_overwriting_a_killed_recording_leaves_no_temporary_meta_file(tmp_path):
 def test_a_recording_killed_mid_meta_rewrite_leaves_nothing_a_replays_identity_hashes(tmp_path):
     """The writer staged meta files as visible NAME.tmp: one a kill -9 left was hashed into the replay's identity, so
     deleting it made the same episodes another dataset (a resume or merge refused 'another dataset')."""
-    meta_files = pytest.importorskip("gr00t_server.policies.dataset_changes").meta_files
-    dataset_hashes = pytest.importorskip("gr00t_server.policies.replay_identity").dataset_hashes
+    from gr00t_eval.dataset.identity import dataset_hashes, meta_files
 
     root = tmp_path / "ds"
     _kill_during_third_meta_rewrite(root, ".modality.json.tmp")
@@ -612,7 +611,7 @@ def test_a_recording_killed_mid_meta_rewrite_leaves_nothing_a_replays_identity_h
 
 
 def test_meta_files_an_earlier_writer_left_are_not_hashed(tmp_path):
-    dataset_hashes = pytest.importorskip("gr00t_server.policies.replay_identity").dataset_hashes
+    from gr00t_eval.dataset.identity import dataset_hashes
 
     root = tmp_path / "ds"
     with DatasetWriter(root, fps=10) as writer:

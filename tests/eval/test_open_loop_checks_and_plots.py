@@ -17,7 +17,7 @@ import pytest
 from eval.dataset_factory import make_dataset
 from gr00t_eval import cli, plots
 from gr00t_server.policies.replay import ReplayPolicy
-from serving import running_server
+from serving import ReplayOfAnyCopy, running_server
 
 
 def open_loop(dataset, server, out, *extra):
@@ -66,7 +66,7 @@ def test_a_nan_recorded_after_the_scored_steps_leaves_the_trajectory_scored(tmp_
     poisoned = tmp_path / "poisoned"
     shutil.copytree(clean, poisoned)
     put_nan_in_recorded_action(poisoned, episode=0, frame=15)
-    with running_server(ReplayPolicy(clean, execution_horizon=4)) as server:
+    with running_server(ReplayOfAnyCopy(clean, execution_horizon=4)) as server:
         assert open_loop(poisoned, server, tmp_path / "short", "--steps", "8", "--no-plots") == 0
         assert open_loop(poisoned, server, tmp_path / "long", "--steps", "16", "--no-plots") == 1
     scored = results(tmp_path / "short")

@@ -22,7 +22,7 @@ from eval.scale_fixtures import free_port, names_in_one_second
 from gr00t_eval import cli, open_loop_cli
 from gr00t_eval.dataset import DatasetWriter
 from gr00t_server.policies.replay import ReplayPolicy
-from serving import running_server, stopped_while_it_hangs
+from serving import ReplayOfAnyCopy, running_server, stopped_while_it_hangs
 
 LENGTHS = (6, 9, 4)
 
@@ -65,9 +65,10 @@ def results(out) -> dict:
 
 @pytest.fixture(scope="module")
 def stale_server(tmp_path_factory):
-    """A replay server of a stale copy of the dataset: only its first two episodes (the same values)."""
+    """A replay server of a stale copy of the dataset: only its first two episodes (the same values). It names no
+    dataset hashes (a replay that does is refused before any trajectory: test_open_loop_replay_dataset)."""
     stale = make_dataset(tmp_path_factory.mktemp("faults") / "stale", lengths=LENGTHS[:2])
-    with running_server(ReplayPolicy(stale, execution_horizon=4)) as running:
+    with running_server(ReplayOfAnyCopy(stale, execution_horizon=4)) as running:
         yield running
 
 
@@ -127,7 +128,7 @@ def test_a_replay_of_an_episode_of_another_length_errors_the_trajectory_instead_
         dataset, trimmed_copy, tmp_path):
     """Every reply said episode_length 4 and episode_done, yet all 6 steps were scored against the replay's padding of
     its last action: a plausible MSE, status complete, exit 0."""
-    with running_server(ReplayPolicy(trimmed_copy, execution_horizon=4)) as trimmed:
+    with running_server(ReplayOfAnyCopy(trimmed_copy, execution_horizon=4)) as trimmed:
         code = open_loop(dataset, trimmed.port, tmp_path / "out", "--traj-ids", "0", "1")
     data = results(tmp_path / "out")
     assert (code, data["status"], list(data["trajectories"])) == (1, "complete", ["1"])
@@ -138,7 +139,7 @@ def test_a_replay_of_an_episode_of_another_length_errors_the_trajectory_instead_
             in errored["error"])
 
 
-class LengthlessReplay(ReplayPolicy):
+class LengthlessReplay(ReplayOfAnyCopy):
     """A replay that reports `episode_done` but not `episode_length` (a server of another make)."""
 
     def reset(self, options=None):
@@ -685,7 +686,7 @@ def test_a_complete_run_says_so_in_its_results(dataset, server, tmp_path):
 def test_an_unreadable_episode_errors_that_trajectory_and_the_others_are_scored(tmp_path, capsys, damaged):
     """One damaged file stopped the run there (aborted, exit 2): every trajectory after it was not run."""
     own = make_dataset(tmp_path / "own", lengths=LENGTHS)
-    with running_server(ReplayPolicy(own, execution_horizon=4)) as replay:
+    with running_server(ReplayOfAnyCopy(own, execution_horizon=4)) as replay:  # its data hash: no longer the file's
         files = sorted((own / ("data" if damaged == "parquet" else "videos")).rglob(f"*episode_000001.{damaged}"))
         files[0].write_bytes(b"garbage")  # episode 1's file, after the server read its actions
         code = open_loop(own, replay.port, tmp_path / "out", "--traj-ids", "0", "1", "2")
@@ -715,8 +716,7 @@ def _as_text(table, column):
     (lambda table: _as_text(table, "observation.state"), "column 'observation.state' of episode 1 holds object values"),
     (lambda table: _as_text(table, "timestamp"), "column 'timestamp' of episode 1 holds object values"),
 ], ids=["state-column-missing", "language-column-missing", "state-as-text", "timestamp-as-text"])
-def test_an_episode_with_a_missing_or_non_numeric_column_errors_that_trajectory_only(dataset, server, tmp_path, damage,
-                                                                                     error):
+def test_an_episode_with_a_missing_or_non_numeric_column_errors_that_trajectory_only(dataset, tmp_path, damage, error):
     """A KeyError (column missing) or numpy's ValueError (text cells) stopped the run there: aborted, exit 2, every
     trajectory after it not run."""
     import shutil
@@ -725,7 +725,8 @@ def test_an_episode_with_a_missing_or_non_numeric_column_errors_that_trajectory_
     shutil.copytree(dataset, damaged)
     path = damaged / "data" / "chunk-000" / "episode_000001.parquet"
     pq.write_table(damage(pq.read_table(path)), path)
-    code = open_loop(damaged, server.port, tmp_path / "out", "--traj-ids", "0", "1", "2")
+    with running_server(ReplayOfAnyCopy(dataset, execution_horizon=4)) as server:
+        code = open_loop(damaged, server.port, tmp_path / "out", "--traj-ids", "0", "1", "2")
     data = results(tmp_path / "out")
     assert (code, data["status"], sorted(data["trajectories"])) == (1, "complete", ["0", "2"])
     [errored] = data["errored_trajectories"]

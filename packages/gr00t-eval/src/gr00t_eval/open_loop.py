@@ -30,8 +30,8 @@ from .dataset import DatasetError, LeRobotDataset
 from .metrics import ActionErrors, NonFiniteError, action_errors, dim_labels, overflow_safe_mean
 from .applied_settings import settings_not_applied, warn_not_applied
 from .open_loop_checks import (TrajectoryError, _chunk, check_action_steps, check_policy_episode, check_policy_position,
-                               check_replay_execution_horizon, dataset_action_keys, evaluated_embodiment,
-                               execution_horizon_for, replay_execution_horizon, reset_policy)
+                               check_replay_execution_horizon, check_replays_dataset, dataset_action_keys,
+                               evaluated_embodiment, execution_horizon_for, replay_execution_horizon, reset_policy)
 from .open_loop_observation import (FLAT_FORMAT_HINT, _EpisodeSteps, _FrameWindows, build_observation, format_hint,
                                     history_steps, observation_key_maps, resolve_observation_format)
 from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
@@ -255,7 +255,7 @@ def evaluate_trajectory(
         except DatasetError as exc:
             raise TrajectoryError(f"its recorded states cannot be sent to the policy: {exc}") from None
     # A stateful policy (ReplayPolicy) moves to this trajectory; a stateless model ignores the options.
-    reset_policy(policy, traj_id, config.execution_horizon, episode.length)
+    reset_policy(policy, traj_id, config.execution_horizon, episode.length, episode.episode_index)
     predicted: List[np.ndarray] = []
     steps_of = _EpisodeSteps(episode)
     windows = _FrameWindows(episode, inference_steps, configs, key_maps)
@@ -264,7 +264,7 @@ def evaluate_trajectory(
         observation = build_observation(steps_of, step, configs, windows.at(step), key_maps, config.observation_format)
         options = None if config.denoising_steps is None else {"denoising_steps": int(config.denoising_steps)}
         action, info = policy.get_action(observation, options=options)
-        check_policy_position(info, traj_id, step, config.execution_horizon)
+        check_policy_position(info, traj_id, step, config.execution_horizon, episode.episode_index)
         check_policy_episode(info, episode.length, step, inference_steps[-1], config.execution_horizon)
         chunk = _chunk(action, action_keys, key_dims, step, config.execution_horizon)
         for j in range(config.execution_horizon):
@@ -384,8 +384,8 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
                            report: Callable[[str], None] = logger.info) -> CheckedPolicy:
     """Ask the policy what it serves and check the run's settings against it and the dataset, before any trajectory:
     ValueError for an execution horizon it cannot serve, another embodiment, action keys the dataset or the policy
-    lacks, or camera, state or language keys of the policy that the dataset lacks (the CLI checks this before it
-    empties an --overwrite folder, so a refused run leaves the earlier results there)."""
+    lacks, camera, state or language keys of the policy that the dataset lacks, or a replay of another dataset (the
+    CLI checks this before it empties an --overwrite folder, so a refused run leaves the earlier results there)."""
     asked = copy.deepcopy(config)  # the caller's config may be changed afterwards: what it was when checked
     replaceable_plots: frozenset = frozenset()
     if config.plot and config.plot_path is not None:  # another run's plots would be replaced (before the CLI's claim
@@ -418,6 +418,7 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
         _check_policy_action_keys(list(configs["action"].modality_keys), list(dataset.action_keys))
     warned: set = set()  # its camera, state and language keys too: each trajectory pairs them the same way
     observation_key_maps(configs, dataset, warned)
+    check_replays_dataset(served, dataset)  # a replay of a split or another export is scored as this one otherwise
     return CheckedPolicy(config, info, served, not_applied, configs, dataset, asked, frozenset(warned),
                          replaceable_plots)
 

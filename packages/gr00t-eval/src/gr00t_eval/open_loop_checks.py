@@ -12,7 +12,9 @@ from gr00t_client import BasePolicy, EmbodimentTag, ModalityConfig
 from gr00t_client.embodiment import names_tag
 
 from .action_steps import check_consecutive_action_deltas
-from .policy_identity import replay_count
+from .dataset import LeRobotDataset
+from .dataset.identity import data_sha256, meta_sha256, replayed_data_files
+from .policy_identity import replay_count, serves_replay
 from .reported_position import is_flag, is_position
 
 logger = logging.getLogger("gr00t_eval.open_loop")  # the open-loop evaluation's one logger, whichever of its modules logs
@@ -22,14 +24,22 @@ class TrajectoryError(RuntimeError):
     """A trajectory that cannot be scored soundly (the policy is not at its episode or step); the run goes on without it."""
 
 
-def check_policy_position(info: Any, traj_id: int, step: int, execution_horizon: int) -> None:
-    """TrajectoryError when the policy's info reports an `episode_index` or `current_step` other than traj_id, step."""
+def check_policy_position(info: Any, traj_id: int, step: int, execution_horizon: int,
+                          dataset_episode: Optional[int] = None) -> None:
+    """TrajectoryError when the policy's info reports an `episode_index` or `current_step` other than traj_id, step, or
+    (a replay) a `dataset_episode_index` other than `dataset_episode`, the trajectory's own episode_index (None: not
+    checked): a replay of a split or another copy is at the same position in another episode."""
     if not isinstance(info, Mapping):
         return
     episode, current = info.get("episode_index"), info.get("current_step")
     if is_position(episode) and episode != traj_id:
         raise TrajectoryError(f"the policy reports episode {episode} while the evaluation is at trajectory {traj_id} "
                               "(does the server replay another copy of the dataset?)")
+    replayed = info.get("dataset_episode_index")
+    if dataset_episode is not None and is_position(replayed) and replayed != dataset_episode:
+        raise TrajectoryError(f"the policy replays the recording's episode_index {replayed} as trajectory {traj_id}, "
+                              f"which is episode_index {dataset_episode} of the dataset evaluated (does the server "
+                              "replay a split or another copy of the dataset?)")
     if is_position(current) and current != step:
         mismatch = horizon_mismatch(info, execution_horizon)
         if mismatch is not None:
@@ -69,9 +79,11 @@ def check_policy_episode(info: Any, episode_length: int, step: int, last_step: O
                               f"and the dataset's episode of {episode_length} steps is queried up to step {last_step}")
 
 
-def reset_policy(policy: BasePolicy, traj_id: int, execution_horizon: int, episode_length: Optional[int] = None) -> None:
-    """Reset the policy to trajectory `traj_id`, step 0; TrajectoryError when it refuses, lands elsewhere or reports
-    an episode of another length than `episode_length` (None: not checked).
+def reset_policy(policy: BasePolicy, traj_id: int, execution_horizon: int, episode_length: Optional[int] = None,
+                 dataset_episode: Optional[int] = None) -> None:
+    """Reset the policy to trajectory `traj_id`, step 0; TrajectoryError when it refuses, lands elsewhere (another
+    position, or another episode_index than `dataset_episode`) or reports an episode of another length than
+    `episode_length` (None: not checked).
 
     A stateless model ignores the options; a server without a reset endpoint is evaluated without one. A
     server that is gone (ConnectionError, TimeoutError) ends the run.
@@ -85,7 +97,7 @@ def reset_policy(policy: BasePolicy, traj_id: int, execution_horizon: int, episo
             logger.warning("the policy server has no reset endpoint; evaluating trajectory %d without a reset", traj_id)
             return
         raise TrajectoryError(f"policy reset failed: {exc}") from exc
-    check_policy_position(info, traj_id, 0, execution_horizon)
+    check_policy_position(info, traj_id, 0, execution_horizon, dataset_episode)
     if episode_length is not None:
         check_policy_episode(info, episode_length, 0, None)
 
@@ -176,6 +188,35 @@ def replay_execution_horizon(served: Optional[Mapping[str, Any]], execution_hori
                "per call; --execution-horizon was left out)")
         return served_horizon
     return execution_horizon
+
+
+def check_replays_dataset(served: Optional[Mapping[str, Any]], dataset: LeRobotDataset) -> None:
+    """ValueError naming both when the replay `served` (a policy record) reports the hashes of another dataset than
+    `dataset`, the one scored against (a split, another export, the same meta/ files with other actions): every
+    trajectory would be scored against another recording's actions. Hashed as the replay hashes its own, so a copy
+    of the same files elsewhere passes. Policies that report no dataset hashes (a model, an older replay) pass; a
+    replay that reports only the meta/ hash is compared on that."""
+    if not serves_replay(served):
+        return
+    identity = served["identity"]  # type: ignore[index]
+    own_hashes = {"dataset_meta_sha256": lambda: meta_sha256(dataset.root),  # first: a few small files, no data read
+                  "dataset_data_sha256": lambda: data_sha256(replayed_data_files(dataset))}
+    for name, own_hash in own_hashes.items():
+        reported = identity.get(name)
+        if not isinstance(reported, str):
+            continue
+        try:
+            own = own_hash()
+        except OSError as exc:
+            raise ValueError(f"{dataset.root} (--dataset-path) cannot be compared with the dataset the replay server "
+                             f"serves ({name} {reported}): {exc}") from None
+        if own != reported:
+            raise ValueError(f"the replay server serves another dataset than {dataset.root} (--dataset-path): it "
+                             f"reports {name} {reported}, and {dataset.root} has {name} {own}, so every trajectory "
+                             "would be scored against another recording's actions (a split, another export, or the "
+                             "same episodes with other actions?); evaluate the dataset the server replays, or serve "
+                             "this one")
+        logger.debug("%s of %s matches the replay server's: %s", name, dataset.root, own)
 
 
 def check_replay_execution_horizon(served: Optional[Mapping[str, Any]], execution_horizon: int,

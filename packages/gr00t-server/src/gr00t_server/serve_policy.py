@@ -43,10 +43,11 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Tuple[Any, Optional[st
         raise CliError(f"--dataset-path {dataset_path} is not a directory")
     from .policies.dataset_changes import DatasetChanges
 
+    dataset_class = require_lerobot_dataset()  # first: the change check lists the files with gr00t-eval's reader too
     # Its files' signatures before it is read: a re-recording while the modality config loads (a .py file runs user
     # code) is refused by the replay, not served under the lengths and seeds read here
     changes = DatasetChanges(Path(os.path.expanduser(dataset_path)))
-    dataset = require_lerobot_dataset()(dataset_path)
+    dataset = dataset_class(dataset_path)
     file_tag = None
     if args.modality_config_path:
         file_tag, modality = configs.load_modality_config_and_tag(args.modality_config_path, tag)

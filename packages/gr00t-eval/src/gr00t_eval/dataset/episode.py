@@ -31,10 +31,10 @@ class Episode:
 
     def _check_row_order(self) -> None:
         """DatasetError unless the rows are the episode's steps in order: `frame_index` (where present) counting up
-        by one from 0, and `timestamp` stepping by 1/fps (timestamps()) from 0 where no frame_index says which step
-        a row is. Rows shuffled, repeated or missing in the file (its first row lost: row k is paired with video frame
-        k) would otherwise be replayed and scored in file order without a word; LeRobot refuses such a dataset at
-        load."""
+        by one from 0 (or from another number, as a dataset-wide numbering does, where `timestamp` starts at 0), and
+        `timestamp` stepping by 1/fps (timestamps()) from 0 where no frame_index says which step a row is. Rows
+        shuffled, repeated or missing in the file (its first row lost: row k is paired with video frame k) would
+        otherwise be replayed and scored in file order without a word; LeRobot refuses such a dataset at load."""
         steps = self.column("frame_index").reshape(-1) if "frame_index" in self.table.column_names else None
         if steps is not None and self.length > 1:
             off = np.flatnonzero(np.diff(steps) != 1) if steps.dtype.kind in "iuf" else np.zeros(1, np.int64)
@@ -43,12 +43,19 @@ class Episode:
                 raise DatasetError(f"{self.record.data_path}: column 'frame_index' of episode {self.episode_index} goes "
                                    f"from {steps[first]} to {steps[first + 1]} at row {first + 1}; the rows of an "
                                    "episode must be its steps in order, each frame_index one more than the last")
-        if steps is not None and steps.size and steps.dtype.kind in "iuf" and steps[0] != 0:
-            raise DatasetError(f"{self.record.data_path}: column 'frame_index' of episode {self.episode_index} starts "
-                               f"at {steps[0]}, expected 0: its first rows are missing, and row k would be paired with "
-                               "the video frame of another step")
         times = self.timestamps()
         fps = self._dataset.fps
+        if steps is not None and steps.size and steps.dtype.kind in "iuf" and steps[0] != 0:
+            # Numbered from the dataset's start (as some converters write frame_index; LeRobot never reads it): the
+            # rows are all there when the timestamps start at 0 and step by 1/fps (timestamps()) and the file has
+            # `length` rows (_read_episode_table refuses fewer), so row k is step k.
+            if "timestamp" in self.table.column_names and times.size and abs(times[0]) <= TIMESTAMP_TOLERANCE / fps:
+                return
+            started = (f"; its 'timestamp' starts at {times[0]:.6g} s" if "timestamp" in self.table.column_names
+                       else "")
+            raise DatasetError(f"{self.record.data_path}: column 'frame_index' of episode {self.episode_index} starts "
+                               f"at {steps[0]}, expected 0{started}: its first rows are missing, and row k would be "
+                               "paired with the video frame of another step")
         if steps is None and times.size and abs(times[0]) > TIMESTAMP_TOLERANCE / fps:
             raise DatasetError(f"{self.record.data_path}: column 'timestamp' of episode {self.episode_index} starts at "
                                f"{times[0]:.6g} s, expected 0 (within {TIMESTAMP_TOLERANCE / fps:.6g} s): its first rows "

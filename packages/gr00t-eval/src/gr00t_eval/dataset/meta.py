@@ -104,6 +104,26 @@ def codebase_major(info: Mapping[str, Any], source: Path) -> int:
         raise DatasetError(f"{source}: field 'codebase_version' must look like 'v2.1', got {version!r}") from exc
 
 
+def check_layout_declared(meta_dir: Path, info: Mapping[str, Any], major: int) -> None:
+    """DatasetError naming `codebase_version` and the files found when the layout it declares (v2.1: tasks.jsonl and
+    episodes.jsonl; v3.0: tasks.parquet and episodes/*.parquet) misses a file and the other layout's are there (a
+    v3.0 folder relabelled v2.1 by hand, or with no version, which reads as v2.1): read as declared, it failed on the
+    first missing file, which sent the user looking for a lost tasks file."""
+    layouts = {"v2.1": ["tasks.jsonl", "episodes.jsonl"], "v3.0": ["tasks.parquet", "episodes/chunk-*/file-*.parquet"]}
+    declared, other = ("v2.1", "v3.0") if major < 3 else ("v3.0", "v2.1")
+    missing = [name for name in layouts[declared] if not any(meta_dir.glob(name))]
+    found = [path.relative_to(meta_dir).as_posix() for name in layouts[other] for path in sorted(meta_dir.glob(name))]
+    if not missing or not found:
+        return
+    version = info.get("codebase_version")
+    said = ("has no codebase_version, which reads as v2.1" if version is None
+            else f"says codebase_version {_cut(repr(version))}")
+    shown = ", ".join(f"meta/{name}" for name in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+    raise DatasetError(f"{meta_dir.parent}: meta/info.json {said}, but the folder has the LeRobot {other} files "
+                       f"{shown} (and no {', '.join(f'meta/{name}' for name in missing)}); set codebase_version to "
+                       f"'{other}'")
+
+
 def read_tasks(meta_dir: Path, major: int) -> Dict[int, str]:
     """task_index -> task string, from tasks.jsonl (v2) or tasks.parquet (v3)."""
     if major < 3:

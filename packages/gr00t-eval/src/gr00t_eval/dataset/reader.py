@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 
 from .episode import Episode
 from .errors import DatasetError, DatasetFileNotFoundError, require_file
-from .meta import (EpisodeRecord, VideoSegment, codebase_major, declared_frame_size, read_episodes, read_json,
-                   read_modality, read_stats, read_tasks)
+from .meta import (EpisodeRecord, VideoSegment, check_layout_declared, codebase_major, declared_frame_size,
+                   read_episodes, read_json, read_modality, read_stats, read_tasks)
 from .modality import ArrayGroup, DatasetModality
 from .stats import group_stats
 from .video import VideoFacts, decode_frames_at, video_stream_facts
@@ -98,6 +98,7 @@ class LeRobotDataset:
                         f"{info_path}: 'features' has no entry '{group.original_key}' for video key '{group.name}' "
                         f"(from meta/modality.json)"
                     )
+        check_layout_declared(meta_dir, info, self._major)  # before the first file of the layout declared is missed
         self.tasks: Dict[int, str] = read_tasks(meta_dir, self._major)
         # Cameras stored as images in the parquet rows (dtype "image", as many LIBERO/ALOHA conversions are) have no
         # mp4 to find: the episode list is read without them, and frames() refuses them by name. A replay never

@@ -4,48 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 Signature = Tuple[int, int, int, int]  # (device, inode, size, mtime_ns)
-
-
-def files_under(folder: Path) -> List[Path]:
-    """Every file under `folder`, through symlinked folders too (Path.rglob does not enter them before Python 3.13:
-    a meta/episodes/ linked in, as a dataset cache may, was left out of the identity); each real folder once."""
-    files, seen = [], set()
-    for top, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:  # a link back up the tree
-            dirs[:] = []
-            continue
-        seen.add(real)
-        files.extend(Path(top) / name for name in names if os.path.isfile(os.path.join(top, name)))
-    return files
-
-
-def meta_files(root: Path) -> List[Path]:
-    """The files a replay's identity hashes and its change check watches: every file under meta/ but the statistics
-    files (STATS_FILES: a replay serves recorded actions, never normalized ones), hidden files and folders (an editor's
-    swap file such as .info.json.swp, .DS_Store, Jupyter's .ipynb_checkpoints/: no reader reads them, and one that
-    came and went made every episode not yet read refused as 'changed on disk') and a writer's leftovers
-    (WRITER_LEFTOVERS), sorted."""
-    meta = Path(root) / "meta"
-    return sorted(p for p in files_under(meta) if p.name not in STATS_FILES and p.suffix not in WRITER_LEFTOVERS
-                  and p.suffix not in BYTECODE_SUFFIXES
-                  and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(meta).parts))
-
-
-# Statistics files, which GR00T's stats tooling writes next to a dataset's others (relative_stats.json, after the
-# recording): one written under a running replay made every episode not yet read refused as 'changed on disk'.
-STATS_FILES = ("stats.json", "relative_stats.json", "episodes_stats.jsonl")
-
-# Python's byte code of a `.py` modality config kept in meta/ (__pycache__/*.pyc, written when serve imports it): no
-# reader reads it, and written after the signatures were taken it made every reset refused as 'changed on disk'.
-BYTECODE_SUFFIXES = (".pyc", ".pyo")
-
-# Suffixes of the names earlier `gr00t-eval record` versions staged meta files under (NAME.tmp, NAME.prev): one a kill -9
-# left mid-rewrite is read by no reader, and hashed it made the same episodes another dataset.
-WRITER_LEFTOVERS = (".tmp", ".prev")
 
 
 def file_signature(path: Path) -> Optional[Signature]:
@@ -87,6 +48,9 @@ class DatasetChanges:
                                "restart the server to serve the new recording")
 
     def _meta_signatures(self) -> Dict[str, Optional[Signature]]:
+        # the files a replay's identity hashes (gr00t-eval comes with the `replay` extra)
+        from gr00t_eval.dataset.identity import meta_files
+
         return {self._name(p): file_signature(p) for p in meta_files(self.root)}
 
     def _first_change(self, data_path: Path) -> Optional[str]:

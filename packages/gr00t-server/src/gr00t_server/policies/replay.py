@@ -25,7 +25,6 @@ from ..serving.sessions import SegmentedLRU, used_how_often
 from .dataset_changes import DatasetChanges
 from .option_names import OptionNames
 from .recorded_seeds import recorded_seeds
-from .replay_identity import dataset_hashes
 
 if TYPE_CHECKING:  # gr00t-eval comes with the `replay` extra, imported when a ReplayPolicy is made
     from gr00t_eval.dataset import LeRobotDataset
@@ -210,8 +209,9 @@ class ReplayPolicy(BasePolicy):
         (its episode list, tasks and info) and of its data files (the recorded actions served), and the execution
         horizon; get_server_info reports it so that an evaluation can tell one policy's results from another's."""
         if self._identity is None:
-            data_files = [self.dataset.episode_data_path(p) for p in range(self.dataset.num_episodes)]
-            self._identity = {"kind": "replay", **dataset_hashes(Path(self.dataset.root), data_files),
+            from gr00t_eval.dataset.identity import replay_hashes  # open-loop hashes its dataset with it too
+
+            self._identity = {"kind": "replay", **replay_hashes(self.dataset),
                               "episodes": self.dataset.num_episodes, "execution_horizon": self.execution_horizon}
         return dict(self._identity)
 
