@@ -133,3 +133,58 @@ def test_a_get_action_is_not_charged_for_another_threads_call_between_its_questi
                 client.close()
             assert action["action.x"].shape == (1, 1)
             assert other_outcome["error"] is None, other_outcome
+
+
+def test_a_new_server_check_may_ask_the_client_from_another_thread_after_a_get_action():
+    """get_action held the client's lock while its on_new_server check ran: a check asking the same client from a
+    helper thread waited for a lock its own caller held, for ever."""
+    with running_server(SlowResetPolicy(), inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=500) as client:
+            answers = []
+
+            def check(current):  # on a helper thread; the join's limit only keeps a deadlock from hanging the test
+                helper, outcome = call_in_thread(lambda: answers.append(current.get_server_info()["policy_class"]))
+                helper.join(10)
+                assert not helper.is_alive(), "the check's get_server_info on another thread never got the client"
+                assert outcome["error"] is None, outcome
+
+            client.on_new_server(check)
+            with pytest.raises(TimeoutError):
+                client.reset()  # slower than the timeout: the socket is replaced, so a new-server check is due
+            wait_until(lambda: client.ping(), "the server to answer again")
+            action, _ = client.get_action(OBSERVATION)
+    assert answers == ["SlowResetPolicy"] and action["action.x"].shape == (1, 1)
+
+
+def test_a_new_server_check_that_fails_replaces_the_get_actions_reply_and_runs_again_next_call():
+    """What the check raises is raised from the get_action it follows, now that it runs once the lock is let go."""
+    with running_server(SlowResetPolicy(), inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=500) as client:
+            verdicts = [RuntimeError("another model is served now"), None]
+
+            def check(_):
+                verdict = verdicts.pop(0)
+                if verdict is not None:
+                    raise verdict
+
+            client.on_new_server(check)
+            with pytest.raises(TimeoutError):
+                client.reset()
+            wait_until(lambda: client.ping(), "the server to answer again")
+            with pytest.raises(RuntimeError, match="another model is served now"):
+                client.get_action(OBSERVATION)
+            action, _ = client.get_action(OBSERVATION)  # the check was still due: it ran again, and passed
+    assert verdicts == [] and action["action.x"].shape == (1, 1)
+
+
+@pytest.mark.parametrize("setting,question", [("strict", "get_modality_config"),
+                                              ("return_server_timing", "get_server_info")])
+def test_a_get_action_on_a_closed_client_that_must_ask_first_names_the_callers_call(setting, question):
+    """strict named only 'get_modality_config', a question the caller never asked; return_server_timing named no call
+    at all ('is closed; make a new PolicyClient')."""
+    client = PolicyClient("127.0.0.1", free_port(), timeout_ms=500, **{setting: True})
+    client.close()
+    with pytest.raises(ClientClosedError) as refused:
+        client.get_action(OBSERVATION)
+    assert (f"PolicyClient for {client.address} is closed, so 'get_action' (asking '{question}' first) was not "
+            "sent; make a new PolicyClient") in str(refused.value), str(refused.value)

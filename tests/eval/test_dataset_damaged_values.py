@@ -415,6 +415,18 @@ def test_an_integer_beyond_float64_in_stats_json_names_the_file_and_the_statisti
         LeRobotDataset(dataset).group_stats("action", "arm")
 
 
+@pytest.mark.parametrize("huge", [1e39, 10 ** 39])
+def test_a_value_beyond_float32_in_stats_json_is_refused_naming_the_statistic_and_index(dataset, huge):
+    """Between float32's and float64's range (1e39) it became inf silently: every unnormalized action inf."""
+    path = dataset / "meta" / "stats.json"
+    stats = json.loads(path.read_text())
+    stats["action"]["std"][1] = huge
+    path.write_text(json.dumps(stats))
+    with pytest.raises(DatasetError, match=r"stats\.json: 'action\.std' value 1e\+39 at index 1 is beyond float32's "
+                                           r"range \(3\.403e\+38\); states and actions are float32"):
+        LeRobotDataset(dataset).group_stats("action", "arm")
+
+
 def test_an_integer_original_key_in_modality_json_is_refused_naming_the_entry(dataset):
     path = dataset / "meta" / "modality.json"
     modality = json.loads(path.read_text())

@@ -19,6 +19,7 @@ from gr00t_server.processing.image import (eval_image_transform_batch, eval_imag
                                            letter_box_pad)
 from gr00t_server.processing.processor import Gr00tN1d7Processor
 from gr00t_server.processing.vision_patches import num_image_tokens, patchify_batch
+from gr00t_server.serving.limits import MAX_LIMIT, ServerLimits
 from gr00t_server.test_checkpoint import example_observation
 
 TAG = "new_embodiment"  # one camera, one time step
@@ -109,6 +110,16 @@ def test_denoising_steps_over_the_cap_are_refused_naming_the_flag_and_the_cap_is
             limits = client.get_server_info()["limits"]
     assert "options['denoising_steps'] must be an int in [1, 16]" in message and "--max-denoising-steps" in message
     assert limits["max_denoising_steps"] == 16 and limits["max_vision_tokens"] == 128 * WIDE_FRAME_TOKENS
+
+
+def test_the_largest_max_rows_is_served_with_its_vision_token_budget_saturated_at_the_wire_range(tiny_checkpoint):
+    """max_rows=2**63 - 1, which ServerLimits and Gr00tPolicy accept, made max_vision_tokens (rows x tokens per row)
+    beyond the wire's 64 bits: every get_server_info failed, and the client took the server for a reference server."""
+    huge = Gr00tPolicy(tiny_checkpoint, TAG, device="cpu", max_rows=MAX_LIMIT)
+    with running_server(huge, limits=ServerLimits(max_rows=MAX_LIMIT)) as server:
+        with PolicyClient(port=server.port, timeout_ms=60000) as client:
+            limits = client.get_server_info()["limits"]
+    assert limits["max_rows"] == MAX_LIMIT and limits["max_vision_tokens"] == MAX_LIMIT
 
 
 def test_a_denoising_cap_below_the_checkpoints_own_steps_is_refused(tiny_checkpoint):

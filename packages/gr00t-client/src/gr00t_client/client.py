@@ -163,6 +163,8 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         self._timeout_ms = check_timeout_ms(value)
 
     def _round_trip(self, envelope: Dict[str, Any], endpoint: str, multipart: bool, deadline: Optional[float] = None) -> Any:
+        if self._context is None:  # a question asked on a call's behalf (return_server_timing's) names that call
+            raise self._closed_error(endpoint)
         if deadline is None:
             deadline = time.monotonic() + self.timeout_ms / 1000.0
         elif deadline <= time.monotonic():  # spent on earlier questions of this call: nothing sent, the socket kept
@@ -415,13 +417,23 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
             return super().get_action(observation, options)
         # The lock is held from the first question to the reply: let go in between, another thread's call ran there
         # and this one's budget, started by its first question, ran out before it sent anything.
-        with self._locked():
-            call.active, call.deadline = True, None
-            try:
-                with self._asking_first("get_action"):  # its questions (kind, configs) are named with it when they fail
-                    return super().get_action(observation, options)
-            finally:
-                call.active, call.deadline = False, None
+        call.check_due = False
+        try:
+            with self._locked():
+                call.active, call.deadline = True, None
+                try:
+                    # its questions (kind, configs) are named with it when they fail
+                    with self._asking_first("get_action"):
+                        result = super().get_action(observation, options)
+                finally:
+                    call.active, call.deadline = False, None
+        except Exception as exc:
+            if call.check_due:  # answered, by a server that may be another now: what the check raises comes first
+                self._check_new_server_after(exc)
+            raise
+        if call.check_due:
+            self._check_new_server()
+        return result
 
     def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         if options is not None and not isinstance(options, Mapping):

@@ -89,8 +89,8 @@ class ClientConnection:
         return f"tcp://{endpoint_host(self.host)}:{self.port}"
 
     def _closed_error(self, endpoint: str) -> ClientClosedError:
-        return ClientClosedError(f"PolicyClient for {self.address} is closed, so '{endpoint}' was not sent; make a new "
-                                 "PolicyClient to call the server again")
+        return ClientClosedError(f"PolicyClient for {self.address} is closed, so {self._named(endpoint)} was not sent; "
+                                 "make a new PolicyClient to call the server again")
 
     def _open_socket(self) -> None:
         """Connect a REQ socket and its monitor, as this client's socket and handshake (set together, once both are

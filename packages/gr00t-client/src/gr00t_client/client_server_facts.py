@@ -195,8 +195,9 @@ class ServerFacts:
         given up (server_changes moved: a restart, maybe with another model behind the same address); what it raises
         is raised from that call, before its reply is used. An answer that is an error reply counts too: what the
         check raises replaces the error (the new server may refuse because it serves another model), and it passing
-        lets the error through. gr00t-eval stops a run there when the server now serves another checkpoint. None
-        removes the check."""
+        lets the error through. It runs once the call has let go of the client's lock, so it may ask this client from
+        any thread. gr00t-eval stops a run there when the server now serves another checkpoint. None removes the
+        check."""
         if check is None:
             # Removed without the call lock: a call in flight on another thread (a prefetch abandoned on Ctrl-C) holds
             # it up to timeout_ms, and that call reads the check once, so it runs the old check or none.
@@ -211,17 +212,20 @@ class ServerFacts:
         changes = self.server_changes
         if check is None or changes == self._checked_server_changes:
             return
+        call = self._call
+        if getattr(call, "active", False):
+            # Inside a get_action, which holds the client's lock to its reply: it runs the check once it lets go (a
+            # check asking this client from another thread waited for that lock, held by the thread waiting for it).
+            call.check_due = True
+            return
         # With a budget of its own (timeout_ms), not the remains of the get_action it follows: after a reconnection
         # that call already paid for a handshake and a get_server_info, and on a slow link a check in the same budget
         # timed out, replaced the socket and so made the next call check (and time out) again, for ever.
-        call = self._call
-        active, deadline = getattr(call, "active", False), getattr(call, "deadline", None)
         own = getattr(call, "own_deadline", None), getattr(call, "budget_ms", None)
-        call.active, call.deadline, call.own_deadline, call.budget_ms = False, None, None, None
+        call.own_deadline, call.budget_ms = None, None
         try:
             check(self)  # raises to the caller; asked again after the next call until it passes
         finally:
-            call.active, call.deadline = active, deadline
             call.own_deadline, call.budget_ms = own
         self._checked_server_changes = self.server_changes  # its own reconnection, if any, was checked by it
 

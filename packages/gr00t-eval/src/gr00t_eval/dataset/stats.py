@@ -10,6 +10,7 @@ from .errors import DatasetError
 from .modality import ArrayGroup
 
 STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def column_stats(values: np.ndarray) -> Dict[str, List[float]]:
@@ -211,8 +212,8 @@ def group_stats(stats: Mapping[str, object], group: ArrayGroup, source: str) -> 
     for name in STAT_NAMES:
         if name not in column:
             raise DatasetError(f"{source}: column '{group.original_key}' lacks the '{name}' statistic")
-        try:
-            values = np.asarray(column[name], dtype=np.float32).reshape(-1)
+        try:  # float64 first: a value beyond float32's range (1e39) became inf silently, and so every action
+            values = np.asarray(column[name], dtype=np.float64).reshape(-1)
         except (TypeError, ValueError) as exc:
             raise DatasetError(f"{source}: '{group.original_key}.{name}' must be a list of numbers, got "
                                f"{str(column[name])[:80]} ({exc})") from None
@@ -223,6 +224,14 @@ def group_stats(stats: Mapping[str, object], group: ArrayGroup, source: str) -> 
             raise DatasetError(
                 f"{source}: '{group.original_key}.{name}' has {values.shape[0]} values; group '{group.name}' needs index {group.end - 1}"
             )
-        out[name] = group.select(values[None, :])[0]
+        used = group.select(np.arange(values.shape[0])[None, :])[0]  # the group's indices in the column
+        selected = values[used]
+        beyond = used[np.isfinite(selected) & (np.abs(selected) > _FLOAT32_MAX)]  # what the cast below turned into inf
+        if beyond.size:  # as gr00t-server's statistics parse refuses them
+            index = int(beyond[0])
+            raise DatasetError(f"{source}: '{group.original_key}.{name}' value {values[index]:g} at index {index} is "
+                               f"beyond float32's range ({_FLOAT32_MAX:.4g}); states and actions are float32, so "
+                               "statistics must fit in it")
+        out[name] = selected.astype(np.float32)
     return out
 

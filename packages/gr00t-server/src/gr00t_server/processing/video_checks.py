@@ -22,6 +22,9 @@ _SQUARE_SIDE = 256  # any side would do: every transform scales a square frame t
 # or 16:9 camera frames fit (a budget of square frames refused them, and a batching server's merged calls of them),
 # while thin frames (a 1x16 frame makes 16 square frames' tokens) still do not.
 _WIDEST_CAMERA_FRAME = (720, 1280)
+# The largest count get_server_info can report (serving.limits.MAX_LIMIT, msgpack's signed 64 bits): a budget derived
+# from a max_rows near it is saturated here, or every get_server_info failed and clients took the server for another.
+_REPORTABLE_MAX = 2**63 - 1
 
 
 class VideoChecks:
@@ -96,12 +99,13 @@ class VideoChecks:
 
     def max_vision_tokens(self, tag: str) -> Optional[int]:
         """The vision tokens one call may make: those of `max_rows` rows of 16:9 frames (or square ones, when those make
-        more), every camera and time step of `tag`; None without `max_rows`."""
+        more), every camera and time step of `tag`, at most 2**63 - 1 (what get_server_info can report); None without
+        `max_rows`."""
         if self.max_rows is None:
             return None
         video = self.modality_configs(tag)["video"]
         frame = max(self.frame_tokens(_SQUARE_SIDE, _SQUARE_SIDE), self.frame_tokens(*_WIDEST_CAMERA_FRAME))
-        return self.max_rows * len(video.modality_keys) * len(video.delta_indices) * frame
+        return min(self.max_rows * len(video.modality_keys) * len(video.delta_indices) * frame, _REPORTABLE_MAX)
 
     def max_rows_like(self, tag: str, video: Mapping[str, object]) -> Optional[int]:
         """The most rows of frames shaped like those of `video` ({key: (B, T, H, W, 3) array}) one call may hold
