@@ -24,7 +24,7 @@ from .endpoints import Endpoint, _safe_text, log_text, named_session
 from .messages import Request, RequestError, unknown_endpoint
 from .reply_frames import ReplyFrames
 from .sessions import SESSION_ENDPOINTS, session_dropper
-from .worker import InlineCallAbandoned, InlineGate, Job, Reply, only_get_action
+from .worker import InlineCallAbandoned, InlineGate, Job, Reply, in_job_order, only_get_action
 from .wrappers import policy_chain
 
 if TYPE_CHECKING:
@@ -87,7 +87,8 @@ class JobRunner(ReplyFrames):
     def execute(self, job: Job) -> List[Reply]:
         """Run one job (on the worker, or a cheap get_action on the socket thread): drop expired requests, evict idle
         sessions, call the policy, encode. Every request of the job gets exactly one reply, whatever fails: a policy's
-        SystemExit, KeyboardInterrupt or CancelledError too (answered as an internal error; the server goes on)."""
+        SystemExit, KeyboardInterrupt or CancelledError too (answered as an internal error; the server goes on). The
+        replies come in the job's order, each connection's in the order it sent its requests (in_job_order)."""
         started = time.monotonic()
         replies: List[Reply] = []
         try:
@@ -102,7 +103,7 @@ class JobRunner(ReplyFrames):
                 self.release_session(request)
         if only_get_action(job):
             self._gate.observe(time.monotonic() - started, served=any(request.outcome == "ok" for request in job))
-        return replies
+        return in_job_order(job, replies)
 
     def release_session(self, request: Request) -> None:
         """Count `request` answered in its session's requests waiting or running (SessionTable.arrived): its session

@@ -21,6 +21,16 @@ DEFAULT_INLINE_BELOW_MS = 1.0
 INLINE_STREAK = 16  # get_action jobs in a row under the limit before the socket thread runs one itself
 
 
+def in_job_order(job: Job, replies: List[Reply]) -> List[Reply]:
+    """`replies` in the order of their requests in `job`, which keeps each connection's order sent (batching.Turns):
+    a batch's refused, NaN-row or expired requests are answered before the merged call answers the rest. Already in
+    order (the common case: one merged call answered all) they come back as they are, unsorted."""
+    if all(request is queued for (request, _), queued in zip(replies, job)):
+        return replies
+    position = {id(request): index for index, request in enumerate(job)}
+    return sorted(replies, key=lambda reply: position.get(id(reply[0]), len(job)))
+
+
 def only_get_action(job: Job) -> bool:
     """True for a job of get_action requests alone: the only jobs the InlineGate times and lets run inline."""
     return bool(job) and all(request.endpoint == "get_action" for request in job)
