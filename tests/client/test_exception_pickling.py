@@ -34,6 +34,8 @@ def _cases():
     return [
         client_module.PolicyServerError("ValueError: bad observation", "get_action"),
         client_module.ServerStoppingError("server is shutting down", "get_action"),
+        client_module.UpstreamFailedError("upstream policy server failed at tcp://127.0.0.1:5555: PolicyTimeoutError: "
+                                          "no reply", "get_action"),
         client_module.DeadlineNotRunError("'get_action' was not run: the client's deadline passed while it waited",
                                           "get_action"),
         client_module.MessageTooLargeError("get_action", 300_000_000, 268_435_456),

@@ -25,6 +25,7 @@ _EXPORTS: Dict[str, str] = {
     "PolicyTimeoutError": ".client",
     "ReplyLostError": ".client",
     "ServerStoppingError": ".client",
+    "UpstreamFailedError": ".client",
     "WireDecodeError": ".codec",
     "WireEncodeError": ".codec",
     "HandshakeError": ".curve",
@@ -57,7 +58,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .client import (ClientClosedError as ClientClosedError, DeadlineNotRunError as DeadlineNotRunError,
                          MessageTooLargeError as MessageTooLargeError, PolicyClient as PolicyClient,
                          PolicyServerError as PolicyServerError, PolicyTimeoutError as PolicyTimeoutError,
-                         ReplyLostError as ReplyLostError, ServerStoppingError as ServerStoppingError)
+                         ReplyLostError as ReplyLostError, ServerStoppingError as ServerStoppingError,
+                         UpstreamFailedError as UpstreamFailedError)
     from .codec import WireDecodeError as WireDecodeError, WireEncodeError as WireEncodeError
     from .curve import HandshakeError as HandshakeError
     from .embodiment import (EMBODIMENT_TAG_TO_PROJECTOR_INDEX as EMBODIMENT_TAG_TO_PROJECTOR_INDEX,

@@ -6,6 +6,7 @@ and client_messages.py; its errors, argument checks and envelope field names are
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import numbers
 import os
@@ -13,16 +14,17 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import zmq
 
 from . import codec, curve, host_lookup
 from .client_connection import ClientConnection
 from .client_errors import (SHUTTING_DOWN, ClientClosedError, DeadlineNotRunError, MessageTooLargeError,
-                            PolicyServerError, PolicyTimeoutError, ReplyLostError, ServerStoppingError)
+                            PolicyServerError, PolicyTimeoutError, ReplyLostError, ServerStoppingError,
+                            UpstreamFailedError)
 from .client_messages import (ERROR_MARKER, PROTOCOL_VERSION, SESSION_CONTINUES_FIELD, TIMEOUT_FIELD, TIMING_OPTION,
-                              ClientMessages)
+                              UPSTREAM_CHANGES_FIELD, ClientMessages)
 from .client_options import (DEFAULT_MAX_REPLY_BYTES, MAX_REPLY_BYTES_LIMIT, MAX_TIMEOUT_MS, check_api_token,
                              check_flag, check_host, check_max_reply_bytes, check_timeout_ms, endpoint_host,
                              is_ipv6_literal, normalize_host)
@@ -51,6 +53,7 @@ __all__ = [
     "PolicyTimeoutError",
     "ReplyLostError",
     "ServerStoppingError",
+    "UpstreamFailedError",
     "endpoint_host",
     "is_ipv6_literal",
     "normalize_host",
@@ -134,6 +137,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         self.server_changes = 0
         self._new_server_check: Optional[Callable[["PolicyClient"], None]] = None
         self._checked_server_changes = 0
+        self._upstream_changes: Optional[int] = None  # a relay server's UPSTREAM_CHANGES_FIELD, as last seen
         self._host_resolved = False  # the host name has resolved once (_check_host_resolves)
         self._unfinished_lookup: Optional[host_lookup.HostLookup] = None  # its lookup, while slower than a call's budget
         self.return_server_timing = check_flag("return_server_timing", return_server_timing)
@@ -324,6 +328,23 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
             finally:
                 call.own_deadline, call.budget_ms = saved
 
+    @contextlib.contextmanager
+    def deadline(self, at: Optional[float]) -> Iterator[None]:
+        """This thread's calls inside the block end by `at` (a time.monotonic() time) where it comes before their own
+        timeout_ms; None changes nothing. A relay passes its robot's deadline upstream so, answering in time."""
+        if at is None:
+            yield
+            return
+        call = self._call
+        saved = getattr(call, "own_deadline", None), getattr(call, "budget_ms", None)
+        own_end = time.monotonic() + self.timeout_ms / 1000.0
+        call.own_deadline = min(at, own_end)
+        call.budget_ms = max(1, int((call.own_deadline - time.monotonic()) * 1000))
+        try:
+            yield
+        finally:
+            call.own_deadline, call.budget_ms = saved
+
     # --- policy API -----------------------------------------------------------------------------
 
     def ping(self, timeout_ms: Optional[int] = None) -> bool:
@@ -455,7 +476,21 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         # Every server's: ours checks its policy's output, but a get_action an operator registered in its place (or
         # an older gr00t-server) may not, and a robot must never be handed a NaN (about 5 us for a LIBERO chunk).
         self._refuse_non_finite(reply[0])
+        self._notice_upstream_change(reply[1])
         return reply[0], reply[1]
+
+    def _notice_upstream_change(self, info: Any) -> None:
+        """A relay's upstream reconnected (its info's UPSTREAM_CHANGES_FIELD moved): the model behind this server may
+        be another, so this counts as a server change (forgotten facts, on_new_server's check), as a restart does."""
+        changes = info.get(UPSTREAM_CHANGES_FIELD) if isinstance(info, Mapping) else None
+        if not isinstance(changes, int) or isinstance(changes, bool) or changes == self._upstream_changes:
+            return
+        if self._upstream_changes is not None:
+            logger.info("the upstream of the relay at %s reconnected; asking the relay for its facts again", self.address)
+            self._forget_server()
+            self.server_changes += 1
+            self._call.check_due = True  # get_action runs the check once it lets go of the lock
+        self._upstream_changes = changes
 
     # --- lifetime -------------------------------------------------------------------------------
 

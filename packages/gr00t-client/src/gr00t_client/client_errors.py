@@ -24,6 +24,8 @@ SHUTTING_DOWN = "server is shutting down"  # how our server's answers begin once
 NOT_RUN_FOR_DEADLINE = "was not run: the client's deadline"  # our server's refusal of a request out of time
 # ... and of a batched request whose merged call ran and failed (on another's input, say), out of time for another run
 NOT_RERUN_FOR_DEADLINE = "could not run again in time"
+# how a relay's answer begins when its upstream did not answer or failed (gr00t_server.serving.relay)
+UPSTREAM_FAILED = "upstream policy server failed"
 
 
 class ServerStoppingError(PolicyServerError, ConnectionError):
@@ -32,12 +34,19 @@ class ServerStoppingError(PolicyServerError, ConnectionError):
     A ConnectionError too, as the connection is as good as gone."""
 
 
+class UpstreamFailedError(PolicyServerError, ConnectionError):
+    """A relay (a gr00t-server serving a PolicyClient) answered that its upstream server did not answer or failed: the
+    request was not served. A ConnectionError too, so an evaluation's liveness rules count it as a server gone."""
+
+
 def server_error(message: str, endpoint: Optional[str]) -> PolicyServerError:
     """The error for a server's error reply, its text bounded and escaped (peer_text.shown_text): ServerStoppingError
     when the server says it is shutting down, DeadlineNotRunError when it did not run the request for want of time."""
     message = shown_text(message)
     if message.startswith(SHUTTING_DOWN):
         return ServerStoppingError(message, endpoint)
+    if message.startswith(UPSTREAM_FAILED):
+        return UpstreamFailedError(message, endpoint)
     if NOT_RUN_FOR_DEADLINE in message or NOT_RERUN_FOR_DEADLINE in message:
         return DeadlineNotRunError(message, endpoint)
     return PolicyServerError(message, endpoint)

@@ -17,6 +17,9 @@ ERROR_MARKER = "__gr00t_error__"
 TIMING_OPTION = "return_server_timing"
 TIMEOUT_FIELD = "timeout_ms"  # envelope field: the client's remaining budget; gr00t-server drops the request after it
 SESSION_CONTINUES_FIELD = "session_continues"  # see _session_served (gr00t_server.serving.messages reads it)
+# get_action info field of a relay (a gr00t-server serving a PolicyClient): its client's server_changes, which moves
+# when the upstream may serve another model; the robot's client then counts a server change of its own (on_new_server)
+UPSTREAM_CHANGES_FIELD = "upstream_server_changes"
 
 
 class ClientMessages:

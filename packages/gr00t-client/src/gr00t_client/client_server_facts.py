@@ -46,6 +46,10 @@ class ServerFacts:
         self.server_observation_format: Optional[str] = None
         self.server_policy_kind: Optional[str] = None
         self.server_policy_class: Optional[str] = None
+        # The policy_identity and embodiment_tag the server's info reports (None when unknown): what a server serving
+        # this client (a relay) reports as its own, so that an evaluation through it pins the upstream's policy.
+        self.server_policy_identity: Optional[Dict[str, Any]] = None
+        self.server_embodiment_tag: Optional[str] = None
         # Whether the server's policy keeps state per session (a replay, a custom history); None when unknown (older).
         self.server_keeps_sessions: Optional[bool] = None
         self._server_info_asked = False  # get_server_info asked (a forced wire="multipart" never negotiates)
@@ -121,6 +125,9 @@ class ServerFacts:
         self.server_policy_kind = kind if isinstance(kind, str) else None
         policy_class = info.get("policy_class")
         self.server_policy_class = policy_class if isinstance(policy_class, str) else None
+        self.server_policy_identity = dict(identity) if isinstance(identity, Mapping) else None
+        tag = info.get("embodiment_tag")
+        self.server_embodiment_tag = tag if isinstance(tag, str) else None
         keeps = info.get("keeps_sessions")
         self.server_keeps_sessions = keeps if isinstance(keeps, bool) else None
 
@@ -143,6 +150,26 @@ class ServerFacts:
             if self._server_is_ours and isinstance(info, Mapping):
                 self._learn_policy_facts(info)
             self._server_info_asked = True
+
+    def identity(self) -> Optional[Dict[str, Any]]:
+        """The policy_identity the server last reported (None when unknown or none), read without asking: a server
+        serving this client (a relay) reports it as its own, so an evaluation through the relay pins the upstream's."""
+        return self.server_policy_identity
+
+    @property
+    def known_modality_config(self) -> Optional[Dict[str, ModalityConfig]]:
+        """The server's modality configs as learnt, without asking (None until learnt, and after a reconnection)."""
+        return self._modality_config
+
+    def refresh_server_facts(self, timeout_ms: Optional[int] = None) -> None:
+        """Learn the server's facts (info and modality configs) where a reconnection forgot them or none were learnt
+        yet; nothing is sent when they are known. A relay's worker calls it so that its socket thread never asks."""
+        self._learn_server_facts(timeout_ms)
+        if self._server_is_ours and self._modality_config is None:
+            with self._locked():
+                if self._modality_config is None:
+                    configs = self.call_endpoint("get_modality_config", requires_input=False, timeout_ms=timeout_ms)
+                    self._modality_config = configs or {}
 
     def _probe_wire_generation(self, deadline: Optional[float]) -> None:
         """Learn a reference server's wire generation before any array is sent to it.

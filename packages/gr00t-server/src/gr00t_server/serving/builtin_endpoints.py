@@ -9,6 +9,8 @@ import threading
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from gr00t_client.client import PROTOCOL_VERSION
+from gr00t_client.client_errors import UPSTREAM_FAILED
+from gr00t_client.client_messages import UPSTREAM_CHANGES_FIELD
 from gr00t_client.policy import NonFiniteActionError, as_modality_configs
 
 from . import limits as work_limits
@@ -17,7 +19,8 @@ from .endpoints import LOGGED_ERROR_CHARS, _safe_text, error_text, is_loopback_p
 from .execution import call_rows, policy_stages
 from .identity import encodable_identity
 from .messages import Request, RequestError
-from .sessions import keeps_sessions, takes_session_lost
+from .relay import UPSTREAM_MARGIN_MS, UpstreamFailure, relayed_class, upstream_client, upstream_error
+from .sessions import FACTS_AT_START_TIMEOUT_MS, check_no_shared_replay_session, keeps_sessions, takes_session_lost
 from .worker import InlineCallAbandoned
 from .wrappers import policy_chain
 
@@ -60,6 +63,8 @@ class BuiltinEndpoints:
         try:
             self._policy_info_fact("observation_format", _observation_format)
             self._policy_info_fact("work_limits", work_limits.policy_work_limits)
+            if self._upstream is not None:
+                self._refresh_upstream_facts()
             if self.max_batch_size > 1:  # a supports_batching that raises fails the start, not the first get_action
                 supported = self._policy_fact(_supports_batching)
                 if isinstance(supported, Exception):
@@ -86,6 +91,45 @@ class BuiltinEndpoints:
     def token_counter(self) -> Optional[work_limits.TokenCounter]:
         """The policy's language token counter for --max-language-tokens (limits.token_counter), or None."""
         return self._policy_fact(work_limits.token_counter)
+
+    @property
+    def _upstream(self) -> Any:
+        """The PolicyClient the served chain ends in (this server is a relay), or None."""
+        return self._policy_fact(upstream_client)
+
+    def _refresh_upstream_facts(self) -> None:
+        """Learn the upstream's facts and modality configs where its client forgot them (it reconnected), off the
+        socket thread (run() before serving, the worker after each call), so get_server_info answers from them at once;
+        the upstream's failure is logged: the next request is told it."""
+        upstream, policy = self._upstream, self.policy
+        try:
+            upstream.refresh_server_facts(timeout_ms=min(upstream.timeout_ms, FACTS_AT_START_TIMEOUT_MS))
+            changes = upstream.server_changes
+            if self._relay_configs[:2] != [policy, changes]:
+                getter = getattr(policy, "get_modality_config", None)
+                self._relay_configs = [policy, changes, as_modality_configs(getter()) if getter else {}]
+        except Exception as exc:  # noqa: BLE001 - an upstream refusing (a token) or failing must not fail this reply
+            logger.warning("could not learn what the upstream at %s serves (%s: %s)", upstream.address,
+                           type(exc).__name__, log_text(_safe_text(exc), LOGGED_ERROR_CHARS, quoted=False))
+
+    def _relayed(self, call: Callable[[], Any], request: Request) -> Any:
+        """`call()` of a relay's policy: the upstream re-checked for a session-keeping policy after its client
+        reconnected, the robot's deadline passed upstream, and the upstream's errors named by its address."""
+        upstream = self._upstream
+        at = None if request.deadline is None else request.deadline - UPSTREAM_MARGIN_MS / 1000.0
+        try:
+            with upstream.deadline(at):
+                upstream.refresh_server_facts()  # notices a reconnection: whoever answers now may keep sessions
+            if upstream.server_changes != self._relay_checked_changes:
+                check_no_shared_replay_session(self.policy)  # the same refusal as at start
+                self._relay_checked_changes = upstream.server_changes
+            with upstream.deadline(at):
+                return call()
+        except BaseException as exc:
+            relayed = upstream_error(upstream, exc)
+            if relayed is None:
+                raise
+            raise relayed from None
 
     def _with_session(self, options: Any, request: Request) -> Any:
         if options is not None and not isinstance(options, dict):
@@ -120,7 +164,10 @@ class BuiltinEndpoints:
         assert request is not None
         options = self._with_session(options, request)
         try:
-            raw = self.policy.get_action(observation, options)
+            if self._upstream is None:
+                raw = self.policy.get_action(observation, options)
+            else:
+                raw = self._relayed(lambda: self.policy.get_action(observation, options), request)
         except BaseException as exc:  # counted whatever failed it, a SystemExit too
             request.call_ran = self._runner.count_failed_call(exc, 1, call_rows(request))
             if not isinstance(exc, NonFiniteActionError):
@@ -136,6 +183,9 @@ class BuiltinEndpoints:
         action, info = work_limits.action_and_info(raw)
         request.timing = policy_stages(self.policy)
         work_limits.check_finite_action(action, observation)
+        if self._upstream is not None:
+            self._refresh_upstream_facts()  # before the reply: the robot's check asks info once it sees a change
+            info[UPSTREAM_CHANGES_FIELD] = self._upstream.server_changes
         return [action, info]
 
     def _reset(self, options: Any = None) -> Any:
@@ -148,9 +198,18 @@ class BuiltinEndpoints:
         reset = getattr(self.policy, "reset", None)
         if not callable(reset):  # a stateless policy object without reset (the reference has no reset endpoint)
             return {}
-        return reset(options)
+        if self._upstream is None:
+            return reset(options)
+        return self._relayed(lambda: reset(options), request)
 
     def _get_modality_config(self) -> Any:
+        if self._upstream is not None:  # on the socket thread: the configs learnt off it, never the upstream's lock
+            policy, _, configs = self._relay_configs
+            if policy is not self.policy or configs is None:
+                raise UpstreamFailure(f"{UPSTREAM_FAILED} at {self._upstream.address}: its modality "
+                                          "configs are not known yet (it has not answered this relay); ask again "
+                                          "once it answers")
+            return configs
         getter = getattr(self.policy, "get_modality_config", None)
         return as_modality_configs(getter()) if getter else {}
 
@@ -206,16 +265,18 @@ class BuiltinEndpoints:
         except BaseException as exc:  # info must answer even when the policy cannot (a SystemExit in its config loader)
             modality = {"error": error_text("get_modality_config", exc)[0]}
         self.session_table()  # a policy swapped in: the session limits said below are its own
+        upstream = self._upstream  # a relay reports its upstream's policy (learnt off this thread)
         return {
             "server": "gr00t-server",
             "protocol_version": PROTOCOL_VERSION,
             "versions": {"gr00t-server": server_version, "gr00t-client": client_version},
-            "policy_class": type(self.policy).__name__,
-            "observation_format": self._policy_info_fact("observation_format", _observation_format),
+            "policy_class": type(self.policy).__name__ if upstream is None else relayed_class(self.policy, upstream),
+            "observation_format": (upstream.server_observation_format
+                                   if upstream is not None and upstream is self.policy else self._policy_info_fact("observation_format", _observation_format)),
             "policy_identity": self._policy_identity(),
             # a gateway (PolicyServer(PolicyClient(this server))) refuses to merge its robots into one session of ours
             "keeps_sessions": self._policy_uses_sessions,
-            "embodiment_tag": self.embodiment_tag,
+            "embodiment_tag": (upstream.server_embodiment_tag if upstream is not None else None) or self.embodiment_tag,
             "modality_configs": modality,
             "capabilities": ["multipart", "sessions", "server_timing", "deadlines"]
             + (["batching"] if self.batching_enabled else []),

@@ -146,6 +146,10 @@ class PolicyServer(BuiltinEndpoints):
         self.policy = policy  # checked (the property's setter)
         # Facts about the policy's wrapper chain (_policy_fact), learnt once per policy object: [policy, {fact: value}]
         self._policy_facts: List[Any] = [None, {}]
+        # A relay's (relay.py): [policy, its client's server_changes, modality configs] learnt off the socket thread,
+        # and the server_changes at which the upstream was last checked for a session-keeping policy
+        self._relay_configs: List[Any] = [None, None, None]
+        self._relay_checked_changes: Optional[int] = None
         # The client's check ('*', every interface, passes as serve's --host does): None, '' or a 'host:port' bound
         # tcp://None:0 and failed in start() with "No such device"
         self.host = check_host(host)

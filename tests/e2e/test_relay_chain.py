@@ -1,0 +1,192 @@
+"""A relay (robot -> a PolicyServer serving a PolicyClient -> the upstream), all on loopback: it reports the
+upstream's policy, passes the upstream's errors on by name, re-checks a restarted upstream and answers info
+while it waits."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from gr00t_client import BasePolicy, PolicyClient, PolicyServerError
+from gr00t_client.modality import ModalityConfig
+from gr00t_eval.policy_identity import ServedPolicyChanged, pinned_policy, policy_record
+
+from serving import RestartableServer, running_server
+
+LANGUAGE = "annotation.human.action.task_description"
+CONFIGS = {
+    "video": ModalityConfig(delta_indices=[0], modality_keys=["image"]),
+    "state": ModalityConfig(delta_indices=[0], modality_keys=["arm"]),
+    "action": ModalityConfig(delta_indices=[0, 1], modality_keys=["arm"]),
+    "language": ModalityConfig(delta_indices=[0], modality_keys=[LANGUAGE]),
+}
+
+
+class Checkpoint(BasePolicy):
+    """A model stand-in answering `value`; identity() names its checkpoint; `gate`, when given, holds each call."""
+
+    observation_format = "nested"
+
+    def __init__(self, value: float = 1.0, name: str = "A", strict: bool = False, gate=None):
+        super().__init__(strict=strict)
+        self.value, self.name, self.gate = value, name, gate
+        self.entered = threading.Event()
+
+    def get_modality_config(self):
+        return CONFIGS
+
+    def identity(self):
+        return {"kind": "test", "checkpoint": self.name}
+
+    def reset(self, options=None):
+        return {}
+
+    def _get_action(self, observation, options=None):
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(10)
+        rows = len(observation["language"][LANGUAGE])
+        return {"arm": np.full((rows, 2, 3), self.value, np.float32)}, {}
+
+
+class SessionKeeping(Checkpoint):
+    stateful_sessions = True
+
+
+def observation():
+    return {"video": {"image": np.zeros((1, 1, 8, 8, 3), np.uint8)},
+            "state": {"arm": np.zeros((1, 1, 3), np.float32)},
+            "language": {LANGUAGE: [["pick"]]}}
+
+
+@contextlib.contextmanager
+def relay_of(port: int, timeout_ms: int = 5000) -> Iterator[Any]:
+    with PolicyClient("127.0.0.1", port, timeout_ms=timeout_ms) as upstream_client:
+        with running_server(upstream_client) as relay:
+            yield relay
+
+
+def test_relay_reports_the_upstreams_class_identity_tag_and_observation_format():
+    with running_server(Checkpoint(name="A"), embodiment_tag="new_embodiment") as upstream, \
+            relay_of(upstream.port) as relay, PolicyClient("127.0.0.1", relay.port) as robot:
+        info = robot.get_server_info()
+    assert info["policy_class"] == "PolicyClient -> Checkpoint"
+    assert info["policy_identity"] == {"kind": "test", "checkpoint": "A"}
+    assert info["embodiment_tag"] == "new_embodiment"
+    assert info["observation_format"] == "nested"
+
+
+def test_pinned_policy_through_a_relay_stops_when_the_upstream_serves_another_checkpoint():
+    upstream = RestartableServer(lambda: Checkpoint(1.0, "A"))
+    try:
+        with relay_of(upstream.port) as relay, PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot:
+            record = policy_record(robot)
+            with pinned_policy(robot, record):
+                robot.get_action(observation())
+                upstream.make_policy = lambda: Checkpoint(7.0, "B")
+                upstream.restart(reconnecting=1)
+                with pytest.raises(ServedPolicyChanged, match="checkpoint B"):
+                    for _ in range(3):
+                        robot.get_action(observation())
+    finally:
+        upstream.stop()
+
+
+def test_an_upstream_refusal_reaches_the_robot_with_its_words_and_the_upstreams_address():
+    with running_server(Checkpoint(strict=True)) as upstream, relay_of(upstream.port) as relay, \
+            PolicyClient("127.0.0.1", relay.port) as robot:
+        wrong = observation()
+        wrong["state"] = {"leg": np.zeros((1, 1, 3), np.float32)}
+        with pytest.raises(PolicyServerError) as refused:
+            robot.get_action(wrong)
+        internal_errors = relay.stats.snapshot().get("internal_errors")
+    assert f"upstream tcp://127.0.0.1:{upstream.port}: ObservationError: State key 'arm' is missing" in str(refused.value)
+    assert not isinstance(refused.value, ConnectionError)  # the robot's mistake, not a server gone
+    assert not internal_errors
+
+
+def test_a_dead_upstream_is_a_connection_error_naming_the_upstream():
+    upstream = RestartableServer(lambda: Checkpoint())
+    port = upstream.port
+    try:
+        with relay_of(port, timeout_ms=1000) as relay, PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot:
+            robot.get_action(observation())
+            upstream.stop()  # the upstream dies (a crash, a host reboot)
+            # a ConnectionError: gr00t-eval's liveness counts it as a server gone, not as the robot's mistake
+            with pytest.raises(ConnectionError, match=f"upstream policy server failed at tcp://127.0.0.1:{port}"):
+                robot.get_action(observation())
+    finally:
+        with contextlib.suppress(Exception):
+            upstream.stop()
+
+
+def test_the_robots_deadline_is_passed_upstream_so_a_hung_upstream_is_named_in_time():
+    gate = threading.Event()
+    try:
+        with running_server(Checkpoint(gate=gate)) as upstream, relay_of(upstream.port, timeout_ms=60_000) as relay, \
+                PolicyClient("127.0.0.1", relay.port, timeout_ms=2000) as robot:
+            with pytest.raises(ConnectionError, match=f"upstream policy server failed at tcp://127.0.0.1:{upstream.port}"):
+                robot.get_action(observation())
+            gate.set()
+    finally:
+        gate.set()
+
+
+def test_a_relay_answers_get_server_info_while_an_upstream_call_runs():
+    gate = threading.Event()
+    policy = Checkpoint(gate=gate)
+    try:
+        with running_server(policy) as upstream, relay_of(upstream.port) as relay, \
+                PolicyClient("127.0.0.1", relay.port, timeout_ms=15_000) as robot_a, \
+                PolicyClient("127.0.0.1", relay.port, timeout_ms=2000) as robot_b:
+            robot_b.get_server_info()  # learnt before A's call holds the relay's client
+            calling = threading.Thread(target=robot_a.get_action, args=(observation(),), daemon=True)
+            calling.start()
+            assert policy.entered.wait(10)
+            info = robot_b.get_server_info()  # on the relay's socket thread: never behind the upstream call
+            configs = robot_b.call_endpoint("get_modality_config", requires_input=False)
+            gate.set()
+            calling.join(10)
+    finally:
+        gate.set()
+    assert info["policy_identity"] == {"kind": "test", "checkpoint": "A"}
+    assert set(configs) == set(CONFIGS)
+
+
+def test_an_upstream_restarted_with_a_session_keeping_policy_is_refused_naming_the_shared_session():
+    upstream = RestartableServer(lambda: Checkpoint())
+    try:
+        with relay_of(upstream.port) as relay, PolicyClient("127.0.0.1", relay.port) as robot:
+            robot.reset()
+            upstream.make_policy = SessionKeeping
+            upstream.restart(reconnecting=1)
+            with pytest.raises(PolicyServerError, match="would share its one session"):
+                for _ in range(2):  # the reconnection may be seen by the first forwarded call itself
+                    robot.reset()
+    finally:
+        upstream.stop()
+
+
+def test_a_dead_upstream_stops_an_evaluation_as_requests_that_keep_failing():
+    from gr00t_eval.rollout.liveness import ServerWatch
+
+    upstream = RestartableServer(lambda: Checkpoint())
+    port = upstream.port
+    try:
+        with relay_of(port, timeout_ms=1000) as relay, PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot:
+            robot.get_action(observation())
+            upstream.stop()
+            watch, reasons = ServerWatch(robot), []
+            for _ in range(watch.max_consecutive_timeouts):
+                with pytest.raises(ConnectionError) as failed:
+                    robot.get_action(observation())
+                reasons.append(watch.unreachable_reason(failed.value))
+    finally:
+        with contextlib.suppress(Exception):
+            upstream.stop()
+    assert reasons[:-1] == [None] * (len(reasons) - 1)  # the relay answers pings: not stopped at the first
+    assert f"upstream policy server failed at tcp://127.0.0.1:{port}" in reasons[-1]
