@@ -156,6 +156,29 @@ def test_a_new_server_check_may_ask_the_client_from_another_thread_after_a_get_a
     assert answers == ["SlowResetPolicy"] and action["action.x"].shape == (1, 1)
 
 
+@pytest.mark.parametrize("endpoint,data", [("reset", {"options": None}),
+                                           ("get_action", {"observation": OBSERVATION, "options": None})])
+def test_a_new_server_check_may_ask_the_client_from_another_thread_after_a_call_with_its_own_timeout(endpoint, data):
+    """call_endpoint(..., timeout_ms=N) held the client's lock around the whole call, its on_new_server check included:
+    a check asking the same client from a helper thread waited for that lock until the check gave up."""
+    with running_server(SlowResetPolicy(), inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=500) as client:
+            answers = []
+
+            def check(current):  # on a helper thread; the join's limit only keeps a deadlock from hanging the test
+                helper, outcome = call_in_thread(lambda: answers.append(current.get_server_info()["policy_class"]))
+                helper.join(5)
+                assert not helper.is_alive(), "the check's get_server_info on another thread never got the client"
+                assert outcome["error"] is None, outcome
+
+            client.on_new_server(check)
+            with pytest.raises(TimeoutError):
+                client.reset()  # slower than the timeout: the socket is replaced, so a new-server check is due
+            wait_until(lambda: client.ping(), "the server to answer again")
+            client.call_endpoint(endpoint, data, timeout_ms=3000)
+    assert answers == ["SlowResetPolicy"]
+
+
 def test_a_new_server_check_that_fails_replaces_the_get_actions_reply_and_runs_again_next_call():
     """What the check raises is raised from the get_action it follows, now that it runs once the lock is let go."""
     with running_server(SlowResetPolicy(), inline_below_ms=0) as server:

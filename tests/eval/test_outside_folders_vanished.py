@@ -7,7 +7,7 @@ import json
 import pytest
 
 from eval.dataset_factory import make_dataset
-from eval.scale_fixtures import policy_server
+from eval.scale_fixtures import ConstantPolicy, policy_server
 from eval.test_run_folder_vanished import RemovesFolderOnCall, rollout  # its vanishcam env, registered on import
 from gr00t_eval.cli import main
 from gr00t_server.policies.replay import ReplayPolicy
@@ -42,10 +42,35 @@ def test_a_batch_whose_job_video_dir_vanishes_mid_job_stops_naming_it(tmp_path, 
             "overrides": {"n_action_steps": 2, "vectorization": "sync", "video_dir": str(videos)}}]}))
         assert main(["--log-level", "ERROR", "batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"the video folder {videos} disappeared (unmounted or deleted)" in line, line
+    assert f"the video folder of job 'only' {videos} disappeared (unmounted or deleted)" in line, line
     assert f"gr00t-eval batch --resume {out}" in line, line
     assert not videos.exists()
     assert len(list(aside.glob("episode_*.mp4"))) == 2
+
+
+def test_a_batch_goes_on_when_a_finished_jobs_video_dir_is_moved_away(tmp_path, capsys):
+    """Every job's outside video folder was watched for the whole batch: archiving a finished job's videos stopped the
+    next job, which never writes there, saying the folder vanished 'while its job wrote to it'."""
+    out, jobs, first, second, archive = (tmp_path / "batch", tmp_path / "jobs.json", tmp_path / "share" / "a",
+                                         tmp_path / "share" / "b", tmp_path / "archive")
+
+    class ArchivesFinishedJobsVideos(ConstantPolicy):  # job 'first' done (its results written): its videos moved away
+        def _get_action(self, observation, options=None):
+            if first.exists() and (out / "jobs" / "first" / "results.json").exists():
+                first.rename(archive)
+            return super()._get_action(observation, options)
+
+    with policy_server(ArchivesFinishedJobsVideos()) as server:
+        def job(name, video_dir):
+            return {"name": name, "env_name": "vanishcam/slow", "policy_server": {"port": server.port},
+                    "n_episodes": 2, "n_envs": 1, "max_episode_steps": 6, "seed": 3,
+                    "overrides": {"n_action_steps": 2, "vectorization": "sync", "video_dir": str(video_dir)}}
+
+        jobs.write_text(json.dumps({"jobs": [job("first", first), job("second", second)]}))
+        code = main(["--log-level", "ERROR", "batch", "--jobs", str(jobs), "--output-dir", str(out)])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    assert not first.exists() and len(list(archive.glob("episode_*.mp4"))) == 2
+    assert len(list(second.glob("episode_*.mp4"))) == 2
 
 
 def test_an_open_loop_run_whose_plot_folder_vanishes_mid_run_gives_those_plots_a_plot_error(tmp_path):

@@ -152,7 +152,9 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         self._lock_owner: Optional[int] = None  # the thread inside a call (set once the lock is held)
         self._awaiting: Optional[str] = None  # the endpoint whose reply the REQ socket awaits (re-entry guard)
         self._closing = threading.Event()  # set by close(); an in-flight call gives up its wait at once
-        # .active/.deadline: one budget for a whole get_action (negotiation, configs, the call), from its first question
+        # .active/.deadline: one budget for a whole get_action (negotiation, configs, the call), from its first
+        # question; .check_due: a new-server check that call (or one with its own timeout_ms) runs once it lets go of
+        # the lock
         self._call = threading.local()
 
     # --- transport ------------------------------------------------------------------------------
@@ -319,14 +321,41 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
     def _call_within(self, budget_ms: int, endpoint: str, data: Optional[Dict[str, Any]], requires_input: bool) -> Any:
         # The budget lives in this thread's call state, never in self.timeout_ms: another thread's call on the
         # shared client keeps its own budget. Taken once the lock is held, like _deadline's.
-        with self._locked():
-            call = self._call  # read once the lock is held: a first call after a fork gets the child's call state
+        def within_budget() -> Any:  # the lock is held: a first call after a fork gets the child's call state
+            call = self._call
             saved = getattr(call, "own_deadline", None), getattr(call, "budget_ms", None)
             call.own_deadline, call.budget_ms = time.monotonic() + budget_ms / 1000.0, budget_ms
             try:
                 return self.call_endpoint(endpoint, data, requires_input)
             finally:
                 call.own_deadline, call.budget_ms = saved
+
+        return self._locked_check_deferred(within_budget)
+
+    def _locked_check_deferred(self, work: Callable[[], Any]) -> Any:
+        """`work()` holding the client's lock, one budget for all of it (_deadline); the new-server check it makes due
+        runs once the lock is let go, so the check may ask this client from any thread, and what it raises comes
+        before work's reply or error. Nested in such a call (a subclass calling back in), the outer one runs it."""
+        self._adopt_after_fork()  # first: a forked child's adoption replaces self._call, and with it this state
+        call = self._call
+        if getattr(call, "active", False):
+            with self._locked():
+                return work()
+        call.check_due = False
+        try:
+            with self._locked():
+                call.active, call.deadline = True, None
+                try:
+                    return_value = work()
+                finally:
+                    call.active, call.deadline = False, None
+        except Exception as exc:
+            if call.check_due:  # answered, by a server that may be another now: what the check raises comes first
+                self._check_new_server_after(exc)
+            raise
+        if call.check_due:
+            self._check_new_server()
+        return return_value
 
     @contextlib.contextmanager
     def deadline(self, at: Optional[float]) -> Iterator[None]:
@@ -433,28 +462,16 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         """BasePolicy.get_action within one timeout_ms budget: a first call's questions to the server (its kind, and
         for a strict client its modality config) come out of the same budget as the call itself."""
         self._adopt_after_fork()  # first: a forked child's adoption replaces self._call, and with it this budget
-        call = self._call
-        if getattr(call, "active", False):  # nested (a subclass calling back in): the outer budget
+        if getattr(self._call, "active", False):  # nested (a subclass calling back in): the outer budget
             return super().get_action(observation, options)
+
+        def asked() -> Tuple[Dict[str, Any], Dict[str, Any]]:
+            with self._asking_first("get_action"):  # its questions (kind, configs) are named with it when they fail
+                return super(PolicyClient, self).get_action(observation, options)
+
         # The lock is held from the first question to the reply: let go in between, another thread's call ran there
         # and this one's budget, started by its first question, ran out before it sent anything.
-        call.check_due = False
-        try:
-            with self._locked():
-                call.active, call.deadline = True, None
-                try:
-                    # its questions (kind, configs) are named with it when they fail
-                    with self._asking_first("get_action"):
-                        result = super().get_action(observation, options)
-                finally:
-                    call.active, call.deadline = False, None
-        except Exception as exc:
-            if call.check_due:  # answered, by a server that may be another now: what the check raises comes first
-                self._check_new_server_after(exc)
-            raise
-        if call.check_due:
-            self._check_new_server()
-        return result
+        return self._locked_check_deferred(asked)
 
     def _get_action(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         if options is not None and not isinstance(options, Mapping):

@@ -241,8 +241,9 @@ class ServerFacts:
             return
         call = self._call
         if getattr(call, "active", False):
-            # Inside a get_action, which holds the client's lock to its reply: it runs the check once it lets go (a
-            # check asking this client from another thread waited for that lock, held by the thread waiting for it).
+            # Inside a get_action or a call with its own timeout_ms, which hold the client's lock to their reply: it
+            # runs once they let go (_locked_check_deferred; a check asking this client from another thread waited for
+            # that lock, held by the thread waiting for it).
             call.check_due = True
             return
         # With a budget of its own (timeout_ms), not the remains of the get_action it follows: after a reconnection

@@ -337,7 +337,8 @@ def _count(batch: Dict[str, Any]) -> None:
 
 def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[str, Path]] = None,
               policy_factory: Callable[[PolicyServerAddress], BasePolicy] = connect, progress: bool = False,
-              previous: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+              previous: Optional[Mapping[str, Any]] = None,
+              job_folder_checks: Optional[Mapping[str, Callable[[], None]]] = None) -> Dict[str, Any]:
     """Run jobs in order; the combined file is rewritten after each job so a crash keeps the finished ones.
 
     `previous` (an earlier batch_results.json of the same jobs) resumes: jobs it marks done are kept, not rerun,
@@ -346,7 +347,9 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
     On Ctrl-C/SIGTERM the running job goes back to pending, the file says "status": "interrupted", and
     KeyboardInterrupt propagates. Jobs must have distinct names (JobError before any runs), as in a job file.
     Without `previous`, an `output_path` holding an earlier batch's results, or job folders holding its episodes, is
-    refused (ValueError) before any job runs.
+    refused (ValueError) before any job runs. `job_folder_checks` (by job name: run_stop.check_folder_kept of a folder
+    outside the batch's that the job writes into, its video_dir) are made only while that job runs: a finished job's
+    folder archived, or a later job's not mounted yet, stops no other job.
     """
     jobs = list(jobs)  # read once: a generator was used up by the name check, and the batch then ran no job
     if not jobs:  # as load_jobs refuses an empty job file: a batch that ran nothing must not say "complete"
@@ -391,10 +394,12 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
                 raise KeyboardInterrupt("a stop signal while the envs of the job before closed")
             rerun_reason = batch["jobs"][index].get("rerun_reason")
             recorded = kept.get(job.name, {}).get("policy_server") if rerun_reason else None
-            batch["jobs"][index] = run_job(job, policy_factory, progress,
-                                           None if jobs_dir is None else jobs_dir / job_dir_name(job.name),
-                                           moved_from=f"{recorded} -> {job.server}"
-                                           if recorded not in (None, str(job.server)) else None)
+            folder_check = (job_folder_checks or {}).get(job.name)
+            with output_folder_checked(folder_check) if folder_check is not None else contextlib.nullcontext():
+                batch["jobs"][index] = run_job(job, policy_factory, progress,
+                                               None if jobs_dir is None else jobs_dir / job_dir_name(job.name),
+                                               moved_from=f"{recorded} -> {job.server}"
+                                               if recorded not in (None, str(job.server)) else None)
             if rerun_reason:
                 batch["jobs"][index]["rerun_reason"] = rerun_reason
         except KeyboardInterrupt:

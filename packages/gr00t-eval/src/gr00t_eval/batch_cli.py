@@ -11,7 +11,9 @@ import stat
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .batch import (BATCH_RESULTS_FILENAME, JOBS_DIRNAME, JobError, format_table, job_dir_name, job_video_dirs,
+from gr00t_client.peer_text import shown_text
+
+from .batch import (BATCH_RESULTS_FILENAME, JOBS_DIRNAME, Job, JobError, format_table, job_dir_name, job_video_dirs,
                     load_jobs, read_job_run_file, run_batch)
 from .cli_errors import UsageError
 from .output_files import OutputDirError
@@ -19,8 +21,8 @@ from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_
                         take_claim)
 from .run_resume import command_path
 from . import run_dir  # its folder helpers looked up when called (tests stand in for them there)
-from .run_stop import (INTERRUPTED_EXIT_CODE, OutputFolderGone, is_storage_line, output_folder_checked,
-                       sigterm_as_interrupt, storage_advice, stop_signals_ignored_until_exit, storage_error_text)
+from .run_stop import (INTERRUPTED_EXIT_CODE, OutputFolderGone, is_storage_line, sigterm_as_interrupt,
+                       storage_advice, stop_signals_ignored_until_exit, storage_error_text)
 from .video_claims import batch_video_claim_writer, claim_video_dir, video_dir_check
 from .video_dirs import check_video_dir, delete_episode_videos, within
 
@@ -50,10 +52,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     path = output_dir / BATCH_RESULTS_FILENAME
     outcome = "error"
     try:
-        # a job's video_dir outside the batch's folder gone (a share unmounted) stops the batch before its next video,
-        # as the job's own folder gone does: never made again beneath the mount point
-        with sigterm_as_interrupt(), output_folder_checked(_video_dirs_check(output_dir, video_claims)):
-            batch = run_batch(jobs, path, previous=previous)
+        # a job's video_dir outside the batch's folder gone (a share unmounted) while that job runs stops the batch
+        # before its next video, as the job's own folder gone does: never made again beneath the mount point
+        with sigterm_as_interrupt():
+            batch = run_batch(jobs, path, previous=previous, job_folder_checks=_job_video_checks(jobs, output_dir))
             stop_signals_ignored_until_exit()  # batch_results.json is final: exit status and claims agree with it
         outcome = "complete"
     except OSError as exc:  # a folder of the batch's turned read-only for this user too: the line says --resume
@@ -79,16 +81,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 1 if batch["n_failed"] else 0
 
 
-def _video_dirs_check(output_dir: Path, video_claims: List[Path]) -> Callable[[], None]:
-    """OutputFolderGone naming the first of the job video folders the batch claimed (`video_claims`, each the claim
-    file it holds in one) that is gone; their state now is the one held."""
-    checks = [video_dir_check(claim.parent, batch_video_claim_writer(output_dir)) for claim in video_claims]
-
-    def check() -> None:
-        for folder_check in checks:
-            folder_check()
-
-    return check
+def _job_video_checks(jobs: List[Any], output_dir: Path) -> Dict[str, Callable[[], None]]:
+    """By job name, the check of each job's video folder outside the batch's (claimed by _claim_job_videos, held to
+    its state now): OutputFolderGone naming the job once that folder is gone."""
+    return {job.name: video_dir_check(job.config["video_dir"], batch_video_claim_writer(output_dir),
+                                      what=f"video folder of job '{shown_text(job.name)}'")
+            for job in jobs if isinstance(job, Job) and job.config.get("video_dir")
+            and not within(Path(job.config["video_dir"]), output_dir)}
 
 
 def _storage_stop_message(exc: OSError, path: Path, output_dir: Path) -> str:

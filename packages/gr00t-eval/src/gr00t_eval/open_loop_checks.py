@@ -4,6 +4,7 @@ step it reports), its action chunks fit the dataset's keys, and the run's action
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -13,7 +14,7 @@ from gr00t_client.embodiment import names_tag
 
 from .action_steps import check_consecutive_action_deltas
 from .dataset import LeRobotDataset
-from .dataset.identity import data_sha256, meta_sha256, replayed_data_files
+from .dataset.identity import data_sha256, meta_sha256, replayed_data_files, unhashed_meta_files
 from .policy_identity import replay_count, serves_replay
 from .reported_position import is_flag, is_position
 
@@ -191,32 +192,61 @@ def replay_execution_horizon(served: Optional[Mapping[str, Any]], execution_hori
 
 
 def check_replays_dataset(served: Optional[Mapping[str, Any]], dataset: LeRobotDataset) -> None:
-    """ValueError naming both when the replay `served` (a policy record) reports the hashes of another dataset than
+    """ValueError naming both when the replay `served` (a policy record) reports the data hash of another dataset than
     `dataset`, the one scored against (a split, another export, the same meta/ files with other actions): every
     trajectory would be scored against another recording's actions. Hashed as the replay hashes its own, so a copy
-    of the same files elsewhere passes. Policies that report no dataset hashes (a model, an older replay) pass; a
-    replay that reports only the meta/ hash is compared on that."""
+    of the same files elsewhere passes. The data hash decides (its scheme never changed): the same data with other
+    meta/ files (one re-saved, or hashed by an older gr00t-server, which left out fewer files) is a warning, as is a
+    replay that reports only the meta/ hash; policies that report no dataset hashes (a model, an older replay) pass."""
     if not serves_replay(served):
         return
     identity = served["identity"]  # type: ignore[index]
-    own_hashes = {"dataset_meta_sha256": lambda: meta_sha256(dataset.root),  # first: a few small files, no data read
-                  "dataset_data_sha256": lambda: data_sha256(replayed_data_files(dataset))}
-    for name, own_hash in own_hashes.items():
-        reported = identity.get(name)
-        if not isinstance(reported, str):
-            continue
-        try:
-            own = own_hash()
-        except OSError as exc:
-            raise ValueError(f"{dataset.root} (--dataset-path) cannot be compared with the dataset the replay server "
-                             f"serves ({name} {reported}): {exc}") from None
-        if own != reported:
+    reported_data, reported_meta = identity.get("dataset_data_sha256"), identity.get("dataset_meta_sha256")
+    if isinstance(reported_data, str):
+        own_data = _own_hash(dataset, "dataset_data_sha256", reported_data, lambda: _data_sha256_said(dataset))
+        if own_data != reported_data:
             raise ValueError(f"the replay server serves another dataset than {dataset.root} (--dataset-path): it "
-                             f"reports {name} {reported}, and {dataset.root} has {name} {own}, so every trajectory "
-                             "would be scored against another recording's actions (a split, another export, or the "
-                             "same episodes with other actions?); evaluate the dataset the server replays, or serve "
-                             "this one")
-        logger.debug("%s of %s matches the replay server's: %s", name, dataset.root, own)
+                             f"reports dataset_data_sha256 {reported_data}, and {dataset.root} has dataset_data_sha256 "
+                             f"{own_data}, so every trajectory would be scored against another recording's actions (a "
+                             "split, another export, or the same episodes with other actions?); evaluate the dataset "
+                             "the server replays, or serve this one")
+        logger.debug("dataset_data_sha256 of %s matches the replay server's: %s", dataset.root, own_data)
+    if not isinstance(reported_meta, str):
+        return
+    own_meta = _own_hash(dataset, "dataset_meta_sha256", reported_meta, lambda: meta_sha256(dataset.root))
+    if not isinstance(reported_data, str):
+        logger.warning("the replay server reports no dataset_data_sha256 (an older gr00t-server): its recorded actions "
+                       "are not compared with those of %s (--dataset-path) before the run, only each trajectory's "
+                       "episode_index; its meta/ files %s (dataset_meta_sha256 %s, %s's %s)", dataset.root,
+                       "match" if own_meta == reported_meta else "differ", reported_meta, dataset.root, own_meta)
+    elif own_meta != reported_meta:
+        left_out = unhashed_meta_files(dataset.root)
+        older = (f" (an older gr00t-server hashed some of those this version leaves out: {', '.join(left_out[:8])})"
+                 if left_out else "")
+        logger.warning("meta/ files differ between %s (--dataset-path) and the dataset the replay server serves "
+                       "(dataset_meta_sha256 %s, the server's %s): a file re-saved or edited, or a server that hashes "
+                       "meta/ otherwise%s; the recorded actions are the same (dataset_data_sha256 %s), so the run goes "
+                       "on", dataset.root, own_meta, reported_meta, older, reported_data)
+
+
+def _own_hash(dataset: LeRobotDataset, name: str, reported: str, own_hash: Callable[[], str]) -> str:
+    """`own_hash()`, the `name` hash of `dataset`; ValueError naming the replay's `reported` one when it cannot be
+    read."""
+    try:
+        return own_hash()
+    except OSError as exc:
+        raise ValueError(f"{dataset.root} (--dataset-path) cannot be compared with the dataset the replay server "
+                         f"serves ({name} {reported}): {exc}") from None
+
+
+def _data_sha256_said(dataset: LeRobotDataset) -> str:
+    """data_sha256 of `dataset`'s replayed data files, said first in a line: all of them are read, whatever the
+    trajectories evaluated (on a large dataset, minutes before the first one)."""
+    files = list(dict.fromkeys(replayed_data_files(dataset)))
+    size = sum(os.path.getsize(path) for path in files)
+    logger.info("hashing %d data files (%s bytes) of %s to compare them with the dataset the replay server serves",
+                len(files), f"{size:,}", dataset.root)
+    return data_sha256(files)
 
 
 def check_replay_execution_horizon(served: Optional[Mapping[str, Any]], execution_horizon: int,

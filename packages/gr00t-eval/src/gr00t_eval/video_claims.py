@@ -32,10 +32,11 @@ def batch_video_claim_writer(output_dir: Union[str, Path]) -> str:
     return f"batch {Path(output_dir).absolute()}"
 
 
-def video_dir_check(video_dir: Union[str, Path], writer: str) -> Callable[[], None]:
+def video_dir_check(video_dir: Union[str, Path], writer: str, what: str = "video folder") -> Callable[[], None]:
     """The check (run_stop.check_folder_kept) of a video folder outside the run's output folder that `writer` claimed
     (claim_video_dir): OutputFolderGone naming it once it is gone (a share unmounted, deleted, made again), so a video
-    is never written into a folder made again beneath the mount point. Held to the folder as it is now."""
+    is never written into a folder made again beneath the mount point. Held to the folder as it is now; `what` names
+    it."""
     from .run_stop import check_folder_kept, folder_identity
 
     folder = Path(video_dir)
@@ -44,7 +45,7 @@ def video_dir_check(video_dir: Union[str, Path], writer: str) -> Callable[[], No
     except OSError:  # gone already: the first check says so
         identity = None
     return functools.partial(check_folder_kept, folder, identity, _video_claim_file(folder, writer).name,
-                             what="video folder")
+                             what=what)
 
 
 def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str] = None,

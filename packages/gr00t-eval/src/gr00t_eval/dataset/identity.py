@@ -52,6 +52,14 @@ def meta_files(root: Path) -> List[Path]:
                   and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(meta).parts))
 
 
+def unhashed_meta_files(root: Path) -> List[str]:
+    """The names (relative to meta/) of the files under the dataset's meta/ that meta_files leaves out, sorted: older
+    gr00t-servers hashed some of them, so a meta hash of theirs differs on them alone."""
+    meta = Path(root) / "meta"
+    hashed = set(meta_files(root))
+    return sorted(p.relative_to(meta).as_posix() for p in files_under(meta) if p not in hashed)
+
+
 def dataset_hashes(root: Path, data_files: Iterable[Path]) -> Dict[str, str]:
     """{"dataset_meta_sha256", "dataset_data_sha256"} of the dataset at `root`: its meta/ files (episode list, tasks,
     info; by name) and the bytes of `data_files` (each episode's parquet, in episode order, each file once), whose
