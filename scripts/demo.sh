@@ -4,10 +4,11 @@
 # a random-weight N1.7 checkpoint with the dataset's keys and statistics, served on CPU through the same open-loop and
 # rollout commands (they must run without errors; a random model succeeds by chance only), with its per-call latency.
 # Settings: DEMO_DIR (default /tmp/gr00t_demo; a relative one is taken from the caller's folder), DEMO_TASK (reach-v3),
-# DEMO_EPISODES (10), DEMO_PORT (a free port), DEMO_MODEL_EPISODES (2: rollout episodes against the model).
+# DEMO_EPISODES (10), DEMO_PORT (a free port), DEMO_MODEL_EPISODES (2: rollout episodes against the model). The
+# numbers are read in base 10 (010 is ten), and one out of range, or a DEMO_PORT in use, is refused (exit 2) at once.
 # DEMO_DIR is emptied first, so the demo refuses (exit 2) a folder that holds anything but an earlier demo's output (its
 # marker file .gr00t_demo), and one that another demo is running in. Ctrl-C, SIGTERM and SIGHUP stop the running step
-# and the server (exit 130, 143, 129).
+# and the server (exit 130, 143, 129); a SIGKILL of the script stops them within a second (a watchdog).
 set -euo pipefail
 DEMO_DIR="${DEMO_DIR:-/tmp/gr00t_demo}"
 case "$DEMO_DIR" in /*) ;; *) DEMO_DIR="$PWD/${DEMO_DIR#./}" ;; esac  # the caller's folder, before the cd
@@ -22,11 +23,41 @@ fi
 export MUJOCO_GL="${MUJOCO_GL:-egl}"          # headless MuJoCo rendering
 export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-$MUJOCO_GL}"
 
+# number_setting NAME DEFAULT MIN MAX: the setting NAME (DEFAULT where unset) in base 10, as the commands read it (in
+# bash arithmetic a leading 0 is octal: 010 would be 8, 08 an error), or exit 2 naming NAME before any work.
+number_setting() {
+  local value="${!1:-$2}"
+  if [[ "$value" =~ ^0*([0-9]{1,9})$ ]] && (( 10#${BASH_REMATCH[1]} >= $3 && 10#${BASH_REMATCH[1]} <= $4 )); then
+    echo "$(( 10#${BASH_REMATCH[1]} ))"
+  else
+    echo "error: $1 must be a whole number from $3 to $4, got '$value'" >&2
+    exit 2
+  fi
+}
+
 TASK="${DEMO_TASK:-reach-v3}"
-EPISODES="${DEMO_EPISODES:-10}"
-MODEL_EPISODES="${DEMO_MODEL_EPISODES:-2}"
+EPISODES=$(number_setting DEMO_EPISODES 10 1 100000)
+MODEL_EPISODES=$(number_setting DEMO_MODEL_EPISODES 2 1 100000)
 HORIZON=8
-PORT="${DEMO_PORT:-$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+if [ -n "${DEMO_PORT:-}" ]; then
+  PORT=$(number_setting DEMO_PORT "" 1 65535)
+  # bound and listened on as the server will (SO_REUSEADDR, as ZeroMQ), so that a port in use is refused before the
+  # recording rather than by the server's --port check after it
+  if ! why=$($PY -c 'import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen(1)
+except OSError as exc:
+    sys.exit(exc.strerror)' "$PORT" 2>&1); then
+    echo "error: DEMO_PORT $PORT cannot be used on 127.0.0.1 ($why); set another DEMO_PORT, or leave it unset for" \
+      "a free one" >&2
+    exit 2
+  fi
+else
+  PORT=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+fi
 DATASET="$DEMO_DIR/dataset"
 MARKER=.gr00t_demo
 SERVER_PID=""
@@ -51,6 +82,16 @@ stop_step() {
   STEP_PID=""
 }
 
+# watchdog TARGET: stop TARGET (a pid, or -PGID for a process group) once this script is gone, as a SIGKILL runs no trap
+# (kill -9 PID; or kill -9 -PGID, which misses the steps' groups: so the watchdog has a group of its own); it ends by
+# itself with TARGET. It keeps no output open, and not the lock (fd 9).
+watchdog() {
+  set -m
+  { while kill -0 "$$" 2>/dev/null && kill -0 -- "$1" 2>/dev/null; do sleep 0.5; done
+    kill -0 "$$" 2>/dev/null || kill -TERM -- "$1" 2>/dev/null; } </dev/null >/dev/null 2>&1 9>&- &
+  set +m
+}
+
 # stop_on EXIT_CODE: a stop signal ends the running step and the server, then the demo.
 stop_on() {
   trap - INT TERM HUP
@@ -58,7 +99,7 @@ stop_on() {
   stop_server
   exit "$1"
 }
-trap stop_server EXIT
+trap 'stop_server; wait' EXIT  # wait: the watchdogs end within 0.5 s of their targets, reaped by this script
 trap 'stop_on 130' INT
 trap 'stop_on 143' TERM
 trap 'stop_on 129' HUP
@@ -70,6 +111,7 @@ run_step() {
   { trap : TERM; "$@"; } &  # the step's own shell outlives its commands on SIGTERM, so stop_step waits for them
   STEP_PID=$!
   set +m
+  watchdog "-$STEP_PID"
   wait "$STEP_PID"
   STEP_PID=""
 }
@@ -111,12 +153,23 @@ claim_demo_dir() {
   fi
   exec 9>>"$DEMO_DIR/$MARKER"
   if ! flock -n 9; then
-    echo "error: another demo is running in $DEMO_DIR (pid $(cat "$DEMO_DIR/$MARKER")); wait for it to end" \
-      "or set DEMO_DIR to another folder" >&2
+    local demo_pid holders
+    demo_pid=$(cat "$DEMO_DIR/$MARKER")
+    if kill -0 "$demo_pid" 2>/dev/null; then
+      echo "error: another demo is running in $DEMO_DIR (pid $demo_pid); wait for it to end" \
+        "or set DEMO_DIR to another folder" >&2
+      exit 2
+    fi
+    # the demo that wrote the marker has ended, and what it started still holds the lock (it ends within a second of
+    # a demo's end; longer, it was left behind): name those processes, as "wait for it to end" would never end
+    exec 9>&-  # not this script's own
+    holders=$(fuser "$DEMO_DIR/$MARKER" 2>/dev/null | xargs) || true  # none where fuser (psmisc) is missing
+    echo "error: the demo that ran in $DEMO_DIR (pid $demo_pid) has ended, but processes it started still hold the" \
+      "folder (pid ${holders:-unknown: see fuser $DEMO_DIR/$MARKER}); stop them, or set DEMO_DIR to another folder" >&2
     exit 2
   fi
   echo "$$" >"$DEMO_DIR/$MARKER"
-  find "$DEMO_DIR" -mindepth 1 -maxdepth 1 ! -name "$MARKER" -exec rm -rf {} +
+  find -H "$DEMO_DIR" -mindepth 1 -maxdepth 1 ! -name "$MARKER" -exec rm -rf {} +
 }
 
 # start_server LOG ARGS...: start gr00t-server serve in the background and wait for its ready line.
@@ -124,6 +177,7 @@ start_server() {
   local log="$1"; shift
   $VENV_BIN/gr00t-server serve "$@" --host 127.0.0.1 --port "$PORT" >"$log" 2>&1 &
   SERVER_PID=$!
+  watchdog "$SERVER_PID"
   for _ in $(seq 1 240); do
     grep -q "Server is ready and listening on" "$log" 2>/dev/null && break
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
