@@ -456,6 +456,26 @@ def test_tokenizer_and_config_image_token_mismatch_is_rejected(tiny_checkpoint, 
         Gr00tPolicy(copy, "libero_sim", device="cpu")
 
 
+@pytest.mark.parametrize("token, config_key", [("<|vision_start|>", "vision_start_token_id"),
+                                               ("<|vision_end|>", "vision_end_token_id"),
+                                               ("<|video_pad|>", "video_token_id")])
+def test_a_tokenizer_whose_vision_marker_id_is_not_config_jsons_is_refused_naming_the_token_and_both_ids(
+        tiny_checkpoint, tmp_path, token, config_key):
+    """Qwen3-VL's get_rope_index finds images by vision_start_token_id: another model's tokenizer loaded without a
+    word, the image tokens took text positions and the action changed."""
+    from gr00t_server.processing.test_assets import DEFAULT_SPECIAL_TOKEN_IDS, build_test_tokenizer
+
+    copy = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    ids = dict(DEFAULT_SPECIAL_TOKEN_IDS)
+    other = "<|endoftext|>"  # a swap keeps the ids contiguous, as build_test_tokenizer needs
+    ids[token], ids[other] = ids[other], ids[token]
+    build_test_tokenizer(copy, special_token_ids=ids)
+    expected = re.escape(f"tokenizer maps {token} to id {ids[token]}, but config.json backbone_cfg.{config_key} is "
+                         f"{DEFAULT_SPECIAL_TOKEN_IDS[token]}")
+    with pytest.raises(ValueError, match=expected):
+        Gr00tPolicy(copy, "libero_sim", device="cpu")
+
+
 def test_cuda_device_without_cuda_is_a_clear_error(tiny_checkpoint):
     import torch
 

@@ -81,3 +81,35 @@ def test_a_special_token_formalization_keeps_is_found_in_the_formalized_instruct
         policy.get_action(observation)
     action, _ = policy.get_action(_with_instruction(checkpoint, "look at <|image_pad|> and pick")[0])
     assert action
+
+
+def test_an_instruction_with_a_lone_surrogate_is_refused_naming_the_key_row_and_position(copy_of):
+    """It reached the tokenizer, whose TypeError ('TextEncodeInput must be Union[...]') named neither key nor row."""
+    checkpoint = _without_formalization(copy_of())
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    observation, key = _with_instruction(checkpoint, "pick \ud800 up the bowl")
+    with pytest.raises(ObservationError, match=rf"language\['{key}'\] row 0 holds a lone surrogate at position 5 "
+                                               r"\('pick \\ud800 up the bowl'\), which is not text"):
+        policy.get_action(observation)
+
+
+@pytest.mark.parametrize("text, position", [("pick \ud800 up the bowl", 5), ("pick up the bowl " * 30 + "\ud800", 510)])
+def test_a_lone_surrogate_sent_in_a_string_array_is_refused_before_any_token_count(copy_of, text, position):
+    """Through the sim wrapper's flat language key (gr00t-eval rollout's form): a short text failed in the tokenizer,
+    a long one in the --max-language-tokens count on the socket thread; both as internal errors."""
+    import numpy as np
+
+    from gr00t_server.policies.sim_wrapper import Gr00tSimPolicyWrapper
+
+    checkpoint = _without_formalization(copy_of())
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    observation, key = _with_instruction(checkpoint, "pick up the bowl")
+    flat = {f"{modality}.{name}": value for modality in ("video", "state")
+            for name, value in observation[modality].items()}
+    flat[key] = np.array([text])
+    with running_server(Gr00tSimPolicyWrapper(policy)) as server, \
+            PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError, match=rf"'{key}'.* row 0.* lone surrogate at position {position}"):
+            client.get_action(flat)
+        stats = client.get_server_info()["stats"]
+    assert stats["internal_errors"] == 0

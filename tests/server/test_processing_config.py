@@ -235,3 +235,25 @@ def test_embodiment_id_file_is_optional(tiny_checkpoint, tmp_path):
     assert load_embodiment_ids(tmp_path)["libero_sim"] == 2
     (tmp_path / "embodiment_id.json").write_text(json.dumps({"libero_sim": 5}))
     assert load_embodiment_ids(tmp_path)["libero_sim"] == 5
+
+
+@pytest.mark.parametrize("field", ["formalize_language", "clip_outliers", "use_percentiles", "use_albumentations",
+                                   "exclude_state"])
+def test_a_null_true_false_field_is_read_as_the_reference_reads_it_false_with_a_warning_naming_it(caplog, field):
+    """The reference keeps None and tests its truth: null took ProcessorConfig's default, true for formalize_language,
+    so the instruction was lower-cased and stripped of punctuation where the reference sent it as is."""
+    kwargs = {"modality_configs": {"libero_sim": _MODALITIES}, "use_percentiles": True, "use_albumentations": True,
+              "shortest_image_edge": 256, "crop_fraction": 0.95, field: None}
+    with caplog.at_level("WARNING"):
+        config = processor_config_from_kwargs(kwargs)
+    assert getattr(config, field) is False
+    assert f"processor_kwargs sets {field} to null" in caplog.text
+
+
+def test_a_null_formalize_language_sends_the_instruction_as_written(copy_of):
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    checkpoint = copy_of()
+    edit_processor_kwargs(checkpoint, lambda kwargs: kwargs.update(formalize_language=None))
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    assert "Pick up the bowl." in policy.processor.build_prompt("Pick up the bowl.", 1)

@@ -184,7 +184,7 @@ def test_wrapper_refuses_a_non_finite_flat_state_and_non_utf8_language_naming_th
     observation["state.arm"][1, 0, 2] = np.nan
     with pytest.raises(ObservationError, match=r"State key 'state.arm' has non-finite values .* rows \[1\]"):
         wrapper.get_action(observation)
-    with pytest.raises(ObservationError, match=f"Language key '{LANGUAGE_KEY}' holds bytes that are not UTF-8"):
+    with pytest.raises(ObservationError, match=f"Language key '{LANGUAGE_KEY}' row 1 holds bytes that are not UTF-8"):
         wrapper.get_action(flat(language=[b"pick", b"\xff\xfe"]))
 
 

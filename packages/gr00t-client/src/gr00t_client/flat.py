@@ -59,12 +59,14 @@ def language_batch(value: Any, key: str) -> List[str]:
     else:
         raise ObservationError(f"Language key '{key}' must be a tuple, list, numpy array or str; got {type(value).__name__}")
     # None is fine: an observation of 0 rows is refused as such, by the batch checks of whoever reads the texts
-    return [language_text(item, f"Language key '{key}'", "must hold strings") for item in items]
+    return [language_text(item, f"Language key '{key}' row {row}", "must hold strings")
+            for row, item in enumerate(items)]
 
 
 def language_text(item: Any, where: str, expected: str) -> str:
     """A language item as text: a str, or UTF-8 bytes decoded; ObservationError '<where> <expected>; got ...' for
-    anything else, and naming `where` for bytes that are not UTF-8."""
+    anything else, and naming `where` for bytes that are not UTF-8 or a str holding a lone surrogate (no tokenizer
+    takes one: it failed as an internal TypeError)."""
     if isinstance(item, bytes):
         try:
             item = item.decode("utf-8")
@@ -72,7 +74,21 @@ def language_text(item: Any, where: str, expected: str) -> str:
             raise ObservationError(f"{where} holds bytes that are not UTF-8 ({exc})") from None
     if not isinstance(item, str):
         raise ObservationError(f"{where} {expected}; got {type(item).__name__} {item!r:.60}")
+    surrogate = lone_surrogate_at(item)
+    if surrogate is not None:
+        raise ObservationError(f"{where} holds a lone surrogate at position {surrogate} ({item!r:.80}), which is not "
+                               "text (it has no UTF-8 encoding); send the instruction as valid Unicode text")
     return item
+
+
+def lone_surrogate_at(text: str) -> Optional[int]:
+    """The index of the first lone surrogate in `text` (what os.fsdecode or a JSON '\\ud800' escape makes), or None
+    when it encodes as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def flat_observation_keys(configs: Mapping[str, ModalityConfig]) -> List[str]:

@@ -110,7 +110,7 @@ def _model_policy(args: argparse.Namespace, tag: Any, tag_given: bool = True) ->
         from .backends import check_backend_before_load
 
         check_backend_before_load(args.inference_mode, onnx_dir=args.onnx_dir, engine_dir=args.engine_dir,
-                                  device=args.device)
+                                  device=args.device, max_language_tokens=args.max_language_tokens)
     from .policies.gr00t_policy import Gr00tPolicy
 
     try:

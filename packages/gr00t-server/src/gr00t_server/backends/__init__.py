@@ -38,9 +38,11 @@ def check_inference_mode_files(mode: str, onnx_dir: Optional[Union[str, Path]] =
 
 
 def check_backend_before_load(mode: str, onnx_dir: Optional[Union[str, Path]] = None,
-                              engine_dir: Optional[Union[str, Path]] = None, device: Optional[str] = None) -> str:
+                              engine_dir: Optional[Union[str, Path]] = None, device: Optional[str] = None,
+                              max_language_tokens: Optional[int] = None) -> str:
     """check_inference_mode_files, and what else needs no model: the backend is installed, its metadata is there and
-    well formed, TensorRT gets a CUDA device and a bf16 ONNX export a CUDA one. The CLI calls it before the checkpoint
+    well formed, TensorRT gets a CUDA device and a bf16 ONNX export a CUDA one, and TensorRT engines whose prompt
+    profiles hold instructions of `max_language_tokens` (serve's flag). The CLI calls it before the checkpoint
     loads (minutes for the 3B model, which `serve` spent before saying the export had no metadata or TensorRT was not
     installed)."""
     normalized = check_inference_mode_files(mode, onnx_dir, engine_dir)
@@ -67,6 +69,10 @@ def check_backend_before_load(mode: str, onnx_dir: Optional[Union[str, Path]] = 
         path = Path(engine_dir) / ENGINE_METADATA
         metadata = read_json(path, "TensorRT engine metadata")
         check_export_structure(metadata.get("export_metadata", {}), path)
+        if max_language_tokens is not None:
+            from gr00t_server.backends.tensorrt_backend import check_engine_language_room
+
+            check_engine_language_room(metadata, max_language_tokens, engine_dir)
     return normalized
 
 

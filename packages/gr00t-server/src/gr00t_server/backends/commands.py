@@ -27,6 +27,9 @@ def _default_device() -> str:
 
 def register(subparsers: Any) -> None:
     """Add the export, build-engine and verify sub-commands to an argparse subparsers object."""
+    from gr00t_server.serving.limits import ServerLimits
+
+    max_language_tokens = ServerLimits().max_language_tokens  # serve's --max-language-tokens default
     export = subparsers.add_parser(
         "export", help="export ONNX sub-models of a checkpoint",
         description="Export the sub-modules of --mode to ONNX (opset 19) with shapes from one sample get_action.",
@@ -44,6 +47,10 @@ def register(subparsers: Any) -> None:
                         help="camera frame size of the sample observation (default 256 256): a full_pipeline export's "
                              "ViT serves the image grid of this size only, for every camera, so give your cameras' "
                              "size (e.g. 480 640)")
+    export.add_argument(*_flag("max-language-tokens"), type=int, default=max_language_tokens,
+                        help="tokens of the longest instruction the engines built from this export take, beyond the "
+                             "sample prompt's: give serve's --max-language-tokens (serve refuses a larger one with "
+                             f"TensorRT engines) (default {max_language_tokens})")
     export.add_argument(*_flag("embodiment-tag"), default=None, help="tag of the sample observation (default: new_embodiment when the checkpoint has it, else its first tag by name)")
     export.add_argument(*_flag("device"), default=None, help="torch device for the export (default: cuda if available)")
 
@@ -93,7 +100,7 @@ _PATHS = {
 
 def _check_counts(args: argparse.Namespace) -> None:
     """Refuse a batch size or workspace below 1 before a checkpoint loads (batch 0 failed deep inside the export)."""
-    for name in ("batch_size", "max_batch_size", "workspace"):
+    for name in ("batch_size", "max_batch_size", "workspace", "max_language_tokens"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -218,7 +225,7 @@ def _export_into(args: argparse.Namespace, folder: Path, device: str, precision:
                     metadata = export_checkpoint(
                         args.model_path, staging, mode=args.mode, precision=precision,
                         batch_size=args.batch_size, embodiment_tag=args.embodiment_tag, device=device,
-                        image_size=args.image_size,
+                        image_size=args.image_size, max_language_tokens=args.max_language_tokens,
                     )
                     swap_in(folder, staging, own)
                     swapped = True

@@ -13,6 +13,8 @@ from torch import nn
 
 WORK_PREFIX = ".gr00t-export-"  # an export's hidden work folders in its output: <prefix><kind>-<pid>-<token>-<random>
 ENGINE_METADATA = "engine_metadata.json"
+# Dynamic axes that run along the prompt (chat template, vision tokens and the instruction).
+PROMPT_AXES = ("seq_len", "vl_seq_len")
 MODEL_VERSION = "n1d7"
 OPSET_VERSION = 19
 from gr00t_server.backends.names import (  # noqa: F401 (re-exported)

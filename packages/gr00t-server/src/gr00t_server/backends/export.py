@@ -22,6 +22,7 @@ from gr00t_server.backends.common import (
     MODEL_VERSION,
     OPSET_VERSION,
     PRECISION_OF_DTYPE,
+    PROMPT_AXES,
     TORCH_DTYPES,
     BackendError,
     file_digest,
@@ -31,11 +32,13 @@ from gr00t_server.backends.common import (
     write_json,
 )
 from gr00t_server.backends.export_modules import LLMForExport, VisionForExport, sdpa_without_explicit_scale
+from gr00t_server.serving.limits import ServerLimits
 
 logger = logging.getLogger(__name__)
 
 # Above this many parameter bytes the weights go to one `<name>.onnx.data` file (protobuf limit is 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 1 << 30
+DEFAULT_MAX_LANGUAGE_TOKENS = ServerLimits().max_language_tokens  # serve's --max-language-tokens default
 
 
 @dataclass
@@ -322,9 +325,23 @@ def export_model(
             file_precision = precision
         path = out / onnx_file_name(name, file_precision)
         logger.info("exporting %s to %s", name, path)
-        metadata["submodules"][name] = export_onnx(spec, path)
+        metadata["submodules"][name] = _with_language_room(export_onnx(spec, path), metadata.get("max_language_tokens"))
     write_json(out / EXPORT_METADATA, metadata)
     return metadata
+
+
+def _with_language_room(info: dict[str, Any], max_language_tokens: Optional[int]) -> dict[str, Any]:
+    """`info` with `profile_max` {axis: the sample prompt's length + max_language_tokens} for its inputs' prompt axes:
+    build-engine sizes the engines' profiles to it, so they hold the prompt of any instruction serve accepts (sized
+    from the sample prompt alone, they refused one longer than about the sample's at run time)."""
+    if max_language_tokens is None:
+        return info
+    for value in info["inputs"].values():
+        room = {str(axis): int(value["shape"][int(axis)]) + max_language_tokens
+                for axis, dim in value.get("dynamic_axes", {}).items() if dim in PROMPT_AXES}
+        if room:
+            value["profile_max"] = room
+    return info
 
 
 def export_policy(
@@ -333,11 +350,17 @@ def export_policy(
     output_dir: Union[str, Path],
     mode: str = "full_pipeline",
     precision: Optional[str] = None,
+    max_language_tokens: int = DEFAULT_MAX_LANGUAGE_TOKENS,
 ) -> dict[str, Any]:
-    """Export from a Gr00tPolicy, capturing shapes during one `policy.get_action(observation)`."""
+    """Export from a Gr00tPolicy, capturing shapes during one `policy.get_action(observation)`; the prompt axes are
+    given room for instructions of `max_language_tokens` tokens (serve's --max-language-tokens) beyond the sample's."""
+    if not (isinstance(max_language_tokens, int) and max_language_tokens >= 1):
+        raise BackendError(f"max_language_tokens must be an int >= 1 (serve's --max-language-tokens), got "
+                           f"{max_language_tokens!r}")
     model = model_of(policy)
     tag = getattr(policy, "embodiment_tag_value", None) or str(getattr(policy, "embodiment_tag", ""))
-    extra: dict[str, Any] = {"embodiment_tag": tag, "model_path": str(getattr(policy, "checkpoint_dir", ""))}
+    extra: dict[str, Any] = {"embodiment_tag": tag, "model_path": str(getattr(policy, "checkpoint_dir", "")),
+                             "max_language_tokens": max_language_tokens}
     frames = [value for value in (observation.get("video") or {}).values() if getattr(value, "ndim", 0) >= 3]
     if frames:  # the camera size the sample had: a full_pipeline ViT serves the image grid it gives, and no other
         extra["sample_image_size"] = [int(frames[0].shape[-3]), int(frames[0].shape[-2])]
@@ -385,16 +408,17 @@ def export_checkpoint(
     embodiment_tag: Optional[str] = None,
     device: str = "cuda",
     image_size: Sequence[int] = DEFAULT_SAMPLE_IMAGE_SIZE,
+    max_language_tokens: int = DEFAULT_MAX_LANGUAGE_TOKENS,
 ) -> dict[str, Any]:
     """Load a checkpoint as a Gr00tPolicy, run one sample observation (camera frames `image_size`, height and
-    width) and export `mode`."""
+    width) and export `mode`, its prompt axes sized for instructions of `max_language_tokens` tokens."""
     from gr00t_server.policies.gr00t_policy import Gr00tPolicy
 
     tag = embodiment_tag or default_embodiment_tag(model_path)
     dtype = TORCH_DTYPES[precision] if precision else None
     policy = Gr00tPolicy(model_path, tag, device=device, strict=True, dtype=dtype)
     observation = sample_observation(policy, batch_size=batch_size, image_size=image_size)
-    return export_policy(policy, observation, output_dir, mode, precision)
+    return export_policy(policy, observation, output_dir, mode, precision, max_language_tokens)
 
 
 def clear_export_dir(output_dir: Union[str, Path]) -> None:

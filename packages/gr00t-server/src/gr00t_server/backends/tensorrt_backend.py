@@ -20,6 +20,7 @@ import torch
 
 from gr00t_server.backends.common import (
     ENGINE_METADATA,
+    PROMPT_AXES,
     BackendError,
     check_export_files,
     engine_file_name,
@@ -85,11 +86,13 @@ def profile_shapes(
     """(min, opt, max) per input from the captured shapes and named dynamic axes in the export metadata.
 
     Fixed dims stay fixed; `batch_size` gets 1 / captured / max_batch_size; other named dims get
-    1 / captured / max(2*captured, captured+64), scaled by the batch for per-batch dims.
+    1 / captured / max(2*captured, captured+64), scaled by the batch for per-batch dims, or the input's `profile_max`
+    for that axis when larger (the prompt axes: room for export's --max-language-tokens beyond the sample prompt).
     """
     shapes = {}
     for name, info in inputs.items():
         axes = {int(axis): dim for axis, dim in info.get("dynamic_axes", {}).items()}
+        room = {int(axis): int(size) for axis, size in info.get("profile_max", {}).items()}
         low, opt, high = [], [], []
         for axis, size in enumerate(info["shape"]):
             dim = axes.get(axis)
@@ -98,7 +101,7 @@ def profile_shapes(
             elif dim == "batch_size":
                 low.append(1), opt.append(min(size, max_batch_size)), high.append(max(max_batch_size, size))
             else:
-                top = max(2 * size, size + 64)
+                top = max(2 * size, size + 64, room.get(axis, 0))
                 if dim in _PER_BATCH_DIMS:
                     top = max(top, -(-size // max(batch_size, 1)) * max_batch_size)
                 low.append(1), opt.append(size), high.append(top)
@@ -261,6 +264,31 @@ def check_engine_files(metadata: dict[str, Any], engine_dir: Union[str, Path]) -
         if path.stat().st_size != info.get("size") or file_digest(path)["sha256"] != info["sha256"]:
             raise BackendError(f"{path} is not the engine {ENGINE_METADATA} records (size or sha256 differs): an "
                                f"interrupted rebuild, or a file copied in? Rebuild the engines in {folder}")
+
+
+def check_engine_language_room(metadata: dict[str, Any], max_language_tokens: int, engine_dir: Union[str, Path]) -> None:
+    """BackendError naming both numbers when serve's --max-language-tokens is more than the engines' prompt profiles
+    hold beyond the export's sample prompt: TensorRT refused such a prompt at run time, after warm-up passed, in an
+    error naming neither the instruction nor a limit."""
+    exported = (metadata.get("export_metadata") or {}).get("submodules") or {}
+    fits = []  # (language tokens beyond the sample prompt, profile max, sample prompt length) per prompt axis
+    for name, engine in (metadata.get("engines") or {}).items():
+        profile = (engine.get("profile") or {}) if isinstance(engine, dict) else {}
+        for input_name, info in ((exported.get(name) or {}).get("inputs") or {}).items():
+            for axis, dim in info.get("dynamic_axes", {}).items():
+                if dim in PROMPT_AXES and input_name in profile:
+                    top, captured = int(profile[input_name][2][int(axis)]), int(info["shape"][int(axis)])
+                    fits.append((top - captured, top, captured))
+    if not fits:
+        return
+    room, top, captured = min(fits)
+    if max_language_tokens > room:
+        raise BackendError(
+            f"--max-language-tokens {max_language_tokens} is more than the {room} language tokens the TensorRT engines "
+            f"in {engine_dir} take (their profiles hold prompts of up to {top} tokens; the export's sample prompt had "
+            f"{captured}); serve with --max-language-tokens {room}, or export with --max-language-tokens "
+            f"{max_language_tokens} and rebuild the engines"
+        )
 
 
 # ----- runtime -----

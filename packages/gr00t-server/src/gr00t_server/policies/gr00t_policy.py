@@ -28,6 +28,7 @@ from gr00t_client.modality import ModalityConfig, copy_modality_configs
 from gr00t_client.policy import BasePolicy, ObservationError
 from gr00t_server.fork_locks import renew_locks_after_fork
 from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
+from gr00t_server.model.backbone_config import COSMOS_REASON2_2B_CONFIG
 from gr00t_server.model.config import CONFIG_NAME, Gr00tN1d7Config
 from gr00t_server.processing.checkpoint_files import EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME
 from gr00t_server.processing.config import load_processor_config
@@ -45,6 +46,9 @@ from .option_names import OptionNames
 logger = logging.getLogger(__name__)
 
 _POLICY_MODALITIES = ("video", "state", "action", "language")
+# The backbone config's ids of the vision markers besides <|image_pad|> (config.json's image_token_id).
+_VISION_TOKEN_ID_KEYS = {"<|vision_start|>": "vision_start_token_id", "<|vision_end|>": "vision_end_token_id",
+                         "<|video_pad|>": "video_token_id"}
 _fork_guard_lock = threading.Lock()
 _fork_guard_registered = False
 
@@ -213,11 +217,17 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
                 f"action_horizon {mc.action_horizon}"
             )
         self._check_image_patches_match_vision_encoder()
-        token_id = self.processor.tokenizer.convert_tokens_to_ids(IMAGE_PAD_TOKEN)
-        if token_id != mc.image_token_id:
-            raise ValueError(
-                f"tokenizer maps {IMAGE_PAD_TOKEN} to id {token_id}, but config.json image_token_id is {mc.image_token_id}"
-            )
+        # Qwen3-VL finds images by vision_start_token_id (their M-RoPE positions) and embeds each marker by its id:
+        # a tokenizer of another model with other ids loaded without a word and changed the action.
+        backbone = mc.backbone_cfg or COSMOS_REASON2_2B_CONFIG
+        expected = {IMAGE_PAD_TOKEN: ("image_token_id", mc.image_token_id)}
+        for token, key in _VISION_TOKEN_ID_KEYS.items():
+            expected[token] = (f"backbone_cfg.{key}", backbone.get(key, COSMOS_REASON2_2B_CONFIG[key]))
+        for token, (key, expected_id) in expected.items():
+            token_id = self.processor.tokenizer.convert_tokens_to_ids(token)
+            if token_id != expected_id:
+                raise ValueError(f"tokenizer maps {token} to id {token_id}, but config.json {key} is {expected_id}; "
+                                 "the tokenizer files do not belong to this model")
 
     def _check_image_patches_match_vision_encoder(self) -> None:
         """preprocessor_config.json cuts images into the patches the backbone's vision encoder was built for; a

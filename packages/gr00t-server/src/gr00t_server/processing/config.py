@@ -208,7 +208,8 @@ def _as_pair(size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
 
 def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
     """Build a ProcessorConfig from a `processor_kwargs` dict, back-filling absent keys as the reference processor
-    does (ABSENT_KEY_DEFAULTS, with a warning naming them; ProcessorConfig's defaults for the rest); ValueError naming
+    does (ABSENT_KEY_DEFAULTS, with a warning naming them; ProcessorConfig's defaults for the rest), a null true/false
+    field as false (the reference tests its truth), with a warning naming it; ValueError naming
     the field for a value of the wrong type (a string "false" is not a bool, 132.9 is not an int)."""
     if "modality_configs" not in kwargs:
         raise ValueError("processor_kwargs has no 'modality_configs'; cannot know the embodiments of this checkpoint")
@@ -234,6 +235,7 @@ def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
         values.update({key: ABSENT_KEY_DEFAULTS[key] for key in absent})
     if kwargs.get("use_relative_action") is None:
         _warn_relative_keys_decoded_absolute(values["modality_configs"])
+    _read_null_bools_as_false(kwargs, values)
     for key in _SCALAR_FIELDS:
         if values.get(key) is None and key not in ("shortest_image_edge", "crop_fraction", "image_crop_size", "image_target_size"):
             values[key] = getattr(defaults, key)
@@ -265,6 +267,17 @@ def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
     _validate_horizons(config)
     _check_image_transform(config)
     return config
+
+
+def _read_null_bools_as_false(kwargs: Mapping[str, Any], values: Dict[str, Any]) -> None:
+    """A true/false field given as null is false, with a warning naming it: the reference keeps None and tests its
+    truth (`if self.formalize_language:`), where ProcessorConfig's default (true for formalize_language, clip_outliers,
+    use_percentiles, use_albumentations) would serve another prompt or normalization than the reference's."""
+    nulls = [key for key in _BOOL_FIELDS if key in kwargs and kwargs[key] is None]
+    values.update({key: False for key in nulls})
+    for key in nulls:
+        logger.warning("processor_kwargs sets %s to null; it is served as false, as the reference reads null (falsy). "
+                       "Write true or false to say which the checkpoint was trained with", key)
 
 
 _warned_unknown_keys: set = set()  # once per process, not at each load of the same checkpoint
