@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
 
-from gr00t_client import BasePolicy, PolicyClient, PolicyServerError
+from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, UpstreamFailedError
 from gr00t_client.modality import ModalityConfig
-from gr00t_eval.policy_identity import ServedPolicyChanged, pinned_policy, policy_record
+from gr00t_eval.policy_identity import ServedPolicyChanged, check_serves, pinned_policy, policy_record
 
-from serving import RestartableServer, running_server
+from serving import RestartableServer, free_port, running_server
 
 LANGUAGE = "annotation.human.action.task_description"
 CONFIGS = {
@@ -190,3 +191,117 @@ def test_a_dead_upstream_stops_an_evaluation_as_requests_that_keep_failing():
             upstream.stop()
     assert reasons[:-1] == [None] * (len(reasons) - 1)  # the relay answers pings: not stopped at the first
     assert f"upstream policy server failed at tcp://127.0.0.1:{port}" in reasons[-1]
+
+
+def test_a_relay_started_before_its_upstream_serves_a_strict_robot_once_the_upstream_is_up():
+    port = free_port()
+    with relay_of(port, timeout_ms=500) as relay, \
+            PolicyClient("127.0.0.1", relay.port, timeout_ms=5000, strict=True) as robot:
+        assert robot.ping()  # answered once the relay serves: its start-up questions to the upstream found nobody
+        with running_server(Checkpoint(name="A"), port=port):
+            configs = robot.get_modality_config()  # asked before any action, as gr00t-eval's rollout does
+            action, _ = robot.get_action(observation())
+            record = policy_record(robot)
+    assert set(configs) == set(CONFIGS)
+    assert action["arm"].shape == (1, 2, 3)
+    assert record["policy_class"] == "PolicyClient -> Checkpoint"
+    assert record["identity"] == {"kind": "test", "checkpoint": "A"}
+
+
+def test_after_an_upstream_timeout_a_relay_reports_the_policy_it_last_learnt():
+    gate = threading.Event()
+    gate.set()
+    try:
+        with running_server(Checkpoint(name="A", gate=gate), embodiment_tag="new_embodiment") as upstream, \
+                relay_of(upstream.port, timeout_ms=1000) as relay, \
+                PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot, \
+                PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as other_robot:
+            robot.get_action(observation())
+            pinned = policy_record(robot)
+            gate.clear()  # the upstream hangs: the relay's client times out and forgets what it learnt
+            with pytest.raises(UpstreamFailedError):
+                other_robot.get_action(observation())
+            info = robot.get_server_info()
+            check_serves(robot, pinned)  # the same checkpoint: no ServedPolicyChanged
+            gate.set()
+    finally:
+        gate.set()
+    assert info["policy_class"] == "PolicyClient -> Checkpoint"
+    assert info["policy_identity"] == {"kind": "test", "checkpoint": "A"}
+    assert info["embodiment_tag"] == "new_embodiment"
+
+
+def test_a_robot_with_a_short_timeout_is_served_through_a_relay():
+    with running_server(Checkpoint()) as upstream, \
+            PolicyClient("127.0.0.1", upstream.port, timeout_ms=5000) as upstream_client, \
+            running_server(upstream_client) as relay, \
+            PolicyClient("127.0.0.1", relay.port, timeout_ms=150) as robot:
+        actions = [robot.get_action(observation())[0] for _ in range(3)]
+        changes = upstream_client.server_changes
+    assert all(action["arm"].shape == (1, 2, 3) for action in actions)
+    assert changes == 0  # no upstream call timed out
+
+
+def test_the_relays_margin_is_a_fifth_of_a_short_budget_and_200_ms_of_a_long_one():
+    from gr00t_server.serving.relay import upstream_deadline
+
+    assert upstream_deadline(100.1, now=100.0) == pytest.approx(100.08)
+    assert upstream_deadline(110.0, now=100.0) == pytest.approx(109.8)
+    assert upstream_deadline(None, now=100.0) is None
+
+
+def test_behind_two_relays_a_dead_upstream_is_still_an_upstream_failure():
+    upstream = RestartableServer(lambda: Checkpoint())
+    port = upstream.port
+    try:
+        with relay_of(port, timeout_ms=1000) as relay2, relay_of(relay2.port, timeout_ms=3000) as relay1, \
+                PolicyClient("127.0.0.1", relay1.port, timeout_ms=5000) as robot:
+            robot.get_action(observation())
+            upstream.stop()
+            with pytest.raises(UpstreamFailedError, match=f"upstream policy server failed at tcp://127.0.0.1:{port}"):
+                robot.get_action(observation())
+    finally:
+        with contextlib.suppress(Exception):
+            upstream.stop()
+
+
+def test_open_loop_through_a_relay_stops_when_the_upstream_is_gone(tmp_path):
+    from eval.dataset_factory import make_dataset
+    from gr00t_eval.open_loop import OpenLoopConfig, evaluate_open_loop
+    from gr00t_server.policies import ReplayPolicy
+
+    class StopsAtTheSecondTrajectory(ReplayPolicy):
+        """A replay without sessions (a relay may serve it) whose server goes away (a crash, a node drained) when
+        the second trajectory starts."""
+
+        stateful_sessions = False
+        server: Any = None
+
+        def reset(self, options=None):
+            if options and options.get("episode_index") == 1:
+                threading.Thread(target=self.server.stop, daemon=True).start()
+                time.sleep(0.5)  # the stop is under way before this reset answers
+            return super().reset(options)
+
+    dataset = make_dataset(tmp_path / "dataset", lengths=(5, 5, 5), cameras=())
+    policy = StopsAtTheSecondTrajectory(str(dataset), execution_horizon=5)
+    config = OpenLoopConfig(str(dataset), traj_ids=[0, 1, 2], execution_horizon=5, plot=False,
+                            output_dir=str(tmp_path / "out"))
+    with running_server(policy, shutdown_timeout_s=0.2) as upstream, \
+            relay_of(upstream.port, timeout_ms=1000) as relay, \
+            PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot:
+        policy.server = upstream
+        with pytest.raises(ConnectionError, match="upstream policy server failed"):
+            evaluate_open_loop(robot, config, report=lambda line: None, progress=False)
+
+
+def test_an_upstream_refusing_the_relays_token_is_named_as_the_relays_not_the_robots():
+    from gr00t_eval.rollout.liveness import ServerWatch
+
+    with running_server(Checkpoint(), api_token="upstream-secret") as upstream, relay_of(upstream.port) as relay, \
+            PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot:
+        with pytest.raises(UpstreamFailedError) as failed:
+            robot.get_action(observation())
+        reason = ServerWatch(robot).unreachable_reason(failed.value)
+    assert "the relay's upstream" in reason
+    assert "requires another API token" not in reason  # the robot's token is not the one refused

@@ -22,7 +22,7 @@ from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Seq
 
 import numpy as np
 
-from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError, ServerStoppingError
+from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError
 from gr00t_client.client_options import check_flag
 
 from .progress import bar_options
@@ -603,7 +603,7 @@ def evaluate_open_loop(
                                                recording_dtype=np.float32 if serves_replay(served) else np.float64,
                                                output_dir_made=True, replaceable_plots=replaceable_plots,
                                                check_plot_folder=check_plot_folder)
-                except ServerStoppingError:
+                except ConnectionError:  # ServerStoppingError, a relay's UpstreamFailedError: PolicyServerErrors too
                     raise  # the server is going: this trajectory and the rest are not run (it was scored errored, and
                     # the next request waited out the whole timeout of a server already gone)
                 except (TrajectoryError, PolicyServerError, DatasetError) as exc:

@@ -13,6 +13,7 @@ import logging
 from typing import Any, Optional, Tuple
 
 from gr00t_client import ClientClosedError, HandshakeError, PolicyClient, ServerStoppingError
+from gr00t_client.client_errors import UPSTREAM_FAILED
 from gr00t_client.policy import accepts_keyword
 
 from ..policy_identity import ServedPolicyChanged
@@ -91,6 +92,9 @@ def _closed_here(address: str, exc: BaseException) -> str:
 
 def _refusal(address: str, exc: BaseException) -> str:
     text = str(exc)
+    if UPSTREAM_FAILED in text:  # a relay's own token or key, refused by its upstream: not this client's
+        return (f"the relay at {address} answers, but the relay's upstream refuses it ({type(exc).__name__}: {exc}): "
+                "fix the relay's own API token or CURVE key for its upstream")
     if isinstance(exc, HandshakeError):  # CURVE's own refusal: no API token is read before it
         why = ("the server does not admit this client's CURVE key: removed from its authorized keys, or its keys "
                "folder cannot be read for a moment" if "refused this client's public key" in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+import time
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from gr00t_client.client import PROTOCOL_VERSION
@@ -19,7 +20,8 @@ from .endpoints import LOGGED_ERROR_CHARS, _safe_text, error_text, is_loopback_p
 from .execution import call_rows, policy_stages
 from .identity import encodable_identity
 from .messages import Request, RequestError
-from .relay import UPSTREAM_MARGIN_MS, UpstreamFailure, relayed_class, upstream_client, upstream_error
+from .relay import (NOTHING_LEARNT, UpstreamFacts, UpstreamFailure, relayed_class, upstream_client, upstream_deadline,
+                    upstream_error)
 from .sessions import FACTS_AT_START_TIMEOUT_MS, check_no_shared_replay_session, keeps_sessions, takes_session_lost
 from .worker import InlineCallAbandoned
 from .wrappers import policy_chain
@@ -33,6 +35,8 @@ SESSION_OPTION = "_session_id"
 # options' names refused every reset after a restart.
 SESSION_LOST_OPTION = "_session_lost"
 _UNDECLARED = object()  # _observation_format: a policy that has no observation_format at all
+# A relay's, answered from its upstream's facts: on the worker (which asks the upstream) while it knows none yet
+RELAY_FACT_ENDPOINTS = frozenset({"get_modality_config", "get_server_info"})
 
 
 class BuiltinEndpoints:
@@ -97,29 +101,72 @@ class BuiltinEndpoints:
         """The PolicyClient the served chain ends in (this server is a relay), or None."""
         return self._policy_fact(upstream_client)
 
-    def _refresh_upstream_facts(self) -> None:
-        """Learn the upstream's facts and modality configs where its client forgot them (it reconnected), off the
-        socket thread (run() before serving, the worker after each call), so get_server_info answers from them at once;
-        the upstream's failure is logged: the next request is told it."""
+    @property
+    def _upstream_facts(self) -> Optional[UpstreamFacts]:
+        """What this relay last learnt of its upstream through the served policy (None: nothing yet)."""
+        facts = self._relay_facts
+        return facts if facts is not None and facts.policy is self.policy else None
+
+    def answers_now(self, endpoint: str) -> bool:
+        """Whether the socket thread answers built-in `endpoint` itself: not a relay's info or configs while it knows
+        nothing of its upstream (started before it): the worker asks the upstream for them then."""
+        return endpoint not in RELAY_FACT_ENDPOINTS or self._upstream is None or self._upstream_facts is not None
+
+    def _learn_upstream_facts(self, timeout_ms: Optional[int] = None) -> None:
+        """Ask the upstream for its facts and modality configs where its client forgot them (or never learnt them),
+        off the socket thread, and keep them as the relay's snapshot (replaced only by facts learnt anew); raises
+        what the upstream's client raised."""
         upstream, policy = self._upstream, self.policy
+        upstream.refresh_server_facts(timeout_ms=timeout_ms)
+        changes = upstream.server_changes
+        facts = self._upstream_facts
+        if facts is None or facts.server_changes != changes:
+            getter = getattr(policy, "get_modality_config", None)
+            configs = as_modality_configs(getter()) if getter else {}
+            self._relay_facts = UpstreamFacts(policy, changes, upstream.server_policy_class, upstream.identity(),
+                                              upstream.server_embodiment_tag, upstream.server_observation_format,
+                                              configs)
+
+    def _refresh_upstream_facts(self) -> None:
+        """_learn_upstream_facts within FACTS_AT_START_TIMEOUT_MS (run() before serving, the worker after a call), so
+        get_server_info answers from them at once; the upstream's failure is logged: the next request is told it."""
+        upstream = self._upstream
         try:
-            upstream.refresh_server_facts(timeout_ms=min(upstream.timeout_ms, FACTS_AT_START_TIMEOUT_MS))
-            changes = upstream.server_changes
-            if self._relay_configs[:2] != [policy, changes]:
-                getter = getattr(policy, "get_modality_config", None)
-                self._relay_configs = [policy, changes, as_modality_configs(getter()) if getter else {}]
+            self._learn_upstream_facts(timeout_ms=min(upstream.timeout_ms, FACTS_AT_START_TIMEOUT_MS))
         except Exception as exc:  # noqa: BLE001 - an upstream refusing (a token) or failing must not fail this reply
             logger.warning("could not learn what the upstream at %s serves (%s: %s)", upstream.address,
                            type(exc).__name__, log_text(_safe_text(exc), LOGGED_ERROR_CHARS, quoted=False))
+
+    def _known_upstream_facts(self) -> UpstreamFacts:
+        """The upstream's facts for info and configs: the snapshot; where there is none yet, asked of the upstream on
+        the worker (answers_now sends such a request there) within the robot's deadline."""
+        facts = self._upstream_facts
+        if facts is not None:
+            return facts
+        upstream = self._upstream
+        if self._worker is None or not self._worker.is_current_thread():  # the socket thread never asks upstream
+            raise UpstreamFailure(f"{UPSTREAM_FAILED} at {upstream.address}: what it serves is not known yet (it "
+                                  "has not answered this relay); ask again")
+        self._relayed(lambda: None, self._current)
+        facts = self._upstream_facts
+        assert facts is not None  # _relayed learnt them, or raised
+        return facts
 
     def _relayed(self, call: Callable[[], Any], request: Request) -> Any:
         """`call()` of a relay's policy: the upstream re-checked for a session-keeping policy after its client
         reconnected, the robot's deadline passed upstream, and the upstream's errors named by its address."""
         upstream = self._upstream
-        at = None if request.deadline is None else request.deadline - UPSTREAM_MARGIN_MS / 1000.0
+        now = time.monotonic()
+        at = upstream_deadline(request.deadline, now)
+        if at is not None and at - now < 0.001:  # the robot's own deadline, as a server refuses a request out of time
+            raise RequestError(f"'{request.endpoint}' was not run: the client's deadline was "
+                               f"{(request.deadline - now) * 1000.0:.0f} ms away when it was to be passed to the "
+                               f"upstream at {upstream.address}")
         try:
             with upstream.deadline(at):
-                upstream.refresh_server_facts()  # notices a reconnection: whoever answers now may keep sessions
+                # learns what a reconnection forgot (whoever answers now may keep sessions), and the configs a relay
+                # started before its upstream never learnt
+                self._learn_upstream_facts()
             if upstream.server_changes != self._relay_checked_changes:
                 check_no_shared_replay_session(self.policy)  # the same refusal as at start
                 self._relay_checked_changes = upstream.server_changes
@@ -203,13 +250,8 @@ class BuiltinEndpoints:
         return self._relayed(lambda: reset(options), request)
 
     def _get_modality_config(self) -> Any:
-        if self._upstream is not None:  # on the socket thread: the configs learnt off it, never the upstream's lock
-            policy, _, configs = self._relay_configs
-            if policy is not self.policy or configs is None:
-                raise UpstreamFailure(f"{UPSTREAM_FAILED} at {self._upstream.address}: its modality "
-                                          "configs are not known yet (it has not answered this relay); ask again "
-                                          "once it answers")
-            return configs
+        if self._upstream is not None:  # the configs learnt off the socket thread, never the upstream's lock there
+            return self._known_upstream_facts().modality_configs
         getter = getattr(self.policy, "get_modality_config", None)
         return as_modality_configs(getter()) if getter else {}
 
@@ -235,8 +277,14 @@ class BuiltinEndpoints:
     def _policy_identity(self) -> Optional[Dict[str, Any]]:
         """The served policy's `identity()` (the first in its wrapper chain that has one: which checkpoint or dataset
         it serves), or None; never raises, as info must answer: values the wire cannot carry are sent as text."""
+        upstream = self._upstream
         for policy in policy_chain(self.policy):
             identity = getattr(policy, "identity", None)
+            if upstream is not None and (policy is upstream or getattr(identity, "__self__", None) is upstream):
+                # the upstream's as last learnt (a wrapper may forward identity() to the client): the client forgets
+                # it on a timeout or a reconnection
+                facts = self._upstream_facts
+                return None if facts is None or facts.identity is None else encodable_identity(facts.identity)[0]
             if callable(identity):
                 try:
                     value = identity()
@@ -265,18 +313,20 @@ class BuiltinEndpoints:
         except BaseException as exc:  # info must answer even when the policy cannot (a SystemExit in its config loader)
             modality = {"error": error_text("get_modality_config", exc)[0]}
         self.session_table()  # a policy swapped in: the session limits said below are its own
-        upstream = self._upstream  # a relay reports its upstream's policy (learnt off this thread)
+        upstream = self._upstream  # a relay reports its upstream's policy as last learnt (off this thread)
+        known = (self._upstream_facts if upstream is not None else None) or NOTHING_LEARNT
         return {
             "server": "gr00t-server",
             "protocol_version": PROTOCOL_VERSION,
             "versions": {"gr00t-server": server_version, "gr00t-client": client_version},
-            "policy_class": type(self.policy).__name__ if upstream is None else relayed_class(self.policy, upstream),
-            "observation_format": (upstream.server_observation_format
-                                   if upstream is not None and upstream is self.policy else self._policy_info_fact("observation_format", _observation_format)),
+            "policy_class": (type(self.policy).__name__ if upstream is None
+                             else relayed_class(self.policy, upstream, known.policy_class)),
+            "observation_format": (known.observation_format if upstream is not None and upstream is self.policy
+                                   else self._policy_info_fact("observation_format", _observation_format)),
             "policy_identity": self._policy_identity(),
             # a gateway (PolicyServer(PolicyClient(this server))) refuses to merge its robots into one session of ours
             "keeps_sessions": self._policy_uses_sessions,
-            "embodiment_tag": (upstream.server_embodiment_tag if upstream is not None else None) or self.embodiment_tag,
+            "embodiment_tag": known.embodiment_tag or self.embodiment_tag,
             "modality_configs": modality,
             "capabilities": ["multipart", "sessions", "server_timing", "deadlines"]
             + (["batching"] if self.batching_enabled else []),

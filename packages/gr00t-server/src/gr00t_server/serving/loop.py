@@ -200,7 +200,8 @@ class RequestLoop(Gathering):
     def _route(self, request: Request) -> None:
         """Answer a built-in endpoint now, or queue the request for the worker (gathering batches)."""
         server = self._server
-        if request.endpoint in INLINE_ENDPOINTS and server.is_built_in(request.endpoint):
+        if request.endpoint in INLINE_ENDPOINTS and server.is_built_in(request.endpoint) and server.answers_now(
+                request.endpoint):
             self._reply_now(request)
             return
         try:

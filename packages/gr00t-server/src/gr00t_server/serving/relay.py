@@ -4,17 +4,46 @@ it reports is the upstream's, and the upstream's errors reach the robot with the
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
 from gr00t_client import PolicyClient
-from gr00t_client.client_errors import UPSTREAM_FAILED, PolicyServerError, ServerStoppingError
+from gr00t_client.client_errors import UPSTREAM_FAILED, PolicyServerError, ServerStoppingError, UpstreamFailedError
 
 from .messages import RequestError
 from .wrappers import policy_chain
 
 logger = logging.getLogger("gr00t_server.serving.server")
 
-UPSTREAM_MARGIN_MS = 200  # of a robot's remaining budget kept for the relay's own reply, when it passes it upstream
+# Of a robot's remaining budget, kept for the relay's own reply when it passes the rest upstream: 200 ms at most, and
+# at most a fifth of it, so that a robot with a short budget (100 ms) still gives the upstream most of it
+UPSTREAM_MARGIN_MS = 200
+UPSTREAM_MARGIN_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class UpstreamFacts:
+    """What a relay last learnt of its upstream, through `policy` (its served chain) at its client's `server_changes`:
+    reported while the client has forgotten them (a timeout, an outage), replaced only when it learns them anew."""
+
+    policy: Any
+    server_changes: int
+    policy_class: Optional[str]
+    identity: Optional[Dict[str, Any]]
+    embodiment_tag: Optional[str]
+    observation_format: Optional[str]
+    modality_configs: Any
+
+
+NOTHING_LEARNT = UpstreamFacts(None, -1, None, None, None, None, None)  # a relay's info before its upstream answers
+
+
+def upstream_deadline(deadline: Optional[float], now: float) -> Optional[float]:
+    """The deadline (time.monotonic()) a relay passes upstream for a robot's `deadline`: its margin taken off (the
+    smaller of UPSTREAM_MARGIN_MS and UPSTREAM_MARGIN_SHARE of what remains); None for a robot without one."""
+    if deadline is None:
+        return None
+    return deadline - min(UPSTREAM_MARGIN_MS / 1000.0, UPSTREAM_MARGIN_SHARE * max(deadline - now, 0.0))
 
 
 def upstream_client(policy: Any) -> Optional[PolicyClient]:
@@ -22,22 +51,23 @@ def upstream_client(policy: Any) -> Optional[PolicyClient]:
     return next((link for link in policy_chain(policy) if isinstance(link, PolicyClient)), None)
 
 
-def relayed_class(policy: Any, upstream: PolicyClient) -> str:
-    """'PolicyClient -> Gr00tPolicy': the chain's classes down to the client, then the class its upstream reports."""
+def relayed_class(policy: Any, upstream: PolicyClient, upstream_class: Optional[str]) -> str:
+    """'PolicyClient -> Gr00tPolicy': the chain's classes down to the client, then the class its upstream reported."""
     names = []
     for link in policy_chain(policy):
         names.append(type(link).__name__)
         if link is upstream:
             break
-    return " -> ".join(names + [upstream.server_policy_class or "?"])
+    return " -> ".join(names + [upstream_class or "?"])
 
 
 def upstream_error(upstream: PolicyClient, exc: BaseException) -> Optional[Exception]:
     """The error a robot is answered for the upstream's `exc`, its text prefixed with the upstream's address: a refusal
     of the request as a RequestError (the robot's mistake, as it would be told directly); no answer, a lost
     connection, a refused token or an upstream's internal error as UpstreamFailure (the robot's client raises
-    gr00t_client's UpstreamFailedError, a ConnectionError, for it). None for another exception (the relay's own)."""
-    if isinstance(exc, PolicyServerError) and not isinstance(exc, ServerStoppingError):
+    gr00t_client's UpstreamFailedError, a ConnectionError, for it), an upstream relay's UpstreamFailedError too (its own
+    upstream failed). None for another exception (the relay's own)."""
+    if isinstance(exc, PolicyServerError) and not isinstance(exc, (ServerStoppingError, UpstreamFailedError)):
         message = exc.server_message
         if "Unauthorized" not in message and not message.startswith("internal error"):
             return RequestError(f"upstream {upstream.address}: {message}")

@@ -32,6 +32,7 @@ from .loop import (  # noqa: F401
 )
 from .messages import Request, RequestError, token_shape_problem
 from .metrics import RESERVED_ENDPOINT_LABELS, NullMetrics, ServerMetrics, reachable_host
+from .relay import UpstreamFacts
 from .sessions import SessionTable, check_no_shared_replay_session, policy_session_limit
 from .stats import ServerStats
 from ..curve import CurveServerConfig
@@ -146,9 +147,9 @@ class PolicyServer(BuiltinEndpoints):
         self.policy = policy  # checked (the property's setter)
         # Facts about the policy's wrapper chain (_policy_fact), learnt once per policy object: [policy, {fact: value}]
         self._policy_facts: List[Any] = [None, {}]
-        # A relay's (relay.py): [policy, its client's server_changes, modality configs] learnt off the socket thread,
-        # and the server_changes at which the upstream was last checked for a session-keeping policy
-        self._relay_configs: List[Any] = [None, None, None]
+        # A relay's (relay.py): its upstream's facts and modality configs as last learnt off the socket thread, and the
+        # server_changes at which the upstream was last checked for a session-keeping policy
+        self._relay_facts: Optional[UpstreamFacts] = None
         self._relay_checked_changes: Optional[int] = None
         # The client's check ('*', every interface, passes as serve's --host does): None, '' or a 'host:port' bound
         # tcp://None:0 and failed in start() with "No such device"
