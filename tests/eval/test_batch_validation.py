@@ -301,7 +301,7 @@ def test_a_job_with_rtc_against_a_policy_that_does_not_read_it_is_warned_before_
     assert batch_results(out)["rtc"]["results"]["settings_not_applied"] == {"rtc_frozen_steps": 1}
     warned = [r.getMessage() for r in caplog.records
               if r.levelname == "WARNING" and "--rtc-frozen-steps 1" in r.getMessage()]
-    assert len(warned) == 1 and warned[0].startswith("not applied: --rtc-frozen-steps 1;")
+    assert len(warned) == 1 and warned[0].startswith("not known to be applied: --rtc-frozen-steps 1;")
 
 
 @pytest.mark.parametrize("host", ["tcp://127.0.0.1:5555", "127.0.0.1:5555", "[::1]:5555", "TCP://gpu-box",

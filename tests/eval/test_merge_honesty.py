@@ -149,6 +149,54 @@ def test_a_shard_written_before_the_chunking_settings_is_refused_beside_a_non_de
     assert "setting client_chunking 'sync' ('off' in the first)" in capsys.readouterr().err
 
 
+def write_as_before_the_plan_recorded_chunking(results_file, config=True):
+    """Make a results file look written by a gr00t-eval of 2026-11-21 to 12-01, which had --client-chunking,
+    --chunk-merge and --rtc-frozen-steps and wrote them in `config` but not in `plan.settings` (nor n_envs); with
+    `config` False, one without a config either (nothing records what it ran with)."""
+    data = json.loads(results_file.read_text())
+    for name in ("client_chunking", "chunk_merge", "rtc_frozen_steps", "n_envs"):
+        data["plan"]["settings"].pop(name, None)
+    if not config:
+        data["config"] = None
+    results_file.write_text(json.dumps(data))
+
+
+def test_an_older_shard_is_held_to_the_client_chunking_its_config_records_when_its_plan_does_not(server, tmp_path,
+                                                                                                  capsys):
+    out = tmp_path / "shards"
+    assert shard(server.port, out, 0, "--client-chunking", "sync") == 0
+    assert shard(server.port, out, 1) == 0
+    write_as_before_the_plan_recorded_chunking(out / "results_shard0of2.json")
+    capsys.readouterr()
+    assert merge(out) == 2
+    assert "setting client_chunking 'off' ('sync' in the first)" in capsys.readouterr().err
+    assert not (out / "merged.json").exists()
+
+
+def test_an_older_shard_merges_with_a_shard_of_the_client_chunking_its_config_records(server, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert shard(server.port, out, 0, "--client-chunking", "sync") == 0
+    assert shard(server.port, out, 1, "--client-chunking", "sync") == 0
+    write_as_before_the_plan_recorded_chunking(out / "results_shard0of2.json")
+    assert merge(out) == 0, capsys.readouterr().err
+    merged = json.loads((out / "merged.json").read_text())
+    assert merged["status"] == "complete" and merged["overall"]["n_episodes"] == 4
+    settings = merged["plan"]["settings"]
+    assert (settings["client_chunking"], settings["n_envs"]) == ("sync", 1) == (merged["config"]["client_chunking"],
+                                                                                merged["config"]["n_envs"])
+
+
+def test_a_shard_recording_its_settings_nowhere_is_refused_as_not_recorded_beside_one_that_records_them(
+        server, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert shard(server.port, out, 0) == 0 and shard(server.port, out, 1) == 0
+    write_as_before_the_plan_recorded_chunking(out / "results_shard0of2.json", config=False)
+    capsys.readouterr()
+    assert merge(out) == 2
+    assert ("setting chunk_merge 'newest' (not recorded (written by an older gr00t-eval) in the first"
+            in capsys.readouterr().err)
+
+
 def test_auto_n_envs_shards_of_two_machines_record_the_envs_they_ran_with_so_sync_chunking_merge_refuses_them(
         server, tmp_path, monkeypatch, capsys):
     """Each shard recorded n_envs 0, not the 4 and 1 envs it ran with, and merge pooled them without a word."""

@@ -344,7 +344,7 @@ def test_denoising_steps_reach_a_gr00t_server_and_are_recorded_applied(dataset, 
 
 def test_denoising_steps_against_a_gr00t_server_reporting_no_max_denoising_steps_are_warned_and_recorded_not_applied(
         dataset, tmp_path, caplog):
-    """An older gr00t-server ignores options it does not know and its get_server_info reports no max_denoising_steps:
+    """An older gr00t-server reports no max_denoising_steps, so it is not known to apply the option:
     results.json recorded settings_not_applied {} with config.denoising_steps 2, scores reported as 2-step ones."""
     pytest.importorskip("gr00t_server")
     from gr00t_client import PolicyClient
@@ -357,3 +357,27 @@ def test_denoising_steps_against_a_gr00t_server_reporting_no_max_denoising_steps
     assert saved["settings_not_applied"] == {"denoising_steps": 2} and saved["config"]["denoising_steps"] == 2
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--denoising-steps 2" in r.getMessage()]
     assert warned and "does not report max_denoising_steps" in warned[0]
+
+
+def test_denoising_steps_against_a_gr00t_server_reporting_no_cap_are_warned_as_not_sent_not_as_ignored_by_it(
+        dataset, tmp_path, caplog):
+    """A gr00t-server of 2026-12-02 to 12-04 applies options['denoising_steps'] but reports no max_denoising_steps: the
+    warning said it ignores the option. It may or may not apply it; the run does not send it, and says so."""
+    pytest.importorskip("gr00t_server")
+    from gr00t_client import PolicyClient
+    from serving import running_server
+
+    seen = []
+
+    class OptionsSeen(EchoPolicy):
+        def _get_action(self, observation, options=None):
+            seen.append(options)
+            return super()._get_action(observation, options)
+
+    with running_server(OptionsSeen()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        result, _ = run(dataset, tmp_path, client, traj_ids=[0], denoising_steps=2, plot=False)
+    assert seen and all(options is None for options in seen)  # its scores are at the server's default steps
+    assert json.loads(result.results_path.read_text())["settings_not_applied"] == {"denoising_steps": 2}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--denoising-steps 2" in r.getMessage()]
+    assert warned and "may or may not apply it" in warned[0] and "not sent" in warned[0]
+    assert "ignores the option" not in warned[0]

@@ -416,6 +416,19 @@ def test_rtc_against_a_gr00t_server_whose_policy_does_not_read_it_is_warned_and_
                for r in caplog.records if r.levelname == "WARNING")
 
 
+def test_rtc_against_an_older_gr00t_server_reporting_no_policy_identity_is_warned_as_not_known_to_be_applied(
+        tmp_path, caplog):
+    # an older gr00t-server's Gr00tPolicy applies options["rtc"] and reports no policy_identity: the warning said the
+    # server serves "a Gr00tPolicy, not a Gr00tPolicy", and the docs that such a server ignores the option
+    with policy_server(TrackingPolicy()) as server:
+        code = _rollout_against(server.port, tmp_path, "--client-chunking", "async", "--rtc-frozen-steps", "1")
+    assert code == 0
+    assert json.loads((tmp_path / "results.json").read_text())["settings_not_applied"] == {"rtc_frozen_steps": 1}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--rtc-frozen-steps 1" in r.getMessage()]
+    assert warned and "reports no policy_identity kind 'gr00t'" in warned[0] and "not a Gr00tPolicy" not in warned[0]
+    assert "an older gr00t-server that reports no policy_identity may or may not apply it" in warned[0]
+
+
 class RtcReadingPolicy(TrackingPolicy):
     """A TrackingPolicy that says, as a policy of one's own may, that it reads options["rtc"]."""
 

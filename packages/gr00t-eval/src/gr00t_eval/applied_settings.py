@@ -1,11 +1,12 @@
 """Run settings that reach the policy as get_action options (--denoising-steps, --rtc-frozen-steps), and whether its
-server applies them: a reference server's policy ignores them, and so does a gr00t-server replaying a dataset (its
-get_server_info names the policy_identity kind "replay"), a gr00t-server whose get_server_info reports no
-`max_denoising_steps` (an older one ignores options it does not know) cannot be taken to apply denoising_steps, and
-one whose policy is not a Gr00tPolicy (policy_identity kind "gr00t") and reports no `rtc` capability in its limits
-cannot be taken to apply rtc_frozen_steps (a policy of one's own ignores options["rtc"] unless it says so), so a
-run against any of them warns and records them under `settings_not_applied` (results.json, run.json) rather than as
-settings its scores were measured with."""
+server is known to apply them: a reference server's policy ignores them, and so does a gr00t-server replaying a
+dataset (its get_server_info names the policy_identity kind "replay"); a gr00t-server whose get_server_info reports
+no `max_denoising_steps` is not known to apply denoising_steps, and one whose policy reports neither the
+policy_identity kind "gr00t" nor an `rtc` capability in its limits is not known to apply rtc_frozen_steps (an older
+gr00t-server may or may not apply either: one of 2026-12-02 to 12-04 applies denoising_steps without reporting the
+cap, and one of 2026-12-01 applies rtc without reporting a policy_identity). A run against any of them warns and
+records them under `settings_not_applied` (results.json, run.json): settings not known to be applied, rather than
+settings its scores were measured with (open-loop does not send such a --denoising-steps at all)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ REPLAY_KINDS = frozenset({"replay"})
 
 
 def settings_not_applied(policy: Any, settings: Mapping[str, Any]) -> Dict[str, Any]:
-    """{name: value} of the `settings` given (not None) that `policy` cannot apply: all of them for a PolicyClient whose
-    server is not a gr00t-server (as far as its get_server_info said) or replays a dataset; denoising_steps for a
-    gr00t-server that does not report max_denoising_steps; rtc_frozen_steps for one whose policy is neither a
-    Gr00tPolicy nor reports `rtc`; none for another gr00t-server or an in-process policy."""
+    """{name: value} of the `settings` given (not None) that `policy` is not known to apply: all of them for a
+    PolicyClient whose server is not a gr00t-server (as far as its get_server_info said) or replays a dataset;
+    denoising_steps for a gr00t-server that does not report max_denoising_steps; rtc_frozen_steps for one whose policy
+    reports neither the kind "gr00t" nor `rtc`; none for another gr00t-server or an in-process policy."""
     given = {name: value for name, value in settings.items() if value is not None}
     if not given:
         return {}
@@ -42,7 +43,7 @@ def settings_not_applied(policy: Any, settings: Mapping[str, Any]) -> Dict[str, 
 
 
 def warn_not_applied(policy: Any, not_applied: Mapping[str, Any]) -> None:
-    """One warning naming each setting (as its flag) that `policy`'s server does not apply."""
+    """One warning naming each setting (as its flag) that `policy`'s server is not known to apply."""
     if not not_applied:
         return
     flags = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in not_applied.items())
@@ -58,17 +59,20 @@ def warn_not_applied(policy: Any, not_applied: Mapping[str, Any]) -> None:
                        "settings_not_applied; serve a model (--model-path) to apply it", flags, address)
         return
     if "rtc_frozen_steps" in not_applied:
-        logger.warning("not applied: %s; the server at %s serves a %s, not a Gr00tPolicy (policy_identity kind "
-                       "'gr00t'), and its get_server_info limits report no 'rtc': true, so its policy is not known to "
-                       "read options['rtc']. The run's results list this under settings_not_applied; serve a model, "
-                       "or have a policy of your own that applies the option report it with work_limits() returning "
+        logger.warning("not known to be applied: %s; the server at %s serves a %s that reports no policy_identity "
+                       "kind 'gr00t' (a Gr00tPolicy of a current gr00t-server), and its get_server_info limits report "
+                       "no 'rtc': true, so its policy is not known to read options['rtc'], which is sent all the same "
+                       "(an older gr00t-server that reports no policy_identity may or may not apply it). The run's "
+                       "results list this under settings_not_applied; serve a model with a current gr00t-server, or "
+                       "have a policy of your own that applies the option report it with work_limits() returning "
                        "{'rtc': True} (docs/serving.md)", flags, address, _policy_class(policy))
         return
     logger.warning("not applied: %s; the server at %s does not report max_denoising_steps in get_server_info's "
-                   "limits, as a current gr00t-server serving a model does (an older gr00t-server ignores the "
-                   "option). The run's results list this under settings_not_applied; serve the model with a current "
-                   "gr00t-server, or have a policy of your own that applies the option report it with "
-                   "work_limits() returning {'max_denoising_steps': N} (docs/serving.md)", flags, address)
+                   "limits, as a current gr00t-server serving a model does (an older gr00t-server that reports no "
+                   "max_denoising_steps may or may not apply it), so the option is not sent and the scores are at "
+                   "the server's default steps. The run's results list this under settings_not_applied; serve the "
+                   "model with a current gr00t-server, or have a policy of your own that applies the option report "
+                   "it with work_limits() returning {'max_denoising_steps': N} (docs/serving.md)", flags, address)
 
 
 def _served_by_reference(policy: Any) -> bool:
@@ -108,6 +112,6 @@ def _policy_class(policy: Any) -> str:
 
 def _reports_denoising_cap(info: Mapping[str, Any]) -> bool:
     """Whether the info's limits hold max_denoising_steps: a gr00t-server that reports it applies denoising_steps
-    (Gr00tPolicy's work_limits); one older than the option ignores it, as unknown options were then."""
+    (Gr00tPolicy's work_limits); an older one that does not may or may not (those of 2026-12-02 to 12-04 do)."""
     limits = info.get("limits")
     return isinstance(limits, Mapping) and "max_denoising_steps" in limits

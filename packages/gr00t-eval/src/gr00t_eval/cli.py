@@ -163,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("denoising-steps"), type=int, default=None, metavar="N",
                    help="flow-matching denoising steps, sent to the server as options['denoising_steps'] (server default if unset); "
                         "a server that is not a gr00t-server, a replay (serve --dataset-path), or a gr00t-server whose "
-                        "get_server_info reports no max_denoising_steps (an older one) cannot apply it: warned, not "
-                        "sent, and recorded under settings_not_applied in results.json")
+                        "get_server_info reports no max_denoising_steps (an older one, which may or may not apply it) is "
+                        "not known to apply it: warned, not sent, and recorded under settings_not_applied in "
+                        "results.json")
     p.add_argument(*_flag("allow-errors"), action="store_true",
                    help="exit 0 even when trajectories errored (the policy did not follow them; they are reported and left "
                         "out of the averages), unless every trajectory errored: a run that scored nothing exits 1")
@@ -249,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --client-chunking async: real-time chunking; each prefetch sends the buffered steps and the "
                         "server pins the new chunk's first K steps to them (K = 1 + the policy latency in env steps, at "
                         "most the policy's action horizon; needs a Gr00tPolicy gr00t-server, or one whose policy's "
-                        "work_limits() report 'rtc': True; another server or policy, or a replay, ignores it: warned, "
-                        "and recorded under settings_not_applied in results.json and run.json)")
+                        "work_limits() report 'rtc': True; another server or policy, or a replay, is not known to apply it "
+                        "(an older gr00t-server may): warned, and recorded under settings_not_applied in results.json "
+                        "and run.json)")
 
     rollout_parser = p
 

@@ -119,15 +119,21 @@ def shard_plan(tasks: Sequence[Task], config: RolloutConfig, shard: Optional[Sha
     }
 
 
-def recorded_settings(plan: Mapping[str, Any]) -> Dict[str, Any]:
-    """A plan's outcome settings, each one it does not record at RolloutConfig's default.
-
-    A results file written before a setting existed (client_chunking, chunk_merge and rtc_frozen_steps came
-    later) ran with that setting's default, so it merges with shards that record the default.
-    """
+def recorded_settings(results: Mapping[str, Any]) -> Dict[str, Any]:
+    """The outcome settings `results` ran with: its plan's, and each its plan does not record from its `config` (a
+    gr00t-eval of 2026-11-21 to 12-01 wrote client_chunking, chunk_merge and rtc_frozen_steps there only), or at
+    RolloutConfig's default where its config lacks it too (written before the setting existed). A setting with no
+    config to read it from is left out: not recorded, so merge refuses it beside a shard that records it."""
+    settings = dict(results["plan"].get("settings") or {})
+    config = results.get("config")
+    if not isinstance(config, Mapping):
+        return settings
     default_config = dataclasses.asdict(RolloutConfig(env_name=""))
-    defaults = {name: default_config[name] for name in OUTCOME_SETTINGS}
-    return {**defaults, **(plan.get("settings") or {})}
+    for name in OUTCOME_SETTINGS:
+        settings.setdefault(name, config.get(name, default_config[name]))
+    if settings["client_chunking"] in ROW_COUPLED_CHUNKING and "n_envs" in config:
+        settings.setdefault("n_envs", config["n_envs"])
+    return settings
 
 
 # The run's --env-import, --env-prefix and --env-adapter values (rollout_args._registrations), as its plan records them.
@@ -205,7 +211,7 @@ def _check_results_shape(results: Mapping[str, Any]) -> None:
 def _plan_key(results: Mapping[str, Any]) -> Tuple[Any, ...]:
     _check_results_shape(results)
     plan = results["plan"]
-    settings = json.dumps(recorded_settings(plan), sort_keys=True)
+    settings = json.dumps(recorded_settings(results), sort_keys=True)
     registrations = json.dumps(_registered_envs(plan), sort_keys=True)
     return (tuple(tuple(t) for t in plan["tasks"]), plan["n_episodes"], plan["seed"], settings, registrations)
 
@@ -220,24 +226,24 @@ def plan_difference(first: Mapping[str, Any], other: Mapping[str, Any], first_na
     for name in ("tasks", "n_episodes", "seed"):
         if a.get(name) != b.get(name):
             return f"{name} {b.get(name)!r} ({a.get(name)!r} in {first_name})"
-    settings_a, settings_b = recorded_settings(a), recorded_settings(b)
+    settings_a, settings_b = recorded_settings(first), recorded_settings(other)
     for name in sorted(set(settings_a) | set(settings_b)):
         value_a, value_b = settings_a.get(name, _MISSING), settings_b.get(name, _MISSING)
         if value_a != value_b:
-            shown_a = "not recorded" if value_a is _MISSING else repr(value_a)
-            shown_b = "not recorded" if value_b is _MISSING else repr(value_b)
+            shown_a = _NOT_RECORDED if value_a is _MISSING else repr(value_a)
+            shown_b = _NOT_RECORDED if value_b is _MISSING else repr(value_b)
             why = (f"; with client_chunking {settings_a.get('client_chunking')!r} the number of envs changes what "
                    f"an episode does{_AUTO_N_ENVS_UNKNOWN if 0 in (value_a, value_b) else ''}" if name == "n_envs" else "")
             return f"setting {name} {shown_b} ({shown_a} in {first_name}{why})"
     if _registered_envs(a) != _registered_envs(b):  # one env name, two envs: a built-in and an adapter
         from .rollout_args import _recorded_registration_flags
 
-        flags_a, flags_b = (_REGISTRATIONS_NOT_RECORDED if plan.get("registrations") is None
+        flags_a, flags_b = (_NOT_RECORDED if plan.get("registrations") is None
                             else _recorded_registration_flags(plan).strip() or "none" for plan in (a, b))
         # an older shard may have run with the same flags: what it ran is unknown, not "none"
-        older = (f"; rerun {first_name if flags_a == _REGISTRATIONS_NOT_RECORDED else 'this shard'} with this "
+        older = (f"; rerun {first_name if flags_a == _NOT_RECORDED else 'this shard'} with this "
                  "gr00t-eval and the --env-import/--env-prefix/--env-adapter flags it was run with"
-                 if _REGISTRATIONS_NOT_RECORDED in (flags_a, flags_b) else "")
+                 if _NOT_RECORDED in (flags_a, flags_b) else "")
         return f"env registrations {flags_b} ({flags_a} in {first_name}: the same env names may be other envs){older}"
     return "the plan"
 
@@ -256,7 +262,7 @@ def evaluation_difference(earlier: Mapping[str, Any], later: Mapping[str, Any], 
     return None
 
 
-_REGISTRATIONS_NOT_RECORDED = "not recorded (written by an older gr00t-eval)"
+_NOT_RECORDED = "not recorded (written by an older gr00t-eval)"
 
 
 def _registered_envs(plan: Mapping[str, Any]) -> Dict[str, Any]:
@@ -337,7 +343,7 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
         if other != key:
             raise MergeError(f"{label[position]} ran a different plan than {label[0]}: "
                              f"{plan_difference(shards[0], results)}; only shards of one plan merge")
-    _warn_of_unknown_n_envs(recorded_settings(shards[0]["plan"]), label)
+    _warn_of_unknown_n_envs(recorded_settings(shards[0]), label)
     policies = [(label[i], results.get("policy")) for i, results in enumerate(shards) if results.get("policy")]
     # a shard that scored no episode (a Ray shard that never reached its server) adds nothing to check
     unrecorded = [label[i] for i, results in enumerate(shards)
@@ -399,7 +405,7 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
     config = dict(first.get("config") or {})
     config.pop("shard", None)
     extra = {
-        "plan": {**shards[0]["plan"], "settings": recorded_settings(shards[0]["plan"]), "shard": None},
+        "plan": {**shards[0]["plan"], "settings": recorded_settings(shards[0]), "shard": None},
         "merged_from": [results.get("plan", {}).get("shard") for results in shards],
         "missing_episodes": missing,
         "n_not_run": len(missing) + len(not_run_by_failed_task),  # as a single run counts the episodes it never ran
