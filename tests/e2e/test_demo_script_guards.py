@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "gr00t-eval").exis
 
 def start_demo(demo_dir: str, cwd: Path, **popen: object) -> subprocess.Popen:
     """demo.sh in its own session (so that all it started can be found and stopped), with SIGINT at its default."""
-    env = dict(os.environ, DEMO_DIR=demo_dir, DEMO_EPISODES="1", DEMO_PORT="37490")
+    # no DEMO_PORT: the demo picks a free one (a fixed port in use elsewhere is refused before the guards under test)
+    env = {**{k: v for k, v in os.environ.items() if k != "DEMO_PORT"}, "DEMO_DIR": demo_dir, "DEMO_EPISODES": "1"}
     return subprocess.Popen(["bash", str(DEMO)], cwd=cwd, env=env, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
 
