@@ -27,3 +27,14 @@ def test_one_string_a_row_is_read_in_every_form(value):
 
 def test_a_bare_string_is_one_row():
     assert language_batch("pick", "task") == ["pick"]
+
+
+def test_a_lone_surrogate_is_passed_on_to_the_policy_which_alone_knows_whether_a_tokenizer_reads_it():
+    """A replay reads no language and a formalizing checkpoint strips it: the flat helpers (client, sim wrapper,
+    rollout's language_row) refused every instruction holding one."""
+    from gr00t_eval.rollout.policy_io import language_row
+
+    text = "pick \ud800 up the bowl"
+    assert language_batch(np.array([text]), "task") == [text]
+    assert language_row(np.array([text]), "task") == text
+    assert language_row(text, "task") == text

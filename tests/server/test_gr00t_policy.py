@@ -476,6 +476,25 @@ def test_a_tokenizer_whose_vision_marker_id_is_not_config_jsons_is_refused_namin
         Gr00tPolicy(copy, "libero_sim", device="cpu")
 
 
+def test_a_vision_marker_id_config_json_does_not_set_is_named_as_the_built_in_default(tiny_checkpoint, tmp_path):
+    """The message quoted 'config.json backbone_cfg.vision_start_token_id is 151652', a key config.json did not
+    hold: the id is Cosmos-Reason2's default (transformers' Qwen3VLConfig's too), which the model then uses."""
+    import json
+
+    from gr00t_server.processing.test_assets import DEFAULT_SPECIAL_TOKEN_IDS
+
+    copy = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    config = json.loads((copy / "config.json").read_text())
+    del config["backbone_cfg"]["vision_start_token_id"]
+    (copy / "config.json").write_text(json.dumps(config))
+    tokenizer_id = DEFAULT_SPECIAL_TOKEN_IDS["<|vision_start|>"]
+    expected = re.escape(f"tokenizer maps <|vision_start|> to id {tokenizer_id}, but the model uses the default "
+                         "<|vision_start|> id 151652 (config.json's backbone_cfg sets no vision_start_token_id); set "
+                         f"backbone_cfg.vision_start_token_id to {tokenizer_id} in config.json if")
+    with pytest.raises(ValueError, match=expected):
+        Gr00tPolicy(copy, "libero_sim", device="cpu")
+
+
 def test_cuda_device_without_cuda_is_a_clear_error(tiny_checkpoint):
     import torch
 

@@ -113,3 +113,30 @@ def test_a_lone_surrogate_sent_in_a_string_array_is_refused_before_any_token_cou
             client.get_action(flat)
         stats = client.get_server_info()["stats"]
     assert stats["internal_errors"] == 0
+
+
+@pytest.mark.parametrize("text", ["pick \ud800 up the bowl", "pick up the bowl " * 30 + "\ud800"])
+def test_a_lone_surrogate_is_stripped_as_punctuation_when_the_checkpoint_formalizes_language(tiny_checkpoint, text):
+    """Formalization removes it as it removes punctuation (the reference serves 'pick \\ud800 up' as 'pick  up'):
+    it never reaches the tokenizer, so it is served, nested and in the flat form, through the token count too."""
+    import numpy as np
+    import torch
+
+    from gr00t_server.policies.sim_wrapper import Gr00tSimPolicyWrapper
+    from gr00t_server.processing.text import formalize_language
+
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    assert policy.processor.config.formalize_language
+    actions = []
+    for instruction in (formalize_language(text), text):
+        torch.manual_seed(0)
+        actions.append(policy.get_action(_with_instruction(tiny_checkpoint, instruction)[0])[0])
+    assert all(np.array_equal(actions[0][key], actions[1][key]) for key in actions[0])
+    observation, key = _with_instruction(tiny_checkpoint, "pick up the bowl")
+    flat = {f"{modality}.{name}": value for modality in ("video", "state")
+            for name, value in observation[modality].items()}
+    flat[key] = np.array([text])
+    with running_server(Gr00tSimPolicyWrapper(policy)) as server, \
+            PolicyClient(port=server.port, timeout_ms=60000) as client:
+        action, _ = client.get_action(flat)
+    assert action

@@ -178,6 +178,21 @@ def test_wraps_replay_policy_with_flat_keys_and_sessions(tmp_path):
     assert empty_action["action.arm"].shape == (1, 16, 3)
 
 
+def test_a_wrapped_replay_serves_an_instruction_holding_a_lone_surrogate(tmp_path):
+    """No tokenizer reads a replay's language: only a policy that tokenizes the text as sent refuses a lone surrogate
+    (a numpy string array carries one), so the wrapper and the client's flat check pass it on."""
+    from gr00t_client import PolicyClient
+    from serving import running_server
+
+    root = make_dataset(tmp_path / "ds", lengths=(5,), cameras=("image",))
+    observation = dict(replay_flat(), **{LANGUAGE_KEY: np.array(["pick \ud800 up the bowl"])})
+    with running_server(Gr00tSimPolicyWrapper(ReplayPolicy(root, execution_horizon=2))) as server:
+        with PolicyClient(port=server.port, strict=True, timeout_ms=10000) as client:
+            client.reset({"episode_index": 0})
+            action, _ = client.get_action(observation)
+    np.testing.assert_array_equal(action["action.arm"][0, :3], expected_actions(0, 3)["arm"])
+
+
 def test_wrapper_refuses_a_non_finite_flat_state_and_non_utf8_language_naming_the_key():
     wrapper = Gr00tSimPolicyWrapper(RecordingPolicy())
     observation = flat()

@@ -65,8 +65,8 @@ def language_batch(value: Any, key: str) -> List[str]:
 
 def language_text(item: Any, where: str, expected: str) -> str:
     """A language item as text: a str, or UTF-8 bytes decoded; ObservationError '<where> <expected>; got ...' for
-    anything else, and naming `where` for bytes that are not UTF-8 or a str holding a lone surrogate (no tokenizer
-    takes one: it failed as an internal TypeError)."""
+    anything else, and naming `where` for bytes that are not UTF-8. A str holding a lone surrogate is passed on: only
+    a policy that tokenizes the text as sent refuses it (formalization strips it; a replay reads no language)."""
     if isinstance(item, bytes):
         try:
             item = item.decode("utf-8")
@@ -74,21 +74,7 @@ def language_text(item: Any, where: str, expected: str) -> str:
             raise ObservationError(f"{where} holds bytes that are not UTF-8 ({exc})") from None
     if not isinstance(item, str):
         raise ObservationError(f"{where} {expected}; got {type(item).__name__} {item!r:.60}")
-    surrogate = lone_surrogate_at(item)
-    if surrogate is not None:
-        raise ObservationError(f"{where} holds a lone surrogate at position {surrogate} ({item!r:.80}), which is not "
-                               "text (it has no UTF-8 encoding); send the instruction as valid Unicode text")
     return item
-
-
-def lone_surrogate_at(text: str) -> Optional[int]:
-    """The index of the first lone surrogate in `text` (what os.fsdecode or a JSON '\\ud800' escape makes), or None
-    when it encodes as UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return exc.start
-    return None
 
 
 def flat_observation_keys(configs: Mapping[str, ModalityConfig]) -> List[str]:

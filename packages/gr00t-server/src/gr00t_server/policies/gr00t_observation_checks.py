@@ -11,6 +11,7 @@ import numpy as np
 from gr00t_client.flat import language_text
 from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import ObservationError, masked_array_refusal, unreal_dtype
+from gr00t_server.processing.text import refuse_lone_surrogate
 
 if TYPE_CHECKING:
     from gr00t_server.processing.processor import Gr00tN1d7Processor
@@ -174,14 +175,17 @@ class Gr00tObservationChecks:
 
     def _check_instructions(self, observation: Mapping[str, Any]) -> None:
         """ObservationError naming the language key, row and tokens when an instruction holds the backbone's special
-        tokens (vision or chat placeholders): the model would read them as such, or fail inside transformers. Likewise
+        tokens (vision or chat placeholders): the model would read them as such, or fail inside transformers; or, as
+        the tokenizer gets it (formalize_language off), a lone surrogate, on which the tokenizer fails. Likewise
         one that is empty once formalized ("", blanks, punctuation: an env's missing task field), which the model
         served as an action for no task, unless the embodiment was trained on empty ones (EMPTY_INSTRUCTION_TAGS).
         The row is named as `rows [N]`, the form a rollout reads to error only that row's episode (refused_rows)."""
         blank_allowed = self.embodiment_tag_value in EMPTY_INSTRUCTION_TAGS
         for row, language in enumerate(observation["language"][self.language_key]):
             text = _instruction(language, self.language_key, row)
-            if not blank_allowed and not self.processor.instruction_text(text).strip():
+            read = self.processor.instruction_text(text)
+            refuse_lone_surrogate(read, f"language['{self.language_key}'] row {row}")
+            if not blank_allowed and not read.strip():
                 what = ("empty" if not text else "blank" if not text.strip()
                         else "nothing but whitespace and punctuation once formalized")
                 raise ObservationError(

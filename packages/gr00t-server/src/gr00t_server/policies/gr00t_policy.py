@@ -33,7 +33,7 @@ from gr00t_server.model.config import CONFIG_NAME, Gr00tN1d7Config
 from gr00t_server.processing.checkpoint_files import EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME
 from gr00t_server.processing.config import load_processor_config
 from gr00t_server.processing.processor import TOKENIZER_FILE_NAMES, Gr00tN1d7Processor
-from gr00t_server.processing.text import IMAGE_PAD_TOKEN, formalize_language
+from gr00t_server.processing.text import IMAGE_PAD_TOKEN, refuse_lone_surrogate
 from gr00t_server.processing.vision_patches import PREPROCESSOR_CONFIG_NAME
 from gr00t_server.serving.limits import ServerLimits
 
@@ -70,6 +70,21 @@ def _guard_torch_in_forked_children() -> None:
 
 
 _guard_torch_in_forked_children()
+
+
+def _vision_marker_id_source(backbone: Optional[Dict[str, Any]], token: str, key: str, expected_id: int,
+                             token_id: int) -> str:
+    """Where the model's id of vision marker `token` comes from, and what to fix: config.json's value, or the built-in
+    default (Cosmos-Reason2's, transformers' Qwen3VLConfig's too) where config.json sets none (no key to look for)."""
+    if key == "image_token_id" or (backbone and key in backbone):
+        shown = key if key == "image_token_id" else f"backbone_cfg.{key}"
+        return f"config.json {shown} is {expected_id}; the tokenizer files do not belong to this model"
+    if not backbone:  # the model is built from the whole built-in config then
+        return (f"the model uses the default {token} id {expected_id} (config.json sets no backbone_cfg, so the "
+                "built-in Cosmos-Reason2 config's); use this model's tokenizer files")
+    return (f"the model uses the default {token} id {expected_id} (config.json's backbone_cfg sets no {key}); set "
+            f"backbone_cfg.{key} to {token_id} in config.json if this tokenizer belongs to the model, else use the "
+            "model's tokenizer files")
 
 
 class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
@@ -219,15 +234,14 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self._check_image_patches_match_vision_encoder()
         # Qwen3-VL finds images by vision_start_token_id (their M-RoPE positions) and embeds each marker by its id:
         # a tokenizer of another model with other ids loaded without a word and changed the action.
-        backbone = mc.backbone_cfg or COSMOS_REASON2_2B_CONFIG
-        expected = {IMAGE_PAD_TOKEN: ("image_token_id", mc.image_token_id)}
+        expected = {IMAGE_PAD_TOKEN: (mc.image_token_id, "image_token_id")}
         for token, key in _VISION_TOKEN_ID_KEYS.items():
-            expected[token] = (f"backbone_cfg.{key}", backbone.get(key, COSMOS_REASON2_2B_CONFIG[key]))
-        for token, (key, expected_id) in expected.items():
+            expected[token] = ((mc.backbone_cfg or {}).get(key, COSMOS_REASON2_2B_CONFIG[key]), key)
+        for token, (expected_id, key) in expected.items():
             token_id = self.processor.tokenizer.convert_tokens_to_ids(token)
             if token_id != expected_id:
-                raise ValueError(f"tokenizer maps {token} to id {token_id}, but config.json {key} is {expected_id}; "
-                                 "the tokenizer files do not belong to this model")
+                raise ValueError(f"tokenizer maps {token} to id {token_id}, but "
+                                 + _vision_marker_id_source(mc.backbone_cfg, token, key, expected_id, token_id))
 
     def _check_image_patches_match_vision_encoder(self) -> None:
         """preprocessor_config.json cuts images into the patches the backbone's vision encoder was built for; a
@@ -324,9 +338,10 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         """Tokens of `text` by this checkpoint's tokenizer, for the server's --max-language-tokens (a count of words
         let 2,048 digits or CJK characters through as one word: thousands of tokens). Counted as the model reads it,
         formalized when the processor formalizes language (the raw text's punctuation and case counted 600 tokens for
-        241 read). Safe from the socket thread while the worker tokenizes: it uses its own copy of the tokenizer."""
-        if self.processor.config.formalize_language:
-            text = formalize_language(text)
+        241 read). Safe from the socket thread while the worker tokenizes: it uses its own copy of the tokenizer.
+        ObservationError for a lone surrogate the tokenizer would get (formalize_language off)."""
+        text = self.processor.instruction_text(text)
+        refuse_lone_surrogate(text, "the instruction")
         with self._counting_lock:
             return self._counting_tokenizer(text)
 

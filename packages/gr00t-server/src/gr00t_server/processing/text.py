@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from gr00t_client.policy import ObservationError
+
 IMAGE_PAD_TOKEN = "<|image_pad|>"
 VISION_START_TOKEN = "<|vision_start|>"
 VISION_END_TOKEN = "<|vision_end|>"
@@ -18,6 +20,26 @@ _PROBE_INSTRUCTION = "pick up the cube"  # checks the chat template at load (for
 def formalize_language(text: str) -> str:
     """Lower-case and strip punctuation (everything that is neither a word character nor whitespace)."""
     return _NON_WORD.sub("", text.lower())
+
+
+def lone_surrogate_at(text: str) -> Optional[int]:
+    """The index of the first lone surrogate in `text` (what os.fsdecode or a JSON '\\ud800' escape makes), or None
+    when it encodes as UTF-8. Formalization strips one (it is no word character), as the reference's does."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def refuse_lone_surrogate(text: str, where: str) -> None:
+    """ObservationError naming `where` and the position when `text`, as the tokenizer gets it, holds a lone surrogate:
+    the tokenizer failed on one with a TypeError naming no text, as an internal error."""
+    surrogate = lone_surrogate_at(text)
+    if surrogate is not None:
+        raise ObservationError(f"{where} holds a lone surrogate at position {surrogate} ({text!r:.80}), which is not "
+                               "text (it has no UTF-8 encoding) and this checkpoint's formalize_language is off, so "
+                               "its tokenizer would get it; send the instruction as valid Unicode text")
 
 
 def reserved_tokens(tokenizer: Any) -> Tuple[str, ...]:

@@ -13,9 +13,8 @@ from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, 
 
 import numpy as np
 
-from gr00t_client.flat import lone_surrogate_at
-from gr00t_client.policy import (PAIR_EXPECTED, ActionError, all_finite, first_non_finite, non_finite_scalar,
-                                  split_action_result)
+from gr00t_client.policy import (PAIR_EXPECTED, ActionError, ObservationError, all_finite, first_non_finite,
+                                  non_finite_scalar, split_action_result)
 from gr00t_client.wire_limits import shown_path
 
 from .messages import RequestError
@@ -147,13 +146,10 @@ def _check_text(text: str, where: str, limits: ServerLimits, count_tokens: Optio
     if count_tokens is None or len(text) <= limits.max_language_tokens and (
             text.isascii() or _LOWERED_GROWTH * len(text.encode("utf-8", "surrogatepass")) <= limits.max_language_tokens):
         return
-    surrogate = lone_surrogate_at(text) if count_tokens.tokenizer is not None else None
-    if surrogate is not None:  # the tokenizer fails on one with a TypeError naming no text, as an internal error
-        raise RequestError(
-            f"language '{where}'{_position_text(position)} holds a lone surrogate at position {surrogate}, which is not "
-            "text (it has no UTF-8 encoding); send the instruction as valid Unicode text"
-        )
-    tokens = count_tokens(text, where)
+    try:
+        tokens = count_tokens(text, where)
+    except ObservationError as exc:  # the policy's tokenizer cannot read it (Gr00tPolicy: a lone surrogate it gets)
+        raise RequestError(f"language '{where}'{_position_text(position)}: {exc}") from None
     if tokens > limits.max_language_tokens:
         raise RequestError(
             f"language '{where}'{_position_text(position)} has {tokens} {count_tokens.unit}; this server accepts at most "
