@@ -305,3 +305,119 @@ def test_an_upstream_refusing_the_relays_token_is_named_as_the_relays_not_the_ro
         reason = ServerWatch(robot).unreachable_reason(failed.value)
     assert "the relay's upstream" in reason
     assert "requires another API token" not in reason  # the robot's token is not the one refused
+
+
+class FailsOnItsInput(Checkpoint):
+    """A model stand-in whose get_action raises (a bug for one input): its server answers an internal error."""
+
+    def _get_action(self, observation, options=None):
+        raise RuntimeError("model failed on this input")
+
+
+class SlowConfigs(Checkpoint):
+    """A model stand-in whose configs load slowly once `armed`: `asked` is set, then get_modality_config waits for
+    `gate` (its server reads them for each get_server_info it answers)."""
+
+    def __init__(self, gate, name: str = "A"):
+        super().__init__(name=name)
+        self.config_gate, self.armed, self.asked = gate, False, threading.Event()
+
+    def get_modality_config(self):
+        if self.armed:
+            self.asked.set()
+            self.config_gate.wait(10)
+        return CONFIGS
+
+
+def test_behind_two_relays_started_before_their_upstream_the_robot_learns_its_policy_once_it_is_up():
+    port = free_port()
+    with relay_of(port, timeout_ms=800) as relay2, relay_of(relay2.port, timeout_ms=3000) as relay1, \
+            PolicyClient("127.0.0.1", relay1.port, timeout_ms=5000) as robot:
+        with running_server(Checkpoint(name="A"), port=port):
+            for _ in range(3):  # the first may still meet the outage
+                with contextlib.suppress(UpstreamFailedError):
+                    robot.get_action(observation())
+            robot.get_action(observation())
+            info = robot.get_server_info()
+    # relay2's "not known yet" while the upstream was down is not kept by relay1 as the upstream's policy
+    assert info["policy_class"] == "PolicyClient -> PolicyClient -> Checkpoint"
+    assert info["policy_identity"] == {"kind": "test", "checkpoint": "A"}
+
+
+def test_a_relay_that_knows_nothing_of_its_upstream_refuses_info_and_is_not_taken_for_a_reference_server():
+    port = free_port()
+    with relay_of(port, timeout_ms=500) as relay, PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot:
+        with pytest.raises(UpstreamFailedError, match=f"upstream policy server failed at tcp://127.0.0.1:{port}"):
+            robot.get_action(observation())  # its first call asks get_server_info: refused, to be asked again
+        undecided = robot.server_is_gr00t_server
+        with running_server(Checkpoint(name="A"), port=port):
+            action, _ = robot.get_action(observation())
+            info = robot.get_server_info()
+        decided = robot.server_is_gr00t_server
+    assert undecided is None  # neither a gr00t-server with placeholder facts nor a reference server
+    assert decided is True
+    assert action["arm"].shape == (1, 2, 3)
+    assert info["policy_identity"] == {"kind": "test", "checkpoint": "A"}
+
+
+def test_an_upstreams_internal_error_reaches_the_robot_as_a_refusal_not_as_a_server_gone():
+    with running_server(FailsOnItsInput()) as upstream, relay_of(upstream.port) as relay, \
+            PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot:
+        with pytest.raises(PolicyServerError) as failed:
+            robot.get_action(observation())
+    assert failed.value.server_message.startswith(
+        f"upstream tcp://127.0.0.1:{upstream.port}: internal error in get_action: RuntimeError"), str(failed.value)
+    assert not isinstance(failed.value, ConnectionError)  # the upstream answered: gr00t-eval scores that input failed
+
+
+def test_a_relays_worker_asks_an_unknown_upstreams_facts_within_the_start_up_bound_not_the_robots_budget(monkeypatch):
+    import re
+
+    from gr00t_server.serving import builtin_endpoints, sessions
+
+    monkeypatch.setattr(builtin_endpoints, "FACTS_AT_START_TIMEOUT_MS", 400)
+    monkeypatch.setattr(sessions, "FACTS_AT_START_TIMEOUT_MS", 400)
+    port = free_port()  # nothing listens there
+    with relay_of(port, timeout_ms=60_000) as relay, \
+            PolicyClient("127.0.0.1", relay.port, timeout_ms=8000) as robot:
+        with pytest.raises(UpstreamFailedError) as failed:
+            robot.get_server_info()
+    budget = re.search(r"did not answer 'get_server_info' within (\d+) ms", str(failed.value))
+    assert budget is not None, str(failed.value)
+    assert int(budget.group(1)) <= 400, str(failed.value)
+
+
+def test_a_policy_swap_while_the_worker_learns_the_old_upstreams_facts_is_refused_to_be_asked_again():
+    gate = threading.Event()
+    port_a = free_port()
+    answer: dict = {}
+    try:
+        with running_server(Checkpoint(name="B")) as upstream_b, \
+                PolicyClient("127.0.0.1", upstream_b.port, timeout_ms=5000) as client_b, \
+                relay_of(port_a, timeout_ms=1000) as relay, \
+                PolicyClient("127.0.0.1", relay.port, timeout_ms=8000) as robot:
+            assert robot.ping()  # the relay serves: its start-up questions found no upstream A
+            slow = SlowConfigs(gate, name="A")
+            with running_server(slow, port=port_a), PolicyClient("127.0.0.1", port_a, timeout_ms=5000) as direct:
+                assert direct.ping()
+                slow.armed = True
+
+                def ask():
+                    try:
+                        answer["info"] = robot.get_server_info()
+                    except Exception as exc:  # noqa: BLE001 - what the robot is told
+                        answer["error"] = exc
+
+                asking = threading.Thread(target=ask)
+                asking.start()
+                assert slow.asked.wait(8)  # the relay's worker asks upstream A
+                relay.policy = client_b  # the operator points the relay at upstream B
+                gate.set()
+                asking.join(15)
+                again = robot.get_server_info()
+    finally:
+        gate.set()
+    assert "info" not in answer, {key: answer["info"][key] for key in ("policy_class", "modality_configs")}
+    # not A's facts under B, nor an internal error in their place: a refusal the robot asks again after
+    assert isinstance(answer["error"], UpstreamFailedError) and "ask again" in str(answer["error"]), answer
+    assert again["policy_identity"] == {"kind": "test", "checkpoint": "B"}

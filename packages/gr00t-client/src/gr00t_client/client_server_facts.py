@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Set
 
 from . import codec
-from .client_errors import PolicyServerError, ServerStoppingError
+from .client_errors import PolicyServerError, ServerStoppingError, UpstreamFailedError
 from .modality import ModalityConfig
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
@@ -80,8 +80,10 @@ class ServerFacts:
         try:
             info = self._round_trip(envelope, "get_server_info", multipart=False, deadline=deadline)
         except PolicyServerError as exc:
-            if "Unauthorized" in exc.server_message or isinstance(exc, ServerStoppingError):
-                raise  # a server going away said nothing about what it is: learnt from the next one
+            if "Unauthorized" in exc.server_message or isinstance(exc, (ServerStoppingError, UpstreamFailedError)):
+                # a server going away said nothing about what it is: learnt from the next one; nor did a relay whose
+                # upstream has not answered it yet ("not known yet; ask again"): asked again on the next call
+                raise
             self._server_info_asked = True
             self._server_is_ours = False
             self._server_is_reference = True
@@ -141,8 +143,8 @@ class ServerFacts:
                 return
             try:
                 info = self.call_endpoint("get_server_info", requires_input=False, timeout_ms=timeout_ms)
-            except ServerStoppingError:
-                raise
+            except (ServerStoppingError, UpstreamFailedError):
+                raise  # nothing learnt, and nothing to keep: a relay's "not known yet" is asked again next time
             except (PolicyServerError, codec.WireDecodeError) as exc:
                 logger.debug("server at %s did not tell its observation form and policy kind (%s)", self.address, exc)
                 self._server_info_asked = True

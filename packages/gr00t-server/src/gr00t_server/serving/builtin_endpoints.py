@@ -112,20 +112,24 @@ class BuiltinEndpoints:
         nothing of its upstream (started before it): the worker asks the upstream for them then."""
         return endpoint not in RELAY_FACT_ENDPOINTS or self._upstream is None or self._upstream_facts is not None
 
-    def _learn_upstream_facts(self, timeout_ms: Optional[int] = None) -> None:
-        """Ask the upstream for its facts and modality configs where its client forgot them (or never learnt them),
-        off the socket thread, and keep them as the relay's snapshot (replaced only by facts learnt anew); raises
-        what the upstream's client raised."""
-        upstream, policy = self._upstream, self.policy
+    def _learn_upstream_facts(self, timeout_ms: Optional[int] = None, policy: Any = None) -> UpstreamFacts:
+        """Ask the upstream of `policy` (default: the served one) for its facts and modality configs where its client
+        forgot them (or never learnt them), off the socket thread, and keep them as the relay's snapshot (replaced
+        only by facts learnt anew); returns that snapshot, and raises what the upstream's client raised."""
+        if policy is None:
+            upstream, policy = self._upstream, self.policy
+        else:
+            upstream = upstream_client(policy)
         upstream.refresh_server_facts(timeout_ms=timeout_ms)
         changes = upstream.server_changes
-        facts = self._upstream_facts
-        if facts is None or facts.server_changes != changes:
+        facts = self._relay_facts
+        if facts is None or facts.policy is not policy or facts.server_changes != changes:
             getter = getattr(policy, "get_modality_config", None)
             configs = as_modality_configs(getter()) if getter else {}
-            self._relay_facts = UpstreamFacts(policy, changes, upstream.server_policy_class, upstream.identity(),
-                                              upstream.server_embodiment_tag, upstream.server_observation_format,
-                                              configs)
+            facts = UpstreamFacts(policy, changes, upstream.server_policy_class, upstream.identity(),
+                                  upstream.server_embodiment_tag, upstream.server_observation_format, configs)
+            self._relay_facts = facts
+        return facts
 
     def _refresh_upstream_facts(self) -> None:
         """_learn_upstream_facts within FACTS_AT_START_TIMEOUT_MS (run() before serving, the worker after a call), so
@@ -139,25 +143,33 @@ class BuiltinEndpoints:
 
     def _known_upstream_facts(self) -> UpstreamFacts:
         """The upstream's facts for info and configs: the snapshot; where there is none yet, asked of the upstream on
-        the worker (answers_now sends such a request there) within the robot's deadline."""
+        the worker (answers_now sends such a request there) within FACTS_AT_START_TIMEOUT_MS and the robot's
+        deadline. Refused "not known yet; ask again" (UpstreamFailure, which a client does not keep) otherwise."""
+        policy = self.policy  # read once: an operator may swap it while the upstream is asked
         facts = self._upstream_facts
         if facts is not None:
             return facts
         upstream = self._upstream
+        not_known = UpstreamFailure(f"{UPSTREAM_FAILED} at {upstream.address}: what it serves is not known yet (it "
+                                    "has not answered this relay); ask again")
         if self._worker is None or not self._worker.is_current_thread():  # the socket thread never asks upstream
-            raise UpstreamFailure(f"{UPSTREAM_FAILED} at {upstream.address}: what it serves is not known yet (it "
-                                  "has not answered this relay); ask again")
-        self._relayed(lambda: None, self._current)
-        facts = self._upstream_facts
-        assert facts is not None  # _relayed learnt them, or raised
+            raise not_known
+        # a question of the relay's own, as at start: a robot's long budget (or a stop) never waits out a dead upstream
+        facts = self._relayed(lambda: self._learn_upstream_facts(policy=policy), self._current,
+                              within_ms=FACTS_AT_START_TIMEOUT_MS)
+        if self.policy is not policy:  # swapped meanwhile: these are the old upstream's facts
+            raise not_known
         return facts
 
-    def _relayed(self, call: Callable[[], Any], request: Request) -> Any:
+    def _relayed(self, call: Callable[[], Any], request: Request, within_ms: Optional[int] = None) -> Any:
         """`call()` of a relay's policy: the upstream re-checked for a session-keeping policy after its client
-        reconnected, the robot's deadline passed upstream, and the upstream's errors named by its address."""
+        reconnected, the robot's deadline passed upstream (and `within_ms` from now, where given, if sooner), and the
+        upstream's errors named by its address."""
         upstream = self._upstream
         now = time.monotonic()
         at = upstream_deadline(request.deadline, now)
+        if within_ms is not None:
+            at = min(at if at is not None else float("inf"), now + within_ms / 1000.0)
         if at is not None and at - now < 0.001:  # the robot's own deadline, as a server refuses a request out of time
             raise RequestError(f"'{request.endpoint}' was not run: the client's deadline was "
                                f"{(request.deadline - now) * 1000.0:.0f} ms away when it was to be passed to the "
@@ -308,8 +320,8 @@ class BuiltinEndpoints:
 
         try:
             modality = self._get_modality_config()
-        except InlineCallAbandoned:
-            raise
+        except (InlineCallAbandoned, UpstreamFailure):
+            raise  # a relay that knows nothing of its upstream: "ask again", not placeholders a client would keep
         except BaseException as exc:  # info must answer even when the policy cannot (a SystemExit in its config loader)
             modality = {"error": error_text("get_modality_config", exc)[0]}
         self.session_table()  # a policy swapped in: the session limits said below are its own

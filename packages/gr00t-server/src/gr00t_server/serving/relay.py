@@ -63,13 +63,13 @@ def relayed_class(policy: Any, upstream: PolicyClient, upstream_class: Optional[
 
 def upstream_error(upstream: PolicyClient, exc: BaseException) -> Optional[Exception]:
     """The error a robot is answered for the upstream's `exc`, its text prefixed with the upstream's address: a refusal
-    of the request as a RequestError (the robot's mistake, as it would be told directly); no answer, a lost
-    connection, a refused token or an upstream's internal error as UpstreamFailure (the robot's client raises
-    gr00t_client's UpstreamFailedError, a ConnectionError, for it), an upstream relay's UpstreamFailedError too (its own
-    upstream failed). None for another exception (the relay's own)."""
+    of the request or an upstream's internal error as a RequestError (as the robot would be told directly: the upstream
+    answered, so it is not gone); no answer, a lost connection, a stopping upstream or a refused token as
+    UpstreamFailure (the robot's client raises gr00t_client's UpstreamFailedError, a ConnectionError, for it), an
+    upstream relay's UpstreamFailedError too (its own upstream failed). None for another exception (the relay's own)."""
     if isinstance(exc, PolicyServerError) and not isinstance(exc, (ServerStoppingError, UpstreamFailedError)):
         message = exc.server_message
-        if "Unauthorized" not in message and not message.startswith("internal error"):
+        if "Unauthorized" not in message:
             return RequestError(f"upstream {upstream.address}: {message}")
     elif not isinstance(exc, (TimeoutError, ConnectionError)):
         return None
