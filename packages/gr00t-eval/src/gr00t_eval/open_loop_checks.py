@@ -203,7 +203,7 @@ def check_replays_dataset(served: Optional[Mapping[str, Any]], dataset: LeRobotD
     identity = served["identity"]  # type: ignore[index]
     reported_data, reported_meta = identity.get("dataset_data_sha256"), identity.get("dataset_meta_sha256")
     if isinstance(reported_data, str):
-        own_data = _own_hash(dataset, "dataset_data_sha256", reported_data, lambda: _data_sha256_said(dataset))
+        own_data = _data_sha256_said(dataset)  # an unreadable file: the OSError names it
         if own_data != reported_data:
             raise ValueError(f"the replay server serves another dataset than {dataset.root} (--dataset-path): it "
                              f"reports dataset_data_sha256 {reported_data}, and {dataset.root} has dataset_data_sha256 "
@@ -213,7 +213,7 @@ def check_replays_dataset(served: Optional[Mapping[str, Any]], dataset: LeRobotD
         logger.debug("dataset_data_sha256 of %s matches the replay server's: %s", dataset.root, own_data)
     if not isinstance(reported_meta, str):
         return
-    own_meta = _own_hash(dataset, "dataset_meta_sha256", reported_meta, lambda: meta_sha256(dataset.root))
+    own_meta = meta_sha256(dataset.root)
     if not isinstance(reported_data, str):
         logger.warning("the replay server reports no dataset_data_sha256 (an older gr00t-server): its recorded actions "
                        "are not compared with those of %s (--dataset-path) before the run, only each trajectory's "
@@ -227,16 +227,6 @@ def check_replays_dataset(served: Optional[Mapping[str, Any]], dataset: LeRobotD
                        "(dataset_meta_sha256 %s, the server's %s): a file re-saved or edited, or a server that hashes "
                        "meta/ otherwise%s; the recorded actions are the same (dataset_data_sha256 %s), so the run goes "
                        "on", dataset.root, own_meta, reported_meta, older, reported_data)
-
-
-def _own_hash(dataset: LeRobotDataset, name: str, reported: str, own_hash: Callable[[], str]) -> str:
-    """`own_hash()`, the `name` hash of `dataset`; ValueError naming the replay's `reported` one when it cannot be
-    read."""
-    try:
-        return own_hash()
-    except OSError as exc:
-        raise ValueError(f"{dataset.root} (--dataset-path) cannot be compared with the dataset the replay server "
-                         f"serves ({name} {reported}): {exc}") from None
 
 
 def _data_sha256_said(dataset: LeRobotDataset) -> str:
