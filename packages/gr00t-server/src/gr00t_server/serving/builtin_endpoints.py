@@ -21,7 +21,7 @@ from .execution import call_rows, policy_stages
 from .identity import encodable_identity
 from .messages import Request, RequestError
 from .relay import (NOTHING_LEARNT, UpstreamFacts, UpstreamFailure, relayed_class, upstream_client, upstream_deadline,
-                    upstream_error)
+                    upstream_error, upstream_outcome)
 from .sessions import FACTS_AT_START_TIMEOUT_MS, check_no_shared_replay_session, keeps_sessions, takes_session_lost
 from .worker import InlineCallAbandoned
 from .wrappers import policy_chain
@@ -164,16 +164,19 @@ class BuiltinEndpoints:
     def _relayed(self, call: Callable[[], Any], request: Request, within_ms: Optional[int] = None) -> Any:
         """`call()` of a relay's policy: the upstream re-checked for a session-keeping policy after its client
         reconnected, the robot's deadline passed upstream (and `within_ms` from now, where given, if sooner), and the
-        upstream's errors named by its address."""
+        upstream's errors named by its address and counted under the upstream's outcome (upstream_outcome). A failure
+        before `call()` is marked `refused_before_call`: no policy call is counted for it."""
         upstream = self._upstream
         now = time.monotonic()
         at = upstream_deadline(request.deadline, now)
         if within_ms is not None:
             at = min(at if at is not None else float("inf"), now + within_ms / 1000.0)
         if at is not None and at - now < 0.001:  # the robot's own deadline, as a server refuses a request out of time
-            raise RequestError(f"'{request.endpoint}' was not run: the client's deadline was "
-                               f"{(request.deadline - now) * 1000.0:.0f} ms away when it was to be passed to the "
-                               f"upstream at {upstream.address}")
+            refusal = RequestError(f"'{request.endpoint}' was not run: the client's deadline was "
+                                   f"{(request.deadline - now) * 1000.0:.0f} ms away when it was to be passed to the "
+                                   f"upstream at {upstream.address}")
+            raise self._relay_refusal(request, refusal, "expired", called=False)
+        called = False
         try:
             with upstream.deadline(at):
                 # learns what a reconnection forgot (whoever answers now may keep sessions), and the configs a relay
@@ -182,13 +185,26 @@ class BuiltinEndpoints:
             if upstream.server_changes != self._relay_checked_changes:
                 check_no_shared_replay_session(self.policy)  # the same refusal as at start
                 self._relay_checked_changes = upstream.server_changes
+            called = True
             with upstream.deadline(at):
                 return call()
         except BaseException as exc:
-            relayed = upstream_error(upstream, exc)
-            if relayed is None:
+            relayed = self._relay_refusal(request, upstream_error(upstream, exc) or exc, upstream_outcome(exc), called)
+            if relayed is exc:
                 raise
             raise relayed from None
+
+    def _relay_refusal(self, request: Request, error: BaseException, outcome: Optional[str],
+                       called: bool) -> BaseException:
+        """`error`, a relayed request's: counted under `outcome` where given, as the server counts its own refusals
+        (JobRunner._expired_reply, RequestLoop._admit), and marked `refused_before_call` unless the upstream was
+        `called` (JobRunner.count_failed_call then counts no policy call, and no policy stage is observed)."""
+        if outcome is not None:
+            self.stats.add(outcome)
+            request.outcome = outcome
+        if not called:
+            error.refused_before_call = True  # type: ignore[attr-defined]
+        return error
 
     def _with_session(self, options: Any, request: Request) -> Any:
         if options is not None and not isinstance(options, dict):

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from gr00t_client import PolicyClient
-from gr00t_client.client_errors import UPSTREAM_FAILED, PolicyServerError, ServerStoppingError, UpstreamFailedError
+from gr00t_client.client_errors import (NOT_RUN_FOR_DEADLINE, UPSTREAM_FAILED, PolicyServerError, ServerStoppingError,
+                                        UpstreamFailedError)
 
 from .messages import RequestError
 from .wrappers import policy_chain
@@ -19,6 +20,8 @@ logger = logging.getLogger("gr00t_server.serving.server")
 # at most a fifth of it, so that a robot with a short budget (100 ms) still gives the upstream most of it
 UPSTREAM_MARGIN_MS = 200
 UPSTREAM_MARGIN_SHARE = 0.2
+# How a server's refusals over its queue or a connection's budget begin (loop.RequestLoop: counted `refused` there)
+BUSY_REFUSALS = ("server busy", "this connection already has")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,16 @@ def upstream_error(upstream: PolicyClient, exc: BaseException) -> Optional[Excep
     elif not isinstance(exc, (TimeoutError, ConnectionError)):
         return None
     return UpstreamFailure(f"{UPSTREAM_FAILED} at {upstream.address}: {type(exc).__name__}: {exc}")
+
+
+def upstream_outcome(exc: BaseException) -> Optional[str]:
+    """The outcome the upstream counted its refusal `exc` under, for the relay to count it the same: 'expired' for a
+    request not run for want of time, 'refused' for one over its queue's budgets; None for any other error."""
+    if not isinstance(exc, PolicyServerError) or isinstance(exc, (ServerStoppingError, UpstreamFailedError)):
+        return None
+    if NOT_RUN_FOR_DEADLINE in exc.server_message:  # not "could not run again in time": that call ran (an error)
+        return "expired"
+    return "refused" if exc.server_message.startswith(BUSY_REFUSALS) else None
 
 
 class UpstreamFailure(RequestError):
