@@ -404,6 +404,20 @@ def test_rtc_overlap_is_what_every_env_still_has_and_frozen_never_exceeds_it():
     chunker.close()
 
 
+@pytest.mark.parametrize("n_action_steps", [2, 3, 4, 5, 8])
+def test_no_prefetch_overlaps_more_than_largest_rtc_overlap_and_one_reaches_it(n_action_steps):
+    """gr00t-eval bounds --rtc-frozen-steps by largest_rtc_overlap: a K above what a prefetch overlaps froze the whole
+    overlap (no ramped rows) while the run recorded K."""
+    policy = OptionsStampPolicy(horizon=8)
+    chunker = ActionChunker(policy, n_action_steps=n_action_steps, asynchronous=True, rtc_frozen_steps=8)
+    for t in range(3 * n_action_steps):
+        chunker.get_action(obs(t))
+        assert chunker.wait_for_prefetch(timeout=5)
+    overlaps = [options["rtc"]["overlap_steps"] for options in policy.options if options and "rtc" in options]
+    assert overlaps and max(overlaps) == ActionChunker.largest_rtc_overlap(n_action_steps) == n_action_steps // 2 + 1
+    chunker.close()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -429,3 +429,29 @@ def test_more_rtc_frozen_steps_than_the_policy_predicts_is_a_usage_error_before_
                      "--client-chunking", "async", "--rtc-frozen-steps", "1000", "--max-episode-steps", "6", "--seed",
                      "0", "--no-video", "--policy-client-port", str(server.port), "--output-dir", str(tmp_path / "run")])
     assert not (tmp_path / "run" / "episodes.jsonl").exists() or not (tmp_path / "run" / "episodes.jsonl").read_text()
+
+
+def test_more_rtc_frozen_steps_than_a_prefetch_overlaps_is_a_usage_error_before_any_episode(tmp_path):
+    """A prefetch is asked once n_action_steps // 2 steps are left, so it overlaps at most 2 // 2 + 1 = 2 steps: K = 3
+    (within the horizon of 4) ran every request as 'freeze the whole overlap', recorded as K = 3."""
+    from eval.scale_fixtures import run_cli
+    from gr00t_eval.cli_errors import UsageError
+
+    with running_server(ConstantPolicy()) as server:
+        with pytest.raises(UsageError, match=r"the policy server cannot run this rollout: rtc_frozen_steps must be at "
+                                             r"most 2, the most steps a prefetch overlaps with n_action_steps 2 "
+                                             r"\(n_action_steps // 2 \+ 1\), got 3; pass a smaller --rtc-frozen-steps"):
+            run_cli(["rollout", "--env-name", "walkto/fast", "--n-episodes", "2", "--n-envs", "1", "--n-action-steps", "2",
+                     "--client-chunking", "async", "--rtc-frozen-steps", "3", "--max-episode-steps", "6", "--seed",
+                     "0", "--no-video", "--policy-client-port", str(server.port), "--output-dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run" / "episodes.jsonl").exists() or not (tmp_path / "run" / "episodes.jsonl").read_text()
+
+
+def test_the_rollout_api_refuses_more_rtc_frozen_steps_than_a_prefetch_overlaps():
+    from gr00t_eval.rollout import RolloutRunner
+
+    config = RolloutConfig(env_name="walkto/fast", **{**WALK, "n_action_steps": 4}, client_chunking="async",
+                           rtc_frozen_steps=4)
+    with pytest.raises(ValueError, match=r"^rtc_frozen_steps must be at most 3, the most steps a prefetch overlaps "
+                                         r"with n_action_steps 4 \(n_action_steps // 2 \+ 1\), got 4"):
+        RolloutRunner(ConstantPolicy(), config, progress=False).run()

@@ -661,3 +661,59 @@ def test_a_returned_previous_action_is_served_after_a_little_drift_on_a_relative
     action, _ = policy.get_action(later, {"seed": 2, "rtc": rtc(previous, 4, 2)})
     state = later["state"]["joints"][0, -1, 6]
     assert np.all(np.abs(action["joints"][0, :2, 6] - state) <= 1e-6 + 1e-6)  # the frozen rows, clipped to the range
+
+
+def _narrow_relative_checkpoint(tiny_checkpoint, tmp_path, mean_std):
+    """tiny_checkpoint with relative 'joints' column 0 of a joint that barely moved in training (a relative std or
+    range of 1e-5), z-scored when `mean_std`."""
+    import json
+    import shutil
+
+    checkpoint = tmp_path / "narrow"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    if mean_std:
+        path = checkpoint / "processor_config.json"
+        config = json.loads(path.read_text())
+        config["processor_kwargs"]["modality_configs"]["new_embodiment"]["action"]["mean_std_embedding_keys"] = [
+            "joints"]
+        path.write_text(json.dumps(config))
+    stats_file = checkpoint / "statistics.json"
+    stats = json.loads(stats_file.read_text())
+    joints = stats["new_embodiment"]["relative_action"]["joints"]
+    for name, value in (("min", -1e-5), ("q01", -1e-5), ("max", 1e-5), ("q99", 1e-5), ("mean", 0.0), ("std", 1e-5)):
+        for row in joints[name]:
+            row[0] = value
+    stats_file.write_text(json.dumps(stats))
+    return checkpoint
+
+
+def test_a_returned_previous_action_is_served_after_a_little_drift_on_a_relative_mean_std_joint(tiny_checkpoint,
+                                                                                                tmp_path):
+    """A relative mean/std key's normalized value holds the state drift over its std: a 20 mrad drift on a joint of
+    std 1e-5 put get_action's own chunk at -2000, refused as if it were in other units (every ActionChunker prefetch
+    with rtc_frozen_steps failed). Its frozen rows come back as sent."""
+    checkpoint = _narrow_relative_checkpoint(tiny_checkpoint, tmp_path, mean_std=True)
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(checkpoint, "new_embodiment", batch_size=1, seed=5)
+    previous, _ = policy.get_action(observation, {"seed": 1})
+    later = {**observation, "state": {k: v.copy() for k, v in observation["state"].items()}}
+    later["state"]["joints"][..., 0] += 0.02
+    action, _ = policy.get_action(later, {"seed": 2, "rtc": rtc(previous, 8, 3)})
+    np.testing.assert_allclose(action["joints"][:, :3], previous["joints"][:, 8:11], atol=1e-4)
+
+
+@pytest.mark.parametrize("mean_std", [False, True], ids=["relative_min_max", "relative_mean_std"])
+def test_a_relative_previous_action_in_other_units_is_refused_before_it_is_re_expressed(tiny_checkpoint, tmp_path,
+                                                                                        mean_std):
+    """A relative key is told apart from other units by its absolute value, whatever the state: 1e6 on a joint whose
+    training values lie within +-1.1 was clipped to the relative range of a min/max key (the frozen row was the
+    state, not what was sent) and blamed on the statistics of a mean/std one."""
+    checkpoint = _narrow_relative_checkpoint(tiny_checkpoint, tmp_path, mean_std=mean_std)
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(checkpoint, "new_embodiment", batch_size=1, seed=5)
+    previous, _ = policy.get_action(observation, {"seed": 1})
+    sent = {k: v.copy() for k, v in previous.items()}
+    sent["joints"][0, 12, 1] = 1e6
+    with pytest.raises(ValueError, match=r"^options\['rtc'\]\['previous_action'\]\['joints'\] step 12 holds 1e\+06 in "
+                                         r"column 1, beyond 1000 times its action statistics' magnitude 1"):
+        policy.get_action(observation, {"seed": 2, "rtc": rtc(sent, 8, 3)})

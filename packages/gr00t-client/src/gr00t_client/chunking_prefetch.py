@@ -90,6 +90,13 @@ def _copy_leaves(observation: Any) -> Any:
 class _Prefetching:
     """ActionChunker's background requests (it sets the worker, the prefetch in flight, its lock and its process)."""
 
+    @staticmethod
+    def largest_rtc_overlap(usable_steps: int, prefetch_steps: Optional[int] = None) -> int:
+        """The most steps of a running chunk a prefetch can overlap, and so the most its RTC request can pin: it is
+        asked once at most its threshold (prefetch_steps, else usable_steps // 2) steps remain, plus this call's."""
+        threshold = usable_steps // 2 if prefetch_steps is None else prefetch_steps
+        return min(threshold, usable_steps - 1) + 1
+
     def _threshold(self, i: int) -> int:
         if self.prefetch_steps is not None:
             return self.prefetch_steps

@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("rtc-frozen-steps"), type=int, default=None, metavar="K",
                    help="with --client-chunking async: real-time chunking; each prefetch sends the buffered steps and the "
                         "server pins the new chunk's first K steps to them (K = 1 + the policy latency in env steps, at "
-                        "most the policy's action horizon; needs a Gr00tPolicy gr00t-server, or one whose policy's "
+                        "most the steps a prefetch overlaps, --n-action-steps // 2 + 1, and the policy's action horizon: a "
+                        "larger K is refused before any episode; needs a Gr00tPolicy gr00t-server, or one whose policy's "
                         "work_limits() report 'rtc': True; another server or policy, or a replay, is not known to apply it "
                         "(an older gr00t-server may): warned, and recorded under settings_not_applied in results.json "
                         "and run.json)")

@@ -98,7 +98,8 @@ def _check_policy_runs_settings(client: Any, env_spec: str, config: Any, resumed
         logger.debug("could not check the plan against the policy's modality config: %s", exc)
         return
     for flag, check, value in (("--n-action-steps", spec.check_n_action_steps, config.n_action_steps),
-                               ("--rtc-frozen-steps", spec.check_rtc_frozen_steps, config.rtc_frozen_steps)):
+                               ("--rtc-frozen-steps", lambda k: spec.check_rtc_frozen_steps(k, config.n_action_steps),
+                                config.rtc_frozen_steps)):
         try:
             check(value)
         except ValueError as exc:

@@ -17,7 +17,7 @@ require_gymnasium("closed-loop rollout")  # one line naming the extra, not a dee
 import gymnasium as gym  # noqa: E402
 import numpy as np
 
-from gr00t_client import ModalityConfig, PolicyServerError
+from gr00t_client import ActionChunker, ModalityConfig, PolicyServerError
 from gr00t_client.flat import language_batch, language_source, language_text
 from gr00t_client.policy import (ActionError, NonFiniteActionError, ObservationError, PolicyValidationError,
                                  non_finite_rows, unreal_dtype)
@@ -70,12 +70,19 @@ class HorizonSpec:
         check_consecutive_action_deltas(
             self.action_delta_indices or range(self.action_horizon), "the rollout would execute each action at another step than it was predicted for")
 
-    def check_rtc_frozen_steps(self, rtc_frozen_steps: Optional[int]) -> None:
-        """Refuse pinning more steps of a new chunk than the policy predicts (a prefetch pins at most its overlap,
-        so a larger K silently kept the whole old chunk)."""
-        if rtc_frozen_steps is not None and not 1 <= rtc_frozen_steps <= self.action_horizon:
+    def check_rtc_frozen_steps(self, rtc_frozen_steps: Optional[int], n_action_steps: int) -> None:
+        """Refuse pinning more steps of a new chunk than the policy predicts, or than a prefetch of the rollout's
+        ActionChunker can overlap (n_action_steps // 2 + 1): a prefetch pins at most its overlap, so a larger K
+        silently froze the whole overlap (no ramped rows) and was recorded as asked."""
+        if rtc_frozen_steps is None:
+            return
+        if not 1 <= rtc_frozen_steps <= self.action_horizon:
             raise ValueError(f"rtc_frozen_steps must be in [1, {self.action_horizon}] (the policy's action horizon), "
                              f"got {rtc_frozen_steps}")
+        largest = ActionChunker.largest_rtc_overlap(min(n_action_steps, self.action_horizon))
+        if rtc_frozen_steps > largest:
+            raise ValueError(f"rtc_frozen_steps must be at most {largest}, the most steps a prefetch overlaps with "
+                             f"n_action_steps {n_action_steps} (n_action_steps // 2 + 1), got {rtc_frozen_steps}")
 
 
 class ObservationMapper:

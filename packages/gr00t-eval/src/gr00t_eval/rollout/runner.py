@@ -133,7 +133,7 @@ class RolloutRunner:
             return RolloutResult(config.env_name, self.embodiment_tag, [], 0.0)
         spec = HorizonSpec.from_modality_config(self.policy.get_modality_config())
         spec.check_n_action_steps(config.n_action_steps)
-        spec.check_rtc_frozen_steps(config.rtc_frozen_steps)
+        spec.check_rtc_frozen_steps(config.rtc_frozen_steps, config.n_action_steps)
         n_envs = min(config.n_envs, len(self.episodes))
         logger.info("Running collecting %d episodes for %s with %d vec envs (base seed %d)", len(self.episodes),
                     shown_text(config.env_name), n_envs, config.seed)

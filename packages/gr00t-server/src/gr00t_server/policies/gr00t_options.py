@@ -24,8 +24,10 @@ other key is refused when strict, a warning otherwise):
   the inverse of decode_action (relative keys against the current observation's state, normalized with those
   rows' statistics); rows [0, frozen) are returned unchanged (up to clipping to the statistics range), rows
   [frozen, overlap) are denoised with a ramped velocity, the rest as usual. overlap_steps=0 changes nothing.
-  An overlap row beyond float32's range, or that normalizes (before clipping; a relative min/max key after it) to a
-  non-finite value or beyond +-STATE_OUTLIER_LIMIT, is refused naming its key and step.
+  An overlap row beyond float32's range, or that normalizes to a non-finite value, is refused naming its key and
+  step; so is one of an absolute key that normalizes (before clipping) beyond +-STATE_OUTLIER_LIMIT, and one of a
+  relative key beyond STATE_OUTLIER_LIMIT times its action statistics' magnitude (checked before it is re-expressed
+  against the state, whose drift would otherwise read as a unit mistake).
 - "denoising_steps": int in [1, max_denoising_steps], the flow-matching Euler steps of this call (default the
   checkpoint's num_inference_timesteps, 4 for released ones; the cap, 4x that unless given, bounds one call's work);
   what `gr00t-eval open-loop --denoising-steps` sends.
@@ -310,25 +312,46 @@ class Gr00tActionOptions:
                     f" step {first_step + step} is {float(rows[row, step, column]):.3g}, beyond float32's range "
                     f"(+-{limit:.3g}); send actions in the units get_action returned", key=key)
 
+    def _check_relative_magnitude(self, rtc: RtcRequest) -> None:
+        """ValueError naming the key, step and column of a relative key's overlap row beyond STATE_OUTLIER_LIMIT times
+        its action statistics' magnitude (the larger of |low|, |high| and 1, per column), as an anchoring state is
+        judged: the units check of a relative key, made on the value as sent because once re-expressed against the
+        current state its normalized value also holds the state's drift over a range that may be 1e-5 wide."""
+        params = self.processor.norm_params(self.embodiment_tag_value)
+        first_step = rtc.horizon - rtc.overlap_steps
+        for key, rows in rtc.overlap_rows().items():
+            if key not in params.relative_action:
+                continue
+            stats = params.action[key]
+            scale = np.maximum(np.maximum(np.abs(stats.low), np.abs(stats.high)), 1.0)
+            beyond = np.abs(rows) > STATE_OUTLIER_LIMIT * np.broadcast_to(scale, rows.shape)
+            if beyond.any():
+                row, step, column = (int(i) for i in np.argwhere(beyond)[0])
+                raise PreviousActionError(
+                    f" step {first_step + step} holds {float(rows[row, step, column]):.3g} in column {column}, beyond "
+                    f"{STATE_OUTLIER_LIMIT:g} times its action statistics' magnitude "
+                    f"{float(np.broadcast_to(scale, rows.shape)[row, step, column]):.3g}; send actions in the units "
+                    "get_action returned", key=key)
+
     def _check_encoded_previous(self, rtc: RtcRequest, encoded: np.ndarray, clipped: np.ndarray) -> None:
         """ValueError naming the key and step of an overlap row that normalizes (`encoded` unclipped) to a non-finite
-        value or beyond +-STATE_OUTLIER_LIMIT: a huge finite previous_action made the model's output NaN (blamed on
-        the weights), overflowed float32 (refused without naming the option) or, on an absolute min/max key, was
-        clipped to the statistics' edge. A relative min/max key is held to its `clipped` rows: its range is of the
-        motion around the state, which a little state drift on a joint that barely moved in training (a range of
-        1e-6) leaves far behind, and clipping to that range is what the docs promise there."""
+        value or, on an absolute key, beyond +-STATE_OUTLIER_LIMIT: a huge finite previous_action made the model's
+        output NaN (blamed on the weights), overflowed float32 (refused without naming the option) or, on an absolute
+        min/max key, was clipped to the statistics' edge. A relative key is held to being finite only (a min/max one
+        after clipping), its units having been checked before (_check_relative_magnitude): its normalized value holds
+        the state's drift over its step's range or std, which a little drift on a joint that barely moved in training
+        (1e-6) puts far beyond +-STATE_OUTLIER_LIMIT in the very units get_action returned."""
         action_config = self._modality_configs["action"]
         params = self.processor.norm_params(self.embodiment_tag_value)
         dims = {key: p.dim for key, p in params.action.items()}
         parts = norm.split_action(encoded, action_config.modality_keys, dims, rtc.overlap_steps)
         clipped_parts = norm.split_action(clipped, action_config.modality_keys, dims, rtc.overlap_steps)
-        mean_std_keys = set(action_config.mean_std_embedding_keys or [])
-        for key in parts:
-            if key in params.relative_action and key not in mean_std_keys:
-                parts[key] = clipped_parts[key]
         sent, first_step = rtc.overlap_rows(), rtc.horizon - rtc.overlap_steps
         for key, part in parts.items():
-            bad = ~np.isfinite(part) | (np.abs(part) > STATE_OUTLIER_LIMIT)
+            if key in params.relative_action:
+                bad = ~np.isfinite(clipped_parts[key])
+            else:
+                bad = ~np.isfinite(part) | (np.abs(part) > STATE_OUTLIER_LIMIT)
             if bad.any():
                 row, step, column = (int(i) for i in np.argwhere(bad)[0])
                 raise PreviousActionError(
@@ -345,6 +368,7 @@ class Gr00tActionOptions:
         if rtc.overlap_steps == 0:  # nothing to inpaint: exactly the call without RTC
             return {}
         self._check_previous_range(rtc)
+        self._check_relative_magnitude(rtc)
         with np.errstate(over="ignore"):  # a value normalizing beyond float32's range is refused below, naming its key
             unclipped = self.processor.encode_action(rtc.overlap_rows(), self.embodiment_tag_value, raw_states,
                                                      clip=False)

@@ -430,8 +430,11 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
                                                **rtc_arguments)
             action_pred = output["action_pred"].float().cpu().numpy()  # waits for the GPU: model_ms is its real time
             post_started = time.perf_counter()
+        inpainted = (rtc_arguments["previous"][:, : rtc_arguments["rtc_overlap_steps"]].numpy()
+                     if rtc_arguments else None)
         action = self.processor.decode_action(
-            action_pred, self.embodiment_tag_value, raw_states, clip_to_statistics=self.clip_actions_to_statistics
+            action_pred, self.embodiment_tag_value, raw_states, clip_to_statistics=self.clip_actions_to_statistics,
+            inpainted=inpainted,
         )
         result = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in action.items()}
         finished = time.perf_counter()

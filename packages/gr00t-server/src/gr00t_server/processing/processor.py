@@ -389,14 +389,17 @@ class Gr00tN1d7Processor(VideoChecks):
         tag: str,
         raw_states: Optional[Mapping[str, np.ndarray]] = None,
         clip_to_statistics: bool = False,
+        inpainted: Optional[np.ndarray] = None,
     ) -> Dict[str, np.ndarray]:
         """(B, H_max, D_max) normalized model output -> {key: float32 (B, H_e, D_key)} absolute actions.
 
         Min/max keys always land inside their statistics range (the reference clips to [-1, 1] first);
         `clip_to_statistics` also clips mean/std keys to [low, high] (q01/q99 or min/max, as normalization uses).
+        `inpainted`: the normalized RTC start rows (B, overlap, D_max) the model was given; the output guard judges
+        those rows by how far the model moved them, not by the caller's values.
         """
         return actions.decode_action(action, tag, self.modality_configs(tag), self.norm_params(tag), self.config,
-                                     raw_states, clip_to_statistics)
+                                     raw_states, clip_to_statistics, inpainted)
 
     def state_outliers(self, tag: str, raw_states: Mapping[str, np.ndarray], rows: Sequence[int]) -> List[str]:
         """For each state key whose values in `rows` normalize beyond +-STATE_OUTLIER_LIMIT: its name, largest
