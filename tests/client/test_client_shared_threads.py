@@ -135,9 +135,15 @@ def test_a_get_action_is_not_charged_for_another_threads_call_between_its_questi
             assert other_outcome["error"] is None, other_outcome
 
 
-def test_a_new_server_check_may_ask_the_client_from_another_thread_after_a_get_action():
-    """get_action held the client's lock while its on_new_server check ran: a check asking the same client from a
-    helper thread waited for a lock its own caller held, for ever."""
+@pytest.mark.parametrize("call", [
+    lambda client: client.get_action(OBSERVATION),
+    lambda client: client.call_endpoint("reset", {"options": None}, timeout_ms=3000),
+    lambda client: client.call_endpoint("get_action", {"observation": OBSERVATION, "options": None}, timeout_ms=3000),
+], ids=["get_action", "reset with its own timeout", "get_action with its own timeout"])
+def test_a_new_server_check_may_ask_the_client_from_another_thread_after_the_call(call):
+    """get_action, and call_endpoint(..., timeout_ms=N), held the client's lock while their on_new_server check ran: a
+    check asking the same client from a helper thread waited for a lock its own caller held (for ever, or until the
+    check gave up)."""
     with running_server(SlowResetPolicy(), inline_below_ms=0) as server:
         with PolicyClient("127.0.0.1", server.port, timeout_ms=500) as client:
             answers = []
@@ -152,30 +158,7 @@ def test_a_new_server_check_may_ask_the_client_from_another_thread_after_a_get_a
             with pytest.raises(TimeoutError):
                 client.reset()  # slower than the timeout: the socket is replaced, so a new-server check is due
             wait_until(lambda: client.ping(), "the server to answer again")
-            action, _ = client.get_action(OBSERVATION)
-    assert answers == ["SlowResetPolicy"] and action["action.x"].shape == (1, 1)
-
-
-@pytest.mark.parametrize("endpoint,data", [("reset", {"options": None}),
-                                           ("get_action", {"observation": OBSERVATION, "options": None})])
-def test_a_new_server_check_may_ask_the_client_from_another_thread_after_a_call_with_its_own_timeout(endpoint, data):
-    """call_endpoint(..., timeout_ms=N) held the client's lock around the whole call, its on_new_server check included:
-    a check asking the same client from a helper thread waited for that lock until the check gave up."""
-    with running_server(SlowResetPolicy(), inline_below_ms=0) as server:
-        with PolicyClient("127.0.0.1", server.port, timeout_ms=500) as client:
-            answers = []
-
-            def check(current):  # on a helper thread; the join's limit only keeps a deadlock from hanging the test
-                helper, outcome = call_in_thread(lambda: answers.append(current.get_server_info()["policy_class"]))
-                helper.join(5)
-                assert not helper.is_alive(), "the check's get_server_info on another thread never got the client"
-                assert outcome["error"] is None, outcome
-
-            client.on_new_server(check)
-            with pytest.raises(TimeoutError):
-                client.reset()  # slower than the timeout: the socket is replaced, so a new-server check is due
-            wait_until(lambda: client.ping(), "the server to answer again")
-            client.call_endpoint(endpoint, data, timeout_ms=3000)
+            call(client)
     assert answers == ["SlowResetPolicy"]
 
 

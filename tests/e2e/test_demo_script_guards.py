@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from session_processes import kill_session, session_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "scripts" / "demo.sh"
@@ -29,21 +30,6 @@ def start_demo(demo_dir: str, cwd: Path, **popen: object) -> subprocess.Popen:
     env = {**{k: v for k, v in os.environ.items() if k != "DEMO_PORT"}, "DEMO_DIR": demo_dir, "DEMO_EPISODES": "1"}
     return subprocess.Popen(["bash", str(DEMO)], cwd=cwd, env=env, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
-
-
-def session_processes(session_id: int) -> list:
-    """'PID ARGS' of each process left in the session (the demo's steps run in process groups of their own)."""
-    listing = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
-    return [" ".join(line.split()[:1] + line.split()[2:]) for line in listing.splitlines()
-            if int(line.split()[1]) == session_id]
-
-
-def kill_session(session_id: int) -> None:
-    for process in session_processes(session_id):
-        try:
-            os.kill(int(process.split()[0]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def run_demo(demo_dir: str, cwd: Path, timeout_s: float = 20.0) -> subprocess.CompletedProcess:

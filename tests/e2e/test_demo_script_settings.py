@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from session_processes import kill_session, session_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 REFUSED_EXIT_CODE = 2
@@ -52,21 +53,6 @@ def start_demo(repo: Path, demo_dir: Path, log: Path, **settings: str) -> subpro
     with open(log, "w") as out:
         return subprocess.Popen(["bash", str(repo / "scripts" / "demo.sh")], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def session_processes(session_id: int) -> list:
-    """'PID ARGS' of each process left in the session (the demo's steps run in process groups of their own)."""
-    listing = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True, check=True).stdout
-    return [" ".join(line.split()[:1] + line.split()[2:]) for line in listing.splitlines()
-            if int(line.split()[1]) == session_id]
-
-
-def kill_session(session_id: int) -> None:
-    for process in session_processes(session_id):
-        try:
-            os.kill(int(process.split()[0]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def run_until(proc: subprocess.Popen, log: Path, text: str, timeout_s: float = 60.0) -> str:
