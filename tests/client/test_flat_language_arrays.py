@@ -30,8 +30,9 @@ def test_a_bare_string_is_one_row():
 
 
 def test_a_lone_surrogate_is_passed_on_to_the_policy_which_alone_knows_whether_a_tokenizer_reads_it():
-    """A replay reads no language and a formalizing checkpoint strips it: the flat helpers (client, sim wrapper,
-    rollout's language_row) refused every instruction holding one."""
+    """A replay reads no language and a formalizing checkpoint strips it: the flat helpers (server, sim wrapper,
+    rollout's language_row) refused every instruction holding one. (A rollout refuses it before sending, as no wire
+    carries it: ObservationMapper.language_errors.)"""
     from gr00t_eval.rollout.policy_io import language_row
 
     text = "pick \ud800 up the bowl"

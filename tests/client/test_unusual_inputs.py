@@ -132,8 +132,35 @@ def test_an_unencodable_value_is_refused_naming_its_key_and_what_to_send(wire):
         language = next(iter(observation["language"]))
         observation = libero_like_observation(height=8, width=8)
         observation["language"][language] = [["bad \udc80 text"]]
-        with pytest.raises(codec.WireEncodeError, match=rf"observation.language.{language}\[0\]\[0\]: cannot encode"):
+        with pytest.raises(codec.WireEncodeError, match=rf"observation.language.{language}\[0\]\[0\]: the text"):
             client.get_action(observation)
+
+
+@pytest.mark.parametrize("encode", [codec.encode, codec.encode_multipart, codec.encode_early_n16],
+                         ids=["reference", "multipart", "npsave"])
+def test_a_str_holding_a_lone_surrogate_is_refused_on_every_wire_saying_it_has_no_utf8_encoding(encode):
+    """msgpack carries a str as UTF-8, which a lone surrogate (os.fsdecode's of a non-UTF-8 byte) has not: the refusal
+    was the codec's "'utf-8' codec can't encode character ... surrogates not allowed", naming no remedy."""
+    with pytest.raises(codec.WireEncodeError, match=r"^the text 'pick \\udcff up' holds a lone surrogate at position 5, "
+                                                    r"which is not text: it has no UTF-8 encoding, so no wire format "
+                                                    r"can carry it as a str; send valid Unicode text$"):
+        encode({"language": {"task": ["pick \udcff up"]}})
+
+
+def test_a_client_names_the_key_row_and_position_of_a_lone_surrogate_and_sends_nothing():
+    policy = EchoPolicy()
+    observation = libero_like_observation(height=8, width=8)
+    language = next(iter(observation["language"]))
+    observation["language"][language] = [["walk to the goal \udcff"]]
+    with running_server(policy) as server:
+        for wire in ("auto", "reference", "npsave"):
+            with PolicyClient(port=server.port, timeout_ms=5000, wire=wire) as client:
+                with pytest.raises(codec.WireEncodeError, match=rf"^get_action: observation.language.{language}\[0\]"
+                                                                r"\[0\]: the text .* holds a lone surrogate at position "
+                                                                r"17, which is not text: it has no UTF-8 encoding"):
+                    client.get_action(observation)
+                client.get_action(libero_like_observation(height=8, width=8))  # the client still works
+    assert policy.calls == 3
 
 
 def test_a_torch_tensor_gets_the_numpy_conversion_hint():

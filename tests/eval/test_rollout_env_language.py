@@ -132,10 +132,12 @@ class LanguageTurnsToNumberEnv(gym.Env):
         "annotation.human.task_description": gym.spaces.Text(64, charset=string.printable)})
     action_space = gym.spaces.Dict({"action.arm": gym.spaces.Box(-1, 1, (3,), np.float32)})
 
+    broken_language = 12345
+
     def _obs(self):
         broken = self.seed == 1 and self.steps >= 2
         return {"video.front": np.zeros((4, 4, 3), np.uint8), "state.arm": np.zeros(3, np.float32),
-                "annotation.human.task_description": 12345 if broken else TASK}
+                "annotation.human.task_description": self.broken_language if broken else TASK}
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -159,4 +161,27 @@ def test_one_rows_bad_language_errors_only_its_episode_and_the_episode_beside_it
                                  "got int 12345")
     assert outcomes[0].error is None and outcomes[0].success
     assert all(outcomes[i].error is None and outcomes[i].success for i in range(2, n_episodes))
+    assert all(texts == [TASK, TASK] for texts in policy.seen)
+
+
+class LanguageGainsALoneSurrogateEnv(LanguageTurnsToNumberEnv):
+    """LanguageTurnsToNumberEnv whose seed-1 language holds a lone surrogate (what os.fsdecode makes of a non-UTF-8
+    byte) from step 2 on."""
+
+    broken_language = "pick \udcff up"
+
+
+def test_one_rows_language_holding_a_lone_surrogate_errors_only_its_episode_naming_the_row_and_position():
+    """No wire carries a lone surrogate (a str goes as UTF-8): the batch died in the client's encoder with the codec's
+    words ('surrogates not allowed'), which named no remedy and errored the episode beside it too."""
+    key = "annotation.human.task_description"
+    register_env_prefix("surrogatelang", "new_embodiment", lambda task, **_: LanguageGainsALoneSurrogateEnv())
+    config = RolloutConfig("surrogatelang/task", n_episodes=2, n_envs=2, seed=0, max_episode_steps=6,
+                           n_action_steps=2, vectorization="sync")
+    policy = LanguageRecorder(key)
+    outcomes = {outcome.episode_index: outcome for outcome in run_rollout(policy, config, progress=False).outcomes}
+    assert outcomes[1].error == (f"the env's language key {key!r} row 1: the text 'pick \\udcff up' holds a lone "
+                                 "surrogate at position 5, which is not text: it has no UTF-8 encoding, so no wire "
+                                 "format can carry it as a str; send valid Unicode text")
+    assert outcomes[0].error is None and outcomes[0].success
     assert all(texts == [TASK, TASK] for texts in policy.seen)

@@ -141,6 +141,25 @@ def test_an_inf_in_a_later_action_key_is_refused_not_clipped_to_its_range():
     assert caught.value.key == "hand" and caught.value.rows == [0]
 
 
+def test_an_rtc_start_row_the_model_moved_beyond_the_limit_is_refused_naming_the_movement():
+    """The RTC start rows are judged by how far the model moved them from the start it was given; the refusal names
+    that movement, not "the model's output" (whose value, the start plus the movement, it does not show)."""
+    proc = _processor()
+    given = np.full((1, 1, 8), 5e5)
+    output = np.zeros((1, 2, 8))
+    output[0, 0] = 5e5
+    output[0, 0, 0] += 2000.0  # 'arm' column 0
+    with pytest.raises(NonFiniteActionError, match=r"^the model's movement of the RTC start rows \(step 0\) for "
+                                                   r"action key 'arm' of 'robot' reaches \|values\| up to 2e\+03 in "
+                                                   r"rows \[0\]") as caught:
+        proc.decode_action(output, "robot", _states(), inpainted=given)
+    assert caught.value.key == "arm" and caught.value.rows == [0]
+    output[0, 0, 0] = 5e5
+    output[0, 1, 0] = 2000.0  # a later step is the model's own output
+    with pytest.raises(NonFiniteActionError, match=r"^the model's output for action key 'arm' of 'robot' reaches"):
+        proc.decode_action(output, "robot", _states(), inpainted=given)
+
+
 def test_a_model_output_narrower_than_the_action_keys_is_refused():
     """An output with fewer columns than the action keys need is an error, not a silently shorter last key."""
     proc = _processor(relative={"arm": _stats(-2, 2, 2, rows=2)})

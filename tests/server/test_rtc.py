@@ -663,9 +663,9 @@ def test_a_returned_previous_action_is_served_after_a_little_drift_on_a_relative
     assert np.all(np.abs(action["joints"][0, :2, 6] - state) <= 1e-6 + 1e-6)  # the frozen rows, clipped to the range
 
 
-def _narrow_relative_checkpoint(tiny_checkpoint, tmp_path, mean_std):
+def _narrow_relative_checkpoint(tiny_checkpoint, tmp_path, mean_std, spread=1e-5):
     """tiny_checkpoint with relative 'joints' column 0 of a joint that barely moved in training (a relative std or
-    range of 1e-5), z-scored when `mean_std`."""
+    range of `spread`), z-scored when `mean_std`."""
     import json
     import shutil
 
@@ -680,7 +680,8 @@ def _narrow_relative_checkpoint(tiny_checkpoint, tmp_path, mean_std):
     stats_file = checkpoint / "statistics.json"
     stats = json.loads(stats_file.read_text())
     joints = stats["new_embodiment"]["relative_action"]["joints"]
-    for name, value in (("min", -1e-5), ("q01", -1e-5), ("max", 1e-5), ("q99", 1e-5), ("mean", 0.0), ("std", 1e-5)):
+    for name, value in (("min", -spread), ("q01", -spread), ("max", spread), ("q99", spread), ("mean", 0.0),
+                        ("std", spread)):
         for row in joints[name]:
             row[0] = value
     stats_file.write_text(json.dumps(stats))
@@ -700,6 +701,20 @@ def test_a_returned_previous_action_is_served_after_a_little_drift_on_a_relative
     later["state"]["joints"][..., 0] += 0.02
     action, _ = policy.get_action(later, {"seed": 2, "rtc": rtc(previous, 8, 3)})
     np.testing.assert_allclose(action["joints"][:, :3], previous["joints"][:, 8:11], atol=1e-4)
+
+
+def test_a_bfloat16_model_serves_frozen_rows_it_did_not_move_however_far_they_normalize(tiny_checkpoint, tmp_path):
+    """A bf16 model gets the RTC start rows rounded to bf16: a relative mean/std row at 6e5 (60 mrad of drift on a
+    joint of std 1e-7) came back rounded by about 1000, judged as the model moving it and refused as damaged weights,
+    though float32 served the same request. The guard judges the rows as the model received them."""
+    checkpoint = _narrow_relative_checkpoint(tiny_checkpoint, tmp_path, mean_std=True, spread=1e-7)
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu", dtype="bfloat16")
+    observation = example_observation(checkpoint, "new_embodiment", batch_size=1, seed=5)
+    previous, _ = policy.get_action(observation, {"seed": 1})
+    later = {**observation, "state": {k: v.copy() for k, v in observation["state"].items()}}
+    later["state"]["joints"][..., 0] += 0.06
+    action, _ = policy.get_action(later, {"seed": 2, "rtc": rtc(previous, 8, 3)})
+    np.testing.assert_allclose(action["joints"][:, :3], previous["joints"][:, 8:11], atol=5e-3)  # bf16 rounding
 
 
 @pytest.mark.parametrize("mean_std", [False, True], ids=["relative_min_max", "relative_mean_std"])

@@ -22,7 +22,7 @@ from .multipart import (MULTIPART_MAGIC, decode_multipart, encode_multipart, is_
 from .wire_decode import (MAX_MODALITY_CONFIG_JSON_CHARS, _MARKER_KEYS, _decode_hook, _has, _locate, _undecodable,
                           _unpack, normalize_keys)
 from .wire_encode import _PACKERS, _encode_array, _encode_hook, _pack
-from .wire_errors import MALFORMED_BYTES_ERRORS, DecodeLimitError, WireDecodeError, WireEncodeError
+from .wire_errors import MALFORMED_BYTES_ERRORS, DecodeLimitError, WireDecodeError, WireEncodeError, packing_error
 from .wire_limits import BufferLike, DecodeLimits
 
 # pyzmq sends frames below this size by copying: zero-copy tracking costs more than copying ~256 KiB.
@@ -90,7 +90,7 @@ def encode(obj: Any) -> bytes:
     except WireEncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
-        raise WireEncodeError(f"cannot encode message: {exc}") from exc
+        raise packing_error(exc, "cannot encode message") from exc
 
 
 # Reference-format arrays from this size are spliced into the message: the msgpack around them is packed in pieces
@@ -217,7 +217,7 @@ def encode_early_n16(obj: Any) -> bytes:
     except WireEncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:  # as encode(): msgpack's own errors name no format
-        raise WireEncodeError(f"cannot encode message in the early-N1.6 format: {exc}") from exc
+        raise packing_error(exc, "cannot encode message in the early-N1.6 format") from exc
 
 
 __all__ = [

@@ -9,7 +9,7 @@ import msgpack
 
 from .wire_decode import _array_from_buffer, _cached_dtype, _decode_hook, _locate, _undecodable, _unpack
 from .wire_encode import _EXT_BUFFER, _PACKERS, _pack
-from .wire_errors import MALFORMED_BYTES_ERRORS, WireDecodeError, WireEncodeError
+from .wire_errors import MALFORMED_BYTES_ERRORS, WireDecodeError, WireEncodeError, packing_error
 from .wire_limits import DecodeLimits
 
 MULTIPART_MAGIC = b"\x00GR00T-MP1"
@@ -35,7 +35,7 @@ def pack_multipart_header(obj: Any, buffers: List[Any]) -> bytes:
     except WireEncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
-        raise WireEncodeError(f"cannot encode message: {exc}") from exc
+        raise packing_error(exc, "cannot encode message") from exc
     finally:
         packers.buffers = outer
 

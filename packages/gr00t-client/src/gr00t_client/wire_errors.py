@@ -22,6 +22,21 @@ class WireEncodeError(TypeError):
     """A value that has no wire representation (e.g. an object-dtype array)."""
 
 
+def lone_surrogate_text(text: str, position: int) -> str:
+    """Why `text`, holding a lone surrogate at `position` (what os.fsdecode makes of a non-UTF-8 byte), cannot be sent:
+    every wire format carries a str as UTF-8."""
+    return (f"the text {text!r:.80} holds a lone surrogate at position {position}, which is not text: it has no UTF-8 "
+            "encoding, so no wire format can carry it as a str; send valid Unicode text")
+
+
+def packing_error(exc: Exception, what: str) -> WireEncodeError:
+    """The WireEncodeError for what a msgpack packer raised: `what: <its words>`, or for a str holding a lone
+    surrogate, lone_surrogate_text (the codec's 'surrogates not allowed' named no remedy)."""
+    if isinstance(exc, UnicodeEncodeError) and isinstance(exc.object, str):
+        return WireEncodeError(lone_surrogate_text(exc.object, exc.start))
+    return WireEncodeError(f"{what}: {exc}")
+
+
 class DecodeLimitError(WireDecodeError):
     """A message that would cost far more to decode than its size: too many items, too deep, a lying header."""
 

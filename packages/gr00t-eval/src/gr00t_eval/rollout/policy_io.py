@@ -21,6 +21,7 @@ from gr00t_client import ActionChunker, ModalityConfig, PolicyServerError
 from gr00t_client.flat import language_batch, language_source, language_text
 from gr00t_client.policy import (ActionError, NonFiniteActionError, ObservationError, PolicyValidationError,
                                  non_finite_rows, unreal_dtype)
+from gr00t_client.wire_errors import lone_surrogate_text
 
 from ..action_steps import check_consecutive_action_deltas
 from ..key_matching import match_keys
@@ -122,17 +123,24 @@ class ObservationMapper:
         self.sources.update(sources)
 
     def language_errors(self, obs: Mapping[str, Any], rows: Sequence[int]) -> Dict[int, str]:
-        """{row: why} for each of `rows` whose language is not one text (ObservationError's message, naming the key):
-        only those rows' episodes are errored, not the ones running beside them."""
+        """{row: why} for each of `rows` whose language is not one text (ObservationError's message, naming the key),
+        or holds a lone surrogate, which no wire carries (naming the key, row and position): only those rows' episodes
+        are errored, not the ones running beside them."""
         errors: Dict[int, str] = {}
         for target, source in self.sources.items():
             if target.startswith(("video.", "state.")):
                 continue
             for row in rows:
                 try:
-                    language_row(obs[source][row], source)
+                    text = language_row(obs[source][row], source)
                 except ObservationError as exc:
                     errors.setdefault(row, str(exc))
+                    continue
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:  # the client's encoder would refuse the whole batch
+                    errors.setdefault(row, f"the env's language key {source!r} row {row}: "
+                                           + lone_surrogate_text(text, exc.start))
         return errors
 
     def state_errors(self, obs: Mapping[str, Any], rows: Sequence[int]) -> Dict[int, str]:

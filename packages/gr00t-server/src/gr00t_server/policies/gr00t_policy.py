@@ -430,8 +430,9 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
                                                **rtc_arguments)
             action_pred = output["action_pred"].float().cpu().numpy()  # waits for the GPU: model_ms is its real time
             post_started = time.perf_counter()
-        inpainted = (rtc_arguments["previous"][:, : rtc_arguments["rtc_overlap_steps"]].numpy()
-                     if rtc_arguments else None)
+        # the start rows as the model received them, in its compute dtype: a bf16 frozen row comes back bf16-rounded
+        inpainted = (rtc_arguments["previous"][:, : rtc_arguments["rtc_overlap_steps"]]
+                     .to(output["action_pred"].dtype).float().numpy() if rtc_arguments else None)
         action = self.processor.decode_action(
             action_pred, self.embodiment_tag_value, raw_states, clip_to_statistics=self.clip_actions_to_statistics,
             inpainted=inpainted,

@@ -44,12 +44,12 @@ def decode_action(
     given = {} if inpainted is None else norm.split_action(np.asarray(inpainted, np.float64),
                                                            action_config.modality_keys, dims, inpainted.shape[1])
     for key, part in parts.items():  # before unnormalizing: its clip to [-1, 1] made an inf a plausible q99 action
-        judged = part
+        judged, start_steps = part, 0
         if key in given:  # an RTC start row is the caller's (a relative mean/std one may lie beyond the limit)
-            judged = part.copy()
-            judged[:, : given[key].shape[1]] -= given[key]
+            judged, start_steps = part.copy(), given[key].shape[1]
+            judged[:, :start_steps] -= given[key]
         if not (np.abs(judged) <= STATE_OUTLIER_LIMIT).all():  # NaN too: one pass on the happy path
-            _refuse_raw_output(key, judged, tag, configs, params, config, raw_states)
+            _refuse_raw_output(key, judged, tag, configs, params, config, raw_states, start_steps)
     mean_std_keys = set(action_config.mean_std_embedding_keys or [])
     out: Dict[str, np.ndarray] = {}
     for index, key in enumerate(action_config.modality_keys):
@@ -78,17 +78,23 @@ def decode_action(
 
 def _refuse_raw_output(key: str, part: np.ndarray, tag: str, configs: Mapping[str, ModalityConfig],
                        params: EmbodimentNormParams, config: ProcessorConfig,
-                       raw_states: Optional[Mapping[str, np.ndarray]]) -> None:
+                       raw_states: Optional[Mapping[str, np.ndarray]], start_steps: int = 0) -> None:
     """NonFiniteActionError naming action `key`, its rows and the likely cause when the model's normalized output
     for it holds NaN or inf, or |values| beyond +-STATE_OUTLIER_LIMIT (a finite 1e6 clipped to the statistics' edge
-    at every step: a constant, plausible chunk from a blown-up layer)."""
+    at every step: a constant, plausible chunk from a blown-up layer). Its first `start_steps` steps hold the model's
+    movement of the RTC start rows, named as such when only they are beyond the limit."""
     rows = non_finite_rows(part)
+    subject = "the model's output"
     if rows:
         what = f"holds non-finite values (NaN or inf) in rows {rows}"
         weights = ("The checkpoint's weights were finite when loaded: for a float16 model, check values beyond its "
                    "range (65504) and serve in bf16 or fp32")
     else:
-        rows = flagged_rows(np.abs(part) > STATE_OUTLIER_LIMIT)
+        beyond = np.abs(part) > STATE_OUTLIER_LIMIT
+        rows = flagged_rows(beyond)
+        if start_steps and not beyond[:, start_steps:].any():
+            steps = "step 0" if start_steps == 1 else f"steps 0-{start_steps - 1}"
+            subject = f"the model's movement of the RTC start rows ({steps})"
         what = (f"reaches |values| up to {float(np.max(np.abs(part))):.3g} in rows {rows}, beyond "
                 f"+-{STATE_OUTLIER_LIMIT:g} of the about [-1, 1] it was trained to produce (unnormalization would clip "
                 "it to the statistics' edge)")
@@ -99,7 +105,7 @@ def _refuse_raw_output(key: str, part: np.ndarray, tag: str, configs: Mapping[st
              "the units of the checkpoint's statistics." if outliers else
              f" {weights}; for an ONNX, TensorRT or torch.compile backend, compare it with eager PyTorch (gr00t-server "
              "verify --onnx-dir, --engine-dir or --torch-compile).")
-    raise NonFiniteActionError(f"the model's output for action key '{key}' of '{tag}' {what}, before unnormalization; "
+    raise NonFiniteActionError(f"{subject} for action key '{key}' of '{tag}' {what}, before unnormalization; "
                                f"the action was not sent.{cause}", key=key, rows=rows)
 
 

@@ -395,8 +395,9 @@ class Gr00tN1d7Processor(VideoChecks):
 
         Min/max keys always land inside their statistics range (the reference clips to [-1, 1] first);
         `clip_to_statistics` also clips mean/std keys to [low, high] (q01/q99 or min/max, as normalization uses).
-        `inpainted`: the normalized RTC start rows (B, overlap, D_max) the model was given; the output guard judges
-        those rows by how far the model moved them, not by the caller's values.
+        `inpainted`: the normalized RTC start rows (B, overlap, D_max) as the model got them (in its compute dtype, so
+        a frozen row comes back as given); the output guard judges those rows by how far the model moved them, not by
+        the caller's values.
         """
         return actions.decode_action(action, tag, self.modality_configs(tag), self.norm_params(tag), self.config,
                                      raw_states, clip_to_statistics, inpainted)
