@@ -193,3 +193,59 @@ def test_an_observation_mixing_flat_keys_and_nested_groups_is_named_as_mixed():
     with pytest.raises(ObservationError, match=r"observation mixes the flat form \('video.<key>' keys\) with nested "
                                                r"groups \(\['state', 'language'\]\); send one form"):
         validate_observation(observation, libero_like_configs())
+
+
+class PolicyReturningALoneSurrogate(EchoPolicy):
+    """Returns, in its info, a path os.fsdecode made of a non-UTF-8 byte: text the policy made, not the request."""
+
+    def _get_action(self, observation, options=None):
+        action, info = super()._get_action(observation, options)
+        info["calibration"] = "caf\udce9.json"
+        return action, info
+
+
+@pytest.mark.parametrize("wire", ["auto", "reference", "npsave"])
+@pytest.mark.parametrize("timed", [False, True], ids=["plain", "timed"])
+def test_a_reply_holding_a_lone_surrogate_names_the_policys_key_not_a_request_remedy(wire, timed):
+    """The reply's refusal ended '...; send valid Unicode text', blaming the request (legal, and decoded), and did not
+    name the policy's info key that could not be sent."""
+    with running_server(PolicyReturningALoneSurrogate()) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000, wire=wire, return_server_timing=timed) as client:
+            with pytest.raises(PolicyServerError) as refused:
+                client.get_action(libero_like_observation(height=8, width=8))
+    message = refused.value.server_message
+    assert message.startswith("could not encode the result of 'get_action': info.calibration: the text "
+                              "'caf\\udce9.json' holds a lone surrogate at position 3"), message
+    assert "the policy returned it" in message and "send valid Unicode text" not in message, message
+
+
+@pytest.mark.parametrize("encode", [codec.encode, codec.encode_multipart, codec.encode_early_n16],
+                         ids=["reference", "multipart", "npsave"])
+def test_the_refusal_of_a_long_text_shows_a_closed_excerpt_around_its_lone_surrogate(encode):
+    """The text was cut at 80 characters of its repr: past about position 78, neither the surrogate nor the repr's
+    closing quote was shown."""
+    text = "put the red block on the blue block and then " * 4 + "\udcff done"
+    position = text.index("\udcff")
+    with pytest.raises(codec.WireEncodeError) as refused:
+        encode({"language": {"task": [text]}})
+    assert str(refused.value).startswith(f"the text ...{text[position - 30:]!r} holds a lone surrogate at position "
+                                         f"{position}, "), str(refused.value)
+
+
+def test_an_excerpt_cut_on_both_sides_is_marked_on_both():
+    text = "a" * 100 + "\udcff" + "b" * 100
+    with pytest.raises(codec.WireEncodeError, match=r"^the text \.\.\.'a{30}\\udcffb{9}'\.\.\. holds a lone surrogate "
+                                                    r"at position 100, "):
+        codec.encode(text)
+
+
+def test_a_lone_surrogate_in_a_map_key_is_refused_naming_the_map_and_the_key():
+    """Only leaf values were tried: a key's refusal named neither that it was a key nor the map it sits in."""
+    observation = libero_like_observation(height=8, width=8)
+    state = next(iter(observation["state"].values()))
+    with running_server(EchoPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(codec.WireEncodeError, match=r"^get_action: options \(map key 'mode\\udcff'\): the text "
+                                                        r"'mode\\udcff' holds a lone surrogate at position 4, "):
+            client.get_action(observation, options={"mode\udcff": 1})
+        with pytest.raises(codec.WireEncodeError, match=r"^get_action: observation.state \(map key 'arm\\udcff'\): "):
+            client.get_action({**observation, "state": {**observation["state"], "arm\udcff": state}})

@@ -921,3 +921,26 @@ def test_a_built_in_tags_value_is_evaluated_against_a_server_that_reports_its_na
     assert evaluated_embodiment("LIBERO_PANDA", "libero_sim") == "libero_sim"
     with pytest.raises(ValueError, match="the server serves embodiment 'LIBERO_PANDA' and this run asks for 'unitree_g1'"):
         evaluated_embodiment("unitree_g1", "LIBERO_PANDA")
+
+
+def test_a_task_holding_a_lone_surrogate_errors_only_its_trajectory_naming_it(tmp_path):
+    """No wire carries a lone surrogate (a converter's JSON "\\udcff" for a non-UTF-8 byte): the client's refusal ended
+    the run at that trajectory, and the trajectories after it were not run."""
+    damaged = make_dataset(tmp_path / "ds", lengths=(6, 6))
+    first_task = json.loads((damaged / "meta" / "tasks.jsonl").read_text().splitlines()[0])["task"]
+    for name in ("tasks.jsonl", "episodes.jsonl"):  # episode 0's task gets the surrogate, episode 1's stays valid
+        path = damaged / "meta" / name
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for row in rows:
+            if row.get("task") == first_task:
+                row["task"] += " \udcff"
+            if "tasks" in row:
+                row["tasks"] = [t + " \udcff" if t == first_task else t for t in row["tasks"]]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with running_server(ReplayPolicy(damaged, execution_horizon=4)) as replay:
+        assert open_loop(damaged, replay.port, tmp_path / "out", "--traj-ids", "0", "1") == 1
+    data = results(tmp_path / "out")
+    assert sorted(data["trajectories"]) == ["1"]
+    [errored] = data["errored_trajectories"]
+    assert errored["traj_id"] == 0 and "step 0" in errored["error"], errored
+    assert "holds a lone surrogate at position" in errored["error"] and "no UTF-8 encoding" in errored["error"], errored

@@ -34,11 +34,17 @@ MAX_RECORDED_SEED = 2**63 - 1
 
 def unencodable_path(value: Any, encode_one: Callable[[Any], Any]) -> str:
     """The dotted key path ('observation.state.x', list items as [i]) of the first leaf of `value` that
-    `encode_one` refuses alone; '' when each leaf encodes alone. For error messages only: it encodes every leaf."""
+    `encode_one` refuses alone, or of a map followed by "(map key ...)" for a key it refuses; '' when each leaf and key
+    encodes alone. For error messages only: it encodes every leaf and key."""
     stack: List[Tuple[Any, str]] = [(value, "")]
     while stack:
         item, where = stack.pop()
         if isinstance(item, dict):
+            for key in item:  # a key holding a lone surrogate was refused naming no place
+                try:
+                    encode_one(key)
+                except (WireEncodeError, TypeError, ValueError, OverflowError):
+                    return f"{where} (map key {key!r})" if where else f"(map key {key!r})"
             stack.extend((child, f"{where}.{key}" if where else str(key)) for key, child in reversed(list(item.items())))
         elif isinstance(item, (list, tuple)):
             stack.extend((child, f"{where}[{index}]") for index, child in reversed(list(enumerate(item))))
@@ -81,8 +87,9 @@ def refused_map_key(value: Any, where: str, refused: Callable[[Any], bool]) -> O
     return None
 
 
-def encode(obj: Any) -> bytes:
-    """Encode a value in the reference (single-frame msgpack-numpy) format."""
+def encode(obj: Any, reply: bool = False) -> bytes:
+    """Encode a value in the reference (single-frame msgpack-numpy) format; `reply`: a server's result (its refusal of
+    text words the policy's fault, not the request's)."""
     try:
         chunks: List[Any] = []
         _pack_spliced(obj, chunks, 0)  # one chunk (packed whole) unless a large array is spliced in
@@ -90,7 +97,7 @@ def encode(obj: Any) -> bytes:
     except WireEncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
-        raise packing_error(exc, "cannot encode message") from exc
+        raise packing_error(exc, "cannot encode message", reply) from exc
 
 
 # Reference-format arrays from this size are spliced into the message: the msgpack around them is packed in pieces
@@ -210,14 +217,15 @@ def decode_noting_npsave(
     return value, bool(seen)
 
 
-def encode_early_n16(obj: Any) -> bytes:
-    """Encode in the early-N1.6 format (np.save wrappers); for talking to old reference servers and tests."""
+def encode_early_n16(obj: Any, reply: bool = False) -> bytes:
+    """Encode in the early-N1.6 format (np.save wrappers); for talking to old reference servers and tests. `reply`: as
+    encode's."""
     try:
         return _pack("npsave", obj)
     except WireEncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:  # as encode(): msgpack's own errors name no format
-        raise packing_error(exc, "cannot encode message in the early-N1.6 format") from exc
+        raise packing_error(exc, "cannot encode message in the early-N1.6 format", reply) from exc
 
 
 __all__ = [

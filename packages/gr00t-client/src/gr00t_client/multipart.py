@@ -15,14 +15,15 @@ from .wire_limits import DecodeLimits
 MULTIPART_MAGIC = b"\x00GR00T-MP1"
 
 
-def encode_multipart(obj: Any) -> List[Any]:
-    """Encode as [MULTIPART_MAGIC, header, buffers...]; large array buffers are referenced, not copied."""
+def encode_multipart(obj: Any, reply: bool = False) -> List[Any]:
+    """Encode as [MULTIPART_MAGIC, header, buffers...]; large array buffers are referenced, not copied. `reply`: a
+    server's result (its refusal of text words the policy's fault, not the request's)."""
     buffers: List[Any] = []
-    header = pack_multipart_header(obj, buffers)
+    header = pack_multipart_header(obj, buffers, reply)
     return [MULTIPART_MAGIC, header, *buffers]
 
 
-def pack_multipart_header(obj: Any, buffers: List[Any]) -> bytes:
+def pack_multipart_header(obj: Any, buffers: List[Any], reply: bool = False) -> bytes:
     """Pack obj as (part of) a multipart header; its large array buffers are appended to `buffers`.
 
     Frame i + 2 of the message must carry buffers[i]; sharing one list lets parts be packed separately.
@@ -35,7 +36,7 @@ def pack_multipart_header(obj: Any, buffers: List[Any]) -> bytes:
     except WireEncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
-        raise packing_error(exc, "cannot encode message") from exc
+        raise packing_error(exc, "cannot encode message", reply) from exc
     finally:
         packers.buffers = outer
 

@@ -22,18 +22,28 @@ class WireEncodeError(TypeError):
     """A value that has no wire representation (e.g. an object-dtype array)."""
 
 
-def lone_surrogate_text(text: str, position: int) -> str:
+REQUEST_TEXT_REMEDY = "send valid Unicode text"
+# A reply's text is the policy's own (the request was decoded, so its text was valid): the sender's remedy misled.
+REPLY_TEXT_REMEDY = "the policy returned it; a policy's result must hold valid Unicode text"
+
+
+def lone_surrogate_text(text: str, position: int, remedy: str = REQUEST_TEXT_REMEDY) -> str:
     """Why `text`, holding a lone surrogate at `position` (what os.fsdecode makes of a non-UTF-8 byte), cannot be sent:
-    every wire format carries a str as UTF-8."""
-    return (f"the text {text!r:.80} holds a lone surrogate at position {position}, which is not text: it has no UTF-8 "
-            "encoding, so no wire format can carry it as a str; send valid Unicode text")
+    every wire format carries a str as UTF-8. A long text is shown as a window around the surrogate, its cuts marked
+    '...' (the repr cut at 80 characters hid a surrogate past them)."""
+    start, end = max(0, position - 30), position + 10
+    excerpt = f"{'...' if start else ''}{text[start:end]!r}{'...' if end < len(text) else ''}"
+    return (f"the text {excerpt} holds a lone surrogate at position {position}, which is not text: it has no UTF-8 "
+            f"encoding, so no wire format can carry it as a str; {remedy}")
 
 
-def packing_error(exc: Exception, what: str) -> WireEncodeError:
+def packing_error(exc: Exception, what: str, reply: bool = False) -> WireEncodeError:
     """The WireEncodeError for what a msgpack packer raised: `what: <its words>`, or for a str holding a lone
-    surrogate, lone_surrogate_text (the codec's 'surrogates not allowed' named no remedy)."""
+    surrogate, lone_surrogate_text (the codec's 'surrogates not allowed' named no remedy) with the remedy of the
+    request's sender or, for a `reply`, the policy's."""
     if isinstance(exc, UnicodeEncodeError) and isinstance(exc.object, str):
-        return WireEncodeError(lone_surrogate_text(exc.object, exc.start))
+        return WireEncodeError(lone_surrogate_text(exc.object, exc.start,
+                                                   REPLY_TEXT_REMEDY if reply else REQUEST_TEXT_REMEDY))
     return WireEncodeError(f"{what}: {exc}")
 
 

@@ -30,8 +30,9 @@ from .dataset import DatasetError, LeRobotDataset
 from .metrics import ActionErrors, NonFiniteError, action_errors, dim_labels, overflow_safe_mean
 from .applied_settings import settings_not_applied, warn_not_applied
 from .open_loop_checks import (TrajectoryError, _chunk, check_action_steps, check_policy_episode, check_policy_position,
-                               check_replay_execution_horizon, check_replays_dataset, dataset_action_keys,
-                               evaluated_embodiment, execution_horizon_for, replay_execution_horizon, reset_policy)
+                               check_replay_execution_horizon, check_replays_dataset, check_sendable_language,
+                               dataset_action_keys, evaluated_embodiment, execution_horizon_for,
+                               replay_execution_horizon, reset_policy)
 from .open_loop_observation import (FLAT_FORMAT_HINT, _EpisodeSteps, _FrameWindows, build_observation, format_hint,
                                     history_steps, observation_key_maps, resolve_observation_format)
 from .policy_identity import pinned_policy, record_from_info, server_info, serves_replay
@@ -254,10 +255,13 @@ def evaluate_trajectory(
             episode.check_finite("state", state_keys, np.float32, rows=sent_rows)
         except DatasetError as exc:
             raise TrajectoryError(f"its recorded states cannot be sent to the policy: {exc}") from None
+    steps_of = _EpisodeSteps(episode)
+    if "language" in configs:  # before any query: the client refuses the whole request, which ended the run here
+        for source in key_maps["language"].map.values():
+            check_sendable_language(steps_of.language(source), source, inference_steps)
     # A stateful policy (ReplayPolicy) moves to this trajectory; a stateless model ignores the options.
     reset_policy(policy, traj_id, config.execution_horizon, episode.length, episode.episode_index)
     predicted: List[np.ndarray] = []
-    steps_of = _EpisodeSteps(episode)
     windows = _FrameWindows(episode, inference_steps, configs, key_maps)
     for step in inference_steps:
         logger.debug("inferencing at step: %d", step)

@@ -347,17 +347,18 @@ def encode_reply(request: Request, body: Any, ok: bool) -> List[Any]:
             body = {"error": body, ERROR_MARKER: True, "endpoint": endpoint}
         elif not request.result_is_action:
             body = body[0]  # the action of the [action, info] pair
-        return [codec.encode_early_n16(body)]
+        return [codec.encode_early_n16(body, reply=True)]
     # A get_modality_config request carries no array to tell an np.save-era client by, and its reply no array to
     # encode: the np.save-era encoder writes ModalityConfig with both markers, which every upstream decoder reads.
     if request.wire_format == WIRE_NPSAVE or (not request.multipart and request.endpoint == "get_modality_config"):
-        return [codec.encode_early_n16(body if ok else {"error": body, ERROR_MARKER: True, "endpoint": endpoint})]
+        return [codec.encode_early_n16(body if ok else {"error": body, ERROR_MARKER: True, "endpoint": endpoint},
+                                       reply=True)]
     if request.multipart:
         header = {"ok": True, "result": body} if ok else {"ok": False, "error": body, "endpoint": endpoint}
-        return codec.encode_multipart(header)
+        return codec.encode_multipart(header, reply=True)
     if ok:
-        return [codec.encode(body)]
-    return [codec.encode({"error": body, ERROR_MARKER: True, "endpoint": endpoint})]
+        return [codec.encode(body, reply=True)]
+    return [codec.encode({"error": body, ERROR_MARKER: True, "endpoint": endpoint}, reply=True)]
 
 
 _NESTED = (dict, list, tuple, set, frozenset)
@@ -455,14 +456,14 @@ def encode_timed_reply(request: Request, action: Any, info: Dict[str, Any], timi
     info["server_timing"] = {**{key: value for key, value in timing.items() if key != "encode_ms"}, "encode_ms": 0.0}
     buffers: List[Any] = []
     if request.multipart:
-        result = codec.join_packed_array([codec.pack_multipart_header(action, buffers),
-                                          codec.pack_multipart_header(info, buffers)])
+        result = codec.join_packed_array([codec.pack_multipart_header(action, buffers, reply=True),
+                                          codec.pack_multipart_header(info, buffers, reply=True)])
         frame = bytearray(codec.join_packed_map({"ok": codec.encode(True), "result": result}))
         buffers = [bytes(buffer) if isinstance(buffer, memoryview) else buffer for buffer in buffers]
         frames = [codec.MULTIPART_MAGIC, frame, *buffers]
     else:
         encode = codec.encode_early_n16 if request.wire_format == WIRE_NPSAVE else codec.encode
-        frame = bytearray().join([_PAIR_HEADER, encode(action), encode(info)])
+        frame = bytearray().join([_PAIR_HEADER, encode(action, reply=True), encode(info, reply=True)])
         frames = [frame]
     if not frame.endswith(_ENCODE_MS_PLACEHOLDER):
         raise RuntimeError("server_timing.encode_ms was not packed last in the reply's info")

@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
 
 
+def unencodable_result_path(request: Request, result: Any) -> str:
+    """The key path of the first value in `result` that the reply's encoder refuses ('info.instruction' in a
+    get_action pair); '' when none alone is refused. For error messages only: it encodes every leaf."""
+    if request.endpoint == "get_action" and isinstance(result, list) and len(result) == 2:
+        result = {"action": result[0], "info": result[1]}
+    return codec.unencodable_path(result, codec.encode)
+
+
 class ReplyFrames:
     """Turns a request's result, or its failure, into reply frames (either thread); JobRunner inherits it. It reads
     the server's stats, metrics and endpoint table live."""
@@ -78,7 +86,9 @@ class ReplyFrames:
             else:
                 frames = encode_timed_reply(request, result[0], result[1], timing or {}, started)
         except Exception as exc:  # a policy returned what the wire cannot carry: its bug, counted as internal
-            error = UnencodableResultError(f"could not encode the result of '{request.endpoint}': {exc}")
+            where = unencodable_result_path(request, result) if isinstance(exc, codec.WireEncodeError) else ""
+            error = UnencodableResultError(f"could not encode the result of '{request.endpoint}': "
+                                           + (f"{where}: {exc}" if where else str(exc)))
             error.__cause__ = exc
             policy_started = policy_started if timing is not None else None
             return request, self.error_frames(request, error, policy_started=policy_started, policy_ms=policy_ms)
