@@ -322,13 +322,8 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         # The budget lives in this thread's call state, never in self.timeout_ms: another thread's call on the
         # shared client keeps its own budget. Taken once the lock is held, like _deadline's.
         def within_budget() -> Any:  # the lock is held: a first call after a fork gets the child's call state
-            call = self._call
-            saved = getattr(call, "own_deadline", None), getattr(call, "budget_ms", None)
-            call.own_deadline, call.budget_ms = time.monotonic() + budget_ms / 1000.0, budget_ms
-            try:
+            with self._own_budget(time.monotonic() + budget_ms / 1000.0, budget_ms):
                 return self.call_endpoint(endpoint, data, requires_input)
-            finally:
-                call.own_deadline, call.budget_ms = saved
 
         return self._locked_check_deferred(within_budget)
 
@@ -364,11 +359,17 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         if at is None:
             yield
             return
+        own_deadline = min(at, time.monotonic() + self.timeout_ms / 1000.0)
+        with self._own_budget(own_deadline, max(1, int((own_deadline - time.monotonic()) * 1000))):
+            yield
+
+    @contextlib.contextmanager
+    def _own_budget(self, own_deadline: Optional[float], budget_ms: Optional[int]) -> Iterator[None]:
+        """This thread's calls inside the block have the budget `budget_ms`, ending at `own_deadline` (None, None: the
+        client's timeout_ms per call); the budget before it is restored after."""
         call = self._call
         saved = getattr(call, "own_deadline", None), getattr(call, "budget_ms", None)
-        own_end = time.monotonic() + self.timeout_ms / 1000.0
-        call.own_deadline = min(at, own_end)
-        call.budget_ms = max(1, int((call.own_deadline - time.monotonic()) * 1000))
+        call.own_deadline, call.budget_ms = own_deadline, budget_ms
         try:
             yield
         finally:

@@ -251,12 +251,8 @@ class ServerFacts:
         # With a budget of its own (timeout_ms), not the remains of the get_action it follows: after a reconnection
         # that call already paid for a handshake and a get_server_info, and on a slow link a check in the same budget
         # timed out, replaced the socket and so made the next call check (and time out) again, for ever.
-        own = getattr(call, "own_deadline", None), getattr(call, "budget_ms", None)
-        call.own_deadline, call.budget_ms = None, None
-        try:
+        with self._own_budget(None, None):
             check(self)  # raises to the caller; asked again after the next call until it passes
-        finally:
-            call.own_deadline, call.budget_ms = own
         self._checked_server_changes = self.server_changes  # its own reconnection, if any, was checked by it
 
     def _check_new_server_after(self, failure: Exception) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import msgpack
 import numpy as np
 
@@ -25,6 +27,16 @@ class WireEncodeError(TypeError):
 REQUEST_TEXT_REMEDY = "send valid Unicode text"
 # A reply's text is the policy's own (the request was decoded, so its text was valid): the sender's remedy misled.
 REPLY_TEXT_REMEDY = "the policy returned it; a policy's result must hold valid Unicode text"
+
+
+def lone_surrogate_at(text: str) -> Optional[int]:
+    """The index of the first lone surrogate in `text` (what os.fsdecode or a JSON '\\ud800' escape makes), or None
+    when it encodes as UTF-8, as every wire format carries a str."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def lone_surrogate_text(text: str, position: int, remedy: str = REQUEST_TEXT_REMEDY) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 
 from gr00t_client import BasePolicy, EmbodimentTag, ModalityConfig
 from gr00t_client.embodiment import names_tag
-from gr00t_client.wire_errors import lone_surrogate_text
+from gr00t_client.wire_errors import lone_surrogate_at, lone_surrogate_text
 
 from .action_steps import check_consecutive_action_deltas
 from .dataset import LeRobotDataset
@@ -30,11 +30,10 @@ def check_sendable_language(texts: Sequence[str], key: str, steps: Sequence[int]
     """TrajectoryError when the text of language `key` at one of `steps` holds a lone surrogate (a converter's JSON
     "\\udcff" for a non-UTF-8 byte), which no wire carries: the client refused the request and the run stopped."""
     for step in steps:
-        try:
-            texts[step].encode("utf-8")
-        except UnicodeEncodeError as exc:
+        surrogate = lone_surrogate_at(texts[step])
+        if surrogate is not None:
             raise TrajectoryError(f"its language {key!r} at step {step} cannot be sent: "
-                                  + lone_surrogate_text(texts[step], exc.start)) from None
+                                  + lone_surrogate_text(texts[step], surrogate))
 
 
 def check_policy_position(info: Any, traj_id: int, step: int, execution_horizon: int,

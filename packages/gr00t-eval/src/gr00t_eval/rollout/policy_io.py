@@ -21,7 +21,7 @@ from gr00t_client import ActionChunker, ModalityConfig, PolicyServerError
 from gr00t_client.flat import language_batch, language_source, language_text
 from gr00t_client.policy import (ActionError, NonFiniteActionError, ObservationError, PolicyValidationError,
                                  non_finite_rows, unreal_dtype)
-from gr00t_client.wire_errors import lone_surrogate_text
+from gr00t_client.wire_errors import lone_surrogate_at, lone_surrogate_text
 
 from ..action_steps import check_consecutive_action_deltas
 from ..key_matching import match_keys
@@ -136,11 +136,10 @@ class ObservationMapper:
                 except ObservationError as exc:
                     errors.setdefault(row, str(exc))
                     continue
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError as exc:  # the client's encoder would refuse the whole batch
+                surrogate = lone_surrogate_at(text)
+                if surrogate is not None:  # the client's encoder would refuse the whole batch
                     errors.setdefault(row, f"the env's language key {source!r} row {row}: "
-                                           + lone_surrogate_text(text, exc.start))
+                                           + lone_surrogate_text(text, surrogate))
         return errors
 
     def state_errors(self, obs: Mapping[str, Any], rows: Sequence[int]) -> Dict[int, str]:

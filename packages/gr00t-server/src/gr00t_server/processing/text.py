@@ -6,6 +6,7 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from gr00t_client.policy import ObservationError
+from gr00t_client.wire_errors import lone_surrogate_at
 
 IMAGE_PAD_TOKEN = "<|image_pad|>"
 VISION_START_TOKEN = "<|vision_start|>"
@@ -22,19 +23,10 @@ def formalize_language(text: str) -> str:
     return _NON_WORD.sub("", text.lower())
 
 
-def lone_surrogate_at(text: str) -> Optional[int]:
-    """The index of the first lone surrogate in `text` (what os.fsdecode or a JSON '\\ud800' escape makes), or None
-    when it encodes as UTF-8. Formalization strips one (it is no word character), as the reference's does."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return exc.start
-    return None
-
-
 def refuse_lone_surrogate(text: str, where: str) -> None:
     """ObservationError naming `where` and the position when `text`, as the tokenizer gets it, holds a lone surrogate:
-    the tokenizer failed on one with a TypeError naming no text, as an internal error."""
+    the tokenizer failed on one with a TypeError naming no text, as an internal error. Formalization strips one (it
+    is no word character), as the reference's does."""
     surrogate = lone_surrogate_at(text)
     if surrogate is not None:
         raise ObservationError(f"{where} holds a lone surrogate at position {surrogate} ({text!r:.80}), which is not "
