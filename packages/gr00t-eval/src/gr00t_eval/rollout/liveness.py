@@ -10,9 +10,10 @@ API token (restarted with another one).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Optional, Tuple
 
-from gr00t_client import ClientClosedError, HandshakeError, PolicyClient, ServerStoppingError
+from gr00t_client import ClientClosedError, HandshakeError, PolicyClient, ReplyLostError, ServerStoppingError
 from gr00t_client.client_errors import UPSTREAM_FAILED
 from gr00t_client.policy import accepts_keyword
 
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 QUICK_PING_MS = 2000
 MAX_CONSECUTIVE_TIMEOUTS = 3
+_LEAST_SECOND_PING_MS = 100  # a ping lost with less of its budget left is not sent again
 
 
 class PolicyServerUnreachableError(ConnectionError):
@@ -46,13 +48,28 @@ def ping_with_error(policy: Any, timeout_ms: int = QUICK_PING_MS) -> Tuple[Optio
     budget = min(own, timeout_ms) if isinstance(own, int) and own > 0 else timeout_ms
     try:
         if isinstance(policy, PolicyClient):
-            policy.call_endpoint("ping", requires_input=False, timeout_ms=budget)
-            return True, None
+            return _ping_client(policy, budget)
         if not accepts_keyword(ping, "timeout_ms"):
             return bool(ping()), None
         return bool(ping(timeout_ms=budget)), None
     except Exception as exc:  # noqa: BLE001 - a ping that raises is a ping that failed
         return False, exc
+
+
+def _ping_client(client: PolicyClient, budget_ms: int) -> Tuple[bool, None]:
+    """Ping through call_endpoint (raising as it does), once more when the connection closed under the first ping:
+    a ping sent as a restarted server's old connection was still being torn down (or in a network blip) lost its
+    reply, which says nothing of the server now; the next call connects anew. Within `budget_ms` in all."""
+    deadline = time.monotonic() + budget_ms / 1000
+    try:
+        client.call_endpoint("ping", requires_input=False, timeout_ms=budget_ms)
+    except ReplyLostError:
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms < _LEAST_SECOND_PING_MS:
+            raise
+        logger.debug("the connection to %s closed under a ping; pinging once more", client.address)
+        client.call_endpoint("ping", requires_input=False, timeout_ms=remaining_ms)
+    return True, None
 
 
 def refuses_this_client(exc: Optional[BaseException]) -> bool:
