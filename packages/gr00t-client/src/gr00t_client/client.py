@@ -62,6 +62,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_LEAST_SECOND_PING_MS = 10  # a lost ping with less of its budget left is not sent again (a loopback ping: 1-2 ms)
 _UNCAPPED_DECODE = codec.DecodeLimits(max_message_bytes=MAX_REPLY_BYTES_LIMIT)  # item budget and depth still hold
 
 
@@ -379,12 +380,28 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
 
     def ping(self, timeout_ms: Optional[int] = None) -> bool:
         """True when the server answers within `timeout_ms` (default: self.timeout_ms); False when it is down or
-        unreachable, or this client is closed."""
+        unreachable, or this client is closed. See ping_or_raise for a lost reply."""
         try:
-            self.call_endpoint("ping", requires_input=False, timeout_ms=timeout_ms)
+            self.ping_or_raise(timeout_ms)
             return True
         except (PolicyTimeoutError, ConnectionError):
             return False
+
+    def ping_or_raise(self, timeout_ms: Optional[int] = None) -> None:
+        """ping(), raising why the server did not answer (PolicyTimeoutError, HandshakeError, ReplyLostError,
+        ClientClosedError, PolicyServerError) instead of returning False. A ping whose connection closed under it (a
+        restarted server's old connection still being torn down, a forwarder's drop) is sent once more, over a fresh
+        connection, within the same budget: that loss says nothing of the server now."""
+        started = time.monotonic()
+        try:
+            self.call_endpoint("ping", requires_input=False, timeout_ms=timeout_ms)
+        except ReplyLostError:
+            budget_ms = self.timeout_ms if timeout_ms is None else timeout_ms
+            remaining_ms = budget_ms - int((time.monotonic() - started) * 1000)
+            if remaining_ms < _LEAST_SECOND_PING_MS:
+                raise
+            logger.debug("the connection to %s closed under a ping; pinging once more", self.address)
+            self.call_endpoint("ping", requires_input=False, timeout_ms=remaining_ms)
 
     def get_server_info(self) -> Dict[str, Any]:
         """Server, protocol and model facts (gr00t-server only)."""

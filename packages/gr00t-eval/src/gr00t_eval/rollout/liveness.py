@@ -10,10 +10,9 @@ API token (restarted with another one).
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Optional, Tuple
 
-from gr00t_client import ClientClosedError, HandshakeError, PolicyClient, ReplyLostError, ServerStoppingError
+from gr00t_client import ClientClosedError, HandshakeError, PolicyClient, ServerStoppingError
 from gr00t_client.client_errors import UPSTREAM_FAILED
 from gr00t_client.policy import accepts_keyword
 
@@ -23,7 +22,6 @@ logger = logging.getLogger(__name__)
 
 QUICK_PING_MS = 2000
 MAX_CONSECUTIVE_TIMEOUTS = 3
-_LEAST_SECOND_PING_MS = 100  # a ping lost with less of its budget left is not sent again
 
 
 class PolicyServerUnreachableError(ConnectionError):
@@ -40,7 +38,7 @@ def ping_quickly(policy: Any, timeout_ms: int = QUICK_PING_MS) -> Optional[bool]
 
 def ping_with_error(policy: Any, timeout_ms: int = QUICK_PING_MS) -> Tuple[Optional[bool], Optional[Exception]]:
     """ping_quickly's answer and, for a ping that raised, its exception. A PolicyClient is pinged through
-    call_endpoint: its ping() answers a refused CURVE handshake with a bare False."""
+    ping_or_raise: its ping() answers a refused CURVE handshake with a bare False."""
     ping = getattr(policy, "ping", None)
     if ping is None:
         return None, None
@@ -48,28 +46,13 @@ def ping_with_error(policy: Any, timeout_ms: int = QUICK_PING_MS) -> Tuple[Optio
     budget = min(own, timeout_ms) if isinstance(own, int) and own > 0 else timeout_ms
     try:
         if isinstance(policy, PolicyClient):
-            return _ping_client(policy, budget)
+            policy.ping_or_raise(budget)  # a ping lost to a closing connection is sent once more
+            return True, None
         if not accepts_keyword(ping, "timeout_ms"):
             return bool(ping()), None
         return bool(ping(timeout_ms=budget)), None
     except Exception as exc:  # noqa: BLE001 - a ping that raises is a ping that failed
         return False, exc
-
-
-def _ping_client(client: PolicyClient, budget_ms: int) -> Tuple[bool, None]:
-    """Ping through call_endpoint (raising as it does), once more when the connection closed under the first ping:
-    a ping sent as a restarted server's old connection was still being torn down (or in a network blip) lost its
-    reply, which says nothing of the server now; the next call connects anew. Within `budget_ms` in all."""
-    deadline = time.monotonic() + budget_ms / 1000
-    try:
-        client.call_endpoint("ping", requires_input=False, timeout_ms=budget_ms)
-    except ReplyLostError:
-        remaining_ms = int((deadline - time.monotonic()) * 1000)
-        if remaining_ms < _LEAST_SECOND_PING_MS:
-            raise
-        logger.debug("the connection to %s closed under a ping; pinging once more", client.address)
-        client.call_endpoint("ping", requires_input=False, timeout_ms=remaining_ms)
-    return True, None
 
 
 def refuses_this_client(exc: Optional[BaseException]) -> bool:
