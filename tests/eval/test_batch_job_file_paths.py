@@ -140,3 +140,57 @@ def test_a_video_dir_through_a_link_and_dotdot_gets_the_videos_in_the_folder_the
         assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "batch")]) == 0
     assert (tmp_path / "vids" / "episode_0000_success.mp4").read_bytes() == b"another run's video"
     assert len(list((tmp_path / "real" / "vids").glob("episode_*.mp4"))) == 4
+
+
+@pytest.mark.parametrize("key_field", ["server_public_key", "client_key"])
+def test_a_relative_key_file_is_the_start_directorys_when_the_batch_resumes_elsewhere(tmp_path, monkeypatch, key_field):
+    """A relative server_public_key / client_key was read from the directory of each attempt: a resume from another
+    directory failed every job still to run ("neither an existing certificate file nor a z85 key")."""
+    from gr00t_server.curve import generate_certificates
+
+    started, elsewhere, out = tmp_path / "A", tmp_path / "B", tmp_path / "batch"
+    elsewhere.mkdir()
+    server_public, server_secret = generate_certificates(started / "keys", "server")
+    _, client_secret = generate_certificates(started / "keys", "client")
+    given = {"server_public_key": "keys/server.key"}
+    given.update({"server_public_key": str(server_public), "client_key": "keys/client.key_secret"}
+                 if key_field == "client_key" else {})
+    with running_server(SigintOnCall(call=5), curve_secret_key=str(server_secret)) as server:
+        jobs = job_file(tmp_path / "jobs.json", server.port, video_dir=None)
+        raw = json.loads(jobs.read_text())
+        raw["jobs"][0]["policy_server"].update(given)
+        jobs.write_text(json.dumps(raw))
+        monkeypatch.chdir(started)
+        assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 130
+        monkeypatch.chdir(elsewhere)
+        assert run_cli(["batch", "--resume", str(out)]) == 0
+    record = json.loads((out / "batch_results.json").read_text())["jobs"][0]
+    assert record["status"] == "done" and record["resumed_episodes"] >= 1
+
+
+def test_load_jobs_resolves_key_files_against_start_dir_and_home_dir_and_keeps_z85_keys(tmp_path, monkeypatch):
+    from gr00t_eval.batch_jobs import load_jobs
+
+    started, home = tmp_path / "A", tmp_path / "home"
+    (started / "keys").mkdir(parents=True)
+    (started / "keys" / "server_pub").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "other_home"))
+    z85_key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"  # holds '/' and '.': a key, not a path
+
+    def server(**keys):
+        path = job_file(tmp_path / "jobs.json", 5555, video_dir=None)
+        raw = json.loads(path.read_text())
+        raw["jobs"][0]["policy_server"].update(keys)
+        path.write_text(json.dumps(raw))
+        (job,) = load_jobs(path, started, str(home))
+        return job.server
+
+    assert server(server_public_key="keys/server_pub").server_public_key == str(started / "keys" / "server_pub")
+    assert server(server_public_key="keys/missing.key").server_public_key == str(started / "keys" / "missing.key")
+    assert server(server_public_key="~/k/server.key", client_key="~/k/me.key_secret").client_key == str(
+        home / "k" / "me.key_secret")
+    assert server(server_public_key=z85_key).server_public_key == z85_key
+    assert server(server_public_key=z85_key, client_key=z85_key).client_key == z85_key
+    key_named_like_a_file = z85_key[:35] + "0.key"  # 40 z85 characters that end as a certificate file's name does
+    assert server(server_public_key=key_named_like_a_file).server_public_key == key_named_like_a_file

@@ -309,3 +309,36 @@ def test_a_done_job_whose_server_moved_but_serves_the_same_policy_keeps_its_epis
     assert record["resumed_episodes"] == 3 and record["policy_server"] == f"127.0.0.1:{moved.port}"
     assert any("serves the same policy" in r.getMessage() and "its earlier episodes are kept" in r.getMessage()
                for r in caplog.records)
+
+
+def test_an_ipv6_jobs_server_is_recorded_bracketed_so_it_reads_back_as_that_address(tmp_path):
+    from gr00t_eval.ray_runner import parse_servers
+    from serving import running_server
+
+    out = tmp_path / "out"
+    with running_server(ConstantPolicy(), host="::1") as v6:
+        job = {"env_name": "walkto/fast", "policy_server": {"host": "::1", "port": v6.port, "timeout_ms": 5000}}
+        assert cli.main(["batch", "--jobs", str(write_jobs(tmp_path / "jobs.json", [job])), "--output-dir", str(out)]) == 0
+    (record,) = records(out)
+    assert record["policy_server"] == f"[::1]:{v6.port}"
+    (address,) = parse_servers(record["policy_server"], 5555)
+    assert str(address) == record["policy_server"] and address.port == v6.port
+
+
+def test_a_done_ipv6_job_recorded_unbracketed_by_an_older_batch_is_not_taken_for_a_moved_server(tmp_path, caplog):
+    from serving import running_server
+
+    out = tmp_path / "out"
+    counting = CountingPolicy()
+    with running_server(counting, host="::1") as v6:
+        job = {"env_name": "walkto/fast", "policy_server": {"host": "::1", "port": v6.port, "timeout_ms": 5000}}
+        assert cli.main(["batch", "--jobs", str(write_jobs(tmp_path / "jobs.json", [job])), "--output-dir", str(out)]) == 0
+        results = json.loads((out / "batch_results.json").read_text())
+        results["jobs"][0]["policy_server"] = f"::1:{v6.port}"  # as an older gr00t-eval wrote it
+        (out / "batch_results.json").write_text(json.dumps(results))
+        calls = counting.calls
+        assert cli.main(["batch", "--resume", str(out)]) == 0
+    (record,) = records(out)
+    assert record["status"] == "done" and "rerun_reason" not in record
+    assert counting.calls == calls  # kept, not run again
+    assert not any("changed since it was done" in r.getMessage() for r in caplog.records)

@@ -109,6 +109,24 @@ def test_a_host_entry_with_an_empty_host_or_port_is_refused_naming_the_flag(entr
         parse_servers(entry, 5555, host_flag="--host", port_flag="--port")
 
 
+@pytest.mark.parametrize("entry", ["127.0.0.1:5\u00b2", "127.0.0.1:\u0665\u0665\u0665\u0666", "[::1]:\uff15\uff15\uff15\uff15"])
+def test_a_host_entry_whose_port_is_in_other_than_ascii_digits_is_refused_naming_the_flag(entry):
+    """int() took '\u0665\u0665\u0665\u0666' for 5556 without a word, and refused '5\u00b2' (which isdigit) with its bare message."""
+    with pytest.raises(ValueError, match=f"^--host entry {re.escape(repr(entry))}: port .* is not written in the "
+                                         "digits 0-9; expected HOST or HOST:PORT"):
+        parse_servers(entry, 5555, host_flag="--host", port_flag="--port")
+
+
+def test_batch_jobs_refuse_a_port_or_timeout_in_other_than_ascii_digits_naming_the_field(tmp_path):
+    servers = [{"port": "5\u00b2"}, {"port": "\u0665\u0665\u0665\u0666"}, {"port": 5555, "timeout_ms": "\u0662000"}]
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps([{"name": f"j{i}", "env_name": "walkto/fast", "policy_server": s} for i, s in enumerate(servers)]))
+    superscript, arabic, timeout = load_jobs(path)
+    assert isinstance(superscript, JobError) and "'port' must be an int from 1 to 65535, got '5\u00b2'" in str(superscript)
+    assert isinstance(arabic, JobError) and "'port' must be an int from 1 to 65535" in str(arabic)
+    assert isinstance(timeout, JobError) and "'timeout_ms' must be an int from 1 to" in str(timeout)
+
+
 def test_batch_jobs_check_the_server_port_and_timeout(tmp_path):
     servers = [{"port": 70000}, {"port": True}, {"port": 5555, "timeout_ms": 0}, {"port": "5555", "timeout_ms": "2000"}]
     path = tmp_path / "jobs.json"

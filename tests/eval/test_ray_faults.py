@@ -244,7 +244,7 @@ def test_a_missing_ray_is_named_before_the_output_directory_is_made(tmp_path):
 def test_check_ray_address_leaves_auto_without_an_address_local_and_malformed_addresses_to_ray(monkeypatch, tmp_path):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no ray/ray_current_cluster there
-    for address in ("auto", "local", "no-port-here"):
+    for address in ("auto", "local", "no-port-here", "127.0.0.1:6\u00b2"):  # int() took the superscript for a digit
         ray_connect.check_ray_address(address, timeout_s=0.1)
 
 

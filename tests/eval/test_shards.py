@@ -300,3 +300,14 @@ def test_a_merge_says_the_envs_stepped_where_any_shard_says_so(client):
     assert merge_results(shards)["envs_stepped"] is True
     shards[0]["envs_stepped"] = shards[1]["envs_stepped"] = False  # shards of a run whose envs never stepped
     assert merge_results(shards)["envs_stepped"] is False
+
+
+def test_a_shards_ipv6_server_is_named_bracketed_in_merged_servers():
+    """'::1:5555' read back as host '::1:5555' on the default port: the merged record named another address."""
+    from gr00t_eval.ray_runner import parse_servers
+    from gr00t_eval.shard import _server_of
+
+    named = _server_of({"config": {"policy_client_host": "::1", "policy_client_port": 5555}})
+    assert named == "[::1]:5555"
+    assert [(s.host.strip("[]"), s.port) for s in parse_servers(named, 6000)] == [("::1", 5555)]
+    assert _server_of({"config": {"policy_client_host": "127.0.0.1", "policy_client_port": 5555}}) == "127.0.0.1:5555"

@@ -24,7 +24,7 @@ from gr00t_client.peer_text import shown_text
 
 from .applied_settings import settings_not_applied, warn_not_applied
 from .batch_jobs import (VIDEO_ONLY_SETTINGS, Job, JobError, PolicyServerAddress, check_unique_job_names,
-                         job_dir_name, job_video_dirs, load_jobs, parse_job)
+                         job_dir_name, job_video_dirs, load_jobs, parse_job, same_server_text)
 from .episode_log import EpisodeLog, latest_entries
 from .metrics import ERROR_REASON_CHARS, EpisodeOutcome
 from .output_files import EPISODE_LOG_FILENAME, RUN_FILENAME
@@ -217,7 +217,8 @@ def changed_settings(job: Job, record: Mapping[str, Any], job_dir: Optional[Path
     its name, and was reported done with the other's results without running.
     """
     recorded = record.get("policy_server")
-    server = [f"policy_server {recorded!r} -> {str(job.server)!r}"] if recorded not in (None, str(job.server)) else []
+    server = ([f"policy_server {recorded!r} -> {str(job.server)!r}"]
+              if recorded is not None and not same_server_text(recorded, job.server) else [])
     saved = record.get("job_config")
     if saved is None and job_dir is not None and (job_dir / RUN_FILENAME).is_file():
         try:
@@ -399,7 +400,8 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
                 batch["jobs"][index] = run_job(job, policy_factory, progress,
                                                None if jobs_dir is None else jobs_dir / job_dir_name(job.name),
                                                moved_from=f"{recorded} -> {job.server}"
-                                               if recorded not in (None, str(job.server)) else None)
+                                               if recorded is not None and not same_server_text(recorded, job.server)
+                                               else None)
             if rerun_reason:
                 batch["jobs"][index]["rerun_reason"] = rerun_reason
         except KeyboardInterrupt:

@@ -16,7 +16,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gr00t_client.cli_flags import token_shape, user_path
 from gr00t_client.client import MAX_TIMEOUT_MS
-from gr00t_client.client_options import check_host
+from gr00t_client.client_options import check_host, endpoint_host
+from gr00t_client.curve import is_z85_key
 
 from .rollout.config import (MAX_ENVS, MAX_EPISODES, RolloutConfig, check_env_kwargs_finite, check_env_timeout,
                              check_env_timeout_applies, default_env_timeout, env_timeout_applies)
@@ -66,7 +67,16 @@ class PolicyServerAddress:
     api_token_env: Optional[str] = None  # the variable holding the token, read as the job runs (Job.server_with_token)
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{endpoint_host(self.host)}:{self.port}"  # an IPv6 literal bracketed, as its port follows
+
+
+def same_server_text(recorded: Any, server: PolicyServerAddress) -> bool:
+    """Whether a record's 'HOST:PORT' names `server`: an older batch wrote an IPv6 host unbracketed ('::1:5555'),
+    which is the same server as '[::1]:5555'."""
+    if not isinstance(recorded, str):
+        return False
+    host, colon, port = recorded.rpartition(":")
+    return recorded == str(server) or (bool(colon and host) and f"{endpoint_host(host)}:{port}" == str(server))
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,8 @@ def _server(name: str, raw: Any) -> PolicyServerAddress:
     if raw.get("client_key") and not raw.get("server_public_key"):
         raise JobError(f"job {name!r}: policy_server 'client_key' needs 'server_public_key'")
     port, timeout_ms = raw["port"], raw.get("timeout_ms", DEFAULT_TIMEOUT_MS)
-    port, timeout_ms = (int(v) if isinstance(v, str) and v.strip().isdigit() else v for v in (port, timeout_ms))  # "5555"
+    port, timeout_ms = (int(v) if isinstance(v, str) and v.strip().isascii() and v.strip().isdigit() else v
+                        for v in (port, timeout_ms))  # "5555"; not other digits, which int() takes or fails on
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise JobError(f"job {name!r}: policy_server 'port' must be an int from 1 to 65535, got {port!r}")
     if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or not 1 <= timeout_ms <= MAX_TIMEOUT_MS:
@@ -431,9 +442,9 @@ def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None, 
     """Read a job file: {"defaults": {...}, "jobs": [...]} or a bare list; invalid jobs come back as JobError.
 
     Job names must be unique (they name the rows of the table and the jobs a resumed batch skips). A relative
-    `video_dir` is made absolute against `start_dir` (default: the working directory), as rollout saves --video-dir,
-    and a leading '~' is `home_dir` (default: this user's home folder). `resumed`, `started`: read by a batch --resume
-    (parse_job).
+    `video_dir` and key file (policy_server server_public_key, client_key) are made absolute against `start_dir`
+    (default: the working directory), as rollout saves --video-dir, and a leading '~' is `home_dir` (default: this
+    user's home folder). `resumed`, `started`: read by a batch --resume (parse_job).
     """
     try:
         data = json.loads(Path(path).read_bytes().decode("utf-8"),
@@ -478,7 +489,9 @@ def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None, 
         if repeated is not None:
             job = JobError(repeated, f"{name}#{index}")
         jobs.append(job)
-    jobs = separate_shared_video_dirs([absolute_video_dir(job, start_dir or os.getcwd(), home_dir) for job in jobs])
+    start_dir = start_dir or os.getcwd()
+    jobs = separate_shared_video_dirs([absolute_key_files(absolute_video_dir(job, start_dir, home_dir), start_dir, home_dir)
+                                       for job in jobs])
     jobs = [_with_usable_video_dir(job) for job in jobs]
     refuse_overlapping_video_dirs(jobs)
     return jobs
@@ -504,6 +517,29 @@ def absolute_video_dir(job: Union[Job, JobError], start_dir: Union[str, Path],
         return job
     video_dir = str(Path(start_dir, home_expanded(str(job.config["video_dir"]), home_dir)).absolute())
     return dataclasses.replace(job, config={**job.config, "video_dir": video_dir})
+
+
+def absolute_key_files(job: Union[Job, JobError], start_dir: Union[str, Path],
+                       home_dir: Optional[str] = None) -> Union[Job, JobError]:
+    """The job with the key files its policy_server names (server_public_key, client_key) made absolute as
+    absolute_video_dir makes video_dir: a resume from another directory, or under another $HOME, reads the files the
+    batch's first attempt read. A z85 key (which may hold '/' and '.') is kept as it is: a value is taken for a path
+    only where that file exists or it has a path's form (a leading '~', or a .key / .key_secret file name)."""
+    if not isinstance(job, Job):
+        return job
+    keys = {key: _absolute_key_file(getattr(job.server, key), start_dir, home_dir)
+            for key in ("server_public_key", "client_key")}
+    return dataclasses.replace(job, server=dataclasses.replace(job.server, **keys))
+
+
+def _absolute_key_file(value: Optional[str], start_dir: Union[str, Path], home_dir: Optional[str]) -> Optional[str]:
+    if not isinstance(value, str) or not value.strip():
+        return value  # the client names a blank or a non-text key
+    text = value.strip()
+    path = Path(start_dir, home_expanded(text, home_dir))
+    path_form = text.startswith("~") or (os.path.basename(text).endswith((".key", ".key_secret"))
+                                         and not is_z85_key(text))
+    return str(path.absolute()) if path_form or os.path.isfile(path) else value
 
 
 def home_expanded(path: str, home_dir: Optional[str]) -> str:

@@ -66,6 +66,9 @@ def parse_servers(hosts: str, default_port: int, port_given: bool = False, host_
         if not address or (sep and not (host and port)):  # ':5555' went on as a host, which PolicyClient refused
             raise ValueError(f"{host_flag} entry {item!r}: the {'port' if address and host else 'host'} is empty; "
                              "expected HOST or HOST:PORT")
+        if sep and port.isdigit() and not port.isascii():  # a superscript failed int(); Arabic-Indic digits passed it
+            raise ValueError(f"{host_flag} entry {item!r}: port {port!r} is not written in the digits 0-9; expected "
+                             "HOST or HOST:PORT")
         if sep and port.isdigit():
             if port_given and int(port) != int(default_port):
                 raise ValueError(f"{host_flag} entry {item!r} names port {int(port)} and {port_flag} is "
@@ -150,7 +153,7 @@ def run_shard_task(env_spec: str, config: Dict[str, Any], shard: Tuple[int, int]
     if "error" in box:
         raise box["error"]
     results = box["results"]
-    results.setdefault("config", {})["policy_server"] = f"{server[0]}:{server[1]}"
+    results.setdefault("config", {})["policy_server"] = f"{endpoint_host(server[0])}:{server[1]}"
     results["policy"] = box["policy"]
     import ray
 

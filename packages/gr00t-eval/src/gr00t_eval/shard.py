@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 
 from gr00t_client import BasePolicy, PolicyClient
+from gr00t_client.client_options import endpoint_host
 
 from .applied_settings import settings_not_applied
 from .extras import require
@@ -457,7 +458,7 @@ def _server_of(results: Mapping[str, Any]) -> Optional[str]:
     host, port = config.get("policy_client_host"), config.get("policy_client_port")
     if host is None and port is None:
         return config.get("policy_server")
-    return f"{host}:{port}"
+    return f"{endpoint_host(host) if isinstance(host, str) else host}:{port}"  # '[::1]:5555', as a Ray shard says it
 
 
 def results_from_outcomes(env_spec: str, config: RolloutConfig, shard: Optional[ShardSpec],
