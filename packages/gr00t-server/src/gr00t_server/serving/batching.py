@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import time
 from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, List, Optional, Sequence, Tuple
@@ -67,6 +68,10 @@ def _signature(value: Any, counts: set, depth: int) -> Optional[Hashable]:
             return None
         items = []
         for key, child in value.items():
+            if type(child) is np.ndarray and child.ndim:  # the common entry, signed here: no call per array
+                counts.add(int(child.shape[0]))
+                items.append((str(key), ("array", _dtype_key(child.dtype), child.shape[1:])))
+                continue
             child_signature = _signature(child, counts, depth + 1)
             if child_signature is None:
                 return None
@@ -77,13 +82,26 @@ def _signature(value: Any, counts: set, depth: int) -> Optional[Hashable]:
         if value.ndim == 0:
             return ("scalar-array",)  # cannot be split by rows
         counts.add(int(value.shape[0]))
-        # text of any length concatenates (to the longest): clients' instructions of other lengths still share a call
-        dtype = value.dtype.str.rstrip("0123456789") if value.dtype.kind in "US" else value.dtype.str
-        return ("array", dtype, value.shape[1:])
+        return ("array", _dtype_key(value.dtype), value.shape[1:])
     if isinstance(value, (list, tuple)):
         counts.add(len(value))
         return ("list",)
     return ("other", type(value).__name__)
+
+
+_DTYPE_KEYS: Dict[np.dtype, str] = {}  # _dtype_key's answers (requests carry a handful of dtypes)
+
+
+def _dtype_key(dtype: np.dtype) -> str:
+    """A dtype as a signature names it: its str, the length of a text dtype left out (text of any length
+    concatenates, to the longest: clients' instructions of other lengths still share a call). Kept per dtype:
+    dtype.str builds a new str at every ask, and every array of every gathered request asks."""
+    key = _DTYPE_KEYS.get(dtype)
+    if key is None:
+        key = dtype.str.rstrip("0123456789") if dtype.kind in "US" else dtype.str
+        if len(_DTYPE_KEYS) < 256:
+            _DTYPE_KEYS[dtype] = key
+    return key
 
 
 def _splittable(sig: Hashable) -> bool:
@@ -224,10 +242,11 @@ def _split_rows(value: Any, rows: List[int], total: int, name: str) -> List[Any]
     if isinstance(value, dict):
         parts = {k: _split_rows(v, rows, total, f"{name}.{k}") for k, v in value.items()}
         return [{k: parts[k][i] for k in value} for i in range(len(rows))]
-    bounds = [int(b) for b in np.cumsum(rows)[:-1]]
-    if isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == total:
-        return list(np.split(value, bounds, axis=0))
-    if isinstance(value, (list, tuple)) and len(value) == total:
+    # Summed in Python, and arrays sliced as lists are: np.cumsum of a list and np.split (the same views, through
+    # swapaxes) cost about 45 us a key, in every batch's replies
+    bounds = [int(bound) for bound in itertools.accumulate(rows)][:-1]
+    if (isinstance(value, np.ndarray) and value.ndim > 0 and value.shape[0] == total) or (
+            isinstance(value, (list, tuple)) and len(value) == total):
         return [value[start:end] for start, end in zip([0, *bounds], [*bounds, total])]
     raise ValueError(f"'{name}' is declared per-row but has {_describe(value)}; expected {total} rows, one per batch row")
 
@@ -297,6 +316,7 @@ class GatherWindow:
     def __init__(self, cap_ms: float) -> None:
         self.cap_s = max(0.0, float(cap_ms)) / 1000.0
         self._spreads: Deque[float] = collections.deque(maxlen=SPREAD_HISTORY)
+        self._widest_spread = 0.0  # max(self._spreads), worked out as each spread comes: seconds() is asked every turn
         self._call_s: Optional[float] = None
         self._recent_calls: Deque[Tuple[float, int, float]] = collections.deque(maxlen=SPREAD_HISTORY)  # ended, rows, s
         # least_call_seconds' answer by rows, with the span of `now` it holds for (until the oldest call it counted
@@ -312,6 +332,7 @@ class GatherWindow:
     def observe_spread(self, seconds: float) -> None:
         """One round's time from its first to its last arrival."""
         self._spreads.append(max(0.0, float(seconds)))
+        self._widest_spread = max(self._spreads)  # over those still held: the oldest may just have been forgotten
 
     def observe_call(self, seconds: float, rows: int = 1) -> None:
         """One policy call's duration and observation rows, just ended (a moving average of durations is kept)."""
@@ -409,7 +430,7 @@ class GatherWindow:
         arrival came during the call) a round is dispatched without its stragglers."""
         if not self._spreads:
             return self.cap_s
-        window = SPREAD_MARGIN * max(self._spreads) + SPREAD_SLACK_S
+        window = SPREAD_MARGIN * self._widest_spread + SPREAD_SLACK_S
         if self._call_s is not None:
             window = min(window, self._call_s)
         return min(self.cap_s, window)

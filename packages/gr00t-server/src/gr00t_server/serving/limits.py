@@ -278,6 +278,9 @@ class _KeyPath:
         return shown_path(self.keys())
 
 
+_OBSERVATION_PATH = _KeyPath(None, None, frozenset(), -1)  # the observation itself: every check_observation's root
+
+
 def check_observation(
     observation: Any, limits: ServerLimits, flat_language_keys: AbstractSet[str] = frozenset(),
     count_tokens: Optional[TokenCounter] = None,
@@ -294,10 +297,14 @@ def check_observation(
     cameras: set = set()  # their _KeyPaths, equal by their keys: a list's entries count once
     longest_flat_key = max(map(len, flat_language_keys), default=-1)
     # (value, its key's path, its position in that key's lists: a refused text names its row)
-    stack: List[Tuple[Any, _KeyPath, Tuple[int, ...]]] = [(observation, _KeyPath(None, None, frozenset(), -1), ())]
+    stack: List[Tuple[Any, _KeyPath, Tuple[int, ...]]] = [(observation, _OBSERVATION_PATH, ())]
+    max_rows = limits.max_rows
     while stack:  # iterative: nesting is bounded by the decoder, but never recurse on client data
         value, where, position = stack.pop()
         if isinstance(value, np.ndarray):  # the most common entry first
+            if (value.ndim and value.dtype.kind in "fc" and value.shape[0] <= max_rows
+                    and (not value.size or all_finite(value))):
+                continue  # a state within the limits: all _check_array would have asked of it, without the call
             _check_array(value, where, limits, cameras, language if where.language else None, position)  # type: ignore[arg-type]
         elif isinstance(value, dict):
             for key, child in value.items():

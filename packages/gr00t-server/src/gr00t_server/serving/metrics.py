@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Collection, Dict, Optional
+from typing import Any, Callable, Collection, Dict, Optional, Tuple
 
 from gr00t_client.client import endpoint_host
 
@@ -29,6 +29,7 @@ METRICS_CLOSE_WAIT_S = 1.0  # close() waits this long in all for the threads of 
 
 # Stages of a request that server_timing reports (ms); the histograms take them in seconds.
 STAGES = ("decode", "queue_wait", "policy", "preprocess", "model", "postprocess", "encode")
+_STAGE_KEYS = tuple((stage, f"{stage}_ms") for stage in STAGES)  # (stage, its server_timing key)
 OTHER_ENDPOINT = "other"  # label of endpoints the server does not know (their names come from clients)
 # Labels no registered endpoint may take: its counts would merge with unknown names' or unreadable requests'
 RESERVED_ENDPOINT_LABELS = (OTHER_ENDPOINT, UNDECODED_ENDPOINT)
@@ -110,6 +111,10 @@ class ServerMetrics(NullMetrics):
             ("gr00t_active_clients", "Clients that sent get_action within the last second", active_clients),
         ):
             prometheus.Gauge(name, documentation, registry=self.registry).set_function(read)
+        # Labelled children as labels() gave them, made on first use as labels() makes them (a series shows on
+        # /metrics from its first count): labels() takes the metric's lock and builds a key each time, per request
+        self._request_counts: Dict[Tuple[str, str], Any] = {}
+        self._stage_times: Dict[str, Any] = {}
         self._http: Any = None
         self._thread: Any = None
         self._guard: Optional[_ConnectionGuard] = None
@@ -137,14 +142,20 @@ class ServerMetrics(NullMetrics):
             label = UNDECODED_ENDPOINT
         else:
             label = endpoint if endpoint in self._endpoints() else OTHER_ENDPOINT
-        self._requests.labels(endpoint=label, outcome=outcome).inc()
+        counter = self._request_counts.get((label, outcome))
+        if counter is None:
+            counter = self._request_counts[(label, outcome)] = self._requests.labels(endpoint=label, outcome=outcome)
+        counter.inc()
 
     def observe_stages(self, timing: Dict[str, Any]) -> None:
         """One get_action's stage times ({stage}_ms, as server_timing names them) into the per-stage histograms."""
-        for stage in STAGES:
-            value = timing.get(f"{stage}_ms")
+        for stage, key in _STAGE_KEYS:
+            value = timing.get(key)
             if isinstance(value, (int, float)):
-                self._stages.labels(stage=stage).observe(max(0.0, float(value)) / 1000.0)
+                histogram = self._stage_times.get(stage)
+                if histogram is None:
+                    histogram = self._stage_times[stage] = self._stages.labels(stage=stage)
+                histogram.observe(max(0.0, float(value)) / 1000.0)
 
     def observe_batch(self, size: int) -> None:
         """The number of requests one policy call served."""
