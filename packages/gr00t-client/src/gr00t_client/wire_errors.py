@@ -64,6 +64,11 @@ class DecodeLimitError(WireDecodeError):
 
 
 _NAMED_BY_STR_KINDS = frozenset("biufcmMSU")  # dtypes whose `.str` rebuilds them in any numpy: np.dtype(dtype.str)
+# The widest float and complex items whose bytes mean the same everywhere. A long double's type string ('<f16', '<c32';
+# '<f12' on 32-bit x86) rebuilds a dtype in any numpy, but not its format: x86-64's is 80-bit extended precision
+# padded to 16 bytes, aarch64's (Jetson) IEEE binary128, ppc64le's double-double. A peer read the bytes with its own
+# layout: other numbers (zeros, NaN, huge), no error.
+_PORTABLE_ITEMSIZE = {"f": 8, "c": 16}
 
 
 def _rebuilds(dtype: np.dtype) -> bool:
@@ -83,15 +88,25 @@ def _unnamed_dtype_error(dtype: np.dtype, direction: str) -> str:
             "expected a bool, number, datetime, bytes ('S') or str ('U') dtype")
 
 
+def _long_double_error(dtype: np.dtype, direction: str) -> str:
+    """Why arrays of a long double dtype (float over 8 bytes, complex over 16) cannot go, and what to send."""
+    wide = "np.float64" if dtype.kind == "f" else "np.complex128"
+    return (f"arrays of long double dtype {dtype.str!r} ({dtype.itemsize} bytes per item) cannot be {direction}: x86-64, "
+            "aarch64 and ppc64le store different formats in those bytes and no type string says which, so a peer "
+            f"would read other numbers; send value.astype({wide})")
+
+
 def _refuse_dtype(dtype: np.dtype, direction: str) -> None:
-    """Refuse object, void, zero-size dtypes and those their `.str` cannot rebuild (callers cache the dtypes that
-    pass, so this is off the hot path)."""
+    """Refuse object, void, zero-size and long double dtypes and those their `.str` cannot rebuild (callers cache the
+    dtypes that pass, so this is off the hot path)."""
     error = WireEncodeError if direction == "encoded" else WireDecodeError
     if dtype.kind in ("O", "V"):
         kind = "object" if dtype.kind == "O" else "void/structured"
         raise error(f"arrays of {kind} dtype {dtype.str!r} cannot be {direction} (no pickle on the wire)")
     if dtype.kind not in _NAMED_BY_STR_KINDS and not _rebuilds(dtype):
         raise error(_unnamed_dtype_error(dtype, direction))
+    if dtype.itemsize > _PORTABLE_ITEMSIZE.get(dtype.kind, dtype.itemsize):
+        raise error(_long_double_error(dtype, direction))
     if dtype.itemsize == 0:
         # Any shape fits an empty buffer at 0 bytes per item: a 56-byte message made a 2**40-item '|S0' array
         # whose copies asked for 1 TiB and whose conversions read bytes outside the buffer.
