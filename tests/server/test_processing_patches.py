@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from gr00t_server.processing.vision_patches import (
+    ReusedRows,
     VisionPatchConfig,
     num_image_tokens,
     patchify_batch,
@@ -123,6 +124,37 @@ def test_patchify_batch_rows_are_each_frame_patchified_alone():
     rows, _ = patchify_batch(frames)
     singles = torch.cat([torch.from_numpy(patchify_image(frame)[0]) for frame in frames])
     assert torch.equal(rows, singles)
+
+
+def test_reused_rows_are_the_fresh_rows_in_the_memory_of_rows_nobody_holds():
+    frames = np.random.default_rng(5).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    reused = ReusedRows()
+    dropped = patchify_batch(frames[:2], SMALL, reused_rows=reused)[0].data_ptr()
+    rows = patchify_batch(frames[2:], SMALL, reused_rows=reused)[0]
+    assert rows.data_ptr() == dropped and torch.equal(rows, patchify_batch(frames[2:], SMALL)[0])
+
+
+@pytest.mark.parametrize("keep", ["rows", "a view", "a numpy array", "the storage"])
+def test_reused_rows_never_overwrite_rows_a_caller_still_holds(keep):
+    """Rows kept (or a view, a numpy array, the storage object of them) keep their values through later calls."""
+    frames = np.random.default_rng(5).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    first, second = patchify_batch(frames[:2], SMALL)[0], patchify_batch(frames[2:], SMALL)[0]
+    reused = ReusedRows()
+    rows = patchify_batch(frames[:2], SMALL, reused_rows=reused)[0]
+    address = rows.data_ptr()
+    if keep == "rows":
+        kept = rows
+    elif keep == "a view":
+        kept = rows[5:].view(-1)
+    elif keep == "a numpy array":
+        kept = rows.numpy()
+    else:
+        kept = rows.untyped_storage()
+    del rows
+    later = patchify_batch(frames[2:], SMALL, reused_rows=reused)[0]
+    assert later.data_ptr() != address and torch.equal(later, second)
+    if keep != "the storage":
+        assert np.array_equal(np.asarray(kept), first.numpy().reshape(-1)[5 * 1536 :] if keep == "a view" else first.numpy())
 
 
 def test_mixed_sizes_keep_list_order():

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from gr00t_server.processing.processor import Gr00tN1d7Processor
 from gr00t_server.processing.text import (
@@ -183,3 +184,37 @@ def test_chat_template_json_beside_named_templates_is_refused_as_transformers_do
     (checkpoint / "additional_chat_templates" / "tool_use.jinja").write_text("{{- 'tools' -}}")
     with pytest.raises(ValueError, match="holds both chat_template.json and additional_chat_templates/"):
         Gr00tN1d7Processor.from_pretrained(checkpoint, local_files_only=True)
+
+
+def test_cached_prompt_tokens_equal_the_tokenizers_for_batches_of_mixed_lengths(tiny_checkpoint):
+    """The token cache (rows seen before, left-padded with the pad token) gives the tokenizer's own input_ids and
+    attention_mask, and a tokenizer put in the processor's place is asked again."""
+    processor = Gr00tN1d7Processor.from_pretrained(tiny_checkpoint)
+    tokenizer = processor.tokenizer
+    prompts = [processor.build_prompt(text, 2) for text in ("pick up the bowl", "open the top drawer and look in it", "x")]
+    grids = np.array([[1, 16, 16]] * 6)
+
+    def tokenizer_own(rows):
+        texts = [expand_image_tokens(prompts[row], [64, 64]) for row in rows]
+        return tokenizer(texts, padding=True, return_tensors="np")
+
+    for rows in ([0], [1, 0, 2], [2, 2, 1], [0]):  # new rows tokenized, then rows all cached
+        got = processor._tokenize([prompts[row] for row in rows], [2] * len(rows), grids[: 2 * len(rows)])
+        own = tokenizer_own(rows)
+        assert np.array_equal(got["input_ids"].numpy(), own["input_ids"])
+        assert np.array_equal(got["attention_mask"].numpy(), own["attention_mask"])
+        assert got["input_ids"].dtype == got["attention_mask"].dtype == torch.int64
+
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+        def __call__(self, *args, **kwargs):
+            calls.append(args[0])
+            return tokenizer(*args, **kwargs)
+
+    processor.tokenizer = Counting()
+    processor._tokenize([prompts[0]], [2], grids[:2])
+    assert len(calls) == 1

@@ -214,7 +214,8 @@ def state_range_warning(tag: str, key: str, value: np.ndarray, normalized: np.nd
     full_range = params.data_min is not None and params.data_max is not None
     low, high = (params.data_min, params.data_max) if full_range else (params.low, params.high)
     if not mean_std:
-        normalized = norm.minmax_normalize(value, low, high, clip=False)
+        divisor = params.data_range_divisor if full_range else params.minmax_divisor
+        normalized = norm.minmax_normalize(value, low, high, clip=False, divisor=divisor)
     magnitude = outlier_magnitude(key, normalized, params, state_config, sincos)
     largest = float(np.max(magnitude)) if magnitude.size else 0.0
     if not largest > STATE_WARNING_LIMIT:

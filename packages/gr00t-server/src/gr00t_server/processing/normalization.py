@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence
+from functools import cached_property
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,6 +24,16 @@ class KeyNormParams:
     dim: int
     data_min: Optional[np.ndarray] = None
     data_max: Optional[np.ndarray] = None
+
+    @cached_property
+    def minmax_divisor(self) -> Tuple[np.ndarray, np.ndarray]:
+        """minmax_divisor(low, high), worked out once: every request's state is normalized by it."""
+        return minmax_divisor(self.low, self.high)
+
+    @cached_property
+    def data_range_divisor(self) -> Tuple[np.ndarray, np.ndarray]:
+        """minmax_divisor(data_min, data_max), worked out once (a state's range warning reads it every request)."""
+        return minmax_divisor(self.data_min, self.data_max)
 
 
 def key_norm_params(stats: Mapping[str, np.ndarray], use_percentiles: bool, where: str,
@@ -44,13 +55,20 @@ def key_norm_params(stats: Mapping[str, np.ndarray], use_percentiles: bool, wher
 # --- elementary steps -----------------------------------------------------------------------------
 
 
-def minmax_normalize(x: np.ndarray, low: np.ndarray, high: np.ndarray, clip: bool = True) -> np.ndarray:
-    """2 * (x - low) / (high - low) - 1, 0 where high ~= low, optionally clipped to [-1, 1]."""
+def minmax_normalize(x: np.ndarray, low: np.ndarray, high: np.ndarray, clip: bool = True,
+                     divisor: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
+    """2 * (x - low) / (high - low) - 1, 0 where high ~= low, optionally clipped to [-1, 1]. `divisor`:
+    minmax_divisor(low, high) when the caller has it (KeyNormParams keeps its own)."""
     x = np.asarray(x, np.float64)
-    span = high - low
-    degenerate = np.isclose(high, low)
-    out = np.where(degenerate, 0.0, 2.0 * (x - low) / np.where(degenerate, 1.0, span) - 1.0)
+    degenerate, span = minmax_divisor(low, high) if divisor is None else divisor
+    out = np.where(degenerate, 0.0, 2.0 * (x - low) / span - 1.0)
     return np.clip(out, -1.0, 1.0) if clip else out
+
+
+def minmax_divisor(low: np.ndarray, high: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(where high ~= low, high - low with 1 there): what minmax_normalize divides by, from the statistics alone."""
+    degenerate = np.isclose(high, low)
+    return degenerate, np.where(degenerate, 1.0, high - low)
 
 
 def minmax_unnormalize(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -82,8 +100,9 @@ def pad_last_dim(x: np.ndarray, width: int, what: str = "state") -> np.ndarray:
     """Zero-pad the last axis to `width`; wider inputs are an error naming both widths."""
     if x.shape[-1] > width:
         raise ValueError(f"{what} dimension {x.shape[-1]} exceeds max_{what}_dim {width}")
-    pad = [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])]
-    return np.pad(x, pad)
+    out = np.zeros(x.shape[:-1] + (width,), dtype=x.dtype)  # np.pad's result, without its per-axis setup
+    out[..., : x.shape[-1]] = x
+    return out
 
 
 # --- state ----------------------------------------------------------------------------------------
@@ -107,7 +126,7 @@ def normalize_state_key(
         return sin_cos_encode(x)
     if key in (state_config.mean_std_embedding_keys or []):
         return mean_std_normalize(x, params.mean, params.std)
-    return minmax_normalize(x, params.low, params.high, clip=clip_outliers)
+    return minmax_normalize(x, params.low, params.high, clip=clip_outliers, divisor=params.minmax_divisor)
 
 
 # --- actions --------------------------------------------------------------------------------------
@@ -297,7 +316,7 @@ def normalize_action_key(x: np.ndarray, params: KeyNormParams, mean_std: bool, c
     not `clip`: what an outlier check looks at)."""
     if mean_std:
         return mean_std_normalize(x, params.mean, params.std)
-    return minmax_normalize(x, params.low, params.high, clip=clip)
+    return minmax_normalize(x, params.low, params.high, clip=clip, divisor=params.minmax_divisor)
 
 
 def relative_stat(stats: Mapping[str, np.ndarray], name: str, rows: int, where: str) -> np.ndarray:

@@ -26,9 +26,11 @@ from .image import (MAX_LETTER_BOX_PIXELS, check_frame_size, eval_image_transfor
 from .norm_params import EmbodimentNormParams, compute_norm_params, used_statistics
 from .text import (IMAGE_PAD_TOKEN, build_conversation, expand_image_tokens, formalize_language, render_prompt,
                    reserved_tokens)
+from .token_cache import TokenCache
 from .tokenizer import load_tokenizer, load_vision_config, resolve_tokenizer_dir
 from .video_checks import VideoChecks
-from .vision_patches import PREPROCESSOR_CONFIG_NAME, VisionPatchConfig, num_image_tokens, patchify_batch, patchify_images
+from .vision_patches import (PREPROCESSOR_CONFIG_NAME, ReusedRows, VisionPatchConfig, num_image_tokens, patchify_batch,
+                             patchify_images)
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +73,13 @@ class Gr00tN1d7Processor(VideoChecks):
         self._tokenizer_lock = threading.Lock()
         renew_locks_after_fork(self)  # a forked child tokenizes under no lock a parent thread held at the fork
         self.vision_config = vision_config
+        self._reused_rows = ReusedRows()  # process_batch's CPU pixel rows: tens of MB of fresh pages per call otherwise
         # file name -> the file this processor was read from (from_pretrained; none when built in memory)
         self.source_files: Dict[str, Path] = {}
         self._norm_cache: Dict[str, EmbodimentNormParams] = {}
         self._anchor_cache: Dict[str, Dict[str, List[str]]] = {}
         self._prompt_cache: Dict[tuple, str] = {}
+        self._token_cache = TokenCache()  # rows tokenized lately, under _tokenizer_lock
         # (tag, state key or camera) already warned about: a robot loop's every step would repeat the warning
         self._warned: Dict[str, set] = {"state": set(), "video": set()}
         # The dtype the model computes in ("float16" from Gr00tPolicy's --dtype fp16): a normalized state beyond its
@@ -345,7 +349,7 @@ class Gr00tN1d7Processor(VideoChecks):
         if len({view.shape[2:] for view in per_view}) <= 1 and per_view:
             # (B, T, V, h, w, 3): rows, then time-major, then view order, as process_step orders them.
             frames = np.stack(per_view, axis=2).reshape((-1,) + per_view[0].shape[2:])
-            pixel_values, grids = patchify_batch(frames, self.vision_config, device)
+            pixel_values, grids = patchify_batch(frames, self.vision_config, device, self._reused_rows)
         else:
             frames_list = [per_view[v][b, t] for b in range(batch_size) for t in range(horizon) for v in range(len(per_view))]
             pixel_values, grids = patchify_images(frames_list, self.vision_config, device)
@@ -364,22 +368,31 @@ class Gr00tN1d7Processor(VideoChecks):
         self._tokenizer_lock = threading.Lock()
 
     def _tokenize(self, prompts: Sequence[str], image_counts: Sequence[int], grids: Any) -> Dict[str, Any]:
-        """Expand each prompt's image tokens from its images' grids, then tokenize with left padding."""
+        """Expand each prompt's image tokens from its images' grids, then tokenize with left padding.
+
+        Rows tokenized lately come from the TokenCache (a rollout repeats its instruction and frame size every step);
+        a batch with a new row is tokenized whole.
+        """
         import torch
 
         grid_rows = np.asarray(grids.cpu() if hasattr(grids, "cpu") else grids)
-        texts, cursor = [], 0
+        keys, cursor = [], 0
         for prompt, count in zip(prompts, image_counts):
-            tokens = [num_image_tokens(g, self.vision_config.merge_size) for g in grid_rows[cursor : cursor + count]]
+            tokens = tuple(num_image_tokens(g, self.vision_config.merge_size) for g in grid_rows[cursor : cursor + count])
             cursor += count
-            texts.append(expand_image_tokens(prompt, tokens, IMAGE_PAD_TOKEN))
+            keys.append((prompt, tokens))
         with self._tokenizer_lock:  # one tokenizer object: its padding settings are shared by every calling thread
-            self.tokenizer.padding_side = "left"
-            encoded = self.tokenizer(texts, padding=True, return_tensors="np")
-        return {
-            "input_ids": torch.from_numpy(np.asarray(encoded["input_ids"], dtype=np.int64)),
-            "attention_mask": torch.from_numpy(np.asarray(encoded["attention_mask"], dtype=np.int64)),
-        }
+            rows = self._token_cache.batch(keys, self.tokenizer)
+            if rows is None:
+                texts = [expand_image_tokens(prompt, tokens, IMAGE_PAD_TOKEN) for prompt, tokens in keys]
+                self.tokenizer.padding_side = "left"
+                encoded = self.tokenizer(texts, padding=True, return_tensors="np")
+                input_ids = np.asarray(encoded["input_ids"], dtype=np.int64)
+                attention_mask = np.asarray(encoded["attention_mask"], dtype=np.int64)
+                self._token_cache.keep(keys, input_ids, attention_mask)
+            else:
+                input_ids, attention_mask = rows
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
 
     # --- action decoding --------------------------------------------------------------------------
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from ..fork_locks import renew_locks_after_fork
 from .checkpoint_files import _read_json
 from .torch_resize import resize_uint8
 
@@ -186,15 +189,59 @@ def _normalization(config: VisionPatchConfig, device: torch.device) -> Tuple[tor
     return mean, std
 
 
+class ReusedRows:
+    """CPU memory that patchify_batch writes pixel rows into call after call, lent again only once nothing holds the
+    rows it last lent (a caller that keeps them gets a fresh tensor next time).
+
+    A fresh tensor past glibc's 32 MB mmap threshold (B=16 of two 256x256 views is 50 MB) is new pages from the OS
+    on every call, and their faults cost more than the copy that fills them. The largest rows lent stay allocated.
+    """
+
+    def __init__(self) -> None:
+        self._buffer: Optional[torch.Tensor] = None
+        self._free_holders = (0, 0)  # _holders(buffer) while nothing else holds it
+        self._lock = threading.Lock()
+        renew_locks_after_fork(self)  # a forked child lends under no lock a parent thread held at the fork
+
+    def _renew_locks(self) -> None:
+        self._lock = threading.Lock()
+
+    def empty(self, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+        """An uninitialized float32 tensor of `shape` on `device`: the kept buffer's memory when it is free and
+        large enough on the CPU, else a new tensor (which the next call may reuse)."""
+        numel = math.prod(shape)
+        if device.type != "cpu" or not hasattr(torch._C, "_storage_Use_Count"):
+            return torch.empty(shape, dtype=torch.float32, device=device)
+        with self._lock:
+            buffer = self._buffer
+            if buffer is None or buffer.numel() < numel or not self._is_free(buffer):
+                buffer = torch.empty(numel, dtype=torch.float32)
+                self._buffer, self._free_holders = buffer, self._holders(buffer)
+            return buffer[:numel].view(shape)
+
+    def _is_free(self, buffer: torch.Tensor) -> bool:
+        """Nothing but the kept buffer holds its memory: no tensor or view of it (lent rows, numpy arrays of them)
+        and no Python reference to its storage object, counted as when it was new."""
+        return all(now <= free for now, free in zip(self._holders(buffer), self._free_holders))
+
+    @staticmethod
+    def _holders(buffer: torch.Tensor) -> Tuple[int, int]:
+        """(tensors and arrays sharing the buffer's memory, Python references to its storage object)."""
+        storage = buffer.untyped_storage()
+        return torch._C._storage_Use_Count(storage._cdata), sys.getrefcount(storage)
+
+
 def patchify_batch(
     frames: Union[np.ndarray, torch.Tensor],
     config: VisionPatchConfig = VisionPatchConfig(),
     device: Union[str, torch.device, None] = None,
+    reused_rows: Optional[ReusedRows] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """uint8 (N, H, W, 3) frames of one size -> (pixel rows (N * n, 1536) float32, grid_thw (N, 3) int64) tensors.
 
     Rows of frame i are rows [i * n, (i + 1) * n), in Qwen2-VL patch order: (grid_t, h/2 blocks, w/2 blocks, 2, 2),
     each laid out (C, T, 16, 16). Runs on `device` (default: where `frames` are; numpy frames: CPU).
+    `reused_rows`: where CPU rows are written (ReusedRows), instead of a new tensor each call.
     """
     images = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -206,18 +253,23 @@ def patchify_batch(
     planar = images.permute(0, 3, 1, 2)  # NCHW view
     if (new_h, new_w) != (height, width):
         planar = resize_uint8(planar, (new_h, new_w), "bicubic")
-    # uint8 planes made contiguous (a quarter of the output's bytes) so the patch gather below copies runs of
-    # patch_size contiguous values; from NHWC it would gather every third byte and run ~30x slower.
-    planar = planar.contiguous()
+    # Contiguous float32 planes (half the output's values: the temporal repeat is not made yet), normalized here, so
+    # that the patch gather below copies runs of patch_size contiguous values (from NHWC it would gather every third
+    # value and run ~30x slower) and rescale + normalize touch each pixel once, not once per temporal copy: the same
+    # float32 subtraction and division of the same values as on the repeated rows, so the same bits.
+    planar = planar.to(torch.float32, memory_format=torch.contiguous_format)
+    mean, std = _normalization(config, images.device)
+    planar.sub_(mean.view(3, 1, 1)).div_(std.view(3, 1, 1))
     p, m, tp = config.patch_size, config.merge_size, config.temporal_patch_size
     grid_h, grid_w = new_h // p, new_w // p
     # (N, C, h/2m, m, p, w/2m, m, p) with the temporal repeat as a broadcast -> (N, h/2m, w/2m, m, m, C, T, p, p)
     patches = planar.view(count, 3, 1, grid_h // m, m, p, grid_w // m, m, p).expand(-1, -1, tp, -1, -1, -1, -1, -1, -1)
     patches = patches.permute(0, 3, 6, 4, 7, 1, 2, 5, 8)
-    rows = torch.empty(patches.shape, dtype=torch.float32, device=images.device)
-    rows.copy_(patches)  # the one full-size copy: uint8 -> float32 straight into the output layout
-    mean, std = _normalization(config, images.device)
-    rows.sub_(mean.view(3, 1, 1, 1)).div_(std.view(3, 1, 1, 1))
+    if reused_rows is None:
+        rows = torch.empty(patches.shape, dtype=torch.float32, device=images.device)
+    else:
+        rows = reused_rows.empty(patches.shape, images.device)
+    rows.copy_(patches)  # the one full-size copy, straight into the output layout
     grids = torch.tensor([[1, grid_h, grid_w]], dtype=torch.int64).expand(count, 3).contiguous()
     return rows.view(count * grid_h * grid_w, config.patch_dim), grids
 
