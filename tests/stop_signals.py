@@ -39,6 +39,34 @@ def stop_on_import(module: str, signum: int) -> str:
     """)
 
 
+def stop_at_call(function: str, text: str, signum: int, after: bool = True) -> str:
+    """A prelude that sends `signum` to the process the first time `function` ('os:replace', 'shutil:rmtree',
+    'builtins:print', 'logging:Logger.warning') is called with an argument whose str() holds `text`: once the call has
+    returned (`after`), or just before it runs."""
+    module, _, path = function.partition(":")
+    return textwrap.dedent(f"""
+        import importlib, os
+
+        def _stopping(real):
+            def call(*args, **kwargs):
+                hit = not call.done and any({text!r} in str(arg) for arg in args)
+                call.done = call.done or hit
+                if hit and not {after!r}:
+                    os.kill(os.getpid(), {int(signum)})
+                result = real(*args, **kwargs)
+                if hit and {after!r}:
+                    os.kill(os.getpid(), {int(signum)})
+                return result
+            call.done = False
+            return call
+
+        _owner = importlib.import_module({module!r})
+        for _name in {path!r}.split(".")[:-1]:
+            _owner = getattr(_owner, _name)
+        setattr(_owner, {path!r}.split(".")[-1], _stopping(getattr(_owner, {path!r}.split(".")[-1])))
+    """)
+
+
 def signal_when(proc: subprocess.Popen, signum: int, ready: Callable[[], bool] = lambda: True, poll_s: float = 0.1,
                 wait_s: float = 120.0) -> str:
     """Send `signum` to `proc` once `ready()` holds (or it has exited, or `wait_s` passed); its output once it ends,

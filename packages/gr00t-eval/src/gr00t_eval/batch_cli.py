@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_DIR = "/tmp/gr00t_batch_eval"
 BATCH_CLAIM_FILENAME = "batch.json"  # who runs the batch in a folder (run_claim), so no second batch empties or joins it
 START_DIR_KEY = "start_dir"  # batch.json: the working directory the batch started in
+JOBS_FILE_KEY = "jobs_file"  # batch.json: the --jobs FILE the batch started with, as given
 HOME_DIR_KEY = "home_dir"  # batch.json: the home folder a job's video_dir '~' named when the batch started
 
 # (jobs, output_dir, the batch claim, the earlier batch_results.json when resumed, the earlier run's videos in each
@@ -121,6 +122,8 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
     # No batch_results.json beside jobs.json and the batch's claim: the batch stopped before its first write of it (a
     # full disk, a kill), before any job started, and resumes from jobs.json alone.
     started = results_path.is_file() or (output_dir / BATCH_CLAIM_FILENAME).is_file()
+    if started and not results_path.is_file() and not jobs_path.is_file():  # stopped before copying its job file
+        raise UsageError(_stopped_before_copy(output_dir))
     if not started or not jobs_path.is_file():
         raise UsageError(f"--resume {output_dir}: no {BATCH_RESULTS_FILENAME} and jobs.json there (is it a batch --output-dir?)")
     refuse_live_claim(output_dir, BATCH_CLAIM_FILENAME, flag="--resume")
@@ -164,6 +167,19 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
     return jobs, output_dir, claim, previous, {}
 
 
+def _stopped_before_copy(output_dir: Path) -> str:
+    """The refusal of a --resume DIR whose batch stopped after its claim (batch.json) and before its jobs.json copy: no
+    job ran, so the command that works is the batch's own, naming the job file it recorded."""
+    jobs_file, start_dir = _recorded(output_dir, JOBS_FILE_KEY), _recorded(output_dir, START_DIR_KEY)
+    if jobs_file is None:
+        given = "FILE"
+    else:  # as given at the start, relative to the directory the batch started in
+        given = command_path(os.path.join(start_dir, jobs_file) if start_dir else jobs_file)
+    return (f"--resume {output_dir}: the batch there stopped before it copied its job file to "
+            f"{output_dir / 'jobs.json'}, before any job ran: nothing to resume; run it again with: gr00t-eval batch "
+            f"--jobs {given} --output-dir {command_path(output_dir)}")
+
+
 def _recorded(output_dir: Path, key: str) -> Optional[str]:
     """What the batch in `output_dir` recorded at its start under `key` in its claim: START_DIR_KEY, the working
     directory its job file's relative paths are resolved against, or HOME_DIR_KEY, the folder a '~' names; None for a
@@ -187,7 +203,7 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
     job_file, job_file_mode = Path(args.jobs).read_bytes(), stat.S_IMODE(os.stat(args.jobs).st_mode)
     start_dir = os.getcwd()
     jobs = load_jobs(args.jobs, start_dir)
-    settings = {"jobs_file": str(args.jobs), START_DIR_KEY: start_dir, HOME_DIR_KEY: os.path.expanduser("~")}
+    settings = {JOBS_FILE_KEY: str(args.jobs), START_DIR_KEY: start_dir, HOME_DIR_KEY: os.path.expanduser("~")}
     if args.output_dir:
         refuse_live_claims(args.output_dir)  # never empty a folder a batch (or any other run) still runs in
     # As rollout: videos of two runs never sit under the same names (refused, or deleted with --overwrite once the

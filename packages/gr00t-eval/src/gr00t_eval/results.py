@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from gr00t_client.cli_signals import stop_signals_held
+
 from .metrics import ActionErrors, EpisodeOutcome, overflow_safe_mean, rollout_aggregates
 from .run_claim import partial_path
 from .run_dir import remove_quietly
@@ -59,7 +61,8 @@ def write_results_together(files: Sequence[Tuple[Union[str, Path], Mapping[str, 
     or none: each is written aside first, and they are renamed into place only once every one was written. A full
     disk thus leaves every file as it was (an earlier attempt's pair, or none), never a new one beside an old one; a
     rename failing after another succeeded (renames take no space: rare) deletes the older files not yet replaced.
-    The OSError names the file that could not be written."""
+    A Ctrl-C, SIGTERM or SIGHUP during the renames acts once they are done. The OSError names the file that could not
+    be written."""
     staged: List[Tuple[Path, Path]] = []
     try:
         for target, results in files:
@@ -71,14 +74,15 @@ def write_results_together(files: Sequence[Tuple[Union[str, Path], Mapping[str, 
                 tmp.write_text(json.dumps(_jsonable(results), indent=2) + "\n")
             except OSError as exc:
                 raise _naming(exc, path) from exc
-        for done, (tmp, path) in enumerate(staged):
-            try:
-                tmp.replace(path)  # never leave a half-written results file behind
-            except OSError as exc:
-                if done:  # the files before are new: the older ones left would disagree with them
-                    for _tmp, stale in staged[done:]:
-                        remove_quietly(stale)
-                raise _naming(exc, path) from exc
+        with stop_signals_held():  # a stop between two renames left a new file beside an old partner: it acts after
+            for done, (tmp, path) in enumerate(staged):
+                try:
+                    tmp.replace(path)  # never leave a half-written results file behind
+                except OSError as exc:
+                    if done:  # the files before are new: the older ones left would disagree with them
+                        for _tmp, stale in staged[done:]:
+                            remove_quietly(stale)
+                    raise _naming(exc, path) from exc
     except BaseException:
         for tmp, _path in staged:
             remove_quietly(tmp)  # a full disk: no empty temporary left beside the results

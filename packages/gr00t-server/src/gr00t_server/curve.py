@@ -25,6 +25,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from gr00t_client.cli_signals import stop_signals_held
 from gr00t_client.curve import KeySource, _is_z85_key, _unwrapped, key_fingerprint, load_key_pair
 
 logger = logging.getLogger(__name__)
@@ -173,16 +174,23 @@ def _generate_locked(directory: Path, public_path: Path, secret_path: Path, over
     # with the only secret that matches it deleted.
     stem = f".keygen-{secrets.token_hex(6)}"  # short: a NAME that fits its file names fits these
     public_temp, secret_temp = directory / f"{stem}{PUBLIC_SUFFIX}.tmp", directory / f"{stem}{SECRET_SUFFIX}.tmp"
+    renamed = False
     try:
         _write_certificate(public_temp, public, None, named=public_path)
         _write_certificate(secret_temp, public, secret, named=secret_path)
-        _rename_into_place(secret_temp, secret_path)
-        _rename_into_place(public_temp, public_path, note=f" (the new {secret_path} is in place and holds the "
-                                                          "new public key too; run keygen --force again for a pair)")
-    except BaseException:  # a pair or nothing: a public key whose secret was never written would be handed out
+        # A stop between the renames left the new secret beside the old public key (or alone, blocking a rerun)
+        with stop_signals_held():  # Ctrl-C, SIGTERM or SIGHUP acts once both are renamed
+            _rename_into_place(secret_temp, secret_path)
+            _rename_into_place(public_temp, public_path,
+                               note=f" (the new {secret_path} is in place and holds the new public key too; run keygen "
+                                    "--force again for a pair)")
+            renamed = True
+    except BaseException as exc:  # a pair or nothing: a public key whose secret was never written would be handed out
         for temporary in (public_temp, secret_temp):
             with contextlib.suppress(OSError):
                 temporary.unlink(missing_ok=True)
+        if renamed and isinstance(exc, KeyboardInterrupt):  # what the command's "interrupted" line says is there
+            exc.outcome = f"the new key pair {public_path} and {secret_path} is in place"  # type: ignore[attr-defined]
         raise
     return public_path, secret_path
 

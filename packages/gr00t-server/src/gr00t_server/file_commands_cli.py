@@ -7,6 +7,8 @@ import errno
 import os
 from pathlib import Path
 
+from gr00t_client.cli_signals import stop_signals_ignored_until_exit
+
 from .cli_errors import CliError, refuse_blank_paths
 
 
@@ -30,6 +32,7 @@ def keygen(args: argparse.Namespace) -> int:
         if exc.errno is None:  # its own refusal (files exist), already worded
             raise
         raise CliError(_key_storage_problem(exc)) from None  # one traceback at --log-level DEBUG: this line's
+    stop_signals_ignored_until_exit()  # the pair is in place: a stop while it is reported must not say "interrupted"
     print(f"Public key:  {public_path}  (copy to peers: clients pass it as --server-public-key, servers keep "
           f"client keys in their --authorized-keys directory)")
     print(f"Secret key:  {secret_path}  (mode 0600; keep it on this machine)")
@@ -87,6 +90,7 @@ def make_test_checkpoint(args: argparse.Namespace) -> int:
                            f"to write under that tag), e.g. --embodiment new_embodiment --embodiment-tag "
                            f"{args.embodiment_tag}; without them the checkpoint holds new_embodiment and libero_sim")
         path = write_checkpoint(args.output, size=args.size, seed=args.seed, overwrite=args.overwrite)
+        stop_signals_ignored_until_exit()  # complete: a stop while it is reported must not say "interrupted"
         print(f"Wrote {args.size} test checkpoint to {path or args.output}")
         return 0
     tag = (args.embodiment_tag or "new_embodiment").strip()
@@ -96,6 +100,7 @@ def make_test_checkpoint(args: argparse.Namespace) -> int:
         pass  # a tag of the user's own robot stays as written
     path = write_checkpoint(args.output, size=args.size, seed=args.seed, embodiment_tags=[tag],
                             embodiment=args.embodiment, dataset_path=args.dataset_path, overwrite=args.overwrite)
+    stop_signals_ignored_until_exit()
     source = f"dataset {args.dataset_path}" if args.dataset_path else f"the {args.embodiment} env"
     print(f"Wrote {args.size} test checkpoint to {path} (tag {tag}, keys of {source})")
     return 0

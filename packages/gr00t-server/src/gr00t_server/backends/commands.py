@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_flags import user_path
+from gr00t_client.cli_signals import stop_signals_ignored_until_exit
 
 from gr00t_server.backends.names import EXPORT_MODES, PRECISIONS
 from gr00t_server.cli_errors import refuse_blank_paths
@@ -190,6 +192,7 @@ def _export(args: argparse.Namespace) -> int:
         if not hasattr(exc, "outcome"):  # stopped before the export's lock (torch loading): nothing was touched
             exc.outcome = left_as_it_was(Path(args.output), None)  # type: ignore[attr-defined]
         raise
+    stop_signals_ignored_until_exit()  # in place: a stop while it is reported must not say "interrupted" (cli.main)
     print(f"Exported {args.mode} ({precision}) to {args.output}:")
     for name, info in metadata["submodules"].items():
         shapes = ", ".join(f"{k}{v['shape']}" for k, v in info["inputs"].items())
@@ -199,11 +202,13 @@ def _export(args: argparse.Namespace) -> int:
 
 def _export_into(args: argparse.Namespace, folder: Path, device: str, precision: str) -> dict[str, Any]:
     """Export into a staging folder inside `folder` and swap it in (see _export); returns the export's metadata."""
+    from gr00t_server.backends.common import EXPORT_METADATA
     from gr00t_server.backends.export import export_checkpoint
     from gr00t_server.backends.export_dir import (
         _disk_error,
         check_collisions,
         export_lock,
+        holds_staged_export,
         left_as_it_was,
         make_work_dir,
         own_files,
@@ -213,7 +218,7 @@ def _export_into(args: argparse.Namespace, folder: Path, device: str, precision:
     from gr00t_server.threads import sigterm_as_interrupt
 
     own: Optional[list[str]] = None  # the earlier export's files, once read under the lock
-    swapped = False
+    staged: Optional[os.stat_result] = None  # the new export's metadata file, once written: in `folder` once swapped
     try:
         with export_lock(folder):  # one export into a folder at a time: its file list and work folders are its own
             remove_stale_work_dirs(folder)
@@ -227,15 +232,15 @@ def _export_into(args: argparse.Namespace, folder: Path, device: str, precision:
                         batch_size=args.batch_size, embodiment_tag=args.embodiment_tag, device=device,
                         image_size=args.image_size, max_language_tokens=args.max_language_tokens,
                     )
+                    staged = os.stat(staging / EXPORT_METADATA)
                     swap_in(folder, staging, own)
-                    swapped = True
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:  # disk full, read-only (the lock file, a work folder, a staged file): name the folder
         raise _disk_error(exc, folder, own) from exc
     except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: see _export
         exc.outcome = (  # type: ignore[attr-defined]
-            f"{folder} holds the new export" if swapped else left_as_it_was(folder, own))
+            f"{folder} holds the new export" if holds_staged_export(folder, staged) else left_as_it_was(folder, own))
         raise
     return metadata
 

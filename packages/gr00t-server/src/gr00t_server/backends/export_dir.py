@@ -21,7 +21,7 @@ from gr00t_server.backends.common import (
     read_export_metadata,
 )
 from gr00t_server.backends.names import left_as_it_was
-from gr00t_server.threads import signals_handled_by
+from gr00t_server.threads import interrupting_signals, signals_handled_by
 
 logger = logging.getLogger(__name__)
 
@@ -182,10 +182,12 @@ def make_work_dir(folder: Path, kind: str) -> Path:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[list[int]]:
-    """Hold SIGINT and SIGTERM during a short critical section (the signals that came are in the yielded list); a
-    block that fails re-raises its error, one that completes leaves the caller to say what the signals found."""
+    """Hold Ctrl-C, SIGTERM and SIGHUP (see interrupting_signals) during a short critical section (the signals that
+    came are in the yielded list); a block that fails re-raises its error, one that completes leaves the caller to say
+    what the signals found. A SIGHUP (a closed terminal) not held raised in the middle of the swap's end."""
     received: list[int] = []
-    with signals_handled_by(lambda signum, frame: received.append(signum), (signal.SIGINT, signal.SIGTERM)):
+    stop_signals = (signal.SIGINT, *interrupting_signals())
+    with signals_handled_by(lambda signum, frame: received.append(signum), stop_signals):
         yield received
 
 
@@ -226,6 +228,17 @@ def swap_in(folder: Path, staging: Path, own: list[str]) -> None:
     if received:  # the swap was done when the signal could act: the new export is in place, the export finishes
         logger.warning("%s came during the swap, which it waited for: %s holds the new export",
                        signal.Signals(received[0]).name, folder)
+
+
+def holds_staged_export(folder: Path, staged: Optional[os.stat_result]) -> bool:
+    """Whether `folder`'s export metadata is the staged one (`staged`: its stat before swap_in; None: not staged yet):
+    the swap's last rename is done, whatever instant a stop came at (one as swap_in returned left a flag unset)."""
+    if staged is None:
+        return False
+    try:
+        return os.path.samestat(os.stat(folder / EXPORT_METADATA), staged)
+    except OSError:
+        return False
 
 
 def _roll_back(folder: Path, staging: Path, backup: Path, moved_in: list[str], moved_aside: list[str]) -> None:
