@@ -194,3 +194,7 @@ def test_load_jobs_resolves_key_files_against_start_dir_and_home_dir_and_keeps_z
     assert server(server_public_key=z85_key, client_key=z85_key).client_key == z85_key
     key_named_like_a_file = z85_key[:35] + "0.key"  # 40 z85 characters that end as a certificate file's name does
     assert server(server_public_key=key_named_like_a_file).server_public_key == key_named_like_a_file
+    # Quoted as an env file keeps it (the client drops the quotes): still the start directory's file, and home's
+    assert server(server_public_key='"keys/server_pub"').server_public_key == str(started / "keys" / "server_pub")
+    assert server(server_public_key="'~/k/server.key'").server_public_key == str(home / "k" / "server.key")
+    assert server(server_public_key=f'"{z85_key}"').server_public_key == f'"{z85_key}"'

@@ -152,6 +152,40 @@ def test_binding_a_taken_ipv6_port_raises_os_error_naming_the_endpoint():
 
 
 @needs_ipv6
+def test_a_taken_metrics_port_on_an_ipv6_host_is_named_bracketed():
+    """'cannot serve metrics on ::1:PORT' read as another address; the server's own bind error brackets its host."""
+    pytest.importorskip("prometheus_client")
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
+        taken.bind(("::1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = PolicyServer(EchoPolicy(), host="::1", port=0, metrics_port=port)
+        try:
+            with pytest.raises(OSError, match=rf"cannot serve metrics on \[::1\]:{port}: "):
+                server.start()
+        finally:
+            server.stop()
+
+
+@needs_ipv6
+def test_gr00t_eval_names_an_ipv6_server_that_did_not_answer_as_an_address_it_reads_back():
+    """'no policy server answered at tcp://::1:PORT': pasted back into --policy-client-host, host '::1:PORT' on 5555."""
+    from gr00t_eval.cli import build_parser
+    from gr00t_eval.connection import open_client
+    from gr00t_eval.ray_runner import parse_servers
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as closed:
+        closed.bind(("::1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections to it are refused
+        args = build_parser().parse_args(["rollout", "--env-name", "x", "--timeout-ms", "500"])
+        with pytest.raises(SystemExit) as failed:
+            open_client("::1", port, args)
+    address = str(failed.value).split("no policy server answered at ")[1].split(" ")[0]
+    assert address == f"tcp://[::1]:{port}"
+    assert [(s.host.strip("[]"), s.port) for s in parse_servers(address, 5555)] == [("::1", port)]
+
+
+@needs_ipv6
 def test_an_ipv6_server_refuses_oversize_requests_like_an_ipv4_one():
     with running_server(EchoPolicy(), host="::1", max_message_bytes=CAP) as server:
         with PolicyClient(host="[::1]", port=server.port, timeout_ms=5000) as client:

@@ -161,6 +161,9 @@ def _unwrapped(text: str) -> str:
     return text
 
 
+unwrapped_key_text = _unwrapped  # for callers outside this module that must read a key value as the client does
+
+
 def is_z85_key(value: str) -> bool:
     """Whether `value` is itself a z85 key (surrounding whitespace and quotes aside), not a certificate file's path."""
     return _is_z85_key(_unwrapped(value).encode("ascii", "replace"))

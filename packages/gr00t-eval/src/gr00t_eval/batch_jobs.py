@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from gr00t_client.cli_flags import token_shape, user_path
 from gr00t_client.client import MAX_TIMEOUT_MS
 from gr00t_client.client_options import check_host, endpoint_host
-from gr00t_client.curve import is_z85_key
+from gr00t_client.curve import is_z85_key, unwrapped_key_text
 
 from .rollout.config import (MAX_ENVS, MAX_EPISODES, RolloutConfig, check_env_kwargs_finite, check_env_timeout,
                              check_env_timeout_applies, default_env_timeout, env_timeout_applies)
@@ -535,7 +535,7 @@ def absolute_key_files(job: Union[Job, JobError], start_dir: Union[str, Path],
 def _absolute_key_file(value: Optional[str], start_dir: Union[str, Path], home_dir: Optional[str]) -> Optional[str]:
     if not isinstance(value, str) or not value.strip():
         return value  # the client names a blank or a non-text key
-    text = value.strip()
+    text = unwrapped_key_text(value)  # quotes an env file keeps, as the client reads the value
     path = Path(start_dir, home_expanded(text, home_dir))
     path_form = text.startswith("~") or (os.path.basename(text).endswith((".key", ".key_secret"))
                                          and not is_z85_key(text))

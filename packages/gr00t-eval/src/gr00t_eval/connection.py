@@ -59,6 +59,7 @@ def _key_given(args: argparse.Namespace, dest: str, variable: str, without: str)
 def open_client(host: str, port: int, args: argparse.Namespace) -> Any:
     """A PolicyClient that has answered a ping; otherwise SystemExit with one line saying why (keys, or no answer)."""
     from gr00t_client import HandshakeError, PolicyClient, PolicyTimeoutError
+    from gr00t_client.client_options import endpoint_host
 
     portable_keys(args)  # key mistakes named by their flags (and variables), not PolicyClient's parameters
     try:
@@ -72,7 +73,7 @@ def open_client(host: str, port: int, args: argparse.Namespace) -> Any:
         raise SystemExit(f"error: {exc}") from None
     except (PolicyTimeoutError, ConnectionError) as exc:  # the client's words say how far the connection got
         client.close()
-        raise SystemExit(f"error: no policy server answered at tcp://{host}:{port} within {args.timeout_ms} ms: {exc}") from None
+        raise SystemExit(f"error: no policy server answered at tcp://{endpoint_host(host)}:{port} within {args.timeout_ms} ms: {exc}") from None
     except BaseException:
         client.close()
         raise

@@ -365,7 +365,7 @@ class PolicyServer(BuiltinEndpoints):
         try:
             metrics.serve(self.host, port)
         except OSError as exc:
-            raise OSError(f"cannot serve metrics on {self.host}:{port}: {exc}") from exc
+            raise OSError(f"cannot serve metrics on {endpoint_host(self.host)}:{port}: {exc}") from exc
         return metrics
 
     def _release(self) -> None:
