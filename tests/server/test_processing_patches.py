@@ -157,6 +157,30 @@ def test_reused_rows_never_overwrite_rows_a_caller_still_holds(keep):
         assert np.array_equal(np.asarray(kept), first.numpy().reshape(-1)[5 * 1536 :] if keep == "a view" else first.numpy())
 
 
+class _PatchifiedInAWorker(torch.utils.data.Dataset):
+    """Rows patchified into one ReusedRows in a DataLoader worker: sent to the main process through shared memory."""
+
+    def __init__(self, frames):
+        self.frames, self.reused = frames, ReusedRows()
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitem__(self, index):
+        return patchify_batch(self.frames[index], SMALL, reused_rows=self.reused)[0]
+
+
+def test_rows_sent_to_another_process_are_never_written_again():
+    """A DataLoader worker's (or a torch.multiprocessing queue's) send moves the rows' memory into shared memory in
+    place, and the other process's mapping is counted nowhere here: every batch received became the last one."""
+    frames = np.random.default_rng(6).integers(0, 256, (4, 2, 64, 64, 3), dtype=np.uint8)
+    expected = [patchify_batch(batch, SMALL)[0] for batch in frames]
+    loader = torch.utils.data.DataLoader(_PatchifiedInAWorker(frames), batch_size=None, num_workers=1,
+                                         multiprocessing_context="fork")
+    received = list(loader)  # the worker has made every batch by now
+    assert all(torch.equal(got, want) for got, want in zip(received, expected))
+
+
 def test_mixed_sizes_keep_list_order():
     a = np.random.default_rng(3).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     b = np.random.default_rng(4).integers(0, 256, (256, 352, 3), dtype=np.uint8)

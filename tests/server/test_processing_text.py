@@ -218,3 +218,19 @@ def test_cached_prompt_tokens_equal_the_tokenizers_for_batches_of_mixed_lengths(
     processor.tokenizer = Counting()
     processor._tokenize([prompts[0]], [2], grids[:2])
     assert len(calls) == 1
+
+
+def test_cached_prompt_tokens_follow_tokens_added_to_the_tokenizer_in_place(tiny_checkpoint):
+    """add_tokens on the loaded tokenizer (a word its vocabulary held: no size changes) left the prompts seen before
+    with their old ids: the model got other tokens than its tokenizer makes."""
+    processor = Gr00tN1d7Processor.from_pretrained(tiny_checkpoint)
+    rng = np.random.default_rng(0)
+    video = {k: rng.integers(0, 256, (1, 1, 224, 224, 3), dtype=np.uint8) for k in ("image", "wrist_image")}
+    state = {k: np.zeros((1, 1, 2 if k == "gripper" else 1)) for k in ("x", "y", "z", "roll", "pitch", "yaw", "gripper")}
+    before = processor.process_batch("libero_sim", video, state, ["pick up the bowl"])["input_ids"]
+    processor.tokenizer.add_tokens(["bowl"])
+    after = processor.process_batch("libero_sim", video, state, ["pick up the bowl"])["input_ids"]
+    fresh = Gr00tN1d7Processor.from_pretrained(tiny_checkpoint)
+    fresh.tokenizer.add_tokens(["bowl"])
+    assert torch.equal(after, fresh.process_batch("libero_sim", video, state, ["pick up the bowl"])["input_ids"])
+    assert not torch.equal(after, before)

@@ -221,7 +221,11 @@ class ReusedRows:
 
     def _is_free(self, buffer: torch.Tensor) -> bool:
         """Nothing but the kept buffer holds its memory: no tensor or view of it (lent rows, numpy arrays of them)
-        and no Python reference to its storage object, counted as when it was new."""
+        and no Python reference to its storage object, counted as when it was new; and the memory was never shared
+        with another process (a torch.multiprocessing queue or DataLoader worker moves it into shared memory in place,
+        and the other process's mapping is counted nowhere here), so shared memory is never lent again."""
+        if buffer.is_shared():
+            return False
         return all(now <= free for now, free in zip(self._holders(buffer), self._free_holders))
 
     @staticmethod
