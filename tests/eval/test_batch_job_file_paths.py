@@ -39,18 +39,25 @@ def test_overwrite_of_the_folder_holding_the_jobs_file_keeps_it_and_runs_the_bat
     assert json.loads((out / "batch_results.json").read_text())["jobs"][0]["status"] == "done"
 
 
+def stopped_here_and_resumed_there(jobs, out, started, elsewhere, monkeypatch):
+    """A batch stopped by its server's Ctrl-C (exit 130) in `started`, then resumed to the end from `elsewhere`: the
+    job's record, done with resumed episodes."""
+    monkeypatch.chdir(started)
+    assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 130
+    monkeypatch.chdir(elsewhere)
+    assert run_cli(["batch", "--resume", str(out)]) == 0
+    record = json.loads((out / "batch_results.json").read_text())["jobs"][0]
+    assert record["status"] == "done" and record["resumed_episodes"] >= 1
+    return record
+
+
 def test_a_relative_video_dir_is_the_start_directorys_when_the_batch_resumes_elsewhere(tmp_path, monkeypatch):
     started, elsewhere, out = tmp_path / "A", tmp_path / "B", tmp_path / "batch"
     started.mkdir()
     elsewhere.mkdir()
     with running_server(SigintOnCall(call=5)) as server:
         jobs = job_file(tmp_path / "jobs.json", server.port, video_dir="vids")
-        monkeypatch.chdir(started)
-        assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 130
-        monkeypatch.chdir(elsewhere)
-        assert run_cli(["batch", "--resume", str(out)]) == 0
-    record = json.loads((out / "batch_results.json").read_text())["jobs"][0]
-    assert record["status"] == "done" and record["resumed_episodes"] >= 1
+        record = stopped_here_and_resumed_there(jobs, out, started, elsewhere, monkeypatch)
     videos = started / "vids"
     assert record["job_config"]["video_dir"] == str(videos)
     listed = [e["video_path"] for e in record["results"]["per_episode"]]
@@ -160,12 +167,7 @@ def test_a_relative_key_file_is_the_start_directorys_when_the_batch_resumes_else
         raw = json.loads(jobs.read_text())
         raw["jobs"][0]["policy_server"].update(given)
         jobs.write_text(json.dumps(raw))
-        monkeypatch.chdir(started)
-        assert run_cli(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 130
-        monkeypatch.chdir(elsewhere)
-        assert run_cli(["batch", "--resume", str(out)]) == 0
-    record = json.loads((out / "batch_results.json").read_text())["jobs"][0]
-    assert record["status"] == "done" and record["resumed_episodes"] >= 1
+        stopped_here_and_resumed_there(jobs, out, started, elsewhere, monkeypatch)
 
 
 def test_load_jobs_resolves_key_files_against_start_dir_and_home_dir_and_keeps_z85_keys(tmp_path, monkeypatch):
