@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from gr00t_client import ActionChunker, PolicyClient
+from gr00t_client.client_messages import OPTIONS_NOT_APPLIED_FIELD
 from reference_peer import EchoPolicy, ReferenceServer, libero_like_observation, running_server
 
 CLIENT_LOGGER = "gr00t_client.client"
@@ -58,3 +59,30 @@ def test_a_gr00t_server_gets_options_without_a_warning(caplog):
             client.get_action(libero_like_observation(height=8, width=8), {"denoising_steps": 2, "seed": 0})
             assert _warnings(caplog) == []
             assert client.server_is_gr00t_server is True
+
+
+def test_a_relay_to_a_reference_server_names_the_options_its_upstream_ignores_in_info(caplog):
+    """A robot behind PolicyServer(PolicyClient(reference)) saw a gr00t-server and was told nothing: its seed and
+    denoising_steps were dropped upstream. The relay's info names them, and the robot's client warns once by name."""
+    caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
+    options = {"seed": 5, "denoising_steps": 2, "batch_size": 1}
+    with ReferenceServer({"get_action": _ignoring_options}) as reference:
+        with PolicyClient(port=reference.port, timeout_ms=5000) as upstream, running_server(upstream) as relay:
+            with PolicyClient(port=relay.port, timeout_ms=5000) as robot:
+                infos = [robot.get_action(libero_like_observation(height=8, width=8), options)[1] for _ in range(3)]
+                assert robot.server_is_gr00t_server is True
+                robot_address = robot.address
+    assert [info[OPTIONS_NOT_APPLIED_FIELD] for info in infos] == [["denoising_steps", "seed"]] * 3
+    robot_warnings = [m for m in _warnings(caplog) if robot_address in m]
+    assert len(robot_warnings) == 1, _warnings(caplog)
+    assert "'denoising_steps', 'seed' not applied" in robot_warnings[0]
+    assert "'batch_size'" not in robot_warnings[0].split("not applied")[0]
+
+
+def test_a_relay_to_a_gr00t_server_reports_no_options_not_applied(caplog):
+    caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
+    with running_server(EchoPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as upstream:
+        with running_server(upstream) as relay, PolicyClient(port=relay.port, timeout_ms=5000) as robot:
+            _action, info = robot.get_action(libero_like_observation(height=8, width=8), {"seed": 5})
+    assert OPTIONS_NOT_APPLIED_FIELD not in info
+    assert _warnings(caplog) == []

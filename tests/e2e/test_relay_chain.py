@@ -421,3 +421,20 @@ def test_a_policy_swap_while_the_worker_learns_the_old_upstreams_facts_is_refuse
     # not A's facts under B, nor an internal error in their place: a refusal the robot asks again after
     assert isinstance(answer["error"], UpstreamFailedError) and "ask again" in str(answer["error"]), answer
     assert again["policy_identity"] == {"kind": "test", "checkpoint": "B"}
+
+
+def test_gr00t_eval_records_model_settings_as_not_applied_through_a_relay_to_a_reference_server():
+    """Its check runs before the first get_action, so it reads the relay's info (no model of its own), not the
+    options_not_applied of a get_action reply: --denoising-steps and --rtc-frozen-steps are recorded as not applied."""
+    from gr00t_eval.applied_settings import settings_not_applied
+    from reference_peer import ReferenceServer
+
+    def ignoring_options(observation, options=None):
+        return {"arm": np.zeros((1, 2, 1), np.float32)}, {}
+
+    with ReferenceServer({"get_action": ignoring_options}) as reference:
+        with PolicyClient(port=reference.port, timeout_ms=5000) as upstream, running_server(upstream) as relay:
+            with PolicyClient(port=relay.port, timeout_ms=5000) as robot:
+                assert robot.get_server_info()["policy_identity"] is None  # asked first, as open-loop does
+                settings = {"denoising_steps": 2, "rtc_frozen_steps": 2}
+                assert settings_not_applied(robot, settings) == settings

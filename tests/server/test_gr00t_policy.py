@@ -1,17 +1,20 @@
 """Gr00tPolicy on the tiny random-weight checkpoint: loading, outputs, noise control, batching, errors."""
 
 import re
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from gr00t_client import PolicyClient, PolicyServerError
 from gr00t_client.embodiment import EmbodimentTag
 from gr00t_client.policy import ObservationError
 from gr00t_server.policies.gr00t_policy import Gr00tPolicy
 from gr00t_server.processing.config import load_statistics
 from gr00t_server.test_checkpoint import example_observation
+from serving import running_server
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +118,37 @@ def test_a_list_of_seeds_gives_each_row_its_own(libero, tiny_checkpoint):
             libero.get_action(obs, {"seed": bad})
 
 
+def test_a_seed_array_longer_than_the_batch_is_refused_without_expanding_it(libero, tiny_checkpoint):
+    """A 229 MiB seed array for one row became 30 M numpy scalars (1.1 GiB) before its length was compared."""
+    obs = example_observation(tiny_checkpoint, "libero_sim", batch_size=1)
+    seed = np.arange(1_000_000, dtype=np.int64)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"options\['seed'\] as a list must hold one int .* per row \(1 here\); "
+                                             r"got 1000000 values"):
+            libero.get_action(obs, {"seed": seed})
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < seed.nbytes / 4, f"refusing the seed array took {peak} bytes, for an array of {seed.nbytes}"
+
+
+def test_options_are_refused_before_the_observation_is_preprocessed(libero, tiny_checkpoint, monkeypatch):
+    preprocessed = []
+    process_batch = libero.processor.process_batch
+    monkeypatch.setattr(libero.processor, "process_batch",
+                        lambda *args, **kwargs: preprocessed.append(1) or process_batch(*args, **kwargs))
+    obs = example_observation(tiny_checkpoint, "libero_sim", batch_size=2)
+    for bad, refusal in (({"seed": [1, 2, 3]}, r"options\['seed'\] as a list"), ({"Seed": 0}, r"unknown options"),
+                         ({"noise": np.zeros((1, 2), np.float32)}, r"options\['noise'\] must be"),
+                         ({"denoising_steps": 0}, r"options\['denoising_steps'\] must be")):
+        with pytest.raises(ValueError, match=refusal):
+            libero.get_action(obs, bad)
+    assert preprocessed == []
+    libero.get_action(obs, {"seed": [1, 2]})
+    assert preprocessed == [1]
+
+
 def test_rows_whose_prompts_differ_in_length_equal_separate_calls(libero, tiny_checkpoint):
     """What a server batching clients with different tasks relies on: a short prompt padded for a long one gets the
     action it gets alone (upstream's VL self-attention let it attend to the padding)."""
@@ -193,6 +227,15 @@ def test_a_misspelled_option_is_refused_naming_the_known_ones(libero, tiny_check
     with pytest.raises(ValueError, match=r"unknown options \['Seed'\]; Gr00tPolicy takes \['denoising_steps', 'noise', "
                                          r"'rtc', 'seed'\]"):
         libero.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"Seed": 0})
+
+
+def test_a_misspelt_return_server_timing_is_refused_naming_the_server_option(libero, tiny_checkpoint):
+    """'return_sever_timing' was refused listing only Gr00tPolicy's own options, as if no timing option existed."""
+    with running_server(libero) as server, PolicyClient(port=server.port, timeout_ms=20000) as client:
+        with pytest.raises(PolicyServerError) as refused:
+            client.get_action(example_observation(tiny_checkpoint, "libero_sim"), {"return_sever_timing": True})
+    assert ("unknown options ['return_sever_timing']; Gr00tPolicy takes ['denoising_steps', 'noise', 'rtc', 'seed'] "
+            "and the server takes ['return_server_timing']; did you mean 'return_server_timing'?") in str(refused.value)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 17, 1001, 2.0, "4", True])

@@ -214,7 +214,19 @@ def test_a_models_options_are_taken_and_ignored_and_unknown_ones_warned_when_not
         lenient.get_action(None, session("a", Seed=1))
     assert [r.getMessage() for r in caplog.records].count(
         "unknown get_action options ['Seed']; ReplayPolicy's get_action takes ['batch_size', 'denoising_steps', "
-        "'noise', 'reset_mask', 'rtc', 'seed'] (ignored: strict=False; said once per set of names)") == 1
+        "'noise', 'reset_mask', 'rtc', 'seed'] and the server takes ['return_server_timing'] (ignored: strict=False; "
+        "said once per set of names)") == 1
+
+
+def test_a_misspelt_return_server_timing_is_refused_with_the_option_it_meant(dataset):
+    """The refusal listed the replay's own options only, as if the server took no timing option."""
+    replay = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2)
+    with running_server(replay) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with pytest.raises(PolicyServerError) as refused:
+            client.get_action(observation(dataset, 1), {"return_server_timng": True})
+    assert ("unknown get_action options ['return_server_timng']; ReplayPolicy's get_action takes ['batch_size', "
+            "'denoising_steps', 'noise', 'reset_mask', 'rtc', 'seed'] and the server takes ['return_server_timing']; "
+            "did you mean 'return_server_timing'?") in str(refused.value)
 
 
 def test_a_batch_size_option_that_disagrees_with_the_observation_is_refused(policy, dataset):

@@ -401,3 +401,21 @@ def test_a_replaced_get_action_whose_policy_call_failed_counts_the_call():
         stats = client.get_server_info()["stats"]
     assert stats["policy_calls"] == 1
     assert stats["batch_sizes"] == {"1": 1}
+
+
+@pytest.mark.parametrize("value", ["yes please", [1, 2], 2])
+def test_a_reset_return_server_timing_that_is_no_flag_is_refused_naming_the_option(value):
+    """reset dropped the option whatever its value, where get_action refuses anything but a bool, nil, 0 or 1."""
+    with running_server(SleepyPolicy()) as server, PolicyClient(port=server.port) as client:
+        with pytest.raises(PolicyServerError, match=r"options\['return_server_timing'\] must be true or false"):
+            client.reset(options={"return_server_timing": value})
+
+
+def test_a_reset_asking_for_server_timing_is_refused_naming_the_option():
+    """reset answers no server_timing: asking for it is refused, not ignored; false, 0 and nil pass."""
+    with running_server(SleepyPolicy()) as server, PolicyClient(port=server.port) as client:
+        with pytest.raises(PolicyServerError, match=r"options\['return_server_timing'\] is a get_action option: reset "
+                                                    r"answers no server_timing"):
+            client.reset(options={"return_server_timing": True})
+        for value in (False, 0, None):
+            assert client.reset(options={"return_server_timing": value}) == {}

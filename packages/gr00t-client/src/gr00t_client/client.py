@@ -23,8 +23,8 @@ from .client_connection import ClientConnection
 from .client_errors import (SHUTTING_DOWN, ClientClosedError, DeadlineNotRunError, MessageTooLargeError,
                             PolicyServerError, PolicyTimeoutError, ReplyLostError, ServerStoppingError,
                             UpstreamFailedError)
-from .client_messages import (ERROR_MARKER, PROTOCOL_VERSION, SESSION_CONTINUES_FIELD, TIMEOUT_FIELD, TIMING_OPTION,
-                              UPSTREAM_CHANGES_FIELD, ClientMessages)
+from .client_messages import (ERROR_MARKER, OPTIONS_NOT_APPLIED_FIELD, PROTOCOL_VERSION, SESSION_CONTINUES_FIELD,
+                              TIMEOUT_FIELD, TIMING_OPTION, UPSTREAM_CHANGES_FIELD, ClientMessages)
 from .client_options import (DEFAULT_MAX_REPLY_BYTES, MAX_REPLY_BYTES_LIMIT, MAX_TIMEOUT_MS, check_api_token,
                              check_flag, check_host, check_max_reply_bytes, check_timeout_ms, endpoint_host,
                              is_ipv6_literal, normalize_host)
@@ -92,7 +92,8 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
     With `server_public_key` (and `client_secret_key`; paths of zmq.auth certificate files or z85 strings) the
     connection is CURVE-encrypted; a failed handshake raises HandshakeError (a ConnectionError) instead of timing out.
     `server_is_gr00t_server` says whether the server is a gr00t-server; get_action options that another server's policy
-    ignores (all but batch_size: seed, noise, denoising_steps, rtc, ...) are warned of once per server, by name.
+    ignores (all but batch_size: seed, noise, denoising_steps, rtc, ...) are warned of once per server, by name, and
+    so are those a gr00t-server relay's info names under `options_not_applied` (its upstream is such a server).
     """
 
     def __init__(
@@ -512,7 +513,15 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         # an older gr00t-server) may not, and a robot must never be handed a NaN (about 5 us for a LIBERO chunk).
         self._refuse_non_finite(reply[0])
         self._notice_upstream_change(reply[1])
+        self._notice_options_not_applied(reply[1])
         return reply[0], reply[1]
+
+    def _notice_options_not_applied(self, info: Any) -> None:
+        """A relay's upstream is not a gr00t-server: warn of the options its info names (OPTIONS_NOT_APPLIED_FIELD) as
+        a direct connection to that server warns, once per server and name."""
+        names = info.get(OPTIONS_NOT_APPLIED_FIELD) if isinstance(info, Mapping) else None
+        if isinstance(names, (list, tuple)) and names and all(isinstance(name, str) for name in names):
+            self._warn_ignored_options(dict.fromkeys(names), relayed=True)
 
     def _notice_upstream_change(self, info: Any) -> None:
         """A relay's upstream reconnected (its info's UPSTREAM_CHANGES_FIELD moved): the model behind this server may

@@ -20,6 +20,9 @@ SESSION_CONTINUES_FIELD = "session_continues"  # see _session_served (gr00t_serv
 # get_action info field of a relay (a gr00t-server serving a PolicyClient): its client's server_changes, which moves
 # when the upstream may serve another model; the robot's client then counts a server change of its own (on_new_server)
 UPSTREAM_CHANGES_FIELD = "upstream_server_changes"
+# get_action info field of a relay whose upstream is not a gr00t-server: the option names that upstream ignores (those
+# its client warns of, client_server_facts.options_not_applied); the robot's client warns of them as if connected
+OPTIONS_NOT_APPLIED_FIELD = "options_not_applied"
 
 
 class ClientMessages:

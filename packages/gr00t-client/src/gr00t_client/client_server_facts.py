@@ -4,7 +4,7 @@ asks, and the check run once a new server may be answering."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Set
 
 from . import codec
 from .client_errors import PolicyServerError, ServerStoppingError, UpstreamFailedError
@@ -18,6 +18,11 @@ logger = logging.getLogger("gr00t_client.client")  # PolicyClient's one logger, 
 # The get_action options a reference server's policy reads (its ReplayPolicy takes the batch size from them when no
 # observation is sent; its Gr00tPolicy reads none): seed, noise, denoising_steps, rtc and the rest are gr00t-server's.
 REFERENCE_OPTIONS = frozenset({"batch_size"})
+
+
+def options_not_applied(options: Mapping[Any, Any]) -> List[str]:
+    """The names among get_action `options` that a server other than a gr00t-server ignores, sorted."""
+    return sorted(str(name) for name in options if name not in REFERENCE_OPTIONS)
 
 
 class ServerFacts:
@@ -61,17 +66,19 @@ class ServerFacts:
         None until the first call asks, and again after a reconnection."""
         return self._server_is_ours
 
-    def _warn_ignored_options(self, options: Mapping[str, Any]) -> None:
-        """Warn once per server for each get_action option that a server other than a gr00t-server ignores."""
-        ignored = sorted(set(options) - REFERENCE_OPTIONS - self._warned_ignored_options)
+    def _warn_ignored_options(self, options: Mapping[str, Any], relayed: bool = False) -> None:
+        """Warn once per server for each get_action option that a server other than a gr00t-server ignores; `relayed`:
+        named so by the get_action info of a relay (a gr00t-server) whose upstream is such a server."""
+        ignored = [name for name in options_not_applied(options) if name not in self._warned_ignored_options]
         if not ignored:
             return
         self._warned_ignored_options.update(ignored)
-        logger.warning("get_action option%s %s not applied: the server at %s did not answer get_server_info as a "
-                       "gr00t-server does, and a reference server's policy reads no option but %s; serve the model "
-                       "with gr00t-server to apply %s", "s" if len(ignored) > 1 else "", ", ".join(map(repr, ignored)),
-                       self.address, ", ".join(map(repr, sorted(REFERENCE_OPTIONS))),
-                       "them" if len(ignored) > 1 else "it")
+        where = (f"the relay at {self.address} forwards them to an upstream that" if relayed
+                 else f"the server at {self.address}")
+        logger.warning("get_action option%s %s not applied: %s did not answer get_server_info as a gr00t-server does, "
+                       "and a reference server's policy reads no option but %s; serve the model with gr00t-server to "
+                       "apply %s", "s" if len(ignored) > 1 else "", ", ".join(map(repr, ignored)), where,
+                       ", ".join(map(repr, sorted(REFERENCE_OPTIONS))), "them" if len(ignored) > 1 else "it")
 
     def _negotiate(self, deadline: Optional[float] = None) -> Any:
         """Ask once whether the server is ours (multipart capable); a reference server says 'Unknown endpoint'.

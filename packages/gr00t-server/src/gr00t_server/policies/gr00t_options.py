@@ -74,10 +74,15 @@ def _is_int(value: Any) -> bool:
 def _row_seeds(seed: Any, batch_size: int) -> List[int]:
     """Each row's seed from options["seed"]: an int s (row i: s + i) or a list of one int per row."""
     if isinstance(seed, (list, tuple, np.ndarray)):
-        values = list(np.asarray(seed).reshape(-1)) if isinstance(seed, np.ndarray) else list(seed)
-        if len(values) != batch_size or not all(_is_int(v) and _SEED_MIN <= int(v) <= _SEED_MAX for v in values):
-            raise ValueError(f"options['seed'] as a list must hold one int from {_SEED_MIN} to {_SEED_MAX} per row "
-                             f"({batch_size} here); got {seed!r}")
+        expected = (f"options['seed'] as a list must hold one int from {_SEED_MIN} to {_SEED_MAX} per row "
+                    f"({batch_size} here)")
+        # the count first: a 229 MiB array for one row became 30 M numpy scalars (1.1 GiB) before it was refused
+        count = seed.size if isinstance(seed, np.ndarray) else len(seed)
+        if count != batch_size:
+            raise ValueError(f"{expected}; got {count} values")
+        values = list(seed.reshape(-1)) if isinstance(seed, np.ndarray) else list(seed)
+        if not all(_is_int(v) and _SEED_MIN <= int(v) <= _SEED_MAX for v in values):
+            raise ValueError(f"{expected}; got {seed!r}")
         return [int(v) for v in values]
     if not _is_int(seed):
         raise ValueError(f"options['seed'] must be an int, or a list of one int per row; got {seed!r}")

@@ -411,6 +411,9 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             self._check_reference_states(observation)
             self._check_instructions(observation)
         rtc = self._parse_rtc(options.get("rtc"), batch_size)
+        # the options' names, seed, noise and steps are refused before the observation is preprocessed, not after
+        noise, generator = self._initial_noise(options, batch_size)
+        num_steps = self._denoising_steps(options.get("denoising_steps"))
         video = {k: np.asarray(observation["video"][k]) for k in self._modality_configs["video"].modality_keys}
         raw_states = {k: np.asarray(observation["state"][k]) for k in self._modality_configs["state"].modality_keys}
         languages = [_instruction(text, self.language_key, row)
@@ -419,9 +422,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             self.embodiment_tag_value, video, raw_states, languages, device=self.preprocess_device,
             normalized_state=self._take_checked_states(raw_states),
         )
-        noise, generator = self._initial_noise(options, batch_size)
         rtc_arguments = self._rtc_model_arguments(rtc, raw_states) if rtc is not None else {}
-        num_steps = self._denoising_steps(options.get("denoising_steps"))
         preprocessed = time.perf_counter()
         with model_lock:  # a wait here (another thread's call) is in no stage
             model_started = time.perf_counter()

@@ -254,7 +254,9 @@ class ReplayPolicy(BasePolicy):
         forgotten session's too, which a session lost with a restarted server must be given) and
         options["step_index"] (default 0)."""
         options = options or {}
-        self._option_names.check(options, _RESET_OPTIONS, self.strict, "reset options", "ReplayPolicy's reset")
+        # reset takes no server option: the server refuses return_server_timing there (it answers no timing)
+        self._option_names.check(options, _RESET_OPTIONS, self.strict, "reset options", "ReplayPolicy's reset",
+                                 server_options=frozenset())
         session = _session_id(options)
         with self._lock:
             cursor = self._sessions.get(session)

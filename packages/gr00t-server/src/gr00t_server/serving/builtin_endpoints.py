@@ -11,7 +11,8 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from gr00t_client.client import PROTOCOL_VERSION
 from gr00t_client.client_errors import UPSTREAM_FAILED
-from gr00t_client.client_messages import UPSTREAM_CHANGES_FIELD
+from gr00t_client.client_messages import OPTIONS_NOT_APPLIED_FIELD, UPSTREAM_CHANGES_FIELD
+from gr00t_client.client_server_facts import options_not_applied
 from gr00t_client.policy import NonFiniteActionError, as_modality_configs
 
 from . import limits as work_limits
@@ -237,6 +238,7 @@ class BuiltinEndpoints:
     def _get_action(self, observation: Any = None, options: Any = None) -> List[Any]:
         request = self._current
         assert request is not None
+        robot_options = options
         options = self._with_session(options, request)
         try:
             if self._upstream is None:
@@ -261,7 +263,17 @@ class BuiltinEndpoints:
         if self._upstream is not None:
             self._refresh_upstream_facts()  # before the reply: the robot's check asks info once it sees a change
             info[UPSTREAM_CHANGES_FIELD] = self._upstream.server_changes
+            ignored = self._options_not_applied_upstream(robot_options)
+            if ignored:
+                info[OPTIONS_NOT_APPLIED_FIELD] = ignored
         return [action, info]
+
+    def _options_not_applied_upstream(self, options: Optional[Mapping[str, Any]]) -> List[str]:
+        """The robot's get_action option names that this relay's upstream ignores, where it is not a gr00t-server: what
+        its client warns of in this process, said to the robot in its info so that the robot's client warns too."""
+        if not options or self._upstream.server_is_gr00t_server is not False:
+            return []
+        return options_not_applied({name: value for name, value in options.items() if name != TIMING_OPTION})
 
     def _reset(self, options: Any = None) -> Any:
         request = self._current

@@ -37,6 +37,7 @@ from .messages import (
     decode_payload,
     peek_endpoint,
     peer_address,
+    refuse_reset_timing,
     session_of,
     split_routing,
     timing_requested,
@@ -213,6 +214,8 @@ class RequestLoop(Gathering):
                     server.token_counter,
                 )
                 request.wants_timing = timing_requested(request.data)  # refused here unless bool-like
+            elif request.endpoint == "reset" and server.is_built_in("reset"):
+                refuse_reset_timing(request.data)
             request.decode_ms = (time.monotonic() - request.received_at) * 1000.0  # the decode and these checks
             self._admit(request)
         except InlineCallAbandoned:

@@ -255,12 +255,20 @@ def token_shape_problem(api_token: str, name: str) -> Optional[str]:
 
 
 def timing_requested(data: Any) -> bool:
-    """Whether a get_action's options ask for server_timing; RequestError naming the option unless it is a bool,
+    """Whether a request's options ask for server_timing; RequestError naming the option unless it is a bool,
     nil, or the int 0 or 1 (msgpack peers in C++, JS or Go often send flags so)."""
     options = data.get("options") if isinstance(data, dict) else None
     if not isinstance(options, dict):
         return False  # no options, or options the handler refuses itself
     return _flag(options.get(TIMING_OPTION), f"options['{TIMING_OPTION}']")
+
+
+def refuse_reset_timing(data: Any) -> None:
+    """RequestError naming the option when a reset's options ask for server_timing, which reset does not answer (a
+    false one passes), or hold a value timing_requested refuses: both were dropped without a word."""
+    if timing_requested(data):
+        raise RequestError(f"options['{TIMING_OPTION}'] is a get_action option: reset answers no server_timing; ask "
+                           "get_action for it, or leave it out of reset's options")
 
 
 def _flag(value: Any, name: str) -> bool:
