@@ -31,11 +31,11 @@ def positive_float(text: str) -> float:
 
 
 def port_number(text: str) -> int:
-    """argparse type: a TCP port a client can connect to, 1 to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}") from None
+    """argparse type of --port: a TCP port a client can connect to, 1 to 65535, in the digits 0-9 (the programs'
+    shared port type)."""
+    from gr00t_client.cli_flags import port_number as digits_port
+
+    value = digits_port("--port")(text)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {value}")
     return value

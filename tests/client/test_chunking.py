@@ -409,13 +409,56 @@ def test_no_prefetch_overlaps_more_than_largest_rtc_overlap_and_one_reaches_it(n
     """gr00t-eval bounds --rtc-frozen-steps by largest_rtc_overlap: a K above what a prefetch overlaps froze the whole
     overlap (no ramped rows) while the run recorded K."""
     policy = OptionsStampPolicy(horizon=8)
-    chunker = ActionChunker(policy, n_action_steps=n_action_steps, asynchronous=True, rtc_frozen_steps=8)
+    largest = ActionChunker.largest_rtc_overlap(n_action_steps)
+    chunker = ActionChunker(policy, n_action_steps=n_action_steps, asynchronous=True, rtc_frozen_steps=largest)
     for t in range(3 * n_action_steps):
         chunker.get_action(obs(t))
         assert chunker.wait_for_prefetch(timeout=5)
     overlaps = [options["rtc"]["overlap_steps"] for options in policy.options if options and "rtc" in options]
     assert overlaps and max(overlaps) == ActionChunker.largest_rtc_overlap(n_action_steps) == n_action_steps // 2 + 1
     chunker.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_action_steps": 8, "rtc_frozen_steps": 8},
+         "rtc_frozen_steps must be at most 5, the most steps a prefetch overlaps with n_action_steps 8 "
+         "(n_action_steps // 2 + 1), got 8"),
+        ({"n_action_steps": 8, "prefetch_steps": 2, "rtc_frozen_steps": 4},
+         "rtc_frozen_steps must be at most 3, the most steps a prefetch overlaps with n_action_steps 8 "
+         "(min(prefetch_steps 2, n_action_steps - 1) + 1), got 4"),
+    ],
+)
+def test_rtc_frozen_steps_above_the_largest_overlap_is_refused_naming_both_numbers(kwargs, message):
+    """A prefetch pins at most its overlap: k above it froze the whole overlap (no ramped rows) without a word."""
+    with pytest.raises(ValueError) as refused:
+        ActionChunker(StampPolicy(), asynchronous=True, **kwargs)
+    assert str(refused.value) == message
+
+
+def test_rtc_frozen_steps_at_the_largest_overlap_is_taken_and_sent():
+    policy = OptionsStampPolicy(horizon=8)
+    with ActionChunker(policy, n_action_steps=8, asynchronous=True, rtc_frozen_steps=5) as chunker:
+        for t in range(8):
+            chunker.get_action(obs(t))
+            assert chunker.wait_for_prefetch(timeout=5)
+    assert [options["rtc"]["frozen_steps"] for options in policy.options if options and "rtc" in options][0] == 5
+
+
+def test_rtc_frozen_steps_above_the_first_chunks_overlap_is_warned_once(caplog):
+    """Without n_action_steps the chunk's length is known only from the first chunk: warned then, once."""
+    policy = OptionsStampPolicy(horizon=8)
+    with caplog.at_level("WARNING", logger="gr00t_client.chunking"), \
+            ActionChunker(policy, asynchronous=True, rtc_frozen_steps=8) as chunker:
+        for t in range(20):
+            chunker.get_action(obs(t))
+            assert chunker.wait_for_prefetch(timeout=5)
+    warned = [record.getMessage() for record in caplog.records if "rtc_frozen_steps" in record.getMessage()]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("rtc_frozen_steps must be at most 5, the most steps a prefetch overlaps with the "
+                                "chunk's steps 8 (the chunk's steps // 2 + 1), got 8: each prefetch pins its whole "
+                                "overlap"), warned[0]
 
 
 @pytest.mark.parametrize(

@@ -100,6 +100,22 @@ def test_a_call_ended_by_close_while_its_first_question_waits_names_the_callers_
             "first)") in str(error), str(error)
 
 
+def test_interrupt_calls_ends_a_call_in_flight_and_leaves_the_client_open_for_the_next():
+    """A relay's stop ends its upstream call so (a close() would leave the caller's client unusable after the stop)."""
+    port = free_port()
+    client = PolicyClient("127.0.0.1", port, timeout_ms=30000)  # nothing listens yet: the question waits to be sent
+    thread, outcome = call_in_thread(lambda: client.get_action(OBSERVATION))
+    wait_until(lambda: client._awaiting == "get_server_info", "the first question to be waiting")
+    client.interrupt_calls()
+    thread.join(10)
+    error = outcome.get("error")
+    assert isinstance(error, ClientClosedError), f"expected ClientClosedError, got {error!r}"
+    assert f"PolicyClient for {client.address} was interrupted (interrupt_calls()" in str(error), str(error)
+    with running_server(SlowResetPolicy(), port=port):
+        assert client.ping_or_raise(timeout_ms=5000) is None  # a later call connects anew
+    client.close()
+
+
 class SlowResetPolicy(BasePolicy):
     """get_action takes 50 ms; reset takes longer than the control thread's whole budget."""
 

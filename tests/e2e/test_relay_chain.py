@@ -12,9 +12,10 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, UpstreamFailedError
+from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, ServerStoppingError, UpstreamFailedError
 from gr00t_client.modality import ModalityConfig
 from gr00t_eval.policy_identity import ServedPolicyChanged, check_serves, pinned_policy, policy_record
+from gr00t_server.serving.server import PolicyServer
 
 from serving import RestartableServer, free_port, running_server
 
@@ -385,6 +386,94 @@ def test_a_relays_worker_asks_an_unknown_upstreams_facts_within_the_start_up_bou
     budget = re.search(r"did not answer 'get_server_info' within (\d+) ms", str(failed.value))
     assert budget is not None, str(failed.value)
     assert int(budget.group(1)) <= 400, str(failed.value)
+
+
+def test_a_robots_get_action_to_a_relay_that_knows_nothing_asks_the_upstreams_facts_within_the_start_up_bound(
+        monkeypatch):
+    """The facts question before a forwarded call took the robot's whole budget, and a Ctrl-C of the relay waited it
+    out; it is the relay's own question, bounded as the info path's is."""
+    import re
+
+    from gr00t_server.serving import builtin_endpoints
+
+    monkeypatch.setattr(builtin_endpoints, "FACTS_AT_START_TIMEOUT_MS", 400)
+    port = free_port()  # nothing listens there
+    with relay_of(port, timeout_ms=60_000) as relay, \
+            PolicyClient("127.0.0.1", relay.port, timeout_ms=8000, strict=False, wire="multipart") as robot:
+        with pytest.raises(UpstreamFailedError) as failed:
+            robot.get_action(observation())
+    budget = re.search(r"did not answer 'get_server_info' within (\d+) ms", str(failed.value))
+    assert budget is not None, str(failed.value)
+    assert int(budget.group(1)) <= 400, str(failed.value)
+
+
+def test_a_relays_stop_ends_its_upstream_call_in_flight_and_tells_the_robot_it_is_shutting_down():
+    """The relay's worker waited out the robot's budget on the upstream, and the stop with it."""
+    gate = threading.Event()
+    upstream_policy = Checkpoint(gate=gate)
+    outcome: dict = {}
+    try:
+        with running_server(upstream_policy) as upstream, \
+                PolicyClient("127.0.0.1", upstream.port, timeout_ms=60_000) as upstream_client:
+            relay = PolicyServer(upstream_client, host="127.0.0.1", port=0, shutdown_timeout_s=8)
+            relay.start()
+            serving = threading.Thread(target=relay.run, daemon=True)
+            serving.start()
+            with PolicyClient("127.0.0.1", relay.port, timeout_ms=30_000) as robot:
+                def call():
+                    try:
+                        outcome["action"] = robot.get_action(observation())
+                    except Exception as exc:  # noqa: BLE001 - what the robot is told
+                        outcome["error"] = exc
+
+                calling = threading.Thread(target=call, daemon=True)
+                calling.start()
+                assert upstream_policy.entered.wait(10)  # the upstream holds the forwarded call
+                relay.stop()
+                calling.join(20)
+                serving.join(20)
+            after_stop = upstream_client.get_server_info()  # the relay's stop left the caller's client open
+    finally:
+        gate.set()
+    error = outcome.get("error")
+    assert isinstance(error, ServerStoppingError), f"expected ServerStoppingError, got {outcome!r}"
+    assert (f"server is shutting down; 'get_action' was ended before the upstream at tcp://127.0.0.1:{upstream.port} "
+            "answered") in str(error), str(error)
+    assert not serving.is_alive()
+    assert after_stop["policy_identity"] == {"kind": "test", "checkpoint": "A"}
+
+
+def test_a_relays_stop_lets_an_upstream_call_answered_within_its_wait_reach_the_robot():
+    """A stop ended a healthy upstream's call at once: its robot was told "shutting down" for an action that came 0.3 s
+    later. A normal server lets a running call finish; a relay gives its upstream RELAY_STOP_WAIT_S."""
+    gate = threading.Event()
+    upstream_policy = Checkpoint(gate=gate)
+    outcome: dict = {}
+    try:
+        with running_server(upstream_policy) as upstream, \
+                PolicyClient("127.0.0.1", upstream.port, timeout_ms=60_000) as upstream_client:
+            relay = PolicyServer(upstream_client, host="127.0.0.1", port=0, shutdown_timeout_s=8)
+            relay.start()
+            serving = threading.Thread(target=relay.run, daemon=True)
+            serving.start()
+            with PolicyClient("127.0.0.1", relay.port, timeout_ms=30_000) as robot:
+                def call():
+                    try:
+                        outcome["action"] = robot.get_action(observation())
+                    except Exception as exc:  # noqa: BLE001 - what the robot is told
+                        outcome["error"] = exc
+
+                calling = threading.Thread(target=call, daemon=True)
+                calling.start()
+                assert upstream_policy.entered.wait(10)
+                relay.stop()
+                threading.Timer(0.3, gate.set).start()  # the upstream answers well within the relay's wait
+                calling.join(20)
+                serving.join(20)
+    finally:
+        gate.set()
+    assert "error" not in outcome, outcome
+    assert "action" in outcome and not serving.is_alive()
 
 
 def test_a_policy_swap_while_the_worker_learns_the_old_upstreams_facts_is_refused_to_be_asked_again():

@@ -179,6 +179,10 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
                     f"rtc_frozen_steps must be an int >= 1 (this step + the steps executed while the policy runs), "
                     f"got {rtc_frozen_steps!r}"
                 )
+            problem = None if n_action_steps is None else self.rtc_frozen_steps_problem(
+                int(rtc_frozen_steps), int(n_action_steps), None if prefetch_steps is None else int(prefetch_steps))
+            if problem is not None:  # a prefetch pins at most its overlap: a larger k froze all of it, saying nothing
+                raise ValueError(problem)
         if not _is_real(rtc_ramp_rate):  # True passed, and the server refused it
             raise ValueError(f"rtc_ramp_rate must be a finite number > 0, got {rtc_ramp_rate!r} "
                              f"({type(rtc_ramp_rate).__name__}); expected a real number, not a bool")
@@ -197,6 +201,7 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         self.rtc_ramp_rate = ramp_rate  # a float: a Fraction failed the first prefetch (the wire has no Fraction)
         self.stats = ChunkerStats()
         self._warned_one_step = False
+        self._warned_rtc_overlap = False  # rtc_frozen_steps checked against the first chunk (n_action_steps None)
         self._usable: Optional[int] = None  # steps of each chunk executed (the last chunk's horizon, n_action_steps)
         self._n_envs: Optional[int] = None
         self._keys: Optional[List[str]] = None

@@ -135,6 +135,7 @@ class _StepBuffers:
                 keys, {key: action[key].shape[2:] for key in keys}, {key: action[key].dtype for key in keys})
         usable = horizon if self.n_action_steps is None else min(horizon, self.n_action_steps)
         self._usable = usable
+        self._warn_rtc_past_overlap()
         # Copies: a policy may reuse its output array for the next (prefetched) chunk while these steps still run.
         return [{key: np.array(action[key][row, :usable]) for key in keys} for row in range(n_rows)]
 

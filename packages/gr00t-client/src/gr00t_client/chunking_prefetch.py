@@ -97,6 +97,32 @@ class _Prefetching:
         threshold = usable_steps // 2 if prefetch_steps is None else prefetch_steps
         return min(threshold, usable_steps - 1) + 1
 
+    @staticmethod
+    def rtc_frozen_steps_problem(rtc_frozen_steps: int, usable_steps: int, prefetch_steps: Optional[int] = None,
+                                 usable_name: str = "n_action_steps") -> Optional[str]:
+        """Why `rtc_frozen_steps` pins more steps than any prefetch overlaps (each then froze its whole overlap, no
+        ramped rows, while k was what the caller recorded), or None: the chunker's and rollout's refusal."""
+        largest = _Prefetching.largest_rtc_overlap(usable_steps, prefetch_steps)
+        if rtc_frozen_steps <= largest:
+            return None
+        formula = (f"{usable_name} // 2 + 1" if prefetch_steps is None
+                   else f"min(prefetch_steps {prefetch_steps}, {usable_name} - 1) + 1")
+        return (f"rtc_frozen_steps must be at most {largest}, the most steps a prefetch overlaps with {usable_name} "
+                f"{usable_steps} ({formula}), got {rtc_frozen_steps}")
+
+    def _warn_rtc_past_overlap(self) -> None:
+        """Warn once, when the first chunk says how many steps each runs, of an rtc_frozen_steps no prefetch can pin
+        (with n_action_steps given it was refused at construction)."""
+        if self.rtc_frozen_steps is None or self._usable is None or self._warned_rtc_overlap:
+            return
+        self._warned_rtc_overlap = True
+        problem = self.rtc_frozen_steps_problem(self.rtc_frozen_steps, self._usable, self.prefetch_steps,
+                                                "the chunk's steps")
+        if problem is not None:
+            logger.warning("%s: each prefetch pins its whole overlap and ramps no rows; pass rtc_frozen_steps <= %d "
+                           "(or n_action_steps, to have it checked at construction)", problem,
+                           self.largest_rtc_overlap(self._usable, self.prefetch_steps))
+
     def _threshold(self, i: int) -> int:
         if self.prefetch_steps is not None:
             return self.prefetch_steps

@@ -7,7 +7,7 @@ import argparse
 import errno
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 
 def flag(name: str) -> List[str]:
@@ -23,6 +23,22 @@ def user_path(value: str) -> str:
     in `--flag=~/x`, a quoted '~/x' or an exec-form Docker CMD. './~/x' stays a folder named '~'. The argparse type
     of every path flag of gr00t-server and gr00t-eval."""
     return os.path.expanduser(value)
+
+
+def port_number(flag_name: str) -> Callable[[str], int]:
+    """The argparse type of a port flag named `flag_name` (--port, --policy-client-port, --metrics-port): ASCII digits
+    only, as in a HOST:PORT entry or a job file. int() took Arabic-Indic digits ('٥٥٥٦' served port 5556) and refused a
+    superscript with argparse's bare "invalid int value". Each command checks the number's range itself."""
+
+    def parse(value: str) -> int:
+        digits = value.strip()
+        if not (digits.isascii() and digits.isdigit()):
+            raise argparse.ArgumentTypeError(f"{flag_name} must be a port number written in the digits 0-9 (such as "
+                                             f"5555), got {value!r}")
+        return int(digits)
+
+    parse.__name__ = "port number"  # argparse names the type so in its own refusals
+    return parse
 
 
 def subcommand_parsers(parser: argparse.ArgumentParser) -> Dict[str, argparse.ArgumentParser]:

@@ -154,6 +154,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         self._lock_owner: Optional[int] = None  # the thread inside a call (set once the lock is held)
         self._awaiting: Optional[str] = None  # the endpoint whose reply the REQ socket awaits (re-entry guard)
         self._closing = threading.Event()  # set by close(); an in-flight call gives up its wait at once
+        self._interrupts = 0  # interrupt_calls() so far: a call that began before the last one gives up its wait
         # .active/.deadline: one budget for a whole get_action (negotiation, configs, the call), from its first
         # question; .check_due: a new-server check that call (or one with its own timeout_ms) runs once it lets go of
         # the lock

@@ -243,9 +243,10 @@ class ClientConnection:
         """Whether `lookup` finished by `until`, waited on in slices (as `_wait` does) so that close() from another
         thread, which waits for this call's lock, ends the call within CLOSE_POLL_MS."""
         while True:
-            if self._closing.is_set():
-                raise ClientClosedError(f"PolicyClient for {self.address} was closed while {self._named(endpoint)} "
-                                        f"waited for the name lookup of {self.host!r}, so nothing was sent")
+            if self._closing.is_set() or self._interrupted():
+                raise ClientClosedError(f"PolicyClient for {self.address} was {self._ended_by()} while "
+                                        f"{self._named(endpoint)} waited for the name lookup of {self.host!r}, so "
+                                        "nothing was sent")
             remaining_s = until - time.monotonic()
             if lookup.wait(max(0.0, min(remaining_s, CLOSE_POLL_MS / 1000))):
                 return True
@@ -270,8 +271,8 @@ class ClientConnection:
         connection closing raises ReplyLostError."""
         assert self._handshake is not None
         while True:  # in slices, so that close() from another thread is noticed within CLOSE_POLL_MS
-            if self._closing.is_set():
-                raise ClientClosedError(f"PolicyClient for {self.address} was closed while waiting for "
+            if self._closing.is_set() or self._interrupted():
+                raise ClientClosedError(f"PolicyClient for {self.address} was {self._ended_by()} while waiting for "
                                         f"{self._named(endpoint)}")
             remaining_ms = max(0.0, (deadline - time.monotonic()) * 1000)
             if wait(min(remaining_ms, CLOSE_POLL_MS)):
@@ -308,6 +309,18 @@ class ClientConnection:
         logger.debug("PolicyClient for %s in forked process %d: new ZeroMQ context and socket", self.address, os.getpid())
         self._pid = os.getpid()  # last: a thread that sees the child's pid skips the adoption and uses what it made
 
+    def interrupt_calls(self) -> None:
+        """End the calls in flight now, from any thread, within CLOSE_POLL_MS (ClientClosedError; the socket they wait
+        on is dropped) and leave the client open: a later call connects anew. A relay's stop ends its upstream call
+        so."""
+        self._interrupts += 1
+
+    def _interrupted(self) -> bool:
+        return getattr(self._call, "interrupts_at_start", self._interrupts) != self._interrupts
+
+    def _ended_by(self) -> str:
+        return "closed" if self._closing.is_set() else "interrupted (interrupt_calls(): a relay stopping?)"
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the client's lock for one call; a close() asked for meanwhile from this thread is done on the way out."""
@@ -315,6 +328,8 @@ class ClientConnection:
         with self._lock:
             outer = self._lock_owner
             self._lock_owner = threading.get_ident()
+            if outer is None:  # the outermost call: interrupt_calls() from now on ends it
+                self._call.interrupts_at_start = self._interrupts
             try:
                 yield
             finally:

@@ -75,8 +75,8 @@ class MessageTooLargeError(PolicyServerError):
 
 class ClientClosedError(ConnectionError, RuntimeError):
     """A call on a PolicyClient that close() had closed (from another thread while the call waited for its turn, or
-    earlier): nothing was sent; or a call in flight that close() ended. A RuntimeError too, as this refusal was
-    before."""
+    earlier): nothing was sent; or a call in flight that close() or interrupt_calls() ended. A RuntimeError too, as
+    this refusal was before."""
 
 
 class PolicyTimeoutError(TimeoutError):

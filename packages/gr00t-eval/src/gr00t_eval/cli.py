@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Sequence, Set
 
 # Only light modules here: main() makes SIGTERM and SIGHUP stop a command before the heavy imports (numpy, ZeroMQ: the
 # first half second), which a stop during them otherwise ended with a traceback or silently (143, 129).
-from gr00t_client.cli_flags import CommandParser, add_log_level, subcommand_parsers
+from gr00t_client.cli_flags import CommandParser, add_log_level, port_number, subcommand_parsers
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals
 
@@ -88,7 +88,8 @@ def _add_connection(p: argparse.ArgumentParser, host_flag: str, port_flag: str, 
     p.add_argument(*_flag(host_flag), dest="host", default=host_default,
                    help=f"policy server host, or HOST:PORT (or tcp://HOST:PORT, as the server prints it; default "
                         f"{host_default})")
-    p.add_argument(*_flag(port_flag), dest="port", type=int, default=5555, help="policy server port (default 5555)")
+    p.add_argument(*_flag(port_flag), dest="port", type=port_number(f"--{port_flag}"), default=5555,
+                   help="policy server port, in the digits 0-9 (default 5555)")
     from . import connection
 
     p.add_argument(*_flag("api-token"), default=os.environ.get("GR00T_API_TOKEN"), help="server API token (default $GR00T_API_TOKEN)")
@@ -251,9 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "server pins the new chunk's first K steps to them (K = 1 + the policy latency in env steps, at "
                         "most the steps a prefetch overlaps, --n-action-steps // 2 + 1, and the policy's action horizon: a "
                         "larger K is refused before any episode; needs a Gr00tPolicy gr00t-server, or one whose policy's "
-                        "work_limits() report 'rtc': True; another server or policy, or a replay, is not known to apply it "
-                        "(an older gr00t-server may): warned, and recorded under settings_not_applied in results.json "
-                        "and run.json)")
+                        "work_limits() report 'rtc': True; another server or policy is not known to apply it (an older "
+                        "gr00t-server may): warned, and recorded under settings_not_applied in results.json and "
+                        "run.json; a replay refuses --client-chunking async, and so this flag, before any episode)")
 
     rollout_parser = p
 

@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 
 # Only light modules here (gr00t_client loads its API on first use): main() makes SIGTERM and SIGHUP stop a command
 # before the heavy imports (numpy, ZeroMQ, torch).
-from gr00t_client.cli_flags import CommandParser, add_log_level, user_path
+from gr00t_client.cli_flags import CommandParser, add_log_level, port_number, user_path
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals
 
@@ -70,7 +70,7 @@ def _add_serve_parser(subparsers: Any) -> None:
     p.add_argument(*_flag("replay-cache-mb"), type=float, default=None,
                    help="replay: MiB of episodes' actions kept read, least recently used dropped first (default 256)")
     p.add_argument(*_flag("host"), default="127.0.0.1", help="bind address (default 127.0.0.1; 0.0.0.0 for other machines)")
-    p.add_argument(*_flag("port"), type=int, default=5555, help="port (default 5555)")
+    p.add_argument(*_flag("port"), type=port_number("--port"), default=5555, help="port (default 5555)")
     _bool_flag(p, "strict", True, "validate observations and actions (default on)")
     _bool_flag(p, "use-sim-policy-wrapper", False, "accept flat video.*/state.* keys and return action.* keys")
     p.add_argument(*_flag("api-token"), default=os.environ.get("GR00T_API_TOKEN"),
@@ -109,7 +109,7 @@ def _add_serve_parser(subparsers: Any) -> None:
                         "socket thread while the policy worker is idle and no other request waits (a call there holds "
                         "the socket thread), saving two thread hand-offs (about 0.2 ms) per request for cheap policies;"
                         f" 0 turns this off (default {DEFAULT_INLINE_BELOW_MS:g})")
-    p.add_argument(*_flag("metrics-port"), type=int, default=None, metavar="PORT",
+    p.add_argument(*_flag("metrics-port"), type=port_number("--metrics-port"), default=None, metavar="PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (needs gr00t-server[metrics]; 0: a free port, "
                         "printed at start; default off). The endpoint has no authentication, whatever --api-token or "
                         "CURVE say: on a --host other than loopback, firewall the port")

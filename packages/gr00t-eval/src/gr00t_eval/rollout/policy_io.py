@@ -80,10 +80,9 @@ class HorizonSpec:
         if not 1 <= rtc_frozen_steps <= self.action_horizon:
             raise ValueError(f"rtc_frozen_steps must be in [1, {self.action_horizon}] (the policy's action horizon), "
                              f"got {rtc_frozen_steps}")
-        largest = ActionChunker.largest_rtc_overlap(min(n_action_steps, self.action_horizon))
-        if rtc_frozen_steps > largest:
-            raise ValueError(f"rtc_frozen_steps must be at most {largest}, the most steps a prefetch overlaps with "
-                             f"n_action_steps {n_action_steps} (n_action_steps // 2 + 1), got {rtc_frozen_steps}")
+        problem = ActionChunker.rtc_frozen_steps_problem(rtc_frozen_steps, min(n_action_steps, self.action_horizon))
+        if problem is not None:  # the chunker's own refusal, in its words
+            raise ValueError(problem)
 
 
 class ObservationMapper:

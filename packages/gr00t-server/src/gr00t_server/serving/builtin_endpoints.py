@@ -10,7 +10,7 @@ import time
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from gr00t_client.client import PROTOCOL_VERSION
-from gr00t_client.client_errors import UPSTREAM_FAILED
+from gr00t_client.client_errors import SHUTTING_DOWN, UPSTREAM_FAILED, ClientClosedError
 from gr00t_client.client_messages import OPTIONS_NOT_APPLIED_FIELD, UPSTREAM_CHANGES_FIELD
 from gr00t_client.client_server_facts import options_not_applied
 from gr00t_client.policy import NonFiniteActionError, as_modality_configs
@@ -156,11 +156,24 @@ class BuiltinEndpoints:
         if self._worker is None or not self._worker.is_current_thread():  # the socket thread never asks upstream
             raise not_known
         # a question of the relay's own, as at start: a robot's long budget (or a stop) never waits out a dead upstream
-        facts = self._relayed(lambda: self._learn_upstream_facts(policy=policy), self._current,
-                              within_ms=FACTS_AT_START_TIMEOUT_MS)
+        try:
+            facts = self._relayed(lambda: self._learn_upstream_facts(policy=policy), self._current,
+                                  within_ms=FACTS_AT_START_TIMEOUT_MS)
+        except UpstreamFailure as failure:  # not answered: the socket thread's words, and why, not the client's alone
+            why = str(failure).replace(f"{UPSTREAM_FAILED} at {upstream.address}: ", "", 1)
+            refusal = UpstreamFailure(f"{not_known} ({why})")
+            refusal.refused_before_call = getattr(failure, "refused_before_call", False)  # type: ignore[attr-defined]
+            raise refusal from None
         if self.policy is not policy:  # swapped meanwhile: these are the old upstream's facts
             raise not_known
         return facts
+
+    def interrupt_upstream_calls(self) -> None:
+        """At a stop, end a relay's upstream call in flight within CLOSE_POLL_MS (its robot is told the server is
+        shutting down), rather than letting it wait out the robot's budget on an upstream that is down."""
+        upstream = self._upstream
+        if upstream is not None:
+            upstream.interrupt_calls()
 
     def _relayed(self, call: Callable[[], Any], request: Request, within_ms: Optional[int] = None) -> Any:
         """`call()` of a relay's policy: the upstream re-checked for a session-keeping policy after its client
@@ -177,9 +190,15 @@ class BuiltinEndpoints:
                                    f"{(request.deadline - now) * 1000.0:.0f} ms away when it was to be passed to the "
                                    f"upstream at {upstream.address}")
             raise self._relay_refusal(request, refusal, "expired", called=False)
+        facts_at = at
+        if self._upstream_facts is None:  # a question of the relay's own, as for info: never the robot's whole budget
+            facts_at = min(at if at is not None else float("inf"), now + FACTS_AT_START_TIMEOUT_MS / 1000.0)
         called = False
         try:
-            with upstream.deadline(at):
+            if self._loop.stopping:  # a stop's interrupt_upstream_calls may have come before this call began
+                raise RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' was not passed to the upstream at "
+                                   f"{upstream.address}")
+            with upstream.deadline(facts_at):
                 # learns what a reconnection forgot (whoever answers now may keep sessions), and the configs a relay
                 # started before its upstream never learnt
                 self._learn_upstream_facts()
@@ -190,6 +209,10 @@ class BuiltinEndpoints:
             with upstream.deadline(at):
                 return call()
         except BaseException as exc:
+            if isinstance(exc, ClientClosedError) and self._loop.stopping:  # ended by interrupt_upstream_calls
+                stopped = RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' was ended before the upstream at "
+                                       f"{upstream.address} answered")
+                raise self._relay_refusal(request, stopped, None, called) from None
             relayed = self._relay_refusal(request, upstream_error(upstream, exc) or exc, upstream_outcome(exc), called)
             if relayed is exc:
                 raise

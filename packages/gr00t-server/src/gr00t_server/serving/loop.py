@@ -73,6 +73,7 @@ LATE_GRACE_S = 0.005
 # of the clients those replies answered: a control loop sends again about 1 ms after its reply, and the socket closed
 # under that request left it to time out (15 s) or lost (ReplyLostError). It ends as soon as each of them has sent.
 STOP_GRACE_S = 0.2
+RELAY_STOP_WAIT_S = 3.0  # a stopping relay's upstream call in flight is ended after this (shutdown_timeout_s if less)
 
 
 class RequestLoop(Gathering):
@@ -538,7 +539,12 @@ class RequestLoop(Gathering):
         timeout_s = self._server.shutdown_timeout_s
         deadline = time.monotonic() + timeout_s
         transport = self._server._transport
+        # A relay's upstream call in flight gets RELAY_STOP_WAIT_S to be answered (as a policy call gets the whole
+        # timeout), then ends, rather than waiting out its robot's budget on an upstream that is down
+        interrupt_at = time.monotonic() + min(timeout_s, RELAY_STOP_WAIT_S)
         while worker.alive:
+            if self.stop_waiting or time.monotonic() >= interrupt_at:  # again each turn: a call begun since too
+                self._server.interrupt_upstream_calls()
             left_s = deadline - time.monotonic()
             given_up = self.stop_waiting and worker.running_a_call  # an idle worker is ending anyway: join it
             if left_s <= 0 or given_up:
@@ -551,7 +557,8 @@ class RequestLoop(Gathering):
                     self.reply_error(request, RequestError(self.not_finished_message(request)))
                 break
             if transport is None:
-                worker.join(left_s)
+                until_interrupt_s = interrupt_at - time.monotonic()
+                worker.join(max(0.0, min(left_s, until_interrupt_s) if until_interrupt_s > 0 else left_s))
                 continue
             inbound, woken = transport.poll(min(self._server.poll_interval_ms, int(left_s * 1000.0) + 1))
             if woken:
