@@ -293,3 +293,34 @@ def test_a_default_sigterm_held_during_a_block_ends_the_process_at_its_end():
     assert child.returncode == -signal.SIGTERM, child.stderr
     assert child.stdout == "block finished\n"
 
+
+
+# A program's handlers (as gr00t-eval's main), a held block, then the handlers left: their qualified names.
+HELD_BLOCK_CHILD = textwrap.dedent("""
+    import signal
+    from gr00t_client.cli_signals import ProgramStopSignals, stop_signals_held
+    program = ProgramStopSignals()
+    try:
+        with stop_signals_held():
+            pass
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        print(signum.name, getattr(signal.getsignal(signum), "__qualname__", signal.getsignal(signum)), flush=True)
+""")
+
+
+@pytest.mark.parametrize("when, text, signum", [
+    ("as hold took SIGINT", "hold", signal.SIGTERM),
+    ("as SIGINT's handler was put back", "default_int_handler", signal.SIGINT),
+], ids=["install", "restore"])
+def test_a_stop_while_a_held_block_swaps_its_handlers_acts_and_leaves_none_of_them_behind(when, text, signum):
+    """A stop between two of signals_handled_by's signal.signal calls raised out of the loop half-way: a dead `hold`
+    stayed installed, and that signal was swallowed for the rest of the process."""
+    from stop_signals import stop_at_call
+
+    child = subprocess.run([sys.executable, "-c", stop_at_call("signal:signal", text, signum) + HELD_BLOCK_CHILD],
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == 0, child.stderr
+    handlers = "SIGINT default_int_handler\nSIGTERM raise_interrupt\nSIGHUP raise_interrupt\n"
+    assert child.stdout == "stopped\n" + handlers, when

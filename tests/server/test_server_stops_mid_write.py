@@ -110,3 +110,23 @@ def test_a_second_stop_right_after_the_swap_says_the_folder_holds_the_new_export
     assert result.returncode == 130, result.stderr
     assert result.stderr.endswith(f"gr00t-server export: interrupted; {output} holds the new export\n")
     assert (output / "export_metadata.json").is_file()
+
+
+def test_ctrl_c_once_the_checkpoint_marker_says_complete_leaves_exit_0(tmp_path):
+    """A Ctrl-C as the writer logged the complete checkpoint (its marker written, before the command ignored stops)
+    ended with 'interrupted' and 130 for a whole, usable checkpoint."""
+    result = run_program(stop_at_call("logging:Logger.info", "test checkpoint for", signal.SIGINT, after=False),
+                         "make-test-checkpoint", str(tmp_path / "ckpt"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"Wrote tiny test checkpoint to {tmp_path / 'ckpt'}\n"
+    assert json.loads((tmp_path / "ckpt" / "gr00t_test_checkpoint.json").read_text())["complete"] is True
+
+
+def test_ctrl_c_before_an_earlier_checkpoint_is_replaced_still_says_interrupted(tmp_path):
+    """The earlier checkpoint's marker says complete too: a stop before the new one is written is no finished run."""
+    output = tmp_path / "ckpt"
+    assert run_program("", "make-test-checkpoint", str(output)).returncode == 0
+    result = run_program(stop_at_call("pathlib:Path.unlink", str(output), signal.SIGINT, after=False),
+                         "make-test-checkpoint", str(output), "--seed", "1")
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == "gr00t-server make-test-checkpoint: interrupted\n"

@@ -29,6 +29,14 @@ def interrupting_signals() -> Tuple[int, ...]:
     return (signal.SIGTERM, hangup) if keep else (signal.SIGTERM,)
 
 
+def interrupted_line(program: str, command: Optional[str], exc: BaseException) -> str:
+    """The one line of a command that a stop ended: 'PROGRAM COMMAND: interrupted', then what its files hold now where
+    the command said so in the KeyboardInterrupt's `outcome` (keygen's new pair, export's folder, merge's pair)."""
+    outcome = getattr(exc, "outcome", "")
+    return (f"{program} {command}: interrupted" if command else f"{program}: interrupted") + (
+        f"; {outcome}" if outcome else "")
+
+
 # The handlers signals_handled_by has installed and not yet taken back (a SIGHUP handled by one of them is ours).
 _installed: List[Callable[[int, Any], None]] = []
 
@@ -52,23 +60,56 @@ def signals_handled_by(handler: Callable[[int, Any], None], signals: Sequence[in
     """Handle `signals` with `handler` while the block runs, then restore the handlers before (off the main thread,
     where Python cannot handle signals, the block runs with them as they were). A signal this process ignores (a
     command started with `&` by a script, or by a supervisor that shields it) stays ignored."""
-    previous = {}
-    try:
+    previous: Dict[int, Any] = {}
+
+    def install() -> None:  # run again whole after a stop half-way: the handlers before are recorded once
         for signum in signals:
-            if signal.getsignal(signum) is not signal.SIG_IGN:
-                previous[signum] = signal.signal(signum, handler)
-    except ValueError:  # not the main thread
-        pass
-    _installed.append(handler)
-    try:
-        yield
-    finally:
-        _installed.remove(handler)
+            if signum not in previous:
+                before = signal.getsignal(signum)
+                if before is signal.SIG_IGN:
+                    continue
+                previous[signum] = before
+            signal.signal(signum, handler)
+
+    def restore() -> None:
         for signum, before in previous.items():
             if _ignored_until_exit:  # the command's results are saved: they stay ignored until its main() returns
                 break
             # None: a handler installed from C, which Python cannot reinstall; the default is closest
             signal.signal(signum, signal.SIG_DFL if before is None else before)
+
+    _installed.append(handler)
+    try:
+        if threading.current_thread() is threading.main_thread():
+            _swapped_with_signals_blocked(signals, install)
+        yield
+    finally:
+        _installed.remove(handler)
+        _swapped_with_signals_blocked(tuple(previous), restore)
+
+
+def _swapped_with_signals_blocked(signals: Sequence[int], swap: Callable[[], None], drop_stops: bool = False) -> None:
+    """Run `swap` (handlers changed one signal at a time; safe to run again) with `signals` blocked, as
+    ProgramStopSignals.finish does: a stop between two changes raised KeyboardInterrupt half-way, leaving a handler
+    nobody reads installed (that signal swallowed from then on). Blocking covers this thread only, and a stop tripped
+    just before runs its handler here: `swap` then runs again until whole, and that stop is raised after it (dropped
+    with `drop_stops`). Blocked ones act once all are changed."""
+    blocking = bool(signals) and hasattr(signal, "pthread_sigmask")  # not on Windows
+    stopped: Optional[BaseException] = None
+    try:
+        while True:
+            try:
+                if blocking:
+                    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+                swap()
+                break
+            except KeyboardInterrupt as exc:
+                stopped = stopped or exc
+    finally:
+        if blocking:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+    if stopped is not None and not drop_stops:
+        raise stopped
 
 
 # The ProgramStopSignals of the command lines whose main() runs now (innermost last), and whether the running one's
@@ -85,8 +126,14 @@ def stop_signals_ignored_until_exit() -> None:
     global _ignored_until_exit
     if not _programs or threading.current_thread() is not threading.main_thread():
         return
-    for signum in (signal.SIGINT, *interrupting_signals()):
-        signal.signal(signum, signal.SIG_IGN)
+    stop_signals = (signal.SIGINT, *interrupting_signals())
+
+    def ignore() -> None:
+        for signum in stop_signals:
+            signal.signal(signum, signal.SIG_IGN)
+
+    # a stop tripped before they were blocked is ignored as the later ones are (blocked ones are dropped once ignored)
+    _swapped_with_signals_blocked(stop_signals, ignore, drop_stops=True)
     _ignored_until_exit = True
 
 

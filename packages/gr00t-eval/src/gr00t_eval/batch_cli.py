@@ -65,8 +65,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise SystemExit(_storage_stop_message(exc, path, output_dir)) from None
     except KeyboardInterrupt:
         outcome = "interrupted"
-        batch = json.loads(path.read_text())
         stop_signals_ignored_until_exit()
+        if not path.is_file():  # before run_batch's first write of it: no job ran; --resume runs them from jobs.json
+            print(f"INTERRUPTED: before any job ran (continue with: gr00t-eval batch --resume "
+                  f"{command_path(output_dir)})")
+            return INTERRUPTED_EXIT_CODE
+        batch = json.loads(path.read_text())
         if batch.get("status") != "complete":  # else it came after the last write, as run_batch returned: all done
             print(format_table(batch))
             print(f"INTERRUPTED: {batch['n_pending']} jobs pending (continue with: "
@@ -122,11 +126,12 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
     # No batch_results.json beside jobs.json and the batch's claim: the batch stopped before its first write of it (a
     # full disk, a kill), before any job started, and resumes from jobs.json alone.
     started = results_path.is_file() or (output_dir / BATCH_CLAIM_FILENAME).is_file()
+    # First: a batch still running before its jobs.json copy (a long --overwrite) has not stopped
+    refuse_live_claim(output_dir, BATCH_CLAIM_FILENAME, flag="--resume")
     if started and not results_path.is_file() and not jobs_path.is_file():  # stopped before copying its job file
         raise UsageError(_stopped_before_copy(output_dir))
     if not started or not jobs_path.is_file():
         raise UsageError(f"--resume {output_dir}: no {BATCH_RESULTS_FILENAME} and jobs.json there (is it a batch --output-dir?)")
-    refuse_live_claim(output_dir, BATCH_CLAIM_FILENAME, flag="--resume")
     start_dir, home_dir = _recorded(output_dir, START_DIR_KEY), _recorded(output_dir, HOME_DIR_KEY)
     if not results_path.is_file():
         previous: Any = {"jobs": []}

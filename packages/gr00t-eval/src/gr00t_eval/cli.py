@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Sequence, Set
 # first half second), which a stop during them otherwise ended with a traceback or silently (143, 129).
 from gr00t_client.cli_flags import CommandParser, add_log_level, port_number, subcommand_parsers
 from gr00t_client.cli_flags import flag as _flag
-from gr00t_client.cli_signals import ProgramStopSignals
+from gr00t_client.cli_signals import ProgramStopSignals, interrupted_line
 
 from .cli_errors import USAGE_EXIT_CODE, UsageError, _unknown_tag, path_flag
 from .extras import MissingExtraError, require
@@ -385,8 +385,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s:%(name)s:%(message)s",
                             handlers=[BarAwareHandler(sys.stderr)])
         return _run_command(args)
-    except KeyboardInterrupt:
-        print(f"gr00t-eval {command}: interrupted" if command else "gr00t-eval: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(interrupted_line("gr00t-eval", command, exc), file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except SystemExit as exc:  # `raise SystemExit("error: ...")` in a command: the same one line and exit 2
         if args is None:  # argparse's own: --help, --version, a usage error

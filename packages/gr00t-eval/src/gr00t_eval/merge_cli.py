@@ -314,6 +314,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
                          f"{output.name} and {EVAL_INFO_FILENAME} were not written (any from an earlier merge are left "
                          f"as they were); the shard results files are unchanged. {storage_advice(exc)}, then run the "
                          "merge again") from None
+    except KeyboardInterrupt as exc:  # held until both were renamed: the earlier merge's pair is gone
+        if getattr(exc, "renamed", None):
+            pair = f"{output} and {output.parent / EVAL_INFO_FILENAME}"
+            exc.outcome = f"{pair} hold the new merge"  # type: ignore[attr-defined]
+        raise
     print(format_summary(merged))
     print_errored_episodes(merged)
     n_errors = print_incomplete(merged)

@@ -61,9 +61,10 @@ def write_results_together(files: Sequence[Tuple[Union[str, Path], Mapping[str, 
     or none: each is written aside first, and they are renamed into place only once every one was written. A full
     disk thus leaves every file as it was (an earlier attempt's pair, or none), never a new one beside an old one; a
     rename failing after another succeeded (renames take no space: rare) deletes the older files not yet replaced.
-    A Ctrl-C, SIGTERM or SIGHUP during the renames acts once they are done. The OSError names the file that could not
-    be written."""
+    A Ctrl-C, SIGTERM or SIGHUP during the renames acts once they are done: its KeyboardInterrupt's `renamed` then
+    lists the files, all new. The OSError names the file that could not be written."""
     staged: List[Tuple[Path, Path]] = []
+    renamed = False
     try:
         for target, results in files:
             path = Path(target)
@@ -83,9 +84,12 @@ def write_results_together(files: Sequence[Tuple[Union[str, Path], Mapping[str, 
                         for _tmp, stale in staged[done:]:
                             remove_quietly(stale)
                     raise _naming(exc, path) from exc
-    except BaseException:
+            renamed = True
+    except BaseException as exc:
         for tmp, _path in staged:
             remove_quietly(tmp)  # a full disk: no empty temporary left beside the results
+        if renamed and isinstance(exc, KeyboardInterrupt):  # held during the renames: the caller's line says so
+            exc.renamed = [path for _tmp, path in staged]  # type: ignore[attr-defined]
         raise
     return [path for _tmp, path in staged]
 

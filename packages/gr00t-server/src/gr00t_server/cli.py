@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 # before the heavy imports (numpy, ZeroMQ, torch).
 from gr00t_client.cli_flags import CommandParser, add_log_level, port_number, user_path
 from gr00t_client.cli_flags import flag as _flag
-from gr00t_client.cli_signals import ProgramStopSignals
+from gr00t_client.cli_signals import ProgramStopSignals, interrupted_line
 
 from .cli_errors import CliError
 from .file_commands_cli import keygen, make_test_checkpoint
@@ -270,9 +270,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except CliError as exc:
         return _report_mistake(command, str(exc), exc, args)
     except KeyboardInterrupt as exc:  # Ctrl-C before the server was up (a running server stops cleanly and exits 0)
-        outcome = getattr(exc, "outcome", "")  # an export's: what its folder holds now
-        print((f"gr00t-server {command}: interrupted" if command else "gr00t-server: interrupted")
-              + (f"; {outcome}" if outcome else ""), file=sys.stderr)
+        print(interrupted_line("gr00t-server", command, exc), file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     except Exception as exc:
         if not _is_user_error(exc):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 from pathlib import Path
+from typing import Callable, Optional
 
 from gr00t_client.cli_signals import stop_signals_ignored_until_exit
 
@@ -89,8 +91,8 @@ def make_test_checkpoint(args: argparse.Namespace) -> int:
             raise CliError(f"--embodiment-tag {args.embodiment_tag} needs --embodiment or --dataset-path (the key set "
                            f"to write under that tag), e.g. --embodiment new_embodiment --embodiment-tag "
                            f"{args.embodiment_tag}; without them the checkpoint holds new_embodiment and libero_sim")
-        path = write_checkpoint(args.output, size=args.size, seed=args.seed, overwrite=args.overwrite)
-        stop_signals_ignored_until_exit()  # complete: a stop while it is reported must not say "interrupted"
+        path = _completed_checkpoint(args.output, lambda: write_checkpoint(args.output, size=args.size, seed=args.seed,
+                                                                           overwrite=args.overwrite))
         print(f"Wrote {args.size} test checkpoint to {path or args.output}")
         return 0
     tag = (args.embodiment_tag or "new_embodiment").strip()
@@ -98,9 +100,41 @@ def make_test_checkpoint(args: argparse.Namespace) -> int:
         tag = EmbodimentTag.resolve(tag).value
     except ValueError:
         pass  # a tag of the user's own robot stays as written
-    path = write_checkpoint(args.output, size=args.size, seed=args.seed, embodiment_tags=[tag],
-                            embodiment=args.embodiment, dataset_path=args.dataset_path, overwrite=args.overwrite)
-    stop_signals_ignored_until_exit()
+    path = _completed_checkpoint(args.output, lambda: write_checkpoint(
+        args.output, size=args.size, seed=args.seed, embodiment_tags=[tag], embodiment=args.embodiment,
+        dataset_path=args.dataset_path, overwrite=args.overwrite))
     source = f"dataset {args.dataset_path}" if args.dataset_path else f"the {args.embodiment} env"
     print(f"Wrote {args.size} test checkpoint to {path} (tag {tag}, keys of {source})")
     return 0
+
+
+def _completed_checkpoint(output: str, write: Callable[[], Path]) -> Path:
+    """`write()` the checkpoint into `output`, then ignore stops: complete, a stop while it is reported must not say
+    "interrupted". One that came once this run's marker said complete (as the writer logged it) is ignored as well:
+    it ended a whole, usable checkpoint with "interrupted" and 130."""
+    from .test_checkpoint import TEST_CHECKPOINT_MARKER
+
+    marker = Path(os.path.expanduser(output)) / TEST_CHECKPOINT_MARKER
+    earlier = _modified(marker)  # an earlier checkpoint's marker says complete too, until this run replaces it
+    try:
+        path = write()
+    except KeyboardInterrupt:
+        if _modified(marker) == earlier or not _says_complete(marker):
+            raise
+        path = marker.parent
+    stop_signals_ignored_until_exit()
+    return path
+
+
+def _modified(path: Path) -> Optional[int]:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _says_complete(marker: Path) -> bool:
+    try:
+        return json.loads(marker.read_text()).get("complete") is True
+    except (OSError, ValueError, AttributeError):
+        return False
