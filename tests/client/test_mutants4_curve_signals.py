@@ -324,3 +324,18 @@ def test_a_stop_while_a_held_block_swaps_its_handlers_acts_and_leaves_none_of_th
     assert child.returncode == 0, child.stderr
     handlers = "SIGINT default_int_handler\nSIGTERM raise_interrupt\nSIGHUP raise_interrupt\n"
     assert child.stdout == "stopped\n" + handlers, when
+
+
+def test_an_inner_held_block_whose_exit_a_stop_cut_short_puts_back_nothing_when_it_is_collected():
+    """A burst of stops can raise in contextlib's exit of an inner block before its generator resumes: its finally then
+    ran at garbage collection, after the outer block had restored the handlers, and put back the outer block's dead
+    `hold` (later SIGTERM and SIGHUP swallowed)."""
+    import gc
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    inner = sigterm_as_interrupt()
+    with stop_signals_held():
+        inner.__enter__()  # its exit never runs: as if a stop was raised between the block's end and its finally
+    del inner
+    gc.collect()
+    assert {signum: signal.getsignal(signum) for signum in before} == before

@@ -39,6 +39,9 @@ def interrupted_line(program: str, command: Optional[str], exc: BaseException) -
 
 # The handlers signals_handled_by has installed and not yet taken back (a SIGHUP handled by one of them is ours).
 _installed: List[Callable[[int, Any], None]] = []
+# The main thread's blocks of signals_handled_by, outermost first, each [handler, ended]: a burst of stops can cut an
+# inner block's exit short (its generator's finally then runs late, at garbage collection)
+_main_blocks: List[list] = []
 
 
 def _is_ours(handler: Any) -> bool:
@@ -78,14 +81,28 @@ def signals_handled_by(handler: Callable[[int, Any], None], signals: Sequence[in
             # None: a handler installed from C, which Python cannot reinstall; the default is closest
             signal.signal(signum, signal.SIG_DFL if before is None else before)
 
+    main = threading.current_thread() is threading.main_thread()
+    block = [handler, False]  # [handler, ended by an outer block's restore]
     _installed.append(handler)
+    if main:
+        _main_blocks.append(block)
     try:
-        if threading.current_thread() is threading.main_thread():
+        if main:
             _swapped_with_signals_blocked(signals, install)
         yield
     finally:
-        _installed.remove(handler)
-        _swapped_with_signals_blocked(tuple(previous), restore)
+        if block[1]:  # an outer block restored past this one, whose own exit a stop cut short: nothing of it is left
+            pass
+        else:
+            if main:  # blocks inside this one whose exits a stop cut short: their late finally (at GC) must not
+                # put back handlers of blocks that have ended; this block's restore puts back what was before them all
+                position = _main_blocks.index(block)
+                for inner in _main_blocks[position + 1:]:
+                    inner[1] = True
+                    _installed.remove(inner[0])
+                del _main_blocks[position:]
+            _installed.remove(handler)
+            _swapped_with_signals_blocked(tuple(previous), restore)
 
 
 def _swapped_with_signals_blocked(signals: Sequence[int], swap: Callable[[], None], drop_stops: bool = False) -> None:
