@@ -407,8 +407,10 @@ def test_a_robots_get_action_to_a_relay_that_knows_nothing_asks_the_upstreams_fa
     assert int(budget.group(1)) <= 400, str(failed.value)
 
 
-def test_a_relays_stop_ends_its_upstream_call_in_flight_and_tells_the_robot_it_is_shutting_down():
-    """The relay's worker waited out the robot's budget on the upstream, and the stop with it."""
+def _relay_stopped_with_a_call_upstream(answer_after_s=None):
+    """A relay stopped while its upstream holds a robot's get_action (answered `answer_after_s` after the stop, or
+    not before the stop ends): (what the robot got: {"action"} or {"error"}, the upstream's port, whether the relay's
+    run() is still alive, the upstream's info asked through the relay's client after the stop)."""
     gate = threading.Event()
     upstream_policy = Checkpoint(gate=gate)
     outcome: dict = {}
@@ -430,50 +432,33 @@ def test_a_relays_stop_ends_its_upstream_call_in_flight_and_tells_the_robot_it_i
                 calling.start()
                 assert upstream_policy.entered.wait(10)  # the upstream holds the forwarded call
                 relay.stop()
+                if answer_after_s is not None:
+                    threading.Timer(answer_after_s, gate.set).start()
                 calling.join(20)
                 serving.join(20)
             after_stop = upstream_client.get_server_info()  # the relay's stop left the caller's client open
     finally:
         gate.set()
+    return outcome, upstream.port, serving.is_alive(), after_stop
+
+
+def test_a_relays_stop_ends_its_upstream_call_in_flight_and_tells_the_robot_it_is_shutting_down():
+    """The relay's worker waited out the robot's budget on the upstream, and the stop with it."""
+    outcome, upstream_port, serving, after_stop = _relay_stopped_with_a_call_upstream()
     error = outcome.get("error")
     assert isinstance(error, ServerStoppingError), f"expected ServerStoppingError, got {outcome!r}"
-    assert (f"server is shutting down; 'get_action' was ended before the upstream at tcp://127.0.0.1:{upstream.port} "
+    assert (f"server is shutting down; 'get_action' was ended before the upstream at tcp://127.0.0.1:{upstream_port} "
             "answered") in str(error), str(error)
-    assert not serving.is_alive()
+    assert not serving
     assert after_stop["policy_identity"] == {"kind": "test", "checkpoint": "A"}
 
 
 def test_a_relays_stop_lets_an_upstream_call_answered_within_its_wait_reach_the_robot():
     """A stop ended a healthy upstream's call at once: its robot was told "shutting down" for an action that came 0.3 s
     later. A normal server lets a running call finish; a relay gives its upstream RELAY_STOP_WAIT_S."""
-    gate = threading.Event()
-    upstream_policy = Checkpoint(gate=gate)
-    outcome: dict = {}
-    try:
-        with running_server(upstream_policy) as upstream, \
-                PolicyClient("127.0.0.1", upstream.port, timeout_ms=60_000) as upstream_client:
-            relay = PolicyServer(upstream_client, host="127.0.0.1", port=0, shutdown_timeout_s=8)
-            relay.start()
-            serving = threading.Thread(target=relay.run, daemon=True)
-            serving.start()
-            with PolicyClient("127.0.0.1", relay.port, timeout_ms=30_000) as robot:
-                def call():
-                    try:
-                        outcome["action"] = robot.get_action(observation())
-                    except Exception as exc:  # noqa: BLE001 - what the robot is told
-                        outcome["error"] = exc
-
-                calling = threading.Thread(target=call, daemon=True)
-                calling.start()
-                assert upstream_policy.entered.wait(10)
-                relay.stop()
-                threading.Timer(0.3, gate.set).start()  # the upstream answers well within the relay's wait
-                calling.join(20)
-                serving.join(20)
-    finally:
-        gate.set()
+    outcome, _port, serving, _info = _relay_stopped_with_a_call_upstream(answer_after_s=0.3)
     assert "error" not in outcome, outcome
-    assert "action" in outcome and not serving.is_alive()
+    assert "action" in outcome and not serving
 
 
 def test_a_policy_swap_while_the_worker_learns_the_old_upstreams_facts_is_refused_to_be_asked_again():
