@@ -68,12 +68,13 @@ class ServerFacts:
 
     def _warn_ignored_options(self, options: Mapping[str, Any], relayed: bool = False) -> None:
         """Warn once per server for each get_action option that a server other than a gr00t-server ignores; `relayed`:
-        named so by the get_action info of a relay (a gr00t-server) whose upstream is such a server."""
+        named so by the get_action info of a relay (a gr00t-server) whose upstream, or one further up its chain, is
+        such a server."""
         ignored = [name for name in options_not_applied(options) if name not in self._warned_ignored_options]
         if not ignored:
             return
         self._warned_ignored_options.update(ignored)
-        where = (f"the relay at {self.address} forwards them to an upstream that" if relayed
+        where = (f"the relay at {self.address} forwards them to a server up its chain that" if relayed
                  else f"the server at {self.address}")
         logger.warning("get_action option%s %s not applied: %s did not answer get_server_info as a gr00t-server does, "
                        "and a reference server's policy reads no option but %s; serve the model with gr00t-server to "
