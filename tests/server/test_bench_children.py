@@ -116,8 +116,8 @@ def test_sigterm_leaves_no_child_of_the_benchmark_running(script, args, children
     try:
         assert _wait_until(lambda: len(_session_members(proc.pid)) >= children, 120), "its servers never started"
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
-        assert proc.returncode == 128 + signal.SIGTERM
+        stderr = proc.communicate(timeout=60)[1]
+        assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]  # its traceback, where it ended otherwise
         assert _wait_until(lambda: not _session_members(proc.pid), 15), _session_members(proc.pid)
     finally:
         _kill_session(proc)
@@ -218,10 +218,10 @@ def test_sigterm_while_wire_latency_starts_its_servers_leaves_no_curve_key_behin
     try:
         assert _wait_until(lambda: list(tmp_path.glob("wire-latency-keys-*")), 60), "the key folder never appeared"
         proc.send_signal(signal.SIGTERM)  # the servers are still starting
-        proc.communicate(timeout=60)
+        stderr = proc.communicate(timeout=60)[1]
     finally:
         _kill_session(proc)
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]  # its traceback, where it ended otherwise
     assert not list(tmp_path.glob("wire-latency-keys-*"))
 
 
@@ -240,8 +240,8 @@ def test_sigterm_removes_the_temporary_folder_holding_the_checkpoint(tmp_path, s
         assert _wait_until(lambda: list(tmp_path.rglob("*.safetensors")) or proc.poll() is not None, 120)
         assert proc.poll() is None, proc.communicate()[1]
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+        stderr = proc.communicate(timeout=60)[1]
     finally:
         _kill_session(proc)
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]  # its traceback, where it ended otherwise
     assert [path.name for path in tmp_path.iterdir() if not path.name.startswith("torchinductor")] == []
