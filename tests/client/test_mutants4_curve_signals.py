@@ -339,3 +339,14 @@ def test_an_inner_held_block_whose_exit_a_stop_cut_short_puts_back_nothing_when_
     del inner
     gc.collect()
     assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+def test_nested_blocks_of_one_handler_each_put_back_their_own():
+    """Blocks were found by ==: the inner of two sigterm_as_interrupt blocks took the outer's place, and the outer's
+    exit raised ValueError (every Ray run's shard loop nests them)."""
+    before = signal.getsignal(signal.SIGTERM)
+    with sigterm_as_interrupt():
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is raise_interrupt
+        assert signal.getsignal(signal.SIGTERM) is raise_interrupt
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -39,9 +39,18 @@ def interrupted_line(program: str, command: Optional[str], exc: BaseException) -
 
 # The handlers signals_handled_by has installed and not yet taken back (a SIGHUP handled by one of them is ours).
 _installed: List[Callable[[int, Any], None]] = []
-# The main thread's blocks of signals_handled_by, outermost first, each [handler, ended]: a burst of stops can cut an
-# inner block's exit short (its generator's finally then runs late, at garbage collection)
-_main_blocks: List[list] = []
+class _Block:
+    """One block of signals_handled_by on the main thread: its handler, and whether an outer block's restore ended it
+    (a burst of stops can cut an inner block's exit short: its generator's finally then runs late, at garbage
+    collection). Found by identity: two blocks of one handler are two blocks."""
+
+    __slots__ = ("handler", "ended")
+
+    def __init__(self, handler: Callable[[int, Any], None]) -> None:
+        self.handler, self.ended = handler, False
+
+
+_main_blocks: List[_Block] = []  # the main thread's blocks of signals_handled_by, outermost first
 
 
 def _is_ours(handler: Any) -> bool:
@@ -82,7 +91,7 @@ def signals_handled_by(handler: Callable[[int, Any], None], signals: Sequence[in
             signal.signal(signum, signal.SIG_DFL if before is None else before)
 
     main = threading.current_thread() is threading.main_thread()
-    block = [handler, False]  # [handler, ended by an outer block's restore]
+    block = _Block(handler)
     _installed.append(handler)
     if main:
         _main_blocks.append(block)
@@ -91,15 +100,15 @@ def signals_handled_by(handler: Callable[[int, Any], None], signals: Sequence[in
             _swapped_with_signals_blocked(signals, install)
         yield
     finally:
-        if block[1]:  # an outer block restored past this one, whose own exit a stop cut short: nothing of it is left
+        if block.ended:  # an outer block restored past this one, whose own exit a stop cut short: nothing of it is left
             pass
         else:
             if main:  # blocks inside this one whose exits a stop cut short: their late finally (at GC) must not
                 # put back handlers of blocks that have ended; this block's restore puts back what was before them all
-                position = _main_blocks.index(block)
+                position = next(index for index, held in enumerate(_main_blocks) if held is block)  # not by ==
                 for inner in _main_blocks[position + 1:]:
-                    inner[1] = True
-                    _installed.remove(inner[0])
+                    inner.ended = True
+                    _installed.remove(inner.handler)
                 del _main_blocks[position:]
             _installed.remove(handler)
             _swapped_with_signals_blocked(tuple(previous), restore)
