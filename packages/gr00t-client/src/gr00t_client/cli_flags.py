@@ -25,6 +25,12 @@ def user_path(value: str) -> str:
     return os.path.expanduser(value)
 
 
+def ascii_digits(text: str) -> bool:
+    """Whether `text` is written in the digits 0-9 only (str.isdigit() also takes '²' and '٥', which int() fails on
+    or reads as other numbers)."""
+    return text.isascii() and text.isdigit()
+
+
 def port_number(flag_name: str) -> Callable[[str], int]:
     """The argparse type of a port flag named `flag_name` (--port, --policy-client-port, --metrics-port): ASCII digits
     only, as in a HOST:PORT entry or a job file. int() took Arabic-Indic digits ('٥٥٥٦' served port 5556) and refused a
@@ -32,7 +38,7 @@ def port_number(flag_name: str) -> Callable[[str], int]:
 
     def parse(value: str) -> int:
         digits = value.strip()
-        if not (digits.isascii() and digits.isdigit()):
+        if not ascii_digits(digits):
             raise argparse.ArgumentTypeError(f"{flag_name} must be a port number written in the digits 0-9 (such as "
                                              f"5555), got {value!r}")
         return int(digits)

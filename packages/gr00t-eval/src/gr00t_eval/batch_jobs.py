@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from gr00t_client.cli_flags import token_shape, user_path
+from gr00t_client.cli_flags import ascii_digits, token_shape, user_path
 from gr00t_client.client import MAX_TIMEOUT_MS
 from gr00t_client.client_options import check_host, endpoint_host
 from gr00t_client.curve import is_z85_key, unwrapped_key_text
@@ -116,7 +116,7 @@ def _server(name: str, raw: Any) -> PolicyServerAddress:
     if raw.get("client_key") and not raw.get("server_public_key"):
         raise JobError(f"job {name!r}: policy_server 'client_key' needs 'server_public_key'")
     port, timeout_ms = raw["port"], raw.get("timeout_ms", DEFAULT_TIMEOUT_MS)
-    port, timeout_ms = (int(v) if isinstance(v, str) and v.strip().isascii() and v.strip().isdigit() else v
+    port, timeout_ms = (int(v) if isinstance(v, str) and ascii_digits(v.strip()) else v
                         for v in (port, timeout_ms))  # "5555"; not other digits, which int() takes or fails on
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise JobError(f"job {name!r}: policy_server 'port' must be an int from 1 to 65535, got {port!r}")

@@ -13,6 +13,7 @@ import socket
 import threading
 from typing import Any, Iterator, List, Optional, Tuple
 
+from gr00t_client.cli_flags import ascii_digits
 from gr00t_client.cli_signals import interrupting_signals
 
 from .extras import MissingExtraError, is_missing
@@ -63,7 +64,7 @@ def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
     if target.startswith("ray://"):
         require_ray_client(label)
     host, sep, port = target[len("ray://"):].rpartition(":") if target.startswith("ray://") else target.rpartition(":")
-    if target == "local" or not sep or not host or not (port.isascii() and port.isdigit()):
+    if target == "local" or not sep or not host or not ascii_digits(port):
         return  # local fails fast on its own; Ray reports a malformed address
     tls = os.environ.get("RAY_USE_TLS") in ("1", "true")  # the preface would be garbage to it: TCP is all to check
     try:
