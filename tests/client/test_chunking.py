@@ -156,6 +156,27 @@ def test_per_env_requests_for_some_envs_keep_each_envs_own_seed():
     assert policy.seeds[-1] == [8, 5]
 
 
+def test_per_env_requests_for_some_envs_read_a_0d_integer_array_seed_as_its_int():
+    """np.asarray(10) went as given to a fetch of env 2 alone, where Gr00tPolicy took it as seed 10, env 0's."""
+    class SeedPolicy(StampPolicy):
+        def __init__(self):
+            super().__init__(horizon=4)
+            self.seeds = []
+
+        def _get_action(self, observation, options=None):
+            self.seeds.append(options["seed"])
+            return super()._get_action(observation, options)
+
+    policy = SeedPolicy()
+    chunker = ActionChunker(policy, per_env=True)
+    chunker.get_action(obs(0, 0, 0, 0), {"seed": np.array(10)})
+    chunker.reset(env_ids=[2])
+    chunker.get_action(obs(1, 1, 1, 1), {"seed": np.array(10)})
+    chunker.reset(env_ids=[0, 3])
+    chunker.get_action(obs(2, 2, 2, 2), {"seed": np.array(10, dtype=np.uint32)})
+    assert policy.seeds[1:] == [12, [10, 13]]
+
+
 def test_a_partial_reset_before_the_first_call_is_a_no_op():
     policy = StampPolicy()
     chunker = ActionChunker(policy)

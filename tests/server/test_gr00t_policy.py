@@ -118,6 +118,26 @@ def test_a_list_of_seeds_gives_each_row_its_own(libero, tiny_checkpoint):
             libero.get_action(obs, {"seed": bad})
 
 
+def test_a_0d_integer_array_seed_is_the_int_it_holds_for_any_batch_size(libero, tiny_checkpoint):
+    """np.asarray(seed) or rng.integers(..., size=()) gives a 0-d array: it was read as a list of one seed, so a
+    batch of two was refused as 'a list ... got 1 values'."""
+    obs = example_observation(tiny_checkpoint, "libero_sim", batch_size=2, seed=7)
+    expected, _ = libero.get_action(obs, {"seed": 7})
+    for seed in (np.array(7), np.array(7, dtype=np.uint8)):
+        action, _ = libero.get_action(obs, {"seed": seed})
+        for key in expected:
+            np.testing.assert_array_equal(action[key], expected[key], err_msg=f"{seed!r} {key}")
+
+
+def test_a_0d_non_integer_array_seed_is_refused_as_a_non_integer_seed(libero, tiny_checkpoint):
+    for batch_size in (1, 2):
+        obs = example_observation(tiny_checkpoint, "libero_sim", batch_size=batch_size)
+        for seed in (np.array(7.0), np.array(True), np.array("7")):
+            with pytest.raises(ValueError, match=r"options\['seed'\] must be an int, or a list of one int per row; "
+                                                 r"got"):
+                libero.get_action(obs, {"seed": seed})
+
+
 def test_a_seed_array_longer_than_the_batch_is_refused_without_expanding_it(libero, tiny_checkpoint):
     """A 229 MiB seed array for one row became 30 M numpy scalars (1.1 GiB) before its length was compared."""
     obs = example_observation(tiny_checkpoint, "libero_sim", batch_size=1)

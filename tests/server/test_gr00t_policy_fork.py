@@ -1,5 +1,6 @@
 """Gr00tPolicy used in a child made by os.fork (multiprocessing's default on Linux, a fork worker pool) after the
-parent has run a call: the child computes the parent's action instead of hanging."""
+parent has run a call: the child computes the parent's action instead of hanging, and draws seedless noise of its
+own."""
 
 import logging
 import os
@@ -39,6 +40,35 @@ def test_a_forked_child_computes_the_parents_action_after_the_parent_ran_a_call(
     expected = policy.get_action(observation, {"seed": 2})[0]  # starts the parent's OpenMP team
 
     assert in_forked_child(lambda: same_action(policy, observation, expected), timeout_s=30) == (0, "True")
+
+
+def seedless_action(policy, observation):
+    """The action of one seedless call (noise from torch's global RNG), as the text in_forked_child passes back."""
+    action = policy.get_action(observation)[0]
+    return str(np.concatenate([action[key].reshape(-1) for key in sorted(action)]).tolist())
+
+
+def test_forked_children_draw_seedless_noise_of_their_own(tiny_checkpoint):
+    """Each child inherited the parent's torch RNG state: every worker of a fork pool returned the bit-identical
+    'random' action, N copies of one draw."""
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(tiny_checkpoint, "new_embodiment", seed=1, image_size=(64, 64))
+    children = [in_forked_child(lambda: seedless_action(policy, observation), timeout_s=30) for _ in range(2)]
+    assert [code for code, _ in children] == [0, 0], children
+    parents_next = seedless_action(policy, observation)  # what a child drew when it kept the parent's RNG state
+    assert len({children[0][1], children[1][1], parents_next}) == 3
+
+
+def test_a_seeded_call_in_a_forked_child_equals_the_parents_after_its_seedless_one(tiny_checkpoint):
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(tiny_checkpoint, "new_embodiment", seed=1, image_size=(64, 64))
+    expected = policy.get_action(observation, {"seed": 2})[0]
+
+    def seedless_then_seeded():
+        seedless_action(policy, observation)
+        return same_action(policy, observation, expected)
+
+    assert in_forked_child(seedless_then_seeded, timeout_s=30) == (0, "True")
 
 
 class TokenizerPausedInOneThread:

@@ -113,6 +113,8 @@ class _EnvRows:
             if noise.ndim > 0 and noise.shape[0] == self._n_envs:
                 picked["noise"] = noise[rows]
         seed = picked.get("seed")
+        if isinstance(seed, np.ndarray) and seed.ndim == 0 and seed.dtype.kind in "iu":
+            seed = seed.item()  # np.asarray(s): Gr00tPolicy takes the int it holds, so env k's seed is s + k here too
         if isinstance(seed, (list, tuple)) and len(seed) == self._n_envs:  # one seed per env: those envs' seeds
             picked["seed"] = [seed[k] for k in rows]
         elif isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):

@@ -2,12 +2,12 @@
 
 Options of `get_action` (all optional; keys starting with "_", e.g. "_session_id" added by servers, are ignored; any
 other key is refused when strict, a warning otherwise):
-- "seed": int. Row i of the batch starts from `torch.randn((H, D_max), generator=Generator("cpu").
-  manual_seed(s + i))` in float32, then cast to the model dtype/device. A batch with seed s therefore equals
-  B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals row 0), to the dtype's
-  rounding, in units of each action key's statistics range: about 1e-7 in float32, 4e-4 in float16 (a batch's
-  kernels differ from one row's), up to about 2e-3 in bfloat16 (on CPU, where attention over prompts padded to a
-  batch mate's length rounds otherwise). s must lie in
+- "seed": int (a 0-d integer array is the int it holds). Row i of the batch starts from `torch.randn((H, D_max),
+  generator=Generator("cpu").manual_seed(s + i))` in float32, then cast to the model dtype/device. A batch with
+  seed s therefore equals B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals
+  row 0), to the dtype's rounding, in units of each action key's statistics range: about 1e-7 in float32, 4e-4 in
+  float16 (a batch's kernels differ from one row's), up to about 2e-3 in bfloat16 (on CPU, where attention over
+  prompts padded to a batch mate's length rounds otherwise). s must lie in
   [-2**63, 2**64 - B]. torch's CPU generator keeps only the low 32 bits of its seed (1 and 2**32 + 1 gave the same
   noise), so a row seed outside [0, 2**32) is mixed down to 32 bits first (_generator_seed); one inside is used as
   given. Or a list of B ints, row i's own seed (what ActionChunker sends
@@ -73,6 +73,8 @@ def _is_int(value: Any) -> bool:
 
 def _row_seeds(seed: Any, batch_size: int) -> List[int]:
     """Each row's seed from options["seed"]: an int s (row i: s + i) or a list of one int per row."""
+    if isinstance(seed, np.ndarray) and seed.ndim == 0 and seed.dtype != object:
+        seed = seed[()]  # np.asarray(s), rng.integers(..., size=()): the scalar it holds, checked as one below
     if isinstance(seed, (list, tuple, np.ndarray)):
         expected = (f"options['seed'] as a list must hold one int from {_SEED_MIN} to {_SEED_MAX} per row "
                     f"({batch_size} here)")

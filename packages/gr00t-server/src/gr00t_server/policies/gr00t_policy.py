@@ -53,19 +53,22 @@ _fork_guard_lock = threading.Lock()
 _fork_guard_registered = False
 
 
-def _one_torch_thread_after_fork() -> None:
-    """In a forked child: GNU OpenMP's threads do not survive fork, and a parallel torch op waits on them for ever."""
+def _torch_after_fork() -> None:
+    """In a forked child: one CPU thread, as GNU OpenMP's threads do not survive fork and a parallel torch op waits on
+    them for ever; and torch's RNGs reseeded from the OS, as with the parent's state every child of a fork pool drew
+    the same seedless noise (seeded calls use generators of their own, so they stay reproducible)."""
     torch.set_num_threads(1)
-    logger.debug("forked child %d: torch now runs on one CPU thread", os.getpid())
+    torch.seed()  # the CPU generator from OS entropy, and CUDA's (lazily, and not in a child of a CUDA parent)
+    logger.debug("forked child %d: torch now runs on one CPU thread, its RNG reseeded", os.getpid())
 
 
 def _guard_torch_in_forked_children() -> None:
-    """Register _one_torch_thread_after_fork once per process (at import: a parent that ran torch before any policy
-    was made forks children that make their own)."""
+    """Register _torch_after_fork once per process (at import: a parent that ran torch before any policy was made
+    forks children that make their own)."""
     global _fork_guard_registered
     with _fork_guard_lock:
         if not _fork_guard_registered and hasattr(os, "register_at_fork"):  # Windows has no fork
-            os.register_at_fork(after_in_child=_one_torch_thread_after_fork)
+            os.register_at_fork(after_in_child=_torch_after_fork)
             _fork_guard_registered = True
 
 
