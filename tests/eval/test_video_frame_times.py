@@ -363,5 +363,5 @@ def test_a_video_whose_display_matrix_turns_its_frames_is_refused_naming_the_rot
     _rewrite_with_streams(video, rotation=rotation)
     with pytest.raises(DatasetError, match=rf"episode_000000\.mp4 \(camera 'observation\.images\.image', episode 0\): "
                                            rf"the video's display matrix turns its frames {rotation} degrees .*"
-                                           "re-encode the video without a rotation"):
+                                           "re-encode the video without the matrix"):
         LeRobotDataset(root).episode(0).frames("image", [0])

@@ -635,6 +635,7 @@ def evaluate_open_loop(
     finally:
         if bar is not None:
             bar.close()
+        dataset.close()  # the camera files its decoders kept open between windows
     # Scored: a stop from here to results.json is noted, not acted on (it lost every score, and the CLI emptied the
     # output folder); a second one stops waiting.
     with interrupts_deferred(SAVING_NOTE):

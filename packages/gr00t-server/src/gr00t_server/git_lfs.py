@@ -1,26 +1,6 @@
-"""Recognise git-lfs pointer files: what a `git clone` without git-lfs leaves in place of a checkpoint's large files."""
+"""Recognise git-lfs pointer files in place of a checkpoint's files; the check lives in gr00t_client.git_lfs, which
+the dataset reader (gr00t-eval) shares."""
 
-from __future__ import annotations
+from gr00t_client.git_lfs import GIT_LFS_POINTER_PREFIX, git_lfs_pointer_problem
 
-from pathlib import Path
-from typing import Optional, Union
-
-GIT_LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
-_MAX_POINTER_BYTES = 1024
-
-
-def git_lfs_pointer_problem(path: Union[str, Path]) -> Optional[str]:
-    """A sentence saying `path` is a git-lfs pointer and how to get the real file; None when it is not one."""
-    path = Path(path)
-    try:
-        if path.stat().st_size >= _MAX_POINTER_BYTES:
-            return None
-        with open(path, "rb") as fh:
-            head = fh.read(len(GIT_LFS_POINTER_PREFIX))
-    except OSError:
-        return None
-    if head != GIT_LFS_POINTER_PREFIX:
-        return None
-    return (f"{path} is a git-lfs pointer, not the file itself (the checkpoint was cloned without git-lfs); run "
-            f"`git lfs pull` in the checkpoint's repository, or download it with the hub's client "
-            f"(`hf download <repo id>`)")
+__all__ = ["GIT_LFS_POINTER_PREFIX", "git_lfs_pointer_problem"]

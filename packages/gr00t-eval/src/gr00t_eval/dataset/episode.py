@@ -269,4 +269,4 @@ class Episode:
         # at from_timestamp). By the `timestamp` column, errors that passed each step's check added up: a 29 Hz column
         # under fps 30 gave step 16 the frame of step 17, and a column starting at 0.2 s reached into the next
         # episode's frames in a shared file.
-        return self._dataset._decode_segment_frames(segment.path, segment.from_timestamp, steps.tolist())
+        return self._dataset._decode_segment_frames(column, segment.path, segment.from_timestamp, steps.tolist())

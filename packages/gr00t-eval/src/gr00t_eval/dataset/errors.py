@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gr00t_client.git_lfs import git_lfs_pointer_problem
+
 
 class DatasetError(ValueError):
     """A dataset file is malformed or disagrees with the metadata; the message names the file and field."""
@@ -20,6 +22,10 @@ class DatasetColumnNotFoundError(DatasetError, KeyError):
 
 
 def require_file(path: Path, what: str) -> None:
-    """Raise DatasetFileNotFoundError naming `what` when `path` is not a file."""
+    """Raise DatasetFileNotFoundError naming `what` when `path` is not a file, and DatasetError when it is a git-lfs
+    pointer in its place (a hub dataset cloned without git-lfs, or with only some of its files pulled)."""
     if not path.is_file():
         raise DatasetFileNotFoundError(f"{what} not found: {path}")
+    pointer = git_lfs_pointer_problem(path, "dataset")
+    if pointer is not None:
+        raise DatasetError(f"{what} {pointer}")

@@ -18,7 +18,8 @@ from .meta import (EpisodeRecord, VideoSegment, check_layout_declared, codebase_
                    read_episodes, read_json, read_modality, read_stats, read_tasks)
 from .modality import ArrayGroup, DatasetModality
 from .stats import group_stats
-from .video import VideoFacts, decode_frames_at, video_stream_facts
+from .video import VideoDecoder
+from .video_facts import VideoFacts, video_stream_facts
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,9 @@ class LeRobotDataset:
         self._stats: Optional[Dict[str, Any]] = None
         self._relative_stats: Optional[Dict[str, Any]] = None
         self._video_facts: Dict[Path, VideoFacts] = {}  # path -> video_stream_facts, read once per file
+        # Each camera's decoder, kept open while its file is read (consecutive windows of an episode, the episodes of
+        # a shared v3.0 file) and closed when another file of the camera is read, or at close()
+        self._decoders: Dict[str, VideoDecoder] = {}
         self._first_file_widths: Dict[str, Optional[Tuple[int, str]]] = {}  # column -> _first_file_width, read once
         self._frames_checked: Set[Tuple[str, int]] = set()  # (video of an episode, steps) whose frame times passed
         self.frames_decoded = 0
@@ -355,7 +359,8 @@ class LeRobotDataset:
 
     def check_video(self, record: EpisodeRecord, column: str) -> None:
         """DatasetError when a camera's video cannot hold this episode's frames as its steps: a frame rate other than
-        `fps` (step k would get the frame of another instant), a display rotation (players show the frames turned),
+        `fps` (step k would get the frame of another instant), a display matrix other than the identity (players show
+        the frames turned, flipped or mirrored),
         a frame size other than info.json declares (another camera's video?), a file of its own (v2.x) with more or
         fewer frames than the episode has steps (another episode's video?), or a segment (v3.0) whose span is not the
         episode's length (decoding would reach into the neighbouring episode's frames)."""
@@ -366,11 +371,11 @@ class LeRobotDataset:
         if rate is not None and abs(rate - self._fps) > 0.01 * self._fps:
             raise DatasetError(f"{where}: the video runs at {rate:g} frames/s and meta/info.json says fps {self._fps:g}; "
                                "step k would show the frame of another instant")
-        if facts.rotation:
-            raise DatasetError(f"{where}: the video's display matrix turns its frames {facts.rotation:g} degrees "
-                               "counter-clockwise, as players and GR00T's decoder show them, and this reader decodes "
-                               "them unturned; re-encode the video without a rotation (with it applied to the pixels, "
-                               "as `ffmpeg -i IN.mp4 OUT.mp4` does)")
+        if facts.display is not None:
+            raise DatasetError(f"{where}: the video's display matrix {facts.display}, as players show them, and this "
+                               "reader decodes the frames as stored; re-encode the video without the matrix (with what "
+                               "it does applied to the pixels, as `ffmpeg -i IN.mp4 -c:v libx264 -pix_fmt yuv420p "
+                               "OUT.mp4` does)")
         declared = self._declared_sizes.get(column)
         if declared is not None and declared != (facts.height, facts.width):
             raise DatasetError(f"{where}: its frames are {facts.height}x{facts.width} (height x width) and "
@@ -407,12 +412,12 @@ class LeRobotDataset:
             raise DatasetError(f"{where}: the video holds {facts.frames} frames and the episode has {length} steps "
                                f"{hint}; expected {length} frames, or {length + 1} with one trailing the last step")
 
-    def _decode_segment_frames(self, path: Path, from_timestamp: float, steps: Sequence[int]) -> np.ndarray:
+    def _decode_segment_frames(self, column: str, path: Path, from_timestamp: float, steps: Sequence[int]) -> np.ndarray:
         """Frames `steps` (0 = the segment's first) of the segment of a video that starts at `from_timestamp`: by the
         frames' own presentation times (video_stream_facts), so that a 29.97 frames/s video under fps 30, a shared
         v3.0 file of such a video (its segments also counted by the steps of the episodes before them), a stream that
         does not start at time 0, or a frame that came late still give frame k for step k (times derived from fps
-        drifted onto a neighbouring frame)."""
+        drifted onto a neighbouring frame). Camera `column`'s decoder goes on from the frames it decoded last."""
         facts = self._facts(path)
         times = facts.frame_times
         rate = facts.rate or self._fps
@@ -427,9 +432,30 @@ class LeRobotDataset:
                                    f"the video holds {len(times) - first} frames from there (video shorter than the "
                                    "episode?)")
             wanted = [times[first + int(k)] for k in steps]
-        frames, decoded = decode_frames_at(path, wanted, rate)
+        frames, decoded = self._decoder(column, path, facts, rate).frames_at(wanted)
         self.frames_decoded += decoded
         return frames
+
+    def _decoder(self, column: str, path: Path, facts: VideoFacts, rate: float) -> VideoDecoder:
+        """Camera `column`'s decoder of `path`: the one open when it reads that file still, else a new one."""
+        decoder = self._decoders.get(column)
+        if decoder is None or decoder.path != path:
+            if decoder is not None:
+                decoder.close()
+            decoder = self._decoders[column] = VideoDecoder(path, rate, facts.keyframe_times, facts.frame_times)
+        return decoder
+
+    def close(self) -> None:
+        """Close the video files kept open for the next frames; a later read opens them again."""
+        decoders, self._decoders = self._decoders, {}
+        for decoder in decoders.values():
+            decoder.close()
+
+    def __enter__(self) -> "LeRobotDataset":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     def _segment_first_frame(self, path: Path, from_timestamp: float, times: List[float], rate: float) -> int:
         """Index in `times` of the first frame of the segment that starts at `from_timestamp`. DatasetError naming the

@@ -1,19 +1,23 @@
-"""MP4 access with PyAV: decode only the frames asked for (seek to a keyframe, decode forward, stop early) and encode."""
+"""MP4 access with PyAV: decode only the frames asked for (seek to a keyframe, decode forward, stop early, go on from
+there for the next frames asked for) and encode."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
+import threading
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import av
 import numpy as np
 
 from ..video import has_encoder
 from .errors import DatasetError, require_file
+from .video_facts import check_decoder, decode_failure, video_stream
 
 logger = logging.getLogger(__name__)
 
@@ -70,157 +74,199 @@ def decode_frames_at(path: Path, timestamps: Sequence[float], fps: float) -> Tup
     faster than `fps` has several frames within half an interval, and the first of them is an earlier one (in a
     v3 file of several episodes, possibly the previous episode's last).
     """
-    require_file(path, "video file")
-    if len(timestamps) == 0:
-        raise ValueError("decode_frames_at needs at least one timestamp")
-    tolerance = 0.5 / fps
-    same_instant = min(_SAME_INSTANT_S, tolerance / 2)  # at 10,000 fps and up, 1e-4 s reached the next frame
-    wanted = sorted(set(float(t) for t in timestamps))
-    decoded = 0
-    seek_to = wanted[0] - tolerance
-    step_back = _STEP_BACK_FRAMES / fps
-    try:
-        while True:
-            found, count = _decode_from(path, seek_to, wanted, tolerance, same_instant)
-            decoded += count
-            if found is not None:
-                break
-            # The seek landed after the first wanted frame (a keyframe flag on a frame that is none, or a keyframe
-            # whose decode time is before the target and its display time after it, as MPEG-4 Part 2 B-frames give):
-            # seek further back, doubling the step, until decoding from the start.
-            logger.debug("%s: seeking to %.3fs decoded from after %.3fs; seeking %.3fs earlier", path, seek_to,
-                         wanted[0], step_back)
-            seek_to, step_back = seek_to - step_back, step_back * 2
-    except av.error.FFmpegError as exc:
-        raise DatasetError(f"{path}: cannot decode video ({exc})") from exc
-    missing = [t for t in wanted if t not in found]
-    if missing:
-        raise DatasetError(
-            f"{path}: no frame within {tolerance:.4f}s of timestamps {missing[:5]} "
-            f"(video shorter than the episode, or timestamps off the frame grid)"
-        )
-    return np.stack([found[float(t)] for t in timestamps]), decoded
+    with VideoDecoder(path, fps) as decoder:
+        return decoder.frames_at(timestamps)
 
 
 _STEP_BACK_FRAMES = 16  # the first step back when a seek lands too late; each further one doubles
+# Frames served that a decoder keeps for the next call, counted back from the last one decoded: open-loop's next window
+# asks again for the history rows (delta_indices down to -15 in GR00T's configs) of the last window's last steps. At
+# most _RECENT_BYTES of them (32 frames of 4K video are 800 MB): a history row older than those kept costs a seek.
+_RECENT_FRAMES = 32
+_RECENT_BYTES = 128 << 20
 
 
-def _decode_from(
-    path: Path, seek_to: float, wanted: List[float], tolerance: float, same_instant: float
-) -> Tuple[Optional[Dict[float, np.ndarray]], int]:
-    """(frames of `wanted` found, frames decoded) decoding from the keyframe before `seek_to` (from the start when it
-    is not after 0 s); found is None when the first frame decoded after a seek is after wanted[0], as then a frame
-    wanted may have been skipped. Times within `same_instant` seconds are one instant."""
-    found: Dict[float, np.ndarray] = {}
-    decoded = 0
-    with av.open(str(path)) as container:
-        stream = video_stream(container, path)
+def _newest(found: Dict[float, np.ndarray], since: float) -> Dict[float, np.ndarray]:
+    """The frames of `found` shown at `since` or later, newest first until _RECENT_BYTES."""
+    kept: Dict[float, np.ndarray] = {}
+    size = 0
+    for t in sorted((t for t in found if t >= since), reverse=True):
+        size += found[t].nbytes
+        if size > _RECENT_BYTES:
+            break
+        kept[t] = found[t]
+    return kept
+
+
+class VideoDecoder:
+    """One video file's decoder, kept open across calls of frames_at (decode_frames_at's reading): a call whose first
+    frame lies ahead of the last one decoded (or among the last served), with no keyframe between, goes on decoding
+    from there instead of seeking (open-loop's consecutive windows of a video with one keyframe each decoded it again
+    from the start)."""
+
+    def __init__(self, path: Path, fps: float, keyframe_times: Optional[Sequence[float]] = None,
+                 frame_times: Optional[Sequence[float]] = None) -> None:
+        require_file(path, "video file")
+        self.path = path
+        self._fps = fps
+        self._tolerance = 0.5 / fps
+        self._same_instant = min(_SAME_INSTANT_S, self._tolerance / 2)  # at 10,000 fps and up, 1e-4 s reached the next frame
+        self._keyframe_times = None if keyframe_times is None else sorted(keyframe_times)
+        self._frame_times = frame_times  # to name a frame by its index in the file; None: by its time
+        self._container: Any = None
+        self._stream: Any = None
+        self._size = (0, 0)  # (height, width) the stream's header declares
+        self._frames: Optional[Iterator[Any]] = None  # the decode, suspended after the last frame taken
+        self._previous: Optional[_Decoded] = None  # the last frame decoded
+        self._seeked = False  # the decode started at a seek, not at the file's first frame
+        self._recent: Dict[float, np.ndarray] = {}  # the frames served last within _RECENT_FRAMES of the last decoded
+        self._lock = threading.RLock()  # one decode (or close) at a time: another would move this one's position
+
+    def frames_at(self, timestamps: Sequence[float]) -> Tuple[np.ndarray, int]:
+        """The frames shown at `timestamps` and the frames decoded for them, as decode_frames_at returns them."""
+        if len(timestamps) == 0:
+            raise ValueError("decode_frames_at needs at least one timestamp")
+        wanted = sorted(set(float(t) for t in timestamps))
+        with self._lock:
+            # Frames served lately again (the history rows the next window shares with the last) are no reason to go
+            # back: only the frames after them are decoded
+            kept = {t: self._recent[t] for t in wanted if t in self._recent}
+            try:
+                found, decoded = self._decode([t for t in wanted if t not in kept]) if len(kept) < len(wanted) else ({}, 0)
+            except av.error.FFmpegError as exc:
+                stream = self._stream
+                self.close()
+                raise decode_failure(self.path, exc, stream) from exc
+            except BaseException:
+                self.close()  # where the decode stopped is unknown: the next call starts afresh
+                raise
+            found.update(kept)
+            last = self._previous.time if self._previous is not None else max(found, default=0.0)
+            self._recent = _newest(found, since=last - _RECENT_FRAMES / self._fps)
+        missing = [t for t in wanted if t not in found]
+        if missing:
+            raise DatasetError(
+                f"{self.path}: no frame within {self._tolerance:.4f}s of timestamps {missing[:5]} "
+                f"(video shorter than the episode, or timestamps off the frame grid)"
+            )
+        return np.stack([found[float(t)] for t in timestamps]), decoded
+
+    def _decode(self, wanted: List[float]) -> Tuple[Dict[float, np.ndarray], int]:
+        if self._goes_on_to(wanted[0]):
+            found, decoded = self._decode_forward(wanted)
+            return found or {}, decoded
+        decoded = 0
+        seek_to = wanted[0] - self._tolerance
+        step_back = _STEP_BACK_FRAMES / self._fps
+        while True:
+            self._open_at(seek_to)
+            found, count = self._decode_forward(wanted)
+            decoded += count
+            if found is not None:
+                return found, decoded
+            # The seek landed after the first wanted frame (a keyframe flag on a frame that is none, or a keyframe
+            # whose decode time is before the target and its display time after it, as MPEG-4 Part 2 B-frames give):
+            # seek further back, doubling the step, until decoding from the start.
+            logger.debug("%s: seeking to %.3fs decoded from after %.3fs; seeking %.3fs earlier", self.path, seek_to,
+                         wanted[0], step_back)
+            seek_to, step_back = seek_to - step_back, step_back * 2
+
+    def _goes_on_to(self, first: float) -> bool:
+        """Whether decoding on from the last frame decoded reaches `first` at no more cost than a seek: `first` settles
+        after that frame (so the frames nearest it are still to come, or that frame), and no keyframe a seek would
+        land on lies between."""
+        previous = self._previous
+        if self._frames is None or previous is None or first <= previous.time + self._same_instant:
+            return False
+        if self._keyframe_times is None:
+            return True
+        seek_to = first - self._tolerance
+        after = bisect.bisect_right(self._keyframe_times, previous.time)
+        return after == len(self._keyframe_times) or self._keyframe_times[after] > seek_to
+
+    def _open_at(self, seek_to: float) -> None:
+        """A decode from the keyframe before `seek_to`, in a container of its own (from the start when `seek_to` is
+        not after 0 s): as each call decoded before, so a seek gives the frames it gave."""
+        self.close()
+        self._container = av.open(str(self.path))
+        stream = video_stream(self._container, self.path)
+        check_decoder(stream, self.path)
         stream.thread_type = "AUTO"
-        time_base = stream.time_base
+        self._stream = stream
+        self._size = (stream.height, stream.width)  # the header's: the codec context's change with a new SPS
         if seek_to > 0:
             # backward=True lands on the keyframe at or before the target (by its decode time); checked below.
-            container.seek(int(seek_to / time_base), stream=stream, backward=True, any_frame=False)
+            self._container.seek(int(seek_to / stream.time_base), stream=stream, backward=True, any_frame=False)
+        self._seeked = seek_to > 0
+        self._frames = iter(self._container.decode(stream))
+
+    def _decode_forward(self, wanted: List[float]) -> Tuple[Optional[Dict[float, np.ndarray]], int]:
+        """(frames of `wanted` found, frames decoded) decoding on from the last frame decoded; found is None when the
+        first frame decoded after a seek is after wanted[0], as then a frame wanted may have been skipped."""
+        found: Dict[float, np.ndarray] = {}
+        decoded = 0
         pending = list(wanted)
-        previous: Optional[_Decoded] = None
-        for frame in container.decode(stream):
+        time_base = self._stream.time_base
+        for frame in self._frames:  # type: ignore[union-attr]
             decoded += 1
             if frame.pts is None:
-                raise DatasetError(f"{path}: decoded a frame without a timestamp (pts)")
+                raise DatasetError(f"{self.path}: decoded a frame without a timestamp (pts)")
             current = _Decoded(float(frame.pts * time_base), frame)
-            if previous is None and seek_to > 0 and current.time > wanted[0] + same_instant:
+            if self._previous is None and self._seeked and current.time > wanted[0] + self._same_instant:
                 return None, decoded
             # A timestamp is settled by the first frame at (or a rounding error before) it: the nearest frame is
             # that one or the one before.
-            while pending and current.time >= pending[0] - same_instant:
-                _take_nearest(pending.pop(0), (previous, current), tolerance, found)
-            previous = current
+            while pending and current.time >= pending[0] - self._same_instant:
+                self._take_nearest(pending.pop(0), (self._previous, current), found)
+            self._previous = current
             if not pending:
                 break
-        if previous is None and seek_to > 0:  # the seek landed past every frame the decoder would show
+        if self._previous is None and self._seeked:  # the seek landed past every frame the decoder would show
             return None, decoded
         for t in pending:  # past the last frame: only that frame may be near enough
-            _take_nearest(t, (previous,), tolerance, found)
-    return found, decoded
+            self._take_nearest(t, (self._previous,), found)
+        return found, decoded
+
+    def _take_nearest(self, t: float, candidates: Sequence[Optional[_Decoded]], found: Dict[float, np.ndarray]) -> None:
+        """found[t] = the candidate frame nearest to t, if one is within the tolerance; DatasetError where that frame
+        is of another size than the stream declares (and meta/info.json was checked against)."""
+        near = [c for c in candidates if c is not None and abs(c.time - t) <= self._tolerance]
+        if not near:
+            return
+        nearest = min(near, key=lambda c: abs(c.time - t))
+        size, declared = nearest.size, self._size
+        if size != declared:
+            raise DatasetError(
+                f"{self.path}: {self._frame_name(nearest.time)} decodes to {size[0]}x{size[1]} (height x width) and the "
+                f"video's stream declares {declared[0]}x{declared[1]}, the size checked against meta/info.json: the "
+                "frame size changes within the video (recordings joined with `-c copy`, a camera stream that changed "
+                "resolution); expected one size throughout: re-encode the video at one size"
+            )
+        found[t] = nearest.image()
+
+    def _frame_name(self, time: float) -> str:
+        if self._frame_times:
+            index = bisect.bisect_left(self._frame_times, time - self._same_instant)
+            return f"frame {min(index, len(self._frame_times) - 1)} (shown at {time:.6g} s)"
+        return f"the frame shown at {time:.6g} s"
+
+    def close(self) -> None:
+        """Release the file; a later frames_at opens it again."""
+        with self._lock:
+            container, self._container = self._container, None
+            self._stream = self._frames = self._previous = None
+            self._recent = {}
+            if container is not None:
+                container.close()
+
+    def __enter__(self) -> "VideoDecoder":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
 
 _SAME_INSTANT_S = 1e-4  # timestamps this close are one instant (float error of t = 0.1 * 3, pts rounding)
-
-
-class VideoFacts(NamedTuple):
-    """What the reader checks of an episode video before decoding frames of it, read once per file."""
-
-    frames: int  # frames a decoder shows: packets with data that the demuxer does not flag discard
-    rate: Optional[float]  # the container's average frame rate; None where it does not say
-    height: int
-    width: int
-    rotation: float  # degrees the display matrix turns the frames counter-clockwise when shown; 0 for none
-    frame_times: Optional[List[float]]  # each shown frame's presentation time (s), display order; None without pts
-
-
-def video_stream_facts(path: Path) -> VideoFacts:
-    """Frame count, rate, size, display rotation and frame times of a video's stream (video_stream), read from its
-    headers and packets, decoding only its first frame. DatasetError naming the file when it cannot be read.
-
-    Frame k of the video is shown at the k-th time, whatever the rate: a frame that came late (a variable-frame-rate
-    recording) moves the times, not the count. Packets the demuxer flags discard (a pre-roll frame an mp4 edit list
-    hides, as `ffmpeg -ss T -c copy` cuts leave; with B-frames interleaved with shown ones in decode order) are
-    decoded as references but never shown, so they are no frame of the video."""
-    require_file(path, "video file")
-    try:
-        with av.open(str(path)) as container:
-            stream = video_stream(container, path)
-            rotation = _header_rotation(stream)
-            shown: List[Optional[float]] = []
-            for packet in container.demux(stream):
-                if rotation is None:
-                    rotation = next((_frame_rotation(frame) for frame in packet.decode()), None)
-                if packet.size == 0 or packet.is_discard:  # the flush packet; a frame an edit list hides
-                    continue
-                shown.append(None if packet.pts is None else float(packet.pts * stream.time_base))
-            rate = float(stream.average_rate) if stream.average_rate else None
-            times = None if None in shown else sorted(shown)
-            return VideoFacts(len(shown), rate, stream.height, stream.width, rotation or 0.0, times)
-    except av.error.FFmpegError as exc:
-        raise DatasetError(f"{path}: cannot decode video ({exc})") from exc
-
-
-def video_stream(container: Any, path: Path) -> Any:
-    """The stream of an episode video: its one video stream that is not a cover picture or still image. DatasetError
-    naming the file and listing its video streams where there is none or several (which is the camera's is unknown)."""
-    streams = list(container.streams.video)
-    moving = [s for s in streams if not {"attached_pic", "still_image"} & set(_disposition_names(s) or ())]
-    if len(moving) == 1:
-        return moving[0]
-    listed = "; ".join(f"stream {s.index}: {s.height}x{s.width} (height x width), disposition {_disposition_text(s)}"
-                       for s in streams)
-    if not moving:
-        raise DatasetError(f"{path}: no video stream other than cover pictures or still images ({listed or 'none'})")
-    raise DatasetError(f"{path}: {len(moving)} video streams ({listed}) and an episode video must hold one, the "
-                       "camera's; keep only that stream (e.g. ffmpeg -i IN -map 0:v:N -c copy OUT)")
-
-
-def _disposition_names(stream: Any) -> Optional[List[str]]:
-    """Names of the disposition flags set on `stream` ("default", "attached_pic", ...); None where PyAV < 13 does not
-    read them."""
-    flags = getattr(stream, "disposition", None)
-    if flags is None:
-        return None
-    return [flag.name for flag in type(flags) if flag.value and flags & flag]
-
-
-def _disposition_text(stream: Any) -> str:
-    names = _disposition_names(stream)
-    return f"unknown (PyAV {av.__version__} does not read it)" if names is None else "|".join(names) or "none"
-
-
-def _header_rotation(stream: Any) -> Optional[float]:
-    """The display rotation PyAV < 14 reads from the stream header (0 for none); None where only frames give it."""
-    side_data = getattr(stream, "side_data", None)
-    return float(side_data.get("DISPLAYMATRIX", 0.0)) if isinstance(side_data, dict) else None
-
-
-def _frame_rotation(frame: Any) -> float:
-    return float(getattr(frame, "rotation", 0) or 0)
 
 
 class _Decoded:
@@ -231,17 +277,15 @@ class _Decoded:
         self._frame = frame
         self._image: Optional[np.ndarray] = None
 
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(height, width) the frame decodes to."""
+        return self._frame.height, self._frame.width
+
     def image(self) -> np.ndarray:
         if self._image is None:
             self._image = self._frame.to_ndarray(format="rgb24")
         return self._image
-
-
-def _take_nearest(t: float, candidates: Sequence[Optional[_Decoded]], tolerance: float, found: Dict[float, np.ndarray]) -> None:
-    """found[t] = the candidate frame nearest to t, if one is within `tolerance`."""
-    near = [c for c in candidates if c is not None and abs(c.time - t) <= tolerance]
-    if near:
-        found[t] = min(near, key=lambda c: abs(c.time - t)).image()
 
 
 class Mp4Encoder:
