@@ -777,3 +777,33 @@ def test_a_replay_strict_that_is_not_a_bool_is_refused_naming_it(dataset, value)
     """ReplayPolicy took strict="false" as True and strict=None as False (BasePolicy stored it unchecked)."""
     with pytest.raises(ValueError, match=rf"^strict must be True or False, got {value!r}"):
         ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, strict=value)
+
+
+class _ListReadsCounted(LeRobotDataset):
+    """A real dataset that counts the reads of its episode list's lengths and indices."""
+
+    reads = 0
+
+    @property
+    def episode_lengths(self):
+        self.reads += 1
+        return super().episode_lengths
+
+    @property
+    def episode_indices(self):
+        self.reads += 1
+        return super().episode_indices
+
+
+def test_requests_read_no_episode_list_of_the_dataset(dataset_root):
+    """The lengths are read once at start: each row of every request read the list of every episode's length under
+    the policy's lock (O(episodes) a row, tens of milliseconds a request on a 50k-episode dataset)."""
+    dataset = _ListReadsCounted(dataset_root)
+    policy = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2)
+    reads_at_start = dataset.reads
+    policy.reset(session("batch", episode_index=[0, 1, 2], step_index=[0, 3, 2]))
+    for _ in range(3):
+        policy.get_action(observation(dataset, 3), session("batch"))
+    with pytest.raises(IndexError, match="step_index 4 out of range for episode 2 of length 4"):
+        policy.reset({"episode_index": 2, "step_index": 4})
+    assert dataset.reads == reads_at_start

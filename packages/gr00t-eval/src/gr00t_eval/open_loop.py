@@ -9,6 +9,7 @@ errored, not scored: comparing a replay of the wrong episode or step with the re
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -109,7 +110,7 @@ class OpenLoopConfig:
         if not ids:
             raise ValueError("traj_ids must name at least one trajectory")
         ids = self.traj_ids = [int(t) for t in ids]
-        repeated_ids = sorted({t for t in ids if ids.count(t) > 1})
+        repeated_ids = sorted(t for t, times in collections.Counter(ids).items() if times > 1)
         if repeated_ids:  # results are kept per id: a repeat was run again and only its last run kept and averaged
             raise ValueError(f"traj_ids names {', '.join(map(str, repeated_ids))} more than once; name each trajectory once")
         if self.observation_format not in OBSERVATION_FORMATS:
@@ -570,11 +571,12 @@ def evaluate_open_loop(
         result.trajectories[traj_id] = traj
         check_output_folder()  # before its plot: a plot saved into a vanished folder would make it again
 
+    lengths = dataset.episode_lengths  # read once: a dataset's list may be built on every read
     valid = []
     for traj_id in config.traj_ids:
         if not 0 <= traj_id < dataset.num_episodes:
             reason = f"out of range (the dataset has {dataset.num_episodes} episodes)"
-        elif dataset.episode_lengths[traj_id] == 0:
+        elif lengths[traj_id] == 0:
             reason = f"empty: episode {dataset.episode_indices[traj_id]} of {dataset.root} has 0 steps"
         else:
             valid.append(int(traj_id))
@@ -588,7 +590,7 @@ def evaluate_open_loop(
     if progress:
         from tqdm.auto import tqdm
 
-        total = sum(math.ceil(min(config.steps, dataset.episode_lengths[t]) / config.execution_horizon) for t in valid)
+        total = sum(math.ceil(min(config.steps, lengths[t]) / config.execution_horizon) for t in valid)
         bar = tqdm(total=total, desc="Open-loop inference", **bar_options())
     sent = dataclasses.replace(config, denoising_steps=None) if not_applied else config  # as upstream in server mode
     stopped: Optional[BaseException] = None
@@ -622,7 +624,7 @@ def evaluate_open_loop(
                     result.errored[traj_id] = reason
                     report(f"trajectory {traj_id} errored: {reason}")
                     if bar is not None:  # its steps not run are done with too: a finished run's bar ends at 100%
-                        steps = math.ceil(min(config.steps, dataset.episode_lengths[traj_id]) / config.execution_horizon)
+                        steps = math.ceil(min(config.steps, lengths[traj_id]) / config.execution_horizon)
                         bar.update(max(0, steps - (bar.n - counted)))
                     continue
                 result.trajectories[traj_id] = traj

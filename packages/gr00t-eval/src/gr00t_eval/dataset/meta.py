@@ -45,6 +45,7 @@ class EpisodeRecord:
     videos: Mapping[str, VideoSegment]
     row_range: Optional[Tuple[int, int]] = None  # v3.0: [dataset_from_index, dataset_to_index)
     extras: Mapping[str, Any] = field(default_factory=dict)
+    file_row_start: Optional[int] = None  # v3.0: the least dataset_from_index of the episodes listed in its data file
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -244,7 +245,8 @@ def _read_episodes_v3(root: Path, info: Mapping[str, Any], video_keys: List[str]
     for file in files:
         table = _read_parquet(file, skip_prefix="stats/")
         rows.extend((file, row) for row in table.to_pylist())
-    records = []
+    fields: List[Tuple[Any, ...]] = []  # each episode's EpisodeRecord fields but file_row_start
+    file_row_starts: Dict[Path, int] = {}
     for position, (file, row) in enumerate(rows):
         where = f"{file} (row for position {position})"
         index = _int_field(row, "episode_index", where)
@@ -271,8 +273,11 @@ def _read_episodes_v3(root: Path, info: Mapping[str, Any], video_keys: List[str]
             k: v for k, v in row.items()
             if k not in V3_BOOKKEEPING_COLUMNS and not k.startswith(V3_BOOKKEEPING_PREFIXES)
         }
-        records.append(EpisodeRecord(position, index, length, tasks, data_path, videos, row_range, extras))
-    return records
+        fields.append((position, index, length, tasks, data_path, videos, row_range, extras))
+        file_row_starts[data_path] = min(file_row_starts.get(data_path, row_range[0]), row_range[0])
+    # Where each data file's rows start by the list (LeRobot's files hold their episodes' rows in turn): an episode's
+    # rows are found by its offset from there, without reading the file's other rows.
+    return [EpisodeRecord(*values, file_row_start=file_row_starts[values[4]]) for values in fields]
 
 
 def _read_parquet(path: Path, skip_prefix: Optional[str] = None) -> pa.Table:

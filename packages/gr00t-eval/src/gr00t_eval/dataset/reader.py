@@ -112,6 +112,9 @@ class LeRobotDataset:
         video_columns = [g.original_key for g in self._modality.video.values() if g.original_key not in self._image_cameras]
         self._records: List[EpisodeRecord] = read_episodes(self.root, info, self._major, video_columns)
         self._by_index = {r.episode_index: r for r in self._records}
+        # Built once: the episode list does not change after load, and a replay reads them per row of every request
+        self._episode_indices = [r.episode_index for r in self._records]
+        self._episode_lengths = [r.length for r in self._records]
         if len(self._by_index) != len(self._records):
             raise DatasetError(f"{meta_dir}: episode list repeats an episode_index")
         self._check_segments_apart()
@@ -253,13 +256,13 @@ class LeRobotDataset:
 
     @property
     def episode_indices(self) -> List[int]:
-        """The `episode_index` of each episode, in list (position) order."""
-        return [r.episode_index for r in self._records]
+        """The `episode_index` of each episode, in list (position) order (one list, built at load: do not change it)."""
+        return self._episode_indices
 
     @property
     def episode_lengths(self) -> List[int]:
-        """Length of each episode from the metadata, in position order."""
-        return [r.length for r in self._records]
+        """Length of each episode from the metadata, in position order (one list, built at load: do not change it)."""
+        return self._episode_lengths
 
     @property
     def modality(self) -> DatasetModality:

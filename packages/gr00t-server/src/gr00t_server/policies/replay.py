@@ -135,7 +135,10 @@ class ReplayPolicy(BasePolicy):
         if self.dataset.num_episodes == 0:
             raise ValueError(f"dataset {self.dataset.root} has no episodes to replay")
         _warn_if_still_recorded(Path(self.dataset.root), self.dataset.num_episodes)
-        empty = [i for i, length in enumerate(self.dataset.episode_lengths) if length == 0]
+        # Read once: a request reads them per row, under the lock (a dataset's lists may be rebuilt on every read)
+        self._episode_lengths = list(self.dataset.episode_lengths)
+        self._dataset_episode_indices = list(self.dataset.episode_indices)  # each position's own episode_index field
+        empty = [i for i, length in enumerate(self._episode_lengths) if length == 0]
         if len(empty) == self.dataset.num_episodes:
             raise ValueError(f"dataset {self.dataset.root} has no steps to replay: every episode has length 0")
         if empty:
@@ -186,7 +189,6 @@ class ReplayPolicy(BasePolicy):
         self._option_names = OptionNames(logger)  # unknown option names: refused when strict, else warned once
         self._state_dims = self.dataset.state_dims()
         self._seeds = recorded_seeds(self.dataset)  # by episode position; its unusable seeds warned of here, once
-        self._dataset_episode_indices = self.dataset.episode_indices  # each position's own episode_index field
         self._warned_widths: set = set()  # (state key, width) pairs warned about (strict=False)
         # Sessions this replay forgot, for room or dropped (the last 4 * max_sessions): their get_action is refused
         # until a reset, not replayed from episode 0, step 0 (behind a server that holds more sessions than this, or
@@ -405,10 +407,10 @@ class ReplayPolicy(BasePolicy):
         return actions
 
     def _length(self, position: int) -> int:
-        return self.dataset.episode_lengths[position]
+        return self._episode_lengths[position]
 
     def _empty_episode(self, position: int) -> ValueError:
-        return ValueError(f"episode {position} (episode_index {self.dataset.episode_indices[position]}) of "
+        return ValueError(f"episode {position} (episode_index {self._dataset_episode_indices[position]}) of "
                           f"{self.dataset.root} has no steps to replay (length 0); reset to another episode")
 
     def _chunk(self, position: int, step: int) -> Dict[str, np.ndarray]:
