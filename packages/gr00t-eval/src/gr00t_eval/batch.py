@@ -29,7 +29,7 @@ from .episode_log import EpisodeLog, latest_entries
 from .metrics import ERROR_REASON_CHARS, EpisodeOutcome
 from .output_files import EPISODE_LOG_FILENAME, RUN_FILENAME
 from .policy_identity import check_takes_flat_observations, describe, pinned_policy, policy_record, same_policy
-from .results import RESULTS_FILENAME, write_results
+from .results import RESULTS_FILENAME, results_text, write_results, write_results_text
 from .rollout.config import RolloutConfig, draw_base_seed, env_timeout_applies, without_unkept_env_timeout
 from .run_file import read_run_json
 from .run_resume import add_earlier_task_eval_s, earlier_eval_s, earlier_results
@@ -379,10 +379,11 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
             else:
                 batch["jobs"][index] = kept[job.name]
     _count(batch)
+    combined = None if output_path is None else _CombinedFile(Path(output_path))
 
     def save() -> None:
-        if output_path is not None:
-            write_results(output_path, batch)
+        if combined is not None:
+            combined.write(batch)
 
     save()
     for index, job in enumerate(jobs):
@@ -425,6 +426,34 @@ def run_batch(jobs: Iterable[Union[Job, JobError]], output_path: Optional[Union[
     batch["status"] = "complete"
     save()
     return batch
+
+
+class _CombinedFile:
+    """batch_results.json, rewritten after each job as write_results writes the batch, byte for byte; each finished
+    job's record (done or failed: not changed after) is encoded once and its text reused, so a save costs the earlier
+    jobs' bytes, not encoding their per-episode results again (O(jobs^2) over a batch)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._finished: Dict[int, Tuple[Mapping[str, Any], str]] = {}  # by index: the record, and its text
+
+    def write(self, batch: Mapping[str, Any]) -> None:
+        """Write `batch` (its "jobs" a list of records) to the file."""
+        jobs = [self._record_text(index, record) for index, record in enumerate(batch["jobs"])]
+        jobs_text = "[\n    " + ",\n    ".join(jobs) + "\n  ]" if jobs else "[]"
+        fields = [f"  {json.dumps(str(key))}: "
+                  + (jobs_text if key == "jobs" else results_text(value).replace("\n", "\n  "))
+                  for key, value in batch.items()]
+        write_results_text(self.path, "{\n" + ",\n".join(fields) + "\n}\n")
+
+    def _record_text(self, index: int, record: Mapping[str, Any]) -> str:
+        held = self._finished.get(index)
+        if held is not None and held[0] is record:  # the same record object: kept, so its id is not another's
+            return held[1]
+        text = results_text(record).replace("\n", "\n    ")  # as nested two levels down (JSON strings hold no newline)
+        if record.get("status") in (DONE, FAILED):
+            self._finished[index] = (record, text)
+        return text
 
 
 def _refuse_earlier_batch(output_path: Path, jobs: List[Union[Job, JobError]]) -> None:

@@ -43,6 +43,12 @@ def _naming(exc: OSError, path: Path) -> OSError:
     return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
+def results_text(results: Any) -> str:
+    """`results` as write_results writes them (indented JSON, numpy values converted, NaN as null), without the final
+    newline."""
+    return json.dumps(_jsonable(results), indent=2)
+
+
 def write_results(path: Union[str, Path], results: Mapping[str, Any], exclusive: bool = False) -> Path:
     """Write `results` as indented JSON (numpy values converted, NaN as null); return the path. An OSError (a full
     disk) names `path` and leaves the file as it was. `exclusive`: create the file, complete, never replacing one
@@ -52,8 +58,14 @@ def write_results(path: Union[str, Path], results: Mapping[str, Any], exclusive:
     from .run_claim import _create_exclusively
 
     path = Path(path)
-    _create_exclusively(path, json.dumps(_jsonable(results), indent=2) + "\n", rename_without_links=True)
+    _create_exclusively(path, results_text(results) + "\n", rename_without_links=True)
     return path
+
+
+def write_results_text(path: Union[str, Path], text: str) -> Path:
+    """Write `text` (results_text of some results, plus a newline) as write_results writes a file: complete or not at
+    all, an OSError naming `path`."""
+    return _write_texts_together([(path, text)])[0]
 
 
 def write_results_together(files: Sequence[Tuple[Union[str, Path], Mapping[str, Any]]]) -> List[Path]:
@@ -63,16 +75,21 @@ def write_results_together(files: Sequence[Tuple[Union[str, Path], Mapping[str, 
     rename failing after another succeeded (renames take no space: rare) deletes the older files not yet replaced.
     A Ctrl-C, SIGTERM or SIGHUP during the renames acts once they are done: its KeyboardInterrupt's `renamed` then
     lists the files, all new. The OSError names the file that could not be written."""
+    return _write_texts_together([(path, results_text(results) + "\n") for path, results in files])
+
+
+def _write_texts_together(files: Sequence[Tuple[Union[str, Path], str]]) -> List[Path]:
+    """write_results_together of the files' texts."""
     staged: List[Tuple[Path, Path]] = []
     renamed = False
     try:
-        for target, results in files:
+        for target, text in files:
             path = Path(target)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = partial_path(path)
                 staged.append((tmp, path))
-                tmp.write_text(json.dumps(_jsonable(results), indent=2) + "\n")
+                tmp.write_text(text)
             except OSError as exc:
                 raise _naming(exc, path) from exc
         with stop_signals_held():  # a stop between two renames left a new file beside an old partner: it acts after

@@ -27,6 +27,7 @@ from .run_dir import remove_quietly
 logger = logging.getLogger(__name__)
 
 CLAIM_KEY = "claim"  # the claim file's holder record; the run's settings sit beside it
+_UNCHANGED_WHEN_WATCHED: Set[Tuple[str, int, int]] = set()  # (file, size, mtime) _changes_while_watched saw unchanged
 _STALE_CLAIMS_TOLD: Set[Tuple[str, str]] = set()  # (claim file, holder) a stale-claim warning was given for
 # The claim file of each gr00t-eval command: rollout's run file (a shard's run_shardIofN.json too), open-loop's
 # (open_loop_cli.OPEN_LOOP_RUN_FILENAME), batch's (batch_cli.BATCH_CLAIM_FILENAME) and record's (record.RECORD_CLAIM). Every
@@ -39,6 +40,9 @@ PID_REUSE_MARGIN_S = 2.0
 # A run file without a claim (a gr00t-eval older than claims) whose episode log or results changed this recently may be
 # of a run still running (its log grows by an episode at a time; one longer than this goes unseen): it is not taken over.
 UNCLAIMED_RUN_ACTIVE_S = 120.0
+# How long such a run's log is watched for a change when its time cannot tell (dated ahead of this host's clock, or
+# longer ago than UNCLAIMED_RUN_ACTIVE_S by a writer's clock that may run behind): a change shows the run still writes.
+UNCLAIMED_RUN_WATCH_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -251,7 +255,9 @@ def _refuse_recent_unclaimed_run(directory: Path, filename: str, flag: str) -> N
     """OutputDirError when DIRECTORY/FILENAME is the run file of a rollout by a gr00t-eval older than claims (no holder
     to check) whose episode log changed within UNCLAIMED_RUN_ACTIVE_S with no results written since (a run writes them
     at its end and on Ctrl-C): that run may still be running, and a resume or --overwrite beside it ran its episodes
-    twice. A batch job's run file (job_config) is not one: its batch's claim covers it."""
+    twice. A batch job's run file (job_config) is not one: its batch's claim covers it. A log changed longer ago, or
+    dated ahead of this host's clock (another host's clock wrote its time), is watched for UNCLAIMED_RUN_WATCH_S: one
+    that changes is refused; one dated ahead is refused, too, naming the clocks and how to go on once that run ended."""
     shard = SHARD_FILE_NAME.fullmatch(filename)
     if filename != RUN_FILENAME and (shard is None or shard.group(1) != "run"):
         return
@@ -273,12 +279,51 @@ def _refuse_recent_unclaimed_run(directory: Path, filename: str, flag: str) -> N
     except OSError:
         pass
     age = time.time() - logged_at
-    if age < UNCLAIMED_RUN_ACTIVE_S:
-        raise OutputDirError(f"{flag} {directory} holds the run of an older gr00t-eval ({filename} records no claim, so "
-                             f"whether that run still runs cannot be checked), and its {log.name} changed "
-                             f"{max(age, 0):.0f} s ago with no results written since (expected none within "
-                             f"{UNCLAIMED_RUN_ACTIVE_S:.0f} s of a run that has ended): it may still be running. Wait "
-                             "for it to end, or stop it first, then run this again")
+    older_run = (f"{flag} {directory} holds the run of an older gr00t-eval ({filename} records no claim, so whether "
+                 "that run still runs cannot be checked), and its")
+    ahead = -age if age < -1.0 else None  # a second's slack: file times and clocks round
+    if ahead is None and age < UNCLAIMED_RUN_ACTIVE_S:
+        raise OutputDirError(f"{older_run} {log.name} changed {max(age, 0):.0f} s ago with no results written since "
+                             f"(expected none within {UNCLAIMED_RUN_ACTIVE_S:.0f} s of a run that has ended): it may "
+                             "still be running. Wait for it to end, or stop it first, then run this again")
+    dated = None if ahead is None else (f"dated {ahead:.0f} s ahead of this host's clock (the clock of the host or "
+                                        "file server that wrote it and this host's differ by about that much)")
+    if _changes_while_watched(log, UNCLAIMED_RUN_WATCH_S):
+        clocks = "" if dated is None else f"; it is {dated}"
+        raise OutputDirError(f"{older_run} {log.name} changed while it was watched for {UNCLAIMED_RUN_WATCH_S:.0f} s, "
+                             f"with no results written since: it is still running{clocks}. Wait for it to end, or stop "
+                             "it first, then run this again")
+    if dated is not None:
+        raise OutputDirError(
+            f"{older_run} {log.name} is {dated}, so when it last changed cannot be told; "
+            f"it did not change in the {UNCLAIMED_RUN_WATCH_S:.0f} s it was watched, which a run between two episodes "
+            "may not either. If that run has ended (stop it first if it has not), date its log by this host's clock: "
+            f"touch -d '{2 * UNCLAIMED_RUN_ACTIVE_S:.0f} seconds ago' {log}; then run this again")
+
+
+def _changes_while_watched(path: Path, seconds: float) -> bool:
+    """Whether `path`'s size or modification time changes within `seconds` (it is looked at every quarter second):
+    a file still being written, judged without comparing its time with this host's clock. A file this process watched
+    and saw unchanged is not watched again while it stays so (a command's checks meet one run file two or three
+    times)."""
+    def looks() -> Optional[Tuple[str, int, int]]:
+        try:
+            stat = path.stat()
+        except OSError:  # gone while watched: a change too
+            return None
+        return str(path.absolute()), stat.st_size, stat.st_mtime_ns
+
+    before = looks()
+    if before is not None and before in _UNCHANGED_WHEN_WATCHED:
+        return False
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(min(0.25, max(deadline - time.monotonic(), 0.0)))
+        if looks() != before:
+            return True
+    if before is not None:
+        _UNCHANGED_WHEN_WATCHED.add(before)
+    return False
 
 
 def claim_files(directory: Union[str, Path]) -> List[str]:

@@ -260,7 +260,8 @@ def run_task(policy: BasePolicy, task: Task, config: RolloutConfig, episodes: Op
     run = run if run is not None else TaskRun(task, episodes)
     kept = _kept_outcomes(done, episodes)
     run.outcomes.extend(kept)
-    todo = [i for i in episodes if i not in {o.episode_index for o in kept}]
+    kept_indices = {o.episode_index for o in kept}  # once: built per episode, a resume of N episodes took O(N^2)
+    todo = [i for i in episodes if i not in kept_indices]
     if not todo:
         return run
     video_dir = task_video_dir(config.video_dir, task.env_name, video_subdir) if config.video_dir else config.video_dir

@@ -20,6 +20,10 @@ from .run_file import directory_lock
 # folder) while it runs; the shards of one plan share the folder.
 VIDEO_CLAIM_PREFIX = ".gr00t_videos_"
 VIDEO_LOCK_FILENAME = ".gr00t_videos.lock"
+# The number of claims made in the folder, counted under the lock: each claim keeps its number (CLAIM_NUMBER_KEY), which
+# orders the claims of one folder without a clock (hosts sharing it may disagree on the time, a clock be stepped back).
+VIDEO_CLAIM_COUNTER_FILENAME = ".gr00t_videos.claims_made"
+CLAIM_NUMBER_KEY = "claim_number"
 
 
 def video_claim_writer(output_dir: Union[str, Path], shard: Any = None) -> str:
@@ -63,7 +67,7 @@ def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str
     video_dir = Path(video_dir)
     video_dir.mkdir(parents=True, exist_ok=True)
     mine = _video_claim_file(video_dir, writer)
-    record = {"writer": writer, "plan": plan, "shard_index": shard_index}
+    record: Dict[str, Any] = {"writer": writer, "plan": plan, "shard_index": shard_index}
     with directory_lock(video_dir / VIDEO_LOCK_FILENAME):
         refuse_live_runs_around(video_dir, flag, include_self=True,  # a run's own videos/ holds no video claim
                                 shard=None if shard_index is None or shard_of is None else (shard_index, *shard_of))
@@ -88,23 +92,50 @@ def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str
                 f"each other. Wait for it to end or name another folder"
                 + (f" (host {socket.gethostname()} cannot check a run on {holder.hostname}: once it has ended, "
                    f"delete {claim})" if elsewhere else ""))
+        record[CLAIM_NUMBER_KEY] = _count_claim(video_dir)
         write_results(mine, {**record, CLAIM_KEY: holder_record()})
     return mine
+
+
+def _count_claim(video_dir: Path) -> int:
+    """The number of a new claim on `video_dir`, one past every claim made there before, saved as the folder's count;
+    the caller holds the folder's lock. Past the claims there too, so a deleted or damaged count loses no order."""
+    from .results import write_results
+
+    counter = video_dir / VIDEO_CLAIM_COUNTER_FILENAME
+    made = [_claim_number(_claim_record(counter))]
+    made.extend(_claim_number(_claim_record(claim)) for claim in video_dir.glob(f"{VIDEO_CLAIM_PREFIX}*.json"))
+    number = max((n for n in made if n is not None), default=0) + 1
+    write_results(counter, {CLAIM_NUMBER_KEY: number})  # the last claim's
+    return number
+
+
+def _claim_number(record: Mapping[str, Any]) -> Optional[int]:
+    """A claim's number (or the folder count's); None for a claim of an older version, which kept no count."""
+    number = record.get(CLAIM_NUMBER_KEY)
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
 
 
 def video_dir_taken_over(video_dir: Union[str, Path], writer: str) -> Optional[Path]:
     """The claim of another run that took `video_dir` for its videos after `writer` last claimed it (any other run's
     when `writer` holds no claim there), a shard of its plan aside: that run may have replaced `writer`'s videos
-    there, which are then no longer `writer`'s to write over or delete. None when no other run has."""
+    there, which are then no longer `writer`'s to write over or delete. None when no other run has.
+    Claims are ordered by their numbers (_count_claim); one of an older version, without a number, by the wall-clock
+    starts of both (wrong when the clocks of the hosts that wrote them disagreed)."""
     video_dir = Path(video_dir)
     mine = _video_claim_file(video_dir, writer)
     own, own_holder = _claim_record(mine), read_holder(mine)
     since = own_holder.started_unix if own_holder is not None else None
+    own_number = _claim_number(own) if own_holder is not None else None
     for claim in sorted(video_dir.glob(f"{VIDEO_CLAIM_PREFIX}*.json")):
         holder, other = read_holder(claim), _claim_record(claim)
         if claim == mine or holder is None or _sibling_shards(own, other) or _same_run(other, writer):
             continue
-        if since is None or holder.started_unix is None or holder.started_unix > since:
+        number = _claim_number(other)
+        if own_number is not None and number is not None:
+            if number > own_number:
+                return claim
+        elif since is None or holder.started_unix is None or holder.started_unix > since:
             return claim
     return None
 
