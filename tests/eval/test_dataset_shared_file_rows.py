@@ -3,9 +3,11 @@ by the episode's `index` range reads them; and the episode list's lengths and in
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -145,3 +147,22 @@ def test_episode_lengths_and_indices_are_built_once_at_load(written):
     assert dataset.episode_lengths == list(LENGTHS) and dataset.episode_indices == list(range(len(LENGTHS)))
     assert dataset.episode_lengths is dataset.episode_lengths
     assert dataset.episode_indices is dataset.episode_indices
+
+
+def test_a_data_file_replaced_by_one_of_its_size_with_its_old_mtime_reads_afresh(written, tmp_path):
+    """The kept row groups were keyed by path, size and mtime: a same-size file restored with its old mtime (tar, cp -p,
+    rsync -t, a 2 s file system) gave the old rows."""
+    root = tmp_path / "ds"
+    shutil.copytree(written, root)
+    _rewrite_in_row_groups(root, 1000)
+    path = _data_files(root)[0]
+    first = next(p for p, record in enumerate(LeRobotDataset(root)._records) if record.data_path == path)
+    before = LeRobotDataset(root).episode(first).table.column("action").to_pylist()
+    stat = path.stat()
+    table = pq.read_table(path)
+    action = table.column("action").combine_chunks()
+    negated = pa.ListArray.from_arrays(action.offsets, pc.negate(action.flatten()))  # the same size written
+    pq.write_table(table.set_column(table.schema.get_field_index("action"), "action", negated), path, row_group_size=1000)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    assert LeRobotDataset(root).episode(first).table.column("action").to_pylist() == [[-a for a in row] for row in before]

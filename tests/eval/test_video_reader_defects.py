@@ -221,3 +221,14 @@ def test_a_git_lfs_pointer_in_place_of_a_data_file_is_named_with_git_lfs_pull(tm
     for read in (dataset.check_data_files, lambda: dataset.episode(0)):
         with pytest.raises(DatasetError, match=r"is a git-lfs pointer, not the file itself.*run `git lfs pull`"):
             read()
+
+
+def test_a_git_lfs_pointer_in_place_of_a_v3_episode_list_file_is_named_with_git_lfs_pull(tmp_path):
+    """meta/episodes/*.parquet of a v3.0 dataset (a partial `git lfs pull --include`) gave pyarrow's 'Parquet magic bytes
+    not found in footer'."""
+    root = make_dataset(tmp_path / "ds", lengths=(3, 4), cameras=(), layout="v3.0")
+    (episodes,) = sorted((root / "meta" / "episodes").rglob("*.parquet"))
+    episodes.write_bytes(POINTER)
+    with pytest.raises(DatasetError, match=r"is a git-lfs pointer, not the file itself.*run `git lfs pull`") as raised:
+        LeRobotDataset(root)
+    assert str(episodes) in str(raised.value)

@@ -59,6 +59,28 @@ def test_forked_children_draw_seedless_noise_of_their_own(tiny_checkpoint):
     assert len({children[0][1], children[1][1], parents_next}) == 3
 
 
+def test_children_forked_while_another_thread_draws_random_numbers_run_their_seedless_calls(tiny_checkpoint):
+    """Reseeding torch's global RNG in the after-fork hook hung every child forked while a parent thread drew from it
+    (its lock is held in the child for ever); the child's seedless noise comes from a generator of its own."""
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(tiny_checkpoint, "new_embodiment", seed=1, image_size=(64, 64))
+    stop = threading.Event()
+
+    def draw():
+        while not stop.is_set():
+            torch.randn(256, 256)
+
+    drawer = threading.Thread(target=draw, daemon=True)
+    drawer.start()
+    try:
+        children = [in_forked_child(lambda: seedless_action(policy, observation), timeout_s=30) for _ in range(3)]
+    finally:
+        stop.set()
+        drawer.join()
+    assert [code for code, _ in children] == [0, 0, 0], children
+    assert len({text for _, text in children}) == 3
+
+
 def test_a_seeded_call_in_a_forked_child_equals_the_parents_after_its_seedless_one(tiny_checkpoint):
     policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
     observation = example_observation(tiny_checkpoint, "new_embodiment", seed=1, image_size=(64, 64))

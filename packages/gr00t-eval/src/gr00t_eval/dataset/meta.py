@@ -282,7 +282,8 @@ def _read_episodes_v3(root: Path, info: Mapping[str, Any], video_keys: List[str]
 
 def _read_parquet(path: Path, skip_prefix: Optional[str] = None) -> pa.Table:
     """A meta parquet file's table (without the columns starting with `skip_prefix`); DatasetError naming the file when
-    it cannot be read (cut short by an interrupted copy, or not parquet at all)."""
+    it cannot be read (cut short by an interrupted copy, or not parquet at all, a git-lfs pointer among them)."""
+    require_file(path, "meta parquet file")
     try:
         columns = None if skip_prefix is None else [c for c in pq.read_schema(path).names if not c.startswith(skip_prefix)]
         return pq.read_table(path, columns=columns)

@@ -18,6 +18,7 @@ from .meta import (EpisodeRecord, VideoSegment, check_layout_declared, codebase_
                    read_episodes, read_json, read_modality, read_stats, read_tasks)
 from .modality import ArrayGroup, DatasetModality
 from .stats import group_stats
+from .tables import forget_row_groups
 from .video import VideoDecoder
 from .video_facts import VideoFacts, video_stream_facts
 
@@ -449,10 +450,12 @@ class LeRobotDataset:
         return decoder
 
     def close(self) -> None:
-        """Close the video files kept open for the next frames; a later read opens them again."""
+        """Close the video files kept open for the next frames, and drop the data rows kept for the next episode; a
+        later read opens them again."""
         decoders, self._decoders = self._decoders, {}
         for decoder in decoders.values():
             decoder.close()
+        forget_row_groups()
 
     def __enter__(self) -> "LeRobotDataset":
         return self

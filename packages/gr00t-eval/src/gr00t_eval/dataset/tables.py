@@ -99,9 +99,11 @@ _kept_groups_lock = threading.Lock()
 def _row_groups(parquet: pq.ParquetFile, path: Path, groups: Sequence[int]) -> pa.Table:
     """Row groups `groups` of the data file at `path`; the last ones read are kept (up to _KEPT_GROUPS_BYTES) for the
     next episode: LeRobot writes a v3.0 file's episodes in one row group, which each of them decoded whole again (a
-    1000-episode file: 130 ms per episode). Keyed by the file's size and mtime too: a file rewritten reads afresh."""
+    1000-episode file: 130 ms per episode). Keyed by the file's identity and change time too: a file rewritten or
+    replaced reads afresh (size and mtime alone matched a same-size file restored with its old mtime, or written within
+    a coarse file system's 2 s)."""
     stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns, tuple(groups))
+    key = (str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, tuple(groups))
     with _kept_groups_lock:
         if _kept_groups.get("key") == key:
             return _kept_groups["table"]
@@ -111,6 +113,12 @@ def _row_groups(parquet: pq.ParquetFile, path: Path, groups: Sequence[int]) -> p
         if table.nbytes <= _KEPT_GROUPS_BYTES:
             _kept_groups.update(key=key, table=table)
     return table
+
+
+def forget_row_groups() -> None:
+    """Drop the row groups kept for the next episode (LeRobotDataset.close)."""
+    with _kept_groups_lock:
+        _kept_groups.clear()
 
 
 def _scalar_columns(table: pa.Table, path: Path) -> pa.Table:

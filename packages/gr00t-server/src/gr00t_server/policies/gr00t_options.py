@@ -167,6 +167,7 @@ class Gr00tActionOptions:
     embodiment_tag_value: str
     _modality_configs: Dict[str, ModalityConfig]
     _option_names: OptionNames
+    _seedless_generator: Optional[torch.Generator]
     max_denoising_steps: int
 
     def _denoising_steps(self, value: Any) -> Optional[int]:
@@ -183,7 +184,8 @@ class Gr00tActionOptions:
     def _initial_noise(
         self, options: Optional[Mapping[str, Any]], batch_size: int
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Generator]]:
-        """Initial flow noise from options (see module docstring); (None, None) means the global RNG."""
+        """Initial flow noise from options (see module docstring); (None, None) means the global RNG, (None, generator)
+        a forked child's own."""
         options = {k: v for k, v in (options or {}).items() if not str(k).startswith("_")}
         self._option_names.check(options, _KNOWN_OPTIONS, self.strict, "options", "Gr00tPolicy")
         seed, noise = options.get("seed"), options.get("noise")
@@ -220,7 +222,7 @@ class Gr00tActionOptions:
                 for row_seed in _row_seeds(seed, batch_size)
             ]
             return torch.stack(rows), None
-        return None, None
+        return None, self._seedless_generator  # None in the process that made the policy: torch's global RNG
 
     def _parse_rtc(self, value: Any, batch_size: int) -> Optional[RtcRequest]:
         """Validate options["rtc"] (see module docstring) against the action config and the batch size."""

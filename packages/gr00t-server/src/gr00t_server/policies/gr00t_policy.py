@@ -54,12 +54,12 @@ _fork_guard_registered = False
 
 
 def _torch_after_fork() -> None:
-    """In a forked child: one CPU thread, as GNU OpenMP's threads do not survive fork and a parallel torch op waits on
-    them for ever; and torch's RNGs reseeded from the OS, as with the parent's state every child of a fork pool drew
-    the same seedless noise (seeded calls use generators of their own, so they stay reproducible)."""
+    """In a forked child: GNU OpenMP's threads do not survive fork, and a parallel torch op waits on them for ever.
+    torch's global RNG is not touched here: a parent thread drawing from it at the fork leaves its lock held in the
+    child, and reseeding it (torch.seed()) hung every such child; a policy's seedless noise there comes from a
+    generator of its own (Gr00tPolicy._renew_locks)."""
     torch.set_num_threads(1)
-    torch.seed()  # the CPU generator from OS entropy, and CUDA's (lazily, and not in a child of a CUDA parent)
-    logger.debug("forked child %d: torch now runs on one CPU thread, its RNG reseeded", os.getpid())
+    logger.debug("forked child %d: torch now runs on one CPU thread", os.getpid())
 
 
 def _guard_torch_in_forked_children() -> None:
@@ -130,6 +130,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self._timing = threading.local()
         self._checked_states = threading.local()  # what check_observation normalized, for this thread's next call
         self._option_names = OptionNames(logger)  # unknown option names: refused when strict, else warned once
+        self._seedless_generator: Optional[torch.Generator] = None  # None: torch's global RNG; a forked child's own
         if tag_given_first(model_path, embodiment_tag, subfolder):  # positional (embodiment_tag, model_path) like the reference
             model_path, embodiment_tag = embodiment_tag, model_path
         if model_path is None or embodiment_tag is None:
@@ -381,6 +382,9 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         forking thread keeps its own, and the parent's other threads do not exist there."""
         self._counting_lock = threading.Lock()
         self._model_lock = threading.Lock()
+        # Seedless noise of the child's own: with the parent's global RNG state every worker of a fork pool drew the
+        # same "random" action; from OS entropy, on a generator of its own (the global one's lock may be held here)
+        self._seedless_generator = torch.Generator("cpu").manual_seed(int.from_bytes(os.urandom(8), "little"))
 
     @property
     def last_timing(self) -> Dict[str, float]:
