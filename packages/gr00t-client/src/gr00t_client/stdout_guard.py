@@ -5,6 +5,8 @@ or a full disk does not break.
 BrokenPipeError: the server never came up. `gr00t-eval rollout | head` saved its results and then exited 2. A command
 started with `& disown` from an ssh session that then ended got EIO on its next line (open-loop lost every trajectory
 it had scored; serve never came up after its model loaded), and one whose output went to a full disk got ENOSPC.
+A path that the output's encoding cannot hold (PYTHONIOENCODING=ascii, a Latin-1 locale) raised UnicodeEncodeError
+at its print(): it is written escaped instead.
 Their standard output is a report; once it cannot be written, the rest goes to /dev/null and the command carries on
 (its logs go to stderr, where one warning says why the report stopped). A standard output closed by the launcher
 (`>&-`) is /dev/null from the start, and the same warning comes at its first line.
@@ -91,8 +93,16 @@ def guard_stdout() -> None:
     """Make sys.stdout and sys.stderr ClosedPipeTolerantStdout (once; called by the command lines' main). stderr too:
     with both on a terminal that has gone, an interrupted run's last line ("... interrupted") raised EIO and the run
     that had saved its results exited 1 instead of 130. Closed standard file descriptors are reopened on /dev/null
-    first (reopen_closed_standard_streams); a closed stdout is named on stderr at its first line."""
+    first (reopen_closed_standard_streams); a closed stdout is named on stderr at its first line. Characters the
+    streams' encoding cannot hold are written escaped (backslashreplace)."""
     reopened = reopen_closed_standard_streams()
+    for stream in (sys.stdout, sys.stderr):
+        # a report line a stream's encoding cannot hold (a path in Japanese, or with a non-UTF-8 byte, under
+        # PYTHONIOENCODING=ascii or a Latin-1 locale) is printed escaped: raising, it failed a command after its work
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # no TextIOWrapper (a test's capture), or closed: left as is
+            pass
     if not isinstance(sys.stdout, ClosedPipeTolerantStdout) and sys.stdout is not None:
         sys.stdout = ClosedPipeTolerantStdout(sys.stdout, closed_at_start=1 in reopened)  # type: ignore[assignment]
     if not isinstance(sys.stderr, ClosedPipeTolerantStdout) and sys.stderr is not None:

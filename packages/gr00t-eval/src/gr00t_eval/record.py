@@ -97,15 +97,7 @@ def record_metaworld(
     from .output_files import not_a_directory_above
     from .run_stop import check_folder_kept, folder_identity, sigterm_as_interrupt
 
-    output_path = Path(output).absolute()  # as DatasetWriter takes it
-    try:  # pyarrow takes a path as UTF-8 text: a Latin-1 name failed with a raw codec error after the first episode
-        str(output_path).encode("utf-8")
-    except UnicodeEncodeError:
-        given, shown = (os.fsencode(path).decode("utf-8", "backslashreplace") for path in (output, output_path))
-        where = "" if given == shown else f" (the folder {shown})"
-        raise ValueError(f"--output {given}{where}: its name is not UTF-8 (the dataset's parquet files are written by "
-                         "pyarrow, which takes UTF-8 paths only); expected a folder whose path is UTF-8 text: rename "
-                         "it, or name another --output") from None
+    output_path = Path(output).absolute()  # as DatasetWriter takes it (any name: it opens its parquet files itself)
     # mkdir said only '[Errno 17] File exists', for a dangling link as --output and as one of its parents alike
     dangling = next((path for path in (output_path, *output_path.parents) if path.is_symlink() and not path.exists()),
                     None)

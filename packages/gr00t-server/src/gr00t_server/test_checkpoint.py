@@ -368,6 +368,9 @@ def make_test_checkpoint(
     if not tags:
         raise ValueError("make_test_checkpoint needs at least one embodiment tag")
     specs = _key_set_specs(tags[0], embodiment, dataset_path)  # before torch: a wrong name fails at once
+    from gr00t_server.processing.tokenizer import refuse_non_utf8_path
+
+    refuse_non_utf8_path(out, "the checkpoint folder")  # before any file: the tokenizer would be written half-way
     if specs:
         tags = tags[:1]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from . import parquet_files
 from .errors import DatasetError, require_file
 from .modality import DatasetModality
 
@@ -285,8 +285,9 @@ def _read_parquet(path: Path, skip_prefix: Optional[str] = None) -> pa.Table:
     it cannot be read (cut short by an interrupted copy, or not parquet at all, a git-lfs pointer among them)."""
     require_file(path, "meta parquet file")
     try:
-        columns = None if skip_prefix is None else [c for c in pq.read_schema(path).names if not c.startswith(skip_prefix)]
-        return pq.read_table(path, columns=columns)
+        columns = (None if skip_prefix is None
+                   else [c for c in parquet_files.read_schema(path).names if not c.startswith(skip_prefix)])
+        return parquet_files.read_table(path, columns=columns)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DatasetError(f"{path}: cannot read parquet ({exc})") from exc
 

@@ -10,8 +10,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, 
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from . import parquet_files
 from .episode import Episode
 from .errors import DatasetError, DatasetFileNotFoundError, require_file
 from .meta import (EpisodeRecord, VideoSegment, check_layout_declared, codebase_major, declared_frame_size,
@@ -218,7 +218,7 @@ class LeRobotDataset:
             episodes = ", ".join(str(r.episode_index) for r in records[:5]) + (", ..." if len(records) > 5 else "")
             require_file(path, f"data file of episode {episodes}")
             try:
-                metadata = pq.read_metadata(path)
+                metadata = parquet_files.read_metadata(path)
                 rows = metadata.num_rows
             except (pa.ArrowInvalid, OSError) as exc:
                 raise DatasetError(f"{path}: cannot read parquet (episode {episodes}): {exc}") from exc
@@ -523,7 +523,7 @@ class LeRobotDataset:
         if column not in self._first_file_widths:
             path = self._records[0].data_path if self._records else None
             try:
-                field = pq.read_schema(path).field(column) if path is not None else None
+                field = parquet_files.read_schema(path).field(column) if path is not None else None
                 width = _column_width(path, field.type, column, {}) if field is not None else (None, "")
             except (pa.ArrowInvalid, OSError, KeyError, DatasetError):
                 width = (None, "")  # the episode's own read names what is wrong with the file
@@ -554,7 +554,8 @@ def _column_width(path: Path, column_type: pa.DataType, column: str,
         return None, ""
     if column not in first_row_widths:
         try:
-            batch = next(pq.ParquetFile(path).iter_batches(batch_size=1, columns=[column]), None)
+            with parquet_files.parquet_file(path) as parquet:
+                batch = next(parquet.iter_batches(batch_size=1, columns=[column]), None)
         except (pa.ArrowInvalid, OSError) as exc:
             raise DatasetError(f"{path}: cannot read the first row of column '{column}': {exc}") from exc
         first = batch.column(0)[0].as_py() if batch is not None and batch.num_rows else None

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import parquet_files
 from .errors import DatasetError, require_file
 from .meta import EpisodeRecord
 
@@ -25,7 +26,8 @@ def _read_episode_table(record: EpisodeRecord) -> pa.Table:
     path = record.data_path
     require_file(path, f"data file of episode {record.episode_index}")
     try:
-        table = _scalar_columns(pq.read_table(path), path) if record.row_range is None else _shared_file_rows(record)
+        table = (_scalar_columns(parquet_files.read_table(path), path) if record.row_range is None
+                 else _shared_file_rows(record))
     except (pa.ArrowInvalid, OSError) as exc:
         raise DatasetError(f"{path}: cannot read parquet ({exc})") from exc
     if "episode_index" in table.column_names and table.num_rows:
@@ -46,7 +48,7 @@ def _shared_file_rows(record: EpisodeRecord) -> pa.Table:
     """A v3.0 episode's rows of a data file it shares: those at its offset in the file, read from the row groups holding
     them alone; else (not found there) those of its `index` range, else of its `episode_index`, read from the file."""
     path = record.data_path
-    with pq.ParquetFile(path) as parquet:
+    with parquet_files.parquet_file(path) as parquet:
         schema = parquet.schema_arrow
         if "index" in schema.names:
             start, stop = record.row_range
@@ -61,8 +63,8 @@ def _shared_file_rows(record: EpisodeRecord) -> pa.Table:
         else:
             raise DatasetError(f"{path}: a multi-episode data file needs an 'index' or 'episode_index' column")
     if _is_list(schema.field(column).type):  # parquet filters cannot compare lists: read all, then pick
-        return _scalar_columns(pq.read_table(path), path).filter(keep)
-    return _scalar_columns(pq.read_table(path, filters=keep), path)
+        return _scalar_columns(parquet_files.read_table(path), path).filter(keep)
+    return _scalar_columns(parquet_files.read_table(path, filters=keep), path)
 
 
 def _rows_at_offset(parquet: pq.ParquetFile, record: EpisodeRecord) -> Optional[pa.Table]:

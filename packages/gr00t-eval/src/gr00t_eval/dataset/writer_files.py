@@ -12,9 +12,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..run_dir import remove_quietly
+from . import parquet_files
 from .video import Mp4Encoder
 
 logger = logging.getLogger(__package__ + ".writer")  # DatasetWriter's logger: one name for all its records
@@ -58,7 +58,7 @@ class _EpisodeFiles:
         try:
             data_path.parent.mkdir(parents=True, exist_ok=True)
             with naming_file(partial[data_path]):
-                pq.write_table(table, partial[data_path])
+                parquet_files.write_table(table, partial[data_path])
             for camera, images in frames.items():
                 encoder = Mp4Encoder(partial[video_paths[camera]], self.fps, self.video_codec, self.gop)
                 try:
@@ -141,7 +141,7 @@ class _EpisodeFiles:
         path = self.root / V3_DATA_PATH.format(chunk_index=chunk, file_index=file_index)
         path.parent.mkdir(parents=True, exist_ok=True)
         with naming_file(path):
-            pq.write_table(pa.concat_tables(self._file_tables), path, row_group_size=V3_ROW_GROUP_ROWS)
+            parquet_files.write_table(pa.concat_tables(self._file_tables), path, row_group_size=V3_ROW_GROUP_ROWS)
         for encoder in self._file_encoders.values():
             try:
                 encoder.close()

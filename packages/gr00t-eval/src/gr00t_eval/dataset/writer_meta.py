@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..run_dir import remove_quietly
+from . import parquet_files
 from .modality import ArrayGroup, DatasetModality, LanguageGroup, VideoGroup, layout_from_dims
 from .stats import LEROBOT_QUANTILES, merge_episode_stats
 from .video import video_feature_info
@@ -73,9 +73,10 @@ class _MetaFiles:
         # field (a seed) that episode 0 lacked from every episode.
         names = list(dict.fromkeys(name for row in rows for name in row))
         with naming_file(staged.temporary(path)):
-            pq.write_table(pa.table({name: [row.get(name) for row in rows] for name in names}), staged.temporary(path))
+            parquet_files.write_table(pa.table({name: [row.get(name) for row in rows] for name in names}),
+                                      staged.temporary(path))
         with naming_file(staged.temporary(meta / "tasks.parquet")):
-            pq.write_table(_tasks_table(self._tasks), staged.temporary(meta / "tasks.parquet"))
+            parquet_files.write_table(_tasks_table(self._tasks), staged.temporary(meta / "tasks.parquet"))
 
     def _write_episode_stats(self, path: Path) -> None:
         """episodes_stats.jsonl: the lines of episodes added since the last write appended to the file as this writer
