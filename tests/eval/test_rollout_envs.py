@@ -126,6 +126,46 @@ def test_metaworld_is_deterministic_under_a_seed_whatever_ran_before():
 
 
 @pytest.mark.sim
+def test_metaworld_envs_reset_without_a_seed_get_scenes_of_their_own():
+    """Every env was made with seed 0: N envs of a vector env reset without seeds evaluated one placement N times, in
+    lock-step, in every process (gymnasium's envs and Meta-World's own draw fresh ones)."""
+    pytest.importorskip("metaworld")
+    envs = [make_env("metaworld/reach-v3", image_size=32) for _ in range(3)]
+    try:
+        goals = [tuple(env.reset()[0]["state.goal"].tolist()) for env in envs]
+        assert len(set(goals)) == 3, goals
+        seeded = make_env("metaworld/reach-v3", image_size=32, seed=7)
+        try:  # an explicit seed still fixes the placements
+            assert np.array_equal(seeded.reset()[0]["state.goal"], make_env("metaworld/reach-v3", image_size=32,
+                                                                             seed=7).reset()[0]["state.goal"])
+        finally:
+            seeded.close()
+    finally:
+        for env in envs:
+            env.close()
+
+
+@pytest.mark.sim
+def test_a_non_finite_metaworld_action_is_refused_and_an_unstable_step_is_no_success():
+    """np.clip passed NaN to MuJoCo, which reset the whole scene: the step returned normally, and in drawer-close the
+    default pose is the goal, so one NaN from a broken policy scored success=True with reward 10."""
+    pytest.importorskip("metaworld")
+    env = make_env("metaworld/drawer-close-v3", image_size=32)
+    try:
+        env.reset(seed=0)
+        for bad in (np.nan, np.inf):
+            with pytest.raises(ValueError, match=r"action\.eef_delta holds non-finite values.*expected finite"):
+                env.step({"action.eef_delta": np.array([bad, 0, 0], np.float32), "action.gripper": np.zeros(1, np.float32)})
+        inner = env.unwrapped._env
+        inner.data.qacc_warmstart[:] = np.nan  # what a diverging simulation leaves: MuJoCo resets the scene at its step
+        inner.data.qpos[0] = np.nan
+        with pytest.raises(RuntimeError, match="simulation became unstable at this step .* cannot be scored"):
+            env.step({"action.eef_delta": np.zeros(3, np.float32), "action.gripper": np.zeros(1, np.float32)})
+    finally:
+        env.close()
+
+
+@pytest.mark.sim
 @pytest.mark.parametrize("task", ["drawer-open-v3", "reach-v3"])
 def test_metaworld_reset_shows_the_reset_scene_in_its_state_and_image(task):
     """Meta-World's reset moves bodies without recomputing positions: the reset observation of drawer-open held the

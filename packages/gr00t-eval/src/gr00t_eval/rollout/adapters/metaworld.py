@@ -80,7 +80,9 @@ class MetaWorldEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, task: str, image_size: int = 64, camera: str = DEFAULT_CAMERA, seed: int = 0) -> None:
+    def __init__(self, task: str, image_size: int = 64, camera: str = DEFAULT_CAMERA, seed: Optional[int] = None) -> None:
+        """`seed`: the placements of resets without a seed of their own; None (the default) draws them from fresh
+        entropy, as gymnasium's envs do (a fixed 0 gave every env made the same scenes in lock-step)."""
         mujoco, envs, _ = _import_metaworld()
         check_task(task)
         key = f"{task}-goal-observable"
@@ -164,9 +166,22 @@ class MetaWorldEnv(gym.Env):
 
     def step(self, action: Dict[str, np.ndarray]):
         flat = action_to_array(action)
+        before = self._instabilities()
         raw, reward, terminated, truncated, info = self._env.step(flat)
+        if self._instabilities() != before:
+            # MuJoCo resets the whole scene when its simulation diverges: the step returns normally, the robot and
+            # objects back at their default pose, which is the goal of drawer-, door- and window-close (a success)
+            raise RuntimeError(f"Meta-World {self.task}: MuJoCo's simulation became unstable at this step (NaN, inf "
+                               "or huge values) and reset the scene; the episode cannot be scored from here")
         out_info = {"success": bool(info.get("success", False))}
         return self._observation(raw), float(reward), bool(terminated), bool(truncated), out_info
+
+    def _instabilities(self) -> int:
+        """MuJoCo's count of the steps it found NaN, inf or huge positions, velocities, accelerations or controls at
+        (and reset the scene for)."""
+        warnings, kinds = self._env.data.warning, self._mujoco.mjtWarning
+        return sum(warnings[kind].number for kind in (kinds.mjWARN_BADQPOS, kinds.mjWARN_BADQVEL, kinds.mjWARN_BADQACC,
+                                                       kinds.mjWARN_BADCTRL))
 
     def close(self) -> None:
         renderer, self._renderer = getattr(self, "_renderer", None), None
@@ -178,7 +193,8 @@ class MetaWorldEnv(gym.Env):
 
 
 def action_to_array(action: Dict[str, np.ndarray]) -> np.ndarray:
-    """GR00T `action.*` groups -> Meta-World's 4-dim float32 action, clipped to [-1, 1]."""
+    """GR00T `action.*` groups -> Meta-World's 4-dim float32 action, clipped to [-1, 1]; ValueError for NaN or inf
+    (np.clip passes NaN, which MuJoCo answers by resetting the scene: a close task's default pose is its goal)."""
     missing = [f"action.{k}" for k in ACTION_DIMS if f"action.{k}" not in action]
     if missing:
         raise KeyError(f"Meta-World action is missing {missing}; got keys {sorted(action)}")
@@ -186,6 +202,9 @@ def action_to_array(action: Dict[str, np.ndarray]) -> np.ndarray:
     for (key, dim), part in zip(ACTION_DIMS.items(), parts):
         if part.shape[0] != dim:
             raise ValueError(f"action.{key} must have {dim} values, got shape {part.shape}")
+        if not np.isfinite(part).all():
+            raise ValueError(f"action.{key} holds non-finite values {part.tolist()}; expected finite numbers (they are "
+                             "clipped to [-1, 1])")
     return np.clip(np.concatenate(parts), -1.0, 1.0).astype(np.float32)
 
 
