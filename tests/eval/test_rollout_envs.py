@@ -197,6 +197,8 @@ def test_pusht_adapter_speaks_the_flat_gr00t_format():
         assert obs["video.image"].shape == (32, 32, 3) and obs["state.agent_pos"].shape == (2,)
         _, _, _, _, info = env.step({"action.agent_pos": np.array([256, 256], np.float32)})
         assert set(info) == {"success"}
+        with pytest.raises(ValueError, match=r"action\.agent_pos holds non-finite values \[nan, 256\.0\]"):
+            env.step({"action.agent_pos": np.array([np.nan, 256], np.float32)})
     finally:
         env.close()
 

@@ -67,6 +67,8 @@ class PushTEnv(gym.Env):
         if "action.agent_pos" not in action:
             raise KeyError(f"PushT action needs 'action.agent_pos'; got keys {sorted(action)}")
         target = np.asarray(action["action.agent_pos"], dtype=np.float32).reshape(2)
+        if not np.isfinite(target).all():  # the physics would take NaN positions from it, and score on from there
+            raise ValueError(f"action.agent_pos holds non-finite values {target.tolist()}; expected finite numbers")
         raw, reward, terminated, truncated, info = self._env.step(target)
         return self._observation(raw), float(reward), bool(terminated), bool(truncated), {"success": bool(info.get("is_success", False))}
 
