@@ -5,6 +5,7 @@ claim files held by a live process, the real CLI."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -182,6 +183,26 @@ def test_a_shard_held_on_another_host_is_refused_naming_its_claim_file_and_how_t
     resume = f"gr00t-eval rollout --resume {split} --shard 1/2"
     assert f"if it has ended, resume it on node7-no-such-host ({resume}" in err, err
     assert f"or delete {run_file}" in err, err
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="pid namespaces are read from /proc (Linux)")
+def test_a_shard_held_in_another_pid_namespace_of_this_host_is_refused_naming_its_claim_file(shards, tmp_path, capsys):
+    """A shard running in another container on this host (the same host name, a pid of its own namespace): its pid
+    was looked up here, found gone, and its unfinished results merged as final."""
+    import socket
+
+    split = tmp_path / "split"
+    shutil.copytree(shards, split)
+    run_file = split / "run_shard1of2.json"
+    saved = json.loads(run_file.read_text())
+    saved["claim"] = {"pid": 4242000, "hostname": socket.gethostname(), "pid_namespace": "pid:[4026599999]",
+                      "started": "2026-12-06T07:00:00Z", "started_unix": 1796540400.0, "finished": False}
+    run_file.write_text(json.dumps(saved))
+    assert cli.main(["merge", str(split), "--output", str(tmp_path / "m" / "merged.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"shard 1/2 in {split} may still be running (in another container" in err, err
+    assert "resume it in its container on this host" in err and f"or delete {run_file}" in err, err
+    assert os.readlink("/proc/self/ns/pid") in err, err
 
 
 def test_a_partial_merge_merged_with_its_missing_shard_passes_on_its_own_shards_resume_commands(tmp_path, capsys):

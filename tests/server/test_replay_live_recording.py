@@ -27,3 +27,24 @@ def test_serve_says_nothing_of_a_recording_that_finished(tmp_path):
     finish_claim(take_claim(dataset, RECORD_CLAIM, {}, flag="--output"), "complete")
     with served("serve", "--dataset-path", str(dataset), "--port", "0") as proc:
         assert not [line for line in proc.ready_lines if "recorded" in line], proc.ready_lines
+
+
+def test_a_recording_in_another_pid_namespace_is_taken_as_still_writing(tmp_path, caplog):
+    """Its pid is no process of this namespace: a recording in another container was taken for a gone one, silently."""
+    import json
+    import subprocess
+    import sys
+
+    from gr00t_eval.run_claim import CLAIM_KEY
+    from gr00t_server.policies.replay import _warn_if_still_recorded
+
+    dataset = make_dataset(tmp_path / "ds", lengths=(6,))
+    claim = take_claim(dataset, RECORD_CLAIM, {}, flag="--output")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(30)
+    data = json.loads(claim.read_text())
+    data[CLAIM_KEY].update(pid=gone.pid, pid_namespace="pid:[4026599999]")
+    claim.write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="gr00t_server"):
+        _warn_if_still_recorded(dataset, 1)
+    assert f"is still being recorded by `gr00t-eval record` (pid {gone.pid}" in caplog.text

@@ -119,7 +119,7 @@ def _running_shards_left_out(files: List[Path], allow_missing: bool) -> List[Tup
     from .cli_errors import UsageError
     from .output_files import OutputDirError, run_file_name
     from .rollout_args import _recorded_registration_flags
-    from .run_claim import read_holder, refuse_live_claim
+    from .run_claim import holder_unchecked, read_holder, refuse_live_claim
     from .run_file import read_run_file
     from .run_resume import resume_command
 
@@ -136,9 +136,12 @@ def _running_shards_left_out(files: List[Path], allow_missing: bool) -> List[Tup
             refuse_live_claim(folder, run_file.name, flag="the folder", quiet=True)
         except OutputDirError as exc:
             holder = read_holder(run_file)
-            here = holder is None or holder.hostname in (None, socket.gethostname())
+            unchecked = None if holder is None else holder_unchecked(holder)  # another host or pid namespace
+            here = unchecked is None
+            elsewhere = holder is not None and holder.hostname not in (None, socket.gethostname())
             state = ("is still running" if here else
-                     "may still be running (on another host, which this host cannot check)")
+                     "may still be running (on another host, which this host cannot check)" if elsewhere else
+                     f"may still be running (in another container: {unchecked} cannot check it)")
             held = f"{holder.describe()}, in {run_file}" if holder else exc
             running = f"shard {shard} in {folder} {state} ({held}), so {file.name} is not its final result"
             if not allow_missing:
@@ -148,7 +151,8 @@ def _running_shards_left_out(files: List[Path], allow_missing: bool) -> List[Tup
                         flags = _recorded_registration_flags(read_run_file(folder, shard))
                     except (OSError, ValueError):
                         flags = ""
-                    ended = (f"; if it has ended, resume it on {holder.hostname} ({resume_command(folder, shard)}"
+                    where = f"on {holder.hostname}" if elsewhere else "in its container on this host"
+                    ended = (f"; if it has ended, resume it {where} ({resume_command(folder, shard)}"
                              f"{flags}), which finishes its claim, or delete {run_file} (after which the shard cannot be "
                              "resumed)")
                 raise UsageError(f"{running}; expected every shard merged to have ended: merge once it has{ended}, "

@@ -1,8 +1,8 @@
 """An output directory claimed by the run writing into it (CLAIM_FILENAMES: each gr00t-eval command's claim file).
 
 The claim file is created atomically (a second claim is refused) and records who holds it: the process id,
-the host and the start time, and, once the run ends, that it finished. A later run may then empty the
-directory (--overwrite) only when that run finished or its process is gone (killed with -9, a crashed
+the host, the pid namespace and the start time, and, once the run ends, that it finished. A later run may then
+empty the directory (--overwrite) only when that run finished or its process is gone (killed with -9, a crashed
 machine); never while the claiming process is alive, which would delete its files and mix both runs' output.
 """
 
@@ -59,6 +59,10 @@ class ClaimHolder:
     # for a reused pid. None in claims written elsewhere or by older versions (started_unix is compared then).
     start_ticks: Optional[int] = None
     boot_id: Optional[str] = None
+    # The process's pid namespace ('pid:[4026531836]', Linux): a container's processes have pids of their own, so a
+    # pid says nothing of a holder in another namespace, even on a host of the same name (`docker run --network host`
+    # gives the node's). None in claims written without /proc or by older versions (their pid is checked here).
+    pid_namespace: Optional[str] = None
 
     def describe(self) -> str:
         """'pid 123 on host h, started 2026-01-01T10:00:00Z', for messages."""
@@ -123,6 +127,9 @@ def holder_record() -> Dict[str, Any]:
     ticks, boot = _start_ticks(os.getpid()), _boot_id()
     if ticks is not None and boot is not None:
         record.update(start_ticks=ticks, boot_id=boot)
+    namespace = _pid_namespace()
+    if namespace is not None:
+        record.update(pid_namespace=namespace)
     return record
 
 
@@ -185,9 +192,11 @@ def holds_claim(claim: Union[str, Path]) -> bool:
 
 
 def _is_this_process(record: Mapping[str, Any]) -> bool:
-    """True when a claim's holder record is this process: its pid, and its start ticks and boot where recorded (else
-    its host name; a host renamed mid-run keeps its ticks and boot, and its claim)."""
+    """True when a claim's holder record is this process: its pid and pid namespace, and its start ticks and boot where
+    recorded (else its host name; a host renamed mid-run keeps its ticks and boot, and its claim)."""
     if record.get("pid") != os.getpid():
+        return False
+    if record.get("pid_namespace") not in (None, _pid_namespace()):  # the PID 1 of another container, say
         return False
     ticks, boot = record.get("start_ticks"), record.get("boot_id")
     if ticks is not None and boot is not None:
@@ -210,11 +219,13 @@ def read_holder(claim: Union[str, Path]) -> Optional[ClaimHolder]:
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return None
     started_unix, ticks, boot = record.get("started_unix"), record.get("start_ticks"), record.get("boot_id")
+    namespace = record.get("pid_namespace")
     return ClaimHolder(pid=pid, hostname=record.get("hostname"), started=str(record.get("started") or "at an unknown time"),
                        started_unix=float(started_unix) if isinstance(started_unix, (int, float)) else None,
                        finished=bool(record.get("finished")),
                        start_ticks=ticks if isinstance(ticks, int) and not isinstance(ticks, bool) else None,
-                       boot_id=boot if isinstance(boot, str) and boot else None)
+                       boot_id=boot if isinstance(boot, str) and boot else None,
+                       pid_namespace=namespace if isinstance(namespace, str) and namespace else None)
 
 
 def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "--output-dir",
@@ -222,7 +233,8 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
     """OutputDirError when DIRECTORY/FILENAME is held by a run that has not finished and may still be running.
 
     Checked before --overwrite may empty the directory: a live claimant on this host (its process exists)
-    is refused, naming it, and so is one on another host (this host cannot tell whether it still runs).
+    is refused, naming it, and so is one on another host or in another pid namespace (holder_unchecked: this
+    process cannot tell whether it still runs), naming the claim file to delete once it has ended.
     Returns the holder of a claim that may go: finished, or its process gone (a stale claim, warned of unless
     `quiet`); None without one.
     """
@@ -232,11 +244,10 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
         _refuse_recent_unclaimed_run(Path(directory), filename, flag)
     if holder is None or holder.finished:
         return holder
-    here = socket.gethostname()
-    same_boot = holder.boot_id is not None and holder.boot_id == _boot_id()  # this machine, renamed since
-    if holder.hostname is not None and holder.hostname != here and not same_boot:
+    unchecked = holder_unchecked(holder)
+    if unchecked is not None:
         raise OutputDirError(f"{flag} {directory} is claimed by a run that has not finished ({holder.describe()}, "
-                             f"in {filename}); host {here} cannot check whether it still runs. Wait for it, or if it "
+                             f"in {filename}); {unchecked} cannot check whether it still runs. Wait for it, or if it "
                              f"has ended delete {claim}, or name another directory")
     if holder_alive(holder):
         raise OutputDirError(f"{flag} {directory} is in use: the run that claimed it is still running "
@@ -419,9 +430,29 @@ def process_exists(pid: int) -> bool:
     return state != "Z"  # a zombie: killed, not yet reaped by its parent
 
 
+def holder_unchecked(holder: ClaimHolder) -> Optional[str]:
+    """Who cannot check whether a claim's holder still runs, for messages ('host h', 'this process, in pid namespace
+    pid:[1] (the run's is pid namespace pid:[2], another container's)'): its pid is not one of this pid namespace,
+    being on another host, or in another pid namespace of this one. None when its pid can be checked here (holder_alive); so for a claim
+    without a namespace (an older version's) on this host."""
+    here, boot = socket.gethostname(), _boot_id()
+    same_boot = holder.boot_id is not None and holder.boot_id == boot  # this machine, renamed since
+    if holder.hostname is not None and holder.hostname != here and not same_boot:
+        return f"host {here}"
+    # A namespace's id names it within one boot only: a holder of an earlier boot is gone (holder_alive says so)
+    earlier_boot = holder.boot_id is not None and boot is not None and holder.boot_id != boot
+    namespace = _pid_namespace()
+    if holder.pid_namespace is not None and holder.pid_namespace != namespace and not earlier_boot:
+        return (f"this process, in pid namespace {namespace or '(unreadable)'} (the run's is pid namespace "
+                f"{holder.pid_namespace}, another container's)")
+    return None
+
+
 def holder_alive(holder: ClaimHolder) -> bool:
-    """True while the claim's process exists on this host and is the one that claimed (not a reused pid)."""
-    if holder.pid == os.getpid() or os.name == "nt":  # Windows: taken as live (process_exists)
+    """True while the claim's process exists on this host and is the one that claimed (not a reused pid, nor another
+    process with this process's pid: a container's PID 1 of before its restart); True for a holder whose pid cannot be
+    checked here (holder_unchecked)."""
+    if os.name == "nt" or holder_unchecked(holder) is not None:  # Windows: taken as live (process_exists)
         return True
     if not process_exists(holder.pid):
         return False
@@ -442,6 +473,14 @@ def _start_ticks(pid: int) -> Optional[int]:
         stat = Path(f"/proc/{pid}/stat").read_text()
         return int(stat[stat.rindex(")") + 2:].split()[19])
     except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_namespace() -> Optional[str]:
+    """This process's pid namespace, as 'pid:[4026531836]' (Linux); None where unreadable."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
         return None
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from .output_files import OutputDirError
-from .run_claim import CLAIM_KEY, holder_alive, holder_record, read_holder
+from .run_claim import CLAIM_KEY, holder_alive, holder_record, holder_unchecked, read_holder
 from .run_file import directory_lock
 
 # A --video-dir outside a run's output directory is checked for earlier videos when the run starts; two runs started
@@ -79,8 +78,8 @@ def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str
             holder = read_holder(claim)
             if holder is None or holder.finished:
                 continue
-            elsewhere = holder.hostname not in (None, socket.gethostname())
-            if not elsewhere and not holder_alive(holder):
+            elsewhere = holder_unchecked(holder)  # another host's or pid namespace's: cannot be checked
+            if elsewhere is None and not holder_alive(holder):
                 continue  # killed: its claim is stale
             other = _claim_record(claim)
             if _sibling_shards(record, other):
@@ -90,8 +89,8 @@ def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str
                 f"{flag} {video_dir} is in use: a run that has not finished writes its episode videos there "
                 f"({holder.describe()}{f', for {writing}' if writing else ''}); the videos of two runs would overwrite "
                 f"each other. Wait for it to end or name another folder"
-                + (f" (host {socket.gethostname()} cannot check a run on {holder.hostname}: once it has ended, "
-                   f"delete {claim})" if elsewhere else ""))
+                + (f" ({elsewhere} cannot check whether it still runs: once it has ended, delete {claim})"
+                   if elsewhere is not None else ""))
         record[CLAIM_NUMBER_KEY] = _count_claim(video_dir)
         write_results(mine, {**record, CLAIM_KEY: holder_record()})
     return mine

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import numbers
 import os
-import socket
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -72,8 +71,7 @@ def _warn_if_still_recorded(root: Path, n_episodes: int) -> None:
     holder = read_holder(root / RECORD_CLAIM)
     if holder is None or holder.finished:
         return
-    elsewhere = holder.hostname is not None and holder.hostname != socket.gethostname()  # cannot check: may run
-    if elsewhere or holder_alive(holder):
+    if holder_alive(holder):  # a holder on another host or in another pid namespace cannot be checked: it may run
         logger.warning("dataset %s is still being recorded by `gr00t-eval record` (%s, in %s): serving the %d episodes "
                        "finished so far, and once it lists another, refusing those not yet read (the dataset changed "
                        "on disk); start the server again once the recording ends", root, holder.describe(),
