@@ -45,3 +45,14 @@ def test_record_to_a_non_ascii_output_prints_the_path_escaped_and_exits_0(tmp_pa
     assert code == 0, err
     assert "\\u8a18\\u9332" in out and "codec can't encode" not in err
     assert (output / "meta" / "info.json").is_file()
+
+
+def test_a_stream_asked_for_surrogateescape_keeps_writing_a_paths_own_bytes(tmp_path):
+    """LC_ALL=C, PYTHONUTF8=1 or PYTHONIOENCODING=utf-8:surrogateescape print a name's own bytes (which name the
+    file); escaping every stream printed the text '\\udce9' instead."""
+    keys = tmp_path / os.fsdecode(b"caf\xe9")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:surrogateescape"}
+    done = subprocess.run([sys.executable, "-m", "gr00t_server.cli", "keygen", str(keys)], env=env, capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert os.fsencode(keys) in done.stdout and b"\\udce9" not in done.stdout

@@ -55,3 +55,36 @@ def test_under_a_latin1_locale_a_tokenizer_folder_with_a_non_ascii_name_is_refus
                           capture_output=True, encoding="latin-1", timeout=120)
     assert done.stdout.startswith(f"the tokenizer folder {tmp_path}/caf\\xe9: its name is not UTF-8 on disk"), done
     assert "copy them again" not in done.stdout
+
+
+def test_a_relative_checkpoint_path_inside_a_working_folder_whose_name_is_not_utf8_is_accepted(tmp_path, monkeypatch):
+    """The libraries get the relative path, which is UTF-8: the check of the absolute one refused what worked."""
+    from gr00t_server.processing.tokenizer import load_tokenizer
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    working = tmp_path / LATIN1_NAME
+    working.mkdir()
+    monkeypatch.chdir(working)
+    make_test_checkpoint("ckpt")
+    assert load_tokenizer("ckpt") is not None
+
+
+def test_export_into_and_serving_from_an_export_folder_whose_name_is_not_utf8_are_refused_naming_it(tiny_checkpoint,
+                                                                                                 tmp_path, capsys):
+    """torch's ONNX exporter failed after the model loaded with a TypeError and 326 KB of traceback; onnxruntime said
+    only 'incompatible constructor arguments'."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from gr00t_server import cli
+
+    output = tmp_path / LATIN1_NAME / "onnx"
+    assert cli.main(["export", "--model-path", str(tiny_checkpoint), "--output", str(output), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {tmp_path}/caf\\xe9/onnx: the name of {tmp_path}/caf\\xe9 is not UTF-8 on disk (torch's ONNX " \
+           "exporter opens UTF-8 paths only)" in err, err
+    assert err.count("\n") == 1 and not output.exists()
+    output.mkdir(parents=True)
+    assert cli.main(["serve", "--model-path", str(tiny_checkpoint), "--embodiment-tag", "new_embodiment", "--device",
+                     "cpu", "--inference-mode", "onnxruntime", "--onnx-dir", str(output), "--no-warmup"]) == 2
+    err = capsys.readouterr().err
+    assert "--onnx-dir" in err and "is not UTF-8 on disk (onnxruntime opens UTF-8 paths only)" in err, err

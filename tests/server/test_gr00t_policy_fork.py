@@ -81,6 +81,20 @@ def test_children_forked_while_another_thread_draws_random_numbers_run_their_see
     assert len({text for _, text in children}) == 3
 
 
+def test_policies_made_in_forked_children_draw_seedless_noise_of_their_own(tiny_checkpoint):
+    """As docs/serving.md advises, each worker makes its own policy: those used torch's global RNG, a copy of the
+    parent's in every child, and returned the bit-identical 'random' action."""
+    observation = example_observation(tiny_checkpoint, "new_embodiment", seed=1, image_size=(64, 64))
+    torch.randn(3)  # the parent has used its RNG, as a parent that served or tested a policy has
+
+    def made_here():
+        return seedless_action(Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu"), observation)
+
+    children = [in_forked_child(made_here, timeout_s=60) for _ in range(3)]
+    assert [code for code, _ in children] == [0, 0, 0], children
+    assert len({text for _, text in children}) == 3
+
+
 def test_a_seeded_call_in_a_forked_child_equals_the_parents_after_its_seedless_one(tiny_checkpoint):
     policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
     observation = example_observation(tiny_checkpoint, "new_embodiment", seed=1, image_size=(64, 64))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 
 def utf8_on_disk(path: Union[str, Path]) -> bool:
@@ -19,3 +19,21 @@ def utf8_on_disk(path: Union[str, Path]) -> bool:
         return on_disk == str(path).encode("utf-8")  # differs under a Latin-1 locale
     except UnicodeEncodeError:  # a lone surrogate: a byte that is not UTF-8, as os.fsdecode keeps it
         return False
+
+
+def non_utf8_path_problem(path: Union[str, Path], what: str, reader: str) -> Optional[str]:
+    """A sentence naming `path` (`what`: 'the tokenizer folder') and the folder in it whose name on disk is not UTF-8,
+    which `reader` ('the tokenizers library') cannot open; None when `path`, as it is given to `reader` (relative
+    paths stay relative: a working folder so named is no matter), is UTF-8 on disk."""
+    if utf8_on_disk(path):
+        return None
+    given = Path(path)
+    odd = next((folder for folder in (*reversed(given.parents), given) if not utf8_on_disk(folder)), given)
+    where = "its name" if odd == given else f"the name of {_shown(odd)}"
+    return (f"{what} {_shown(given)}: {where} is not UTF-8 on disk ({reader} opens UTF-8 paths only); give that folder "
+            "a valid UTF-8 name (rename it)")
+
+
+def _shown(path: Path) -> str:
+    """`path` as its bytes on disk read, a byte that is not UTF-8 escaped ('caf\\xe9')."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

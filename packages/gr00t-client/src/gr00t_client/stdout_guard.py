@@ -97,8 +97,11 @@ def guard_stdout() -> None:
     streams' encoding cannot hold are written escaped (backslashreplace)."""
     reopened = reopen_closed_standard_streams()
     for stream in (sys.stdout, sys.stderr):
-        # a report line a stream's encoding cannot hold (a path in Japanese, or with a non-UTF-8 byte, under
-        # PYTHONIOENCODING=ascii or a Latin-1 locale) is printed escaped: raising, it failed a command after its work
+        # a report line a strict stream's encoding cannot hold (a path in Japanese, or with a non-UTF-8 byte, under
+        # PYTHONIOENCODING=ascii or a Latin-1 locale) is printed escaped: raising, it failed a command after its work.
+        # Another handler is the user's (surrogateescape writes a path's own bytes, naming the file): kept
+        if getattr(stream, "errors", None) != "strict":
+            continue
         try:
             stream.reconfigure(errors="backslashreplace")
         except (AttributeError, ValueError, OSError):  # no TextIOWrapper (a test's capture), or closed: left as is

@@ -51,6 +51,11 @@ def check_backend_before_load(mode: str, onnx_dir: Optional[Union[str, Path]] = 
         from gr00t_server.backends.onnxruntime_backend import CPU_LACKS_BF16, import_onnxruntime
 
         import_onnxruntime()
+        from gr00t_client.file_names import non_utf8_path_problem
+
+        problem = non_utf8_path_problem(onnx_dir, "--onnx-dir", "onnxruntime")  # it said only 'incompatible arguments'
+        if problem is not None:
+            raise BackendError(problem)
         precision = read_export_metadata(onnx_dir).get("precision")
         if precision == "bf16" and device is not None and not str(device).startswith("cuda"):
             raise BackendError(f"{onnx_dir} holds a bf16 export, which --device {device} cannot run "

@@ -142,6 +142,11 @@ def _export_folder(output: Path) -> tuple[Path, list[Path]]:
         raise ValueError(f"--output {output}: {exc.strerror or exc}") from exc
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--output {output} is not a directory")
+    from gr00t_client.file_names import non_utf8_path_problem
+
+    problem = non_utf8_path_problem(folder, "--output", "torch's ONNX exporter")  # it failed after the model loaded
+    if problem is not None:
+        raise ValueError(problem)
     created = [path for path in (folder, *folder.parents) if not path.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)

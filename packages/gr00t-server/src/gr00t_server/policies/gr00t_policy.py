@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import multiprocessing
 import os
 import threading
 import time
@@ -51,15 +52,26 @@ _VISION_TOKEN_ID_KEYS = {"<|vision_start|>": "vision_start_token_id", "<|vision_
                          "<|video_pad|>": "video_token_id"}
 _fork_guard_lock = threading.Lock()
 _fork_guard_registered = False
+# Whether this process is a child of a fork (or of multiprocessing): its torch global RNG may be a copy of its parent's
+# and its siblings', so its policies draw seedless noise from generators of their own (_own_seedless_generator)
+_forked_child = multiprocessing.parent_process() is not None
 
 
 def _torch_after_fork() -> None:
     """In a forked child: GNU OpenMP's threads do not survive fork, and a parallel torch op waits on them for ever.
     torch's global RNG is not touched here: a parent thread drawing from it at the fork leaves its lock held in the
-    child, and reseeding it (torch.seed()) hung every such child; a policy's seedless noise there comes from a
-    generator of its own (Gr00tPolicy._renew_locks)."""
+    child, and reseeding it (torch.seed()) hung every such child; policies' seedless noise there comes from generators
+    of their own (Gr00tPolicy._renew_locks for those made before the fork, __init__ for those made in the child)."""
+    global _forked_child
+    _forked_child = True
     torch.set_num_threads(1)
     logger.debug("forked child %d: torch now runs on one CPU thread", os.getpid())
+
+
+def _own_seedless_generator() -> torch.Generator:
+    """A generator for a forked child's seedless noise, seeded from the OS: with the parent's global RNG state every
+    worker of a fork pool drew the same "random" action (the global one's lock may also be held there)."""
+    return torch.Generator("cpu").manual_seed(int.from_bytes(os.urandom(8), "little"))
 
 
 def _guard_torch_in_forked_children() -> None:
@@ -130,7 +142,8 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self._timing = threading.local()
         self._checked_states = threading.local()  # what check_observation normalized, for this thread's next call
         self._option_names = OptionNames(logger)  # unknown option names: refused when strict, else warned once
-        self._seedless_generator: Optional[torch.Generator] = None  # None: torch's global RNG; a forked child's own
+        # None: torch's global RNG (torch.manual_seed applies); in a forked child, one of its own
+        self._seedless_generator: Optional[torch.Generator] = _own_seedless_generator() if _forked_child else None
         if tag_given_first(model_path, embodiment_tag, subfolder):  # positional (embodiment_tag, model_path) like the reference
             model_path, embodiment_tag = embodiment_tag, model_path
         if model_path is None or embodiment_tag is None:
@@ -382,9 +395,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         forking thread keeps its own, and the parent's other threads do not exist there."""
         self._counting_lock = threading.Lock()
         self._model_lock = threading.Lock()
-        # Seedless noise of the child's own: with the parent's global RNG state every worker of a fork pool drew the
-        # same "random" action; from OS entropy, on a generator of its own (the global one's lock may be held here)
-        self._seedless_generator = torch.Generator("cpu").manual_seed(int.from_bytes(os.urandom(8), "little"))
+        self._seedless_generator = _own_seedless_generator()
 
     @property
     def last_timing(self) -> Dict[str, float]:

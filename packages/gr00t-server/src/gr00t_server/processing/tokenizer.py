@@ -8,12 +8,11 @@ preprocessor_config.json, then from the Hub (fails offline, naming what the cach
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from gr00t_client.file_names import utf8_on_disk
+from gr00t_client.file_names import non_utf8_path_problem
 
 from ..git_lfs import git_lfs_pointer_problem
 from .checkpoint_files import _read_json, _refuse_broken_link
@@ -117,18 +116,9 @@ def refuse_non_utf8_path(path: Union[str, Path], what: str) -> None:
     """ValueError naming `path` (`what`: 'the tokenizer folder') and the folder in it whose name on disk is not UTF-8
     (a Latin-1 byte from an old tool, or any non-ASCII name under a Latin-1 locale): the tokenizers library opens UTF-8
     paths only, so it found no file there ('No such file', read as a damaged tokenizer) or failed with a codec error."""
-    path = Path(path).absolute()
-    if utf8_on_disk(path):
-        return
-    odd = next(folder for folder in (*reversed(path.parents), path) if not utf8_on_disk(folder))
-    where = "its name" if odd == path else f"the name of {_shown(odd)}"
-    raise ValueError(f"{what} {_shown(path)}: {where} is not UTF-8 on disk (the tokenizers library opens UTF-8 paths "
-                     "only); give that folder a valid UTF-8 name (rename it)")
-
-
-def _shown(path: Path) -> str:
-    """`path` as its bytes on disk read, a byte that is not UTF-8 escaped ('caf\\xe9')."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    problem = non_utf8_path_problem(path, what, "the tokenizers library")
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def load_tokenizer(folder: Union[str, Path]) -> Any:
