@@ -16,7 +16,7 @@ import pytest
 import gr00t_client
 import gr00t_eval
 from gr00t_client import client as client_module
-from gr00t_client import chunking, chunking_merge, codec, curve, frame_views, policy
+from gr00t_client import chunking, chunking_merge, cli_flags, codec, curve, frame_views, policy
 
 
 def _wire_decode_error_noting_npsave():
@@ -75,6 +75,10 @@ def _cases():
         run_stop.OutputFolderGone(2, "the output folder disappeared (unmounted or deleted)", "/data/run"),
         shard.MergeError("shards of different plans"),
         vector_envs._ClosingCutShort("signal 2"),
+        vector_envs.SharedMemoryUnavailableError("/dev/shm is full (No space left on device): the env worker "
+                                                 "processes need POSIX semaphores there"),
+        cli_flags.HomeFolderUnknownError("cannot expand '~' in '~/ckpt': $HOME is unset and uid 54321 has no passwd "
+                                         "entry; set HOME or give an absolute path"),
     ]
 
 

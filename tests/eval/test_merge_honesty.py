@@ -5,7 +5,6 @@ PolicyServer, the real CLI."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -202,7 +201,7 @@ def test_auto_n_envs_shards_of_two_machines_record_the_envs_they_ran_with_so_syn
     """Each shard recorded n_envs 0, not the 4 and 1 envs it ran with, and merge pooled them without a word."""
     out = tmp_path / "shards"
     for index, cores in ((0, 8), (1, 2)):  # floor(cores * 0.7) capped by the 4 episodes per task: 4 and 1 envs
-        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr("gr00t_eval.suites.usable_cpu_count", lambda cores=cores: cores)
         assert shard(server.port, out, index, "--n-envs", "0", "--client-chunking", "sync") == 0
     plans = [json.loads((out / f"results_shard{i}of2.json").read_text())["plan"] for i in (0, 1)]
     assert [plan["settings"]["n_envs"] for plan in plans] == [4, 1]
@@ -214,10 +213,10 @@ def test_auto_n_envs_shards_of_two_machines_record_the_envs_they_ran_with_so_syn
 
 def test_a_resumed_auto_n_envs_shard_keeps_the_number_of_envs_its_run_file_recorded(server, tmp_path, monkeypatch):
     out = tmp_path / "shards"
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr("gr00t_eval.suites.usable_cpu_count", lambda: 8)
     assert shard(server.port, out, 0, "--n-envs", "0", "--client-chunking", "sync") == 0
     assert json.loads((out / "run_shard0of2.json").read_text())["config"]["n_envs"] == 4
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # resumed on a smaller machine
+    monkeypatch.setattr("gr00t_eval.suites.usable_cpu_count", lambda: 2)  # resumed on a smaller machine
     assert cli.main(["rollout", "--resume", str(out), "--shard", "0/2", "--policy-client-port", str(server.port)]) == 0
     assert json.loads((out / "results_shard0of2.json").read_text())["plan"]["settings"]["n_envs"] == 4
 

@@ -120,7 +120,7 @@ def test_each_tasks_workers_are_created_when_it_starts_and_closed_when_it_ends(c
 
 
 def test_n_envs_zero_sizes_the_workers_per_task_by_episodes_left(client, monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 100)
+    monkeypatch.setattr("gr00t_eval.suites.usable_cpu_count", lambda: 100)
     scale_fixtures.ENV_EVENTS.clear()
     results = run_suite(client, "walkto/fast", config(n_envs=0, n_episodes=4))
     assert scale_fixtures.ENV_EVENTS.count(("make", 2.0)) == 4  # min(floor(100 * 0.7), 4 episodes, 64)

@@ -21,8 +21,29 @@ def flag(name: str) -> List[str]:
 def user_path(value: str) -> str:
     """A path flag's value with a leading '~' (or '~user') made that home folder: the shell leaves it for the program
     in `--flag=~/x`, a quoted '~/x' or an exec-form Docker CMD. './~/x' stays a folder named '~'. The argparse type
-    of every path flag of gr00t-server and gr00t-eval."""
-    return os.path.expanduser(value)
+    of every path flag of gr00t-server and gr00t-eval; a '~' with no home folder to stand for is refused (exit 2)."""
+    try:
+        return home_expanded_path(value)
+    except HomeFolderUnknownError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class HomeFolderUnknownError(ValueError):
+    """A path's leading '~' stands for no folder: $HOME is unset and this user has no passwd entry."""
+
+
+def home_expanded_path(path: Union[str, "os.PathLike[str]"]) -> str:
+    """`path` with a leading '~' (or '~user') made that home folder, as os.path.expanduser does; a bare '~' (alone or
+    before a '/') with $HOME unset and no passwd entry for this user raises HomeFolderUnknownError: expanduser kept it
+    as a folder named '~' in the working folder, and pathlib's raised a bare RuntimeError."""
+    text = os.fspath(path)
+    expanded = os.path.expanduser(text)
+    if expanded == text and (text == "~" or text.startswith(("~/", "~" + os.sep))):
+        uid = os.getuid() if hasattr(os, "getuid") else None
+        who = "this user" if uid is None else f"uid {uid}"
+        raise HomeFolderUnknownError(f"cannot expand '~' in {text!r}: $HOME is unset and {who} has no passwd entry; "
+                                     "set HOME or give an absolute path")
+    return expanded
 
 
 def ascii_digits(text: str) -> bool:

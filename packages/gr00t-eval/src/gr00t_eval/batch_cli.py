@@ -196,6 +196,17 @@ def _recorded(output_dir: Path, key: str) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
+def _home_folder() -> Optional[str]:
+    """The folder '~' names now (HOME_DIR_KEY), or None where it names none ($HOME unset, no passwd entry): a job's
+    '~' is then refused, naming the job, rather than read as a folder named '~'."""
+    from gr00t_client.cli_flags import HomeFolderUnknownError, home_expanded_path
+
+    try:
+        return home_expanded_path("~")
+    except HomeFolderUnknownError:
+        return None
+
+
 def _new_batch(args: argparse.Namespace) -> _Batch:
     """--jobs FILE into --output-dir (or a new dated folder): refused before any folder is made or emptied when the
     job file, the folder or a job's video folder cannot be used."""
@@ -208,7 +219,7 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
     job_file, job_file_mode = Path(args.jobs).read_bytes(), stat.S_IMODE(os.stat(args.jobs).st_mode)
     start_dir = os.getcwd()
     jobs = load_jobs(args.jobs, start_dir)
-    settings = {JOBS_FILE_KEY: str(args.jobs), START_DIR_KEY: start_dir, HOME_DIR_KEY: os.path.expanduser("~")}
+    settings = {JOBS_FILE_KEY: str(args.jobs), START_DIR_KEY: start_dir, HOME_DIR_KEY: _home_folder()}
     if args.output_dir:
         refuse_live_claims(args.output_dir)  # never empty a folder a batch (or any other run) still runs in
     # As rollout: videos of two runs never sit under the same names (refused, or deleted with --overwrite once the

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from gr00t_client.cli_flags import ascii_digits, token_shape, user_path
+from gr00t_client.cli_flags import HomeFolderUnknownError, ascii_digits, home_expanded_path, token_shape
 from gr00t_client.client import MAX_TIMEOUT_MS
 from gr00t_client.client_options import check_host, endpoint_host
 from gr00t_client.curve import is_z85_key, unwrapped_key_text
@@ -515,7 +515,10 @@ def absolute_video_dir(job: Union[Job, JobError], start_dir: Union[str, Path],
     one folder."""
     if not isinstance(job, Job) or not job.config.get("video_dir"):
         return job
-    video_dir = str(Path(start_dir, home_expanded(str(job.config["video_dir"]), home_dir)).absolute())
+    try:
+        video_dir = str(Path(start_dir, home_expanded(str(job.config["video_dir"]), home_dir)).absolute())
+    except HomeFolderUnknownError as exc:
+        return JobError(f"job {job.name!r}: video_dir: {exc}", job.name)
     return dataclasses.replace(job, config={**job.config, "video_dir": video_dir})
 
 
@@ -527,8 +530,11 @@ def absolute_key_files(job: Union[Job, JobError], start_dir: Union[str, Path],
     only where that file exists or it has a path's form (a leading '~', or a .key / .key_secret file name)."""
     if not isinstance(job, Job):
         return job
-    keys = {key: _absolute_key_file(getattr(job.server, key), start_dir, home_dir)
-            for key in ("server_public_key", "client_key")}
+    try:
+        keys = {key: _absolute_key_file(getattr(job.server, key), start_dir, home_dir)
+                for key in ("server_public_key", "client_key")}
+    except HomeFolderUnknownError as exc:
+        return JobError(f"job {job.name!r}: policy_server: {exc}", job.name)
     return dataclasses.replace(job, server=dataclasses.replace(job.server, **keys))
 
 
@@ -544,9 +550,9 @@ def _absolute_key_file(value: Optional[str], start_dir: Union[str, Path], home_d
 
 def home_expanded(path: str, home_dir: Optional[str]) -> str:
     """`path` with a leading '~' (alone or before a '/') made `home_dir`, the home folder the batch's first attempt
-    took ('~user' and None: user_path's)."""
+    took ('~user' and None: home_expanded_path's, HomeFolderUnknownError where '~' stands for no folder)."""
     if home_dir is None or not (path == "~" or path.startswith(("~/", "~" + os.sep))):
-        return user_path(path)
+        return home_expanded_path(path)
     return home_dir + path[1:]
 
 

@@ -403,7 +403,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         shown = message if isinstance(exc, known) else f"{type(exc).__name__}: {message} (--log-level DEBUG shows the traceback)"
         from .run_stop import WRITE_REFUSED_ERRNOS, is_storage_line, permission_line, storage_stop_line
 
-        outputs = [getattr(args, name, None) for name in ("output_dir", "output", "video_dir", "resume")]
+        outputs = [getattr(args, name, None) for name in ("output_dir", "output", "video_dir", "resume",
+                                                                "save_plot_path")]
         if is_storage_line(exc, *outputs):  # a full disk, a read-only folder a command did not word: path, remedy
             shown = storage_stop_line(exc, args.command)
         elif isinstance(exc, OSError) and exc.errno in WRITE_REFUSED_ERRNOS and exc.filename:  # a file read, as often

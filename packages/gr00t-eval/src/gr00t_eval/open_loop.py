@@ -24,6 +24,7 @@ from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Seq
 import numpy as np
 
 from gr00t_client import BasePolicy, ModalityConfig, PolicyServerError
+from gr00t_client.cli_flags import home_expanded_path
 from gr00t_client.client_options import check_flag
 
 from .progress import bar_options
@@ -90,7 +91,7 @@ class OpenLoopConfig:
             if not isinstance(value, (str, os.PathLike)):
                 expected = "a path (str or os.PathLike)" + ("" if name == "dataset_path" else " or None")
                 raise ValueError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
-            setattr(self, name, os.path.expanduser(value))
+            setattr(self, name, home_expanded_path(value))
         if not is_whole_number(self.steps) or self.steps < 1:
             raise ValueError(f"steps must be an int >= 1 (steps evaluated per trajectory), got {self.steps!r}")
         if self.execution_horizon is not None and (not is_whole_number(self.execution_horizon) or self.execution_horizon < 1):
@@ -337,7 +338,7 @@ def check_open_loop_output_dir(output_dir: str) -> None:
     this run's results."""
     from .output_files import OutputDirError
 
-    output_dir = os.path.expanduser(output_dir)
+    output_dir = home_expanded_path(output_dir)
     if Path(output_dir).exists() and not Path(output_dir).is_dir():
         raise OutputDirError(f"output_dir {output_dir} exists and is not a directory; expected a new or empty folder")
     earlier = Path(output_dir) / RESULTS_FILENAME

@@ -141,9 +141,10 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
             _release_unused_claim(output_dir)
         if claiming:
             raise
-        if isinstance(exc, OSError) and ((output_dir is not None and is_storage_line(exc, output_dir))
+        written = _written_folders(args, output_dir)
+        if isinstance(exc, OSError) and ((output_dir is not None and is_storage_line(exc, *written))
                                           or (exc.errno in WRITE_REFUSED_ERRNOS and exc.filename)):
-            raise SystemExit(_storage_stop_message(exc, output_dir)) from None
+            raise SystemExit(_storage_stop_message(exc, output_dir, written)) from None
         raise
     if result.trajectories:
         print(f"Plots: {', '.join(str(t.plot_path) for t in result.trajectories.values() if t.plot_path) or '(none)'}")
@@ -164,11 +165,17 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _storage_stop_message(exc: OSError, output_dir: Optional[Path]) -> str:
+def _written_folders(args: argparse.Namespace, output_dir: Optional[Path]) -> Tuple[Any, ...]:
+    """The folders an open-loop run writes into: its output folder and, with --save-plot-path, the plots' folder."""
+    plots = None if args.save_plot_path is None else Path(args.save_plot_path).parent
+    return output_dir, plots
+
+
+def _storage_stop_message(exc: OSError, output_dir: Optional[Path], written: Tuple[Any, ...] = ()) -> str:
     """The one line for an open-loop run stopped by a storage error (run_stop.is_storage_line): its output folder
     gone, or a full disk or read-only folder; or by a permission error outside its output folder: a file it reads (the
     dataset's); what is kept, and what to do (open-loop runs do not resume). `output_dir` None: stopped before it
-    was claimed (while the policy's settings were checked)."""
+    was claimed (while the policy's settings were checked). `written`: the folders it writes into (_written_folders)."""
     from .open_loop import RESULTS_FILENAME
     from .run_stop import OutputFolderGone, is_storage_line, storage_advice, storage_error_text
 
@@ -179,7 +186,7 @@ def _storage_stop_message(exc: OSError, output_dir: Optional[Path]) -> str:
     results = None if output_dir is None else output_dir / RESULTS_FILENAME
     kept = (f"{results} holds what was scored before it" if results is not None and results.is_file()
             else f"no {RESULTS_FILENAME} was written")
-    if output_dir is None or not is_storage_line(exc, output_dir):  # not this run's output: a file it reads
+    if output_dir is None or not is_storage_line(exc, *(written or (output_dir,))):  # not its output: a file it reads
         return (f"error: cannot read {exc.filename}: {exc.strerror or exc}: the run stopped; {kept}. Give this user "
                 "read access to it, then run the same command again with --overwrite (open-loop runs do not resume)")
     return (f"error: {storage_error_text(exc)}: the run stopped; {kept}. {storage_advice(exc)}, then run the same "

@@ -122,20 +122,26 @@ def is_storage_error(exc: BaseException) -> bool:
 
 
 def is_storage_line(exc: BaseException, *output_folders: Any) -> bool:
-    """Whether a command that stops on `exc` says so as a storage line (storage_stop_line): a storage error
-    (is_storage_error), or a file or folder this user may not write (WRITE_REFUSED_ERRNOS) in one of the command's
-    `output_folders` (its output folder, its video folder; entries that are no path, None, ignored). A permission error
-    anywhere else is not said to be a write: it is a file the command reads (a dataset's, a --jobs file) as often."""
-    if is_storage_error(exc):
+    """Whether a command that stops on `exc` says so as a storage line (storage_stop_line): its folder gone, or a
+    storage error (is_storage_error) or a file or folder this user may not write (WRITE_REFUSED_ERRNOS) whose file lies
+    in one of the command's `output_folders` (its output folder, its video folder; entries that are no path, None,
+    ignored; a command that names none: any storage error). An error naming no file, or a file elsewhere, is not the
+    output folder's: a full or read-only /dev/shm (the env workers' semaphores), a permission error on a file the
+    command reads (a dataset's, a --jobs file)."""
+    if isinstance(exc, OutputFolderGone):
         return True
-    if not (isinstance(exc, OSError) and exc.errno in WRITE_REFUSED_ERRNOS and exc.filename):
+    if not (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS | WRITE_REFUSED_ERRNOS):
+        return False
+    folders = [Path(folder) for folder in output_folders if isinstance(folder, (str, os.PathLike))]
+    if not folders:
+        return exc.errno in STORAGE_ERRNOS
+    if not exc.filename:
         return False
     failed = Path(os.fsdecode(exc.filename)).resolve()
-    for folder in output_folders:
-        if isinstance(folder, (str, os.PathLike)):
-            folder = Path(folder).resolve()
-            if failed == folder or folder in failed.parents:
-                return True
+    for folder in folders:
+        folder = folder.resolve()
+        if failed == folder or folder in failed.parents:
+            return True
     return False
 
 

@@ -40,7 +40,7 @@ def add_scale_arguments(rollout_parser: argparse.ArgumentParser) -> None:
     group = rollout_parser.add_argument_group(
         "scaling",
         "--env-name also takes a comma-separated list or suite names (see `gr00t-eval suites`); --n-envs 0 picks "
-        "floor(cores*0.7) capped by the episodes left and 64; --policy-client-host may list several hosts "
+        "floor(usable CPUs*0.7) capped by the episodes left and 64; --policy-client-host may list several hosts "
         "(h1,h2:5556) for --ray-address, assigned to shards round-robin.",
     )
     group.add_argument(*_flag("shard"), default=None, metavar="I/N",

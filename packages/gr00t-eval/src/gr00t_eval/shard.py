@@ -99,7 +99,7 @@ def outcome_settings(config: RolloutConfig) -> Dict[str, Any]:
 
 
 def resolve_shard_n_envs(config: RolloutConfig, shard: Optional[ShardSpec]) -> RolloutConfig:
-    """A shard's n_envs of 0 (auto) resolved once, from the plan's episodes per task and this machine's cores, so that
+    """A shard's n_envs of 0 (auto) resolved once, from the plan's episodes per task and the CPUs it may use, so that
     its plan records the number it runs with: under sync or async client chunking merge holds shards to it."""
     if shard is None or config.n_envs != 0:
         return config

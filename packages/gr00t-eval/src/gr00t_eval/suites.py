@@ -23,6 +23,7 @@ from .metrics import ERROR_REASON_CHARS, EpisodeOutcome, rollout_aggregates
 from .rollout.config import MAX_ENVS, RolloutConfig, env_error_text, split_env_name
 from .rollout.liveness import PolicyServerUnreachableError, unanswered_ping_reason
 from .run_stop import is_storage_error, take_stop_while_closing
+from .usable_cpus import usable_cpu_count
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +159,9 @@ def resolve_tasks(env_spec: str) -> Tuple[List[Task], Optional[str]]:
 
 
 def auto_n_envs(episodes_left: int, cores: Optional[int] = None) -> int:
-    """`--n-envs 0`: floor(cores * 0.7), capped by the episodes left and by 64; at least 1."""
-    cores = cores if cores is not None else (os.cpu_count() or 1)
+    """`--n-envs 0`: floor(cores * 0.7), capped by the episodes left and by 64; at least 1. `cores` (None: the CPUs this
+    process may use, usable_cpu_count: its affinity and cgroup quota, not the machine's cores)."""
+    cores = cores if cores is not None else usable_cpu_count()
     return max(1, min(int(math.floor(cores * AUTO_ENV_CORE_FRACTION)), int(episodes_left), MAX_AUTO_ENVS))
 
 

@@ -25,6 +25,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from gr00t_client.cli_flags import home_expanded_path
 from gr00t_client.cli_signals import stop_signals_held
 from gr00t_client.curve import KeySource, _is_z85_key, _unwrapped, key_fingerprint, load_key_pair
 
@@ -95,7 +96,7 @@ def generate_certificates(directory: Union[str, os.PathLike], name: str = "serve
     """
     if not name or os.sep in name or name.startswith("."):
         raise ValueError(f"key name must be a plain file name without '{os.sep}' or a leading dot, got {name!r}")
-    directory = Path(directory).expanduser()  # a quoted '~/keys' (or an exec-form CMD's) is not expanded by a shell
+    directory = Path(home_expanded_path(directory))  # a quoted '~/keys' (an exec-form CMD's) no shell expanded
     _make_key_folder(directory)
     public_path, secret_path = directory / f"{name}{PUBLIC_SUFFIX}", directory / f"{name}{SECRET_SUFFIX}"
     # Two keygens of one NAME at once each renamed its own pair in, interleaved: NAME.key of one beside the other's
@@ -223,7 +224,7 @@ class CurveServerConfig:
                 raise ValueError(f"{names[1]} is Path('.'), which is what Path('') becomes; pass the directory of "
                                  "client .key files (write the str '.' or an absolute folder if the working directory "
                                  "is meant, or None to admit any client that has the server's public key)")
-            directory = Path(os.path.expanduser(folder))  # --flag=~/x, $GR00T_AUTHORIZED_KEYS
+            directory = Path(home_expanded_path(folder))  # --flag=~/x, $GR00T_AUTHORIZED_KEYS
             if not directory.is_dir():  # repr: a control character in the name is shown, not sent to the terminal
                 raise NotADirectoryError(f"{names[1]}: {str(directory)!r} is not a directory of client .key files")
         return cls(public, secret, directory)

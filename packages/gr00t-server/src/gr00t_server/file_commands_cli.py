@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
+from gr00t_client.cli_flags import home_expanded_path
 from gr00t_client.cli_signals import stop_signals_ignored_until_exit
 
 from .cli_errors import CliError, refuse_blank_paths
@@ -22,7 +23,7 @@ def keygen(args: argparse.Namespace) -> int:
 
     if not str(args.directory).strip():  # '' is not the current folder by accident
         raise CliError(f"DIRECTORY must name a folder (use . for the current one), got {args.directory!r}")
-    folder = os.path.expanduser(str(args.directory))
+    folder = home_expanded_path(str(args.directory))
     problem = broken_link_problem("DIRECTORY", folder)  # mkdir said only "[Errno 17] File exists"
     if problem is not None:
         raise CliError(problem)
@@ -79,7 +80,7 @@ def make_test_checkpoint(args: argparse.Namespace) -> int:
     refuse_blank_paths(args, {"dataset_path": "a recorded LeRobot dataset directory (leave the flag out for "
                                               "--embodiment's keys or the default key sets)"})
     # './' or "$PWD" (through a symlink too): typed, so meant as '.'
-    if os.path.realpath(os.path.expanduser(args.output)) == os.path.realpath(os.getcwd()):
+    if os.path.realpath(home_expanded_path(args.output)) == os.path.realpath(os.getcwd()):
         args.output = "."  # (make_test_checkpoint refuses any other spelling of it, for a Path('') from Python)
     if not 0 <= args.seed < 2**32:  # checked before any file is written; torch keeps only 32 bits of a weight seed
         raise CliError(f"--seed must be a whole number from 0 to 2**32 - 1, got {args.seed}")
@@ -114,7 +115,7 @@ def _completed_checkpoint(output: str, write: Callable[[], Path]) -> Path:
     it ended a whole, usable checkpoint with "interrupted" and 130."""
     from .test_checkpoint import TEST_CHECKPOINT_MARKER
 
-    marker = Path(os.path.expanduser(output)) / TEST_CHECKPOINT_MARKER
+    marker = Path(home_expanded_path(output)) / TEST_CHECKPOINT_MARKER
     earlier = _modified(marker)  # an earlier checkpoint's marker says complete too, until this run replaces it
     try:
         path = write()

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
+from gr00t_client.cli_flags import home_expanded_path
+
 from .cli_errors import CliError
 
 
@@ -46,7 +48,7 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Tuple[Any, Optional[st
     dataset_class = require_lerobot_dataset()  # first: the change check lists the files with gr00t-eval's reader too
     # Its files' signatures before it is read: a re-recording while the modality config loads (a .py file runs user
     # code) is refused by the replay, not served under the lengths and seeds read here
-    changes = DatasetChanges(Path(os.path.expanduser(dataset_path)))
+    changes = DatasetChanges(Path(home_expanded_path(dataset_path)))
     dataset = dataset_class(dataset_path)
     file_tag = None
     if args.modality_config_path:

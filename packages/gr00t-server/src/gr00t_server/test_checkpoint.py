@@ -15,7 +15,6 @@ LeRobot dataset's keys and statistics, so `serve --model-path` + `open-loop` + `
 from __future__ import annotations
 
 import json
-import os
 import logging
 import shutil
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from gr00t_client.cli_flags import home_expanded_path
 from gr00t_client.embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX
 from gr00t_client.modality import ActionConfig, ModalityConfig
 
@@ -350,7 +350,7 @@ def make_test_checkpoint(
     if not str(out_dir).strip():
         raise ValueError(f"make_test_checkpoint: out_dir is empty ({str(out_dir)!r}): an unset variable? Expected the "
                          "folder to write the checkpoint into (use '.' for the current one)")
-    out = Path(os.path.expanduser(out_dir))  # '~/ckpt' is in the home folder, where every reader looks for it
+    out = Path(home_expanded_path(out_dir))  # '~/ckpt' is in the home folder, where every reader looks for it
     # Path(os.environ.get("CKPT", "")) is Path('.'), past the blank check: only the str '.' means to empty this folder
     if overwrite and out_dir != "." and out.resolve() == Path.cwd().resolve():
         raise ValueError(f"make_test_checkpoint: out_dir {str(out_dir)!r} is the current folder and overwrite=True "

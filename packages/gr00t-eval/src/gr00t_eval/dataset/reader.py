@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
+
+from gr00t_client.cli_flags import home_expanded_path
 
 from . import parquet_files
 from .episode import Episode
@@ -72,7 +73,7 @@ class LeRobotDataset:
     def __init__(self, path: Union[str, Path]) -> None:
         # '~' is the home folder, as DatasetWriter writes it; on the text: Path() drops the './' of './~/ds', a folder
         # named '~'
-        self.root = Path(os.path.expanduser(path)).absolute()
+        self.root = Path(home_expanded_path(path)).absolute()
         if not self.root.is_dir():
             raise DatasetFileNotFoundError(f"dataset directory not found: {self.root}")
         meta_dir = self.root / "meta"

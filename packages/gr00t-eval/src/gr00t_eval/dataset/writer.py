@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import logging
 import numbers
-import os
 import weakref
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
+
+from gr00t_client.cli_flags import home_expanded_path
 
 from .overwrite import OVERWRITE_TRASH, delete_trash, empty_dataset_dir
 from .stats import RunningColumnStats, episode_stats, image_stats
@@ -79,7 +80,7 @@ class DatasetWriter(_EpisodeChecks, _EpisodeFiles, _MetaFiles):
                              "column of its own (or leave the default, 'task_index')")
         # '~' is the home folder, as in the CLI's --output (a folder named '~' was made in the working directory); on
         # the text: Path() drops the './' of './~/ds', a folder named '~'
-        self.root = Path(os.path.expanduser(root)).absolute()
+        self.root = Path(home_expanded_path(root)).absolute()
         delete_trash(self.root / OVERWRITE_TRASH)  # left by an overwrite that was killed
         keep = (*keep, OVERWRITE_TRASH)
         if self.root.exists() and any(entry.name not in keep for entry in self.root.iterdir()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import logging
 import multiprocessing
@@ -84,6 +85,24 @@ def runs_in_process(config: RolloutConfig) -> bool:
     return envs_in_process(config.vectorization, config.n_envs)
 
 
+class SharedMemoryUnavailableError(RuntimeError):
+    """The env worker processes could not be started: /dev/shm, which holds their queue's semaphores, is full,
+    read-only, missing or not writable for this user (a container's 64 MB default, --ipc=none, a sandbox)."""
+
+
+_SHM_STATES = {errno.ENOSPC: "is full", errno.EROFS: "is read-only", errno.EACCES: "is not writable for this user",
+               errno.EPERM: "is not writable for this user", errno.ENOENT: "is missing"}
+
+
+def shared_memory_problem(exc: OSError) -> str:
+    """What a semaphore that could not be made in /dev/shm (`exc`) means for a run, and the remedies."""
+    state = _SHM_STATES.get(exc.errno, "cannot hold them")
+    return (f"/dev/shm {state} ({exc.strerror or exc}): the env worker processes need POSIX semaphores there. Give "
+            "the container a larger or writable /dev/shm (docker run --shm-size=1g; in Kubernetes an emptyDir volume "
+            "with medium: Memory mounted at /dev/shm), or run the envs in this process (--n-envs 1 with "
+            "--vectorization auto, or --vectorization sync)")
+
+
 class BoundedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
     """gymnasium's AsyncVectorEnv whose workers get at most `build_timeout_s` (None: no limit) to build their envs:
     its own check waits on each worker without a timeout, and it builds one env in this process for the spaces, so a
@@ -95,6 +114,13 @@ class BoundedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
             # shared memory would be laid out for the stand-in's spaces before the workers report theirs
             super().__init__([_BuiltInWorker(fn) for fn in env_fns], worker=_announcing_worker, shared_memory=False,
                              **kwargs)
+        except OSError as exc:
+            _kill_processes(getattr(self, "processes", []))
+            # before any worker was made, only the workers' queue (its POSIX semaphores, in /dev/shm) writes a file;
+            # an error there names none, and read as the output folder's full or read-only disk
+            if not getattr(self, "processes", None) and exc.filename is None:
+                raise SharedMemoryUnavailableError(shared_memory_problem(exc)) from exc
+            raise
         except BaseException:  # a Ctrl-C while they build: the workers ignore SIGTERM, and Python's exit waited for ever
             _kill_processes(getattr(self, "processes", []))
             raise

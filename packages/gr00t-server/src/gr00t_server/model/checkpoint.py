@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from gr00t_client.cli_flags import home_expanded_path
 from gr00t_server.checkpoint_json import read_checkpoint_json
 from gr00t_server.git_lfs import git_lfs_pointer_problem
 from gr00t_server.model.config import CONFIG_NAME, Gr00tN1d7Config
@@ -111,7 +112,7 @@ def resolve_checkpoint_dir(
 ) -> Path:
     """Local directory holding config.json + weights; hub ids (optionally with a sub-folder) are downloaded (only
     looked up in the local hub cache with `local_files_only`, or with $HF_HUB_OFFLINE set)."""
-    local = Path(model_dir_or_hub_id).expanduser()
+    local = Path(home_expanded_path(model_dir_or_hub_id))
     if local.exists():
         directory = local / subfolder if subfolder else local
     else:

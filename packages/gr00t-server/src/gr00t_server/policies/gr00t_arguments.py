@@ -11,6 +11,7 @@ from typing import Any, List, Optional, Union
 import numpy as np
 import torch
 
+from gr00t_client.cli_flags import home_expanded_path
 from gr00t_client.embodiment import FINETUNE_ONLY_TAGS, POSTTRAIN_TAGS, EmbodimentTag, resolve_tag
 from gr00t_server.model.config import CONFIG_NAME
 from gr00t_server.processing.config import load_processor_config
@@ -51,7 +52,7 @@ def tag_given_first(model_path: Any, embodiment_tag: Any, subfolder: Optional[st
         return True
     if not isinstance(model_path, str) or not isinstance(embodiment_tag, (str, os.PathLike)):
         return False
-    checkpoint = Path(embodiment_tag).expanduser() / (subfolder or "")
+    checkpoint = Path(home_expanded_path(embodiment_tag)) / (subfolder or "")
     if not (checkpoint / CONFIG_NAME).is_file():
         return False
     tags = _checkpoint_tags(checkpoint)

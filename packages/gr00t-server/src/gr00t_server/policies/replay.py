@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import numbers
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
+from gr00t_client.cli_flags import home_expanded_path
 from gr00t_client.modality import ModalityConfig, copy_modality_configs, modality_configs_from_json
 from gr00t_client.policy import BasePolicy, ObservationError, nested_batch_size, validate_observation
 
@@ -127,7 +127,7 @@ class ReplayPolicy(BasePolicy):
         # '~' expanded as LeRobotDataset does: ./~/ds was watched (a stale folder, or none) while $HOME/ds was served
         changes = dataset_changes
         if changes is None and not isinstance(dataset, dataset_class):
-            changes = DatasetChanges(Path(os.path.expanduser(dataset)))
+            changes = DatasetChanges(Path(home_expanded_path(dataset)))
         self.dataset = dataset if isinstance(dataset, dataset_class) else dataset_class(dataset)
         self._changes = changes or DatasetChanges(Path(self.dataset.root))
         if self.dataset.num_episodes == 0:
