@@ -37,6 +37,25 @@ def test_a_command_that_names_no_output_folder_keeps_every_storage_error_a_stora
     assert is_storage_line(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
 
 
+@pytest.mark.parametrize("plot_path", ["plot.png", "plots/"])
+def test_an_unreadable_dataset_file_beside_open_loops_plot_file_is_a_file_it_reads_not_writes(tmp_path, monkeypatch,
+                                                                                                plot_path):
+    """`--save-plot-path plot.png` counted the whole working folder as written: a dataset file there this user may not
+    read was reported as 'Permission denied writing ...: Give this user write access to the folder'."""
+    import argparse
+
+    from gr00t_eval.open_loop_cli import _storage_stop_message, _written_folders
+
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(save_plot_path=plot_path, traj_ids=[0, 1])
+    unread = OSError(errno.EACCES, os.strerror(errno.EACCES), "ds/data/episode_000000.parquet")
+    message = _storage_stop_message(unread, tmp_path / "run", _written_folders(args, tmp_path / "run"))
+    assert message.startswith("error: cannot read ds/data/episode_000000.parquet") and "read access" in message
+    plot = "plot_traj1.png" if plot_path == "plot.png" else "plots/x.png"
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), plot)  # a plot of this run: its storage line
+    assert is_storage_line(full, *_written_folders(args, tmp_path / "run"))
+
+
 def _can_mount_a_dev_shm_of_its_own():
     return (sys.platform.startswith("linux") and os.geteuid() == 0 and shutil.which("unshare") is not None
             and subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0)

@@ -166,9 +166,20 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
 
 
 def _written_folders(args: argparse.Namespace, output_dir: Optional[Path]) -> Tuple[Any, ...]:
-    """The folders an open-loop run writes into: its output folder and, with --save-plot-path, the plots' folder."""
-    plots = None if args.save_plot_path is None else Path(args.save_plot_path).parent
-    return output_dir, plots
+    """Where an open-loop run writes: its output folder and, with --save-plot-path, the plot folder it names or its
+    plot files (and their temporaries), not the folder around them: with `--save-plot-path plot.png` that was the
+    working folder, and a dataset file there this user may not read was reported as a folder it may not write."""
+    from .plots import is_plot_folder, trajectory_plot_file
+    from .run_claim import partial_path
+
+    path = args.save_plot_path
+    if path is None:
+        return (output_dir,)
+    if is_plot_folder(path):
+        return output_dir, Path(path)
+    traj_ids = getattr(args, "traj_ids", None) or [0]  # the flag's default
+    plots = [trajectory_plot_file(path, traj_id, len(traj_ids)) for traj_id in traj_ids]
+    return (output_dir, *plots, *(partial_path(plot) for plot in plots))
 
 
 def _storage_stop_message(exc: OSError, output_dir: Optional[Path], written: Tuple[Any, ...] = ()) -> str:
