@@ -151,6 +151,43 @@ def test_an_onnx_folder_holding_another_exports_file_is_not_built_from(exports, 
     assert not (tmp_path / "engines" / ENGINE_METADATA).exists()
 
 
+@pytest.fixture(scope="module")
+def libero_export(exports, tmp_path_factory):
+    """An action-head export of checkpoint A traced for libero_sim (not the checkpoint's default tag) on 224x320
+    frames (not the default 256x256)."""
+    checkpoint = exports["a"].parent / "ckpt_a"
+    policy = Gr00tPolicy(checkpoint, "libero_sim", device="cpu", dtype="fp32")
+    out = tmp_path_factory.mktemp("onnx_libero")
+    export_policy(policy, example_observation(checkpoint, "libero_sim", batch_size=1, seed=1, image_size=(224, 320)),
+                  out, mode="action_head")
+    return out
+
+
+def test_verify_reads_the_exports_tag_frame_size_and_identity_from_the_engine_folders_metadata(libero_export, stand_in,
+                                                                                             tmp_path):
+    """build-engine nests the export's metadata under "export_metadata"; verify --engine-dir read the top level, so it
+    verified the checkpoint's default tag on 256x256 frames instead of the export's (a full_pipeline engine made with
+    --image-size could never be verified)."""
+    from gr00t_server.backends.common import read_json
+
+    folder = tmp_path / "engines"
+    trt_backend.build_engines(libero_export, folder, max_batch_size=4)
+    read = trt_backend.engine_export_metadata(read_json(folder / ENGINE_METADATA, "engine metadata"))
+    exported = json.loads((libero_export / "export_metadata.json").read_text())
+    assert read["embodiment_tag"] == "libero_sim"
+    assert read["sample_image_size"] == [224, 320]
+    assert read["model_identity"] == exported["model_identity"] and read["model_version"] == exported["model_version"]
+    assert (read["precision"], read["max_batch_size"]) == ("fp32", 4)  # the engines' own, from the top level
+
+
+def test_verify_reads_engine_metadata_of_older_files_from_its_top_level():
+    older = {"precision": "fp16", "max_batch_size": 2, "engines": {}, "embodiment_tag": "libero_sim",
+             "sample_image_size": [480, 640]}
+    read = trt_backend.engine_export_metadata(older)
+    assert (read["embodiment_tag"], read["sample_image_size"]) == ("libero_sim", [480, 640])
+    assert (read["precision"], read["max_batch_size"]) == ("fp16", 2)
+
+
 def test_verify_refuses_a_backend_that_swapped_nothing(tiny_checkpoint):
     from gr00t_server.backends.verify import verify_policy
 

@@ -74,7 +74,9 @@ def register(subparsers: Any) -> None:
                     "torch.compile); print cosine similarity, max abs error and relative error per output (the "
                     "action encoder's and the DiT's at their worst denoising step); an output fails when either its "
                     "cosine or its relative error (held to its dtype's limit) does; a second pass on a batch whose "
-                    "prompts differ in length, so rows are padded, reports its rows as '(padded batch)'; exit 1 on FAIL.",
+                    "prompts differ in length, so rows are padded, reports its rows as '(padded batch)'; the "
+                    "sub-modules that take the embodiment id are also checked with every other embodiment the "
+                    "checkpoint serves, in rows named '(embodiment TAG)'; exit 1 on FAIL.",
     )
     verify.add_argument(*_flag("model-path"), required=True, help="checkpoint directory or hub id")
     source = verify.add_mutually_exclusive_group(required=True)

@@ -237,6 +237,17 @@ def _build_into(trt: Any, onnx_dir: Union[str, Path], out: Path, staging: Path, 
     return metadata
 
 
+def engine_export_metadata(engine_metadata: dict[str, Any]) -> dict[str, Any]:
+    """The export's metadata (its embodiment tag, frame size and model identity) of an engine folder's metadata:
+    nested under `export_metadata` as build-engine records it, else the top level (older files), with the engines'
+    own `precision` and `max_batch_size`."""
+    exported = engine_metadata.get("export_metadata")
+    if not isinstance(exported, dict):
+        exported = engine_metadata
+    return {**exported, "precision": engine_metadata.get("precision", exported.get("precision")),
+            "max_batch_size": engine_metadata.get("max_batch_size")}
+
+
 ENGINE_WORK_PREFIX = ".gr00t-engines-"  # build_engines' staging folder in --engine-dir: <prefix><pid>-<token>-<random>
 
 

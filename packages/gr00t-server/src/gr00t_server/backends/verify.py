@@ -9,10 +9,12 @@ difference over the RMS of the reference, for actions over the RMS of their moti
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -38,6 +40,9 @@ MIN_ACTION_SPREAD = 0.1
 # Sub-modules that take the denoising timestep, checked at every Euler step: an export that froze the traced t=0
 # into a constant is right at the first step only.
 TIMESTEP_CONDITIONED = ("action_encoder", "dit")
+# Sub-modules that take the embodiment id (attribute names of the action head): an export serves every embodiment of
+# the checkpoint, so these are also fed the recorded inputs with each other served embodiment's id.
+EMBODIMENT_CONDITIONED = ("state_encoder", "action_encoder", "action_decoder")
 STATUS_SEVERITY = {"PASS": 0, "WARN": 1, "FAIL": 2}
 # The padded-batch pass gives its rows these prompts in turn: of different token lengths, so every row of the short
 # one is padded and an export that ignores the attention mask fails (the sample's rows share one prompt: none is).
@@ -152,6 +157,7 @@ class VerifyReport:
     mode: str
     comparisons: list[Comparison]
     embodiment_tag: Optional[str] = None  # the embodiment the sample observation and the model ran as
+    notes: list[str] = field(default_factory=list)  # what was not checked, and why
 
     @property
     def status(self) -> str:
@@ -167,6 +173,7 @@ class VerifyReport:
         for c in self.comparisons:
             lines.append(f"{c.label:<{width}}  {c.cosine:>10.6f}  {c.max_abs_error:>12.4e}  {c.relative_error:>10.3e}  "
                          f"{c.status}")
+        lines += [f"note: {note}" for note in self.notes]
         lines.append(f"overall ({self.mode}): {self.status}")
         return "\n".join(lines)
 
@@ -235,6 +242,43 @@ def compare_calls(name: str, module: torch.nn.Module, calls: list[CapturedCall],
     return rows[step]
 
 
+def with_embodiment_id(module: torch.nn.Module, calls: list[CapturedCall], embodiment_id: int) -> list[CapturedCall]:
+    """`calls` of the PyTorch `module` with their `embodiment_id` argument replaced by `embodiment_id`, each with the
+    module's output for it."""
+    signature = inspect.signature(module.forward)
+    rerun = []
+    for call in calls:
+        bound = signature.bind(*call.args, **call.kwargs)
+        bound.arguments["embodiment_id"] = torch.full_like(bound.arguments["embodiment_id"], embodiment_id)
+        rerun.append(CapturedCall(bound.args, bound.kwargs, detached(module(*bound.args, **bound.kwargs))))
+    return rerun
+
+
+def other_embodiment_ids(policy: Any) -> tuple[dict[str, int], list[str]]:
+    """The projector index of each embodiment the policy's checkpoint serves besides the policy's own (tags sharing an
+    index joined by "/"), and the tags its embodiment_id.json lists that serve refuses (no modality configs or usable
+    statistics, or an index beyond the model's), which are not checked."""
+    from gr00t_server.processing.checkpoint_files import EMBODIMENT_ID_NAME
+
+    processor = policy.processor
+    listed_in = processor.source_files.get(EMBODIMENT_ID_NAME)
+    listed = json.loads(Path(listed_in).read_text(encoding="utf-8")) if listed_in else {}
+    tags_by_id: dict[int, list[str]] = {}
+    unserved = []
+    for tag in sorted(set(listed) | set(processor.config.embodiment_tags)):
+        try:
+            processor.norm_params(tag)  # as a Gr00tPolicy loading for `tag` does
+            index = processor.embodiment_id(tag)
+        except (KeyError, ValueError):
+            unserved.append(tag)
+            continue
+        if not 0 <= index < policy.model_config.max_num_embodiments:
+            unserved.append(tag)
+        elif index != policy.embodiment_id:
+            tags_by_id.setdefault(index, []).append(tag)
+    return {"/".join(tags): index for index, tags in tags_by_id.items()}, unserved
+
+
 def padded_batch(observation: dict[str, Any]) -> dict[str, Any]:
     """`observation` with its rows' prompts of different token lengths (PADDED_BATCH_PROMPTS in turn); it needs at
     least 2 rows."""
@@ -251,12 +295,14 @@ def verify_policy(
     mode: str,
     seed: int = 0,
     padded_observation: Optional[dict[str, Any]] = None,
+    other_embodiments: Optional[Mapping[str, int]] = None,
 ) -> VerifyReport:
     """Run PyTorch, swap the backend in with `apply_backend(policy)`, run again with the same noise.
 
     Each swapped sub-module is also fed the PyTorch inputs in isolation, so its own error is visible; the
     timestep-conditioned ones at every denoising step, reporting their worst. A `padded_observation` (see
-    padded_batch) is compared too, in rows named `(padded batch)`.
+    padded_batch) is compared too, in rows named `(padded batch)`. The embodiment-conditioned ones are also fed those
+    inputs with the id of each of `other_embodiments` (tag: projector index), in rows named `(embodiment TAG)`.
     """
     model = model_of(policy)
     dtype = next(model.parameters()).dtype
@@ -265,17 +311,27 @@ def verify_policy(
     references: dict[str, tuple[dict[str, list[CapturedCall]], dict[str, Any]]] = {}
     for name, sample in passes.items():
         references[name] = _reference_run(policy, sample, options)
+    head, sample_calls = model.action_head, references[""][0]
+    embodiment_calls = {tag: {target: with_embodiment_id(getattr(head, target), sample_calls[target], index)
+                              for target in EMBODIMENT_CONDITIONED if sample_calls.get(target)}
+                        for tag, index in (other_embodiments or {}).items()}
     swapped = apply_backend(policy)
     if not swapped:  # the actions would compare PyTorch with itself and pass
         raise BackendError(f"the {mode} backend swapped no sub-module into the model: nothing to verify")
+    targets = submodule_targets(model_of(policy), swapped)
     comparisons = []
     for name, sample in passes.items():
         calls, reference_actions = references[name]
         rows = []
-        for target, module in submodule_targets(model_of(policy), swapped).items():
+        for target, module in targets.items():
             if calls.get(target):
-                rows.append(compare_calls(target, module, calls[target], dtype, model.action_head.timestep_for_step))
+                rows.append(compare_calls(target, module, calls[target], dtype, head.timestep_for_step))
         rows += _action_comparisons(policy, sample, options, reference_actions, dtype, mode)
+        for tag, calls_by_target in embodiment_calls.items() if not name else ():  # after the sample's rows
+            for target, tag_calls in calls_by_target.items():
+                if target in targets:
+                    row = compare_calls(target, targets[target], tag_calls, dtype, head.timestep_for_step)
+                    rows.append(dataclasses.replace(row, name=f"{target} (embodiment {tag})"))
         comparisons += [dataclasses.replace(row, name=f"{row.name} ({name})") if name else row for row in rows]
     return VerifyReport(mode, comparisons)
 
@@ -355,6 +411,7 @@ def verify_checkpoint(
     from gr00t_server.backends import apply_inference_mode, check_backend_before_load
     from gr00t_server.backends.common import ENGINE_METADATA, read_export_metadata, read_json
     from gr00t_server.backends.export import default_embodiment_tag, sample_observation
+    from gr00t_server.backends.tensorrt_backend import engine_export_metadata
     from gr00t_server.policies.gr00t_policy import Gr00tPolicy
 
     if (onnx_dir is not None) + (engine_dir is not None) + bool(torch_compile) != 1:
@@ -363,7 +420,7 @@ def verify_checkpoint(
     if engine_dir is not None:
         # As `serve` does, before the checkpoint loads: without CUDA, the load's "use device 'cpu'" can never work here.
         check_backend_before_load("tensorrt", engine_dir=engine_dir, device=device or "cuda")
-        metadata = read_json(Path(engine_dir) / ENGINE_METADATA, "TensorRT engine metadata")
+        metadata = engine_export_metadata(read_json(Path(engine_dir) / ENGINE_METADATA, "TensorRT engine metadata"))
         mode = "tensorrt"
         device = device or "cuda"
     elif onnx_dir is not None:
@@ -385,10 +442,16 @@ def verify_checkpoint(
     padded_rows = min(max(batch_size, 2), int(metadata.get("max_batch_size") or max(batch_size, 2)))
     padded = padded_batch(sample_observation(policy, batch_size=padded_rows, seed=seed,
                                              image_size=metadata.get("sample_image_size"))) if padded_rows >= 2 else None
+    # an export serves every embodiment of the checkpoint (serve takes any tag with it): check each one's id too
+    other_embodiments, unserved = other_embodiment_ids(policy)
     report = verify_policy(
         policy, observation,
         lambda p: apply_inference_mode(p, mode, onnx_dir=onnx_dir, engine_dir=engine_dir),
-        mode, seed=seed, padded_observation=padded,
+        mode, seed=seed, padded_observation=padded, other_embodiments=other_embodiments,
     )
     report.embodiment_tag = policy.embodiment_tag_value
+    if unserved:
+        report.notes.append(f"embodiments not checked, as serve refuses them (the checkpoint has no modality configs or "
+                            f"usable statistics for them, or their projector index is beyond the model's): "
+                            f"{', '.join(unserved)}")
     return report
