@@ -129,18 +129,21 @@ def test_per_env_requests_for_some_envs_take_those_envs_rows_of_a_row_shaped_opt
     np.testing.assert_allclose(action["action.x"][:, 0], [1.25, 100.5])  # env 0: its running chunk; env 1: its row
 
 
+class SeedPolicy(StampPolicy):
+    """StampPolicy that keeps the seed option of each call."""
+
+    def __init__(self):
+        super().__init__(horizon=4)
+        self.seeds = []
+
+    def _get_action(self, observation, options=None):
+        self.seeds.append(options["seed"])
+        return super()._get_action(observation, options)
+
+
 def test_per_env_requests_for_some_envs_keep_each_envs_own_seed():
     """options={"seed": s} means row i uses s + i; a fetch for env 2 alone sent s, env 0's seed, so an env's action
     depended on which other envs it happened to be fetched with."""
-    class SeedPolicy(StampPolicy):
-        def __init__(self):
-            super().__init__(horizon=4)
-            self.seeds = []
-
-        def _get_action(self, observation, options=None):
-            self.seeds.append(options["seed"])
-            return super()._get_action(observation, options)
-
     policy = SeedPolicy()
     chunker = ActionChunker(policy, per_env=True)
     chunker.get_action(obs(0, 0, 0, 0), {"seed": 10})
@@ -158,15 +161,6 @@ def test_per_env_requests_for_some_envs_keep_each_envs_own_seed():
 
 def test_per_env_requests_for_some_envs_read_a_0d_integer_array_seed_as_its_int():
     """np.asarray(10) went as given to a fetch of env 2 alone, where Gr00tPolicy took it as seed 10, env 0's."""
-    class SeedPolicy(StampPolicy):
-        def __init__(self):
-            super().__init__(horizon=4)
-            self.seeds = []
-
-        def _get_action(self, observation, options=None):
-            self.seeds.append(options["seed"])
-            return super()._get_action(observation, options)
-
     policy = SeedPolicy()
     chunker = ActionChunker(policy, per_env=True)
     chunker.get_action(obs(0, 0, 0, 0), {"seed": np.array(10)})
