@@ -146,10 +146,11 @@ def test_metaworld_envs_reset_without_a_seed_get_scenes_of_their_own():
 
 
 @pytest.mark.sim
-def test_a_non_finite_metaworld_action_is_refused_and_an_unstable_step_is_no_success():
+def test_a_non_finite_metaworld_action_is_refused_and_an_unstable_step_is_no_success(tmp_path, monkeypatch):
     """np.clip passed NaN to MuJoCo, which reset the whole scene: the step returned normally, and in drawer-close the
     default pose is the goal, so one NaN from a broken policy scored success=True with reward 10."""
     pytest.importorskip("metaworld")
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its warning to MUJOCO_LOG.TXT in the working folder
     env = make_env("metaworld/drawer-close-v3", image_size=32)
     try:
         env.reset(seed=0)
