@@ -54,6 +54,22 @@ def test_paths_without_a_leading_tilde_and_a_known_home_are_unchanged(monkeypatc
         assert cli_flags.home_expanded_path(path) == path
 
 
+def test_a_key_given_as_a_tilde_path_with_no_home_folder_names_its_flag_or_variable(monkeypatch, tmp_path):
+    """The key flags (--server-public-key, --client-key, --curve-secret-key, $GR00T_AUTHORIZED_KEYS) said only
+    "cannot expand '~' in '~/keys/...'", naming no flag."""
+    from gr00t_client.curve import load_public_key
+    from gr00t_server.curve import CurveServerConfig, generate_certificates
+
+    _, secret = generate_certificates(tmp_path)
+    _no_home_anywhere(monkeypatch)
+    with pytest.raises(cli_flags.HomeFolderUnknownError, match=r"^--server-public-key: cannot expand '~'"):
+        load_public_key("~/keys/server.key", "--server-public-key")
+    with pytest.raises(cli_flags.HomeFolderUnknownError, match=r"^--curve-secret-key: cannot expand '~'"):
+        CurveServerConfig.load("~/keys/server.key_secret", names=("--curve-secret-key", "--authorized-keys"))
+    with pytest.raises(cli_flags.HomeFolderUnknownError, match=r"^--authorized-keys: cannot expand '~'"):
+        CurveServerConfig.load(secret, "~/clients", names=("--curve-secret-key", "--authorized-keys"))
+
+
 def _can_run_as_uid_without_entry():
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None:
         return False

@@ -62,3 +62,30 @@ def test_a_cgroup_v1_quota_of_minus_one_or_no_files_is_no_cap(tmp_path):
     write(tmp_path, "cpu/cpu.cfs_period_us", "100000\n")
     assert cgroup_cpu_quota(tmp_path) is None
     assert usable_cpu_count(tmp_path) >= 1
+
+
+def test_the_quota_of_this_process_own_cgroup_or_one_above_it_caps_the_count(tmp_path):
+    """Only the mount's root was read: a systemd unit's CPUQuota=, a job's cgroup or a container seen without a cgroup
+    namespace (limited to 1 CPU) counted every CPU."""
+    root = tmp_path / "cgroup"
+    write(root, "cpu.max", "max 100000\n")
+    write(root, "system.slice/cpu.max", "200000 100000\n")
+    write(root, "system.slice/job.scope/cpu.max", "max 100000\n")
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text("0::/system.slice/job.scope\n")
+    assert cgroup_cpu_quota(root, proc) == 2.0
+    write(root, "system.slice/job.scope/cpu.max", "50000 100000\n")
+    assert cgroup_cpu_quota(root, proc) == 0.5 and usable_cpu_count(root, proc) == 1
+    proc.write_text("0::/gone.scope\n")  # a path this mount does not show: its root alone
+    assert cgroup_cpu_quota(root, proc) is None
+
+
+def test_a_cgroup_v1_quota_of_this_process_own_cgroup_caps_the_count(tmp_path):
+    root = tmp_path / "cgroup"
+    write(root, "cpu,cpuacct/cpu.cfs_quota_us", "-1\n")
+    write(root, "cpu,cpuacct/cpu.cfs_period_us", "100000\n")
+    write(root, "cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "300000\n")
+    write(root, "cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n")
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text("4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n0::/\n")
+    assert cgroup_cpu_quota(root, proc) == 3.0

@@ -22,7 +22,7 @@ import zmq.auth
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
-from .cli_flags import home_expanded_path
+from .cli_flags import HomeFolderUnknownError, home_expanded_path
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,10 @@ def _as_text(value: KeySource, what: str) -> str:
         text = _unwrapped(os.fspath(value))
         if not text:  # an unset variable's value, told as such rather than as a missing file
             raise ValueError(f"{what} is empty; pass a certificate file or a 40-character z85 key")
-        return home_expanded_path(text)  # '~' is not a z85 character: a z85 key passes unchanged
+        try:
+            return home_expanded_path(text)  # '~' is not a z85 character: a z85 key passes unchanged
+        except HomeFolderUnknownError as exc:  # the path alone named no flag or variable
+            raise HomeFolderUnknownError(f"{what}: {exc}") from None
     raise TypeError(f"{what} must be a z85 key string or a certificate path, got {type(value).__name__}")
 
 

@@ -25,7 +25,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from gr00t_client.cli_flags import home_expanded_path
+from gr00t_client.cli_flags import HomeFolderUnknownError, home_expanded_path
 from gr00t_client.cli_signals import stop_signals_held
 from gr00t_client.curve import KeySource, _is_z85_key, _unwrapped, key_fingerprint, load_key_pair
 
@@ -224,7 +224,10 @@ class CurveServerConfig:
                 raise ValueError(f"{names[1]} is Path('.'), which is what Path('') becomes; pass the directory of "
                                  "client .key files (write the str '.' or an absolute folder if the working directory "
                                  "is meant, or None to admit any client that has the server's public key)")
-            directory = Path(home_expanded_path(folder))  # --flag=~/x, $GR00T_AUTHORIZED_KEYS
+            try:
+                directory = Path(home_expanded_path(folder))  # --flag=~/x, $GR00T_AUTHORIZED_KEYS
+            except HomeFolderUnknownError as exc:  # the path alone named no flag or variable
+                raise HomeFolderUnknownError(f"{names[1]}: {exc}") from None
             if not directory.is_dir():  # repr: a control character in the name is shown, not sent to the terminal
                 raise NotADirectoryError(f"{names[1]}: {str(directory)!r} is not a directory of client .key files")
         return cls(public, secret, directory)
