@@ -182,7 +182,8 @@ def test_a_shard_held_on_another_host_is_refused_naming_its_claim_file_and_how_t
     assert f"shard 1/2 in {split} may still be running (on another host" in err, err
     resume = f"gr00t-eval rollout --resume {split} --shard 1/2"
     assert f"if it has ended, resume it on node7-no-such-host ({resume}" in err, err
-    assert f"or delete {run_file}" in err, err
+    # the run file is the shard's run (its --resume reads it): freed, never deleted
+    assert f'set "finished": true in the "claim" record of {run_file}' in err and f"delete {run_file}" not in err, err
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="pid namespaces are read from /proc (Linux)")
@@ -201,7 +202,8 @@ def test_a_shard_held_in_another_pid_namespace_of_this_host_is_refused_naming_it
     assert cli.main(["merge", str(split), "--output", str(tmp_path / "m" / "merged.json")]) == 2
     err = capsys.readouterr().err
     assert f"shard 1/2 in {split} may still be running (in another container" in err, err
-    assert "resume it in its container on this host" in err and f"or delete {run_file}" in err, err
+    assert "resume it in its container on this host" in err, err
+    assert f'set "finished": true in the "claim" record of {run_file}' in err and f"delete {run_file}" not in err, err
     assert os.readlink("/proc/self/ns/pid") in err, err
 
 

@@ -207,13 +207,15 @@ def test_claiming_a_directory_twice_is_refused_naming_the_claim(tmp_path):
     claim_output_dir(tmp_path, "open_loop_run.json", {"kind": "open_loop"})
     with pytest.raises(OutputDirError, match="taken by another run.*open_loop_run.json"):
         claim_output_dir(tmp_path, "open_loop_run.json", {"kind": "open_loop"})
-    assert [p.name for p in tmp_path.iterdir()] == ["open_loop_run.json"]  # no partial file left beside it
+    # no partial file left beside it: the claim and the alive file its holder locks (run_claim.holding_claim) only
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gr00t_open_loop_run.json.alive", "open_loop_run.json"]
 
 
 def test_a_finished_run_leaves_its_settings_and_a_rerun_needs_overwrite(dataset, server, tmp_path):
     out = tmp_path / "out"
     assert open_loop(dataset, server.port, out, "--traj-ids", "0") == 0
-    assert sorted(p.name for p in out.iterdir()) == [cli.OPEN_LOOP_RUN_FILENAME, "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".gr00t_open_loop_run.json.alive", cli.OPEN_LOOP_RUN_FILENAME,
+                                                     "results.json"]
     assert open_loop(dataset, server.port, out, "--traj-ids", "1") == 2
     assert open_loop(dataset, server.port, out, "--traj-ids", "1", "--overwrite") == 0
     assert list(results(out)["trajectories"]) == ["1"]
@@ -293,7 +295,8 @@ def test_an_unfinished_claim_from_another_host_is_refused_even_with_overwrite(da
     assert open_loop(dataset, server.port, out, "--overwrite") == 2
     err = capsys.readouterr().err
     assert "pid 4242 on host another-machine" in err and "cannot check whether it still runs" in err
-    assert f"delete {out / cli.OPEN_LOOP_RUN_FILENAME}" in err
+    # the claim file holds the run's settings: freed, not deleted
+    assert f'set "finished": true in the "claim" record of {out / cli.OPEN_LOOP_RUN_FILENAME}' in err, err
     assert [p.name for p in out.iterdir()] == [cli.OPEN_LOOP_RUN_FILENAME]
 
 

@@ -179,7 +179,7 @@ def test_an_output_dir_claimed_by_a_live_cli_run_is_refused_before_the_policy_is
     policy = ReplayThatActsFirst(dataset, [lambda: queries.append(1)])
     with pytest.raises(OutputDirError, match=r"output_dir .*out is in use: .* in open_loop_run.json"):
         run_in_process(dataset, policy, out)
-    assert queries == [] and sorted(path.name for path in out.iterdir()) == [claim.name]
+    assert queries == [] and sorted(path.name for path in out.iterdir()) == [f".gr00t_{claim.name}.alive", claim.name]
 
 
 def test_a_results_json_that_appears_during_the_run_is_not_replaced(dataset, tmp_path):

@@ -240,8 +240,9 @@ def test_open_loop_overwrite_empties_its_own_earlier_folder_holding_plots_of_its
                 "--traj-ids", "0", "1", "--save-plot-path", str(out / "plot.png")]
         assert main(args) == 0
         assert main([*args, "--overwrite"]) == 0  # the same command, replacing its own earlier output
-    assert sorted(p.name for p in out.iterdir()) == ["open_loop_run.json", "plot_traj0.png", "plot_traj1.png",
-                                                     "results.json"]
+    # and the claim's alive file (run_claim.holding_claim), hidden, this tool's own
+    assert sorted(p.name for p in out.iterdir()) == [".gr00t_open_loop_run.json.alive", "open_loop_run.json",
+                                                     "plot_traj0.png", "plot_traj1.png", "results.json"]
 
 
 @pytest.mark.parametrize("command", ["rollout", "batch", "record"])

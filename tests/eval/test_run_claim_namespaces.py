@@ -1,7 +1,8 @@
 """A claim records its process's pid namespace: a run in another pid namespace of this host (another container, even
-one with this host's name, as `--network host` gives) is never judged by a pid of this namespace, but refused, naming
-the claim file to delete once it has ended; and a claim at this process's own pid by another process (the killed
-PID 1 of a container started again) is stale, not this process's."""
+one with this host's name, as `--network host` gives) is never judged by a pid of this namespace, but by its alive
+lock (test_run_claim_alive_lock), or, without one, refused, saying how to free the claim once it has ended; and a claim
+at this process's own pid by another process (the killed PID 1 of a container started again) is stale, not this
+process's."""
 
 import json
 import os
@@ -64,15 +65,18 @@ def test_a_claim_records_the_pid_namespace_of_its_process(tmp_path):
     assert read_holder(claim).pid_namespace == os.readlink("/proc/self/ns/pid")
 
 
-def test_a_claim_from_another_pid_namespace_of_this_host_is_refused_naming_the_file_to_delete(tmp_path):
+def test_a_claim_from_another_pid_namespace_of_this_host_without_an_alive_lock_is_refused_saying_how_to_free_it(
+        tmp_path):
     # its pid is no process here: judged by this namespace's pids, the live run was taken for a gone one
-    claim = _claim_with(tmp_path, pid=_gone_pid(), pid_namespace=ANOTHER_NAMESPACE)
+    claim = _claim_with(tmp_path, pid=_gone_pid(), pid_namespace=ANOTHER_NAMESPACE, alive_lock=None)
     before = claim.read_text()
     with pytest.raises(OutputDirError) as refused:
         refuse_live_claim(tmp_path, "claim.json")
     message = str(refused.value)
-    assert f"pid namespace {ANOTHER_NAMESPACE}" in message and f"delete {claim}" in message, message
-    assert "still running" not in message  # it may have ended: this process cannot tell
+    assert f"pid namespace {ANOTHER_NAMESPACE}" in message and f'"finished": true in the "claim" record of {claim}' \
+        in message, message
+    # it may have ended: this process cannot tell; and the claim file holds the run's settings, never to be deleted
+    assert "still running" not in message and f"delete {claim}" not in message, message
     with pytest.raises(OutputDirError):
         take_claim(tmp_path, "claim.json", {"settings": 2})
     assert claim.read_text() == before
@@ -153,7 +157,7 @@ def test_a_live_run_that_is_pid_1_of_another_pid_namespace_is_refused(tmp_path, 
     out.mkdir()
     process = _claim_in_new_pid_namespace(out)
     try:
-        with pytest.raises(OutputDirError, match="delete .*claim.json"):
+        with pytest.raises(OutputDirError, match=r"still running .*holds \.gr00t_claim\.json\.alive locked"):
             take_claim(out, "claim.json", {"settings": 2})
         assert read_holder(out / "claim.json").pid == 1 and process.poll() is None
     finally:
@@ -170,6 +174,6 @@ def test_the_claim_of_a_killed_pid_1_does_not_read_as_running_to_the_next_pid_1(
     said = again.stdout + again.stderr
     assert again.returncode == 0, said
     assert "still running" not in said and "is in use" not in said, said
-    # its namespace is gone: either it is another (refused, naming the claim to delete) or the kernel gave the new
-    # container the same id, and the other start ticks make the claim stale
-    assert "took it" in said or f"delete {out / 'claim.json'}" in said, said
+    # its namespace is gone, and its alive lock with it (or the kernel gave the new container the same id, and the
+    # other start ticks make the claim stale): a container killed and started again resumes its run
+    assert "took it" in said, said

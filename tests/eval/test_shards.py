@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 
 import numpy as np
 import pytest
@@ -110,7 +109,7 @@ def test_merge_refuses_client_chunking_shards_run_with_different_n_envs(client, 
 
 
 def test_a_python_shard_with_auto_n_envs_records_the_number_of_envs_this_machine_ran_it_with(client, monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # floor(4 * 0.7) = 2 envs, below the 5 episodes per task
+    monkeypatch.setattr("gr00t_eval.suites.usable_cpu_count", lambda: 4)  # floor(4 * 0.7) = 2 envs, below the 5 per task
     results = run_suite(client, ENV_SPEC, config(client_chunking="sync", n_envs=0), ShardSpec(0, 2))
     assert results["plan"]["settings"]["n_envs"] == 2 and results["config"]["n_envs"] == 2
 

@@ -17,8 +17,8 @@ from .batch import (BATCH_RESULTS_FILENAME, JOBS_DIRNAME, Job, JobError, format_
                     load_jobs, read_job_run_file, run_batch)
 from .cli_errors import UsageError
 from .output_files import OutputDirError
-from .run_claim import (claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim, refuse_live_claims,
-                        take_claim)
+from .run_claim import (claim_alive_name, claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim,
+                        refuse_live_claims, take_claim)
 from .run_resume import command_path
 from . import run_dir  # its folder helpers looked up when called (tests stand in for them there)
 from .run_stop import (INTERRUPTED_EXIT_CODE, OutputFolderGone, is_storage_line, sigterm_as_interrupt,
@@ -230,7 +230,8 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
     if args.output_dir:
         # Claimed before anything is emptied, and the claim is kept while the folder is emptied: of two batches
         # racing into one folder (--overwrite), one runs and the other is refused, whatever the timing.
-        output_dir, keep = Path(args.output_dir), (BATCH_CLAIM_FILENAME, claim_lock_name(BATCH_CLAIM_FILENAME))
+        output_dir = Path(args.output_dir)
+        keep = (BATCH_CLAIM_FILENAME, claim_lock_name(BATCH_CLAIM_FILENAME), claim_alive_name(BATCH_CLAIM_FILENAME))
         if Path(os.path.abspath(args.jobs)).parent == Path(os.path.abspath(output_dir)):  # its job file, kept there
             keep = (*keep, Path(args.jobs).name)
         run_dir.check_output_dir(output_dir, args.overwrite, keep=keep)  # the usual refusals, before any claim

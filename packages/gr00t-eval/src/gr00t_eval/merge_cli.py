@@ -119,7 +119,7 @@ def _running_shards_left_out(files: List[Path], allow_missing: bool) -> List[Tup
     from .cli_errors import UsageError
     from .output_files import OutputDirError, run_file_name
     from .rollout_args import _recorded_registration_flags
-    from .run_claim import holder_unchecked, read_holder, refuse_live_claim
+    from .run_claim import holder_unchecked, read_holder, refuse_live_claim, release_advice
     from .run_file import read_run_file
     from .run_resume import resume_command
 
@@ -153,8 +153,7 @@ def _running_shards_left_out(files: List[Path], allow_missing: bool) -> List[Tup
                         flags = ""
                     where = f"on {holder.hostname}" if elsewhere else "in its container on this host"
                     ended = (f"; if it has ended, resume it {where} ({resume_command(folder, shard)}"
-                             f"{flags}), which finishes its claim, or delete {run_file} (after which the shard cannot be "
-                             "resumed)")
+                             f"{flags}), which finishes its claim, or {release_advice(run_file)}")
                 raise UsageError(f"{running}; expected every shard merged to have ended: merge once it has{ended}, "
                                  "or pass --allow-missing to merge without it") from None
             print(f"Leaving out {file}: {running} (--allow-missing: its episodes are missing from the merge)")

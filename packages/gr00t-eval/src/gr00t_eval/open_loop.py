@@ -683,8 +683,10 @@ def evaluate_open_loop(
                                  ) from stopped
         finally:
             if watch is not None:  # its own claim: the folder keeps only the run's plots and results.json
+                from .run_claim import release_alive_lock
                 from .run_dir import remove_quietly
 
+                release_alive_lock(watch, remove=True)
                 remove_quietly(watch)
         stop_signals_ignored_until_exit()  # saved: from now on a stop leaves the CLI's exit status and claim the results'
     if stopped is not None:

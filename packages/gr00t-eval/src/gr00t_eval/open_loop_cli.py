@@ -207,9 +207,13 @@ def _storage_stop_message(exc: OSError, output_dir: Optional[Path], written: Tup
 def _release_unused_claim(output_dir: Path) -> None:
     """A run that ended before writing anything (no server answered, say) leaves no claim behind: the same
     command, run again once the server is up, is not refused as 'not empty'."""
+    from .run_claim import claim_alive_name, release_alive_lock
+
+    claim = output_dir / OPEN_LOOP_RUN_FILENAME
     try:
-        if [entry.name for entry in output_dir.iterdir()] == [OPEN_LOOP_RUN_FILENAME]:
-            (output_dir / OPEN_LOOP_RUN_FILENAME).unlink()
+        if {entry.name for entry in output_dir.iterdir()} <= {claim.name, claim_alive_name(claim.name)}:
+            release_alive_lock(claim, remove=True)
+            claim.unlink()
     except OSError:
         pass
 

@@ -92,8 +92,8 @@ def record_metaworld(
     if image_size % 2:  # checked here, before the dataset directory is made
         raise ValueError(f"image_size must be even (the dataset's mp4 videos are yuv420p), got {image_size}")
     camera = camera or DEFAULT_CAMERA
-    from .run_claim import (claim_lock_name, finish_claim, finished_however_it_ends, refuse_live_claims,
-                            refuse_live_runs_around, take_claim)
+    from .run_claim import (claim_alive_name, claim_lock_name, finish_claim, finished_however_it_ends,
+                            refuse_live_claims, refuse_live_runs_around, take_claim)
     from .output_files import not_a_directory_above
     from .run_stop import check_folder_kept, folder_identity, sigterm_as_interrupt
 
@@ -114,8 +114,8 @@ def record_metaworld(
     refuse_live_runs_around(output_path, flag="--output")  # never a dataset inside the folder of a run still running
     if output_path.is_dir():
         refuse_live_claims(output_path, flag="--output")  # never empty a directory another recording (or any run) fills
-        if not overwrite and any(entry.name not in (RECORD_CLAIM, claim_lock_name(RECORD_CLAIM), OVERWRITE_TRASH)
-                                 for entry in output_path.iterdir()):
+        own = (RECORD_CLAIM, claim_lock_name(RECORD_CLAIM), claim_alive_name(RECORD_CLAIM), OVERWRITE_TRASH)
+        if not overwrite and any(entry.name not in own for entry in output_path.iterdir()):
             raise FileExistsError(f"dataset directory {output} is not empty")  # before the env and the progress bar
     env = MetaWorldEnv(task, image_size=image_size, camera=camera)
     expert = scripted_policy(task)
@@ -141,7 +141,8 @@ def record_metaworld(
                                                     RECORD_CLAIM)
             with finished_however_it_ends(lambda outcome: finish_claim(claim, outcome)):
                 with DatasetWriter(output_path, fps=METAWORLD_FPS, robot_type="sawyer", overwrite=overwrite,
-                                   keep=(RECORD_CLAIM, claim_lock_name(RECORD_CLAIM))) as writer:
+                                   keep=(RECORD_CLAIM, claim_lock_name(RECORD_CLAIM), claim_alive_name(RECORD_CLAIM))
+                                   ) as writer:
                     summary.started = True
                     _record_episodes(env, expert, writer, summary, env_name, camera, n_episodes, seed,
                                      max_episode_steps, bar, check_output_folder)

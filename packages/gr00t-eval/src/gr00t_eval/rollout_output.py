@@ -131,7 +131,7 @@ def _release_unstarted_run(output_dir: Path, shard: Any) -> None:
     repeat the mistake. Only while the run file there is this process's claim: never another run's files."""
     from .episode_log import EpisodeLog
     from .output_files import episode_log_name, run_file_name
-    from .run_claim import holds_claim
+    from .run_claim import holds_claim, release_alive_lock
 
     log, run_file = output_dir / episode_log_name(shard), output_dir / run_file_name(shard)
     try:
@@ -143,6 +143,7 @@ def _release_unstarted_run(output_dir: Path, shard: Any) -> None:
             return
         log.unlink(missing_ok=True)
         _release_video_claim(run_file, output_dir, shard)
+        release_alive_lock(run_file, remove=True)
         run_file.unlink(missing_ok=True)
     except (OSError, ValueError) as exc:  # never hide the reason the run stopped
         logger.debug("could not release %s: %s", output_dir, exc)

@@ -1,9 +1,11 @@
 """An output directory claimed by the run writing into it (CLAIM_FILENAMES: each gr00t-eval command's claim file).
 
 The claim file is created atomically (a second claim is refused) and records who holds it: the process id,
-the host, the pid namespace and the start time, and, once the run ends, that it finished. A later run may then
-empty the directory (--overwrite) only when that run finished or its process is gone (killed with -9, a crashed
-machine); never while the claiming process is alive, which would delete its files and mix both runs' output.
+the host, the pid namespace and the start time, and, once the run ends, that it finished. While it holds the claim,
+the process keeps a file beside it locked (holding_claim): a holder whose pid cannot be checked here (another
+container's, another host's) is judged by that lock. A later run may then empty the directory (--overwrite) only when
+that run finished or its process is gone (killed with -9, a crashed machine); never while the claiming process is
+alive, which would delete its files and mix both runs' output.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class ClaimHolder:
     # pid says nothing of a holder in another namespace, even on a host of the same name (`docker run --network host`
     # gives the node's). None in claims written without /proc or by older versions (their pid is checked here).
     pid_namespace: Optional[str] = None
+    # Whether the holder keeps its claim's alive file locked while it holds the claim (holding_claim): where its pid
+    # cannot be checked (holder_unchecked), that lock tells a live holder from a gone one. False in older claims.
+    alive_lock: bool = False
 
     def describe(self) -> str:
         """'pid 123 on host h, started 2026-01-01T10:00:00Z', for messages."""
@@ -79,9 +84,9 @@ def claim_output_dir(path: Union[str, Path], filename: str, settings: Mapping[st
     from .results import _jsonable
 
     claim = Path(path) / filename
-    text = json.dumps(_jsonable({CLAIM_KEY: holder_record(), **settings}), indent=2) + "\n"
     try:
-        _create_exclusively(claim, text)
+        with holding_claim(claim) as holder:
+            _create_exclusively(claim, json.dumps(_jsonable({CLAIM_KEY: holder, **settings}), indent=2) + "\n")
     except FileExistsError:
         raise OutputDirError(f"{flag} {path} is taken by another run (it holds {filename}); wait for that run "
                              "or name a new directory") from None
@@ -91,6 +96,117 @@ def claim_output_dir(path: Union[str, Path], filename: str, settings: Mapping[st
 def claim_lock_name(filename: str) -> str:
     """The file take_claim locks beside a claim file (kept, like the claim, when the directory is emptied)."""
     return f"{filename}.lock"
+
+
+def claim_alive_name(filename: str) -> str:
+    """The file a claim's holder keeps locked while it holds the claim (holding_claim), beside the claim file: a hidden
+    .gr00t name, this tool's own to folder checks (kept, like the claim's lock, when the directory is emptied)."""
+    return f"{filename if filename.startswith('.gr00t') else f'.gr00t_{filename}'}.alive"
+
+
+_ALIVE_LOCKS: Dict[str, int] = {}  # claim file (absolute) -> descriptor of its alive file, flock'ed by this process
+
+
+@contextlib.contextmanager
+def holding_claim(claim: Union[str, Path]) -> Iterator[Dict[str, Any]]:
+    """holder_record() for the block to write into the claim file `claim`, this process holding an exclusive flock of
+    the claim's alive file (claim_alive_name) from before the write until finish_claim or this process's end, however
+    it ends (kill -9, a container killed): a checker that cannot check the holder's pid (holder_unchecked: another pid
+    namespace or host) takes a free lock for a gone holder (alive_lock_free). The record says whether the lock is held
+    (alive_lock: none where there is no flock, say); a block that fails (no claim written) releases it again."""
+    claim = Path(claim)
+    held_before = str(claim.absolute()) in _ALIVE_LOCKS  # a claim this process holds already, written again
+    record = holder_record()
+    if _lock_alive_file(claim):
+        record["alive_lock"] = True
+    try:
+        yield record
+    except BaseException:
+        if not held_before:
+            release_alive_lock(claim)
+        raise
+
+
+def _lock_alive_file(claim: Path) -> bool:
+    """Take (or keep) this process's flock of the alive file of `claim`; False where it cannot be had."""
+    key, alive = str(claim.absolute()), claim.with_name(claim_alive_name(claim.name))
+    if key in _ALIVE_LOCKS:
+        try:
+            if os.path.samestat(os.fstat(_ALIVE_LOCKS[key]), alive.stat()):
+                return True
+        except OSError:
+            pass
+        release_alive_lock(claim)  # its file was deleted meanwhile (the folder emptied): lock the one there now
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return False
+    try:  # read-only: flock needs no write access; O_CLOEXEC: a program it starts does not hold it on
+        descriptor = os.open(alive, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        logger.debug("no alive lock for %s: %s", claim, exc)
+        return False
+    for _attempt in range(10):  # a checker holds it for an instant only (alive_lock_free)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _ALIVE_LOCKS[key] = descriptor
+            return True
+        except BlockingIOError:  # else a live holder's (refused next), or its forked children's: not claimed as held
+            time.sleep(0.01)
+        except OSError as exc:  # a file system without flock
+            logger.debug("no alive lock for %s: %s", claim, exc)
+            break
+    os.close(descriptor)
+    return False
+
+
+def release_alive_lock(claim: Union[str, Path], remove: bool = False) -> None:
+    """Let go of this process's flock of the alive file of `claim` (if it holds one); `remove`: delete that file too
+    (the claim file itself is being deleted). Otherwise the file stays, like a claim's lock: deleting it would let a
+    later holder lock another file of the same name."""
+    claim = Path(claim)
+    descriptor = _ALIVE_LOCKS.pop(str(claim.absolute()), None)
+    if descriptor is None:
+        return
+    import fcntl
+
+    if remove:  # before the unlock: no one locks a file about to go
+        remove_quietly(claim.with_name(claim_alive_name(claim.name)))
+    fcntl.flock(descriptor, fcntl.LOCK_UN)  # also for a forked child that shares the descriptor
+    os.close(descriptor)
+
+
+def alive_lock_free(claim: Union[str, Path]) -> Optional[bool]:
+    """Whether no process holds the flock of the alive file of `claim` (holding_claim): True when this process could
+    take it (released at once: the holder is gone, however it ended), False while a process holds it (the holder
+    runs), None where that cannot be told (no alive file, no flock here). The file is never made here."""
+    claim = Path(claim)
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        descriptor = os.open(claim.with_name(claim_alive_name(claim.name)), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    else:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        return True
+    finally:
+        os.close(descriptor)
+
+
+def release_advice(claim: Union[str, Path]) -> str:
+    """How to free the claim file `claim` of a run that has ended without finishing, keeping the file: every claim file
+    holds its run's settings too (a rollout's run.json is the run, which --resume continues)."""
+    return (f'mark its claim finished: set "finished": true in the "{CLAIM_KEY}" record of {claim} (keep that file: '
+            "it holds the run's settings)")
 
 
 def take_claim(path: Union[str, Path], filename: str, settings: Mapping[str, Any], flag: str = "--output-dir") -> Path:
@@ -158,8 +274,16 @@ def finished_however_it_ends(finish: Callable[[str], None]) -> Iterator[RunEndin
 
 def finish_claim(claim: Union[str, Path], outcome: str) -> None:
     """Record in the claim file that its run ended (`outcome`: complete, interrupted, error), so the directory
-    may be overwritten while this process still lives (a later run of the same Python process, say)."""
+    may be overwritten while this process still lives (a later run of the same Python process, say). The claim's alive
+    lock (holding_claim) is released then."""
     claim = Path(claim)
+    try:
+        _finish_claim(claim, outcome)
+    finally:
+        release_alive_lock(claim)
+
+
+def _finish_claim(claim: Path, outcome: str) -> None:
     try:
         data = json.loads(claim.read_text())
     except (OSError, ValueError) as exc:  # deleted or broken meanwhile: there is nothing left to release
@@ -225,7 +349,8 @@ def read_holder(claim: Union[str, Path]) -> Optional[ClaimHolder]:
                        finished=bool(record.get("finished")),
                        start_ticks=ticks if isinstance(ticks, int) and not isinstance(ticks, bool) else None,
                        boot_id=boot if isinstance(boot, str) and boot else None,
-                       pid_namespace=namespace if isinstance(namespace, str) and namespace else None)
+                       pid_namespace=namespace if isinstance(namespace, str) and namespace else None,
+                       alive_lock=record.get("alive_lock") is True)
 
 
 def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "--output-dir",
@@ -233,8 +358,9 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
     """OutputDirError when DIRECTORY/FILENAME is held by a run that has not finished and may still be running.
 
     Checked before --overwrite may empty the directory: a live claimant on this host (its process exists)
-    is refused, naming it, and so is one on another host or in another pid namespace (holder_unchecked: this
-    process cannot tell whether it still runs), naming the claim file to delete once it has ended.
+    is refused, naming it, and so is one on another host or in another pid namespace (holder_unchecked) that still
+    holds its alive lock, or whose claim has none (an older version's: this process cannot tell whether it still
+    runs), saying how to free the claim, keeping the file, once it has ended (release_advice).
     Returns the holder of a claim that may go: finished, or its process gone (a stale claim, warned of unless
     `quiet`); None without one.
     """
@@ -245,14 +371,20 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
     if holder is None or holder.finished:
         return holder
     unchecked = holder_unchecked(holder)
-    if unchecked is not None:
+    lock_free = alive_lock_free(claim) if unchecked is not None and holder.alive_lock else None
+    if lock_free is False:
+        raise OutputDirError(f"{flag} {directory} is in use: the run that claimed it is still running "
+                             f"({holder.describe()}, in {filename}; it holds {claim_alive_name(filename)} locked). "
+                             "Wait for it to end or name another directory")
+    if unchecked is not None and lock_free is None:
         raise OutputDirError(f"{flag} {directory} is claimed by a run that has not finished ({holder.describe()}, "
-                             f"in {filename}); {unchecked} cannot check whether it still runs. Wait for it, or if it "
-                             f"has ended delete {claim}, or name another directory")
-    if holder_alive(holder):
+                             f"in {filename}); {unchecked} cannot check whether it still runs. Wait for it, or once it "
+                             f"has ended {release_advice(claim)}, or name another directory")
+    if unchecked is None and holder_alive(holder):
         raise OutputDirError(f"{flag} {directory} is in use: the run that claimed it is still running "
                              f"({holder.describe()}, in {filename}). Wait for it to end or name another directory"
-                             + (f" (this host cannot check a process safely: once it has ended, delete {claim})"
+                             + (f" (this host cannot check a process safely: once it has ended, "
+                                f"{release_advice(claim)})"
                                 if os.name == "nt" else ""))
     said = (str(claim), holder.describe())
     if not quiet and said not in _STALE_CLAIMS_TOLD:  # a command's checks meet the same stale claim two or three times
@@ -446,6 +578,14 @@ def holder_unchecked(holder: ClaimHolder) -> Optional[str]:
         return (f"this process, in pid namespace {namespace or '(unreadable)'} (the run's is pid namespace "
                 f"{holder.pid_namespace}, another container's)")
     return None
+
+
+def holder_gone(holder: ClaimHolder, claim: Union[str, Path]) -> bool:
+    """Whether the holder of the claim file `claim` has ended: its process is gone (holder_alive), or, where its pid
+    cannot be checked (holder_unchecked), no process holds its alive lock (alive_lock_free)."""
+    if holder_unchecked(holder) is not None:
+        return holder.alive_lock and alive_lock_free(claim) is True
+    return not holder_alive(holder)
 
 
 def holder_alive(holder: ClaimHolder) -> bool:

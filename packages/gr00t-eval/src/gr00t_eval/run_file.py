@@ -20,13 +20,14 @@ def write_run_file(directory: Union[str, Path], settings: Mapping[str, Any], sha
     --overwrite of the run is refused while it still runs; held_run_claims marks it finished.
     """
     from .results import _jsonable
-    from .run_claim import CLAIM_KEY, _create_exclusively, holder_record
+    from .run_claim import CLAIM_KEY, _create_exclusively, holding_claim
 
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     path = Path(directory) / run_file_name(shard)
     try:  # created exclusively: of two runs started together into one directory, the second is refused here
-        _create_exclusively(path, json.dumps(_jsonable({"created": created, CLAIM_KEY: holder_record(), **settings}),
-                                              indent=2) + "\n")
+        with holding_claim(path) as holder:
+            _create_exclusively(path, json.dumps(_jsonable({"created": created, CLAIM_KEY: holder, **settings}),
+                                                  indent=2) + "\n")
     except FileExistsError:
         raise OutputDirError(f"--output-dir {directory} is taken by another run started meanwhile (it holds {path.name}); "
                              "wait for that run or name another directory") from None
@@ -58,7 +59,7 @@ def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:
     not overwritten, nor resumed twice at once, while it runs; OutputDirError while its holder still runs.
     A directory without a run file is left to the resume's own check."""
     from .results import write_results
-    from .run_claim import CLAIM_KEY, holder_record, refuse_live_claim
+    from .run_claim import CLAIM_KEY, holding_claim, refuse_live_claim
 
     path = Path(directory) / run_file_name(shard)
     if not path.is_file():
@@ -69,7 +70,8 @@ def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:
         except OutputDirError as exc:
             raise OutputDirError(str(exc).replace(f"--output-dir {directory}", f"--resume {directory}", 1)) from None
         saved = _read_rollout_run_json(path, directory)
-        write_results(path, {**saved, CLAIM_KEY: holder_record()})
+        with holding_claim(path) as holder:
+            write_results(path, {**saved, CLAIM_KEY: holder})
         _CLAIMS_HELD.append(path)
 
 

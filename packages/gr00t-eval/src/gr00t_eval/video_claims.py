@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from .output_files import OutputDirError
-from .run_claim import CLAIM_KEY, holder_alive, holder_record, holder_unchecked, read_holder
+from .run_claim import (CLAIM_KEY, alive_lock_free, holder_gone, holder_unchecked, holding_claim, read_holder,
+                        release_alive_lock)
 from .run_file import directory_lock
 
 # A --video-dir outside a run's output directory is checked for earlier videos when the run starts; two runs started
@@ -78,9 +79,10 @@ def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str
             holder = read_holder(claim)
             if holder is None or holder.finished:
                 continue
-            elsewhere = holder_unchecked(holder)  # another host's or pid namespace's: cannot be checked
-            if elsewhere is None and not holder_alive(holder):
+            if holder_gone(holder, claim):
                 continue  # killed: its claim is stale
+            # another host's or pid namespace's without an alive lock (an older version's): cannot be checked
+            elsewhere = holder_unchecked(holder) if not holder.alive_lock or alive_lock_free(claim) is None else None
             other = _claim_record(claim)
             if _sibling_shards(record, other):
                 continue  # another shard of this plan: each writes the videos of its own episodes
@@ -92,7 +94,8 @@ def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str
                 + (f" ({elsewhere} cannot check whether it still runs: once it has ended, delete {claim})"
                    if elsewhere is not None else ""))
         record[CLAIM_NUMBER_KEY] = _count_claim(video_dir)
-        write_results(mine, {**record, CLAIM_KEY: holder_record()})
+        with holding_claim(mine) as holder:
+            write_results(mine, {**record, CLAIM_KEY: holder})
     return mine
 
 
@@ -161,6 +164,7 @@ def release_video_claim(video_dir: Path, output_dir: Union[str, Path], shard: An
     if not claim.is_file():
         return
     with directory_lock(video_dir / VIDEO_LOCK_FILENAME):
+        release_alive_lock(claim, remove=True)
         claim.unlink(missing_ok=True)
 
 

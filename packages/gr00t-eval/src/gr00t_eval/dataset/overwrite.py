@@ -19,7 +19,7 @@ RECORD_CLAIM = ".gr00t_record.json"  # in the dataset root: the recording's proc
 def _is_writers_leftover(name: str) -> bool:
     """A hidden file the writer itself leaves (a partial episode file, a staged or kept meta file): overwrite deletes
     these with the dataset, and leaves any other hidden entry (.git/, .gitattributes, a user's notes) in place."""
-    return (name in (RECORD_CLAIM, f"{RECORD_CLAIM}.lock") or name.startswith(".partial-")
+    return (name in (RECORD_CLAIM, f"{RECORD_CLAIM}.lock", f"{RECORD_CLAIM}.alive") or name.startswith(".partial-")
             or (name.startswith(".") and name.endswith((".tmp", ".prev"))))
 
 
