@@ -158,3 +158,48 @@ def test_a_video_claim_of_a_killed_run_in_another_pid_namespace_is_stale(tmp_pat
     mine = claim_video_dir(videos, str(tmp_path / "run"))
     assert read_holder(mine).pid == os.getpid()
     finish_claim(mine, "complete")
+
+
+_FORKING_CLAIMANT = """
+import os, sys, time
+from gr00t_eval.run_claim import claim_output_dir
+claim_output_dir(sys.argv[1], "claim.json", {"settings": 1})
+if os.fork() == 0:  # a helper it forks (an in-process env's renderer, a fork pool's worker) that outlives it
+    time.sleep(60)
+    os._exit(0)
+print("claimed", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_forked_child_of_a_killed_holder_does_not_keep_its_claim_alive(tmp_path):
+    """The child inherited the flock'ed descriptor (O_CLOEXEC covers exec only): after the holder was killed the claim
+    stayed 'still running' for as long as the child lived."""
+    out = tmp_path / "run"
+    out.mkdir()
+    process = subprocess.Popen([sys.executable, "-c", _FORKING_CLAIMANT, str(out)], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        assert process.stdout.readline().strip() == "claimed"
+        process.send_signal(signal.SIGKILL)  # the holder alone: its forked child lives on
+        process.wait(30)
+        _as_if_in_another_container(out / "claim.json")
+        take_claim(out, "claim.json", {"settings": 2})
+        assert json.loads((out / "claim.json").read_text())["settings"] == 2
+        finish_claim(out / "claim.json", "complete")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_a_claim_never_written_leaves_no_alive_file_and_a_stray_one_is_no_content(tmp_path):
+    """A claim write that failed (a full disk) left its alive file: the same command again was refused as 'not
+    empty'."""
+    from gr00t_eval.run_claim import claim_alive_name, holding_claim
+    from gr00t_eval.run_dir import check_output_dir
+
+    with pytest.raises(OSError):
+        with holding_claim(tmp_path / "run.json"):
+            raise OSError(28, "No space left on device")
+    assert os.listdir(tmp_path) == []
+    (tmp_path / claim_alive_name("run.json")).touch()  # one an older build left
+    check_output_dir(tmp_path, overwrite=False)

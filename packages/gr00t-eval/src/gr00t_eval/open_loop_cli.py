@@ -271,7 +271,7 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
 def _refuse_open_loop_output_dir(args: argparse.Namespace) -> None:
     """UsageError for an --output-dir that is (or holds, or is inside) the dataset, that a run still running has
     claimed or is inside, or that is not empty without --overwrite; creates and deletes nothing."""
-    from .run_claim import dead_partial_files, refuse_live_claims, refuse_live_runs_around
+    from .run_claim import dead_partial_files, is_alive_file, refuse_live_claims, refuse_live_runs_around
     from .output_files import OutputDirError
     from .run_dir import check_output_dir
     from .trash import OVERWRITE_TRASH
@@ -288,8 +288,8 @@ def _refuse_open_loop_output_dir(args: argparse.Namespace) -> None:
         refuse_live_runs_around(output_dir)  # nor inside the folder of a run still running
         # A dead process's half-written file (its claim, killed mid-write) is not content: prepare_output_dir deletes it.
         leftovers = set(dead_partial_files(output_dir))
-        earlier = [entry for entry in output_dir.iterdir() if entry not in leftovers and entry.name != OVERWRITE_TRASH] \
-            if output_dir.is_dir() else []
+        earlier = [entry for entry in output_dir.iterdir() if entry not in leftovers and entry.name != OVERWRITE_TRASH
+                   and not is_alive_file(entry.name)] if output_dir.is_dir() else []
         if earlier and not args.overwrite:
             raise UsageError(f"--output-dir {output_dir} is not empty; pass --overwrite to empty it or name a new directory "
                              "(open-loop runs do not resume: run them again)")

@@ -107,6 +107,26 @@ def claim_alive_name(filename: str) -> str:
 _ALIVE_LOCKS: Dict[str, int] = {}  # claim file (absolute) -> descriptor of its alive file, flock'ed by this process
 
 
+def is_alive_file(name: str) -> bool:
+    """Whether a file name is a claim's alive file (claim_alive_name): this tool's own, never a folder's content."""
+    return name.startswith(".gr00t") and name.endswith(".alive")
+
+
+def _forget_alive_locks_in_forked_child() -> None:
+    """In a forked child: close the inherited descriptors of the alive files, unlocked (an unlock would free the
+    parent's lock too): a child outliving its killed parent kept the claim "alive" for ever."""
+    for descriptor in _ALIVE_LOCKS.values():
+        try:
+            os.close(descriptor)
+        except OSError:
+            pass
+    _ALIVE_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # Windows has no fork
+    os.register_at_fork(after_in_child=_forget_alive_locks_in_forked_child)
+
+
 @contextlib.contextmanager
 def holding_claim(claim: Union[str, Path]) -> Iterator[Dict[str, Any]]:
     """holder_record() for the block to write into the claim file `claim`, this process holding an exclusive flock of
@@ -122,8 +142,8 @@ def holding_claim(claim: Union[str, Path]) -> Iterator[Dict[str, Any]]:
     try:
         yield record
     except BaseException:
-        if not held_before:
-            release_alive_lock(claim)
+        if not held_before:  # not written; where no claim is there, its alive file is no run's (a 'not empty' folder)
+            release_alive_lock(claim, remove=not claim.exists())
         raise
 
 
@@ -167,6 +187,8 @@ def release_alive_lock(claim: Union[str, Path], remove: bool = False) -> None:
     claim = Path(claim)
     descriptor = _ALIVE_LOCKS.pop(str(claim.absolute()), None)
     if descriptor is None:
+        if remove and alive_lock_free(claim):  # released earlier (a claim held to the end, then deleted): no one's
+            remove_quietly(claim.with_name(claim_alive_name(claim.name)))
         return
     import fcntl
 

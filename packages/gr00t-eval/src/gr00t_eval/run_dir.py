@@ -92,7 +92,7 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
     run can pass before anything is emptied."""
     from gr00t_client.cli_flags import broken_link_problem
 
-    from .run_claim import dead_partial_files, refuse_live_claims, refuse_live_runs_around
+    from .run_claim import dead_partial_files, is_alive_file, refuse_live_claims, refuse_live_runs_around
 
     path = Path(path)
     problem = broken_link_problem("--output-dir", path)
@@ -133,7 +133,8 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
         # A half-written file of a process killed mid-write (its run file, say) is not content: prepare_output_dir
         # deletes it. It made the folder "not empty", and the --resume suggested then found no run.json.
         leftovers = {file.name for file in dead_partial_files(path)}
-        if any(entry.name not in {*keep, *leftovers, OVERWRITE_TRASH} for entry in path.iterdir()):
+        if any(entry.name not in {*keep, *leftovers, OVERWRITE_TRASH} and not is_alive_file(entry.name)
+               for entry in path.iterdir()):  # an alive file left by a claim never written is no content
             if any((path / name).is_file() for name in RESUMABLE_FILENAMES):
                 advice = f"pass --overwrite to empty it or --resume {path} to continue that run"
             else:

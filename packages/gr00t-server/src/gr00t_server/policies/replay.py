@@ -66,12 +66,12 @@ def _warn_if_still_recorded(root: Path, n_episodes: int) -> None:
     """A warning when `gr00t-eval record` is still writing the dataset (its claim is live): served silently, the
     replay held only the episodes finished so far."""
     from gr00t_eval.dataset.overwrite import RECORD_CLAIM
-    from gr00t_eval.run_claim import holder_alive, read_holder
+    from gr00t_eval.run_claim import holder_gone, read_holder
 
     holder = read_holder(root / RECORD_CLAIM)
     if holder is None or holder.finished:
         return
-    if holder_alive(holder):  # a holder on another host or in another pid namespace cannot be checked: it may run
+    if not holder_gone(holder, root / RECORD_CLAIM):  # another host's or pid namespace's: by its alive lock
         logger.warning("dataset %s is still being recorded by `gr00t-eval record` (%s, in %s): serving the %d episodes "
                        "finished so far, and once it lists another, refusing those not yet read (the dataset changed "
                        "on disk); start the server again once the recording ends", root, holder.describe(),
