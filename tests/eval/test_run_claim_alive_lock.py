@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from eval.claimants import CLAIMANT, end
 from gr00t_eval import cli
 from gr00t_eval.output_files import OutputDirError
 from gr00t_eval.run_claim import CLAIM_KEY, claim_output_dir, finish_claim, read_holder, take_claim
@@ -24,13 +25,6 @@ pytestmark = pytest.mark.skipif(
 
 ANOTHER_NAMESPACE = "pid:[4026599999]"
 TESTS = str(Path(__file__).resolve().parents[1])
-_CLAIMANT = """
-import sys, time
-from gr00t_eval.run_claim import claim_output_dir
-claim_output_dir(sys.argv[1], "claim.json", {"settings": 1})
-print("claimed", flush=True)
-time.sleep(120)
-"""
 _ROLLOUT = """
 import sys
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/eval"]
@@ -51,18 +45,10 @@ def _as_if_in_another_container(claim: Path) -> None:
 
 
 def _claimant(out: Path) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-c", _CLAIMANT, str(out)], stdout=subprocess.PIPE, text=True,
+    process = subprocess.Popen([sys.executable, "-c", CLAIMANT, str(out)], stdout=subprocess.PIPE, text=True,
                                start_new_session=True)
     assert process.stdout.readline().strip() == "claimed"
     return process
-
-
-def _kill(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(30)
 
 
 def test_a_live_holder_in_another_pid_namespace_is_refused_by_its_alive_lock(tmp_path):
@@ -74,13 +60,13 @@ def test_a_live_holder_in_another_pid_namespace_is_refused_by_its_alive_lock(tmp
             take_claim(tmp_path, "claim.json", {"settings": 2})
         assert (tmp_path / "claim.json").read_text() == before
     finally:
-        _kill(process)
+        end(process)
 
 
 def test_a_killed_holder_in_another_pid_namespace_is_stale_and_taken_over(tmp_path, caplog):
     process = _claimant(tmp_path)
     _as_if_in_another_container(tmp_path / "claim.json")
-    _kill(process)  # kill -9: its claim never finished, its flock went with it
+    end(process)  # kill -9: its claim never finished, its flock went with it
     with caplog.at_level(logging.WARNING, logger="gr00t_eval.run_claim"):
         take_claim(tmp_path, "claim.json", {"settings": 2})
     assert read_holder(tmp_path / "claim.json").pid == os.getpid()
@@ -128,13 +114,13 @@ def test_a_rollout_killed_in_another_pid_namespace_resumes_and_a_live_one_is_ref
             assert cli.main(["rollout", "--resume", str(out), *common]) == 2  # its holder runs: refused
             assert "still running" in capsys.readouterr().err
         finally:
-            _kill(first)  # the container killed, and started again with a new pid namespace
+            end(first)  # the container killed, and started again with a new pid namespace
         assert cli.main(["rollout", "--resume", str(out), *common]) == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "complete" and len(log.read_text().splitlines()) == 300, results
 
 
-_VIDEO_CLAIMANT = """
+_VIDEOCLAIMANT = """
 import sys, time
 from gr00t_eval.video_claims import claim_video_dir
 print(claim_video_dir(sys.argv[1], "/elsewhere/run"), flush=True)
@@ -146,7 +132,7 @@ def test_a_video_claim_of_a_killed_run_in_another_pid_namespace_is_stale(tmp_pat
     from gr00t_eval.video_claims import claim_video_dir
 
     videos = tmp_path / "videos"
-    process = subprocess.Popen([sys.executable, "-c", _VIDEO_CLAIMANT, str(videos)], stdout=subprocess.PIPE, text=True,
+    process = subprocess.Popen([sys.executable, "-c", _VIDEOCLAIMANT, str(videos)], stdout=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
         theirs = Path(process.stdout.readline().strip())
@@ -154,13 +140,13 @@ def test_a_video_claim_of_a_killed_run_in_another_pid_namespace_is_stale(tmp_pat
         with pytest.raises(OutputDirError, match="is in use"):  # alive: its lock is held
             claim_video_dir(videos, str(tmp_path / "run"))
     finally:
-        _kill(process)
+        end(process)
     mine = claim_video_dir(videos, str(tmp_path / "run"))
     assert read_holder(mine).pid == os.getpid()
     finish_claim(mine, "complete")
 
 
-_FORKING_CLAIMANT = """
+_FORKINGCLAIMANT = """
 import os, sys, time
 from gr00t_eval.run_claim import claim_output_dir
 claim_output_dir(sys.argv[1], "claim.json", {"settings": 1})
@@ -177,7 +163,7 @@ def test_a_forked_child_of_a_killed_holder_does_not_keep_its_claim_alive(tmp_pat
     stayed 'still running' for as long as the child lived."""
     out = tmp_path / "run"
     out.mkdir()
-    process = subprocess.Popen([sys.executable, "-c", _FORKING_CLAIMANT, str(out)], stdout=subprocess.PIPE, text=True,
+    process = subprocess.Popen([sys.executable, "-c", _FORKINGCLAIMANT, str(out)], stdout=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
         assert process.stdout.readline().strip() == "claimed"

@@ -7,13 +7,13 @@ process's."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from eval.claimants import CLAIMANT, end
 from gr00t_eval.output_files import OutputDirError
 from gr00t_eval.run_claim import CLAIM_KEY, claim_output_dir, holder_alive, read_holder, refuse_live_claim, take_claim
 from gr00t_eval.video_claims import VIDEO_CLAIM_PREFIX, claim_video_dir
@@ -23,13 +23,6 @@ pytestmark = pytest.mark.skipif(
     reason="pid namespaces, start ticks and the boot id come from /proc (Linux)")
 
 ANOTHER_NAMESPACE = "pid:[4026599999]"
-_CLAIMANT = """
-import sys, time
-from gr00t_eval.run_claim import claim_output_dir
-claim_output_dir(sys.argv[1], "claim.json", {"settings": 1})
-print("claimed", flush=True)
-time.sleep(120)
-"""
 _TAKER = """
 import sys
 from gr00t_eval.run_claim import take_claim
@@ -136,19 +129,11 @@ def pid_namespaces():
 
 def _claim_in_new_pid_namespace(out: Path) -> subprocess.Popen:
     """A run that claimed `out` as PID 1 of a pid namespace of its own (a container's), and still runs."""
-    process = subprocess.Popen(_in_new_pid_namespace(sys.executable, "-c", _CLAIMANT, str(out)),
+    process = subprocess.Popen(_in_new_pid_namespace(sys.executable, "-c", CLAIMANT, str(out)),
                                stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert process.stdout.readline().strip() == "claimed"
     assert read_holder(out / "claim.json").pid == 1
     return process
-
-
-def _end(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(30)
 
 
 def test_a_live_run_that_is_pid_1_of_another_pid_namespace_is_refused(tmp_path, pid_namespaces):
@@ -161,14 +146,14 @@ def test_a_live_run_that_is_pid_1_of_another_pid_namespace_is_refused(tmp_path, 
             take_claim(out, "claim.json", {"settings": 2})
         assert read_holder(out / "claim.json").pid == 1 and process.poll() is None
     finally:
-        _end(process)
+        end(process)
 
 
 def test_the_claim_of_a_killed_pid_1_does_not_read_as_running_to_the_next_pid_1(tmp_path, pid_namespaces):
     # a container killed and started again: its run is PID 1 again, on the same host name and boot
     out = tmp_path / "out"
     out.mkdir()
-    _end(_claim_in_new_pid_namespace(out))
+    end(_claim_in_new_pid_namespace(out))
     again = subprocess.run(_in_new_pid_namespace(sys.executable, "-c", _TAKER, str(out)), capture_output=True,
                            text=True, timeout=60)
     said = again.stdout + again.stderr

@@ -330,7 +330,7 @@ def _split_of(names: Sequence[str]) -> Optional[int]:
 def _not_of_the_split(path: Path, split: Optional[int], keep: Sequence[str]) -> List[str]:
     """The entries of a shard's directory that neither a shard of its split (its files, videos/, a lock, a claim's
     alive file, a half-written file) nor a merge of those shards (a results file with merged_from, eval_info.json) wrote."""
-    from .run_claim import PARTIAL_FILE_NAME, dead_partial_files
+    from .run_claim import PARTIAL_FILE_NAME, dead_partial_files, is_alive_file
 
     leftovers = {file.name for file in dead_partial_files(path)}
     foreign = []
@@ -339,7 +339,7 @@ def _not_of_the_split(path: Path, split: Optional[int], keep: Sequence[str]) -> 
         name = partial.group("name") if partial else entry.name
         match = SHARD_FILE_NAME.fullmatch(name)
         if (entry.name in leftovers or name in {*keep, "videos", OVERWRITE_TRASH, EVAL_INFO_FILENAME}
-                or (entry.name.startswith(".gr00t") and entry.name.endswith(".alive"))  # a claim's alive lock
+                or is_alive_file(entry.name)  # a claim's alive lock
                 or (match is not None and int(match.group("count")) == split)
                 or (not partial and entry.suffix == ".json" and _is_merge_output(entry))):
             continue
