@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from ..run_claim import claim_alive_name, claim_lock_name
 from ..trash import OVERWRITE_TRASH, delete_trash, move_to_trash
 
 __all__ = ["DATASET_ENTRIES", "OVERWRITE_TRASH", "RECORD_CLAIM", "delete_trash", "empty_dataset_dir"]
@@ -19,7 +20,7 @@ RECORD_CLAIM = ".gr00t_record.json"  # in the dataset root: the recording's proc
 def _is_writers_leftover(name: str) -> bool:
     """A hidden file the writer itself leaves (a partial episode file, a staged or kept meta file): overwrite deletes
     these with the dataset, and leaves any other hidden entry (.git/, .gitattributes, a user's notes) in place."""
-    return (name in (RECORD_CLAIM, f"{RECORD_CLAIM}.lock", f"{RECORD_CLAIM}.alive") or name.startswith(".partial-")
+    return (name in (RECORD_CLAIM, claim_lock_name(RECORD_CLAIM), claim_alive_name(RECORD_CLAIM)) or name.startswith(".partial-")
             or (name.startswith(".") and name.endswith((".tmp", ".prev"))))
 
 
