@@ -23,7 +23,7 @@ from .metrics import ERROR_REASON_CHARS, EpisodeOutcome, rollout_aggregates
 from .rollout.config import MAX_ENVS, RolloutConfig, env_error_text, split_env_name
 from .rollout.liveness import PolicyServerUnreachableError, unanswered_ping_reason
 from .run_stop import is_storage_error, take_stop_while_closing
-from .usable_cpus import usable_cpu_count
+from gr00t_client.usable_cpus import usable_cpu_count
 
 logger = logging.getLogger(__name__)
 

@@ -113,8 +113,10 @@ def _model_policy(args: argparse.Namespace, tag: Any, tag_given: bool = True) ->
 
         check_backend_before_load(args.inference_mode, onnx_dir=args.onnx_dir, engine_dir=args.engine_dir,
                                   device=args.device, max_language_tokens=args.max_language_tokens)
+    from .cpu_threads import fit_torch_threads
     from .policies.gr00t_policy import Gr00tPolicy
 
+    fit_torch_threads()  # before the load: a container's CPU quota throttles a pool sized by the node's cores
     try:
         policy = Gr00tPolicy(
             model_path=model_path, embodiment_tag=tag, device=args.device, strict=args.strict, dtype=args.dtype,

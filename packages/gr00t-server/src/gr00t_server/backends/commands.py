@@ -15,6 +15,7 @@ from gr00t_client.cli_signals import stop_signals_ignored_until_exit
 
 from gr00t_server.backends.names import EXPORT_MODES, PRECISIONS
 from gr00t_server.cli_errors import refuse_blank_paths
+from gr00t_server.cpu_threads import fit_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     _check_counts(args)
     # a blank one ("$DIR", DIR unset) is the current folder to Path(): an export or engines written there, read from it
     refuse_blank_paths(args, _PATHS)  # a flag this command lacks reads None there
+    if args.command in ("export", "verify"):
+        fit_torch_threads()  # they run the model
     if args.command == "export":
         return _export(args)
     if args.command == "build-engine":

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from gr00t_client.policy import ObservationError
+from gr00t_client.usable_cpus import usable_cpu_count
 
 from ..threads import block_stop_signals
 from .torch_resize import resize_uint8
@@ -46,7 +47,7 @@ def _frame_pool() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="gr00t-frames",
+            _pool = ThreadPoolExecutor(max_workers=min(8, usable_cpu_count()), thread_name_prefix="gr00t-frames",
                                        initializer=block_stop_signals)
         return _pool
 

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from gr00t_eval.usable_cpus import cgroup_cpu_quota, usable_cpu_count
+from gr00t_client.usable_cpus import cgroup_cpu_quota, usable_cpu_count
 
 
 def write(folder, name, text):
