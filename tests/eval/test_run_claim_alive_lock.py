@@ -189,3 +189,93 @@ def test_a_claim_never_written_leaves_no_alive_file_and_a_stray_one_is_no_conten
     assert os.listdir(tmp_path) == []
     (tmp_path / claim_alive_name("run.json")).touch()  # one an older build left
     check_output_dir(tmp_path, overwrite=False)
+
+
+def _rewrite_holder(claim: Path, **changes) -> None:
+    """Rewrite fields of the holder record of `claim` (atomically: its live holder goes on holding its alive lock)."""
+    data = json.loads(claim.read_text())
+    data[CLAIM_KEY].update(changes)
+    aside = claim.with_name(f".{claim.name}.rewritten")
+    aside.write_text(json.dumps(data))
+    os.replace(aside, claim)
+
+
+def _gone_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait(30)
+    return process.pid
+
+
+@pytest.mark.parametrize("changes", [
+    {"boot_id": "00000000-1111-2222-3333-444444444444"},  # another machine of this host's name sharing the folder
+    {"pid": None},  # a pid that is no process here
+], ids=["another_boot", "a_gone_pid"])
+def test_a_held_alive_lock_vetoes_every_sign_of_a_gone_holder(tmp_path, changes):
+    """A claim of another boot (a machine of the same host name, a container of a fixed --hostname on another node)
+    was taken for an earlier boot's and its live run's folder taken over, though its holder held the alive lock."""
+    from gr00t_eval.run_claim import holder_gone
+
+    process = _claimant(tmp_path)
+    try:
+        claim = tmp_path / "claim.json"
+        _rewrite_holder(claim, **{key: _gone_pid() if value is None else value for key, value in changes.items()})
+        before = claim.read_text()
+        assert not holder_gone(read_holder(claim), claim)  # video claims and the replay's warning ask this
+        with pytest.raises(OutputDirError, match=r"still running .*holds \.gr00t_claim\.json\.alive locked"):
+            take_claim(tmp_path, "claim.json", {"settings": 2})
+        assert claim.read_text() == before
+    finally:
+        end(process)
+
+
+def test_a_killed_holder_of_another_boot_is_still_stale(tmp_path):
+    process = _claimant(tmp_path)
+    _rewrite_holder(tmp_path / "claim.json", boot_id="00000000-1111-2222-3333-444444444444")
+    end(process)  # its alive lock went with it
+    take_claim(tmp_path, "claim.json", {"settings": 2})
+    assert read_holder(tmp_path / "claim.json").pid == os.getpid()
+    finish_claim(tmp_path / "claim.json", "complete")
+
+
+def test_a_refusal_of_a_live_holder_in_another_pid_namespace_says_its_pid_is_that_namespaces(tmp_path):
+    """'still running (pid 1 on host vm, ...)': pid 1 here is init; the line did not say the pid is a container's."""
+    process = _claimant(tmp_path)
+    try:
+        _as_if_in_another_container(tmp_path / "claim.json")
+        with pytest.raises(OutputDirError) as refused:
+            take_claim(tmp_path, "claim.json", {"settings": 2})
+        assert (f"pid {process.pid} in another container's pid namespace, {ANOTHER_NAMESPACE}, on host"
+                in str(refused.value)), refused.value
+        (tmp_path / "mine").mkdir()
+        mine = claim_output_dir(tmp_path / "mine", "claim.json", {})
+        assert "namespace" not in read_holder(mine).describe()  # a pid of this namespace is this host's, as before
+        finish_claim(mine, "complete")
+    finally:
+        end(process)
+
+
+def test_a_merge_of_a_shard_running_in_another_pid_namespace_says_whose_pid_it_names(tmp_path, capsys):
+    shard = tmp_path / "split"
+    process = subprocess.Popen([sys.executable, "-c", _SHARDCLAIMANT, str(shard)], stdout=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        assert process.stdout.readline().strip() == "claimed"
+        _as_if_in_another_container(shard / "run_shard0of2.json")
+        assert cli.main(["merge", str(shard / "results_shard0of2.json"), "--output", str(tmp_path / "m.json")]) == 2
+        err = capsys.readouterr().err
+        assert "is still running" in err and f"another container's pid namespace, {ANOTHER_NAMESPACE}" in err, err
+    finally:
+        end(process)
+
+
+_SHARDCLAIMANT = """
+import json, sys, time
+from pathlib import Path
+from gr00t_eval.run_claim import claim_output_dir
+folder = Path(sys.argv[1])
+folder.mkdir()
+claim_output_dir(folder, "run_shard0of2.json", {"config": {"n_episodes": 4}, "env_name": "walkto/fast", "shard": "0/2"})
+(folder / "results_shard0of2.json").write_text(json.dumps({"kind": "rollout", "plan": {"shard": [0, 2]}}))
+print("claimed", flush=True)
+time.sleep(120)
+"""

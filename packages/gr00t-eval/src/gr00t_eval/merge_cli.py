@@ -119,7 +119,8 @@ def _running_shards_left_out(files: List[Path], allow_missing: bool) -> List[Tup
     from .cli_errors import UsageError
     from .output_files import OutputDirError, run_file_name
     from .rollout_args import _recorded_registration_flags
-    from .run_claim import alive_lock_free, holder_unchecked, read_holder, refuse_live_claim, release_advice
+    from .run_claim import (HOLDER_UNKNOWN, holder_state, holder_unchecked, read_holder, refuse_live_claim,
+                            release_advice)
     from .run_file import read_run_file
     from .run_resume import resume_command
 
@@ -136,9 +137,9 @@ def _running_shards_left_out(files: List[Path], allow_missing: bool) -> List[Tup
             refuse_live_claim(folder, run_file.name, flag="the folder", quiet=True)
         except OutputDirError as exc:
             holder = read_holder(run_file)
-            unchecked = None if holder is None else holder_unchecked(holder)  # another host or pid namespace
             # its alive lock held: running, wherever it runs (no advice to mark the claim of a running shard finished)
-            here = unchecked is None or (holder.alive_lock and alive_lock_free(run_file) is False)
+            here = holder is None or holder_state(holder, run_file) != HOLDER_UNKNOWN
+            unchecked = None if here else holder_unchecked(holder)  # another host or pid namespace
             elsewhere = holder is not None and holder.hostname not in (None, socket.gethostname())
             state = ("is still running" if here else
                      "may still be running (on another host, which this host cannot check)" if elsewhere else

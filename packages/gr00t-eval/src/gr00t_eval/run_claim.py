@@ -45,6 +45,11 @@ UNCLAIMED_RUN_ACTIVE_S = 120.0
 # How long such a run's log is watched for a change when its time cannot tell (dated ahead of this host's clock, or
 # longer ago than UNCLAIMED_RUN_ACTIVE_S by a writer's clock that may run behind): a change shows the run still writes.
 UNCLAIMED_RUN_WATCH_S = 2.0
+# The kernel's first pid namespace (PROC_PID_INIT_INO): a host's own processes', outside any container.
+INIT_PID_NAMESPACE = "pid:[4026531836]"
+# A lock file this process may only read (another user's 0644 file, a read-only mount): locked through a read-only
+# descriptor, which flock allows everywhere but on NFS (open_to_lock).
+_READ_ONLY_ERRNOS = (errno.EACCES, errno.EROFS, errno.EPERM)
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,15 @@ class ClaimHolder:
     alive_lock: bool = False
 
     def describe(self) -> str:
-        """'pid 123 on host h, started 2026-01-01T10:00:00Z', for messages."""
-        return f"pid {self.pid}{'' if self.hostname is None else f' on host {self.hostname}'}, started {self.started}"
+        """'pid 123 on host h, started 2026-01-01T10:00:00Z', for messages; a pid of another pid namespace than this
+        process's says so ('pid 1 in another container's pid namespace, pid:[4026532000], on host h'): it is not the
+        process of that pid here (pid 1 is this host's init)."""
+        namespace = ""
+        if self.pid_namespace is not None and self.pid_namespace != _pid_namespace():
+            whose = "the host's" if self.pid_namespace == INIT_PID_NAMESPACE else "another container's"
+            namespace = f" in {whose} pid namespace, {self.pid_namespace},"
+        return (f"pid {self.pid}{namespace}{'' if self.hostname is None else f' on host {self.hostname}'}, "
+                f"started {self.started}")
 
 
 def claim_output_dir(path: Union[str, Path], filename: str, settings: Mapping[str, Any], flag: str = "--output-dir") -> Path:
@@ -161,8 +173,8 @@ def _lock_alive_file(claim: Path) -> bool:
         import fcntl
     except ImportError:  # Windows
         return False
-    try:  # read-only: flock needs no write access; O_CLOEXEC: a program it starts does not hold it on
-        descriptor = os.open(alive, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        descriptor = open_to_lock(alive, create=True)
     except OSError as exc:
         logger.debug("no alive lock for %s: %s", claim, exc)
         return False
@@ -173,11 +185,42 @@ def _lock_alive_file(claim: Path) -> bool:
             return True
         except BlockingIOError:  # else a live holder's (refused next), or its forked children's: not claimed as held
             time.sleep(0.01)
-        except OSError as exc:  # a file system without flock
-            logger.debug("no alive lock for %s: %s", claim, exc)
+        except OSError as exc:  # a file system without flock: a run elsewhere cannot tell whether this one runs
+            logger.warning("could not lock %s (%s), so a run in another container or on another host cannot tell "
+                           "whether this run still runs: its claim records no alive lock", alive, os_error_cause(exc))
             break
     os.close(descriptor)
     return False
+
+
+def open_to_lock(path: Union[str, Path], create: bool = False) -> int:
+    """A descriptor of `path` to flock (O_CLOEXEC: a program this process starts does not hold the lock on), open for
+    writing where this process may: NFS grants an exclusive flock only to a file open for writing (flock(2), "NFS
+    details": EBADF otherwise); read-only where it may not (_READ_ONLY_ERRNOS), which locks elsewhere as well.
+    `create`: made (mode 0644) if missing. OSError as os.open raises it."""
+    flags = os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        return os.open(path, os.O_RDWR | flags, 0o644)
+    except OSError as exc:
+        if exc.errno not in _READ_ONLY_ERRNOS:
+            raise
+    return os.open(path, os.O_RDONLY | flags, 0o644)
+
+
+def os_error_cause(exc: OSError) -> str:
+    """'No locks available (ENOLCK)': an OSError's reason, with its errno's name, for messages."""
+    name = errno.errorcode.get(exc.errno or 0)
+    return f"{exc.strerror or exc}{f' ({name})' if name else ''}"
+
+
+def _holds_alive_lock(claim: Path) -> bool:
+    """Whether this process itself holds the flock of the alive file of `claim` (holding_claim)."""
+    descriptor = _ALIVE_LOCKS.get(str(claim.absolute()))
+    try:
+        return descriptor is not None and os.path.samestat(os.fstat(descriptor),
+                                                           claim.with_name(claim_alive_name(claim.name)).stat())
+    except OSError:
+        return False
 
 
 def release_alive_lock(claim: Union[str, Path], remove: bool = False) -> None:
@@ -208,7 +251,7 @@ def alive_lock_free(claim: Union[str, Path]) -> Optional[bool]:
     except ImportError:
         return None
     try:
-        descriptor = os.open(claim.with_name(claim_alive_name(claim.name)), os.O_RDONLY | os.O_CLOEXEC)
+        descriptor = open_to_lock(claim.with_name(claim_alive_name(claim.name)))
     except OSError:
         return None
     try:
@@ -379,10 +422,11 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
                       quiet: bool = False) -> Optional[ClaimHolder]:
     """OutputDirError when DIRECTORY/FILENAME is held by a run that has not finished and may still be running.
 
-    Checked before --overwrite may empty the directory: a live claimant on this host (its process exists)
-    is refused, naming it, and so is one on another host or in another pid namespace (holder_unchecked) that still
-    holds its alive lock, or whose claim has none (an older version's: this process cannot tell whether it still
-    runs), saying how to free the claim, keeping the file, once it has ended (release_advice).
+    Checked before --overwrite may empty the directory (holder_state): a live claimant on this host (its process
+    exists) is refused, naming it, and so is one that still holds its alive lock, wherever it runs, and one on another
+    host or in another pid namespace (holder_unchecked) whose claim has no lock (an older version's: this process
+    cannot tell whether it still runs), saying how to free the claim, keeping the file, once it has ended
+    (release_advice).
     Returns the holder of a claim that may go: finished, or its process gone (a stale claim, warned of unless
     `quiet`); None without one.
     """
@@ -392,17 +436,16 @@ def refuse_live_claim(directory: Union[str, Path], filename: str, flag: str = "-
         _refuse_recent_unclaimed_run(Path(directory), filename, flag)
     if holder is None or holder.finished:
         return holder
-    unchecked = holder_unchecked(holder)
-    lock_free = alive_lock_free(claim) if unchecked is not None and holder.alive_lock else None
-    if lock_free is False:
+    state = holder_state(holder, claim)
+    if state == HOLDER_LOCKED:
         raise OutputDirError(f"{flag} {directory} is in use: the run that claimed it is still running "
                              f"({holder.describe()}, in {filename}; it holds {claim_alive_name(filename)} locked). "
                              "Wait for it to end or name another directory")
-    if unchecked is not None and lock_free is None:
+    if state == HOLDER_UNKNOWN:
         raise OutputDirError(f"{flag} {directory} is claimed by a run that has not finished ({holder.describe()}, "
-                             f"in {filename}); {unchecked} cannot check whether it still runs. Wait for it, or once it "
-                             f"has ended {release_advice(claim)}, or name another directory")
-    if unchecked is None and holder_alive(holder):
+                             f"in {filename}); {holder_unchecked(holder)} cannot check whether it still runs. Wait for "
+                             f"it, or once it has ended {release_advice(claim)}, or name another directory")
+    if state == HOLDER_ALIVE:
         raise OutputDirError(f"{flag} {directory} is in use: the run that claimed it is still running "
                              f"({holder.describe()}, in {filename}). Wait for it to end or name another directory"
                              + (f" (this host cannot check a process safely: once it has ended, "
@@ -593,7 +636,8 @@ def holder_unchecked(holder: ClaimHolder) -> Optional[str]:
     same_boot = holder.boot_id is not None and holder.boot_id == boot  # this machine, renamed since
     if holder.hostname is not None and holder.hostname != here and not same_boot:
         return f"host {here}"
-    # A namespace's id names it within one boot only: a holder of an earlier boot is gone (holder_alive says so)
+    # A namespace's id names it within one boot only: a holder of another boot is gone (holder_alive says so) unless
+    # it holds its alive lock (holder_state): another machine of this host's name sharing the folder
     earlier_boot = holder.boot_id is not None and boot is not None and holder.boot_id != boot
     namespace = _pid_namespace()
     if holder.pid_namespace is not None and holder.pid_namespace != namespace and not earlier_boot:
@@ -602,12 +646,29 @@ def holder_unchecked(holder: ClaimHolder) -> Optional[str]:
     return None
 
 
+HOLDER_ALIVE, HOLDER_LOCKED, HOLDER_GONE, HOLDER_UNKNOWN = "alive", "locked", "gone", "unknown"  # holder_state's
+
+
+def holder_state(holder: ClaimHolder, claim: Union[str, Path]) -> str:
+    """Whether the (unfinished) holder of the claim file `claim` still runs, the one verdict every check of a claim
+    goes by: HOLDER_ALIVE while its process runs here (holder_alive), HOLDER_LOCKED while a process holds its alive
+    lock (alive_lock_free), HOLDER_GONE when its process is gone and its lock, if it records one, is free, and
+    HOLDER_UNKNOWN where neither can be checked (holder_unchecked, without a lock to ask). A held lock vetoes every
+    sign of a gone holder (another boot's id, a pid that is no process here): the same claim comes from a live run
+    on another machine of this host's name sharing the folder, or in a container of a fixed --hostname elsewhere."""
+    unchecked = holder_unchecked(holder)
+    if unchecked is None and holder_alive(holder):  # this process's own claims too: never asked of their lock
+        return HOLDER_ALIVE
+    # a lock this process holds itself tells nothing of the holder recorded (a claim written over ours)
+    lock_free = alive_lock_free(claim) if holder.alive_lock and not _holds_alive_lock(Path(claim)) else None
+    if lock_free is False:
+        return HOLDER_LOCKED
+    return HOLDER_UNKNOWN if unchecked is not None and lock_free is None else HOLDER_GONE
+
+
 def holder_gone(holder: ClaimHolder, claim: Union[str, Path]) -> bool:
-    """Whether the holder of the claim file `claim` has ended: its process is gone (holder_alive), or, where its pid
-    cannot be checked (holder_unchecked), no process holds its alive lock (alive_lock_free)."""
-    if holder_unchecked(holder) is not None:
-        return holder.alive_lock and alive_lock_free(claim) is True
-    return not holder_alive(holder)
+    """Whether the holder of the claim file `claim` has ended (holder_state: its process gone, its alive lock free)."""
+    return holder_state(holder, claim) == HOLDER_GONE
 
 
 def holder_alive(holder: ClaimHolder) -> bool:

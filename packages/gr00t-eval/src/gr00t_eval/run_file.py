@@ -88,25 +88,37 @@ def directory_lock(lock_path: Path) -> Iterator[None]:
         except PermissionError:  # not ours to create here: the run's own checks say what is wrong with the folder
             yield
             return
-    with _locked_file(lock_path):  # opened for reading: another user's lock file (mode 0644) locks as well
+    with _locked_file(lock_path):
         yield
 
 
 @contextlib.contextmanager
 def _locked_file(path: Path) -> Iterator[None]:
     """Hold an exclusive flock of `path` (the inode it names now; a rewrite replaces the name, and the next
-    holder reads the new file by name). Where there is no flock (Windows) the block runs unlocked."""
+    holder reads the new file by name), opened for writing where this process may (run_claim.open_to_lock: NFS
+    locks no other). OutputDirError naming the file and why when it cannot be locked. Where there is no flock
+    (Windows) the block runs unlocked."""
     try:
         import fcntl
     except ImportError:
         yield
         return
-    with open(path, "rb") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    from .run_claim import open_to_lock, os_error_cause
+
+    descriptor = open_to_lock(path)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise OutputDirError(f"cannot lock {path}: {os_error_cause(exc)}; expected an exclusive flock of it, which keeps "
+                                 f"two runs from taking {path.parent} at once (is it on a file system mounted without "
+                                 "file locks?)") from exc
         try:
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
 
 
 @contextlib.contextmanager

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from .output_files import OutputDirError
-from .run_claim import (CLAIM_KEY, alive_lock_free, holder_gone, holder_unchecked, holding_claim, read_holder,
-                        release_alive_lock)
+from .run_claim import (CLAIM_KEY, HOLDER_GONE, HOLDER_UNKNOWN, holder_state, holder_unchecked, holding_claim,
+                        read_holder, release_alive_lock)
 from .run_file import directory_lock
 
 # A --video-dir outside a run's output directory is checked for earlier videos when the run starts; two runs started
@@ -79,10 +79,11 @@ def claim_video_dir(video_dir: Union[str, Path], writer: str, plan: Optional[str
             holder = read_holder(claim)
             if holder is None or holder.finished:
                 continue
-            if holder_gone(holder, claim):
+            state = holder_state(holder, claim)
+            if state == HOLDER_GONE:
                 continue  # killed: its claim is stale
             # another host's or pid namespace's without an alive lock (an older version's): cannot be checked
-            elsewhere = holder_unchecked(holder) if not holder.alive_lock or alive_lock_free(claim) is None else None
+            elsewhere = holder_unchecked(holder) if state == HOLDER_UNKNOWN else None
             other = _claim_record(claim)
             if _sibling_shards(record, other):
                 continue  # another shard of this plan: each writes the videos of its own episodes
