@@ -317,7 +317,7 @@ class FailsOnItsInput(Checkpoint):
 
 class SlowConfigs(Checkpoint):
     """A model stand-in whose configs load slowly once `armed`: `asked` is set, then get_modality_config waits for
-    `gate` (its server reads them for each get_server_info it answers)."""
+    `gate` (its server reads them once per policy object: swapped in, on the first request that asks, by its worker)."""
 
     def __init__(self, gate, name: str = "A"):
         super().__init__(name=name)
@@ -472,9 +472,11 @@ def test_a_policy_swap_while_the_worker_learns_the_old_upstreams_facts_is_refuse
                 PolicyClient("127.0.0.1", relay.port, timeout_ms=8000) as robot:
             assert robot.ping()  # the relay serves: its start-up questions found no upstream A
             slow = SlowConfigs(gate, name="A")
-            with running_server(slow, port=port_a), PolicyClient("127.0.0.1", port_a, timeout_ms=5000) as direct:
+            with running_server(Checkpoint(name="A"), port=port_a) as upstream_a, \
+                    PolicyClient("127.0.0.1", port_a, timeout_ms=5000) as direct:
                 assert direct.ping()
                 slow.armed = True
+                upstream_a.policy = slow  # its configs are read when the relay's worker asks A's info
 
                 def ask():
                     try:

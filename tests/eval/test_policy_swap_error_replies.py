@@ -152,8 +152,8 @@ def test_an_error_reply_from_a_restart_with_the_same_policy_is_raised_as_it_is_o
 
 
 class HangingInfoCheckpoint(RefusingCheckpoint):
-    """Refuses every reset; once it has, its get_server_info hangs until `answer` is set (a server that stops answering
-    right after its error reply)."""
+    """Refuses every reset; once it has, its server's get_server_info hangs until `answer` is set (a server that stops
+    answering right after its error reply; see hang_info_once_refused)."""
 
     def __init__(self, name):
         super().__init__(name)
@@ -163,10 +163,18 @@ class HangingInfoCheckpoint(RefusingCheckpoint):
         self.refused.set()
         super().reset(options)
 
-    def identity(self):
-        if self.refused.is_set():
-            self.answer.wait(10)
-        return super().identity()
+
+def hang_info_once_refused(server, policy):
+    """Serve `server`'s get_server_info on its worker, in place of the built-in one: once `policy` refused a reset, it
+    waits for `policy.answer` first (the server reads a policy's identity once, so the policy cannot hang it itself)."""
+    built_in = server._get_server_info
+
+    def get_server_info():
+        if policy.refused.is_set():
+            policy.answer.wait(10)
+        return built_in()
+
+    server.register_endpoint("get_server_info", get_server_info, requires_input=False)
 
 
 def test_a_check_that_cannot_reach_the_server_is_raised_instead_of_the_refusal_and_stays_due():
@@ -179,6 +187,7 @@ def test_a_check_that_cannot_reach_the_server_is_raised_instead_of_the_refusal_a
         with PolicyClient("127.0.0.1", server.port, timeout_ms=1500) as client, pinned_policy(client):
             client.reset()
             server.restart(reconnecting=1)
+            hang_info_once_refused(server.server, hanging)
             # B refused the reset, then could not say which policy it serves: whether that refusal is this run's own
             # error is unknown, so it is not raised as one (a run's liveness rules judge the timeout)
             with pytest.raises(PolicyTimeoutError, match="get_server_info") as raised:

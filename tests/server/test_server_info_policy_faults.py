@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from gr00t_client import BasePolicy, ModalityConfig, PolicyClient
+from gr00t_client import BasePolicy, ModalityConfig, PolicyClient, PolicyServerError
 from gr00t_server import PolicyServer
 from serving import free_port, running_server
 
@@ -255,3 +255,94 @@ def test_a_supports_batching_that_raises_fails_a_batching_servers_start_naming_i
     finally:
         stop.cancel()
         server.close()
+
+
+class LockedPolicy(FaultyInfoPolicy):
+    """A policy made thread-safe the usual way: one lock around its methods; `get_action` holds it until `release`.
+    Notes the thread that asks its configs and identity."""
+
+    def __init__(self, name="locked"):
+        super().__init__(None, None)
+        self.name = name
+        self.lock = threading.RLock()
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.asked_on = []
+
+    def get_modality_config(self):
+        with self.lock:
+            self.asked_on.append(threading.current_thread().name)
+            return CONFIGS
+
+    def identity(self):
+        with self.lock:
+            self.asked_on.append(threading.current_thread().name)
+            return {"name": self.name}
+
+    def _get_action(self, observation, options=None):
+        with self.lock:
+            self.entered.set()
+            self.release.wait(30)
+            return super()._get_action(observation, options)
+
+
+def test_configs_and_identity_are_answered_while_a_lock_guarded_policy_holds_its_lock_in_a_call():
+    """Both were asked of the policy per request on the socket thread: another client's info waited on the policy's
+    lock for the whole call, and ping and kill with it."""
+    policy = LockedPolicy()
+    with running_server(policy, inline_below_ms=0) as server, \
+            PolicyClient(port=server.port, timeout_ms=30000) as robot, \
+            PolicyClient(port=server.port, timeout_ms=3000) as other:
+        calling = threading.Thread(target=robot.get_action, args=(OBSERVATION,), daemon=True)
+        calling.start()
+        try:
+            assert policy.entered.wait(10)
+            info = other.get_server_info()
+            configs = other.get_modality_config()
+            assert other.ping()
+        finally:
+            policy.release.set()
+            calling.join(30)
+    assert info["policy_busy"] is True
+    assert info["policy_identity"] == {"name": "locked"}
+    assert set(info["modality_configs"]) == set(configs) == {"state", "action"}
+    # once each on the serving thread, by run() before serving (the worker's are the policy's own check of its input)
+    assert policy.asked_on.count("policy-server") == 2
+
+
+def test_a_policy_swapped_in_while_serving_is_answered_with_its_own_configs_and_identity():
+    first, second = LockedPolicy("first"), LockedPolicy("second")
+    second.get_modality_config = lambda: {"action": CONFIGS["action"]}
+    with running_server(first) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        assert client.get_server_info()["policy_identity"] == {"name": "first"}
+        server.policy = second
+        info = client.get_server_info()
+        assert set(client.get_modality_config()) == {"action"}
+    assert info["policy_identity"] == {"name": "second"}
+    assert set(info["modality_configs"]) == {"action"}
+    assert second.asked_on == ["gr00t-policy-worker"]  # its identity, learnt on the worker, never on the socket thread
+
+
+class FailingConfigsPolicy(FaultyInfoPolicy):
+    """A policy whose get_modality_config() raises, counting the askings."""
+
+    def __init__(self):
+        super().__init__(None, None)
+        self.asked = 0
+
+    def get_modality_config(self):
+        self.asked += 1
+        raise ValueError("no config for embodiment 'robot_x'")
+
+
+def test_configs_that_failed_are_refused_with_the_same_error_on_every_request():
+    policy = FailingConfigsPolicy()
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        infos = [client.get_server_info() for _ in range(2)]
+        errors = []
+        for _ in range(2):
+            with pytest.raises(PolicyServerError) as refused:
+                client.get_modality_config()
+            errors.append(str(refused.value))
+    assert [info["modality_configs"] for info in infos] == [{"error": "ValueError: no config for embodiment 'robot_x'"}] * 2
+    assert len(set(errors)) == 1 and "no config for embodiment 'robot_x'" in errors[0]
+    assert policy.asked == 1

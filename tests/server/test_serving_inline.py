@@ -19,6 +19,7 @@ from serving_ports import free_port
 
 from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, ServerStoppingError
 from gr00t_server.server import PolicyServer
+from gr00t_server.serving.limits import ServerLimits
 from gr00t_server.serving.worker import INLINE_STREAK, InlineGate
 
 WORKER = "gr00t-policy-worker"
@@ -486,17 +487,18 @@ def test_a_request_received_in_the_burst_after_a_stop_is_answered_not_run():
     shutdown_timeout_s of 1). The rest of the burst is now answered "shutting down" and never reaches the policy."""
     stopping = threading.Event()
 
-    class StopsDuringServerInfo(ThreadNotingPolicy):
-        def get_modality_config(self):  # runs on the socket thread, for get_server_info
+    class StopsWhileCountingTokens(ThreadNotingPolicy):
+        def count_language_tokens(self, text, where=None):  # runs on the socket thread, checking a request's language
             if stopping.is_set():
                 stopper = threading.Thread(target=server.stop)  # an app's thread calls stop()
                 stopper.start()
                 stopper.join()
                 time.sleep(0.3)  # the other client's get_action arrives meanwhile: it is in this burst
-            return {}
+            return 1
 
-    policy = StopsDuringServerInfo(delays={INLINE_STREAK + 2: 20.0})
-    server = PolicyServer(policy, host="127.0.0.1", port=0, inline_below_ms=LIMIT_MS, shutdown_timeout_s=1.0).start()
+    policy = StopsWhileCountingTokens(delays={INLINE_STREAK + 2: 20.0})
+    server = PolicyServer(policy, host="127.0.0.1", port=0, inline_below_ms=LIMIT_MS, shutdown_timeout_s=1.0,
+                          limits=ServerLimits(max_language_tokens=4)).start()
     runner = threading.Thread(target=server.run, name=SOCKET, daemon=True)
     runner.start()
     outcome = {}
@@ -505,7 +507,9 @@ def test_a_request_received_in_the_burst_after_a_stop_is_answered_not_run():
             first.get_action(observation(float(i)))
         second.get_server_info()  # the session is known before the burst
         stopping.set()
-        asker = threading.Thread(target=lambda: outcome.setdefault("info", _error_of(first.get_server_info)), daemon=True)
+        instructed = {**observation(0.0), "language": {"task": [["pick up the cube"]]}}  # over 4 characters: counted
+        asker = threading.Thread(target=lambda: outcome.setdefault("first", _error_of(first.get_action, instructed)),
+                                 daemon=True)
         asker.start()
         time.sleep(0.1)
         started = time.monotonic()
@@ -548,3 +552,23 @@ def test_a_second_clients_wait_behind_a_cheap_call_shows_as_its_queue_wait():
             client.close()
     assert inline_alone > 0
     assert sorted(unexplained_ms)[len(unexplained_ms) // 2] < call_s * 1000.0 / 2, unexplained_ms
+
+
+def test_a_get_action_registered_in_place_of_the_built_in_one_always_runs_on_the_worker():
+    """The gate looked only at the endpoint's name: after a streak a replaced get_action (a clamp, a logging wrapper
+    holding a connection made on the worker) ran on the socket thread, though registered handlers run on the worker."""
+    policy = ThreadNotingPolicy()
+    handler_threads = []
+
+    def logged_get_action(observation=None, options=None):
+        handler_threads.append(threading.current_thread().name)
+        return policy.get_action(observation, options)
+
+    with running_server(policy, inline_below_ms=LIMIT_MS) as server, PolicyClient(port=server.port, timeout_ms=10000) as client:
+        server.register_endpoint("get_action", logged_get_action)
+        for i in range(2 * INLINE_STREAK + 5):
+            action, _ = client.get_action(observation(float(i)))
+            np.testing.assert_array_equal(action["x"], np.full((1, 4, 1), float(i), np.float32))
+        stats = client.get_server_info()["stats"]
+    assert handler_threads == [WORKER] * (2 * INLINE_STREAK + 5)
+    assert stats["inline_jobs"] == 0

@@ -7,6 +7,7 @@ import inspect
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from gr00t_client.client import PROTOCOL_VERSION
@@ -36,8 +37,10 @@ SESSION_OPTION = "_session_id"
 # options' names refused every reset after a restart.
 SESSION_LOST_OPTION = "_session_lost"
 _UNDECLARED = object()  # _observation_format: a policy that has no observation_format at all
-# A relay's, answered from its upstream's facts: on the worker (which asks the upstream) while it knows none yet
-RELAY_FACT_ENDPOINTS = frozenset({"get_modality_config", "get_server_info"})
+# Answered from facts learnt off the socket thread: a relay's upstream's, a policy's configs and identity (once per
+# policy object); on the worker (which asks them) while none are known yet
+POLICY_FACT_ENDPOINTS = frozenset({"get_modality_config", "get_server_info"})
+_CONFIGS, _IDENTITY = "modality_configs", "identity"  # the _policy_fact keys of a policy's configs and identity
 
 
 class BuiltinEndpoints:
@@ -70,6 +73,9 @@ class BuiltinEndpoints:
             self._policy_info_fact("work_limits", work_limits.policy_work_limits)
             if self._upstream is not None:
                 self._refresh_upstream_facts()
+            else:
+                self._policy_configs()
+                self._policy_identity()
             if self.max_batch_size > 1:  # a supports_batching that raises fails the start, not the first get_action
                 supported = self._policy_fact(_supports_batching)
                 if isinstance(supported, Exception):
@@ -109,9 +115,15 @@ class BuiltinEndpoints:
         return facts if facts is not None and facts.policy is self.policy else None
 
     def answers_now(self, endpoint: str) -> bool:
-        """Whether the socket thread answers built-in `endpoint` itself: not a relay's info or configs while it knows
-        nothing of its upstream (started before it): the worker asks the upstream for them then."""
-        return endpoint not in RELAY_FACT_ENDPOINTS or self._upstream is None or self._upstream_facts is not None
+        """Whether the socket thread answers built-in `endpoint` itself: not info or configs while their facts are not
+        known, a relay's of its upstream (started before it) or a policy's configs and identity (one swapped in while
+        serving): the worker asks the upstream or the policy for them then, never this thread."""
+        if endpoint not in POLICY_FACT_ENDPOINTS:
+            return True
+        if self._upstream is not None:
+            return self._upstream_facts is not None
+        policy, facts = self._policy_facts
+        return policy is self.policy and _CONFIGS in facts and _IDENTITY in facts
 
     def _learn_upstream_facts(self, timeout_ms: Optional[int] = None, policy: Any = None) -> UpstreamFacts:
         """Ask the upstream of `policy` (default: the served one) for its facts and modality configs where its client
@@ -315,8 +327,27 @@ class BuiltinEndpoints:
     def _get_modality_config(self) -> Any:
         if self._upstream is not None:  # the configs learnt off the socket thread, never the upstream's lock there
             return self._known_upstream_facts().modality_configs
-        getter = getattr(self.policy, "get_modality_config", None)
-        return as_modality_configs(getter()) if getter else {}
+        configs = self._policy_configs()
+        if isinstance(configs, _Raised):
+            configs.raise_again()  # each request is told it alike
+        return configs
+
+    def _policy_configs(self) -> Any:
+        """The served policy's modality configs, or _Raised with what asking them raised, learnt once per policy
+        object (run() asks before serving): a policy guarding get_modality_config() with its get_action's lock held
+        the socket thread, ping and kill too, for a whole call."""
+        return self._policy_fact(self._learn_policy_configs, key=_CONFIGS)
+
+    def _learn_policy_configs(self, policy: Any) -> Any:
+        try:
+            getter = getattr(policy, "get_modality_config", None)
+            return as_modality_configs(getter()) if getter else {}
+        except InlineCallAbandoned:
+            raise
+        except BaseException as exc:  # a policy's SystemExit too: every request that asks is answered its error
+            if isinstance(exc, KeyboardInterrupt) and getattr(self, "_learning_info", False):
+                raise  # a Ctrl-C while run() asks them on the main thread stops the start
+            return _Raised(exc, exc.__traceback__)
 
     def _policy_info_field(self, name: str, learn: Callable[[Any], Any]) -> Any:
         """learn(policy) for a get_server_info field; when the policy's code raises (a property or `work_limits()` that
@@ -339,7 +370,13 @@ class BuiltinEndpoints:
 
     def _policy_identity(self) -> Optional[Dict[str, Any]]:
         """The served policy's `identity()` (the first in its wrapper chain that has one: which checkpoint or dataset
-        it serves), or None; never raises, as info must answer: values the wire cannot carry are sent as text."""
+        it serves), or None; never raises, as info must answer: values the wire cannot carry are sent as text. Learnt
+        once per policy object (a slow one hashes a checkpoint); a relay's follows what it learns of its upstream."""
+        if self._upstream is None:
+            return self._policy_fact(lambda policy: self._learn_policy_identity(), key=_IDENTITY)
+        return self._learn_policy_identity()
+
+    def _learn_policy_identity(self) -> Optional[Dict[str, Any]]:
         upstream = self._upstream
         for policy in policy_chain(self.policy):
             identity = getattr(policy, "identity", None)
@@ -357,6 +394,8 @@ class BuiltinEndpoints:
                 except InlineCallAbandoned:
                     raise
                 except BaseException as exc:  # a policy's SystemExit too: info answers, the server goes on
+                    if isinstance(exc, KeyboardInterrupt) and getattr(self, "_learning_info", False):
+                        raise  # a Ctrl-C while run() asks it on the main thread stops the start
                     return {"error": error_text("identity", exc)[0]}
                 if replaced and not self._identity_text_logged:
                     self._identity_text_logged = True
@@ -406,6 +445,17 @@ class BuiltinEndpoints:
             "policy_busy": bool(self._worker is not None and self._worker.busy),
             "stats": self.stats.snapshot(),
         }
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """What asking the policy for a fact raised, learnt in its place: raised again to each request that asks."""
+
+    error: BaseException
+    traceback: Any  # the policy's own frames, logged with each internal error; a raise again adds only its own
+
+    def raise_again(self) -> None:
+        raise self.error.with_traceback(self.traceback)
 
 
 def _supports_batching(policy: Any) -> Any:

@@ -383,8 +383,10 @@ class RequestLoop(Gathering):
         worker is idle and no other request waits: then the two thread hand-offs would cost as much as the call."""
         worker = self._server._worker
         assert worker is not None
+        # A get_action registered in place of the built-in one runs on the worker, as every registered handler does.
         # Never once a stop came: nothing could interrupt a call here where run() is not on the main thread.
-        if self._gate.open and not worker.busy and only_get_action(job) and not self.stopping and self._socket_idle():
+        if (self._gate.open and not worker.busy and only_get_action(job) and self._server.is_built_in("get_action")
+                and not self.stopping and self._socket_idle()):
             self._run_inline(job)
         else:
             worker.submit(job)

@@ -43,8 +43,8 @@ class InlineGate:
     machine: as much as the whole call of a cheap policy (a replay, a scripted or a null policy). Once `streak`
     get_action jobs in a row each took under `limit_ms`, the next one runs on the socket thread when the worker is
     idle. One job over the limit sends the following ones back to the worker until a new streak is complete, so a
-    policy that turns slow holds up the socket thread (pings, kill) once, for that one call. Other endpoints always
-    run on the worker. `limit_ms` 0 turns this off.
+    policy that turns slow holds up the socket thread (pings, kill) once, for that one call. Other endpoints, and a
+    get_action registered in place of the built-in one, always run on the worker. `limit_ms` 0 turns this off.
     """
 
     def __init__(self, limit_ms: float, streak: int = INLINE_STREAK) -> None:
