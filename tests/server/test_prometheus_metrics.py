@@ -165,12 +165,24 @@ def test_refused_and_expired_requests_have_their_own_outcomes():
         first = threading.Thread(target=lambda: PolicyClient(port=server.port).get_action(observation()))
         first.start()
         time.sleep(0.2)
-        with PolicyClient(port=server.port, timeout_ms=100) as hasty:  # waits behind the first; gives up
-            with pytest.raises(PolicyTimeoutError):
-                hasty.get_action(observation())
-        with PolicyClient(port=server.port) as third:  # the queue holds two: refused
+        gave_up = []
+
+        def hasty_call() -> None:  # waits behind the first; gives up
+            with PolicyClient(port=server.port, timeout_ms=300) as hasty:
+                try:
+                    hasty.get_action(observation())
+                except PolicyTimeoutError as exc:
+                    gave_up.append(exc)
+
+        hasty = threading.Thread(target=hasty_call)
+        hasty.start()
+        time.sleep(0.1)
+        # the queue holds two, both live (an expired request would have been dropped to make room): refused
+        with PolicyClient(port=server.port) as third:
             with pytest.raises(PolicyServerError, match="server busy"):
                 third.get_action(observation())
+        hasty.join(10)
+        assert gave_up, "expected the hasty client to time out"
         first.join(10)
         deadline = time.monotonic() + 5
         while requests_count(scrape(server), "get_action", "expired") < 1 and time.monotonic() < deadline:

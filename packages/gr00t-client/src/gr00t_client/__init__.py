@@ -24,6 +24,7 @@ _EXPORTS: Dict[str, str] = {
     "PolicyServerError": ".client",
     "PolicyTimeoutError": ".client",
     "ReplyLostError": ".client",
+    "ServerBusyError": ".client_errors",
     "ServerStoppingError": ".client",
     "UpstreamFailedError": ".client",
     "WireDecodeError": ".codec",
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
                          PolicyServerError as PolicyServerError, PolicyTimeoutError as PolicyTimeoutError,
                          ReplyLostError as ReplyLostError, ServerStoppingError as ServerStoppingError,
                          UpstreamFailedError as UpstreamFailedError)
+    from .client_errors import ServerBusyError as ServerBusyError
     from .codec import WireDecodeError as WireDecodeError, WireEncodeError as WireEncodeError
     from .curve import HandshakeError as HandshakeError
     from .embodiment import (EMBODIMENT_TAG_TO_PROJECTOR_INDEX as EMBODIMENT_TAG_TO_PROJECTOR_INDEX,

@@ -24,6 +24,8 @@ SHUTTING_DOWN = "server is shutting down"  # how our server's answers begin once
 NOT_RUN_FOR_DEADLINE = "was not run: the client's deadline"  # our server's refusal of a request out of time
 # ... and of a batched request whose merged call ran and failed (on another's input, say), out of time for another run
 NOT_RERUN_FOR_DEADLINE = "could not run again in time"
+# how our server's refusals at its queue's caps begin (the server-wide ones end "try again"): not run (ServerBusyError)
+BUSY_REFUSALS = ("server busy", "this connection already has")
 # how a relay's answer begins when its upstream did not answer or failed (gr00t_server.serving.relay)
 UPSTREAM_FAILED = "upstream policy server failed"
 
@@ -39,9 +41,15 @@ class UpstreamFailedError(PolicyServerError, ConnectionError):
     request was not served. A ConnectionError too, so an evaluation's liveness rules count it as a server gone."""
 
 
+class ServerBusyError(PolicyServerError):
+    """The server refused the request at one of its queue's caps ("server busy ... try again", or its connection's
+    budget): it was not run, and the same request asked again once the queue drains may be served."""
+
+
 def server_error(message: str, endpoint: Optional[str]) -> PolicyServerError:
     """The error for a server's error reply, its text bounded and escaped (peer_text.shown_text): ServerStoppingError
-    when the server says it is shutting down, DeadlineNotRunError when it did not run the request for want of time."""
+    when the server says it is shutting down, DeadlineNotRunError when it did not run the request for want of time,
+    ServerBusyError when it refused it at a queue's cap."""
     message = shown_text(message)
     if message.startswith(SHUTTING_DOWN):
         return ServerStoppingError(message, endpoint)
@@ -49,6 +57,8 @@ def server_error(message: str, endpoint: Optional[str]) -> PolicyServerError:
         return UpstreamFailedError(message, endpoint)
     if NOT_RUN_FOR_DEADLINE in message or NOT_RERUN_FOR_DEADLINE in message:
         return DeadlineNotRunError(message, endpoint)
+    if message.startswith(BUSY_REFUSALS):
+        return ServerBusyError(message, endpoint)
     return PolicyServerError(message, endpoint)
 
 

@@ -147,8 +147,9 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
                    help=f"evict a session unused this many seconds (default {d.session_idle_s:.0f}), before any other is "
                         "evicted for room")
     p.add_argument(*_flag("max-client-queued-mb"), type=float, default=None,
-                   help="request bytes one connection may have waiting for the policy beyond its first request (default 16, or "
-                        "--max-message-mb where that is smaller)")
+                   help="request bytes one connection may have waiting for the policy, its first request's included; a "
+                        "first request is always taken, however large (default 16, or --max-message-mb where that is "
+                        "smaller)")
     p.add_argument(*_flag("max-queued-mb"), type=float, default=d.max_queued_bytes / (1024 * 1024),
                    help=f"request bytes waiting for the policy, all connections together; a request that finds none "
                         f"waiting is always taken (default {d.max_queued_bytes // (1024 * 1024)})")

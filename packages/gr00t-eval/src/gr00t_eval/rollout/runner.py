@@ -34,7 +34,7 @@ require_gymnasium("closed-loop rollout")  # one line naming the extra, not a dee
 import gymnasium as gym  # noqa: E402
 import numpy as np
 
-from gr00t_client import ActionChunker, BasePolicy, DeadlineNotRunError, ServerStoppingError
+from gr00t_client import ActionChunker, BasePolicy, DeadlineNotRunError, ServerBusyError, ServerStoppingError
 from gr00t_client.cli_signals import stop_signals_held
 from gr00t_client.peer_text import shown_text
 
@@ -60,6 +60,10 @@ logger = logging.getLogger(__name__)
 ENDED_EPISODES_NOTE = "stopping once the episodes that just ended are saved (Ctrl-C again to stop waiting)"
 
 IDLE = -1
+# A get_action the server refused busy (at its queue's cap: not run) is asked again after this wait, doubled each time,
+# while the waits come to at most BUSY_RETRY_TOTAL_S; then its episodes error
+BUSY_RETRY_FIRST_S = 0.1
+BUSY_RETRY_TOTAL_S = 30.0
 
 
 def _shown_reason(reason: Optional[str]) -> Optional[str]:
@@ -354,12 +358,30 @@ class RolloutRunner:
         moved, and a server refuses on the word of a slow call (a cold start's) only until its next request, a probe.
         A sync chunker asks only for rows with no step left and keeps its buffers as they were when a request fails."""
         try:
-            return self._act(policy, observation, action_space)
+            return self._act_when_not_busy(policy, observation, action_space)
         except DeadlineNotRunError as exc:
             if self.chunker is not None and self.chunker.asynchronous:  # it asks its prefetch again itself: the episodes error
                 raise
             logger.warning("the policy server did not run a get_action (%s); asking once more", exc)
-            return self._act(policy, observation, action_space)
+            return self._act_when_not_busy(policy, observation, action_space)
+
+    def _act_when_not_busy(self, policy: PositionCheckedPolicy, observation: Dict[str, Any],
+                           action_space: gym.spaces.Dict) -> Tuple[Dict[str, np.ndarray], Mapping[str, Any]]:
+        """`_act`, asked again while the server refuses it busy (ServerBusyError: its queue was full, the request not
+        run, the envs have not moved) after BUSY_RETRY_FIRST_S, doubled each time, up to BUSY_RETRY_TOTAL_S of waits;
+        then the refusal is raised (the episodes error), as it is at once with an async chunker (its own prefetch)."""
+        wait_s, waited_s = BUSY_RETRY_FIRST_S, 0.0
+        while True:
+            try:
+                return self._act(policy, observation, action_space)
+            except ServerBusyError as exc:
+                if (self.chunker is not None and self.chunker.asynchronous) or waited_s + wait_s > BUSY_RETRY_TOTAL_S:
+                    raise
+                logger.warning("the policy server was busy and did not run a get_action (%s); asking again in %.1f s",
+                               exc, wait_s)
+                time.sleep(wait_s)
+                waited_s += wait_s
+                wait_s *= 2
 
     def _end_replays_with_their_recordings(self, vec: gym.vector.VectorEnv, info: Mapping[str, Any]) -> None:
         """Tell the envs of rows whose replay says its recording ends where it ends: they run no step past it."""

@@ -150,6 +150,11 @@ class JobRunner(ReplyFrames):
             return 0.0
         return self._window.least_call_seconds(rows, now, request.whole_timeout_s)
 
+    def expired_reply(self, request: Request, now: float) -> Reply:
+        """The answer to a request not yet started whose client's deadline has passed, found while it waited (gathered
+        or queued): as when its turn comes (counted as expired)."""
+        return self._expired_reply(request, call_rows(request), now, 0.0)
+
     def _expired_reply(self, request: Request, rows: int, now: float, least_call_s: float) -> Reply:
         """The answer to a request whose client's deadline passed, or was too near, when its turn came (counted as
         expired); or came again after a merged call that ran and failed: then an error of that call, which ran (its

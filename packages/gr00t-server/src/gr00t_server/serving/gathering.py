@@ -3,6 +3,7 @@ goes, waiting for the recently active clients at most the gather window, sooner 
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, AbstractSet, Callable, Dict, List, Optional, Set, Tuple
 
@@ -33,10 +34,12 @@ class Gathering:
 
     _server: "PolicyServer"  # the loop's: its max_batch_size, batch_timeout_ms, worker and stop are read live
     _submit: Callable[[Job], None]  # the loop's: runs a batch inline or hands it to the worker
+    _answer_expired: Callable[[List[Request], float], None]  # the loop's: answers requests not run, out of time
 
     def __init__(self, window: GatherWindow) -> None:
         self._window = window  # gathering waits for expected clients at most batch_timeout_ms, less as arrivals show
         self.pending: List[Request] = []  # batchable get_action requests gathered, not yet handed to the worker
+        self._gathered_deadline = math.inf  # no gathered request's deadline is earlier (it may be later)
         self._turns = batching.Turns(_connection_of)  # connections with requests gathered take turns to join a batch
         self.active_clients: Dict[str, float] = {}  # session -> when its last get_action was gathered
         # session -> when its last get_action was decoded, refused, batched or not (the gr00t_active_clients gauge; no
@@ -70,6 +73,8 @@ class Gathering:
         the requests left out stay here for the next one. Batches formed all at once put a request that came later
         behind all of them (one peer pipelining 64 requests kept 8 batches ahead of every robot). `force` (and a
         stop) hands everything over now."""
+        if self.pending and time.monotonic() > self._gathered_deadline:
+            self._drop_expired_gathered()
         if not self.pending:
             return
         server = self._server
@@ -99,6 +104,24 @@ class Gathering:
         self.active_clients.update((r.session, now) for r in self.pending)
         self._hand_over(self.pending, len(self.pending) if force else 1 if busy else 2)
 
+    def _gather(self, request: Request) -> None:
+        """Gather a batchable get_action request for the next batches."""
+        self.pending.append(request)
+        if request.deadline is not None and request.deadline < self._gathered_deadline:
+            self._gathered_deadline = request.deadline
+
+    def _drop_expired_gathered(self) -> None:
+        """Answer the gathered requests whose client's deadline has passed as not run (expired), so that none takes a
+        row of a batch or makes one full: a dead request pushed a live batch mate into a call of its own."""
+        now = time.monotonic()
+        expired = [request for request in self.pending if request.expired(now)]
+        if expired:
+            dropped = {id(request) for request in expired}
+            self.pending = [request for request in self.pending if id(request) not in dropped]
+        self._gathered_deadline = min((r.deadline for r in self.pending if r.deadline is not None), default=math.inf)
+        if expired:
+            self._answer_expired(expired, now)
+
     def _hand_over(self, requests: List[Request], max_jobs: int) -> None:
         """Submit up to `max_jobs` batches of the gathered `requests`, filled in turn order (batching.Turns); the rest
         stay gathered."""
@@ -113,6 +136,8 @@ class Gathering:
             ordered = [r for r in ordered if id(r) not in taken]
         handed = {id(r) for job in jobs for r in job}
         self.pending = [r for r in self.pending if id(r) not in handed]
+        if not self.pending:
+            self._gathered_deadline = math.inf
         self._turns.served(jobs, self.pending)
         for job in jobs:
             self._submit(job)

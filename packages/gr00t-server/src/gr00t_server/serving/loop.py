@@ -7,6 +7,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import logging
+import math
 import signal
 import threading
 import time
@@ -55,8 +56,8 @@ __all__ = ["ACTIVE_CLIENT_WINDOW_S", "DEFAULT_CLIENT_QUEUED_BYTES", "PRECHECK_MI
 
 logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
 
-# Bytes one connection may have waiting for the policy beyond its first request (which is always admitted): a REQ
-# client has one request outstanding, so only pipelining (DEALER) peers ever meet this.
+# Bytes one connection may have waiting for the policy, its first request's included (a first request is always
+# admitted, however large): a REQ client has one request outstanding, so only pipelining (DEALER) peers ever meet this.
 DEFAULT_CLIENT_QUEUED_BYTES = 16 * 1024 * 1024
 RECEIVE_BURST = 64  # messages taken off the socket per loop turn before replies and dispatch get a turn
 # ... or fewer: a burst takes no further message once it has run this long, since a message's decode may take 0.1 s
@@ -90,6 +91,7 @@ class RequestLoop(Gathering):
         self.queued_counts: Dict[bytes, int] = {}  # per connection: requests not yet answered
         self.queued_requests = 0
         self.queued_bytes_total = 0  # bytes of all requests not yet answered
+        self._queued_deadline = math.inf  # no request waiting (gathered or queued) has an earlier deadline
         self._inline_job = 0  # number of the job now running on this thread (0: none), for abandon_inline_after
         self._inline_jobs = 0
         self._arrived_during_inline = False  # a request came while the last inline job ran: another client waits
@@ -233,7 +235,7 @@ class RequestLoop(Gathering):
             # Worked out once, on arrival: a round's dispatch groups by it, its merge and every turn count its rows.
             request.batch_shape = shape
             request.rows = max(shape[1], 1)
-            self.pending.append(request)
+            self._gather(request)
             return
         ahead = self._gathered_before(request)
         if ahead:  # keep one connection's (and one session's) requests in arrival order
@@ -247,7 +249,12 @@ class RequestLoop(Gathering):
         (_room_made)."""
         server = self._server
         budget = server.limits.max_client_queued_bytes or min(server.max_message_bytes, DEFAULT_CLIENT_QUEUED_BYTES)
+        max_bytes = server.limits.max_queued_bytes
         queued = self.queued_bytes.get(request.identity, 0)
+        if ((queued and queued + request.nbytes > budget)
+                or (self.queued_bytes_total and self.queued_bytes_total + request.nbytes > max_bytes)):
+            self._free_expired_places()
+            queued = self.queued_bytes.get(request.identity, 0)
         if queued and queued + request.nbytes > budget:
             server.stats.add("refused")
             request.outcome = "refused"
@@ -255,7 +262,6 @@ class RequestLoop(Gathering):
                 f"this connection already has {queued} bytes of requests waiting; a further {request.nbytes} bytes "
                 f"would exceed its budget of {budget} bytes (--max-client-queued-mb; wait for the replies)"
             )
-        max_bytes = server.limits.max_queued_bytes
         if self.queued_bytes_total and self.queued_bytes_total + request.nbytes > max_bytes:
             if not queued and self._room_made(
                 self.queued_bytes, request.nbytes, self.queued_bytes_total + request.nbytes - max_bytes,
@@ -276,6 +282,9 @@ class RequestLoop(Gathering):
         over any."""
         server = self._server
         self._check_byte_budgets(request, make_room=True)
+        if (self.queued_counts.get(request.identity, 0) >= server.limits.max_client_queued_requests
+                or self.queued_requests >= server.limits.max_queued_requests):
+            self._free_expired_places()
         queued = self.queued_bytes.get(request.identity, 0)
         waiting = self.queued_counts.get(request.identity, 0)
         if waiting >= server.limits.max_client_queued_requests:
@@ -301,6 +310,35 @@ class RequestLoop(Gathering):
         self.queued_counts[request.identity] = waiting + 1
         self.queued_requests += 1
         request.admitted = True
+        if request.deadline is not None and request.deadline < self._queued_deadline:
+            self._queued_deadline = request.deadline
+
+    def _free_expired_places(self) -> None:
+        """At a cap, before a newcomer is refused or others' requests are refused to make room for it: answer the
+        requests not yet started (gathered or queued) whose client's deadline has passed as not run (expired), which
+        frees their places. They are looked for only once the earliest deadline waiting has passed."""
+        now = time.monotonic()
+        if now <= self._queued_deadline:
+            return
+        worker = self._server._worker
+        with worker.paused() if worker is not None else contextlib.nullcontext():  # no job starts between look and take
+            waiting = self.pending + (worker.waiting_requests() if worker is not None else [])
+            expired = {id(request) for request in waiting if request.expired(now)}
+            self._queued_deadline = min(
+                (r.deadline for r in waiting if r.deadline is not None and id(r) not in expired), default=math.inf)
+            if not expired:
+                return
+            taken = [request for request in self.pending if id(request) in expired]
+            self.pending = [request for request in self.pending if id(request) not in expired]
+            if worker is not None:
+                taken += worker.take_where(lambda request: id(request) in expired)
+        self._answer_expired(taken, now)
+
+    def _answer_expired(self, requests: List[Request], now: float) -> None:
+        """Answer requests not yet started whose client's deadline passed as they waited: not run (expired)."""
+        for request in requests:
+            self._send(*self._runner.expired_reply(request, now))
+            self._runner.release_session(request)  # never reached execute: its session idles again
 
     def _room_made(self, held: Dict[bytes, int], newcomer: int, needed: int, size: Callable[[Request], int],
                    busy: Callable[[], str], evict: bool) -> bool:

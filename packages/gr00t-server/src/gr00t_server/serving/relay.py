@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from gr00t_client import PolicyClient
-from gr00t_client.client_errors import (NOT_RUN_FOR_DEADLINE, UPSTREAM_FAILED, PolicyServerError, ServerStoppingError,
-                                        UpstreamFailedError)
+from gr00t_client.client_errors import (BUSY_REFUSALS, NOT_RUN_FOR_DEADLINE, UPSTREAM_FAILED, PolicyServerError,
+                                        ServerStoppingError, UpstreamFailedError)
 
 from .messages import RequestError
 from .wrappers import policy_chain
@@ -20,8 +20,6 @@ logger = logging.getLogger("gr00t_server.serving.server")
 # at most a fifth of it, so that a robot with a short budget (100 ms) still gives the upstream most of it
 UPSTREAM_MARGIN_MS = 200
 UPSTREAM_MARGIN_SHARE = 0.2
-# How a server's refusals over its queue or a connection's budget begin (loop.RequestLoop: counted `refused` there)
-BUSY_REFUSALS = ("server busy", "this connection already has")
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,40 @@ class FairQueue:
         waiting.sessions = sessions
         return request
 
+    def requests(self) -> List[Request]:
+        """Every request of the jobs waiting."""
+        return [request for waiting in self._waiting() for request in waiting.job]
+
+    def take_where(self, chosen: Callable[[Request], bool]) -> List[Request]:
+        """Remove and return the waiting requests `chosen` picks, out of whatever jobs hold them (a batch keeps the
+        rest); a job left empty leaves the queue. The others keep their order and lanes."""
+        taken: List[Request] = []
+        for waiting in self._waiting():
+            picked = [request for request in waiting.job if chosen(request)]
+            if not picked:
+                continue
+            taken.extend(picked)
+            picked_ids = {id(request) for request in picked}
+            waiting.job[:] = [request for request in waiting.job if id(request) not in picked_ids]
+            if waiting.job:
+                continue
+            for key in waiting.lanes:
+                lane = self._lanes[key]
+                lane.remove(waiting)
+                if not lane:
+                    del self._lanes[key]
+            for session in waiting.sessions:
+                jobs = self._sessions[session]
+                jobs.remove(waiting)
+                if not jobs:
+                    del self._sessions[session]
+            self._count -= 1
+        return taken
+
+    def _waiting(self) -> List[_Waiting]:
+        """Each queued job once (a batch stands in several lanes)."""
+        return list(dict.fromkeys(waiting for lane in self._lanes.values() for waiting in lane))
+
     def take_all(self) -> List[Job]:
         """Every job, in the order they would have been taken."""
         jobs: List[Job] = []
@@ -269,6 +303,20 @@ class PolicyWorker:
             request = self._jobs.take_newest(identity)
             self._pending -= jobs - len(self._jobs)  # a job left with requests still counts until it finishes
         return request
+
+    def waiting_requests(self) -> List[Request]:
+        """Every request not yet started."""
+        with self._lock:
+            return self._jobs.requests()
+
+    def take_where(self, chosen: Callable[[Request], bool]) -> List[Request]:
+        """Remove and return the requests not yet started that `chosen` picks (FairQueue.take_where), to answer them
+        instead."""
+        with self._lock:
+            jobs = len(self._jobs)
+            taken = self._jobs.take_where(chosen)
+            self._pending -= jobs - len(self._jobs)
+        return taken
 
     def finish(self) -> None:
         """Let the running job finish and then end the thread (jobs queued behind it still run: take_queued first)."""

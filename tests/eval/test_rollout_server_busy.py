@@ -1,0 +1,127 @@
+"""A rollout whose get_action a server refuses "server busy ... try again" (at its queue's cap: the request was not run
+and the envs have not moved) asks again after a short, growing wait, and errors the episodes only when the server
+stays busy past the bound. A real server at its byte cap on loopback: while the rollout's first reset runs, two other
+peers' small get_actions are queued, and the first of them is held until `release`; the rollout's next get_action,
+larger than the reset, then meets the cap with nothing that could make room for it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import zmq
+
+pytest.importorskip("gymnasium")
+
+from eval.scale_fixtures import LANGUAGE_KEY, ConstantPolicy, WalkToEnv  # noqa: E402
+from gr00t_client import PolicyClient, codec  # noqa: E402
+from gr00t_client.client_errors import ServerBusyError, server_error  # noqa: E402
+from gr00t_eval.rollout import RolloutConfig, register_env_prefix, run_rollout  # noqa: E402
+from gr00t_eval.rollout import runner as rollout_runner  # noqa: E402
+from gr00t_server.server import ServerLimits  # noqa: E402
+from serving import running_server  # noqa: E402
+
+INSTRUCTION = "walk to the goal " * 60  # a get_action of about 1 KB: over the cap the small reset fitted under
+
+
+class LongInstructionWalk(WalkToEnv):
+    """walkto with a long instruction."""
+
+    def __init__(self) -> None:
+        super().__init__(1.0)
+        self.observation_space = gym.spaces.Dict({**self.observation_space.spaces,
+                                                  LANGUAGE_KEY: gym.spaces.Text(max_length=2048)})
+
+    def _obs(self):
+        return {**super()._obs(), LANGUAGE_KEY: INSTRUCTION}
+
+
+def hog_request() -> bytes:
+    observation = {"state.position": np.full((1, 1), -1.0, np.float32)}
+    return codec.encode({"endpoint": "get_action", "data": {"observation": observation}})
+
+
+class BusyAtFirstReset(ConstantPolicy):
+    """ConstantPolicy whose first reset has two other peers' get_actions queued behind it (`port`'s DEALERs); the call
+    of the first is held until `release` (set `release_after_s` after that reset)."""
+
+    def __init__(self, release_after_s: float) -> None:
+        super().__init__()
+        self.release, self.release_after_s = threading.Event(), release_after_s
+        self.port = 0
+        self.context = zmq.Context()
+        self.hogs = []
+
+    def _get_action(self, observation, options=None):
+        if float(np.asarray(observation["state.position"]).reshape(-1)[0]) < 0:
+            self.release.wait(30)
+        return super()._get_action(observation, options)
+
+    def reset(self, options=None):
+        if not self.hogs:
+            for _ in range(2):
+                hog = self.context.socket(zmq.DEALER)
+                hog.setsockopt(zmq.LINGER, 0)
+                hog.connect(f"tcp://127.0.0.1:{self.port}")
+                hog.send_multipart([b"", hog_request()])
+                self.hogs.append(hog)
+            time.sleep(0.3)  # both are queued behind this reset
+            timer = threading.Timer(self.release_after_s, self.release.set)
+            timer.daemon = True
+            timer.start()
+        return {}
+
+    def close(self) -> None:
+        self.release.set()
+        for hog in self.hogs:
+            hog.close()
+        self.context.term()
+
+
+def busy_rollout(release_after_s: float):
+    register_env_prefix("longwalk", "new_embodiment", lambda task, **kwargs: LongInstructionWalk())
+    config = RolloutConfig("longwalk/walk", n_episodes=1, n_envs=1, seed=0, max_episode_steps=8, n_action_steps=2)
+    policy = BusyAtFirstReset(release_after_s)
+    limits = ServerLimits(max_queued_bytes=2 * len(hog_request()) + 700)  # the reset and both hogs fit, not a get_action
+    try:
+        with running_server(policy, inline_below_ms=0, limits=limits) as server, \
+                PolicyClient("127.0.0.1", server.port, timeout_ms=10000) as client:
+            policy.port = server.port
+            try:
+                return run_rollout(client, config, progress=False)
+            finally:
+                policy.release.set()  # before the server stops: it would wait for the held call
+    finally:
+        policy.close()
+
+
+def test_a_server_busy_refusal_is_a_server_busy_error():
+    refusal = server_error("server busy: 4 requests are waiting for the policy; this server queues at most 4 in all "
+                           "(ServerLimits.max_queued_requests); try again", "get_action")
+    assert isinstance(refusal, ServerBusyError)
+    assert isinstance(server_error("this connection already has 8 requests waiting for their replies; ...",
+                                   "get_action"), ServerBusyError)
+    assert not isinstance(server_error("'get_action' was not run: the client's deadline passed while it waited",
+                                       "get_action"), ServerBusyError)
+
+
+def test_a_rollout_asks_again_while_the_server_is_busy(caplog):
+    with caplog.at_level(logging.WARNING, logger=rollout_runner.__name__):
+        result = busy_rollout(release_after_s=1.0)
+    [outcome] = result.outcomes
+    assert outcome.error is None, f"expected the episode to run once the server had room, got {outcome.error!r}"
+    assert outcome.success
+    retries = [r.getMessage() for r in caplog.records if r.name == rollout_runner.__name__ and "busy" in r.getMessage()]
+    assert retries and all("server busy" in message for message in retries), retries
+
+
+def test_a_rollout_errors_the_episode_when_the_server_stays_busy_past_the_bound(monkeypatch):
+    monkeypatch.setattr(rollout_runner, "BUSY_RETRY_TOTAL_S", 0.3)
+    result = busy_rollout(release_after_s=5.0)
+    [outcome] = result.outcomes
+    assert outcome.error is not None and "ServerBusyError" in outcome.error and "server busy" in outcome.error, \
+        f"expected the episode errored with the busy refusal, got {outcome.error!r}"
