@@ -38,6 +38,7 @@ def _cases():
                                           "no reply", "get_action"),
         client_module.DeadlineNotRunError("'get_action' was not run: the client's deadline passed while it waited",
                                           "get_action"),
+        client_module.ServerBusyError("server busy: 1024 requests are waiting for the policy; try again", "get_action"),
         client_module.MessageTooLargeError("get_action", 300_000_000, 268_435_456),
         client_module.PolicyTimeoutError("policy server at 127.0.0.1:5555 did not answer 'get_action' within 15000 ms"),
         client_module.ReplyLostError("the connection to the policy server at 127.0.0.1:5555 closed"),

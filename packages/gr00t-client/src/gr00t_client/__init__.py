@@ -24,7 +24,7 @@ _EXPORTS: Dict[str, str] = {
     "PolicyServerError": ".client",
     "PolicyTimeoutError": ".client",
     "ReplyLostError": ".client",
-    "ServerBusyError": ".client_errors",
+    "ServerBusyError": ".client",
     "ServerStoppingError": ".client",
     "UpstreamFailedError": ".client",
     "WireDecodeError": ".codec",
@@ -59,9 +59,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .client import (ClientClosedError as ClientClosedError, DeadlineNotRunError as DeadlineNotRunError,
                          MessageTooLargeError as MessageTooLargeError, PolicyClient as PolicyClient,
                          PolicyServerError as PolicyServerError, PolicyTimeoutError as PolicyTimeoutError,
-                         ReplyLostError as ReplyLostError, ServerStoppingError as ServerStoppingError,
+                         ReplyLostError as ReplyLostError, ServerBusyError as ServerBusyError,
+                         ServerStoppingError as ServerStoppingError,
                          UpstreamFailedError as UpstreamFailedError)
-    from .client_errors import ServerBusyError as ServerBusyError
     from .codec import WireDecodeError as WireDecodeError, WireEncodeError as WireEncodeError
     from .curve import HandshakeError as HandshakeError
     from .embodiment import (EMBODIMENT_TAG_TO_PROJECTOR_INDEX as EMBODIMENT_TAG_TO_PROJECTOR_INDEX,
