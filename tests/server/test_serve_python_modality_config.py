@@ -143,3 +143,55 @@ def test_a_port_in_use_is_refused_before_the_replays_py_config_runs(dataset, tmp
     assert capsys.readouterr().err == (f"gr00t-server serve: error: {flag} {held}: the port is in use on 127.0.0.1 "
                                        f"(another server?); pass another {flag}, or stop the process holding it\n")
     assert not ran.exists(), "the replay's .py modality config ran before the port in use was refused"
+
+
+def _config_that_tries_the_ports(path: Path, ports: list, tried: Path) -> Path:
+    """A .py config that binds each of `ports` as another server starting then would (SO_REUSEADDR, listen), writes
+    what each bind met to `tried`, and raises: the serve running it fails while it still loads."""
+    path.write_text(
+        "import errno, socket\n"
+        "met = []\n"
+        f"for port in {ports!r}:\n"
+        "    with socket.socket() as other:\n"
+        "        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "        try:\n"
+        "            other.bind(('127.0.0.1', port))\n"
+        "            other.listen(1)\n"
+        "            met.append('free')\n"
+        "        except OSError as exc:\n"
+        "            met.append(errno.errorcode[exc.errno])\n"
+        f"open({str(tried)!r}, 'w').write(' '.join(met))\n"
+        "raise RuntimeError('stop the serve here')\n")
+    return path
+
+
+@pytest.mark.parametrize("ports", ["port", "port and metrics port"])
+def test_the_ports_are_held_from_their_check_until_the_server_binds_them(dataset, tmp_path, capsys, ports):
+    """They were only checked, then free while the policy loaded: a second server started meanwhile passed the check
+    too and loaded its model (minutes, gigabytes) before it was refused at the bind."""
+    if ports == "port and metrics port":
+        pytest.importorskip("prometheus_client")
+    numbers = [free_port()] + ([free_port()] if ports == "port and metrics port" else [])
+    tried = tmp_path / "tried"
+    config = _config_that_tries_the_ports(tmp_path / "cfg.py", numbers, tried)
+    flags = ["--port", str(numbers[0])] + (["--metrics-port", str(numbers[1])] if len(numbers) == 2 else [])
+    assert main(["serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), *flags]) == 2
+    assert "stop the serve here" in capsys.readouterr().err
+    assert tried.read_text().split() == ["EADDRINUSE"] * len(numbers), f"binding {flags} while the policy loaded"
+
+
+@pytest.mark.parametrize("ports", ["port", "port and metrics port"])
+def test_a_start_that_fails_while_loading_frees_the_ports_it_held(dataset, tmp_path, capsys, ports):
+    import socket
+
+    if ports == "port and metrics port":
+        pytest.importorskip("prometheus_client")
+    numbers = [free_port()] + ([free_port()] if ports == "port and metrics port" else [])
+    config = _config_that_tries_the_ports(tmp_path / "cfg.py", [], tmp_path / "tried")
+    flags = ["--port", str(numbers[0])] + (["--metrics-port", str(numbers[1])] if len(numbers) == 2 else [])
+    assert main(["serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), *flags]) == 2
+    capsys.readouterr()
+    for number in numbers:
+        with socket.socket() as next_server:  # no SO_REUSEADDR: a listener left open (or lingering) would refuse it
+            next_server.bind(("127.0.0.1", number))
+            next_server.listen(1)

@@ -170,31 +170,45 @@ def _check_bind_host(host: str) -> None:
                        "of this machine, 0.0.0.0 or :: for all, or 127.0.0.1 for loopback only") from None
 
 
-def _check_bind_address(host: str, port: int, flag: str = "--port", name_family: int = socket.AF_INET) -> None:
-    """CliError for a --host that is not this machine's, or a --port (or --metrics-port: `flag`) in use, found by
-    binding a plain socket to the address the server will bind (and closing it) before the model or the replay loads:
-    ZeroMQ (and the metrics endpoint) said so only after the load and warm-up (minutes for a 3B model), or after a
-    replay ran its .py modality config and hashed every data file. Any other failure is left to that bind (it says
-    what it meets). `name_family`: what a name is resolved in; AF_INET as ZeroMQ, which binds a
-    name's first IPv4 address (its IPv6 is on only for an IPv6 literal); AF_UNSPEC as the metrics endpoint, which binds
-    a name's first address of any family."""
+def _hold_bind_address(host: str, port: int, flag: str = "--port", name_family: int = socket.AF_INET) -> socket.socket:
+    """A listening socket on the address the server will bind, held until just before that bind (the caller closes
+    it), from before the model or the replay loads. CliError for a --host that is not this machine's, or a --port (or
+    --metrics-port: `flag`) in use: ZeroMQ (and the metrics endpoint) said so only after the load and warm-up (minutes
+    for a 3B model), or after a replay ran its .py modality config and hashed every data file; and a port only checked
+    let a second server started meanwhile load its model too. Any other failure is left to that bind (it says what it
+    meets; the socket returned is then closed). `name_family`: what a name is resolved in; AF_INET as ZeroMQ, which
+    binds a name's first IPv4 address (its IPv6 is on only for an IPv6 literal); AF_UNSPEC as the metrics endpoint,
+    which binds a name's first address of any family."""
     import errno
 
     family, address = _bind_target(host, port, name_family)
-    probe = socket.socket(family, socket.SOCK_STREAM)
+    placeholder = socket.socket(family, socket.SOCK_STREAM)
     try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ's listener: a TIME_WAIT port binds
-        probe.bind(address)
-        probe.listen(1)  # EADDRINUSE may come only here (another listener with SO_REUSEADDR)
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ's listener: a TIME_WAIT port binds
+        placeholder.bind(address)
+        placeholder.listen(1)  # EADDRINUSE may come only here (another listener with SO_REUSEADDR); held, it refuses one
     except OSError as exc:
+        placeholder.close()
         if exc.errno == errno.EADDRINUSE:
             raise CliError(f"{flag} {port}: the port is in use on {host} (another server?); pass another {flag}, or "
                            "stop the process holding it") from None
         if exc.errno == errno.EADDRNOTAVAIL:
             raise CliError(f"--host {host}: not an address of this machine; pass one of its addresses, 0.0.0.0 or :: "
                            "for all, or 127.0.0.1 for loopback only") from None
-    finally:
-        probe.close()
+    return placeholder
+
+
+def _hold_bind_addresses(host: str, port: int, metrics_port: Optional[int]) -> List[socket.socket]:
+    """The server's port and its metrics port (when one is given) held by `_hold_bind_address`; both closed on a
+    refusal of either."""
+    held = [_hold_bind_address(host, port)]
+    if metrics_port:
+        try:
+            held.append(_hold_bind_address(host, metrics_port, "--metrics-port", socket.AF_UNSPEC))
+        except BaseException:
+            held[0].close()
+            raise
+    return held
 
 
 def _bind_target(host: str, port: int, name_family: int) -> Tuple[int, Any]:

@@ -7,14 +7,14 @@ import atexit
 import logging
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from .cli_errors import CliError, refuse_blank_paths
 from .serve_checks import (
-    _check_bind_address, _check_server_flags, _curve_settings, _ignored_flags, _server_limits, _unread_server_flags,
+    _check_server_flags, _curve_settings, _hold_bind_addresses, _ignored_flags, _server_limits,
+    _unread_server_flags,
 )
 from .serve_policy import _default_device, _model_policy, _replay_policy
 
@@ -132,6 +132,27 @@ def _warn_of_unread_server_flags(args: argparse.Namespace, policy: Any, batching
         logger.warning("%s", warning)
 
 
+def _load_policy(args: argparse.Namespace, tag: Any, tag_given: bool, python_config: bool) -> tuple[Any, str]:
+    """The policy serve serves (the checkpoint's or the replay's, wrapped for sim when asked) and the tag it serves."""
+    tag_value = getattr(tag, "value", tag)
+    if args.model_path:
+        # The tag as typed: Gr00tPolicy serves an exact checkpoint tag first, then a built-in tag by any spelling (the
+        # enum first made an N1.6-era checkpoint tag 'libero_panda' serve libero_sim, as the Python API did not).
+        policy = _model_policy(args, str(args.embodiment_tag).strip(), tag_given)
+        served = getattr(policy, "embodiment_tag_value", tag_value)
+        source = " (the checkpoint's own tag)" if served != tag_value else ""
+    else:
+        policy, file_tag = _replay_policy(args, tag if tag_given or not python_config else None)
+        served = file_tag if file_tag is not None else tag_value
+        source = f" (the one {args.modality_config_path} registers)" if served != tag_value else ""
+    print(f"  Embodiment tag: {_tag_label(served)}{source}")  # once known: a file or checkpoint may name its own
+    if args.use_sim_policy_wrapper:
+        from .policies.sim_wrapper import Gr00tSimPolicyWrapper
+
+        policy = Gr00tSimPolicyWrapper(policy, strict=args.strict)
+    return policy, served
+
+
 def _start_server(args: argparse.Namespace) -> Any:
     """Load the policy and bind the server (serve's start-up)."""
     from gr00t_client import EmbodimentTag
@@ -158,7 +179,6 @@ def _start_server(args: argparse.Namespace) -> Any:
         # A checkpoint-internal tag (no public enum): Gr00tPolicy checks it against the checkpoint, as export does;
         # a .py modality config's tag is checked against the tags the file registers.
         tag = str(args.embodiment_tag).strip()
-    tag_value = getattr(tag, "value", tag)
     if not args.model_path and not args.dataset_path:
         raise CliError("either --model-path or --dataset-path must be provided")
     ignored = _ignored_flags(args)
@@ -195,26 +215,14 @@ def _start_server(args: argparse.Namespace) -> Any:
             require_prometheus()
         except ImportError as exc:
             raise CliError(str(exc)) from exc
-    # Before either load: a model's takes minutes, and a replay's runs a .py modality config and hashes every data file
-    _check_bind_address(args.host, args.port)
-    if args.metrics_port:
-        _check_bind_address(args.host, args.metrics_port, "--metrics-port", socket.AF_UNSPEC)
-    if args.model_path:
-        # The tag as typed: Gr00tPolicy serves an exact checkpoint tag first, then a built-in tag by any spelling (the
-        # enum first made an N1.6-era checkpoint tag 'libero_panda' serve libero_sim, as the Python API did not).
-        policy = _model_policy(args, str(args.embodiment_tag).strip(), tag_given)
-        served = getattr(policy, "embodiment_tag_value", tag_value)
-        source = " (the checkpoint's own tag)" if served != tag_value else ""
-    else:
-        policy, file_tag = _replay_policy(args, tag if tag_given or not python_config else None)
-        served = file_tag if file_tag is not None else tag_value
-        source = f" (the one {args.modality_config_path} registers)" if served != tag_value else ""
-    tag_value = served
-    print(f"  Embodiment tag: {_tag_label(tag_value)}{source}")  # once known: a file or checkpoint may name its own
-    if args.use_sim_policy_wrapper:
-        from .policies.sim_wrapper import Gr00tSimPolicyWrapper
-
-        policy = Gr00tSimPolicyWrapper(policy, strict=args.strict)
+    # Before either load: a model's takes minutes, and a replay's runs a .py modality config and hashes every data file.
+    # Held until the server binds them: a second server started meanwhile is refused now, not after its own load.
+    held = _hold_bind_addresses(args.host, args.port, args.metrics_port)
+    try:
+        policy, tag_value = _load_policy(args, tag, tag_given, python_config)
+    finally:
+        for placeholder in held:  # free for server.start() to bind (the server is made without binding, at once)
+            placeholder.close()
     server = PolicyServer(
         policy,
         host=args.host,

@@ -274,17 +274,7 @@ def read_state_dict(
                         raise CheckpointError(f"{path.name} holds tensor {key!r}, which {WEIGHTS_INDEX_NAME} places in "
                                               f"{listed}")
                     source[key] = path.name
-                    tensor = handle.get_tensor(key)
-                    # Before the cast (a float16 overflow of a finite weight is the output guard's to name): a NaN or
-                    # inf weight (a diverged fine-tune) else surfaced at warm-up naming no tensor.
-                    # float8 (an FP8 export) has no isfinite: checked as float32, which holds its NaN exactly
-                    checked = tensor.float() if tensor.is_floating_point() and tensor.element_size() == 1 else tensor
-                    if tensor.is_floating_point() and not bool(torch.isfinite(checked).all()):
-                        bad = int((~torch.isfinite(checked)).sum())
-                        raise CheckpointError(f"{path}: tensor {key!r} holds {bad} non-finite value(s) (NaN or inf) of "
-                                              f"{tensor.numel()}; expected finite weights (a diverged training run? "
-                                              "take an earlier checkpoint)")
-                    state[key] = tensor.to(dtype=dtype, copy=True) if tensor.is_floating_point() else tensor.clone()
+                    state[key] = _read_tensor(handle, path, key, dtype, device)
         except SafetensorError as exc:
             pointer = git_lfs_pointer_problem(path)
             if pointer:
@@ -293,6 +283,59 @@ def read_state_dict(
             raise CheckpointError(f"{path} is not a valid safetensors file ({reason}); the file is truncated or damaged, "
                                   "download or copy it again") from None
     return state
+
+
+def _read_tensor(handle: Any, path: Path, key: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Tensor `key` of the open file `path`, checked finite and cast to `dtype` when floating; torch failing to allocate
+    it (its CPU allocator's RuntimeError, CUDA's OutOfMemoryError) is a MemoryError naming the file, tensor and size."""
+    tensor = None
+    try:
+        tensor = handle.get_tensor(key)
+        # Before the cast (a float16 overflow of a finite weight is the output guard's to name): a NaN or inf weight (a
+        # diverged fine-tune) else surfaced at warm-up naming no tensor.
+        # float8 (an FP8 export) has no isfinite: checked as float32, which holds its NaN exactly
+        checked = tensor.float() if tensor.is_floating_point() and tensor.element_size() == 1 else tensor
+        if tensor.is_floating_point() and not bool(torch.isfinite(checked).all()):
+            bad = int((~torch.isfinite(checked)).sum())
+            raise CheckpointError(f"{path}: tensor {key!r} holds {bad} non-finite value(s) (NaN or inf) of "
+                                  f"{tensor.numel()}; expected finite weights (a diverged training run? take an earlier "
+                                  "checkpoint)")
+        return tensor.to(dtype=dtype, copy=True) if tensor.is_floating_point() else tensor.clone()
+    except RuntimeError as exc:
+        if isinstance(exc, CheckpointError) or not _allocation_failed(exc):
+            raise
+        shape = handle.get_slice(key).get_shape()
+        target = tensor.dtype if tensor is not None and not tensor.is_floating_point() else dtype
+        nbytes = target.itemsize
+        for length in shape:
+            nbytes *= length
+        size = f"{nbytes / 2**20:.0f} MiB" if nbytes >= 2**20 else f"{nbytes} bytes"
+        hint = "; serve it as bfloat16 (--dtype bf16), half the size" if target == torch.float32 else ""
+        # One line: the CLI reports a MemoryError as out of memory, with what to check
+        raise MemoryError(f"{path}: tensor {key!r} {list(shape)} ({size} as {target}) could not be allocated on "
+                          f"{device}{hint}") from exc
+
+
+def _allocation_failed(exc: RuntimeError) -> bool:
+    """Whether torch failed to allocate memory: CUDA's (or another accelerator's) OutOfMemoryError, or a RuntimeError
+    from the CPU allocator or a mapping of the weights file (ENOMEM)."""
+    text = str(exc)
+    return (isinstance(exc, torch.cuda.OutOfMemoryError) or "DefaultCPUAllocator" in text
+            or "Cannot allocate memory" in text)
+
+
+@contextlib.contextmanager
+def _allocation_failure_named(what: str) -> Iterator[None]:
+    """torch failing to allocate memory in the block (see `_allocation_failed`) as a MemoryError saying that `what`
+    could not allocate the size torch asked for."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if isinstance(exc, CheckpointError) or not _allocation_failed(exc):
+            raise
+        asked = re.search(r"allocate (\d+) bytes", str(exc))
+        size = f" {int(asked.group(1)) / 2**20:.0f} MiB" if asked else ""
+        raise MemoryError(f"{what} could not allocate{size} on the CPU") from exc
 
 
 def check_state_dict(model: nn.Module, state: dict[str, Any], directory: Optional[Path] = None,
@@ -412,7 +455,8 @@ def load_model(
     directory = resolve_checkpoint_dir(model_dir_or_hub_id, subfolder=subfolder, revision=revision)
     config = Gr00tN1d7Config.from_json_file(directory / CONFIG_NAME)
     torch_dtype = resolve_dtype(device, dtype)
-    with parameters_on_meta():
+    # Each parameter is allocated, then moved to meta: the largest (the embedding, 1.2 GB) must fit once
+    with parameters_on_meta(), _allocation_failure_named(f"{directory / CONFIG_NAME}: building its model"):
         model = Gr00tN1d7(config)
     weight_map = shard_index(directory)
     state = read_state_dict(weight_files(directory, weight_map), device, torch_dtype, weight_map)
