@@ -655,10 +655,14 @@ def test_identity_hashes_the_embodiment_id_json_the_policy_reads(copy_of):
         shutil.move(str(checkpoint / name), str(checkpoint / "processor" / name))
     (checkpoint / "embodiment_id.json").unlink()
     before = Gr00tPolicy(checkpoint, "libero_sim", device="cpu")
-    (checkpoint / "embodiment_id.json").write_text(json.dumps({"libero_sim": 5}))
-    at_root = Gr00tPolicy(checkpoint, "libero_sim", device="cpu")
-    assert at_root.embodiment_id == before.embodiment_id != 5
+    (checkpoint / "embodiment_id.json").write_text(json.dumps({"libero_sim": 2, "new_embodiment": 5}))
+    at_root = Gr00tPolicy(checkpoint, "libero_sim", device="cpu")  # not read: it agrees on the served tag
+    assert at_root.embodiment_id == before.embodiment_id == 2
     assert at_root.identity() == before.identity()
+    (checkpoint / "embodiment_id.json").write_text(json.dumps({"libero_sim": 5}))
+    with pytest.raises(ValueError, match="gives the served embodiment 'libero_sim' projector index 5"):
+        Gr00tPolicy(checkpoint, "libero_sim", device="cpu")  # another index than the one used: refused
+    (checkpoint / "embodiment_id.json").unlink()
     (checkpoint / "processor" / "embodiment_id.json").write_text(json.dumps({"libero_sim": 5}))
     beside = Gr00tPolicy(checkpoint, "libero_sim", device="cpu")
     assert beside.embodiment_id == 5 and beside.identity()["processor_sha256"] != before.identity()["processor_sha256"]

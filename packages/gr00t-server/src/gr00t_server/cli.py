@@ -40,7 +40,8 @@ def _add_serve_parser(subparsers: Any) -> None:
         description="Serve a GR00T N1.7 checkpoint (--model-path) or replay a LeRobot dataset (--dataset-path).",
     )
     p.add_argument(*_flag("model-path"), type=user_path, default=None,
-                   help="checkpoint directory or Hugging Face id (repo[/subfolder])")
+                   help="checkpoint directory or Hugging Face id (repo[/subfolder]); a relative path whose first "
+                   "folder exists here is a local path, never a hub id")
     p.add_argument(*_flag("embodiment-tag"), default=None,
                    help="embodiment tag (name or value, case-insensitive; default new_embodiment, or for replay with a .py "
                    "--modality-config-path the tag the file registers)")

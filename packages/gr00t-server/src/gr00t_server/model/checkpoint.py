@@ -9,7 +9,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -51,6 +51,11 @@ IGNORABLE_KEYS = frozenset({
 })
 # Ignorable keys our own checkpoints leave out: lm_head is tied to embed_tokens.
 _KEYS_NOT_SAVED = frozenset({"backbone.model.lm_head.weight"})
+# The HF Trainer's state in a checkpoint-N (rng_state*.pth aside): not model weights.
+_TRAINER_STATE_FILES = frozenset({
+    "optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json",
+})
+_CHECKPOINT_STEP = re.compile(r"checkpoint-(\d+)")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(/[\w.\-]+)*$")
 
 
@@ -119,6 +124,7 @@ def resolve_checkpoint_dir(
         text = str(model_dir_or_hub_id)
         if not _HUB_ID.match(text):
             raise CheckpointError(f"{text!r} is neither an existing directory nor a hub id (owner/name[/subfolder])")
+        _refuse_missing_local_folder(local, text)
         repo_id, id_subfolder = split_hub_id(text)
         parts = [p for p in (id_subfolder, subfolder) if p]
         directory = _download(repo_id, "/".join(parts) or None, revision, local_files_only)
@@ -136,13 +142,39 @@ def resolve_checkpoint_dir(
     return directory
 
 
+def _refuse_missing_local_folder(local: Path, text: str) -> None:
+    """A relative path whose first folder is here (outputs/checkpoint-100 for outputs/checkpoint-1000) is a local path
+    mistyped, not a hub id: sent to the Hub, it came back only as a hub repository that does not exist."""
+    if local.is_absolute() or not Path(local.parts[0]).is_dir():
+        return
+    parent = local.parent
+    while not parent.is_dir():
+        parent = parent.parent
+    steps = _by_step(path.name for path in parent.glob("checkpoint-*") if path.is_dir())
+    there = f"; {parent} holds {steps}" if steps else ""
+    raise CheckpointError(f"no local folder {text!r} ({local.absolute()}){there}; {local.parts[0]}/ is a folder "
+                          f"here, so this is not looked up as a hub id (to fetch the hub id {text!r}, run from another "
+                          "folder)")
+
+
 def _checkpoint_subfolders_hint(directory: Path) -> str:
     """Names the immediate sub-folders that hold a config.json: a repository of several checkpoints (hf download
     --local-dir of one) keeps each in its own folder."""
-    found = sorted(path.parent.name for path in directory.glob(f"*/{CONFIG_NAME}") if path.is_file())
+    found = _by_step(path.parent.name for path in directory.glob(f"*/{CONFIG_NAME}") if path.is_file())
     if not found:
         return _hub_cache_hint(directory)
-    return f"; its sub-folders {found} hold one: give the checkpoint folder itself, e.g. {directory / found[0]}"
+    latest = [name for name in found if _CHECKPOINT_STEP.fullmatch(name)]  # a training run's output folder
+    example = f"e.g. {directory / latest[-1]} (the latest step)" if latest else f"e.g. {directory / found[0]}"
+    return f"; its sub-folders {found} hold one: give the checkpoint folder itself, {example}"
+
+
+def _by_step(names: Iterable[str]) -> list[str]:
+    """Folder names sorted, checkpoint-N by the step N (checkpoint-500 before checkpoint-1000) after the others."""
+    def key(name: str) -> tuple[int, int, str]:
+        step = _CHECKPOINT_STEP.fullmatch(name)
+        return (1, int(step.group(1)), name) if step else (0, 0, name)
+
+    return sorted(names, key=key)
 
 
 def _hub_cache_hint(directory: Path) -> str:
@@ -233,8 +265,21 @@ def _no_weights_hint(directory: Path) -> str:
     if shards:
         return (f"; its {len(shards)} shard file(s) ({', '.join(shards[:3])}) have no {WEIGHTS_INDEX_NAME} to say "
                 "which tensor is in which (a copy cut short?): download or copy the checkpoint again")
-    others = sorted(path.name for path in directory.glob("*.bin")) + sorted(path.name for path in directory.glob("*.pt"))
-    return f" ({', '.join(others[:3])} there: only safetensors weights are read; convert them)" if others else ""
+    names = sorted(path.name for path in directory.iterdir())
+    others = [name for name in names if name.endswith((".bin", ".pt", ".pth")) and not _is_trainer_state(name)]
+    if others:
+        return f" ({', '.join(others[:3])} there: only safetensors weights are read; convert them)"
+    trainer_state = [name for name in names if _is_trainer_state(name)]
+    if trainer_state:
+        return (f"; it looks like a trainer checkpoint ({', '.join(trainer_state[:3])} there are the trainer's state, "
+                "not model weights) with its weights missing or still being written: wait for the save to finish, or "
+                "give another checkpoint")
+    return ""
+
+
+def _is_trainer_state(name: str) -> bool:
+    """The HF Trainer's optimizer, scheduler, RNG and argument files in a checkpoint-N (model.md §1.1), not weights."""
+    return name in _TRAINER_STATE_FILES or (name.startswith("rng_state") and name.endswith(".pth"))
 
 
 def _unfinished_hub_downloads(directory: Path) -> list[Path]:

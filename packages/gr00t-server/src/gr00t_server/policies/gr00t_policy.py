@@ -165,7 +165,8 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             _resolve_device(preprocess_device, "preprocess_device") if preprocess_device is not None
             else self.device if self.device.type == "cuda" else torch.device("cpu")
         )
-        self.processor = Gr00tN1d7Processor.from_pretrained(self.checkpoint_dir, local_files_only=local_files_only)
+        self.processor = Gr00tN1d7Processor.from_pretrained(self.checkpoint_dir, local_files_only=local_files_only,
+                                                            embodiment_tag=tag_value)
         limits = ServerLimits(max_rows=max_rows, max_image_pixels=max_image_pixels)  # ValueError naming a bad one
         self.processor.max_rows, self.processor.max_image_pixels = limits.max_rows, limits.max_image_pixels
         # count_language_tokens' own tokenizer, made now: made on the first long prompt, it held the socket thread

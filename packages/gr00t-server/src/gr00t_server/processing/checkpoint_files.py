@@ -37,7 +37,20 @@ def find_processor_dir(checkpoint_dir: PathLike) -> Path:
     raise FileNotFoundError(
         f"No {PROCESSOR_CONFIG_NAME} in checkpoint {str(root)!r} (looked in the root and in "
         f"{PROCESSOR_SUBFOLDER}/); a GR00T N1.7 checkpoint needs processor_config.json and statistics.json"
+        f"{_run_processor_hint(root)}"
     )
+
+
+def _run_processor_hint(root: Path) -> str:
+    """Points a training run's checkpoint-N (weights only) at the run's output folder's processor/, which the trainer
+    copies into each checkpoint it saves."""
+    run_processor = root.parent / PROCESSOR_SUBFOLDER
+    if run_processor == root / PROCESSOR_SUBFOLDER or not (run_processor / PROCESSOR_CONFIG_NAME).is_file():
+        return ""
+    names = [name for name in (PROCESSOR_CONFIG_NAME, STATISTICS_NAME, EMBODIMENT_ID_NAME)
+             if (run_processor / name).is_file()]
+    return (f"; {run_processor} beside it holds the run's processor files: copy {', '.join(names)} into {root}, as the "
+            "trainer does for each checkpoint it saves")
 
 
 def _read_json(path: Path) -> Any:

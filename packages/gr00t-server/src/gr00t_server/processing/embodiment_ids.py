@@ -9,7 +9,9 @@ from typing import Dict, Mapping, Optional, Sequence
 
 from gr00t_client.embodiment import EMBODIMENT_TAG_TO_PROJECTOR_INDEX, EmbodimentTag
 
-from .checkpoint_files import EMBODIMENT_ID_NAME, PathLike, _is_int, _read_json, _refuse_broken_link, find_processor_dir
+from .checkpoint_files import (
+    EMBODIMENT_ID_NAME, PROCESSOR_SUBFOLDER, PathLike, _is_int, _read_json, _refuse_broken_link, find_processor_dir,
+)
 
 logger = logging.getLogger("gr00t_server.processing.config")  # one logger for the processor files' warnings
 
@@ -56,21 +58,54 @@ def embodiment_id_path(checkpoint_dir: PathLike) -> Path:
     return find_processor_dir(checkpoint_dir) / EMBODIMENT_ID_NAME
 
 
-def load_embodiment_ids(checkpoint_dir: PathLike, checkpoint_tags: Sequence[str] = ()) -> Dict[str, int]:
+def load_embodiment_ids(checkpoint_dir: PathLike, checkpoint_tags: Sequence[str] = (),
+                        served_tag: Optional[str] = None) -> Dict[str, int]:
     """Read embodiment_id.json (optional) next to processor_config.json, merged with the built-in table (keys among
-    `checkpoint_tags`, the processor config's tags, are read as written)."""
+    `checkpoint_tags`, the processor config's tags, are read as written). One in the other place (the root or
+    processor/) is never read: ValueError when it gives `served_tag` another index than the one used."""
     path = embodiment_id_path(checkpoint_dir)
     _refuse_broken_link(path)
-    unread = Path(checkpoint_dir) / EMBODIMENT_ID_NAME
-    if not path.exists() and unread != path and unread.is_file():
-        logger.warning("%s is not read: embodiment_id.json is read only next to processor_config.json, as %s (the "
-                       "reference's rule); the built-in projector indices are used", unread, path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; expected a JSON file")
     data = _read_json(path) if path.is_file() else None
     if data is not None and not isinstance(data, Mapping):
         raise ValueError(f"{path} must hold a JSON object {{tag: id}}")
     try:
-        return merge_embodiment_ids(data, checkpoint_tags)
+        merged = merge_embodiment_ids(data, checkpoint_tags)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+    root = Path(checkpoint_dir)
+    unread = root / PROCESSOR_SUBFOLDER / EMBODIMENT_ID_NAME if path.parent == root else root / EMBODIMENT_ID_NAME
+    _check_unread_embodiment_ids(unread, path, data, merged, served_tag)
+    return merged
+
+
+def _check_unread_embodiment_ids(unread: Path, path: Path, data: Optional[Mapping], merged: Mapping[str, int],
+                                 served_tag: Optional[str]) -> None:
+    """An embodiment_id.json where the reference does not read it (a run's processor/ copy beside processor files in
+    the root, or the reverse) is refused when it gives the served tag another index than `path`'s (or the built-in
+    one) that is used: another embodiment's projector served plausible actions. Named in a warning when it differs
+    otherwise; a copy of the file read says nothing."""
+    if not unread.is_file():
+        return
+    try:
+        other = _read_json(unread)
+    except ValueError as exc:
+        logger.warning("%s is not read (embodiment_id.json is read only next to processor_config.json, as %s); it is "
+                       "not valid JSON either: %s", unread, path, exc)
+        return
+    if other == data:
+        return
+    used = merged.get(served_tag) if served_tag is not None else None
+    gives = (f"gives index {used}" if served_tag in (data or {}) else
+             f"{'has no entry for it' if path.is_file() else 'is absent'}, so "
+             + ("it has no index" if used is None else f"the built-in index {used} is used"))
+    where = (f"{path} (read: embodiment_id.json is read only next to processor_config.json, as the reference does) "
+             f"{gives}")
+    if isinstance(other, Mapping) and served_tag in other and other[served_tag] != used:
+        raise ValueError(f"{unread} gives the served embodiment {served_tag!r} projector index "
+                         f"{json.dumps(other[served_tag])}, but {where}; keep one embodiment_id.json: move the run's "
+                         f"mapping to {path} and delete the other")
+    logger.warning("%s is not read: embodiment_id.json is read only next to processor_config.json, as %s (the "
+                   "reference's rule)%s; keep one file", unread, path,
+                   "" if path.is_file() else ", and the built-in projector indices are used")

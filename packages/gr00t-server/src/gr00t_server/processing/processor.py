@@ -106,15 +106,17 @@ class Gr00tN1d7Processor(VideoChecks):
             logger.info("ignoring statistics for embodiments without modality configs: %s", extra)
 
     @classmethod
-    def from_pretrained(cls, checkpoint_dir: Union[str, Path], local_files_only: bool = False) -> "Gr00tN1d7Processor":
+    def from_pretrained(cls, checkpoint_dir: Union[str, Path], local_files_only: bool = False,
+                        embodiment_tag: Optional[str] = None) -> "Gr00tN1d7Processor":
         """Load processor_config.json, statistics.json, embodiment_id.json and the backbone tokenizer and image
-        processor settings (preprocessor_config.json); `source_files` names the files read."""
+        processor settings (preprocessor_config.json); `source_files` names the files read. An embodiment_id.json
+        that is not read giving `embodiment_tag` (the tag served) another index is refused (load_embodiment_ids)."""
         config = load_processor_config(checkpoint_dir)
         tokenizer_dir = resolve_tokenizer_dir(checkpoint_dir, config.model_name, local_files_only=local_files_only)
         tokenizer, vision_config = load_tokenizer(tokenizer_dir), load_vision_config(tokenizer_dir)
         errors: Dict[str, str] = {}
         statistics = load_statistics(checkpoint_dir, errors, used_statistics(config))
-        embodiment_ids = load_embodiment_ids(checkpoint_dir, config.embodiment_tags)
+        embodiment_ids = load_embodiment_ids(checkpoint_dir, config.embodiment_tags, served_tag=embodiment_tag)
         processor = cls(config, statistics, embodiment_ids, tokenizer, vision_config, errors)
         processor_dir = find_processor_dir(checkpoint_dir)
         read = {PROCESSOR_CONFIG_NAME: processor_dir / PROCESSOR_CONFIG_NAME,
