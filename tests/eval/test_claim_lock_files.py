@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from gr00t_eval.output_files import OutputDirError
-from gr00t_eval.run_claim import CLAIM_KEY, claim_alive_name, claim_output_dir, finish_claim, read_holder, take_claim
+from gr00t_eval.run_claim import (CLAIM_KEY, claim_alive_name, claim_lock_name, claim_output_dir, finish_claim, read_holder,
+                                  take_claim)
 from gr00t_eval.run_file import ROLLOUT_LOCK_FILENAME, directory_lock
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="flock, and descriptors read from /proc (Linux)")
@@ -104,6 +105,25 @@ def test_a_folder_lock_that_cannot_be_taken_names_the_lock_file_and_why(tmp_path
         with directory_lock(lock):
             pass
     assert str(lock) in str(refused.value) and os.strerror(errno.ENOLCK) in str(refused.value), refused.value
+
+
+def test_a_claim_lock_that_cannot_be_taken_names_the_lock_file_and_why(tmp_path, monkeypatch):
+    """take_claim (batch, record, open-loop's take-over) stopped with a bare "OSError: [Errno 37] No locks available"
+    where the folder's lock named its file and the cause."""
+    real_flock = fcntl.flock
+
+    def no_locks_here(fd, operation):
+        if operation & fcntl.LOCK_EX:
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", no_locks_here)
+    with pytest.raises(OutputDirError) as refused:
+        take_claim(tmp_path, "batch.json", {"jobs": []})
+    message = str(refused.value)
+    assert str(tmp_path / claim_lock_name("batch.json")) in message and "ENOLCK" in message, message
+    assert "expected an exclusive flock" in message, message
+    assert not (tmp_path / "batch.json").exists()  # not claimed unlocked
 
 
 _READ_ONLY_CHECK = """

@@ -110,12 +110,12 @@ def test_a_server_busy_refusal_is_a_server_busy_error():
 
 
 def test_a_rollout_asks_again_while_the_server_is_busy(caplog):
-    with caplog.at_level(logging.WARNING, logger=rollout_runner.__name__):
+    with caplog.at_level(logging.WARNING):
         result = busy_rollout(release_after_s=1.0)
     [outcome] = result.outcomes
     assert outcome.error is None, f"expected the episode to run once the server had room, got {outcome.error!r}"
     assert outcome.success
-    retries = [r.getMessage() for r in caplog.records if r.name == rollout_runner.__name__ and "busy" in r.getMessage()]
+    retries = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
     assert retries and all("server busy" in message for message in retries), retries
 
 
@@ -125,3 +125,85 @@ def test_a_rollout_errors_the_episode_when_the_server_stays_busy_past_the_bound(
     [outcome] = result.outcomes
     assert outcome.error is not None and "ServerBusyError" in outcome.error and "server busy" in outcome.error, \
         f"expected the episode errored with the busy refusal, got {outcome.error!r}"
+
+
+HOG_FLOATS = 20000  # another peer's get_action of 80 KB: alone it fits under the cap below, with any request it does not
+
+
+class HoldsHogs(ConstantPolicy):
+    """ConstantPolicy that holds a get_action of HOG_FLOATS positions (another peer's) until `release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running, self.release = threading.Event(), threading.Event()
+
+    def _get_action(self, observation, options=None):
+        if np.asarray(observation["state.position"]).size >= HOG_FLOATS:
+            self.running.set()
+            self.release.wait(30)
+        return super()._get_action(observation, options)
+
+
+def large_hog_request() -> bytes:
+    observation = {"state.position": np.zeros((1, HOG_FLOATS), np.float32)}
+    return codec.encode({"endpoint": "get_action", "data": {"observation": observation}})
+
+
+class BusyAtSecondReset(PolicyClient):
+    """The rollout's client; as it sends its second reset another peer's large get_action runs on the server (held
+    `release_after_s`), so the server's queue has no room for the reset."""
+
+    def __init__(self, port: int, policy: HoldsHogs, release_after_s: float) -> None:
+        super().__init__("127.0.0.1", port, timeout_ms=10000)
+        self.served, self.release_after_s, self.resets = policy, release_after_s, 0
+        self.hog_context = zmq.Context()
+        self.hog = self.hog_context.socket(zmq.DEALER)
+        self.hog.setsockopt(zmq.LINGER, 0)
+        self.hog.connect(f"tcp://127.0.0.1:{port}")
+
+    def reset(self, options=None):
+        self.resets += 1
+        if self.resets == 2:
+            self.hog.send_multipart([b"", large_hog_request()])
+            assert self.served.running.wait(10), "the other peer's get_action never ran"
+            timer = threading.Timer(self.release_after_s, self.served.release.set)
+            timer.daemon = True
+            timer.start()
+        return super().reset(options)
+
+    def close(self) -> None:
+        super().close()
+        self.hog.close()
+        self.hog_context.term()
+
+
+def rollout_busy_at_second_reset(release_after_s: float):
+    register_env_prefix("busywalk", "new_embodiment", lambda task, **kwargs: WalkToEnv(1.0))
+    config = RolloutConfig("busywalk/walk", n_episodes=2, n_envs=1, seed=0, max_episode_steps=8, n_action_steps=2)
+    policy = HoldsHogs()
+    limits = ServerLimits(max_queued_bytes=len(large_hog_request()) + 10)
+    with running_server(policy, inline_below_ms=0, limits=limits) as server:
+        client = BusyAtSecondReset(server.port, policy, release_after_s)
+        try:
+            return run_rollout(client, config, progress=False), client.resets
+        finally:
+            policy.release.set()  # before the server stops: it would wait for the held call
+            client.close()
+
+
+def test_a_rollout_asks_a_policy_reset_again_while_the_server_is_busy(caplog):
+    with caplog.at_level(logging.WARNING):
+        result, resets = rollout_busy_at_second_reset(release_after_s=1.0)
+    errors = [outcome.error for outcome in result.outcomes]
+    assert errors == [None, None], f"expected both episodes to run once the server had room, got {errors!r}"
+    assert resets > 2  # the refused second reset was asked again
+    retries = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
+    assert retries and all("reset" in message and "server busy" in message for message in retries), retries
+
+
+def test_a_rollout_errors_the_episode_when_its_reset_stays_busy_past_the_bound(monkeypatch):
+    monkeypatch.setattr(rollout_runner, "BUSY_RETRY_TOTAL_S", 0.3)
+    result, _ = rollout_busy_at_second_reset(release_after_s=5.0)
+    errors = [outcome.error for outcome in result.outcomes]
+    assert errors[0] is None and errors[1] is not None and "ServerBusyError" in errors[1], \
+        f"expected the second episode errored with the busy refusal of its reset, got {errors!r}"

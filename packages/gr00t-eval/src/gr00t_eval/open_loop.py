@@ -43,6 +43,7 @@ from .rollout.config import check_whole_number, is_whole_number
 from .run_stop import OutputFolderGone, check_folder_kept, folder_identity, interrupts_deferred
 from .run_stop import stop_signals_ignored_until_exit
 from .results import RESULTS_FILENAME, open_loop_results, write_results
+from .server_busy import BUSY_RETRY_FIRST_S, BUSY_RETRY_TOTAL_S, asked_while_busy
 
 __all__ = ["DEFAULT_OUTPUT_DIR", "FLAT_FORMAT_HINT", "OBSERVATION_FORMATS", "RESULTS_FILENAME", "CheckedPolicy",
            "OpenLoopConfig", "OpenLoopResult", "TrajectoryError", "TrajectoryResult", "check_action_steps",
@@ -269,7 +270,10 @@ def evaluate_trajectory(
         logger.debug("inferencing at step: %d", step)
         observation = build_observation(steps_of, step, configs, windows.at(step), key_maps, config.observation_format)
         options = None if config.denoising_steps is None else {"denoising_steps": int(config.denoising_steps)}
-        action, info = policy.get_action(observation, options=options)
+        # refused busy, it was not run: asked again for a while, then the trajectory errors (a busy spell of the
+        # server's left it out of the averages)
+        action, info = asked_while_busy(lambda: policy.get_action(observation, options=options), BUSY_RETRY_FIRST_S,
+                                        BUSY_RETRY_TOTAL_S, f"the get_action at step {step} of trajectory {traj_id}")
         check_policy_position(info, traj_id, step, config.execution_horizon, episode.episode_index)
         check_policy_episode(info, episode.length, step, inference_steps[-1], config.execution_horizon)
         chunk = _chunk(action, action_keys, key_dims, step, config.execution_horizon)

@@ -18,6 +18,7 @@ from .dataset import LeRobotDataset
 from .dataset.identity import data_sha256, meta_sha256, replayed_data_files, unhashed_meta_files
 from .policy_identity import replay_count, serves_replay
 from .reported_position import is_flag, is_position
+from .server_busy import BUSY_RETRY_FIRST_S, BUSY_RETRY_TOTAL_S, asked_while_busy
 
 logger = logging.getLogger("gr00t_eval.open_loop")  # the open-loop evaluation's one logger, whichever of its modules logs
 
@@ -98,10 +99,13 @@ def reset_policy(policy: BasePolicy, traj_id: int, execution_horizon: int, episo
     `episode_length` (None: not checked).
 
     A stateless model ignores the options; a server without a reset endpoint is evaluated without one. A
-    server that is gone (ConnectionError, TimeoutError) ends the run.
+    server that is gone (ConnectionError, TimeoutError) ends the run. A reset the server refuses busy (not run) is
+    asked again for a while (server_busy.asked_while_busy).
     """
+    options = {"episode_index": int(traj_id), "step_index": 0}
     try:
-        info = policy.reset(options={"episode_index": int(traj_id), "step_index": 0})
+        info = asked_while_busy(lambda: policy.reset(options=options), BUSY_RETRY_FIRST_S, BUSY_RETRY_TOTAL_S,
+                                f"the reset to trajectory {traj_id}")
     except (ConnectionError, TimeoutError):
         raise
     except Exception as exc:  # noqa: BLE001 - a refused reset errors this trajectory only

@@ -213,6 +213,34 @@ def os_error_cause(exc: OSError) -> str:
     return f"{exc.strerror or exc}{f' ({name})' if name else ''}"
 
 
+@contextlib.contextmanager
+def locked_file(path: Union[str, Path], create: bool = False) -> Iterator[None]:
+    """Hold an exclusive flock of `path` (the inode it names now; a rewrite replaces the name, and the next
+    holder reads the new file by name), opened for writing where this process may (open_to_lock: NFS locks no
+    other); `create`: made if missing. OutputDirError naming the file and why when it cannot be locked. Where there
+    is no flock (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(path)
+    descriptor = open_to_lock(path, create=create)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise OutputDirError(f"cannot lock {path}: {os_error_cause(exc)}; expected an exclusive flock of it, which keeps "
+                                 f"two runs from taking {path.parent} at once (is it on a file system mounted without "
+                                 "file locks?)") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+    finally:
+        os.close(descriptor)
+
+
 def _holds_alive_lock(claim: Path) -> bool:
     """Whether this process itself holds the flock of the alive file of `claim` (holding_claim)."""
     descriptor = _ALIVE_LOCKS.get(str(claim.absolute()))
@@ -280,24 +308,15 @@ def take_claim(path: Union[str, Path], filename: str, settings: Mapping[str, Any
     racing for the directory exactly one holds the claim; the others are refused as by a live claim.
     OutputDirError while the holder still runs, or for a claim file without a readable holder."""
     directory = Path(path)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; the exclusive create still lets only one run claim a free directory
-        fcntl = None  # type: ignore[assignment]
-    with open(directory / claim_lock_name(filename), "a", encoding="utf-8") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    # Windows: no flock; the exclusive create still lets only one run claim a free directory
+    with locked_file(directory / claim_lock_name(filename), create=True):
         try:
-            try:
-                return claim_output_dir(directory, filename, settings, flag)
-            except OutputDirError:
-                if refuse_live_claim(directory, filename, flag) is None and (directory / filename).exists():
-                    raise  # a claim file without a readable holder: not ours to take
-            (directory / filename).unlink(missing_ok=True)  # finished, or its process is gone
             return claim_output_dir(directory, filename, settings, flag)
-        finally:
-            if fcntl is not None:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        except OutputDirError:
+            if refuse_live_claim(directory, filename, flag) is None and (directory / filename).exists():
+                raise  # a claim file without a readable holder: not ours to take
+        (directory / filename).unlink(missing_ok=True)  # finished, or its process is gone
+        return claim_output_dir(directory, filename, settings, flag)
 
 
 def holder_record() -> Dict[str, Any]:

@@ -59,12 +59,12 @@ def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:
     not overwritten, nor resumed twice at once, while it runs; OutputDirError while its holder still runs.
     A directory without a run file is left to the resume's own check."""
     from .results import write_results
-    from .run_claim import CLAIM_KEY, holding_claim, refuse_live_claim
+    from .run_claim import CLAIM_KEY, holding_claim, locked_file, refuse_live_claim
 
     path = Path(directory) / run_file_name(shard)
     if not path.is_file():
         return
-    with _locked_file(path):  # the check and the new claim as one step: two resumes started together, one runs
+    with locked_file(path):  # the check and the new claim as one step: two resumes started together, one runs
         try:
             refuse_live_claim(directory, path.name)
         except OutputDirError as exc:
@@ -88,37 +88,10 @@ def directory_lock(lock_path: Path) -> Iterator[None]:
         except PermissionError:  # not ours to create here: the run's own checks say what is wrong with the folder
             yield
             return
-    with _locked_file(lock_path):
+    from .run_claim import locked_file
+
+    with locked_file(lock_path):
         yield
-
-
-@contextlib.contextmanager
-def _locked_file(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock of `path` (the inode it names now; a rewrite replaces the name, and the next
-    holder reads the new file by name), opened for writing where this process may (run_claim.open_to_lock: NFS
-    locks no other). OutputDirError naming the file and why when it cannot be locked. Where there is no flock
-    (Windows) the block runs unlocked."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    from .run_claim import open_to_lock, os_error_cause
-
-    descriptor = open_to_lock(path)
-    try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-        except OSError as exc:
-            raise OutputDirError(f"cannot lock {path}: {os_error_cause(exc)}; expected an exclusive flock of it, which keeps "
-                                 f"two runs from taking {path.parent} at once (is it on a file system mounted without "
-                                 "file locks?)") from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(descriptor, fcntl.LOCK_UN)
-    finally:
-        os.close(descriptor)
 
 
 @contextlib.contextmanager

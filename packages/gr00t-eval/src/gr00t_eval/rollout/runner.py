@@ -34,13 +34,16 @@ require_gymnasium("closed-loop rollout")  # one line naming the extra, not a dee
 import gymnasium as gym  # noqa: E402
 import numpy as np
 
-from gr00t_client import ActionChunker, BasePolicy, DeadlineNotRunError, ServerBusyError, ServerStoppingError
+from gr00t_client import ActionChunker, BasePolicy, DeadlineNotRunError, ServerStoppingError
 from gr00t_client.cli_signals import stop_signals_held
 from gr00t_client.peer_text import shown_text
 
 from ..metrics import ERROR_REASON_CHARS, EpisodeOutcome
 from ..policy_identity import ServedPolicyChanged, check_serves_env_embodiments, pinned_policy, policy_record
 from ..run_stop import check_output_folders, take_stop_while_closing
+# A get_action or policy reset the server refused busy (at its queue's cap: not run) is asked again after
+# BUSY_RETRY_FIRST_S, doubled each time, while the waits come to at most BUSY_RETRY_TOTAL_S; then its episodes error
+from ..server_busy import BUSY_RETRY_FIRST_S, BUSY_RETRY_TOTAL_S, asked_while_busy
 from .config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed, is_whole_number  # noqa: F401 - draw_base_seed re-exported
 from .config import check_on_episode, without_unkept_env_timeout
 from .liveness import PolicyServerUnreachableError, ServerWatch
@@ -60,10 +63,6 @@ logger = logging.getLogger(__name__)
 ENDED_EPISODES_NOTE = "stopping once the episodes that just ended are saved (Ctrl-C again to stop waiting)"
 
 IDLE = -1
-# A get_action the server refused busy (at its queue's cap: not run) is asked again after this wait, doubled each time,
-# while the waits come to at most BUSY_RETRY_TOTAL_S; then its episodes error
-BUSY_RETRY_FIRST_S = 0.1
-BUSY_RETRY_TOTAL_S = 30.0
 
 
 def _shown_reason(reason: Optional[str]) -> Optional[str]:
@@ -282,7 +281,7 @@ class RolloutRunner:
     def _reset_policy(self, cursor: PolicyRowCursor, started: Dict[int, int], bar: Any) -> Set[int]:
         """Reset the policy for the rows that start episodes; return the rows whose reset was refused (scored)."""
         try:
-            info = self.policy.reset(options=cursor.reset_options(started))
+            info = self._reset_when_not_busy(cursor.reset_options(started))
             # No request_succeeded(): a reset answered between failed get_actions (each refused, or timed out, after a
             # reset) zeroed their count, so a policy too slow for every call errored each episode and ended `complete`
             cursor.commit(started)
@@ -298,7 +297,7 @@ class RolloutRunner:
         failed = set()
         for row, episode in started.items():
             try:
-                info = self.policy.reset(options=cursor.reset_options({row: episode}))
+                info = self._reset_when_not_busy(cursor.reset_options({row: episode}))
                 cursor.commit({row: episode})
                 _check_recorded_env(info, {row: episode}, len(self.row_episode), self.config.env_name)
                 self._note_recorded_seeds(info, {row: episode})
@@ -308,6 +307,11 @@ class RolloutRunner:
                 self._policy_failed([row], "reset", exc, bar)
                 failed.add(row)
         return failed
+
+    def _reset_when_not_busy(self, options: Dict[str, Any]) -> Any:
+        """The policy's reset, asked again while the server refuses it busy (not run: no row has moved)."""
+        return asked_while_busy(lambda: self.policy.reset(options=options), BUSY_RETRY_FIRST_S, BUSY_RETRY_TOTAL_S,
+                                "a policy reset")
 
     def _note_recorded_seeds(self, info: Any, started: Mapping[int, int]) -> None:
         if _note_recorded_seeds(info, started, len(self.row_episode), self.config, self.recorded_seeds,
@@ -370,18 +374,10 @@ class RolloutRunner:
         """`_act`, asked again while the server refuses it busy (ServerBusyError: its queue was full, the request not
         run, the envs have not moved) after BUSY_RETRY_FIRST_S, doubled each time, up to BUSY_RETRY_TOTAL_S of waits;
         then the refusal is raised (the episodes error), as it is at once with an async chunker (its own prefetch)."""
-        wait_s, waited_s = BUSY_RETRY_FIRST_S, 0.0
-        while True:
-            try:
-                return self._act(policy, observation, action_space)
-            except ServerBusyError as exc:
-                if (self.chunker is not None and self.chunker.asynchronous) or waited_s + wait_s > BUSY_RETRY_TOTAL_S:
-                    raise
-                logger.warning("the policy server was busy and did not run a get_action (%s); asking again in %.1f s",
-                               exc, wait_s)
-                time.sleep(wait_s)
-                waited_s += wait_s
-                wait_s *= 2
+        if self.chunker is not None and self.chunker.asynchronous:
+            return self._act(policy, observation, action_space)
+        return asked_while_busy(lambda: self._act(policy, observation, action_space), BUSY_RETRY_FIRST_S,
+                                BUSY_RETRY_TOTAL_S, "a get_action")
 
     def _end_replays_with_their_recordings(self, vec: gym.vector.VectorEnv, info: Mapping[str, Any]) -> None:
         """Tell the envs of rows whose replay says its recording ends where it ends: they run no step past it."""
