@@ -213,3 +213,57 @@ def test_a_batch_job_resumed_against_a_server_that_does_not_say_starts_over(tmp_
                               policy_factory=connect, previous={"jobs": [kept]})
     assert batch["jobs"][0]["resumed_episodes"] == 0
     assert "its server did not say which policy it serves" in caplog.text and "from the start" in caplog.text
+
+
+class Computing(Checkpoint):
+    """Checkpoint `name` computed in `dtype` by `inference_mode`, as a Gr00tPolicy reports it (runtime())."""
+
+    def __init__(self, name, dtype, inference_mode="pytorch"):
+        super().__init__(name)
+        self.dtype, self.inference_mode = dtype, inference_mode
+
+    def runtime(self):  # dtype None: one that reports nothing (an older server's Gr00tPolicy)
+        return {} if self.dtype is None else {"dtype": self.dtype, "device": "cpu", "inference_mode": self.inference_mode}
+
+
+def test_a_run_records_the_dtype_and_inference_mode_that_computed_its_actions(tmp_path):
+    out = tmp_path / "run"
+    with running_server(Computing("a", "bfloat16")) as a:
+        assert cli.main(["rollout", *ROLLOUT, "--output-dir", str(out), "--policy-client-port", str(a.port)]) == 0
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["policy"]["runtime"] == {"dtype": "bfloat16", "device": "cpu", "inference_mode": "pytorch"}
+    assert json.loads((out / "results.json").read_text())["policy"] == saved["policy"]
+
+
+@pytest.mark.parametrize("restarted", [Computing("a", "float16"), Computing("a", "bfloat16", "onnxruntime")],
+                         ids=["other_dtype", "other_inference_mode"])
+def test_a_resume_against_the_same_checkpoint_computed_otherwise_is_refused_naming_both(tmp_path, capsys, restarted):
+    out = tmp_path / "run"
+    with running_server(Computing("a", "bfloat16")) as a:
+        assert cli.main(["rollout", *ROLLOUT, "--output-dir", str(out), "--policy-client-port", str(a.port)]) == 0
+    (out / "results.json").unlink()  # as if the run had been killed
+    capsys.readouterr()
+    with running_server(restarted) as b:
+        assert cli.main(["rollout", "--resume", str(out), "--policy-client-port", str(b.port)]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume {out}: the server at" in err
+    assert f"dtype {restarted.dtype}, inference mode {restarted.inference_mode}" in err
+    assert "dtype bfloat16, inference mode pytorch" in err
+
+
+def test_a_resume_with_no_runtime_on_either_side_is_the_same_policy(tmp_path):
+    """An older run (no runtime recorded) or server (none reported) is matched on its identity, as before."""
+    older_run, older_server = tmp_path / "older_run", tmp_path / "older_server"
+    with running_server(Computing("a", "bfloat16")) as a:
+        assert cli.main(["rollout", *ROLLOUT, "--output-dir", str(older_run), "--policy-client-port", str(a.port)]) == 0
+    saved = json.loads((older_run / "run.json").read_text())
+    saved["policy"].pop("runtime", None)  # as a run.json written before runtimes were recorded
+    (older_run / "run.json").write_text(json.dumps(saved))
+    with running_server(Computing("a", "float16")) as b:
+        assert cli.main(["rollout", *ROLLOUT, "--output-dir", str(older_server), "--policy-client-port", str(b.port)]) == 0
+    for out in (older_run, older_server):
+        (out / "results.json").unlink()
+    with running_server(Computing("a", "float32")) as c:
+        assert cli.main(["rollout", "--resume", str(older_run), "--policy-client-port", str(c.port)]) == 0
+    with running_server(Computing("a", None)) as d:
+        assert cli.main(["rollout", "--resume", str(older_server), "--policy-client-port", str(d.port)]) == 0

@@ -181,6 +181,45 @@ def test_a_bf16_export_on_cpu_is_refused_naming_bf16_before_the_checkpoint_loads
     assert "fp16 kernels" not in err and "safetensors" not in err
 
 
+@pytest.fixture(scope="module")
+def fp16_export(tiny_checkpoint, tmp_path_factory):
+    """A dit_only fp16 export made on CPU through the `export` command."""
+    return exported_by_the_cli(tiny_checkpoint, tmp_path_factory.mktemp("onnx_fp16"), "dit_only", "fp16")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bfloat16"])
+def test_serve_with_a_dtype_other_than_an_fp16_exports_is_refused_naming_both_before_the_checkpoint_loads(
+        tiny_checkpoint, fp16_export, tmp_path, capsys, dtype):
+    """It loaded the whole checkpoint (minutes for the 3B model), then refused the export's fp16 fingerprint."""
+    from gr00t_server import cli
+
+    checkpoint = shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint")
+    (checkpoint / "model.safetensors").write_bytes(b"not safetensors")  # a load would report this instead
+    assert cli.main(["serve", "--model-path", str(checkpoint), "--device", "cpu", "--inference-mode", "onnxruntime",
+                     "--onnx-dir", str(fp16_export), "--dtype", dtype, "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{fp16_export} holds an fp16 export, and --dtype {dtype} loads the model in another precision" in err, err
+    assert "serve with --dtype fp16 (or leave --dtype out)" in err and "safetensors" not in err
+
+
+def test_serve_without_dtype_loads_the_model_in_the_exports_precision_and_prints_it(tiny_checkpoint, fp16_export,
+                                                                                     capsys):
+    """As verify does: the device's default (fp32 on CPU) loaded the checkpoint only to refuse the fp16 export."""
+    import socket
+
+    from gr00t_server import cli
+
+    with socket.socket() as taken:  # serve then stops at the port check, after the start-up block
+        taken.bind(("127.0.0.1", 0))
+        port = str(taken.getsockname()[1])
+        assert cli.main(["serve", "--model-path", str(tiny_checkpoint), "--device", "cpu", "--inference-mode",
+                         "onnxruntime", "--onnx-dir", str(fp16_export), "--port", port]) == 2
+        assert cli.main(["serve", "--model-path", str(tiny_checkpoint), "--device", "cpu", "--port", port]) == 2
+    first, second = capsys.readouterr().out.split("Starting GR00T inference server...")[1:]
+    assert "  Dtype: fp16 (the precision of the export in --onnx-dir)" in first, first
+    assert "  Dtype: fp32 (the default on cpu)" in second, second
+
+
 # --- serving with ONNX Runtime --------------------------------------------------------------------
 
 
@@ -795,6 +834,22 @@ def test_serving_an_fp16_export_in_fp32_says_so_instead_of_other_weights(tiny_ch
         next(model_of(other16).action_head.parameters()).add_(1.0)
     with pytest.raises(BackendError, match="was exported from other weights of the same architecture"):
         apply_inference_mode(other16, "onnxruntime", onnx_dir=out)
+
+
+def test_an_fp16_export_of_other_weights_served_in_fp32_is_called_other_weights_not_fp16_rounding(tiny_checkpoint,
+                                                                                                     tmp_path):
+    """Another checkpoint's fp16 export, served in fp32, was refused with "serve with --dtype fp16": following that
+    loaded the model again only to be told it was other weights. The advice is given when the weights rounded to the
+    export's precision match its fingerprint."""
+    out = tmp_path / "onnx16"
+    assert commands.run(parse(["export", "--model-path", str(tiny_checkpoint), "--output", str(out), "--mode", "dit_only",
+                               "--precision", "fp16", "--embodiment-tag", TAG, "--device", "cpu"])) == 0
+    other32 = make_policy(tiny_checkpoint)
+    with torch.no_grad():
+        next(model_of(other32).action_head.parameters()).add_(1.0)
+    with pytest.raises(BackendError, match="was exported from other weights of the same architecture") as refused:
+        apply_inference_mode(other32, "onnxruntime", onnx_dir=out)
+    assert "--dtype" not in str(refused.value)
 
 
 def test_a_second_export_into_a_folder_being_exported_into_is_refused_at_once(tiny_checkpoint, tmp_path):

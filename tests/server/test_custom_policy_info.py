@@ -109,3 +109,19 @@ def test_get_server_info_reports_the_observation_form_the_policy_takes(tmp_path,
     policy = make_policy(make_dataset(tmp_path / "ds", lengths=(4,)))
     with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
         assert client.get_server_info()["observation_format"] == expected
+
+
+class ComputingPolicy(CustomPolicy):
+    """A CustomPolicy that says what computes its actions, as Gr00tPolicy does."""
+
+    def runtime(self):
+        return {"dtype": "float16", "device": "cuda:0", "inference_mode": "onnxruntime"}
+
+
+def test_a_policy_reports_what_computes_its_actions_only_when_it_says():
+    with running_server(CustomPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        assert client.get_server_info()["runtime"] == {}
+    with running_server(FlatKeysAdapter(ComputingPolicy())) as server, \
+            PolicyClient(port=server.port, timeout_ms=5000) as client:
+        assert client.get_server_info()["runtime"] == {"dtype": "float16", "device": "cuda:0",
+                                                       "inference_mode": "onnxruntime"}

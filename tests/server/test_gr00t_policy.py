@@ -897,3 +897,16 @@ def test_text_before_a_checkpoint_folder_is_taken_as_the_tag_only_when_it_names_
     assert not tag_given_first("acme/tiny-gr00t", str(tiny_checkpoint))  # no tag: not swapped, loading says why
     (tmp_path / "new_embodiment").mkdir()  # a folder without config.json is no checkpoint
     assert not tag_given_first("acme/tiny-gr00t", str(tmp_path / "new_embodiment"))
+
+
+def test_get_server_info_reports_the_dtype_device_and_inference_mode_that_compute_the_actions(tiny_checkpoint):
+    """A bf16 and an fp32 server of one checkpoint report one policy_identity (the same weights), and their actions
+    differ by bf16's rounding: `runtime` says which computed them, for an evaluation to record."""
+    infos = {}
+    for dtype in ("bf16", "fp32"):
+        policy = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu", dtype=dtype)
+        with running_server(policy, embodiment_tag="libero_sim") as server, PolicyClient(port=server.port) as client:
+            infos[dtype] = client.get_server_info()
+    assert infos["bf16"]["runtime"] == {"dtype": "bfloat16", "device": "cpu", "inference_mode": "pytorch"}
+    assert infos["fp32"]["runtime"] == {"dtype": "float32", "device": "cpu", "inference_mode": "pytorch"}
+    assert infos["bf16"]["policy_identity"] == infos["fp32"]["policy_identity"]

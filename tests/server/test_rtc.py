@@ -12,6 +12,7 @@ from gr00t_client import PolicyClient, PolicyServerError
 from gr00t_server.model import TEST_TOKEN_IDS, Gr00tN1d7
 from gr00t_server.model.action_head import rtc_velocity_strength
 from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+from gr00t_server.policies.previous_action import PreviousActionError
 from gr00t_server.processing import normalization as norm
 from gr00t_server.processing.config import parse_statistics, processor_config_from_kwargs
 from gr00t_server.processing.processor import Gr00tN1d7Processor
@@ -732,3 +733,19 @@ def test_a_relative_previous_action_in_other_units_is_refused_before_it_is_re_ex
     with pytest.raises(ValueError, match=r"^options\['rtc'\]\['previous_action'\]\['joints'\] step 12 holds 1e\+06 in "
                                          r"column 1, beyond 1000 times its action statistics' magnitude 1"):
         policy.get_action(observation, {"seed": 2, "rtc": rtc(sent, 8, 3)})
+
+
+def test_a_float16_model_refuses_a_previous_action_that_normalizes_beyond_float16_naming_the_key_and_step(
+        tiny_checkpoint, tmp_path):
+    """A relative mean/std row normalizing to about 1e4 (0.1 rad of drift on a joint of std 1e-5) is finite in float32
+    but inf in float16: the model then made NaN actions refused as another key's output and blamed on the weights.
+    It is refused before the model runs, naming the option key, the step and the model's float, as a state is."""
+    checkpoint = _narrow_relative_checkpoint(tiny_checkpoint, tmp_path, mean_std=True)
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu", dtype="float16")
+    observation = example_observation(checkpoint, "new_embodiment", batch_size=1, seed=5)
+    previous, _ = policy.get_action(observation, {"seed": 1})
+    later = {**observation, "state": {k: v.copy() for k, v in observation["state"].items()}}
+    later["state"]["joints"][..., 0] += 1.0
+    with pytest.raises(PreviousActionError, match=r"^options\['rtc'\]\['previous_action'\]\['joints'\] step 8 "
+                                                  r"normalizes to .* beyond float16.*serve in bf16 or fp32"):
+        policy.get_action(later, {"seed": 2, "rtc": rtc(previous, 8, 3)})

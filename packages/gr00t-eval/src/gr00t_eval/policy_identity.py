@@ -185,6 +185,11 @@ def record_from_info(info: Any) -> Optional[Dict[str, Any]]:
         older = {k: v for k, v in identity.items() if k != "tokenizer_sha256"}
         record["fingerprint_without_tokenizer"] = _fingerprint({**record, "identity": older}, info.get("modality_configs"))
     record.update(_fingerprints_by_older_tag(record, info.get("modality_configs")))
+    runtime = info.get("runtime")
+    if isinstance(runtime, Mapping) and runtime:
+        # What computed the actions (a gr00t-server's dtype, device, inference mode): not in the fingerprint, so that
+        # records of servers that did not report it keep matching; same_policy compares its dtype and inference mode
+        record["runtime"] = _recorded(dict(runtime))
     # fingerprinted whole, recorded bounded: results.json and run.json keep what a server said, not megabytes of it
     return {**record, **{name: _recorded(record[name]) for name in ("policy_class", "embodiment_tag", "identity")}}
 
@@ -259,7 +264,25 @@ def describe(record: Optional[Mapping[str, Any]]) -> str:
     identity = record.get("identity") or {}
     details = ", ".join(f"{k} {v}" for k, v in identity.items()) if isinstance(identity, Mapping) else str(identity)
     tag = f" for {record['embodiment_tag']}" if record.get("embodiment_tag") else ""
-    return f"{record.get('policy_class')}{tag} ({details + ', ' if details else ''}fingerprint {record.get('fingerprint')})"
+    runtime = record.get("runtime")
+    computed = "".join(f", {name.replace('_', ' ')} {runtime[name]}" for name in COMPARED_RUNTIME
+                       if isinstance(runtime, Mapping) and name in runtime)
+    return (f"{record.get('policy_class')}{tag} ({details + ', ' if details else ''}fingerprint "
+            f"{record.get('fingerprint')}{computed})")
+
+
+# What computed a policy's actions that makes it another policy to a run: the same weights in float16 or by ONNX
+# Runtime round the actions otherwise. The device is recorded, not compared (fp32 on a CPU or a GPU: the same policy).
+COMPARED_RUNTIME = ("dtype", "inference_mode")
+
+
+def _computed_otherwise(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
+    """True when both records say what computed their actions and differ in a COMPARED_RUNTIME field; a record
+    without one (an older run, or a server or policy that does not report it) is compared with nothing."""
+    old, new = first.get("runtime"), second.get("runtime")
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return False
+    return any(name in old and name in new and old[name] != new[name] for name in COMPARED_RUNTIME)
 
 
 def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str, Any]]) -> bool:
@@ -267,9 +290,12 @@ def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str
     checkpoint identity (an older gr00t-server) matches on what it did report: class, tag and modality configs; one
     whose identity had no processor (or preprocessor_config.json, or tokenizer) hash yet, or a replay's without a
     data hash, on the rest of it (a replay's with a warning: its recorded actions go unchecked); one from a server
-    that reported no tag, or another spelling of the policy's own, on all but the tag."""
+    that reported no tag, or another spelling of the policy's own, on all but the tag. Records of the same weights
+    computed in another dtype or inference mode (`runtime`, where both report it) are two policies."""
     if not first or not second:
         return True
+    if _computed_otherwise(first, second):
+        return False
     if first.get("fingerprint") == second.get("fingerprint"):
         return True
     for old, new in ((first, second), (second, first)):

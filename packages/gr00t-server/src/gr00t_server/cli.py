@@ -47,7 +47,8 @@ def _add_serve_parser(subparsers: Any) -> None:
                    "--modality-config-path the tag the file registers)")
     p.add_argument(*_flag("device"), default=None, help="torch device, e.g. cuda, cuda:0, cpu (default: cuda if available)")
     p.add_argument(*_flag("dtype"), default=None, choices=["bfloat16", "bf16", "float16", "fp16", "float32", "fp32"],
-                   help="model dtype (default: bf16 on CUDA, fp32 on CPU)")
+                   help="model dtype (default: bf16 on CUDA, fp32 on CPU; with --inference-mode onnxruntime or "
+                   "tensorrt, the precision the export records)")
     p.add_argument(*_flag("clip-outliers"), dest="clip_outliers", action="store_true", default=None,
                    help="clip min/max-normalized states to [-1, 1] (one anchoring a relative action is refused beyond "
                    "1000 times its statistics' magnitude, as its action is decoded against its raw value; any state "

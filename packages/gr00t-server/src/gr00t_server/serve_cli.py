@@ -16,7 +16,7 @@ from .serve_checks import (
     _check_server_flags, _curve_settings, _hold_bind_addresses, _ignored_flags, _server_limits,
     _unread_server_flags,
 )
-from .serve_policy import _default_device, _model_policy, _replay_policy
+from .serve_policy import _default_device, _model_policy, _replay_policy, resolve_serve_dtype
 
 logger = logging.getLogger("gr00t_server")
 
@@ -199,6 +199,7 @@ def _start_server(args: argparse.Namespace) -> Any:
         print(f"  Dataset path: {args.dataset_path}")
     print(f"  Device: {args.device if args.model_path else 'n/a (replay)'}")
     print(f"  Inference mode: {args.inference_mode if args.model_path else 'n/a (replay)'}")
+    print(f"  Dtype: {resolve_serve_dtype(args) if args.model_path else 'n/a (replay)'}")
     print(f"  Host: {args.host}")
     print(f"  Port: {args.port}")
     curve = _curve_settings(args)

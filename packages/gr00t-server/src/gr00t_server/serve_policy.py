@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import os
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any, Optional, Tuple
 from gr00t_client.cli_flags import home_expanded_path
 
 from .cli_errors import CliError
+
+logger = logging.getLogger(__name__)
 
 
 def _default_device() -> str:
@@ -104,6 +107,28 @@ def _fits_dataset(modality: Any, dataset: Any) -> bool:
     return all(set(modality[m].modality_keys) <= keys for m, keys in wanted.items() if m in modality)
 
 
+def resolve_serve_dtype(args: argparse.Namespace) -> str:
+    """The dtype --model-path loads in, as the start-up block prints it. Without --dtype, an export's recorded
+    precision (set in args.dtype, as verify loads it: the device's default loaded the 3B checkpoint only to refuse an
+    fp16 export), else the device's default."""
+    if args.dtype is not None:
+        return args.dtype
+    if args.inference_mode in ("onnxruntime", "tensorrt"):
+        from .backends import BackendError, export_precision
+
+        try:
+            precision = export_precision(args.inference_mode, onnx_dir=args.onnx_dir, engine_dir=args.engine_dir)
+        except BackendError:
+            precision = None  # check_backend_before_load says what is wrong with the folder, before the load
+        if precision in ("bf16", "fp16", "fp32"):
+            args.dtype = precision
+            flag = "--onnx-dir" if args.inference_mode == "onnxruntime" else "--engine-dir"
+            logger.info("--dtype not given: the model loads in %s, the precision of the export in %s %s", precision,
+                        flag, args.onnx_dir if args.inference_mode == "onnxruntime" else args.engine_dir)
+            return f"{precision} (the precision of the export in {flag})"
+    return f"{'bf16' if str(args.device).startswith('cuda') else 'fp32'} (the default on {args.device})"
+
+
 def _model_policy(args: argparse.Namespace, tag: Any, tag_given: bool = True) -> Any:
     model_path = args.model_path
     if os.path.isabs(model_path) and not os.path.exists(model_path):
@@ -112,7 +137,7 @@ def _model_policy(args: argparse.Namespace, tag: Any, tag_given: bool = True) ->
         from .backends import check_backend_before_load
 
         check_backend_before_load(args.inference_mode, onnx_dir=args.onnx_dir, engine_dir=args.engine_dir,
-                                  device=args.device, max_language_tokens=args.max_language_tokens)
+                                  device=args.device, max_language_tokens=args.max_language_tokens, dtype=args.dtype)
     from .cpu_threads import fit_torch_threads
     from .policies.gr00t_policy import Gr00tPolicy
 

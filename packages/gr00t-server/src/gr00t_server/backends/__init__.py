@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 INFERENCE_MODES = ("pytorch", "torch-compile", "onnxruntime", "tensorrt")
 
 __all__ = ["BackendError", "EXPORT_MODES", "INFERENCE_MODES", "apply_inference_mode", "check_backend_before_load",
-           "check_inference_mode_files"]
+           "check_inference_mode_files", "export_precision"]
 
 
 def check_inference_mode_files(mode: str, onnx_dir: Optional[Union[str, Path]] = None,
@@ -37,14 +37,49 @@ def check_inference_mode_files(mode: str, onnx_dir: Optional[Union[str, Path]] =
     return normalized
 
 
+def export_precision(mode: str, onnx_dir: Optional[Union[str, Path]] = None,
+                     engine_dir: Optional[Union[str, Path]] = None) -> Optional[str]:
+    """The precision ("bf16", "fp16", "fp32") recorded by the export or engines `mode` serves, read without loading
+    them; None for a mode that serves none. BackendError when the folder or its metadata is missing or malformed."""
+    normalized = check_inference_mode_files(mode, onnx_dir, engine_dir)
+    if normalized == "onnxruntime":
+        from gr00t_server.backends.common import read_export_metadata
+
+        return read_export_metadata(onnx_dir).get("precision")
+    if normalized == "tensorrt":
+        from gr00t_server.backends.common import ENGINE_METADATA, read_json
+        from gr00t_server.backends.tensorrt_backend import engine_export_metadata
+
+        metadata = read_json(Path(engine_dir) / ENGINE_METADATA, "TensorRT engine metadata")
+        return engine_export_metadata(metadata).get("precision")
+    return None
+
+
+def _check_dtype_fits_export(precision: Optional[str], dtype: Optional[str], folder: Any) -> None:
+    """BackendError naming both when `dtype` (serve's --dtype) and an export's precision differ with fp16 on one side:
+    fp16 rounding alone changes the weights fingerprint, so the model would be refused once loaded (minutes)."""
+    if dtype is None or precision is None:
+        return
+    from gr00t_server.backends.common import PRECISION_OF_DTYPE
+    from gr00t_server.model.modeling import resolve_dtype
+
+    loaded = PRECISION_OF_DTYPE.get(resolve_dtype("cpu", dtype))
+    if loaded != precision and "fp16" in (loaded, precision):
+        article = "an" if precision.startswith("f") else "a"
+        raise BackendError(f"{folder} holds {article} {precision} export, and --dtype {dtype} loads the model in another "
+                           f"precision ({loaded}): fp16 rounding alone changes the weights fingerprint, so the export "
+                           f"would be refused once the checkpoint loaded; serve with --dtype {precision} (or leave "
+                           f"--dtype out), or re-export with --precision {loaded}")
+
+
 def check_backend_before_load(mode: str, onnx_dir: Optional[Union[str, Path]] = None,
                               engine_dir: Optional[Union[str, Path]] = None, device: Optional[str] = None,
-                              max_language_tokens: Optional[int] = None) -> str:
+                              max_language_tokens: Optional[int] = None, dtype: Optional[str] = None) -> str:
     """check_inference_mode_files, and what else needs no model: the backend is installed, its metadata is there and
-    well formed, TensorRT gets a CUDA device and a bf16 ONNX export a CUDA one, and TensorRT engines whose prompt
-    profiles hold instructions of `max_language_tokens` (serve's flag). The CLI calls it before the checkpoint
-    loads (minutes for the 3B model, which `serve` spent before saying the export had no metadata or TensorRT was not
-    installed)."""
+    well formed, TensorRT gets a CUDA device and a bf16 ONNX export a CUDA one, `dtype` (serve's --dtype) fits the
+    export's precision, and TensorRT engines whose prompt profiles hold instructions of `max_language_tokens` (serve's
+    flag). The CLI calls it before the checkpoint loads (minutes for the 3B model, which `serve` spent before saying
+    the export had no metadata or TensorRT was not installed)."""
     normalized = check_inference_mode_files(mode, onnx_dir, engine_dir)
     if normalized == "onnxruntime":
         from gr00t_server.backends.common import read_export_metadata
@@ -60,6 +95,7 @@ def check_backend_before_load(mode: str, onnx_dir: Optional[Union[str, Path]] = 
         if precision == "bf16" and device is not None and not str(device).startswith("cuda"):
             raise BackendError(f"{onnx_dir} holds a bf16 export, which --device {device} cannot run "
                                f"({CPU_LACKS_BF16}); or give a CUDA --device")
+        _check_dtype_fits_export(precision, dtype, onnx_dir)
     elif normalized == "tensorrt":
         from gr00t_server.backends.common import ENGINE_METADATA, check_export_structure, read_json
         from gr00t_server.backends.tensorrt_backend import import_tensorrt
@@ -74,6 +110,9 @@ def check_backend_before_load(mode: str, onnx_dir: Optional[Union[str, Path]] = 
         path = Path(engine_dir) / ENGINE_METADATA
         metadata = read_json(path, "TensorRT engine metadata")
         check_export_structure(metadata.get("export_metadata", {}), path)
+        from gr00t_server.backends.tensorrt_backend import engine_export_metadata
+
+        _check_dtype_fits_export(engine_export_metadata(metadata).get("precision"), dtype, engine_dir)
         if max_language_tokens is not None:
             from gr00t_server.backends.tensorrt_backend import check_engine_language_room
 
@@ -98,13 +137,16 @@ def apply_inference_mode(
     if normalized == "torch-compile":
         from gr00t_server.backends.torch_compile import apply_torch_compile
 
-        return apply_torch_compile(policy)
-    if normalized == "onnxruntime":
+        swapped = apply_torch_compile(policy)
+    elif normalized == "onnxruntime":
         from gr00t_server.backends.onnxruntime_backend import apply_onnxruntime
 
-        return apply_onnxruntime(policy, onnx_dir)
-    if normalized == "tensorrt":
+        swapped = apply_onnxruntime(policy, onnx_dir)
+    elif normalized == "tensorrt":
         from gr00t_server.backends.tensorrt_backend import apply_tensorrt
 
-        return apply_tensorrt(policy, engine_dir)
-    raise BackendError(f"unknown inference mode {mode!r}; expected one of {list(INFERENCE_MODES)}")
+        swapped = apply_tensorrt(policy, engine_dir)
+    else:
+        raise BackendError(f"unknown inference mode {mode!r}; expected one of {list(INFERENCE_MODES)}")
+    policy.inference_mode = normalized  # reported by Gr00tPolicy.runtime() in get_server_info
+    return swapped

@@ -55,8 +55,9 @@ def config_sha256(config: Any) -> str:
 
 
 @torch.no_grad()
-def weights_fingerprint(model: nn.Module, samples_per_tensor: int = 256) -> str:
-    """Hash of a strided sample of every parameter, rounded to bfloat16.
+def weights_fingerprint(model: nn.Module, samples_per_tensor: int = 256, loaded_in: Optional[torch.dtype] = None) -> str:
+    """Hash of a strided sample of every parameter, rounded to bfloat16 (first to `loaded_in` when given: the
+    fingerprint the same weights give loaded in that dtype).
 
     Rounding to bf16 makes the fingerprint the same whether the checkpoint was loaded in fp32 or bf16,
     while a different finetune of the same architecture changes it.
@@ -67,7 +68,8 @@ def weights_fingerprint(model: nn.Module, samples_per_tensor: int = 256) -> str:
             continue
         flat = tensor.detach().reshape(-1)
         stride = max(1, flat.numel() // samples_per_tensor)
-        sample = flat[::stride][:samples_per_tensor].to(device="cpu", dtype=torch.bfloat16)
+        sample = flat[::stride][:samples_per_tensor].to(device="cpu", dtype=loaded_in or torch.bfloat16)
+        sample = sample.to(torch.bfloat16)
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(sample.view(torch.int16).numpy().tobytes())
@@ -82,7 +84,8 @@ def model_identity(model: nn.Module) -> dict[str, str]:
 def check_model_identity(recorded: dict[str, Any], model: nn.Module, source: Union[str, Path],
                          exported_precision: Optional[str] = None) -> None:
     """Raise BackendError when `source` was exported from another model or config. `exported_precision`: the dtype
-    the exported model was loaded in; fp16 rounding alone changes the fingerprint, which the message then says."""
+    the exported model was loaded in; fp16 rounding alone changes the fingerprint, so a model in a wider dtype is
+    compared as rounded to it, and the message advises that dtype only when the weights then match."""
     if not recorded:
         raise BackendError(f"{source} records no model identity; re-export it with `gr00t-server export`")
     current = model_identity(model)
@@ -95,11 +98,18 @@ def check_model_identity(recorded: dict[str, Any], model: nn.Module, source: Uni
         exported_dtype = TORCH_DTYPES.get(exported_precision or "")
         if exported_dtype is not None and exported_dtype != model.dtype and torch.float16 in (exported_dtype, model.dtype):
             serving = next((name for name, dtype in TORCH_DTYPES.items() if dtype == model.dtype), str(model.dtype))
-            raise BackendError(
-                f"{source} was exported from the model loaded in {exported_precision}, and this one runs in {serving}: "
-                f"fp16 rounding alone changes the weights fingerprint, so the two cannot be told to be the same "
-                f"weights; serve with --dtype {exported_precision}, or re-export with --precision {serving}"
-            )
+            if model.dtype == torch.float16:  # its rounding cannot be undone: only a load in the export's dtype can tell
+                raise BackendError(
+                    f"{source} was exported from the model loaded in {exported_precision}, and this one runs in fp16, "
+                    f"whose rounding alone changes the weights fingerprint, so whether the two are the same weights "
+                    f"cannot be told; serve with --dtype {exported_precision}, or re-export with --precision fp16")
+            # this model's weights rounded as a load in the export's precision rounds them: the advice only if they match
+            if recorded.get("weights_fingerprint") == weights_fingerprint(model, loaded_in=exported_dtype):
+                raise BackendError(
+                    f"{source} was exported from the model loaded in {exported_precision}, and this one runs in "
+                    f"{serving}: its weights rounded to {exported_precision} match the export's fingerprint, but the "
+                    f"two compute in other precisions; serve with --dtype {exported_precision}, or re-export with "
+                    f"--precision {serving}")
         raise BackendError(
             f"{source} was exported from other weights of the same architecture "
             f"(weights_fingerprint {str(recorded.get('weights_fingerprint'))[:12]} != "

@@ -349,7 +349,8 @@ class Gr00tActionOptions:
         min/max key, was clipped to the statistics' edge. A relative key is held to being finite only (a min/max one
         after clipping), its units having been checked before (_check_relative_magnitude): its normalized value holds
         the state's drift over its step's range or std, which a little drift on a joint that barely moved in training
-        (1e-6) puts far beyond +-STATE_OUTLIER_LIMIT in the very units get_action returned."""
+        (1e-6) puts far beyond +-STATE_OUTLIER_LIMIT in the very units get_action returned. Every key is also held to
+        being finite in the model's float (float16 overflows at 65504), as a state is."""
         action_config = self._modality_configs["action"]
         params = self.processor.norm_params(self.embodiment_tag_value)
         dims = {key: p.dim for key, p in params.action.items()}
@@ -367,6 +368,18 @@ class Gr00tActionOptions:
                     f" step {first_step + step} normalizes to {float(part[row, step, column]):.3g} against the "
                     f"checkpoint's statistics (sent {float(sent[key][row, step, column]):.3g}); send actions in the "
                     "units get_action returned", key=key)
+            # A finite row beyond a float16 model's range (1e5: drift on a joint of std 1e-6) turned inf when cast in
+            # the action head, and the model's NaN output was blamed on another key and the weights
+            model_float = self.processor.model_float
+            with np.errstate(over="ignore"):
+                overflow = ~np.isfinite(clipped_parts[key].astype(model_float))
+            if overflow.any():
+                row, step, column = (int(i) for i in np.argwhere(overflow)[0])
+                raise PreviousActionError(
+                    f" step {first_step + step} normalizes to {float(clipped_parts[key][row, step, column]):.3g} "
+                    f"against the checkpoint's statistics, beyond {model_float}, the model's float (sent "
+                    f"{float(sent[key][row, step, column]):.3g}); send actions in the units get_action returned"
+                    + (", or serve in bf16 or fp32" if model_float == "float16" else ""), key=key)
 
     def _rtc_model_arguments(self, rtc: RtcRequest, raw_states: Mapping[str, np.ndarray]) -> Dict[str, Any]:
         """Model-level RTC arguments: the overlap rows encoded as rows [0, overlap) of a padded normalized chunk.

@@ -203,8 +203,10 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
 
         self.model, self.model_config = load_model(self.checkpoint_dir, device=self.device, dtype=dtype)
         self.model.eval()
-        if next(self.model.parameters()).dtype == torch.float16:
+        self._model_dtype = next(self.model.parameters()).dtype  # read now: a backend may swap every sub-module out
+        if self._model_dtype == torch.float16:
             self.processor.model_float = "float16"
+        self.inference_mode = "pytorch"  # apply_inference_mode names the backend it swaps in
         self._check_model_matches_processor()
         self._identity: Optional[Dict[str, Any]] = None
         self.identity()  # now, at load: get_server_info answers it on the socket thread, which must not wait
@@ -347,6 +349,12 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         """What one call may cost, as get_server_info reports it beside the server's limits."""
         return {"max_denoising_steps": self.max_denoising_steps,
                 "max_vision_tokens": self.processor.max_vision_tokens(self.embodiment_tag_value)}
+
+    def runtime(self) -> Dict[str, str]:
+        """What computes the actions, as get_server_info reports it beside policy_identity (which leaves it out: the
+        same weights in bf16 or by ONNX Runtime round the same policy's actions otherwise): dtype, device and backend."""
+        return {"dtype": str(self._model_dtype).replace("torch.", ""), "device": str(self.device),
+                "inference_mode": self.inference_mode}
 
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Stateless policy: nothing to reset."""

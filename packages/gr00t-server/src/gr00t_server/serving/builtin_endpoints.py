@@ -71,6 +71,7 @@ class BuiltinEndpoints:
         try:
             self._policy_info_fact("observation_format", _observation_format)
             self._policy_info_fact("work_limits", work_limits.policy_work_limits)
+            self._policy_info_fact("runtime", _policy_runtime)
             if self._upstream is not None:
                 self._refresh_upstream_facts()
             else:
@@ -426,6 +427,8 @@ class BuiltinEndpoints:
             "observation_format": (known.observation_format if upstream is not None and upstream is self.policy
                                    else self._policy_info_fact("observation_format", _observation_format)),
             "policy_identity": self._policy_identity(),
+            # what computes the actions (dtype, device, backend): not the policy's identity, but its actions' rounding
+            "runtime": self._policy_info_fact("runtime", _policy_runtime),
             # a gateway (PolicyServer(PolicyClient(this server))) refuses to merge its robots into one session of ours
             "keeps_sessions": self._policy_uses_sessions,
             "embodiment_tag": known.embodiment_tag or self.embodiment_tag,
@@ -470,6 +473,16 @@ def _supports_batching(policy: Any) -> Any:
                            "expected a bool saying whether get_action takes the rows of several requests in one call")
         logger.error("%s", log_text(str(error), LOGGED_ERROR_CHARS, quoted=False))
         return error
+
+
+def _policy_runtime(policy: Any) -> Dict[str, Any]:
+    """The `runtime()` of the policy or a policy it wraps (Gr00tPolicy's dtype, device and inference mode); {} when
+    none says."""
+    for link in policy_chain(policy):
+        runtime = getattr(link, "runtime", None)
+        if callable(runtime):
+            return dict(runtime())
+    return {}
 
 
 def _observation_format(policy: Any) -> Optional[str]:
