@@ -43,17 +43,20 @@ def test_merge_refuses_to_replace_a_runs_own_results_or_write_into_a_whole_runs_
     capsys.readouterr()
 
     assert cli.main(["merge", str(split), "--output", str(whole / "results.json")]) == 2
-    assert "is not the output of an earlier merge" in capsys.readouterr().err
+    assert f"is a run's own results file ({whole / 'run.json'} is beside it)" in capsys.readouterr().err
     assert cli.main(["merge", str(split), "--output", str(whole / "split_merged.json")]) == 2
     assert "whose eval_info.json the merge would replace" in capsys.readouterr().err
     assert {name: (whole / name).read_bytes() for name in before} == before
     assert not (whole / "split_merged.json").exists()
 
-    # its own earlier output is replaced (merging twice gives the same file), and --overwrite is the way in
+    # its own earlier output is replaced (merging twice gives the same file), and --overwrite is the way into the
+    # run's folder, never over the run's own results
     assert cli.main(["merge", str(split), "--output", str(split / "merged.json")]) == 0
     assert cli.main(["merge", str(split), "--output", str(split / "merged.json")]) == 0
-    assert cli.main(["merge", str(split), "--output", str(whole / "results.json"), "--overwrite"]) == 0
-    assert json.loads((whole / "results.json").read_text())["overall"]["n_episodes"] == 4
+    assert cli.main(["merge", str(split), "--output", str(whole / "results.json"), "--overwrite"]) == 2
+    assert (whole / "results.json").read_bytes() == before["results.json"]
+    assert cli.main(["merge", str(split), "--output", str(whole / "split_merged.json"), "--overwrite"]) == 0
+    assert json.loads((whole / "split_merged.json").read_text())["overall"]["n_episodes"] == 4
 
 
 def test_merge_refuses_an_output_that_is_one_of_its_inputs(server, tmp_path, capsys):

@@ -280,5 +280,5 @@ def test_a_merge_refuses_to_replace_an_unreadable_results_file_without_overwrite
     target = tmp_path / "results.json"
     target.write_text('{"per_episode": [')
     assert cli.main(["merge", str(out), "--output", str(target)]) == 2
-    assert "exists and is not the output of an earlier merge" in capsys.readouterr().err
+    assert "exists and is not a results file (not readable as JSON)" in capsys.readouterr().err
     assert target.read_text() == '{"per_episode": ['

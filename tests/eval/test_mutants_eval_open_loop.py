@@ -46,14 +46,18 @@ class OffsetReplay(ReplayPolicy):
         return {key: value + 2.0 for key, value in action.items()}, info
 
 
-def test_an_out_of_range_id_is_skipped_and_the_averages_are_mse_and_mae_of_the_scored(dataset, tmp_path):
-    """traj id == the episode count is skipped (not an aborted run), and avg_mae is the MAE average, not the MSE's."""
+def test_an_id_equal_to_the_episode_count_is_refused_and_the_averages_are_mse_and_mae_of_the_scored(dataset, tmp_path):
+    """traj id == the episode count is past the end (refused before any trajectory, not an aborted run), the last id
+    is not, and avg_mae is the MAE average, not the MSE's."""
     from gr00t_eval.open_loop import evaluate_open_loop
 
     policy = OffsetReplay(dataset, execution_horizon=4, strict=False)
     config = OpenLoopConfig(str(dataset), traj_ids=[0, 2], execution_horizon=4, plot=False, output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"\[2\] are not in the dataset .*: it has 2 episodes \(ids 0 to 1\)"):
+        evaluate_open_loop(policy, config, report=lambda _: None, progress=False)
+    config = OpenLoopConfig(str(dataset), traj_ids=[0, 1], execution_horizon=4, plot=False, output_dir=str(tmp_path))
     result = evaluate_open_loop(policy, config, report=lambda _: None, progress=False)
-    assert result.skipped == [2] and list(result.trajectories) == [0] and result.status == "complete"
+    assert result.skipped == [] and list(result.trajectories) == [0, 1] and result.status == "complete"
     assert result.avg_mse == pytest.approx(4.0) and result.avg_mae == pytest.approx(2.0)
 
 

@@ -158,11 +158,11 @@ def test_per_dim_figures_are_labelled_with_their_key_and_value_in_the_order_scor
         assert mse == pytest.approx(1.0 if label.startswith("gripper[") else 0.0), (label, per_dim)
 
 
-def test_out_of_range_trajectories_are_skipped(dataset, tmp_path):
-    result, lines = run(dataset, tmp_path, EchoPolicy(), traj_ids=[7, 0], plot=False)
-    assert list(result.trajectories) == [0] and result.skipped == [7]
-    result, lines = run(dataset, tmp_path, EchoPolicy(), traj_ids=[7], plot=False, output_dir=str(tmp_path / "out2"))
-    assert "No valid trajectories were evaluated." in lines
+def test_ids_past_the_datasets_end_are_refused_before_any_trajectory(dataset, tmp_path):
+    with pytest.raises(ValueError, match=r"traj_ids \(--traj-ids\) \[7\] are not in the dataset .*: it has 3 episodes "
+                                         r"\(ids 0 to 2\)"):
+        run(dataset, tmp_path, EchoPolicy(), traj_ids=[7, 0], plot=False)
+    assert not (tmp_path / "out" / "results.json").exists()
 
 
 def test_one_plot_per_trajectory_and_a_results_file(dataset, tmp_path):

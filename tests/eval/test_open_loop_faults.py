@@ -362,15 +362,18 @@ def cut_to_empty(root: Path, position: int) -> None:
     episodes.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def test_an_empty_episode_is_skipped_with_a_warning_and_the_others_are_evaluated(tmp_path, caplog):
+def test_an_empty_episode_is_skipped_with_a_warning_and_makes_the_run_incomplete(tmp_path, caplog, capsys):
+    """The run said "complete" and exited 0 over the trajectories it found: a CI gate took a partial run for a whole."""
     root = make_dataset(tmp_path / "with_empty", lengths=LENGTHS)
     cut_to_empty(root, 1)
     with running_server(ReplayPolicy(root, execution_horizon=4)) as replay:
-        code = open_loop(root, replay.port, tmp_path / "out", "--traj-ids", "0", "1", "2")
-    assert code == 0
+        code = open_loop(root, replay.port, tmp_path / "out", "--traj-ids", "0", "1", "2", "--allow-errors")
+    assert code == 1
     data = results(tmp_path / "out")
     assert sorted(data["trajectories"]) == ["0", "2"] and data["aggregated"]["avg_mse"] == 0.0
     assert data["skipped_trajectories"] == [1] and "0 steps" in data["skip_reasons"]["1"]
+    assert data["status"] == "incomplete" and "[1] skipped" in data["stop_reason"]
+    assert "INCOMPLETE: 1 of 3 requested trajectories skipped (1: empty episodes" in capsys.readouterr().out
     assert any("trajectory 1 is empty" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
 
 
@@ -646,13 +649,27 @@ def test_a_server_that_stops_answering_mid_run_leaves_results_of_the_trajectorie
             policy.release.set()
     finally:
         policy.release.set()
-    err = capsys.readouterr().err
-    assert code == 2 and policy.hanging.is_set()
+    out = capsys.readouterr().out
+    assert code == 1 and policy.hanging.is_set()  # as rollout's run aborted by a server gone: not 2, a refused command
     data = results(tmp_path / "out")
     assert data["status"] == "aborted" and list(data["trajectories"]) == ["0"] and data["not_run_trajectories"] == [1, 2]
     assert data["aggregated"]["n_trajectories"] == 1 and data["aggregated"]["avg_mse"] == 0.0
     assert "Timeout" in data["stop_reason"]
-    assert f"ABORTED: {tmp_path / 'out' / 'results.json'} holds the 1 trajectories scored before the stop; not run: [1, 2]" in err
+    lines = out.splitlines()
+    assert lines[-2].startswith(f"ABORTED: {data['stop_reason']}; 2 trajectories did not run: [1, 2]; "
+                                f"{tmp_path / 'out' / 'results.json'} holds the 1 trajectories scored before the stop")
+    assert lines[-1] == f"Results: {tmp_path / 'out' / 'results.json'}"
+
+
+@pytest.mark.parametrize("traj_ids", [["0", "1", "5"], ["5"]])
+def test_ids_the_dataset_lacks_are_refused_before_connecting(dataset, tmp_path, capsys, traj_ids):
+    """They were skipped with a warning on stderr, and the run exited 0 as "complete" over the others."""
+    code = open_loop(dataset, free_port(), tmp_path / "out", "--traj-ids", *traj_ids)  # no server there
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (f"traj_ids (--traj-ids) [5] are not in the dataset {dataset}: it has 3 episodes (ids 0 to 2); expected "
+            "ids the dataset has") in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_ctrl_c_mid_run_exits_130_with_the_trajectories_scored_in_results(dataset, tmp_path, capsys):
@@ -760,13 +777,13 @@ def test_a_server_shutting_down_mid_trajectory_stops_the_run_at_once_leaving_it_
         started = time.monotonic()
         code = open_loop(dataset, stopping.port, tmp_path / "out", "--traj-ids", "0", "1", "2", "--timeout-ms", "20000")
         elapsed = time.monotonic() - started
-    err = capsys.readouterr().err
+    out = capsys.readouterr().out
     data = results(tmp_path / "out")
-    assert code == 2 and elapsed < 15
+    assert code == 1 and elapsed < 15
     assert data["status"] == "aborted" and list(data["trajectories"]) == ["0"] and data["not_run_trajectories"] == [1, 2]
     assert data.get("errored_trajectories", {}) in ({}, [])
     assert "server is shutting down" in data["stop_reason"]
-    assert "ABORTED:" in err and "not run: [1, 2]" in err
+    assert "ABORTED:" in out and "2 trajectories did not run: [1, 2]" in out
 
 
 # --- the embodiment evaluated is the one served ---------------------------------------------------------------

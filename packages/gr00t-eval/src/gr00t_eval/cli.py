@@ -135,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(any case); default: the one the server serves (none recorded for a server that does not say, "
                         "which takes built-in tags only); a tag the server does not serve is refused")
     _add_connection(p, "host", "port", "127.0.0.1")
-    p.add_argument(*_flag("traj-ids"), type=int, nargs="+", default=[0], help="episode positions to evaluate (default 0)")
+    p.add_argument(*_flag("traj-ids"), type=int, nargs="+", default=[0],
+                   help="episode positions to evaluate (default 0); an id the dataset lacks is refused before "
+                        "connecting")
     p.add_argument(*_flag("steps"), type=int, default=200, help="max steps per trajectory (default 200)")
     p.add_argument(*_flag("execution-horizon"), dest="execution_horizon", type=int, default=None, action=_HorizonFlag,
                    help="steps of each chunk used before querying again (default: the policy's action horizon, at "

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .run_summary import errors_exit, format_summary, print_errored_episodes, print_incomplete
 
@@ -200,25 +200,71 @@ def _merge_target(output: Path) -> Path:
     return Path(os.path.realpath(output)) if output.is_symlink() else output
 
 
+def _check_eval_info_apart(output: Path) -> None:
+    """Refuse an --output that is (or resolves to) the eval_info.json the merge writes beside it: the second write
+    replaced the merged results, and the merge said it had written them."""
+    from .cli_errors import UsageError
+    from .eval_info import EVAL_INFO_FILENAME
+
+    eval_info = output.parent / EVAL_INFO_FILENAME
+    if output.name == EVAL_INFO_FILENAME or output.resolve() == eval_info.resolve():
+        raise UsageError(f"--output {output} is the {EVAL_INFO_FILENAME} the merge writes beside its results file "
+                         f"({eval_info}, LeRobot's summary), which would replace the merged results; expected another "
+                         f"file name: name --output {output.parent / 'results.json'}, say")
+
+
+def _never_replaced(output: Path) -> Optional[str]:
+    """What an existing --output is when no merge may replace it, --overwrite or not: a run's own file (its episode
+    log, run or claim file, a shard's, run's or batch's results), or no rollout results file (the kind merge writes);
+    None for an earlier merge's output or a rollout results file no run keeps beside it."""
+    from .cli_errors import UsageError
+    from .output_files import EPISODE_LOG_FILENAME, SHARD_FILE_NAME
+    from .run_claim import CLAIM_FILENAMES, claim_files
+
+    shard_file = SHARD_FILE_NAME.fullmatch(output.name)
+    kind = shard_file.group(1) if shard_file else None
+    if output.name == EPISODE_LOG_FILENAME or kind == "episodes":
+        return "a run's episode log (the episodes its --resume and a merge read)"
+    if output.name in CLAIM_FILENAMES or kind == "run":
+        return "a run's run or claim file (its settings and claim, which its --resume needs)"
+    if kind == "results":
+        return "a shard's own results file (what a merge of its split reads)"
+    if output.name == "batch_results.json":
+        return "a batch's results file (what its --resume reads)"
+    try:
+        results = _read_results_file(output)
+    except UsageError:
+        return "not a results file (not readable as JSON)"
+    if "merged_from" in results:
+        return None
+    if results.get("kind") != "rollout":
+        return f"not a rollout results file, the kind merge writes (its kind is {results.get('kind')!r})"
+    beside = [name for name in claim_files(output.parent) if (output.parent / name).exists()]
+    if beside:
+        return f"a run's own results file ({output.parent / beside[0]} is beside it)"
+    return None
+
+
 def _check_merge_output(output: Path, overwrite: bool) -> None:
-    """Refuse an --output whose writing would destroy a run's own results: an existing file that is not an earlier
-    merge's output, or a file in a whole run's --output-dir (the merge's eval_info.json would replace the run's). An
-    earlier merge of another evaluation is refused once the merge is made (_check_same_evaluation)."""
+    """Refuse an --output whose writing would destroy a run's own results: an existing file that is a run's own, or
+    no results file, --overwrite or not; without --overwrite, one that is not an earlier merge's output, or a file in
+    a whole run's --output-dir (the merge's eval_info.json would replace the run's). An earlier merge of another
+    evaluation is refused once the merge is made (_check_same_evaluation)."""
     from .cli_errors import UsageError
     from .output_files import RUN_FILENAME
 
-    if overwrite:
-        return
     if output.exists():
         if not output.is_file():
             raise UsageError(f"--output {output} exists and is not a file")
-        try:
-            earlier_merge = "merged_from" in _read_results_file(output)
-        except UsageError:
-            earlier_merge = False
-        if not earlier_merge:
-            raise UsageError(f"--output {output} exists and is not the output of an earlier merge (a run's own "
-                             "results?); name another file, or pass --overwrite to replace it")
+        never = _never_replaced(output)
+        if never is not None:
+            raise UsageError(f"--output {output} exists and is {never}; merge never replaces such a file, --overwrite "
+                             "or not: name another file")
+        if not overwrite and "merged_from" not in _read_results_file(output):
+            raise UsageError(f"--output {output} exists and is a rollout results file, not the output of an earlier "
+                             "merge; name another file, or pass --overwrite to replace it")
+    if overwrite:
+        return
     if (output.parent / RUN_FILENAME).exists():
         raise UsageError(f"--output {output} is in the --output-dir of a whole run ({output.parent / RUN_FILENAME}), "
                          "whose eval_info.json the merge would replace; name a file elsewhere, or pass --overwrite")
@@ -294,6 +340,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     if output.is_dir() or args.output.endswith("/"):
         output = output / RESULTS_FILENAME
     output = _merge_target(output)
+    _check_eval_info_apart(output)
     inputs = _running_shards_left_out(_results_files(args.results, output), args.allow_missing)
     files = [file for file, _ in inputs]
     _refuse_live_runs_beside(output)

@@ -179,14 +179,15 @@ class TrajectoryResult:
 
 @dataclass
 class OpenLoopResult:
-    """Evaluated trajectories, the ids skipped (out of range, empty) and errored (with why), and the results.json path."""
+    """Evaluated trajectories, the ids skipped (empty episodes) and errored (with why), and the results.json path."""
 
     trajectories: Dict[int, TrajectoryResult] = field(default_factory=dict)
     skipped: List[int] = field(default_factory=list)
     skip_reasons: Dict[int, str] = field(default_factory=dict)
     errored: Dict[int, str] = field(default_factory=dict)
     results_path: Optional[Path] = None
-    status: str = "complete"  # "interrupted" (Ctrl-C/SIGTERM) or "aborted" (server gone, a failure): results.json
+    status: str = "complete"  # "incomplete" (ids skipped), "interrupted" (Ctrl-C/SIGTERM) or "aborted" (server gone, a
+    # failure): results.json
     not_run: List[int] = field(default_factory=list)  # then holds what was scored, and these ids were not
 
     @property
@@ -393,9 +394,10 @@ class CheckedPolicy:
 def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
                            report: Callable[[str], None] = logger.info) -> CheckedPolicy:
     """Ask the policy what it serves and check the run's settings against it and the dataset, before any trajectory:
-    ValueError for an execution horizon it cannot serve, another embodiment, action keys the dataset or the policy
-    lacks, camera, state or language keys of the policy that the dataset lacks, or a replay of another dataset (the
-    CLI checks this before it empties an --overwrite folder, so a refused run leaves the earlier results there)."""
+    ValueError for trajectory ids the dataset lacks, an execution horizon it cannot serve, another embodiment, action
+    keys the dataset or the policy lacks, camera, state or language keys of the policy that the dataset lacks, or a
+    replay of another dataset (the CLI checks this before it empties an --overwrite folder, so a refused run leaves the
+    earlier results there)."""
     asked = copy.deepcopy(config)  # the caller's config may be changed afterwards: what it was when checked
     replaceable_plots: frozenset = frozenset()
     if config.plot and config.plot_path is not None:  # another run's plots would be replaced (before the CLI's claim
@@ -421,6 +423,7 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
     report(f"Current modality config: \n{ {k: v.to_json_dict() for k, v in configs.items()} }")
     _refuse_flat_spelt_configs(configs)
     dataset = LeRobotDataset(config.dataset_path)
+    check_traj_ids_in_dataset(config.traj_ids, dataset.num_episodes, config.dataset_path)
     if config.modality_keys:  # a key the dataset lacks fails here, before results.json, not in every trajectory
         config = dataclasses.replace(config, modality_keys=dataset_action_keys(config.modality_keys, dataset.action_keys))
         _check_modality_keys_served(list(config.modality_keys), list(configs["action"].modality_keys))
@@ -431,6 +434,16 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
     check_replays_dataset(served, dataset)  # a replay of a split or another export is scored as this one otherwise
     return CheckedPolicy(config, info, served, not_applied, configs, dataset, asked, frozenset(warned),
                          replaceable_plots)
+
+
+def check_traj_ids_in_dataset(traj_ids: Sequence[int], num_episodes: int, dataset_path: str) -> None:
+    """ValueError naming the traj_ids (--traj-ids) past the dataset's end (a truncated copy, another split): a run that
+    scored only the others read as complete."""
+    missing = [int(t) for t in traj_ids if not 0 <= t < num_episodes]
+    if missing:
+        held = f"ids 0 to {num_episodes - 1}" if num_episodes else "no ids"
+        raise ValueError(f"traj_ids (--traj-ids) {missing} are not in the dataset {dataset_path}: it has {num_episodes} "
+                         f"episodes ({held}); expected ids the dataset has")
 
 
 def _check_modality_keys_served(keys: List[str], policy_keys: List[str]) -> None:
@@ -519,8 +532,9 @@ def evaluate_open_loop(
 ) -> OpenLoopResult:
     """Evaluate every trajectory id; write plots and results.json.
 
-    Out-of-range ids and empty episodes are skipped with a warning; a trajectory the policy does not follow
-    (TrajectoryError) is errored with its reason. Neither counts in the averages; both are in results.json.
+    Ids past the dataset's end are refused (ValueError) before any trajectory; empty episodes are skipped with a
+    warning, which makes the run "incomplete"; a trajectory the policy does not follow (TrajectoryError) is errored
+    with its reason. Neither counts in the averages; both are in results.json.
     A run stopped part-way (KeyboardInterrupt; or "aborted": a server gone, ConnectionError or TimeoutError, or
     any other failure) still writes results.json with the trajectories it scored, its status, the ids not run
     and why; then the exception goes on up. A stop once the last trajectory is done with, while results.json is
@@ -579,16 +593,15 @@ def evaluate_open_loop(
     lengths = dataset.episode_lengths  # read once: a dataset's list may be built on every read
     valid = []
     for traj_id in config.traj_ids:
-        if not 0 <= traj_id < dataset.num_episodes:
-            reason = f"out of range (the dataset has {dataset.num_episodes} episodes)"
-        elif lengths[traj_id] == 0:
-            reason = f"empty: episode {dataset.episode_indices[traj_id]} of {dataset.root} has 0 steps"
-        else:
+        if lengths[traj_id] != 0:  # an id past the end was refused by check_open_loop_policy
             valid.append(int(traj_id))
             continue
+        reason = f"empty: episode {dataset.episode_indices[traj_id]} of {dataset.root} has 0 steps"
         logger.warning("trajectory %d is %s; skipping it", traj_id, reason)
         result.skipped.append(int(traj_id))
         result.skip_reasons[int(traj_id)] = reason
+    if result.skipped:  # asked for and not scored: not a complete run, whatever else happens
+        result.status = "incomplete"
     check_plot_folder = _plot_folder_check(config, valid)
     report(f"Running evaluation on trajectories: {valid}")
     bar = None

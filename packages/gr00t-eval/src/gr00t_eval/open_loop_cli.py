@@ -72,12 +72,15 @@ def _check_horizon_flags(given: List[Tuple[str, int]]) -> None:
 
 
 def cmd_open_loop(args: argparse.Namespace) -> int:
-    """`gr00t-eval open-loop`: plots, results.json and the reference's console lines; 1 if nothing was evaluated
-    or a trajectory errored (0 then with --allow-errors)."""
+    """`gr00t-eval open-loop`: plots, results.json and the reference's console lines; 1 if nothing was evaluated, an
+    (empty) trajectory was skipped, the run aborted (a server gone) or a trajectory errored (0 then with
+    --allow-errors)."""
     from tqdm.auto import tqdm
 
     from . import connection
-    from .open_loop import RESULTS_FILENAME, OpenLoopConfig, check_open_loop_policy, evaluate_open_loop
+    from .dataset import LeRobotDataset
+    from .open_loop import (RESULTS_FILENAME, OpenLoopConfig, check_open_loop_policy, check_traj_ids_in_dataset,
+                            evaluate_open_loop)
     from .output_files import OutputDirError
     from .run_stop import WRITE_REFUSED_ERRNOS, is_storage_line, sigterm_as_interrupt
 
@@ -87,7 +90,6 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
         raise UsageError(f"--dataset-path {args.dataset_path}: not a LeRobot dataset (no meta/ directory there)")
     modality_keys = args.modality_keys
     if modality_keys is not None:  # the dataset is local: a key it lacks is refused here, not after connecting
-        from .dataset import LeRobotDataset
         from .open_loop_checks import dataset_action_keys
 
         dataset_keys = LeRobotDataset(args.dataset_path).action_keys
@@ -114,6 +116,10 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(f"{exc} (check --steps, --execution-horizon, --traj-ids, --modality-keys, --denoising-steps)") from None
+    try:  # ids past its end (a truncated copy, another split) would leave a partial run
+        check_traj_ids_in_dataset(config.traj_ids, LeRobotDataset(args.dataset_path).num_episodes, args.dataset_path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     connection.portable_keys(args)  # a key mistake (a flag or $GR00T_* variable) fails before the folder is claimed
     if args.output_dir:  # a live run's folder, or a non-empty one without --overwrite: refused before connecting
         _refuse_open_loop_output_dir(args)
@@ -129,23 +135,27 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, output_dir=str(output_dir))
             print(f"Output directory: {output_dir}")
             with _claim_held_until_the_end(output_dir / OPEN_LOOP_RUN_FILENAME):
-                try:
-                    result = evaluate_open_loop(client, config, report=tqdm.write, claim=OPEN_LOOP_RUN_FILENAME,
-                                                checked=checked)
-                except (KeyboardInterrupt, Exception) as exc:
-                    if not isinstance(exc, OutputDirError):  # that one says results.json is another writer's
-                        _name_kept_open_loop_results(output_dir / RESULTS_FILENAME)
-                    raise
+                result = evaluate_open_loop(client, config, report=tqdm.write, claim=OPEN_LOOP_RUN_FILENAME,
+                                            checked=checked)
     except (KeyboardInterrupt, Exception, SystemExit) as exc:
         if output_dir is not None:
             _release_unused_claim(output_dir)
         if claiming:
             raise
+        # what this run wrote on its way out; an OutputDirError says results.json is another writer's
+        kept = (_kept_open_loop_results(output_dir / RESULTS_FILENAME)
+                if output_dir is not None and isinstance(exc, (KeyboardInterrupt, Exception))
+                and not isinstance(exc, OutputDirError) else None)
         written = _written_folders(args, output_dir)
-        if isinstance(exc, OSError) and ((output_dir is not None and is_storage_line(exc, *written))
-                                          or (exc.errno in WRITE_REFUSED_ERRNOS and exc.filename)):
+        storage = isinstance(exc, OSError) and ((output_dir is not None and is_storage_line(exc, *written))
+                                                or (exc.errno in WRITE_REFUSED_ERRNOS and exc.filename))
+        if kept is not None and (storage or kept["status"] != "aborted"):  # the stop's own line follows (exit 2, 130)
+            _name_kept_open_loop_results(output_dir / RESULTS_FILENAME, kept)
+        if storage:
             raise SystemExit(_storage_stop_message(exc, output_dir, written)) from None
-        raise
+        if kept is None or kept["status"] != "aborted":
+            raise
+        return _report_aborted_run(output_dir / RESULTS_FILENAME, kept)  # a server gone: exit 1, as rollout's
     if result.trajectories:
         print(f"Plots: {', '.join(str(t.plot_path) for t in result.trajectories.values() if t.plot_path) or '(none)'}")
         unplotted = [str(t) for t, r in result.trajectories.items() if r.plot_error]
@@ -156,8 +166,11 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
         over = (f"the averages above are over the {len(result.trajectories)} that were evaluated" if result.trajectories
                 else "nothing was scored")
         print(f"INCOMPLETE: {n_errors} of {n_errors + len(result.trajectories)} trajectories errored; {over}")
+    if result.skipped:
+        print(f"INCOMPLETE: {len(result.skipped)} of {len(config.traj_ids)} requested trajectories skipped "
+              f"({', '.join(map(str, result.skipped))}: empty episodes; skip_reasons in {RESULTS_FILENAME})")
     print(f"Results: {result.results_path}")
-    if not result.trajectories:
+    if not result.trajectories or result.skipped:  # a trajectory asked for and not scored: not a complete run
         return 1
     if n_errors and not args.allow_errors:
         print("exit status 1 because trajectories errored (pass --allow-errors to exit 0 anyway)")
@@ -218,15 +231,32 @@ def _release_unused_claim(output_dir: Path) -> None:
         pass
 
 
-def _name_kept_open_loop_results(path: Path) -> None:
-    """After a stopped open-loop run: say what its results.json kept (written on the way out)."""
+def _kept_open_loop_results(path: Path) -> Optional[dict]:
+    """After a stopped open-loop run: what its results.json kept (written on the way out); None when there is none,
+    or it is not an open-loop results file."""
     try:
         kept = json.loads(path.read_text())
-        status, scored, not_run = kept["status"], kept["aggregated"]["n_trajectories"], kept["not_run_trajectories"]
-    except (OSError, ValueError, TypeError, KeyError):  # none, or not an open-loop results file: nothing to say
-        return
-    print(f"{str(status).upper()}: {path} holds the {scored} trajectories scored before the stop; not run: {not_run}",
-          file=sys.stderr)
+        kept["aggregated"]["n_trajectories"], kept["not_run_trajectories"], kept["status"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return kept
+
+
+def _name_kept_open_loop_results(path: Path, kept: dict) -> None:
+    """After a run stopped by Ctrl-C or the disk: say on stderr what its results.json (`kept`) holds."""
+    scored, not_run = kept["aggregated"]["n_trajectories"], kept["not_run_trajectories"]
+    print(f"{str(kept['status']).upper()}: {path} holds the {scored} trajectories scored before the stop; not run: "
+          f"{not_run}", file=sys.stderr)
+
+
+def _report_aborted_run(path: Path, kept: dict) -> int:
+    """After a run aborted by a failure (a server gone): rollout's ABORTED and Results lines on stdout; exit 1."""
+    scored, not_run = kept["aggregated"]["n_trajectories"], kept["not_run_trajectories"]
+    print(f"ABORTED: {kept.get('stop_reason')}; {len(not_run)} trajectories did not run: {not_run}; {path} holds the "
+          f"{scored} trajectories scored before the stop (open-loop runs do not resume: run the same command again "
+          "with --overwrite)")
+    print(f"Results: {path}")
+    return 1
 
 
 def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:

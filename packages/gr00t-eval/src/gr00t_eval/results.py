@@ -126,8 +126,8 @@ def open_loop_results(
     `settings_not_applied`: {setting: value} of the config that the server ignored (applied_settings).
 
     `errored` (id -> why) lists trajectories the policy did not follow and `skipped` those not evaluated
-    (`skip_reasons` says why); neither is in the averages. `stop` ({"status", "reason", "not_run"}) marks a
-    run that ended part-way; its averages cover the trajectories scored before.
+    (`skip_reasons` says why; the run is then "incomplete"); neither is in the averages. `stop` ({"status", "reason",
+    "not_run"}) marks a run that ended part-way; its averages cover the trajectories scored before.
     """
     per_traj = {}
     for traj_id, entry in trajectories.items():
@@ -138,8 +138,9 @@ def open_loop_results(
     return {
         "kind": "open_loop",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "status": stop["status"] if stop else "complete",
-        "stop_reason": stop["reason"] if stop else None,
+        "status": stop["status"] if stop else "incomplete" if skipped else "complete",
+        "stop_reason": (stop["reason"] if stop else
+                        f"trajectories {[int(t) for t in skipped]} skipped (see skip_reasons)" if skipped else None),
         "not_run_trajectories": [int(t) for t in stop["not_run"]] if stop else [],
         "config": dict(config),
         "policy": dict(policy) if policy else None,

@@ -79,9 +79,10 @@ def register_scale_commands(subparsers: Any) -> None:
                    help="exit 0 even when episodes errored (they are still reported and left out of the metrics), "
                         "unless every episode errored: a merge that scored nothing exits 1")
     p.add_argument(*_flag("overwrite"), action="store_true",
-                   help="replace an --output that is not an earlier merge of the same plan and policy (a run's own "
-                        "results file, or another evaluation's merge), or write into a whole run's --output-dir (its "
-                        "eval_info.json is replaced)")
+                   help="replace an --output that is not an earlier merge of the same plan and policy (a rollout "
+                        "results file no run keeps beside it, or another evaluation's merge), or write into a whole "
+                        "run's --output-dir (its eval_info.json is replaced); a run's own files (episode log, run or "
+                        "claim file, its results) and files that are no rollout results are never replaced")
     p.set_defaults(scale_command=cmd_merge)
 
     p = subparsers.add_parser("suites", help="list the registered task suites")
