@@ -89,9 +89,9 @@ def test_under_nfss_flock_rule_a_killed_holders_claim_is_judged_by_its_alive_loc
     finish_claim(tmp_path / "run.json", "complete")
 
 
-def test_a_folder_lock_that_cannot_be_taken_names_the_lock_file_and_why(tmp_path, monkeypatch):
-    """A file system without flock (or NFS refusing it) stopped a rollout with "OSError: [Errno 9] Bad file
-    descriptor", naming no file."""
+@pytest.fixture
+def no_flock(monkeypatch):
+    """flock refuses exclusive locks with ENOLCK, as a file system mounted without locks does."""
     real_flock = fcntl.flock
 
     def no_locks_here(fd, operation):
@@ -100,6 +100,11 @@ def test_a_folder_lock_that_cannot_be_taken_names_the_lock_file_and_why(tmp_path
         return real_flock(fd, operation)
 
     monkeypatch.setattr(fcntl, "flock", no_locks_here)
+
+
+def test_a_folder_lock_that_cannot_be_taken_names_the_lock_file_and_why(tmp_path, no_flock):
+    """A file system without flock (or NFS refusing it) stopped a rollout with "OSError: [Errno 9] Bad file
+    descriptor", naming no file."""
     lock = tmp_path / ROLLOUT_LOCK_FILENAME
     with pytest.raises(OutputDirError) as refused:
         with directory_lock(lock):
@@ -107,17 +112,9 @@ def test_a_folder_lock_that_cannot_be_taken_names_the_lock_file_and_why(tmp_path
     assert str(lock) in str(refused.value) and os.strerror(errno.ENOLCK) in str(refused.value), refused.value
 
 
-def test_a_claim_lock_that_cannot_be_taken_names_the_lock_file_and_why(tmp_path, monkeypatch):
+def test_a_claim_lock_that_cannot_be_taken_names_the_lock_file_and_why(tmp_path, no_flock):
     """take_claim (batch, record, open-loop's take-over) stopped with a bare "OSError: [Errno 37] No locks available"
     where the folder's lock named its file and the cause."""
-    real_flock = fcntl.flock
-
-    def no_locks_here(fd, operation):
-        if operation & fcntl.LOCK_EX:
-            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
-        return real_flock(fd, operation)
-
-    monkeypatch.setattr(fcntl, "flock", no_locks_here)
     with pytest.raises(OutputDirError) as refused:
         take_claim(tmp_path, "batch.json", {"jobs": []})
     message = str(refused.value)
