@@ -47,15 +47,19 @@ def episode_videos(video_dir: Union[str, Path], skip: Optional[Path] = None) -> 
             if EPISODE_VIDEO_NAME.fullmatch(path.name) and (path.is_file() or path.is_symlink())]
 
 
-def tile_views(views: Sequence[np.ndarray]) -> np.ndarray:
-    """Concatenate uint8 (H, W, 3) camera views horizontally, scaling each (nearest) to the tallest height."""
+def tile_views(views: Sequence[np.ndarray], names: Optional[Sequence[str]] = None) -> np.ndarray:
+    """Concatenate uint8 (H, W, 3) camera views horizontally, scaling each (nearest) to the tallest height; `names`
+    (the views' keys) name a view of another shape in the error."""
     if not views:
         raise ValueError("tile_views needs at least one view")
+    for index, view in enumerate(views):
+        if view.ndim != 3 or view.shape[-1] != 3:
+            camera = f"camera {names[index]!r}" if names is not None else "a camera view"
+            raise ValueError(f"{camera} has shape {view.shape}; a video frame takes (H, W, 3) views: convert the "
+                             "frames in the env, or record no videos (--no-video)")
     height = max(v.shape[0] for v in views)
     scaled = []
     for view in views:
-        if view.ndim != 3 or view.shape[-1] != 3:
-            raise ValueError(f"a camera view must be (H, W, 3), got shape {view.shape}")
         if view.shape[0] != height:
             rows = (np.arange(height) * view.shape[0] // height).clip(0, view.shape[0] - 1)
             width = max(1, round(view.shape[1] * height / view.shape[0]))
@@ -67,9 +71,10 @@ def tile_views(views: Sequence[np.ndarray]) -> np.ndarray:
 
 def frame_from_observation(observation: Mapping[str, object]) -> Optional[np.ndarray]:
     """The `video.*` views of one (unbatched, unstacked) flat observation tiled into one frame, or None."""
-    views = [np.asarray(v) for k, v in sorted(observation.items()) if k.startswith("video.")]
+    keys = sorted(key for key in observation if key.startswith("video."))
+    views = [np.asarray(observation[key]) for key in keys]
     views = [v[-1] if v.ndim == 4 else v for v in views]  # a stacked history: show the newest frame
-    return tile_views(views) if views else None
+    return tile_views(views, keys) if views else None
 
 
 def caption_band(text: str, width: int, height: int = CAPTION_HEIGHT) -> np.ndarray:

@@ -160,6 +160,8 @@ class MultiStepWrapper(gym.Wrapper):
         self._history_len = 1 - min(self.video_delta_indices + self.state_delta_indices)
         self._history: Deque[Dict[str, Any]] = collections.deque(maxlen=self._history_len)
         self.observation_space = self._stacked_space(env.observation_space)
+        if recorder is not None and render_below != 0:
+            self._check_recordable_cameras(env.observation_space)
         self.action_space = self._chunk_space(env.action_space)
         self._idle = True
         self._done = True
@@ -198,6 +200,18 @@ class MultiStepWrapper(gym.Wrapper):
             else:
                 out[key] = sub
         return gym.spaces.Dict(out)
+
+    def _check_recordable_cameras(self, space: gym.spaces.Dict) -> None:
+        """Refuse a `video.*` Box the episode videos cannot show (grayscale, channels-first, RGBA, float): it failed the
+        task in the recorder at the first frame, naming no key. Not converted for the video: the policy would still
+        get that layout and refuse every episode."""
+        env = type(self.env.unwrapped).__name__
+        for key, sub in space.spaces.items():
+            if not key.startswith("video.") or not isinstance(sub, gym.spaces.Box):
+                continue
+            if len(sub.shape) != 3 or sub.shape[-1] != 3 or sub.dtype != np.uint8:
+                raise ValueError(f"env {env} declares {key!r} as {sub.shape} {sub.dtype}; episode videos take (H, W, 3) "
+                                 "uint8 frames: convert the frames in the env, or record no videos (--no-video)")
 
     def _chunk_space(self, space: gym.Space) -> gym.spaces.Dict:
         if not isinstance(space, gym.spaces.Dict):

@@ -241,15 +241,20 @@ def _announcing_worker(index: int, env_fn: Callable[[], gym.Env], pipe: Connecti
             env = env_fn()
         except Exception as exc:  # the parent raises it: the worker's death alone read as a crashed simulator
             pipe.send(_BuildFailed.of(exc))
+            reported.append(True)
             raise
         pipe.send(EnvSpaces.of(env))
         built.append(True)
         return env
 
     built: List[bool] = []
+    reported: List[bool] = []
     try:
         _async_worker(index, build, pipe, *rest)
     except Exception as exc:  # noqa: BLE001 - past the build, gymnasium's `finally` closing the env raised
+        if reported:  # the parent's one line names it: raised here, each worker printed its raw traceback before it
+            logger.debug("building env %d failed", index, exc_info=exc)
+            return
         if not built:
             raise
         # unhandled, it ended this worker printing its raw traceback: unbounded, unescaped, once per env
