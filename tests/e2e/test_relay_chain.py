@@ -14,7 +14,8 @@ import pytest
 
 from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, ServerStoppingError, UpstreamFailedError
 from gr00t_client.modality import ModalityConfig
-from gr00t_eval.policy_identity import ServedPolicyChanged, check_serves, pinned_policy, policy_record
+from gr00t_eval.policy_identity import (ServedPolicyChanged, check_serves, pinned_policy, policy_record,
+                                        record_from_info, same_policy)
 from gr00t_server.serving.server import PolicyServer
 
 from serving import RestartableServer, free_port, running_server
@@ -80,6 +81,74 @@ def test_relay_reports_the_upstreams_class_identity_tag_and_observation_format()
     assert info["policy_identity"] == {"kind": "test", "checkpoint": "A"}
     assert info["embodiment_tag"] == "new_embodiment"
     assert info["observation_format"] == "nested"
+
+
+class Computing(Checkpoint):
+    """Checkpoint A computed in `dtype`, as a Gr00tPolicy reports what computes its actions (runtime())."""
+
+    def __init__(self, dtype: str, value: float = 1.0):
+        super().__init__(value, "A")
+        self.dtype = dtype
+
+    def runtime(self):
+        return {"dtype": self.dtype, "device": "cpu", "inference_mode": "pytorch"}
+
+
+def test_relay_reports_the_upstreams_runtime_so_fp32_and_bf16_upstreams_are_two_policies():
+    infos = {}
+    for dtype in ("float32", "bfloat16"):
+        with running_server(Computing(dtype)) as upstream, relay_of(upstream.port) as relay, \
+                PolicyClient("127.0.0.1", relay.port) as robot:
+            infos[dtype] = robot.get_server_info()
+    assert infos["float32"]["runtime"] == {"dtype": "float32", "device": "cpu", "inference_mode": "pytorch"}
+    assert infos["bfloat16"]["runtime"]["dtype"] == "bfloat16"
+    assert not same_policy(record_from_info(infos["float32"]), record_from_info(infos["bfloat16"]))
+
+
+def test_a_relay_whose_chain_says_its_own_runtime_reports_that_over_the_upstreams():
+    class Recomputing(BasePolicy):
+        """A wrapper in front of the relay's client that says what computes its actions itself."""
+
+        def __init__(self, policy):
+            super().__init__()
+            self.policy = policy
+
+        def runtime(self):
+            return {"dtype": "float16", "device": "cpu", "inference_mode": "pytorch"}
+
+        def get_modality_config(self):
+            return self.policy.get_modality_config()
+
+        def reset(self, options=None):
+            return self.policy.reset(options)
+
+        def _get_action(self, observation, options=None):
+            return self.policy.get_action(observation, options)
+
+    with running_server(Computing("float32")) as upstream, \
+            PolicyClient("127.0.0.1", upstream.port, timeout_ms=5000) as upstream_client, \
+            running_server(Recomputing(upstream_client)) as relay, PolicyClient("127.0.0.1", relay.port) as robot:
+        info = robot.get_server_info()
+    assert info["policy_identity"] == {"kind": "test", "checkpoint": "A"}
+    assert info["runtime"]["dtype"] == "float16"
+
+
+def test_pinned_policy_through_a_relay_stops_when_the_upstream_restarts_in_another_dtype_naming_the_flag():
+    upstream = RestartableServer(lambda: Computing("float32"))
+    try:
+        with relay_of(upstream.port) as relay, PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot:
+            record = policy_record(robot)
+            with pinned_policy(robot, record):
+                robot.get_action(observation())
+                upstream.make_policy = lambda: Computing("bfloat16")
+                upstream.restart(reconnecting=1)
+                computed = "dtype bfloat16 on the server and float32 in this run"
+                with pytest.raises(ServedPolicyChanged, match=computed) as stopped:
+                    for _ in range(3):
+                        robot.get_action(observation())
+    finally:
+        upstream.stop()
+    assert "--dtype float32" in str(stopped.value)
 
 
 def test_pinned_policy_through_a_relay_stops_when_the_upstream_serves_another_checkpoint():

@@ -267,3 +267,65 @@ def test_a_resume_with_no_runtime_on_either_side_is_the_same_policy(tmp_path):
         assert cli.main(["rollout", "--resume", str(older_run), "--policy-client-port", str(c.port)]) == 0
     with running_server(Computing("a", None)) as d:
         assert cli.main(["rollout", "--resume", str(older_server), "--policy-client-port", str(d.port)]) == 0
+
+
+def without_runtime(out, name):
+    """`out`'s file `name` as written before runtimes were recorded (an older gr00t-eval, or an older server)."""
+    saved = json.loads((out / name).read_text())
+    saved["policy"].pop("runtime", None)
+    (out / name).write_text(json.dumps(saved))
+
+
+def test_a_resume_of_a_run_recorded_without_runtime_records_the_servers_and_holds_a_later_resume_to_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    with running_server(Computing("a", "float32")) as a:
+        assert cli.main(["rollout", *ROLLOUT, "--output-dir", str(out), "--policy-client-port", str(a.port)]) == 0
+    without_runtime(out, "run.json")
+    (out / "results.json").unlink()  # as if the run had been killed
+    with running_server(Computing("a", "float32")) as b:  # accepted: the run had nothing to compare
+        assert cli.main(["rollout", "--resume", str(out), "--policy-client-port", str(b.port)]) == 0
+    assert json.loads((out / "run.json").read_text())["policy"]["runtime"]["dtype"] == "float32"
+    (out / "results.json").unlink()
+    capsys.readouterr()
+    with running_server(Computing("a", "bfloat16")) as c:
+        assert cli.main(["rollout", "--resume", str(out), "--policy-client-port", str(c.port)]) == 2
+    assert "dtype bfloat16 on it and float32 in this run" in capsys.readouterr().err
+
+
+def test_a_merge_of_a_shard_recorded_without_runtime_and_one_with_it_keeps_the_record_with_it(tmp_path):
+    out = tmp_path / "run"
+    with running_server(Computing("a", "float32")) as a:
+        assert shard(a.port, out, 0) == 0 and shard(a.port, out, 1) == 0
+    without_runtime(out, "results_shard0of2.json")
+    assert cli.main(["merge", str(out), "--output", str(out / "merged.json")]) == 0
+    merged = json.loads((out / "merged.json").read_text())
+    assert merged["policy"]["runtime"]["dtype"] == "float32"  # a later resume or merge is held to fp32
+
+
+def test_a_resume_refused_only_for_the_dtype_names_the_dtypes_first_and_the_flag_to_serve(tmp_path, capsys):
+    out = tmp_path / "run"
+    with running_server(Computing("a", "float32")) as a:
+        assert cli.main(["rollout", *ROLLOUT, "--output-dir", str(out), "--policy-client-port", str(a.port)]) == 0
+    (out / "results.json").unlink()  # as if the run had been killed
+    capsys.readouterr()
+    with running_server(Computing("a", "bfloat16", "onnxruntime")) as b:
+        assert cli.main(["rollout", "--resume", str(out), "--policy-client-port", str(b.port)]) == 2
+    err = capsys.readouterr().err
+    assert (f"--resume {out}: the server at 127.0.0.1:{b.port} computes this run's policy otherwise: dtype bfloat16 "
+            "on it and float32 in this run, inference mode onnxruntime on it and pytorch in this run;") in err
+    assert "restart it with --dtype float32 --inference-mode pytorch to continue the run" in err
+    assert "serve the same checkpoint" not in err
+
+
+def test_shards_of_one_checkpoint_in_two_dtypes_are_refused_naming_the_dtypes_first_and_the_flag(tmp_path, capsys):
+    out = tmp_path / "run"
+    with running_server(Computing("a", "float32")) as a, running_server(Computing("a", "bfloat16")) as b:
+        assert shard(a.port, out, 0) == 0 and shard(b.port, out, 1) == 0
+    capsys.readouterr()
+    assert cli.main(["merge", str(out), "--output", str(out / "merged.json")]) == 2
+    err = capsys.readouterr().err
+    first, second = out / "results_shard0of2.json", out / "results_shard1of2.json"
+    assert (f"{second} was run against {first}'s policy computed otherwise: dtype bfloat16 in that shard and float32 "
+            f"in {first};") in err
+    assert "rerun that shard against a server started with --dtype float32" in err
+    assert "the same checkpoint or dataset" not in err and not (out / "merged.json").exists()

@@ -55,6 +55,9 @@ class ServerFacts:
         # this client (a relay) reports as its own, so that an evaluation through it pins the upstream's policy.
         self.server_policy_identity: Optional[Dict[str, Any]] = None
         self.server_embodiment_tag: Optional[str] = None
+        # What computes the server's actions (its info's `runtime`: dtype, device, inference mode); None when unknown or
+        # not reported. A relay reports its upstream's, as its identity, so that fp32 and bf16 upstreams stay apart.
+        self.server_runtime: Optional[Dict[str, Any]] = None
         # Whether the server's policy keeps state per session (a replay, a custom history); None when unknown (older).
         self.server_keeps_sessions: Optional[bool] = None
         self._server_info_asked = False  # get_server_info asked (a forced wire="multipart" never negotiates)
@@ -126,8 +129,8 @@ class ServerFacts:
         return info
 
     def _learn_policy_facts(self, info: Mapping[str, Any]) -> None:
-        """The observation form, policy kind and class, and whether the policy keeps sessions, as our server's
-        get_server_info reports them (None for what it does not)."""
+        """The observation form, policy kind, class, identity, tag and runtime, and whether the policy keeps sessions,
+        as our server's get_server_info reports them (None for what it does not)."""
         form = info.get("observation_format")
         self.server_observation_format = form if form in ("flat", "nested") else None
         identity = info.get("policy_identity")
@@ -138,6 +141,8 @@ class ServerFacts:
         self.server_policy_identity = dict(identity) if isinstance(identity, Mapping) else None
         tag = info.get("embodiment_tag")
         self.server_embodiment_tag = tag if isinstance(tag, str) else None
+        runtime = info.get("runtime")
+        self.server_runtime = dict(runtime) if isinstance(runtime, Mapping) and runtime else None
         keeps = info.get("keeps_sessions")
         self.server_keeps_sessions = keeps if isinstance(keeps, bool) else None
 

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from typing import Any, Dict, Iterable, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 from gr00t_client.embodiment import EmbodimentTag, names_tag
 from gr00t_client.peer_text import shown_text
@@ -285,6 +285,26 @@ def _computed_otherwise(first: Mapping[str, Any], second: Mapping[str, Any]) -> 
     return any(name in old and name in new and old[name] != new[name] for name in COMPARED_RUNTIME)
 
 
+def runtime_difference(now: Optional[Mapping[str, Any]], then: Optional[Mapping[str, Any]], now_where: str,
+                       then_where: str) -> Optional[Tuple[str, str]]:
+    """For two records of one policy (they match on all but `runtime`) computed in another dtype or inference mode:
+    what differs ('dtype bfloat16 {now_where} and float32 {then_where}'), for a refusal to say first, and the
+    gr00t-server flags that compute `then`'s ('--dtype float32'); None for any other pair (another checkpoint too)."""
+    if not now or not then or not _computed_otherwise(now, then):
+        return None
+    if not same_policy(_without_runtime(now), _without_runtime(then)):
+        return None
+    ran, runs = then["runtime"], now["runtime"]
+    differing = [name for name in COMPARED_RUNTIME if name in ran and name in runs and ran[name] != runs[name]]
+    what = ", ".join(f"{name.replace('_', ' ')} {runs[name]} {now_where} and {ran[name]} {then_where}"
+                     for name in differing)
+    return what, " ".join(f"--{name.replace('_', '-')} {ran[name]}" for name in differing)
+
+
+def _without_runtime(record: Mapping[str, Any]) -> Dict[str, Any]:
+    return {name: value for name, value in record.items() if name != "runtime"}
+
+
 def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str, Any]]) -> bool:
     """False only when both are known and their fingerprints differ. A record from a server that reported no
     checkpoint identity (an older gr00t-server) matches on what it did report: class, tag and modality configs; one
@@ -336,10 +356,16 @@ def check_serves(client: Any, record: Mapping[str, Any]) -> None:
     """ServedPolicyChanged unless `client`'s server serves `record`'s policy now (asked with get_server_info; a
     timeout or lost connection is raised as it is, for the run's liveness rules to judge)."""
     now = record_from_info(_served_info(client))  # None (a server that cannot say, a reference one now): not the same
-    if now is None or not same_policy(record, now):
-        raise ServedPolicyChanged(f"the server at {getattr(client, 'address', '?')} now serves {describe(now)}, and "
-                                  f"this run evaluates {describe(record)} (it was restarted with another checkpoint, "
-                                  "dataset or dtype?)")
+    if now is not None and same_policy(record, now):
+        return
+    where = f"the server at {getattr(client, 'address', '?')}"
+    computed = runtime_difference(now, record, "on the server", "in this run")
+    if computed is not None:
+        raise ServedPolicyChanged(f"{where} now computes this run's policy otherwise: {computed[0]} (it was restarted "
+                                  f"with other flags?); it serves {describe(now)}, and this run evaluates "
+                                  f"{describe(record)}; restart it with {computed[1]} to go on")
+    raise ServedPolicyChanged(f"{where} now serves {describe(now)}, and this run evaluates {describe(record)} (it was "
+                              "restarted with another checkpoint, dataset or dtype?)")
 
 
 @contextlib.contextmanager

@@ -30,12 +30,18 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
     from the first attempt's (its finished episodes would be reported with another policy's), or that cannot be
     learned when the first attempt's was; `who` serves it: "the server at HOST:PORT" or "the servers"."""
     from .cli_errors import UsageError
-    from .policy_identity import describe, same_policy
+    from .policy_identity import describe, runtime_difference, same_policy
     from .run_file import record_run_policy
 
     plural = who == "the servers"
     serving = f"{who} {'serve' if plural else 'serves'}"
 
+    computed = runtime_difference(policy, first_policy, f"on {'them' if plural else 'it'}", "in this run")
+    if computed is not None:  # the same checkpoint: "serve the same checkpoint" would not tell what to change
+        raise UsageError(f"--resume {output_dir}: {who} {'compute' if plural else 'computes'} this run's policy "
+                         f"otherwise: {computed[0]}; {serving} {describe(policy)}, and this run started against "
+                         f"{describe(first_policy)}; restart {'them' if plural else 'it'} with {computed[1]} to "
+                         "continue the run, or start a new run")
     if not same_policy(first_policy, policy):
         raise UsageError(f"--resume {output_dir}: {serving} {describe(policy)}, and this run started against "
                          f"{describe(first_policy)}; serve the same checkpoint (or dataset) to continue it, or start "
@@ -61,13 +67,17 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
 def _identifies_more(policy: Mapping[str, Any], first_policy: Mapping[str, Any]) -> bool:
     """Whether `policy` (matched by same_policy) names more than `first_policy`, an older server's record, did: a
     checkpoint identity where it had none, or hashes it lacked (processor files, preprocessor_config.json, tokenizer,
-    a replay's data files), which it matched without, or the policy's own tag where it had none or another spelling."""
+    a replay's data files), which it matched without, the policy's own tag where it had none or another spelling, or
+    what computes its actions (`runtime`) where it had none, with no less identity."""
     if policy.get("embodiment_tag") is not None and policy.get("embodiment_tag") != first_policy.get("embodiment_tag"):
         return True
     identity, first_identity = policy.get("identity"), first_policy.get("identity")
+    adds_runtime = bool(policy.get("runtime")) and not first_policy.get("runtime")
     if not first_identity:
-        return bool(identity)
-    return isinstance(identity, Mapping) and isinstance(first_identity, Mapping) and set(identity) > set(first_identity)
+        return bool(identity) or adds_runtime
+    if not isinstance(identity, Mapping) or not isinstance(first_identity, Mapping):
+        return False
+    return set(identity) > set(first_identity) or (adds_runtime and set(identity) >= set(first_identity))
 
 
 def _check_policy_runs_settings(client: Any, env_spec: str, config: Any, resumed: Optional[Path],

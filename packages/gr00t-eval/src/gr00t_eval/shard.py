@@ -23,7 +23,8 @@ from gr00t_client.client_options import endpoint_host
 from .applied_settings import settings_not_applied
 from .extras import require
 from .metrics import EpisodeOutcome
-from .policy_identity import check_serves_env_embodiments, describe, policy_record, same_policy, serves_replay
+from .policy_identity import (check_serves_env_embodiments, describe, policy_record, runtime_difference, same_policy,
+                              serves_replay)
 from .rollout.config import (RolloutConfig, check_on_episode, check_policy, check_rollout_config, draw_base_seed,
                              is_whole_number, simulator_extras, without_unkept_env_timeout)
 from .rollout.replay_plan import check_replay_horizon
@@ -356,6 +357,11 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
         for first_name, first in policies[:index]:  # two checkpoints that are not the same as each other
             if same_policy(first, policy):
                 continue
+            computed = runtime_difference(policy, first, "in that shard", f"in {first_name}")
+            if computed is not None:  # one checkpoint: "rerun against the same checkpoint" would not say what to do
+                raise MergeError(f"{name} was run against {first_name}'s policy computed otherwise: {computed[0]}; "
+                                 f"{describe(policy)}, not {describe(first)}; only shards of one policy merge (rerun "
+                                 f"that shard against a server started with {computed[1]})")
             raise MergeError(f"{name} was run against another policy than {first_name}: {describe(policy)}, not "
                              f"{describe(first)}; only shards of one policy merge (rerun that shard against "
                              "the same checkpoint or dataset)")
@@ -412,7 +418,7 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
         "n_not_run": len(missing) + len(not_run_by_failed_task),  # as a single run counts the episodes it never ran
         # a run whose envs stepped ran, though no episode ended: rollout reports it (results, --resume), no usage error
         "envs_stepped": any(bool(results.get("envs_stepped")) for results in shards),
-        "policy": next((p for _, p in policies if p.get("identity")), policies[0][1]) if policies else None,
+        "policy": _fullest(record for _, record in policies),
         "merged_servers": [_server_of(results) for results in shards],
         # a setting one shard's server ignored was not applied to all the merged episodes either
         "settings_not_applied": {name: value for results in shards
@@ -436,6 +442,16 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
                    for i, r in enumerate(shards) if r.get("status") == INCOMPLETE]
         merged["stop_reason"] = "; ".join([merged["stop_reason"], *resumes])
     return merged
+
+
+def _fullest(policies: Iterable[Mapping[str, Any]]) -> Optional[Mapping[str, Any]]:
+    """Of matching policy records, the one that names the most (the first of equals): an identity over none, a runtime
+    over none, then more identity hashes; a later resume or merge against the merged results is held to it."""
+    def named(record: Mapping[str, Any]) -> Tuple[bool, bool, int]:
+        identity = record.get("identity")
+        return bool(identity), bool(record.get("runtime")), len(identity) if isinstance(identity, Mapping) else 0
+
+    return max(policies, key=named, default=None)
 
 
 def _planned_ranges(tasks: Sequence[Task], n_episodes: int, results: Mapping[str, Any]) -> Dict[str, range]:

@@ -141,7 +141,8 @@ class BuiltinEndpoints:
             getter = getattr(policy, "get_modality_config", None)
             configs = as_modality_configs(getter()) if getter else {}
             facts = UpstreamFacts(policy, changes, upstream.server_policy_class, upstream.identity(),
-                                  upstream.server_embodiment_tag, upstream.server_observation_format, configs)
+                                  upstream.server_runtime, upstream.server_embodiment_tag,
+                                  upstream.server_observation_format, configs)
             self._relay_facts = facts
         return facts
 
@@ -427,8 +428,10 @@ class BuiltinEndpoints:
             "observation_format": (known.observation_format if upstream is not None and upstream is self.policy
                                    else self._policy_info_fact("observation_format", _observation_format)),
             "policy_identity": self._policy_identity(),
-            # what computes the actions (dtype, device, backend): not the policy's identity, but its actions' rounding
-            "runtime": self._policy_info_fact("runtime", _policy_runtime),
+            # what computes the actions (dtype, device, backend): not the policy's identity, but its actions' rounding;
+            # a relay's is its upstream's as last learnt, unless a policy in front of its client says its own
+            "runtime": (self._policy_info_fact("runtime", _policy_runtime)
+                        or (dict(known.runtime or {}) if upstream is not None else {})),
             # a gateway (PolicyServer(PolicyClient(this server))) refuses to merge its robots into one session of ours
             "keeps_sessions": self._policy_uses_sessions,
             "embodiment_tag": known.embodiment_tag or self.embodiment_tag,

@@ -31,12 +31,14 @@ class UpstreamFacts:
     server_changes: int
     policy_class: Optional[str]
     identity: Optional[Dict[str, Any]]
+    runtime: Optional[Dict[str, Any]]  # what computes its actions: the same weights in fp32 and bf16 are two policies
     embodiment_tag: Optional[str]
     observation_format: Optional[str]
     modality_configs: Any
 
 
-NOTHING_LEARNT = UpstreamFacts(None, -1, None, None, None, None, None)  # a relay's info before its upstream answers
+# a relay's info before its upstream answers
+NOTHING_LEARNT = UpstreamFacts(None, -1, None, None, None, None, None, None)
 
 
 def upstream_deadline(deadline: Optional[float], now: float) -> Optional[float]:
