@@ -11,6 +11,7 @@ import pytest
 
 from gr00t_client import ActionError, BasePolicy, PolicyClient, PolicyTimeoutError, ServerStoppingError
 from gr00t_client.chunking import ActionChunker
+from gr00t_client.client_errors import server_error
 from serving import running_server, stopped_while_it_hangs
 
 
@@ -232,6 +233,33 @@ def test_a_prefetch_the_server_did_not_run_in_time_is_reported_while_buffered_st
         step, info = chunker.get_action(obs(2))
     assert step["x"][0, 0] == 2.0 and info["remaining"].tolist() == [13]
     assert info["prefetch_error"].startswith("DeadlineNotRunError: ")
+
+
+class BusyAtSecondCall(StepPolicy):
+    """StepPolicy whose second get_action (the first prefetch) is refused busy, as a server at its queue's cap."""
+
+    def _get_action(self, observation, options=None):
+        if self.calls == 1:
+            self.calls += 1
+            raise server_error("server busy: 9 requests are waiting for the policy; this server queues at most 9 in "
+                               "all (ServerLimits.max_queued_requests); try again", "get_action")
+        return super()._get_action(observation, options)
+
+
+def test_a_prefetch_the_server_refused_busy_is_reported_and_asked_again_while_buffered_steps_flow():
+    """ServerBusyError (not run: the queue was at its cap) raised from get_action with 14 steps buffered, and errored
+    the episode of a rollout with --client-chunking async, while a DeadlineNotRunError was dropped and asked again."""
+    policy = BusyAtSecondCall(horizon=16)
+    with ActionChunker(policy, asynchronous=True, prefetch_steps=14) as chunker:
+        chunker.get_action(obs(0))
+        chunker.get_action(obs(1))  # the prefetch is asked for here, and refused
+        chunker.wait_for_prefetch(10)
+        step, info = chunker.get_action(obs(2))
+        assert step["x"][0, 0] == 2.0 and info["remaining"].tolist() == [13]
+        assert info["prefetch_error"].startswith("ServerBusyError: "), info.get("prefetch_error")
+        chunker.wait_for_prefetch(10)  # asked again
+        step, info = chunker.get_action(obs(3))
+    assert step["x"][0, 0] == 3.0 and policy.calls >= 3 and not info.get("prefetch_error"), info
 
 
 def test_per_env_fetches_send_a_whole_batch_option_whole_whatever_its_length():

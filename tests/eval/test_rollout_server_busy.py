@@ -207,3 +207,46 @@ def test_a_rollout_errors_the_episode_when_its_reset_stays_busy_past_the_bound(m
     errors = [outcome.error for outcome in result.outcomes]
     assert errors[0] is None and errors[1] is not None and "ServerBusyError" in errors[1], \
         f"expected the second episode errored with the busy refusal of its reset, got {errors!r}"
+
+
+class AlwaysBusyReset(ConstantPolicy):
+    """ConstantPolicy whose every reset is refused busy, as a server that stays at its queue's cap; counts the asks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resets = 0
+
+    def reset(self, options=None):
+        self.resets += 1
+        raise server_error("server busy: 9 requests are waiting for the policy; this server queues at most 9 in all "
+                           "(ServerLimits.max_queued_requests); try again", "reset")
+
+
+class RecordedWaits:
+    """Stands in for server_busy's time module: records the busy waits instead of sleeping them."""
+
+    def __init__(self) -> None:
+        self.waits = []
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def test_a_batched_reset_busy_past_the_bound_errors_its_rows_without_asking_each_row_again(monkeypatch):
+    """Each row's reset was asked again with its own round of busy waits: n_envs + 1 rounds (about 230 s with
+    --n-envs 8) at one reset of a server that stays busy, where the docs promise one bound."""
+    from gr00t_eval import server_busy
+
+    monkeypatch.setattr(server_busy, "time", RecordedWaits())
+    monkeypatch.setattr(rollout_runner, "BUSY_RETRY_FIRST_S", 0.001)
+    monkeypatch.setattr(rollout_runner, "BUSY_RETRY_TOTAL_S", 0.01)
+    one_round = AlwaysBusyReset()
+    with pytest.raises(ServerBusyError):
+        server_busy.asked_while_busy(one_round.reset, 0.001, 0.01, "a policy reset")
+    policy = AlwaysBusyReset()
+    config = RolloutConfig("walkto/fast", n_episodes=4, n_envs=4, seed=0, max_episode_steps=6, n_action_steps=2)
+    result = run_rollout(policy, config, progress=False)
+    assert policy.resets == one_round.resets, \
+        f"expected one round of busy asks ({one_round.resets}) for the reset of 4 rows, got {policy.resets}"
+    assert all(outcome.error is not None and "ServerBusyError" in outcome.error for outcome in result.outcomes), \
+        [outcome.error for outcome in result.outcomes]

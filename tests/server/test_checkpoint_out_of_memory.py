@@ -63,9 +63,22 @@ def _serve_under_a_cap(checkpoint: Path, headroom: int) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("gr00t-server serve: error: out of memory ("), error
-    assert error.endswith("may not fit in this machine's memory; with batching on, a smaller --max-batch-size needs "
-                          "less"), error
+    assert error.endswith("may not fit in this machine's memory: --dtype bf16 loads float32 weights at half the size; "
+                          "with batching on, a smaller --max-batch-size needs less"), error
     return error
+
+
+# As _SERVE_UNDER_A_CAP, for `gr00t-server export` (fp32 weights on the CPU, as its default there)
+_EXPORT_UNDER_A_CAP = """
+import resource, sys
+import gr00t_server.cli as cli, gr00t_server.policies.gr00t_policy, gr00t_server.backends.commands
+import gr00t_server.backends.export, gr00t_server.backends.onnxruntime_backend as ort_backend
+ort_backend.import_onnx()
+used = [int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize")][0]
+resource.setrlimit(resource.RLIMIT_AS, (used + int(sys.argv[1]), resource.getrlimit(resource.RLIMIT_AS)[1]))
+sys.exit(cli.main(["export", "--model-path", sys.argv[2], "--output", sys.argv[3], "--device", "cpu",
+                   "--precision", "fp32", "--mode", "dit_only"]))
+"""
 
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads VmSize from /proc")
@@ -77,8 +90,25 @@ def test_torch_failing_to_allocate_a_weight_is_one_line_out_of_memory_naming_the
     weights = big_embedding_checkpoint / "model.safetensors"
     size = weights.stat().st_size
     error = _serve_under_a_cap(big_embedding_checkpoint, 2 * size + 3 * size // 4)  # maps twice; not the fp32 copy
-    assert f"{weights}: tensor {BIG_KEY!r} [1048576, 64] (256 MiB as torch.float32) could not be allocated on cpu; " \
-           "serve it as bfloat16 (--dtype bf16), half the size" in error, error
+    assert f"{weights}: tensor {BIG_KEY!r} [1048576, 64] (256 MiB as torch.float32) could not be allocated on " \
+           "cpu): " in error, error
+
+
+@needs_proc
+def test_export_running_out_of_memory_names_its_own_flags_not_serves(big_embedding_checkpoint, tmp_path):
+    """export and verify load through the same code as serve, and were told to pass serve's --dtype bf16."""
+    pytest.importorskip("onnx")
+    weights = big_embedding_checkpoint / "model.safetensors"
+    size = weights.stat().st_size
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
+    result = subprocess.run([sys.executable, "-c", _EXPORT_UNDER_A_CAP, str(2 * size + 3 * size // 4),
+                             str(big_embedding_checkpoint), str(tmp_path / "onnx")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("gr00t-server export: error: out of memory ("), error
+    assert f"{weights}: tensor {BIG_KEY!r} [1048576, 64] (256 MiB as torch.float32)" in error, error
+    assert "--dtype" not in error and "--precision bf16 or fp16" in error, error
 
 
 @needs_proc

@@ -100,6 +100,20 @@ def test_trainer_state_without_weights_is_named_as_such_not_as_weights_to_conver
     assert "trainer checkpoint" in err and "weights missing or still being written" in err, err
 
 
+def test_a_checkpoint_n_of_trainer_state_only_is_named_a_trainer_checkpoint_not_only_missing_its_config(tmp_path):
+    """A checkpoint-N holding only the trainer's files (its save cut short, or still running) was told only that it has
+    no config.json."""
+    checkpoint = tmp_path / "outputs" / "checkpoint-500"
+    checkpoint.mkdir(parents=True)
+    for name in ("optimizer.pt", "scheduler.pt", "training_args.bin", "rng_state.pth"):
+        (checkpoint / name).write_bytes(b"\x80\x04N.")
+    with pytest.raises(CheckpointError) as refused:
+        resolve_checkpoint_dir(checkpoint)
+    err = str(refused.value)
+    assert err.startswith(f"{checkpoint} has no config.json"), err
+    assert "trainer checkpoint" in err and "weights missing or still being written" in err, err
+
+
 def test_pytorch_weights_beside_trainer_state_are_the_ones_named_to_convert(copy_of, serve_error):
     checkpoint = copy_of()
     (checkpoint / "model.safetensors").unlink()

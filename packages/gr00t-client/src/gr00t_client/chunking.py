@@ -120,9 +120,10 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
     some envs sends their rows of options["noise"] (B, ...; nested lists too) and their seeds (options["seed"]); other
     options go whole.
     Async: request the next chunk in a background thread once at most `prefetch_steps` steps remain. A prefetch that
-    timed out, lost its connection or was not run (DeadlineNotRunError, ServerStoppingError) is dropped (warned, and
-    named in that step's info["prefetch_error"]) and asked for again; an env whose buffer is empty is fetched in that
-    call, and only that request's failure raises (or the ServerStoppingError: no server is left to ask).
+    timed out, lost its connection or was not run (DeadlineNotRunError, ServerBusyError, ServerStoppingError) is
+    dropped (warned, and named in that step's info["prefetch_error"]) and asked for again; an env whose buffer is empty
+    is fetched in that call, and only that request's failure raises (or the ServerStoppingError: no server is left to
+    ask).
     """
 
     def __init__(

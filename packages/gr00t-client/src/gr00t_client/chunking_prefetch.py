@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .client_errors import (ClientClosedError, DeadlineNotRunError, PolicyServerError, PolicyTimeoutError,
-                            ServerStoppingError)
+                            ServerBusyError, ServerStoppingError)
 from .client_sockets import FORK_ADOPTION_LOCK
 
 logger = logging.getLogger("gr00t_client.chunking")  # the ActionChunker's records, whichever of its modules logs them
@@ -267,12 +267,12 @@ class _Prefetching:
 
     def _outlived(self, failure: BaseException) -> bool:
         """Whether a prefetch's `failure` is a transient one (a timeout, a lost connection, a server that did not run
-        it: DeadlineNotRunError, or ServerStoppingError, as a kill -9 is one): it is then dropped, warned about and
-        reported in this step's info (prefetch_error). Buffered steps are handed out and the next chunk is asked for
-        again; an env whose buffer is empty (used up, or reset) is fetched in this very call, and that request's
-        failure raises (ServerStoppingError itself: no server is left to ask). A refused chunk or another error reply
-        is not transient: it raises at once."""
-        transient = isinstance(failure, (DeadlineNotRunError, ServerStoppingError)) or (
+        it: DeadlineNotRunError, ServerBusyError at its queue's cap, or ServerStoppingError, as a kill -9 is one): it is
+        then dropped, warned about and reported in this step's info (prefetch_error). Buffered steps are handed out and
+        the next chunk is asked for again; an env whose buffer is empty (used up, or reset) is fetched in this very
+        call, and that request's failure raises (ServerStoppingError itself: no server is left to ask). A refused
+        chunk or another error reply is not transient: it raises at once."""
+        transient = isinstance(failure, (DeadlineNotRunError, ServerBusyError, ServerStoppingError)) or (
             isinstance(failure, (PolicyTimeoutError, ConnectionError))
             and not isinstance(failure, (PolicyServerError, ClientClosedError)))
         if not transient:

@@ -223,8 +223,10 @@ INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report a Ctrl-C (and gr00
 # What to check when a command runs out of memory, in the flags that command has.
 _MEMORY_HINTS = {
     "serve": "the checkpoint (--model-path, --dtype) or dataset (--dataset-path) being loaded may not fit in this "
-             "machine's memory; with batching on, a smaller --max-batch-size needs less",
-    "export": "check the sizes given (--image-size, --batch-size)",
+             "machine's memory: --dtype bf16 loads float32 weights at half the size; with batching on, a smaller "
+             "--max-batch-size needs less",
+    "export": "check the sizes given (--image-size, --batch-size); --precision bf16 or fp16 loads float32 weights at "
+              "half the size (a bf16 export serves on a CUDA GPU only)",
     "verify": "check --batch-size",
     "build-engine": "check --max-batch-size and --workspace",
     "make-test-checkpoint": "try --size tiny",

@@ -170,32 +170,51 @@ def _check_bind_host(host: str) -> None:
                        "of this machine, 0.0.0.0 or :: for all, or 127.0.0.1 for loopback only") from None
 
 
-def _hold_bind_address(host: str, port: int, flag: str = "--port", name_family: int = socket.AF_INET) -> socket.socket:
-    """A listening socket on the address the server will bind, held until just before that bind (the caller closes
-    it), from before the model or the replay loads. CliError for a --host that is not this machine's, or a --port (or
-    --metrics-port: `flag`) in use: ZeroMQ (and the metrics endpoint) said so only after the load and warm-up (minutes
-    for a 3B model), or after a replay ran its .py modality config and hashed every data file; and a port only checked
-    let a second server started meanwhile load its model too. Any other failure is left to that bind (it says what it
-    meets; the socket returned is then closed). `name_family`: what a name is resolved in; AF_INET as ZeroMQ, which
-    binds a name's first IPv4 address (its IPv6 is on only for an IPv6 literal); AF_UNSPEC as the metrics endpoint,
-    which binds a name's first address of any family."""
+def _hold_bind_address(host: str, port: int, flag: str = "--port",
+                       name_family: int = socket.AF_INET) -> Optional[socket.socket]:
+    """A socket bound (not listening) to the address the server will bind, held until just before that bind (the caller
+    closes it), from before the model or the replay loads. CliError for a --host that is not this machine's, or a
+    --port (or --metrics-port: `flag`) in use: ZeroMQ (and the metrics endpoint) said so only after the load and
+    warm-up (minutes for a 3B model), or after a replay ran its .py modality config and hashed every data file; and a
+    port only checked let a second server started meanwhile load its model too. None where only the ends of closed
+    connections (TIME_WAIT, a server just stopped) keep the port: it is checked as ZeroMQ binds it, not held. Any other
+    failure is left to that bind (it says what it meets). `name_family`: what a name is resolved in; AF_INET as ZeroMQ,
+    which binds a name's first IPv4 address (its IPv6 is on only for an IPv6 literal); AF_UNSPEC as the metrics
+    endpoint, which binds a name's first address of any family."""
     import errno
 
     family, address = _bind_target(host, port, name_family)
     placeholder = socket.socket(family, socket.SOCK_STREAM)
     try:
-        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ's listener: a TIME_WAIT port binds
+        # Bound, not listening: a client connecting meanwhile is refused, and ZeroMQ asks again every 100 ms (a
+        # listener never accept()ing took its connect, and dropped later ones, which the kernel retries after 1, 3,
+        # 7, 15 s...). Without SO_REUSEADDR, so that a second serve's bind (with or without) fails too.
         placeholder.bind(address)
-        placeholder.listen(1)  # EADDRINUSE may come only here (another listener with SO_REUSEADDR); held, it refuses one
+        return placeholder
     except OSError as exc:
         placeholder.close()
+        if exc.errno == errno.EADDRINUSE and _binds_as_zeromq(family, address):
+            return None  # only TIME_WAIT ends, which ZeroMQ's SO_REUSEADDR binds over: nothing else holds the port
         if exc.errno == errno.EADDRINUSE:
             raise CliError(f"{flag} {port}: the port is in use on {host} (another server?); pass another {flag}, or "
                            "stop the process holding it") from None
         if exc.errno == errno.EADDRNOTAVAIL:
             raise CliError(f"--host {host}: not an address of this machine; pass one of its addresses, 0.0.0.0 or :: "
                            "for all, or 127.0.0.1 for loopback only") from None
-    return placeholder
+    return None
+
+
+def _binds_as_zeromq(family: int, address: Any) -> bool:
+    """Whether a listener binds `address` as ZeroMQ's does (SO_REUSEADDR, over TIME_WAIT ends; EADDRINUSE may come
+    only at listen(), from another listener with SO_REUSEADDR); closed at once."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+            probe.listen(1)
+        except OSError:
+            return False
+    return True
 
 
 def _hold_bind_addresses(host: str, port: int, metrics_port: Optional[int]) -> List[socket.socket]:
@@ -206,9 +225,10 @@ def _hold_bind_addresses(host: str, port: int, metrics_port: Optional[int]) -> L
         try:
             held.append(_hold_bind_address(host, metrics_port, "--metrics-port", socket.AF_UNSPEC))
         except BaseException:
-            held[0].close()
+            if held[0] is not None:
+                held[0].close()
             raise
-    return held
+    return [placeholder for placeholder in held if placeholder is not None]
 
 
 def _bind_target(host: str, port: int, name_family: int) -> Tuple[int, Any]:

@@ -34,7 +34,7 @@ require_gymnasium("closed-loop rollout")  # one line naming the extra, not a dee
 import gymnasium as gym  # noqa: E402
 import numpy as np
 
-from gr00t_client import ActionChunker, BasePolicy, DeadlineNotRunError, ServerStoppingError
+from gr00t_client import ActionChunker, BasePolicy, DeadlineNotRunError, ServerBusyError, ServerStoppingError
 from gr00t_client.cli_signals import stop_signals_held
 from gr00t_client.peer_text import shown_text
 
@@ -42,7 +42,8 @@ from ..metrics import ERROR_REASON_CHARS, EpisodeOutcome
 from ..policy_identity import ServedPolicyChanged, check_serves_env_embodiments, pinned_policy, policy_record
 from ..run_stop import check_output_folders, take_stop_while_closing
 # A get_action or policy reset the server refused busy (at its queue's cap: not run) is asked again after
-# BUSY_RETRY_FIRST_S, doubled each time, while the waits come to at most BUSY_RETRY_TOTAL_S; then its episodes error
+# BUSY_RETRY_FIRST_S, doubled each time, until the waits come to BUSY_RETRY_TOTAL_S; then its episodes error (a reset
+# of several rows: all of them, within that one bound)
 from ..server_busy import BUSY_RETRY_FIRST_S, BUSY_RETRY_TOTAL_S, asked_while_busy
 from .config import RolloutConfig, check_policy, check_rollout_config, draw_base_seed, is_whole_number  # noqa: F401 - draw_base_seed re-exported
 from .config import check_on_episode, without_unkept_env_timeout
@@ -291,7 +292,8 @@ class RolloutRunner:
         except RecordedEnvMismatchError:
             raise  # stops the run: every episode would replay another task's recording
         except Exception as exc:  # noqa: BLE001 - retried row by row below, so one bad row fails alone
-            if len(started) == 1 or self.watch.unreachable_reason(exc) is not None:
+            # Still busy past the bound: its rows error now (asked again row by row, each waited out a bound of its own)
+            if len(started) == 1 or isinstance(exc, ServerBusyError) or self.watch.unreachable_reason(exc) is not None:
                 self._policy_failed(list(started), "reset", exc, bar)
                 return set(started)
         failed = set()
@@ -373,7 +375,8 @@ class RolloutRunner:
                            action_space: gym.spaces.Dict) -> Tuple[Dict[str, np.ndarray], Mapping[str, Any]]:
         """`_act`, asked again while the server refuses it busy (ServerBusyError: its queue was full, the request not
         run, the envs have not moved) after BUSY_RETRY_FIRST_S, doubled each time, up to BUSY_RETRY_TOTAL_S of waits;
-        then the refusal is raised (the episodes error), as it is at once with an async chunker (its own prefetch)."""
+        then the refusal is raised (the episodes error). An async chunker drops a busy prefetch and asks it again
+        itself while steps are buffered; only the fetch of a call with none left raises it, at once."""
         if self.chunker is not None and self.chunker.asynchronous:
             return self._act(policy, observation, action_space)
         return asked_while_busy(lambda: self._act(policy, observation, action_space), BUSY_RETRY_FIRST_S,

@@ -138,7 +138,8 @@ def resolve_checkpoint_dir(
         raise CheckpointError(f"{directory / CONFIG_NAME} is a broken link to {os.readlink(directory / CONFIG_NAME)}; "
                               "download or copy the checkpoint again")
     if not (directory / CONFIG_NAME).is_file():
-        raise CheckpointError(f"{directory} has no {CONFIG_NAME}{_checkpoint_subfolders_hint(directory)}")
+        hint = _checkpoint_subfolders_hint(directory) or _trainer_state_hint(directory)
+        raise CheckpointError(f"{directory} has no {CONFIG_NAME}{hint}")
     return directory
 
 
@@ -269,12 +270,17 @@ def _no_weights_hint(directory: Path) -> str:
     others = [name for name in names if name.endswith((".bin", ".pt", ".pth")) and not _is_trainer_state(name)]
     if others:
         return f" ({', '.join(others[:3])} there: only safetensors weights are read; convert them)"
-    trainer_state = [name for name in names if _is_trainer_state(name)]
-    if trainer_state:
-        return (f"; it looks like a trainer checkpoint ({', '.join(trainer_state[:3])} there are the trainer's state, "
-                "not model weights) with its weights missing or still being written: wait for the save to finish, or "
-                "give another checkpoint")
-    return ""
+    return _trainer_state_hint(directory)
+
+
+def _trainer_state_hint(directory: Path) -> str:
+    """Names a checkpoint-N holding the trainer's state but not the model's files (its save cut short, or running)."""
+    trainer_state = sorted(path.name for path in directory.iterdir() if _is_trainer_state(path.name))
+    if not trainer_state:
+        return ""
+    return (f"; it looks like a trainer checkpoint ({', '.join(trainer_state[:3])} there are the trainer's state, "
+            "not model weights) with its weights missing or still being written: wait for the save to finish, or "
+            "give another checkpoint")
 
 
 def _is_trainer_state(name: str) -> bool:
@@ -355,10 +361,9 @@ def _read_tensor(handle: Any, path: Path, key: str, dtype: torch.dtype, device: 
         for length in shape:
             nbytes *= length
         size = f"{nbytes / 2**20:.0f} MiB" if nbytes >= 2**20 else f"{nbytes} bytes"
-        hint = "; serve it as bfloat16 (--dtype bf16), half the size" if target == torch.float32 else ""
-        # One line: the CLI reports a MemoryError as out of memory, with what to check
+        # One line: the CLI reports a MemoryError as out of memory, with what to check in that command's flags
         raise MemoryError(f"{path}: tensor {key!r} {list(shape)} ({size} as {target}) could not be allocated on "
-                          f"{device}{hint}") from exc
+                          f"{device}") from exc
 
 
 def _allocation_failed(exc: RuntimeError) -> bool:
