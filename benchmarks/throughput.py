@@ -8,7 +8,8 @@ process. Two policies:
 Prints requests/s and p50/p99 latency per K, and the batching speed-up. Batching off and on are two servers that
 take turns in slices of each point (--slices), so the speed-up is a ratio measured side by side. Target: at K=8 the
 sleep policy serves >= 4x the requests/s with batching on than off, and at K=16 >= 85% of the ideal; the exit
-status is 1 when a target printed FAIL. (Context: a one-request-at-a-time server stays flat from 1 to 8
+status is 1 when a target printed FAIL, or when any reply failed or (sleep policy) was not the action the policy owes
+that client's own request. (Context: a one-request-at-a-time server stays flat from 1 to 8
 clients, vllm-omni #6567; vla-eval's batched server reported 47x on LIBERO.)
 
     python benchmarks/throughput.py                      # both policies, 3 s per point
@@ -53,10 +54,21 @@ class SleepPolicy(BasePolicy):
         state = observation["state"]["joints"]
         rows = state.shape[0]
         time.sleep((self.base_ms + self.per_row_ms * rows) / 1000.0)
-        return {"joints": np.repeat(state, 16, axis=1)}, {}
+        return sleep_action(observation), {}
 
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         return {}
+
+
+def sleep_action(observation: Dict[str, Any]) -> Dict[str, np.ndarray]:
+    """The action SleepPolicy owes `observation`: each row's own state repeated over the 16-step horizon."""
+    return {"joints": np.repeat(observation["state"]["joints"], 16, axis=1)}
+
+
+def is_expected(action: Dict[str, Any], expected: Dict[str, np.ndarray]) -> bool:
+    """Whether a reply's `action` is exactly `expected` (same keys, shapes and values): a batching path that hands a
+    client another row's action, or garbage, must count as an error, not as a served request."""
+    return set(action) == set(expected) and all(np.array_equal(action[key], value) for key, value in expected.items())
 
 
 def sleep_observation(seed: int) -> Dict[str, Any]:
@@ -118,19 +130,25 @@ class Point:
         return self.requests / self.seconds if self.seconds > 0 else 0.0
 
 
-def _back_to_back(call: Callable[[], Any], more: Callable[[int], bool]) -> Tuple[List[float], int]:
+def _back_to_back(call: Callable[[], Any], more: Callable[[int], bool],
+                  expected: Optional[Dict[str, np.ndarray]] = None) -> Tuple[List[float], int]:
     """Call `call` back to back while `more(calls made so far)`; (latencies ms of the calls that succeeded, failures).
-    Failed calls count as calls: with --requests, a policy failing every call looped for ever."""
+    Failed calls count as calls: with --requests, a policy failing every call looped for ever. With `expected`, a
+    call whose (action, info) reply has another action is a failure too (checked after its time is taken)."""
     latencies: List[float] = []
     errors = 0
     while more(len(latencies) + errors):
         started = time.perf_counter()
         try:
-            call()
+            reply = call()
         except Exception:
             errors += 1
             continue
-        latencies.append((time.perf_counter() - started) * 1000.0)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        if expected is not None and not is_expected(reply[0], expected):
+            errors += 1
+            continue
+        latencies.append(elapsed_ms)
     return latencies, errors
 
 
@@ -147,10 +165,11 @@ BARRIER_TIMEOUT_S = 300.0  # a client that never warms up (its policy fails) bre
 
 def drive(
     port: int, clients: int, observations: List[Dict[str, Any]], duration_s: float, requests: Optional[int],
-    on_warm: Callable[[], Any], server: Any = None,
+    on_warm: Callable[[], Any], server: Any = None, expected: Optional[List[Dict[str, np.ndarray]]] = None,
 ) -> Tuple[int, float, np.ndarray, int, Any]:
     """K threads send get_action back to back; returns (completed, seconds, latencies ms, errors, on_warm()). A
-    `server` process that dies ends the point at once (ChildDied), not after the clients' timeout."""
+    `server` process that dies ends the point at once (ChildDied), not after the clients' timeout. `expected`: the
+    action owed to each of `observations` (None: replies are not checked); a reply with another one is an error."""
     watched = watched_processes(server, [], "client threads")
     warm = threading.Barrier(clients + 1)
     barrier = threading.Barrier(clients + 1)
@@ -161,6 +180,7 @@ def drive(
 
     def one_client(index: int) -> None:
         observation = observations[index % len(observations)]
+        owed = None if expected is None else expected[index % len(expected)]
         with PolicyClient(port=port, timeout_ms=120000) as client:
             try:
                 client.get_action(observation)  # negotiate the wire and warm up
@@ -175,7 +195,7 @@ def drive(
                 return
             latencies[index], errors[index] = _back_to_back(
                 lambda: client.get_action(observation),
-                lambda made: not stop.is_set() and (requests is None or made < requests),
+                lambda made: not stop.is_set() and (requests is None or made < requests), owed,
             )
 
     threads = [threading.Thread(target=one_client, args=(i,), daemon=True) for i in range(clients)]
@@ -208,26 +228,29 @@ def drive(
 
 
 def _client_process(port: int, observation: Dict[str, Any], duration_s: float, requests: Optional[int], warm: Any,
-                    start: Any, results: Any) -> None:
+                    start: Any, results: Any, expected: Optional[Dict[str, np.ndarray]] = None) -> None:
     """One client in its own process (as each simulator worker of an evaluation farm is): warm up, wait for the
     others, send get_action back to back, report (latencies ms, errors)."""
     with PolicyClient(port=port, timeout_ms=120000) as client:
         client.get_action(observation)
         warm.wait()
         start.wait()
-        results.put(_back_to_back(lambda: client.get_action(observation), _for(duration_s, requests)))
+        results.put(_back_to_back(lambda: client.get_action(observation), _for(duration_s, requests), expected))
 
 
 RAW_REPLY_TIMEOUT_MS = 120000  # as the PolicyClients' timeout_ms here: a server that stopped answering ends the point
 
 
 class RawGetAction:
-    """A plain REQ socket that resends the same pre-encoded get_action frames and only checks that the reply is ok:
-    it costs the shared CPU almost nothing, so the server and its batching are what is measured."""
+    """A plain REQ socket that resends the same pre-encoded get_action frames and only checks that the reply is ok
+    (and, given `expected`, that its action is that one): it costs the shared CPU almost nothing, so the server and
+    its batching are what is measured."""
 
-    def __init__(self, port: int, observation: Dict[str, Any], context: Any = None) -> None:
+    def __init__(self, port: int, observation: Dict[str, Any], context: Any = None,
+                 expected: Optional[Dict[str, np.ndarray]] = None) -> None:
         import zmq
 
+        self._expected = expected
         self._frames = [bytes(frame) for frame in codec.encode_multipart({"endpoint": "get_action", "data": {"observation": observation}})]
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
@@ -261,8 +284,11 @@ class RawGetAction:
             self._sock = self._connect()
             raise TimeoutError(f"no reply from the server on port {self._port} within {RAW_REPLY_TIMEOUT_MS} ms") from None
         arrived = time.monotonic()
-        if not codec.decode_multipart(reply).get("ok"):
+        message = codec.decode_multipart(reply)
+        if not message.get("ok"):
             raise RuntimeError("the server answered with an error")
+        if self._expected is not None and not is_expected(message["result"][0], self._expected):
+            raise RuntimeError("the server answered another action than the policy owes this request")
         return arrived
 
     def __call__(self) -> None:
@@ -292,14 +318,16 @@ def _join_watching(threads: List[threading.Thread], watched: Dict[str, Any], wha
 
 
 def _raw_socket_farm(port: int, observations: List[Dict[str, Any]], clients: int, duration_s: float,
-                     requests: Optional[int], warm: Any, start: Any, results: Any) -> None:
+                     requests: Optional[int], warm: Any, start: Any, results: Any,
+                     expected: Optional[List[Dict[str, np.ndarray]]] = None) -> None:
     """K clients as K REQ sockets of ONE process (pre-encoded frames, as RawGetAction): each resends the moment its
     reply arrives. The K clients' turnaround then costs one process's wake-ups instead of K processes' competing for
     the cores, as when the clients run on machines of their own; the server is measured as in raw-processes."""
     import zmq
 
     context = zmq.Context()
-    calls = [RawGetAction(port, observations[i % len(observations)], context) for i in range(clients)]
+    calls = [RawGetAction(port, observations[i % len(observations)], context,
+                          None if expected is None else expected[i % len(expected)]) for i in range(clients)]
     for call in calls:
         call()
     warm.wait()
@@ -345,13 +373,13 @@ def _raw_socket_farm(port: int, observations: List[Dict[str, Any]], clients: int
 
 def drive_socket_farm(
     port: int, clients: int, observations: List[Dict[str, Any]], duration_s: float, requests: Optional[int],
-    on_warm: Callable[[], Any], server: Any = None,
+    on_warm: Callable[[], Any], server: Any = None, expected: Optional[List[Dict[str, np.ndarray]]] = None,
 ) -> Tuple[int, float, np.ndarray, int, Any]:
     """As `drive_processes`, with all K clients as sockets of one process (_raw_socket_farm)."""
     ctx = mp.get_context("spawn")
     warm, start, results = ctx.Barrier(2), ctx.Barrier(2), ctx.Queue()
     proc = ctx.Process(target=_raw_socket_farm, args=(port, observations, clients, duration_s, requests, warm, start,
-                                                      results), daemon=True)
+                                                      results, expected), daemon=True)
     proc.start()
     watched = watched_processes(server, [proc], "client farm")
     wait_at(warm, "the warm-up of the client farm", watched, 300)
@@ -366,9 +394,9 @@ def drive_socket_farm(
 
 
 def _raw_client_process(port: int, observation: Dict[str, Any], duration_s: float, requests: Optional[int], warm: Any,
-                        start: Any, results: Any) -> None:
+                        start: Any, results: Any, expected: Optional[Dict[str, np.ndarray]] = None) -> None:
     """A client process of RawGetAction calls back to back."""
-    call = RawGetAction(port, observation)
+    call = RawGetAction(port, observation, expected=expected)
     call()
     warm.wait()
     start.wait()
@@ -387,12 +415,15 @@ def watched_processes(server: Any, clients: List[Any], kind: str) -> Dict[str, A
 def drive_processes(
     port: int, clients: int, observations: List[Dict[str, Any]], duration_s: float, requests: Optional[int],
     on_warm: Callable[[], Any], target: Callable[..., None] = _client_process, server: Any = None,
+    expected: Optional[List[Dict[str, np.ndarray]]] = None,
 ) -> Tuple[int, float, np.ndarray, int, Any]:
     """As `drive`, with each client a process of its own, so the clients share no interpreter lock."""
     ctx = mp.get_context("spawn")
     warm, start, results = ctx.Barrier(clients + 1), ctx.Barrier(clients + 1), ctx.Queue()
     procs = [ctx.Process(target=target, args=(port, observations[i % len(observations)], duration_s, requests,
-                                                        warm, start, results), daemon=True) for i in range(clients)]
+                                                        warm, start, results,
+                                                        None if expected is None else expected[i % len(expected)]),
+                         daemon=True) for i in range(clients)]
     for proc in procs:
         proc.start()
     watched = watched_processes(server, procs, "client process")
@@ -460,6 +491,8 @@ def measure(
         driver = functools.partial(drive_processes, target=_raw_client_process)
     elif args.clients_as == "raw-sockets":
         driver = drive_socket_farm
+    # the sleep policy's actions are known, so every reply is checked; the gr00t policy's are not (its noise)
+    expected = [sleep_action(observation) for observation in observations] if spec["kind"] == "sleep" else None
     servers: Dict[bool, Tuple[Any, int]] = {}
     points: List[Point] = []
     try:
@@ -472,7 +505,7 @@ def measure(
                 for batching, (process, port) in servers.items():
                     completed, seconds, latencies, errors, before = driver(
                         port, clients, observations, duration, requests, on_warm=lambda port=port: server_stats(port),
-                        server=process,
+                        server=process, expected=expected,
                     )
                     after = server_stats(port)
                     total = totals[batching]
@@ -603,6 +636,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         verdict = "PASS" if target >= args.target_speedup else "FAIL"
         print(f"target: sleep policy at K={args.target_k} >= {args.target_speedup:g}x -> {target:.2f}x {verdict}")
         failed = failed or verdict == "FAIL"
+    erred = [point for point in points if point.errors]
+    if erred:  # a fast path that answers wrongly must fail, not win
+        where = ", ".join(f"{p.policy} K={p.clients} batching {'on' if p.batching else 'off'}: {p.errors}" for p in erred)
+        print(f"FAIL: {len(erred)} point(s) had failed or wrong replies ({where}); expected every reply to be the "
+              "policy's action for its own request")
+        failed = True
     return 1 if failed else 0  # `make bench` can tell a missed target
 
 

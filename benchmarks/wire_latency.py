@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _args import non_negative_int, positive_int  # noqa: E402
-from _children import run_benchmark, wait_for  # noqa: E402
+from _children import BenchmarkError, run_benchmark, wait_for  # noqa: E402
 from reference_peer import ReferenceClient  # noqa: E402  (the reference-style peer lives with the tests)
 
 from gr00t_client import BasePolicy, PolicyClient  # noqa: E402
@@ -75,6 +75,16 @@ def measure(call: Callable[[], object], iterations: int, warmup: int) -> List[fl
         call()
         samples.append((time.perf_counter() - started) * 1000.0)
     return samples
+
+
+def is_null_reply(reply: object, reply_bytes: bytes) -> bool:
+    """Whether a path's reply is the NullPolicy's: the raw floor's bytes, the codec's {"ok", "result"} or a client's
+    (action, info) with its zero action chunk. A path answering wrongly would time something else."""
+    if isinstance(reply, zmq.Frame):
+        return reply.bytes == reply_bytes
+    action = (reply["result"] if isinstance(reply, dict) else reply)[0]
+    expected = NullPolicy()._action
+    return set(action) == set(expected) and all(np.array_equal(action[key], value) for key, value in expected.items())
 
 
 def _rep_socket(context: zmq.Context, curve_keys: Optional[Tuple[bytes, bytes]]) -> zmq.Socket:
@@ -223,6 +233,10 @@ def _run_case_with_keys(name: str, observation, iterations: int, warmup: int, ro
         for _ in range(rounds):
             for key, call in paths.items():
                 samples[key].extend(measure(call, per_round, 0))
+        wrong = [f"{label} (CURVE {curve})" for (label, curve), call in paths.items() if not is_null_reply(call(), reply_bytes)]
+        if wrong:  # one untimed call per path after its timed ones
+            raise BenchmarkError(f"FAIL: {name}: {', '.join(wrong)} answered another reply than the null policy's "
+                                 "zero action chunk")
     finally:
         for client in clients.values():
             client.close()

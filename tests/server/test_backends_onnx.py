@@ -870,3 +870,25 @@ def test_a_second_export_into_a_folder_being_exported_into_is_refused_at_once(ti
         assert staging.is_dir()  # not deleted from under the running export
     assert commands.run(parse(argv)) == 0  # once it is done (the lock released), the folder is free again
     assert not staging.exists()  # and a work folder with no live owner is stale
+
+
+def test_cpu_sessions_do_not_spin_and_use_at_most_the_usable_cpus(tmp_path):
+    """Each exported sub-module is a session with its own intra-op pool; with ORT's defaults (spinning, a thread per
+    core) the pools busy-waited after every run and took the cores from the next session and from preprocessing."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from gr00t_client.usable_cpus import usable_cpu_count
+    from gr00t_server.backends.onnxruntime_backend import OrtRunner
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])])
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(path))
+    runner = OrtRunner(path, torch.device("cpu"))
+    options = runner.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == usable_cpu_count()
+    x = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    assert torch.equal(runner({"x": x})["y"], x)

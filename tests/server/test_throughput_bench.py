@@ -98,3 +98,32 @@ def test_a_sleep_policy_cost_below_zero_or_not_finite_is_a_usage_error(option, v
         _throughput_module().parse_args([option, value])
     assert exited.value.code == 2
     assert f"argument {option}: must be a finite number >= 0, got {value}" in capsys.readouterr().err
+
+
+def test_replies_with_another_action_than_the_policy_owes_are_counted_as_errors():
+    """Every reply was counted as served once it was ok: a batching path answering rows reversed + 1000 still
+    printed PASS with 0 errors. Now the sleep policy's replies are checked against each client's own state."""
+    throughput = _throughput_module()
+    from serving import running_server
+
+    class MisBatching(throughput.SleepPolicy):
+        def _get_action(self, observation, options=None):
+            action, info = super()._get_action(observation, options)
+            return {"joints": action["joints"][::-1] + 1000.0}, info
+
+    observation = throughput.sleep_observation(0)
+    owed = [throughput.sleep_action(observation)]
+    with running_server(throughput.SleepPolicy(0.0, 0.0)) as server:
+        completed, _seconds, _latencies, errors, _warm = throughput.drive(
+            server.port, 2, [observation], 1.0, 3, on_warm=lambda: None, expected=owed)
+        assert (completed, errors) == (6, 0)
+    with running_server(MisBatching(0.0, 0.0)) as server:
+        completed, _seconds, _latencies, errors, _warm = throughput.drive(
+            server.port, 2, [observation], 1.0, 3, on_warm=lambda: None, expected=owed)
+        assert (completed, errors) == (0, 6)
+        raw = throughput.RawGetAction(server.port, observation, expected=owed[0])
+        try:
+            with pytest.raises(RuntimeError, match="another action than the policy owes this request"):
+                raw()
+        finally:
+            raw.close()
