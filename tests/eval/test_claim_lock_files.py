@@ -1,8 +1,10 @@
 """The files a claim is flock'ed through (a claim's alive file, a folder's lock file, a resumed run's run.json) are
-opened for writing where this process may: NFS grants an exclusive flock only to a file open for writing (flock(2),
-"NFS details": EBADF otherwise), so a read-only descriptor left every claim on NFS without its alive lock and stopped
-every rollout into an NFS folder with a bare "Bad file descriptor". A file this process may only read (a read-only
-mount, another user's) still locks; a lock that cannot be taken names its file and why."""
+locked through a read-only descriptor, and opened again for writing where the file system refuses that: NFS grants
+an exclusive flock only to a file open for writing (flock(2), "NFS details": EBADF otherwise), so a read-only
+descriptor alone left every claim on NFS without its alive lock and stopped every rollout into an NFS folder with a
+bare "Bad file descriptor"; held open for writing everywhere, the alive file kept a run's file system from being
+remounted read-only. A file this process may only read (a read-only mount, another user's) still locks; a lock that
+cannot be taken names its file and why."""
 
 import errno
 import fcntl
@@ -55,25 +57,46 @@ def _access_modes_of_descriptors_of(path: Path) -> list:
     return modes
 
 
-def test_a_claims_alive_file_is_held_open_for_writing(tmp_path):
+def test_a_claims_alive_file_is_held_read_only_where_that_locks(tmp_path):
+    """Held open for writing for the whole run, it kept the run's file system from being remounted read-only
+    ("mount point is busy")."""
     claim = claim_output_dir(tmp_path, "run.json", {})
     try:
+        assert _access_modes_of_descriptors_of(tmp_path / claim_alive_name("run.json")) == [os.O_RDONLY]
+    finally:
+        finish_claim(claim, "complete")
+
+
+@pytest.fixture
+def nfs_flock_rule(monkeypatch):
+    """fcntl.flock refuses an exclusive lock of a read-only descriptor with EBADF, as NFS does."""
+    namespace = {}
+    exec(NFS_FLOCK_RULE, namespace)
+    monkeypatch.setattr(fcntl, "flock", namespace["_nfs_flock"])
+
+
+def test_under_nfss_flock_rule_the_alive_file_is_held_open_for_writing(tmp_path, nfs_flock_rule):
+    claim = claim_output_dir(tmp_path, "run.json", {})
+    try:
+        assert json.loads(claim.read_text())[CLAIM_KEY].get("alive_lock") is True
         assert _access_modes_of_descriptors_of(tmp_path / claim_alive_name("run.json")) == [os.O_RDWR]
     finally:
         finish_claim(claim, "complete")
 
 
-def test_a_folders_lock_file_is_held_open_for_writing(tmp_path):
+def test_a_folders_lock_file_is_held_read_only_where_that_locks_and_for_writing_under_nfss_rule(tmp_path, monkeypatch):
     with directory_lock(tmp_path / ROLLOUT_LOCK_FILENAME):
-        assert _access_modes_of_descriptors_of(tmp_path / ROLLOUT_LOCK_FILENAME) == [os.O_RDWR]
-
-
-def test_under_nfss_flock_rule_a_killed_holders_claim_is_judged_by_its_alive_lock(tmp_path, monkeypatch):
-    """The holder's exclusive flock of a read-only alive file failed (EBADF): its claim recorded no alive lock, and
-    once its container was killed every --resume or --overwrite was refused ("cannot check whether it still runs")."""
+        assert _access_modes_of_descriptors_of(tmp_path / ROLLOUT_LOCK_FILENAME) == [os.O_RDONLY]
     namespace = {}
     exec(NFS_FLOCK_RULE, namespace)
     monkeypatch.setattr(fcntl, "flock", namespace["_nfs_flock"])
+    with directory_lock(tmp_path / ROLLOUT_LOCK_FILENAME):  # a bare "Bad file descriptor" before
+        assert _access_modes_of_descriptors_of(tmp_path / ROLLOUT_LOCK_FILENAME) == [os.O_RDWR]
+
+
+def test_under_nfss_flock_rule_a_killed_holders_claim_is_judged_by_its_alive_lock(tmp_path, nfs_flock_rule):
+    """The holder's exclusive flock of a read-only alive file failed (EBADF): its claim recorded no alive lock, and
+    once its container was killed every --resume or --overwrite was refused ("cannot check whether it still runs")."""
     holder = subprocess.Popen([sys.executable, "-c", CLAIMANT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "claimed"

@@ -47,9 +47,6 @@ UNCLAIMED_RUN_ACTIVE_S = 120.0
 UNCLAIMED_RUN_WATCH_S = 2.0
 # The kernel's first pid namespace (PROC_PID_INIT_INO): a host's own processes', outside any container.
 INIT_PID_NAMESPACE = "pid:[4026531836]"
-# A lock file this process may only read (another user's 0644 file, a read-only mount): locked through a read-only
-# descriptor, which flock allows everywhere but on NFS (open_to_lock).
-_READ_ONLY_ERRNOS = (errno.EACCES, errno.EROFS, errno.EPERM)
 
 
 @dataclass(frozen=True)
@@ -180,7 +177,7 @@ def _lock_alive_file(claim: Path) -> bool:
         return False
     for _attempt in range(10):  # a checker holds it for an instant only (alive_lock_free)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            descriptor = flock_or_reopen(descriptor, alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _ALIVE_LOCKS[key] = descriptor
             return True
         except BlockingIOError:  # else a live holder's (refused next), or its forked children's: not claimed as held
@@ -194,17 +191,33 @@ def _lock_alive_file(claim: Path) -> bool:
 
 
 def open_to_lock(path: Union[str, Path], create: bool = False) -> int:
-    """A descriptor of `path` to flock (O_CLOEXEC: a program this process starts does not hold the lock on), open for
-    writing where this process may: NFS grants an exclusive flock only to a file open for writing (flock(2), "NFS
-    details": EBADF otherwise); read-only where it may not (_READ_ONLY_ERRNOS), which locks elsewhere as well.
-    `create`: made (mode 0644) if missing. OSError as os.open raises it."""
-    flags = os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    """A read-only descriptor of `path` to flock (flock_or_reopen; O_CLOEXEC: a program this process starts does not
+    hold the lock on); `create`: made (mode 0644) if missing. OSError as os.open raises it."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o644)
+
+
+def flock_or_reopen(descriptor: int, path: Union[str, Path], operation: int) -> int:
+    """flock `operation` on `descriptor`, a read-only one of `path` (a file held open for writing for a whole run kept
+    its file system from being remounted read-only); where the file system grants an exclusive lock only to a file
+    open for writing (NFS: EBADF, flock(2) "NFS details"), on `path` opened again for writing instead, and the first
+    descriptor closed. Returns the descriptor that holds the lock; OSError from flock (BlockingIOError under
+    LOCK_NB) or the second open as raised, `descriptor` then still open."""
+    import fcntl
+
     try:
-        return os.open(path, os.O_RDWR | flags, 0o644)
+        fcntl.flock(descriptor, operation)
+        return descriptor
     except OSError as exc:
-        if exc.errno not in _READ_ONLY_ERRNOS:
+        if exc.errno != errno.EBADF:
             raise
-    return os.open(path, os.O_RDONLY | flags, 0o644)
+    writable = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(writable, operation)
+    except BaseException:
+        os.close(writable)
+        raise
+    os.close(descriptor)
+    return writable
 
 
 def os_error_cause(exc: OSError) -> str:
@@ -216,8 +229,8 @@ def os_error_cause(exc: OSError) -> str:
 @contextlib.contextmanager
 def locked_file(path: Union[str, Path], create: bool = False) -> Iterator[None]:
     """Hold an exclusive flock of `path` (the inode it names now; a rewrite replaces the name, and the next
-    holder reads the new file by name), opened for writing where this process may (open_to_lock: NFS locks no
-    other); `create`: made if missing. OutputDirError naming the file and why when it cannot be locked. Where there
+    holder reads the new file by name), through a read-only descriptor, or one open for writing where the file
+    system locks no other (flock_or_reopen: NFS); `create`: made if missing. OutputDirError naming the file and why when it cannot be locked. Where there
     is no flock (Windows) the block runs unlocked."""
     try:
         import fcntl
@@ -228,7 +241,7 @@ def locked_file(path: Union[str, Path], create: bool = False) -> Iterator[None]:
     descriptor = open_to_lock(path, create=create)
     try:
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            descriptor = flock_or_reopen(descriptor, path, fcntl.LOCK_EX)
         except OSError as exc:
             raise OutputDirError(f"cannot lock {path}: {os_error_cause(exc)}; expected an exclusive flock of it, which keeps "
                                  f"two runs from taking {path.parent} at once (is it on a file system mounted without "
@@ -283,7 +296,8 @@ def alive_lock_free(claim: Union[str, Path]) -> Optional[bool]:
     except OSError:
         return None
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        descriptor = flock_or_reopen(descriptor, claim.with_name(claim_alive_name(claim.name)),
+                                     fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
     except OSError:
