@@ -57,3 +57,15 @@ def test_video_and_state_keys_of_different_batch_sizes_are_refused_naming_them_b
     assert str(refused.value) == (f"the observation's video and state keys disagree on the batch size (leading axes "
                                   f"{named}); expected one row per env in each")
     assert policy.calls == 0 and chunker.n_envs is None
+
+
+def test_observation_batch_size_reads_any_mapping_as_it_reads_a_dict():
+    # A dict is recognised first (no ABC check); any other Mapping still counts, by its first array's rows.
+    import types
+
+    from gr00t_client.chunking_envs import observation_batch_size
+
+    observation = {"note": "x", "state": {"t": np.zeros((3, 1))}}
+    proxied = types.MappingProxyType({"note": "x", "state": types.MappingProxyType({"t": np.zeros((3, 1))})})
+    assert observation_batch_size(observation) == observation_batch_size(proxied) == 3
+    assert observation_batch_size({"note": "x"}) == observation_batch_size(types.MappingProxyType({})) == -1

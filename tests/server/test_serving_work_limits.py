@@ -332,6 +332,23 @@ def test_one_nan_or_inf_in_a_small_state_is_refused_naming_key_and_row(dtype):
             check_observation({"state": {"arm": state}}, ServerLimits())
 
 
+def test_states_a_map_holds_are_checked_there_and_only_good_ones_are_passed_over():
+    # check_observation passes a finite float state within the row limit at its map, without stacking it: the states
+    # that fail any of those checks (rows, NaN, a masked array's hidden NaN) are still refused naming their key.
+    from gr00t_server.serving.limits import ServerLimits, check_observation
+    from gr00t_server.serving.messages import RequestError
+
+    good = {"a": np.zeros((1, 1, 3), np.float32), "b": np.zeros((0, 7)), "c": np.ones((2, 4), np.complex64)}
+    check_observation({"state": dict(good)}, ServerLimits(max_rows=2))
+    with pytest.raises(RequestError, match="'state.rows' has 3 rows"):
+        check_observation({"state": {**good, "rows": np.zeros((3, 1))}}, ServerLimits(max_rows=2))
+    with pytest.raises(RequestError, match=r"'state.nan' has non-finite values"):
+        check_observation({"state": {**good, "nan": np.array([[0.0, np.nan]])}}, ServerLimits(max_rows=2))
+    masked = np.ma.masked_array(np.array([[np.nan, 1.0]]), mask=[[True, False]])
+    with pytest.raises(RequestError, match=r"'state.masked' has non-finite values"):
+        check_observation({"state": {**good, "masked": masked}}, ServerLimits(max_rows=2))
+
+
 def test_a_long_key_over_many_entries_costs_the_server_memory_near_the_message_size():
     """A 1 MB key holding 300 small entries (a 1.3 MB request) made the checks build 300 dotted paths of 1 MB each
     (every child's path up front): 300 MB; 1,000 entries took a server to 1 GB, and a 4 GB cap to MemoryError."""

@@ -13,7 +13,7 @@ import numpy as np
 
 def observation_batch_size(observation: Any) -> int:
     """The batch size B of an observation: the first array's leading axis, or the first list's length."""
-    if isinstance(observation, Mapping):
+    if type(observation) is dict or isinstance(observation, Mapping):  # a dict first: the ABC check is the slow one
         for value in observation.values():
             size = observation_batch_size(value)
             if size >= 0:
