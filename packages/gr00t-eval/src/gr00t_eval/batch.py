@@ -32,7 +32,7 @@ from .policy_identity import check_takes_flat_observations, describe, pinned_pol
 from .results import RESULTS_FILENAME, results_text, write_results, write_results_text
 from .rollout.config import RolloutConfig, draw_base_seed, env_timeout_applies, without_unkept_env_timeout
 from .run_file import read_run_json
-from .run_resume import add_earlier_task_eval_s, earlier_eval_s, earlier_results
+from .run_resume import ATTEMPTS_KEY, add_earlier_task_eval_s, covered_attempts, earlier_eval_s, earlier_results
 from .run_stop import is_storage_error, output_folder_checked, take_stop_while_closing
 from .run_summary import percent_text
 from .shard import run_suite
@@ -276,6 +276,7 @@ def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy
             add_earlier_task_eval_s(results, earlier)
         if job_dir is not None:  # what a later attempt adds its time to
             log.check_folder()
+            results[ATTEMPTS_KEY] = covered_attempts(logged, log.attempt)
             write_results(job_dir / RESULTS_FILENAME, results)
         record["results"] = results
         record["n_errors"] = results["overall"].get("n_errors", 0)

@@ -16,6 +16,8 @@ from .output_files import results_file_name
 
 logger = logging.getLogger(__name__)
 
+ATTEMPTS_KEY = "attempts"  # a results file: the episode-log attempts its eval_s covers (earlier_eval_s)
+
 
 def command_path(directory: Union[str, Path]) -> str:
     """`directory` as one shell word that argparse reads as a value: quoted, and a relative name starting with '-'
@@ -138,16 +140,31 @@ def earlier_results(output_dir: Path, shard: Any) -> Optional[Dict[str, Any]]:
 
 
 def earlier_eval_s(logged: Iterable[Mapping[str, Any]], earlier: Optional[Mapping[str, Any]]) -> Dict[str, float]:
-    """The seconds earlier attempts of a run spent on each task, from the count with the larger total: the attempts'
-    stamps in its episode log (attempt_seconds: an attempt stopped before it wrote its results file leaves them too,
-    though not its time after its last episode), or the results file `earlier` (every attempt that wrote it, to its
-    end; the only count for a log an older version wrote without stamps); {} without either. The two split the time
+    """The seconds earlier attempts of a run spent on each task. A results file `earlier` that names the attempts its
+    eval_s covers (ATTEMPTS_KEY) counts for those, and the stamps in its episode log (attempt_seconds) for the attempts
+    logged after it that wrote no results file (stopped before; their time after their last episode is not known).
+    Else the count with the larger total: the stamps, or the results file (every attempt that wrote it, to its end;
+    the only count for a log an older version wrote without stamps); {} without either. The two split the time
     between tasks differently (a task that failed to start logs no entry, so the stamps give its time to the next
-    task), so they are never mixed per task."""
-    stamped = attempt_seconds(entry for entry in logged if isinstance(entry.get(ATTEMPT_S_KEY), (int, float)))
+    task, and the first task's stamps hold the attempt's start-up), so they are mixed per task only for different
+    attempts: a resume with nothing left to run kept a complete run's times, where the stamps' total had won."""
+    stamps = [entry for entry in logged if isinstance(entry.get(ATTEMPT_S_KEY), (int, float))]
     per_task = (earlier or {}).get("per_task") or {}
     written = {str(task): float((entry or {}).get("eval_s") or 0.0) for task, entry in per_task.items()}
+    covered = (earlier or {}).get(ATTEMPTS_KEY)
+    if isinstance(covered, list) and written:
+        later = attempt_seconds(entry for entry in stamps if str(entry.get(ATTEMPT_KEY)) not in covered)
+        return {task: written.get(task, 0.0) + later.get(task, 0.0) for task in {**written, **later}}
+    stamped = attempt_seconds(stamps)
     return written if sum(written.values()) >= sum(stamped.values()) else stamped
+
+
+def covered_attempts(logged: Iterable[Mapping[str, Any]], attempt: str) -> List[str]:
+    """ATTEMPTS_KEY of a results file written now: this `attempt` and those of the entries `logged` before it (the
+    resumed log, whose time add_earlier_task_eval_s added)."""
+    attempts = dict.fromkeys(str(entry[ATTEMPT_KEY]) for entry in logged if entry.get(ATTEMPT_KEY) is not None)
+    attempts[attempt] = None
+    return list(attempts)
 
 
 def attempt_seconds(logged: Iterable[Mapping[str, Any]]) -> Dict[str, float]:

@@ -102,7 +102,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .ray_connect import check_ray_address, import_ray
     from .ray_runner import parse_servers
     from .run_file import read_run_file, write_run_file
-    from .run_resume import add_earlier_task_eval_s, earlier_eval_s, earlier_results, refuse_changed_settings
+    from .run_resume import (ATTEMPTS_KEY, add_earlier_task_eval_s, covered_attempts, earlier_eval_s, earlier_results,
+                             refuse_changed_settings)
     from .run_stop import is_storage_error, is_storage_line
     from .shard import ShardSpec, resolve_shard_n_envs
 
@@ -131,6 +132,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     earlier_task_s: Dict[str, float] = {}  # the seconds earlier attempts spent on each task
     first_policy = None  # the policy the run's first attempt evaluated (its run file), which a resume must match
     earlier_not_applied: Dict[str, Any] = {}  # settings the first attempt's server ignored (its run file)
+    logged: List[Dict[str, Any]] = []  # a resumed log's entries: its attempts' time stamps
     if args.resume:  # a Ray run resumes like any other: its driver logged every episode in episodes.jsonl
         output_dir = Path(args.resume)
         saved = read_run_file(output_dir, shard)
@@ -206,6 +208,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
                 raise UsageError(f"no episode was scored: {reasons or results.get('stop_reason')}")
         if earlier_task_s:
             add_earlier_task_eval_s(results, earlier_task_s)
+        results[ATTEMPTS_KEY] = covered_attempts(logged, log.attempt)
         if earlier_not_applied:
             results["settings_not_applied"] = {**earlier_not_applied, **(results.get("settings_not_applied") or {})}
         log.check_folder()  # results written into a folder that replaced the run's would report a run that is not there
