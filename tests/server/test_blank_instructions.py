@@ -128,3 +128,51 @@ def test_a_blank_instruction_in_one_env_of_a_rollout_errors_only_that_envs_episo
     outcomes = {outcome.seed: outcome for outcome in result.outcomes}
     assert outcomes[0].failure_reason is None and outcomes[0].length == 3, outcomes[0]
     assert "rows [1]: '' is empty" in outcomes[1].failure_reason, outcomes[1].failure_reason
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_the_refusal_names_the_setting_that_serves_empty_instructions(policies, observation, strict):
+    policy = policies[strict]
+    blank = {**observation, "language": {policy.language_key: [["pick up the cube"], [""]]}}
+    with pytest.raises(ObservationError) as caught:
+        policy.get_action(blank)
+    assert "--allow-empty-instruction" in str(caught.value) and "allow_empty_instruction=True" in str(caught.value)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize("text", BLANK)
+def test_allow_empty_instruction_serves_a_blank_instruction_for_any_embodiment(tiny_checkpoint, observation, strict,
+                                                                               text):
+    """A fine-tune trained on episodes without task text (the reference serves it) takes them with the setting."""
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", strict=strict, allow_empty_instruction=True)
+    action, _ = policy.get_action({**observation, "language": {policy.language_key: [[text], ["pick up the cube"]]}})
+    assert all(value.shape[0] == 2 for value in action.values())
+
+
+def test_allow_empty_instruction_must_be_a_bool(tiny_checkpoint):
+    with pytest.raises(ValueError, match="allow_empty_instruction"):
+        Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu", allow_empty_instruction="false")
+
+
+def test_serve_allow_empty_instruction_serves_an_empty_instruction_over_the_wire(tiny_checkpoint, observation):
+    """`gr00t-server serve --allow-empty-instruction` builds a policy whose PolicyServer answers "" with an action;
+    without the flag the reply is the refusal, naming the flag."""
+    from serving import running_server
+
+    from gr00t_client import PolicyClient
+    from gr00t_client.embodiment import EmbodimentTag
+    from gr00t_server import cli
+
+    def served(*flags):
+        args = cli.build_parser().parse_args(["serve", "--model-path", str(tiny_checkpoint), "--device", "cpu",
+                                              "--no-warmup", *flags])
+        return cli._model_policy(args, EmbodimentTag.resolve("new_embodiment"))
+
+    empty = {**observation, "language": {"annotation.human.task_description": [[""], [""]]}}
+    with running_server(served("--allow-empty-instruction")) as server, \
+            PolicyClient(port=server.port, timeout_ms=60000) as client:
+        action, _ = client.get_action(empty)
+    assert all(value.shape[0] == 2 for value in action.values())
+    with running_server(served()) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(Exception, match=re.escape("rows [0]: '' is empty") + ".*--allow-empty-instruction"):
+            client.get_action(empty)

@@ -31,7 +31,7 @@ _MODALITIES = {
 def test_processor_kwargs_parse_with_reference_defaults():
     config = processor_config_from_kwargs({"modality_configs": {"libero_sim": _MODALITIES}, "vlm_backend": "old"})
     assert config.embodiment_tags == ["libero_sim"]
-    assert config.max_state_dim == 132 and config.clip_outliers and config.model_name == "nvidia/Cosmos-Reason2-2B"
+    assert config.max_state_dim == 29 and config.clip_outliers and config.model_name == "nvidia/Cosmos-Reason2-2B"
     assert config.modality_configs["libero_sim"]["action"].action_configs[0].rep == ActionRepresentation.RELATIVE
 
 
@@ -46,7 +46,8 @@ def test_absent_recipe_keys_take_the_reference_processors_defaults_with_a_warnin
 
 
 def test_explicit_recipe_values_are_kept_without_a_warning(caplog):
-    recipe = {"use_percentiles": True, "use_albumentations": True, "shortest_image_edge": None, "crop_fraction": None}
+    recipe = {"use_percentiles": True, "use_albumentations": True, "shortest_image_edge": None, "crop_fraction": None,
+              "max_state_dim": 132, "max_action_dim": 132, "max_action_horizon": 40}
     with caplog.at_level("WARNING"):
         config = processor_config_from_kwargs({"modality_configs": {"libero_sim": _MODALITIES}, **recipe})
     assert (config.use_percentiles, config.use_albumentations, config.shortest_image_edge, config.crop_fraction) == (
@@ -257,3 +258,42 @@ def test_a_null_formalize_language_sends_the_instruction_as_written(copy_of):
     edit_processor_kwargs(checkpoint, lambda kwargs: kwargs.update(formalize_language=None))
     policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
     assert "Pick up the bowl." in policy.processor.build_prompt("Pick up the bowl.", 1)
+
+
+def test_absent_dims_and_horizon_take_the_reference_processors_defaults_with_a_warning(caplog):
+    """The reference's Gr00tN1d7Processor.__init__ takes max_state_dim 29, max_action_dim 29 and max_action_horizon
+    50 for them (not the released 132, 132, 40)."""
+    with caplog.at_level("WARNING"):
+        config = processor_config_from_kwargs({"modality_configs": {"libero_sim": _MODALITIES}})
+    assert (config.max_state_dim, config.max_action_dim, config.max_action_horizon) == (29, 29, 50)
+    assert "max_state_dim=29, max_action_dim=29, max_action_horizon=50" in caplog.text
+    assert config.absent_keys >= {"max_state_dim", "max_action_dim", "max_action_horizon"}
+
+
+def test_a_50_step_embodiment_without_max_action_horizon_loads_as_in_the_reference():
+    fifty = dict(_MODALITIES, action=dict(_MODALITIES["action"], delta_indices=list(range(50))))
+    config = processor_config_from_kwargs({"modality_configs": {"t": fifty}, "max_state_dim": 132,
+                                           "max_action_dim": 132})
+    assert config.max_action_horizon == 50 and config.absent_keys == {
+        "use_percentiles", "use_albumentations", "shortest_image_edge", "crop_fraction", "max_action_horizon"}
+
+
+def test_a_horizon_beyond_the_default_of_an_absent_max_action_horizon_is_refused_saying_it_is_a_default():
+    longer = dict(_MODALITIES, action=dict(_MODALITIES["action"], delta_indices=list(range(51))))
+    with pytest.raises(ValueError, match=r"action horizon 51 exceeds max_action_horizon 50 \(the reference "
+                                         r"processor's default; processor_kwargs has no max_action_horizon"):
+        processor_config_from_kwargs({"modality_configs": {"t": longer}})
+    with pytest.raises(ValueError, match=r"exceeds max_action_horizon 50 of the processor config$"):
+        processor_config_from_kwargs({"modality_configs": {"t": longer}, "max_action_horizon": 50})
+
+
+@pytest.mark.parametrize("key", ["max_state_dim", "max_action_dim"])
+def test_a_model_refusing_the_default_of_an_absent_dim_says_it_is_a_default(copy_of, key):
+    pytest.importorskip("torch")
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+
+    checkpoint = copy_of()
+    edit_processor_kwargs(checkpoint, lambda kwargs: kwargs.pop(key))
+    with pytest.raises(ValueError, match=rf"processor {key} 29 \(the reference processor's default; processor_kwargs "
+                                         rf"has no {key}\) != model {key} 132.*set {key}"):
+        Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")

@@ -9,7 +9,7 @@ import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
-from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import AbstractSet, Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -227,8 +227,11 @@ def as_modality_configs(configs: Any) -> Dict[str, ModalityConfig]:
                          "their JSON form") from exc
 
 
-def validate_observation(observation: Any, configs: Mapping[str, ModalityConfig]) -> int:
-    """Check a nested observation {video, state, language} against modality configs; return the batch size."""
+def validate_observation(observation: Any, configs: Mapping[str, ModalityConfig],
+                         unread_state_keys: AbstractSet[str] = frozenset()) -> int:
+    """Check a nested observation {video, state, language} against modality configs; return the batch size.
+    `unread_state_keys`: state keys whose values the policy never reads (a GR00T checkpoint with exclude_state feeds
+    the model zeros), held to their shape and dtype but not to finite values."""
     configs = as_modality_configs(configs)
     if not isinstance(observation, Mapping):
         raise ObservationError(f"observation must be a dict with keys 'video', 'state', 'language'; got {type(observation).__name__}")
@@ -274,7 +277,8 @@ def validate_observation(observation: Any, configs: Mapping[str, ModalityConfig]
                 check_batch("Video", key, value.shape[0])
             elif modality == "state":
                 _check_array("State", key, value, np.float32, 3, config.horizon, "(B, T, D)", ObservationError)
-                _check_finite(key, value)
+                if key not in unread_state_keys:
+                    _check_finite(key, value)
                 check_batch("State", key, value.shape[0])
             else:
                 if not isinstance(value, (list, tuple)):

@@ -59,6 +59,11 @@ def _add_serve_parser(subparsers: Any) -> None:
                    "unclipped)")
     p.add_argument(*_flag("no-clip-outliers"), dest="clip_outliers", action="store_false",
                    help="do not clip normalized states (actions decode as the reference does)")
+    p.add_argument(*_flag("allow-empty-instruction"), action="store_true", default=False,
+                   help="serve instructions that are empty once formalized (\"\", blanks, punctuation alone) for any "
+                   "embodiment, as the reference does: for a checkpoint fine-tuned on episodes without task text "
+                   "(default: refused as a client's mistake, an env's missing task field; DROID's "
+                   "oxe_droid_relative_eef_relative_joint takes them always)")
     p.add_argument(*_flag("preprocess-device"), default=None,
                    help="device that patchifies frames, e.g. cpu, cuda:0 (default: the model's device when it is a GPU)")
     p.add_argument(*_flag("dataset-path"), type=user_path, default=None,

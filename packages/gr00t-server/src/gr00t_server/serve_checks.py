@@ -40,7 +40,8 @@ def _server_limits(args: argparse.Namespace) -> Any:
 _REPLAY_ONLY = {"dataset_path": None, "modality_config_path": None, "execution_horizon": None, "action_horizon": None,
                 "replay_cache_mb": None}
 _MODEL_ONLY = {"device": None, "dtype": None, "clip_outliers": None, "preprocess_device": None, "inference_mode": "pytorch",
-               "onnx_dir": None, "engine_dir": None, "warmup": True, "max_denoising_steps": None}
+               "onnx_dir": None, "engine_dir": None, "warmup": True, "max_denoising_steps": None,
+               "allow_empty_instruction": False}
 
 
 def _ignored_flags(args: argparse.Namespace) -> List[str]:

@@ -148,7 +148,7 @@ def _model_policy(args: argparse.Namespace, tag: Any, tag_given: bool = True) ->
             clip_outliers=args.clip_outliers, preprocess_device=args.preprocess_device,
             # a call of --max-batch-size merged rows is held to the same vision-token budget as one request
             max_rows=max(args.max_rows, args.max_batch_size), max_image_pixels=args.max_image_pixels,
-            max_denoising_steps=args.max_denoising_steps,
+            max_denoising_steps=args.max_denoising_steps, allow_empty_instruction=args.allow_empty_instruction,
         )
     except ValueError as exc:
         if "is not supported by this checkpoint" not in str(exc):

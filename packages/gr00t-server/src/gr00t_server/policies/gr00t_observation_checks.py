@@ -49,6 +49,9 @@ class Gr00tObservationChecks:
     # for, set when it is swapped in (swap_exported_modules); None while the ViT runs in PyTorch.
     exported_image_grid: Optional[List[int]] = None
     sample_image_size: Optional[Tuple[int, int]] = None
+    # Serve instructions that are empty once formalized, whatever the embodiment (a fine-tune trained on episodes
+    # without task text, as the reference serves it); Gr00tPolicy's allow_empty_instruction, serve's flag.
+    allow_empty_instruction: bool = False
 
     def _batch_size(self, observation: Mapping[str, Any]) -> int:
         video_keys = self._modality_configs["video"].modality_keys
@@ -178,9 +181,10 @@ class Gr00tObservationChecks:
         tokens (vision or chat placeholders): the model would read them as such, or fail inside transformers; or, as
         the tokenizer gets it (formalize_language off), a lone surrogate, on which the tokenizer fails. Likewise
         one that is empty once formalized ("", blanks, punctuation: an env's missing task field), which the model
-        served as an action for no task, unless the embodiment was trained on empty ones (EMPTY_INSTRUCTION_TAGS).
-        The row is named as `rows [N]`, the form a rollout reads to error only that row's episode (refused_rows)."""
-        blank_allowed = self.embodiment_tag_value in EMPTY_INSTRUCTION_TAGS
+        served as an action for no task, unless the embodiment was trained on empty ones (EMPTY_INSTRUCTION_TAGS) or
+        allow_empty_instruction says the checkpoint was. The row is named as `rows [N]`, the form a rollout reads to
+        error only that row's episode (refused_rows)."""
+        blank_allowed = self.allow_empty_instruction or self.embodiment_tag_value in EMPTY_INSTRUCTION_TAGS
         for row, language in enumerate(observation["language"][self.language_key]):
             text = _instruction(language, self.language_key, row)
             read = self.processor.instruction_text(text)
@@ -190,7 +194,9 @@ class Gr00tObservationChecks:
                         else "nothing but whitespace and punctuation once formalized")
                 raise ObservationError(
                     f"language['{self.language_key}'] rows [{row}]: {text[:80]!r} is {what}; a task instruction is "
-                    "expected (an env whose task field is missing or renamed sends an empty one): send the task's text")
+                    "expected (an env whose task field is missing or renamed sends an empty one): send the task's "
+                    "text, or serve a checkpoint trained on empty instructions with `gr00t-server serve "
+                    "--allow-empty-instruction` (Gr00tPolicy(..., allow_empty_instruction=True))")
             found = self.processor.reserved_tokens_in(text)
             if found:
                 raise ObservationError(

@@ -26,7 +26,7 @@ import torch
 
 from gr00t_client.embodiment import EmbodimentTag, resolve_tag
 from gr00t_client.modality import ModalityConfig, copy_modality_configs
-from gr00t_client.policy import BasePolicy, ObservationError
+from gr00t_client.policy import BasePolicy, ObservationError, validate_observation
 from gr00t_server.fork_locks import renew_locks_after_fork
 from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
 from gr00t_server.model.backbone_config import COSMOS_REASON2_2B_CONFIG
@@ -114,6 +114,8 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
     What one call may cost (`gr00t-server serve` passes its flags): `max_rows` rows of 16:9 frames' vision tokens in
     all, a letter-boxed square of at most `max_image_pixels`, and `max_denoising_steps` (default 4x the checkpoint's
     num_inference_timesteps) in options["denoising_steps"].
+    `allow_empty_instruction`: serve instructions that are empty once formalized ("", blanks, punctuation) for any
+    embodiment, as for a fine-tune trained on episodes without task text (default: refused, but for DROID's tag).
     """
 
     supports_batching = True
@@ -136,9 +138,11 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         max_rows: int = ServerLimits.max_rows,
         max_image_pixels: int = ServerLimits.max_image_pixels,
         max_denoising_steps: Optional[int] = None,
+        allow_empty_instruction: bool = False,
     ) -> None:
         super().__init__(strict=checked_flag("strict", strict))
         clip_outliers = checked_flag("clip_outliers", clip_outliers, none_allowed=True)
+        self.allow_empty_instruction = checked_flag("allow_empty_instruction", allow_empty_instruction)
         self._timing = threading.local()
         self._checked_states = threading.local()  # what check_observation normalized, for this thread's next call
         self._option_names = OptionNames(logger)  # unknown option names: refused when strict, else warned once
@@ -218,19 +222,22 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
                 "Model and processor disagree on strict_action_padding_mask: "
                 f"model={mc.strict_action_padding_mask}, processor={pc.strict_action_padding_mask}"
             )
-        if pc.max_state_dim != mc.max_state_dim:
-            raise ValueError(f"processor max_state_dim {pc.max_state_dim} != model max_state_dim {mc.max_state_dim}")
-        if pc.max_action_dim != mc.max_action_dim:
-            raise ValueError(f"processor max_action_dim {pc.max_action_dim} != model max_action_dim {mc.max_action_dim}")
+        for key in ("max_state_dim", "max_action_dim"):
+            if getattr(pc, key) != getattr(mc, key):
+                # an absent key's default (the reference's 29) fails the reference too, at its first call
+                hint = (f"; set {key} to {getattr(mc, key)} in processor_config.json's processor_kwargs if the two "
+                        "files belong to the same checkpoint") if key in pc.absent_keys else ""
+                raise ValueError(f"processor {key} {getattr(pc, key)}{pc.absent_note(key)} != model {key} "
+                                 f"{getattr(mc, key)}{hint}")
         if pc.max_action_horizon != mc.action_horizon:
             # Training pads action targets to max_action_horizon (model.md §5); the reference ties the two nowhere, so
             # a fine-tune may differ, but another checkpoint's config.json denoises another number of action tokens.
             logger.warning(
-                "%s has action_horizon %d, but %s has max_action_horizon %d (the horizon training padded actions to): "
-                "the model denoises %d action tokens; check that the two files belong to the same checkpoint",
+                "%s has action_horizon %d, but %s has max_action_horizon %d%s (the horizon training padded actions "
+                "to): the model denoises %d action tokens; check that the two files belong to the same checkpoint",
                 self.checkpoint_dir / CONFIG_NAME, mc.action_horizon,
                 self.processor.source_files.get(PROCESSOR_CONFIG_NAME, PROCESSOR_CONFIG_NAME), pc.max_action_horizon,
-                mc.action_horizon,
+                pc.absent_note("max_action_horizon"), mc.action_horizon,
             )
         if pc.strict_action_padding_mask:
             logger.warning("strict_action_padding_mask=true is not implemented; actions are sampled without the mask")
@@ -377,7 +384,9 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         relative action keys (a degenerate rotation failed only after the whole model ran, and with batching on made
         every client's batch re-run alone), then the instructions (no special tokens). All in the observation's own
         row numbering."""
-        super().check_observation(observation)
+        # BasePolicy's check, but a state key the model never reads (exclude_state) may hold NaN, as upstream serves it
+        validate_observation(observation, self.get_modality_config(),
+                             unread_state_keys=self.processor.unread_state_keys(self.embodiment_tag_value))
         self.processor.check_video(self.embodiment_tag_value, observation["video"])
         self._check_exported_image_grid(observation["video"])
         self._normalize_checked_states(observation["state"])

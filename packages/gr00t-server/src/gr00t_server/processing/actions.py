@@ -100,7 +100,9 @@ def _refuse_raw_output(key: str, part: np.ndarray, tag: str, configs: Mapping[st
                 "it to the statistics' edge)")
         weights = ("The checkpoint's weights are likely damaged (a diverged fine-tune, a layer scaled wrong): compare "
                    "them with a good checkpoint's")
-    outliers = state_outliers(raw_states or {}, rows, configs.get("state"), params.state, config)
+    # With exclude_state the model saw zeros for every state key: none of them made its output
+    outliers = [] if config.exclude_state else state_outliers(raw_states or {}, rows, configs.get("state"),
+                                                              params.state, config)
     cause = (f" Likely cause: {'; '.join(outliers)}, far outside the range the model was trained on; send states in "
              "the units of the checkpoint's statistics." if outliers else
              f" {weights}; for an ONNX, TensorRT or torch.compile backend, compare it with eager PyTorch (gr00t-server "

@@ -6,7 +6,7 @@ import difflib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 
 from gr00t_client.modality import ActionRepresentation, ModalityConfig
 from gr00t_server.model.backbone_config import BACKBONE_FAMILIES, is_backbone_family
@@ -77,6 +77,8 @@ class ProcessorConfig:
     use_relative_action: bool = False
     exclude_state: bool = False
     extra: Dict[str, Any] = field(default_factory=dict)
+    # The keys processor_kwargs lacked that took ABSENT_KEY_DEFAULTS: a refusal quoting one says it is not the file's
+    absent_keys: FrozenSet[str] = field(default=frozenset(), compare=False)
 
     @property
     def embodiment_tags(self) -> List[str]:
@@ -91,6 +93,11 @@ class ProcessorConfig:
         if self.image_crop_size is None or self.image_target_size is None:
             raise ValueError("processor config has neither crop_fraction nor image_crop_size/image_target_size")
         return float(self.image_crop_size[0]) / float(self.image_target_size[0])
+
+    def absent_note(self, key: str) -> str:
+        """' (the reference processor's default; processor_kwargs has no KEY)' when `key` was back-filled from
+        ABSENT_KEY_DEFAULTS, for a message that quotes its value; '' when the file gave it."""
+        return f" (the reference processor's default; processor_kwargs has no {key})" if key in self.absent_keys else ""
 
     def to_processor_kwargs(self) -> Dict[str, Any]:
         """The JSON form written under `processor_kwargs`."""
@@ -109,9 +116,11 @@ class ProcessorConfig:
 
 # What the reference's Gr00tN1d7Processor takes for these keys when processor_kwargs lacks them (its __init__
 # defaults; its from_pretrained back-fills only model_name, model_type and clip_outliers). ProcessorConfig's own
-# defaults are the released checkpoints' values, which differ for all four.
+# defaults are the released checkpoints' values, which differ for all of these (132, 132 and 40 for the dimensions and
+# the horizon); the other keys' __init__ defaults are ProcessorConfig's.
 ABSENT_KEY_DEFAULTS: Dict[str, Any] = {
     "use_percentiles": False, "use_albumentations": False, "shortest_image_edge": 256, "crop_fraction": 0.95,
+    "max_state_dim": 29, "max_action_dim": 29, "max_action_horizon": 50,
 }
 
 _SCALAR_FIELDS = (
@@ -230,7 +239,7 @@ def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
     if absent:  # save_pretrained writes every one: these files came from elsewhere (a converter, a hand edit)
         logger.warning("processor_kwargs lacks %s; taking the reference processor's defaults for them (%s), as its "
                        "from_pretrained does. Check them against the checkpoint's training recipe: they decide the "
-                       "normalization and the image transform", ", ".join(absent),
+                       "normalization, the image transform and the state and action padding", ", ".join(absent),
                        ", ".join(f"{key}={ABSENT_KEY_DEFAULTS[key]}" for key in absent))
         values.update({key: ABSENT_KEY_DEFAULTS[key] for key in absent})
     if kwargs.get("use_relative_action") is None:
@@ -263,7 +272,7 @@ def processor_config_from_kwargs(kwargs: Mapping[str, Any]) -> ProcessorConfig:
     if fraction is not None and not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
                                      and 0 < fraction <= 1):
         raise _field_error("crop_fraction", fraction, "a number in (0, 1], or null")
-    config = ProcessorConfig(**values, extra=extra)
+    config = ProcessorConfig(**values, extra=extra, absent_keys=frozenset(absent))
     _validate_horizons(config)
     _check_image_transform(config)
     return config
@@ -401,9 +410,12 @@ def _validate_horizons(config: ProcessorConfig) -> None:
                 )
         action = modalities.get("action")
         if action is not None and action.horizon > config.max_action_horizon:
+            source = (config.absent_note("max_action_horizon") + "; set max_action_horizon to the checkpoint's "
+                      "(config.json's action_horizon)") if "max_action_horizon" in config.absent_keys else (
+                " of the processor config")
             raise ValueError(
                 f"embodiment {tag!r}: action horizon {action.horizon} exceeds max_action_horizon "
-                f"{config.max_action_horizon} of the processor config"
+                f"{config.max_action_horizon}{source}"
             )
 
 

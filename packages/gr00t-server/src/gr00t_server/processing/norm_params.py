@@ -216,13 +216,13 @@ def compute_norm_params(tag: str, stats: Mapping[str, Mapping[str, Mapping[str, 
     if total > config.max_state_dim:  # else every request fails
         raise ValueError(
             f"statistics.json: the state keys of {tag!r} have {total} dimensions together, more than "
-            f"processor_config.json's max_state_dim {config.max_state_dim}"
+            f"processor_config.json's max_state_dim {config.max_state_dim}{config.absent_note('max_state_dim')}"
         )
     total = sum(params.dim for params in action.values())
     if total > config.max_action_dim:
         raise ValueError(
             f"statistics.json: the action keys of '{tag}' have {total} dimensions together, more than the "
-            f"processor's max_action_dim {config.max_action_dim}"
+            f"processor's max_action_dim {config.max_action_dim}{config.absent_note('max_action_dim')}"
         )
     return EmbodimentNormParams(state=state, action=action, relative_action=relative)
 

@@ -7,7 +7,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -155,6 +155,13 @@ class Gr00tN1d7Processor(VideoChecks):
             self._anchor_cache[tag] = actions.relative_anchors(self.modality_configs(tag)["action"], self.norm_params(tag))
         return self._anchor_cache[tag]
 
+    def unread_state_keys(self, tag: str) -> FrozenSet[str]:
+        """State keys whose values nothing reads: with exclude_state the model gets zeros, and no relative action key
+        is decoded against them (relative_anchors). Their widths still count; their values are not checked."""
+        if not self.config.exclude_state:
+            return frozenset()
+        return frozenset(self.modality_configs(tag)["state"].modality_keys) - set(self.relative_anchors(tag))
+
     def _compute_norm_params(self, tag: str) -> EmbodimentNormParams:
         if tag in self.statistics_errors:
             raise ValueError(self.statistics_errors[tag])
@@ -175,11 +182,17 @@ class Gr00tN1d7Processor(VideoChecks):
         state_config = configs["state"]
         params = self.norm_params(tag).state
         anchors = self.relative_anchors(tag) if self.config.clip_outliers else {}
+        unread = self.unread_state_keys(tag)
         groups = []
         for key in state_config.modality_keys:
             if key not in states:
                 raise KeyError(f"Joint group '{key}' not found in state dict for embodiment '{tag}'")
             value = np.asarray(states[key], np.float64)
+            if key in unread:  # the model gets zeros (below): a NaN placeholder or another unit is served, as upstream
+                with np.errstate(all="ignore"):  # normalize_state_key for its width check and its (sin/cos) width
+                    groups.append(norm.normalize_state_key(key, value, params[key], state_config,
+                                                           self.config.apply_sincos_state_encoding, False))
+                continue
             rows = non_finite_rows(value)  # an inf on a clipped key would end at +-1: a plausible, wrong action
             if rows:
                 raise ObservationError(f"State key '{key}' of '{tag}' has non-finite values (NaN or inf) in rows "
@@ -420,8 +433,9 @@ class Gr00tN1d7Processor(VideoChecks):
     def state_outliers(self, tag: str, raw_states: Mapping[str, np.ndarray], rows: Sequence[int]) -> List[str]:
         """For each state key whose values in `rows` normalize beyond +-STATE_OUTLIER_LIMIT: its name, largest
         normalized and raw |value| in those rows, and its statistics' range."""
-        return actions.state_outliers(raw_states, rows, self.modality_configs(tag).get("state"),
-                                      self.norm_params(tag).state, self.config)
+        unread = self.unread_state_keys(tag)  # the model never saw them: no cause of its answer
+        return actions.state_outliers({key: value for key, value in raw_states.items() if key not in unread}, rows,
+                                      self.modality_configs(tag).get("state"), self.norm_params(tag).state, self.config)
 
     def check_reference_states(self, tag: str, raw_states: Mapping[str, np.ndarray]) -> None:
         """ValueError unless every relative action key's reference state can anchor it (finite, for xyz+rot6d a
