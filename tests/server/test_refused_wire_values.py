@@ -50,3 +50,25 @@ def test_a_malformed_complex_map_is_refused_naming_its_key_and_what_was_expected
             f"{type(data).__name__} {data!r}") in error
     assert "undecodable" not in error
     assert policy.calls == 0
+
+
+@pytest.mark.parametrize("wire", ["reference", "multipart"])
+def test_a_65_dimensional_array_is_refused_naming_the_count_and_numpys_limit(wire):
+    """numpy's own ValueError (more than 64 dimensions) was answered 'needs 4 bytes, got 4'."""
+    policy = EchoPolicy()
+    shape = [1] * 65
+    if wire == "multipart":
+        joints = msgpack.ExtType(42, msgpack.packb([2, "<f4", shape]))
+        frames = [codec.MULTIPART_MAGIC, msgpack.packb({"endpoint": "get_action", "data": {"observation": {
+            "state": {"joints": joints}}}}, use_bin_type=True), b"\0" * 4]
+    else:
+        joints = {b"nd": True, b"type": "<f4", b"kind": b"", b"shape": shape, b"data": b"\0" * 4}
+        frames = [msgpack.packb({"endpoint": "get_action", "data": {"observation": {"state": {"joints": joints}}}},
+                                use_bin_type=True)]
+    with running_server(policy) as server:
+        reply = raw_round_trip(server.port, frames)
+    assert reply is not None, "no reply"
+    message = codec.decode_multipart(reply) if len(reply) > 1 else codec.decode(reply[0])
+    assert ("data.observation.state.joints: array shape has 65 dimensions; numpy allows at most 64"
+            in message["error"])
+    assert policy.calls == 0

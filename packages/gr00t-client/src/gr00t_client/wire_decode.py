@@ -29,6 +29,7 @@ VIEWING_MAX_ITEMS = 4096  # the Python reader gives way to msgpack's C unpacker 
 # "0,"), so JSON costs no more per byte than msgpack does: a 16 MB string of "[]," made 844 MB of lists.
 MAX_MODALITY_CONFIG_JSON_CHARS = 64 * 1024
 JSON_CHARS_PER_ITEM = 2
+MAX_ARRAY_DIMS = getattr(np, "MAXDIMS", 64)  # numpy's own limit (32 before numpy 2, which dropped the name)
 
 
 # What a dtype's `.str` (or a plain name) looks like: byte order, kind and size ('<f4', '|u1', '<U10', 'float32'), a
@@ -84,6 +85,8 @@ def _shape_error(data: Any, dtype: np.dtype, shape: Any) -> WireDecodeError:
     """The precise reason an array's shape and data do not fit (only computed on failure)."""
     if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
         return WireDecodeError(f"array shape must be a list of non-negative ints, got {shape!r}")
+    if len(shape) > MAX_ARRAY_DIMS:  # numpy's own ValueError led to a size check that found nothing wrong
+        return _dims_error(shape)
     largest = np.iinfo(np.intp).max
     extent = dtype.itemsize  # numpy multiplies every dimension, zeros aside, before it sees a zero
     for dim in shape:
@@ -98,6 +101,10 @@ def _shape_error(data: Any, dtype: np.dtype, shape: Any) -> WireDecodeError:
         expected *= dim
     size = memoryview(data).nbytes
     return WireDecodeError(f"array of dtype {dtype.str} and shape {list(shape)} needs {expected} bytes, got {size}")
+
+
+def _dims_error(shape: Any) -> WireDecodeError:
+    return WireDecodeError(f"array shape has {len(shape)} dimensions; numpy allows at most {MAX_ARRAY_DIMS}")
 
 
 _SCALAR_TYPES = {"b": (bool,), "i": (int,), "u": (int,), "f": (int, float), "c": (int, float, complex), "U": (str,),
@@ -276,6 +283,8 @@ def _npy_header(blob: Union[bytes, bytearray]) -> Tuple[Tuple[int, ...], bool, n
         raise ValueError(f"'fortran_order' must be True or False; got {fortran_order!r:.40}")
     if not isinstance(shape, tuple) or not all(type(dim) is int and dim >= 0 for dim in shape):
         raise ValueError(f"'shape' must be a tuple of whole numbers >= 0; got {shape!r:.60}")
+    if len(shape) > MAX_ARRAY_DIMS:
+        raise _dims_error(shape)
     return shape, fortran_order, np.dtype(descr), start + size
 
 

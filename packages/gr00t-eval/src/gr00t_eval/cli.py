@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "results file at its top: a folder without one is refused, deleting nothing), and delete an earlier run's episode videos "
                         "(episode_*_success/failure/error.mp4, nothing else) from a --video-dir outside it. With --shard I/N "
                         "it replaces only that shard's files (its run, episodes and results files and the videos its "
-                        "episode log lists), never another shard's, and removes a merge of the split in that folder that "
+                        "episode log lists in its own videos/ or a --video-dir it claimed), never another shard's, and removes a merge of the split in that folder that "
                         "holds this shard's earlier results once the server answered (one that is a symbolic link is "
                         "kept, with a warning). Refused, --overwrite or not: a directory whose run "
                         "(or this shard) is still running; a whole run into a directory holding shard files; a shard "

@@ -105,7 +105,7 @@ def resumed_env_timeout(args: argparse.Namespace, config: Any, output_dir: Path)
     return config
 
 
-def _default_video_dir(saved: Mapping[str, Any], output_dir: Path, shard: Any = None) -> bool:
+def runs_default_video_dir(saved: Mapping[str, Any], output_dir: Path, shard: Any = None) -> bool:
     """Whether a run file's video folder is the run's own OUTPUT_DIR/videos (recorded since `default_video_dir`;
     for an older run file, a path ending in 'videos' that is either relative and ends in its directory's name and
     'videos', or the folder the earlier episodes' videos came from and are found under the directory's videos/, as
@@ -141,9 +141,9 @@ def _videos_came_with_folder(video_dir: str, output_dir: Path, shard: Any) -> bo
 
 def resumed_video_dir(saved: Mapping[str, Any], config: Any, output_dir: Path, shard: Any) -> Tuple[Any, bool]:
     """The resumed run's `config` with its video folder, and whether that folder moved: the resumed directory's
-    videos/ when it is the run's default one (_default_video_dir), wherever the directory now is; else the saved
+    videos/ when it is the run's default one (runs_default_video_dir), wherever the directory now is; else the saved
     folder, unchanged."""
-    if _default_video_dir(saved, output_dir, shard):  # OUTPUT_DIR/videos of the directory resumed, wherever it now is
+    if runs_default_video_dir(saved, output_dir, shard):  # OUTPUT_DIR/videos of the directory resumed, wherever it now is
         return dataclasses.replace(config, video_dir=str(output_dir.absolute() / "videos")), True
     return config, False
 
@@ -156,15 +156,20 @@ def _videos_moved_with_run(done: Sequence[Any], old_video_dir: Any, new_video_di
         return list(done)
     moved = []
     for outcome in done:
-        try:
-            relative = Path(outcome.video_path).relative_to(old_video_dir) if outcome.video_path else None
-        except ValueError:  # not one of the run's own videos
-            relative = None
-        if relative is not None:
-            path = Path(new_video_dir) / relative
+        path = moved_video_path(outcome.video_path, old_video_dir, new_video_dir) if outcome.video_path else None
+        if path is not None:
             outcome = dataclasses.replace(outcome, video_path=str(path) if path.is_file() else None)
         moved.append(outcome)
     return moved
+
+
+def moved_video_path(video_path: str, old_video_dir: str, new_video_dir: str) -> Optional[Path]:
+    """Where a video a run listed under `old_video_dir` (its run file's) is now that its folder is `new_video_dir`,
+    the part after it (a task's folder) kept; None for a path not under `old_video_dir` (not one of the run's own)."""
+    try:
+        return Path(new_video_dir) / Path(video_path).relative_to(old_video_dir)
+    except ValueError:
+        return None
 
 
 def check_ray_flags(args: argparse.Namespace) -> None:

@@ -176,7 +176,8 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
 
     With `own_files` (a shard's file names, its run file first) the directory may hold the other shards of its
     split: only those names must not exist yet, and `overwrite` deletes those files and the episode videos their
-    episode log lists (not in a --video-dir another run has claimed since: _still_this_shards), never another shard's.
+    episode log lists in the shard's own videos folders (_own_videos; not in a --video-dir another run has claimed
+    since: _still_this_shards), never another shard's, nor a file elsewhere that a copied or edited log names.
     A directory holding another run (sharded, for a whole run; a whole run or another split, for a shard), or that a
     run still running has claimed (any command's claim file, run_claim.CLAIM_FILENAMES, but those in `keep`), is
     refused even with `overwrite`, as is a non-empty one whose top holds no file an earlier run wrote (_earlier_run_file).
@@ -192,7 +193,7 @@ def prepare_output_dir(path: Union[str, Path], overwrite: bool = False, own_file
     if overwrite and own_files is not None and path.is_dir():
         replaced = [path / name for name in own_files if (path / name).exists()]
         if replaced:
-            videos = _still_this_shards(path / own_files[0], _listed_videos(replaced))
+            videos = _still_this_shards(path / own_files[0], _own_videos(path, path / own_files[0], replaced))
             logger.warning("replacing %s and %d episode videos of this shard (--overwrite); other shards' files are kept",
                            ", ".join(p.name for p in replaced), len(videos))
             device = path.stat().st_dev  # a rename cannot take a video on another file system into the trash
@@ -412,6 +413,40 @@ def _refuse_foreign_runs(path: Path, names: Sequence[str], what: str, why: str) 
                              "another run's results: name another --output-dir (or move those files away first)")
 
 
+def _own_videos(path: Path, run_file: Path, files: Sequence[Path]) -> List[Path]:
+    """The episode videos these episode logs and results `files` of a shard in `path` list (_listed_videos) that lie,
+    links resolved, in its own videos folder: path/videos, or the --video-dir its run file names where the shard's run
+    claimed it (video_claims) or it is in `path`. A copied or moved run's listed paths are taken where --resume takes
+    them (rollout_args.moved_video_path). Any other file listed is kept, with a warning: a log copied with its folder
+    names the videos of the run it was copied from, and a log edited by hand any file at all."""
+    from .rollout_args import moved_video_path, runs_default_video_dir
+    from .shard import ShardSpec
+    from .video_claims import holds_video_claim, video_claim_writer
+    from .video_dirs import within
+
+    listed = _listed_videos(files)
+    folders = [path / "videos"]
+    try:
+        saved = json.loads(run_file.read_text())
+        video_dir, shard = saved["config"]["video_dir"], saved["shard"]
+        if isinstance(video_dir, str) and runs_default_video_dir(saved, path, ShardSpec.parse(shard)):
+            listed = [moved_video_path(str(video), video_dir, str(path / "videos")) or video for video in listed]
+        elif isinstance(video_dir, str) and (within(Path(video_dir), path) or
+                                             holds_video_claim(Path(video_dir), video_claim_writer(path, shard))):
+            folders.append(Path(video_dir))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no run file of this version: videos/ alone
+        pass
+    # where each is now (a moved run's recorded paths are gone), once: a log and results may list it by either path
+    listed = [video for video in dict.fromkeys(listed) if video.is_file()]
+    own = [video for video in listed if any(within(video, folder) for folder in folders)]
+    others = [video for video in listed if video not in own]
+    if others:
+        logger.warning("keeping %d episode videos the earlier run's files in %s list outside its own videos folder "
+                       "(%s, ...): another run's, as in a copied or moved run folder, or named by hand",
+                       len(others), path, others[0])
+    return own
+
+
 def _still_this_shards(run_file: Path, videos: List[Path]) -> List[Path]:
     """Those of `videos` (listed by a shard's earlier log) that are still its own: not in a --video-dir another run
     has claimed since (video_claims.video_dir_taken_over), whose videos they may now be; those are kept, with a warning."""
@@ -448,4 +483,4 @@ def _listed_videos(files: Sequence[Path]) -> List[Path]:
         except (OSError, ValueError):
             continue
         paths.update(Path(e["video_path"]) for e in entries if isinstance(e, dict) and isinstance(e.get("video_path"), str))
-    return [p for p in sorted(paths) if EPISODE_VIDEO_NAME.fullmatch(p.name) and p.is_file()]
+    return [p for p in sorted(paths) if EPISODE_VIDEO_NAME.fullmatch(p.name)]

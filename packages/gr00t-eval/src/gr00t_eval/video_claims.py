@@ -119,6 +119,11 @@ def _claim_number(record: Mapping[str, Any]) -> Optional[int]:
     return number if isinstance(number, int) and not isinstance(number, bool) else None
 
 
+def holds_video_claim(video_dir: Path, writer: str) -> bool:
+    """Whether the run `writer` names (video_claim_writer) has claimed `video_dir` (a finished run's claim stays)."""
+    return _video_claim_file(video_dir, writer).is_file()
+
+
 def video_dir_taken_over(video_dir: Union[str, Path], writer: str) -> Optional[Path]:
     """The claim of another run that took `video_dir` for its videos after `writer` last claimed it (any other run's
     when `writer` holds no claim there), a shard of its plan aside: that run may have replaced `writer`'s videos
