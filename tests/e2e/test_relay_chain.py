@@ -167,6 +167,61 @@ def test_pinned_policy_through_a_relay_stops_when_the_upstream_serves_another_ch
         upstream.stop()
 
 
+@pytest.mark.parametrize("second, current, refusal", [
+    (lambda: Computing("bfloat16"), {"runtime": {"dtype": "bfloat16", "device": "cpu", "inference_mode": "pytorch"}},
+     "dtype bfloat16 on the server and float32 in this run"),
+    (lambda: Checkpoint(7.0, "B"), {"identity": {"kind": "test", "checkpoint": "B"}}, "checkpoint B"),
+], ids=["dtype", "checkpoint"])
+def test_a_robot_connecting_after_the_upstream_restarted_while_the_relay_idled_is_told_the_upstreams_current_policy(
+        second, current, refusal):
+    """A `rollout --resume` through a relay after its upstream was restarted with other flags (or another checkpoint)
+    while no robot was connected: the relay asks its upstream again for a new robot, so the resume is refused as it
+    would be against the upstream itself, not told the policy it served before."""
+    upstream = RestartableServer(lambda: Computing("float32"))
+    try:
+        with relay_of(upstream.port) as relay:
+            with PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot:
+                recorded = policy_record(robot)  # the run's record
+                robot.get_action(observation())
+            upstream.make_policy = second
+            upstream.restart(reconnecting=1)
+            with PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot:
+                told = policy_record(robot)
+                assert {key: told.get(key) for key in current} == current
+                with pytest.raises(ServedPolicyChanged, match=refusal):
+                    check_serves(robot, recorded)  # the resume's refusal
+    finally:
+        upstream.stop()
+
+
+def test_a_new_robots_info_through_a_relay_whose_upstream_is_down_is_refused_not_answered_with_the_old_policy():
+    """Whether the upstream came back with another policy cannot be told: "ask again"; pings are still answered."""
+    upstream = RestartableServer(lambda: Checkpoint())
+    port = upstream.port
+    refused = []
+    try:
+        with relay_of(port, timeout_ms=1000) as relay:
+            with PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot:
+                robot.get_action(observation())  # the relay learnt its upstream's policy
+            upstream.stop()
+            with PolicyClient("127.0.0.1", relay.port, timeout_ms=10_000) as robot, \
+                    PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as watcher:
+                def ask():
+                    try:
+                        robot.get_server_info()
+                    except UpstreamFailedError as exc:
+                        refused.append(exc)
+                asking = threading.Thread(target=ask, daemon=True)
+                asking.start()
+                assert watcher.ping()  # on the relay's socket thread: never behind the worker's question upstream
+                asking.join(15)
+    finally:
+        with contextlib.suppress(Exception):
+            upstream.stop()
+    assert len(refused) == 1
+    assert f"at tcp://127.0.0.1:{port}: what it serves is not known yet" in str(refused[0])
+
+
 def test_an_upstream_refusal_reaches_the_robot_with_its_words_and_the_upstreams_address():
     with running_server(Checkpoint(strict=True)) as upstream, relay_of(upstream.port) as relay, \
             PolicyClient("127.0.0.1", relay.port) as robot:

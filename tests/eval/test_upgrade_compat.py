@@ -362,3 +362,23 @@ def test_a_record_of_another_tag_is_not_matched_by_the_policy_s_own_tag():
     assert same_policy(record_from_info({**info, "embodiment_tag": "LIBERO_PANDA"}), now)
     assert not same_policy(record_from_info({**info, "embodiment_tag": "simpler_env_google"}), now)
     assert not same_policy(record_from_info({**info, "embodiment_tag": None, "modality_configs": {}}), now)
+
+
+def test_a_batch_job_recorded_without_runtime_gains_it_on_resume_so_a_resume_in_another_dtype_starts_over(tmp_path):
+    """A batch job resumes as a rollout's --resume does: its older record (checkpoint identity, no runtime) takes the
+    server's runtime, so a later resume against the same checkpoint computed in another dtype is not pooled with it."""
+    from gr00t_eval.policy_identity import record_from_info
+
+    info = {"policy_class": "Gr00tPolicy", "embodiment_tag": "libero_sim", "modality_configs": {"action": [0, 1]},
+            "policy_identity": {"kind": "gr00t", "config_sha256": "c", "weights_fingerprint": "w",
+                                "processor_sha256": "p"}}
+    older = record_from_info(info)  # what a run.json written before servers reported their runtime holds
+    fp32, bf16 = (record_from_info({**info, "runtime": {"dtype": dtype, "device": "cpu", "inference_mode": "pytorch"}})
+                  for dtype in ("float32", "bfloat16"))
+    job_dir, config, _current = _job_with_one_episode_logged(tmp_path, {"policy": older})
+    _config, done = prepare_job_dir(job_dir, config, fp32)
+    assert [o.episode_index for o in done] == [0]  # the same checkpoint: kept
+    assert json.loads((job_dir / "run.json").read_text())["policy"]["runtime"]["dtype"] == "float32"
+    _config, done = prepare_job_dir(job_dir, config, bf16)
+    assert done == []  # the float32 episode is not pooled with bfloat16 ones
+    assert (job_dir / "episodes.replaced.jsonl").is_file()

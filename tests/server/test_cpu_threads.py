@@ -60,9 +60,8 @@ def test_omp_num_threads_chooses_the_pool_itself(tmp_path):
 def test_serve_fits_the_pool_before_it_loads_the_checkpoint(tmp_path):
     """The serve command's model load goes through the fit (a CLI run under a quota, not only the function)."""
     child = textwrap.dedent("""
-        import argparse, sys
         import torch
-        from gr00t_server import cpu_threads, serve_policy
+        from gr00t_server import cli, cpu_threads, serve_policy
         from gr00t_server.policies import gr00t_policy
 
         torch.set_num_threads(4)
@@ -74,9 +73,7 @@ def test_serve_fits_the_pool_before_it_loads_the_checkpoint(tmp_path):
             seen.append(torch.get_num_threads())
             raise Loaded()
         gr00t_policy.Gr00tPolicy = record
-        args = argparse.Namespace(model_path="ckpt", inference_mode="pytorch", device="cpu", strict=True, dtype=None,
-                                  clip_outliers=None, preprocess_device=None, max_rows=1, max_batch_size=1,
-                                  max_image_pixels=None, max_denoising_steps=None, warmup=False)
+        args = cli.build_parser().parse_args(["serve", "--model-path", "ckpt", "--device", "cpu", "--max-rows", "1"])
         try:
             serve_policy._model_policy(args, "new_embodiment")
         except Loaded:
@@ -87,3 +84,18 @@ def test_serve_fits_the_pool_before_it_loads_the_checkpoint(tmp_path):
     run = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "[1]"
+
+
+def test_an_omp_num_threads_that_is_no_positive_count_is_ignored_with_a_log_and_the_pool_is_capped(tmp_path):
+    """libgomp rejects '0' and 'abc' (torch then sizes its pool by the cores): such a value chooses nothing."""
+    for value in ("0", "abc", "4,2"):
+        result, log = _fit(tmp_path, "100000 100000\n", 4, OMP_NUM_THREADS=value)
+        assert result == {"changed": 1, "threads": 1}, value
+        assert f"OMP_NUM_THREADS={value!r} is not a positive thread count: ignored, torch runs 1 CPU threads" in log
+        assert log.count("is not a positive thread count") == 1
+
+
+def test_a_positive_omp_num_threads_chooses_even_beside_an_invalid_mkl_num_threads(tmp_path):
+    result, log = _fit(tmp_path, "100000 100000\n", 4, OMP_NUM_THREADS="4", MKL_NUM_THREADS="0")
+    assert result == {"changed": None, "threads": 4}
+    assert "MKL_NUM_THREADS='0' is not a positive thread count: ignored, torch runs 4 CPU threads" in log

@@ -28,7 +28,8 @@ from .batch_jobs import (VIDEO_ONLY_SETTINGS, Job, JobError, PolicyServerAddress
 from .episode_log import EpisodeLog, latest_entries
 from .metrics import ERROR_REASON_CHARS, EpisodeOutcome
 from .output_files import EPISODE_LOG_FILENAME, RUN_FILENAME
-from .policy_identity import check_takes_flat_observations, describe, pinned_policy, policy_record, same_policy
+from .policy_identity import (check_takes_flat_observations, describe, identifies_more, pinned_policy,
+                              policy_record, same_policy)
 from .results import RESULTS_FILENAME, results_text, write_results, write_results_text
 from .rollout.config import RolloutConfig, draw_base_seed, env_timeout_applies, without_unkept_env_timeout
 from .run_file import read_run_json
@@ -128,8 +129,8 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig, policy: Optional[Mappi
             logger.warning("job %s: its earlier attempt recorded no policy (an older gr00t-eval, or a server that did not "
                            "say), so nothing checks that its logged episodes are %s's, which serves it now; its results "
                            "will pool both. Recording %s from now on", job_dir.name, describe(policy), describe(policy))
-        if policy is not None and (earlier is None or (not earlier.get("identity") and policy.get("identity"))):
-            write_results(run_file, {**saved, "policy": dict(policy)})  # identity from now on: later attempts held to it
+        if policy is not None and (earlier is None or identifies_more(policy, earlier)):
+            write_results(run_file, {**saved, "policy": dict(policy)})  # the fuller record: later attempts held to it
         resumed = without_unkept_env_timeout(RolloutConfig(**saved["config"]))
         entries = list(EpisodeLog(log).entries())
         if logged is not None:

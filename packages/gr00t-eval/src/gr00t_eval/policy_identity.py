@@ -338,6 +338,23 @@ def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str
     return False
 
 
+def identifies_more(policy: Mapping[str, Any], first_policy: Mapping[str, Any]) -> bool:
+    """Whether `policy` (matched by same_policy) names more than `first_policy`, an older server's record, did (a
+    resume, of a rollout or a batch job, then records `policy`, so a later resume is held to it): a
+    checkpoint identity where it had none, or hashes it lacked (processor files, preprocessor_config.json, tokenizer,
+    a replay's data files), which it matched without, the policy's own tag where it had none or another spelling, or
+    what computes its actions (`runtime`) where it had none, with no less identity."""
+    if policy.get("embodiment_tag") is not None and policy.get("embodiment_tag") != first_policy.get("embodiment_tag"):
+        return True
+    identity, first_identity = policy.get("identity"), first_policy.get("identity")
+    adds_runtime = bool(policy.get("runtime")) and not first_policy.get("runtime")
+    if not first_identity:
+        return bool(identity) or adds_runtime
+    if not isinstance(identity, Mapping) or not isinstance(first_identity, Mapping):
+        return False
+    return set(identity) > set(first_identity) or (adds_runtime and set(identity) >= set(first_identity))
+
+
 def _recorded_before_data_hash(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """True, warning once that its actions go unchecked, when `old` is a replay recorded before replays hashed their
     data files and `new` is the same replay (meta/ files, episodes, horizon) with that hash: nothing recorded then

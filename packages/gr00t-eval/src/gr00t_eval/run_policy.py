@@ -30,7 +30,7 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
     from the first attempt's (its finished episodes would be reported with another policy's), or that cannot be
     learned when the first attempt's was; `who` serves it: "the server at HOST:PORT" or "the servers"."""
     from .cli_errors import UsageError
-    from .policy_identity import describe, runtime_difference, same_policy
+    from .policy_identity import describe, identifies_more, runtime_difference, same_policy
     from .run_file import record_run_policy
 
     plural = who == "the servers"
@@ -53,7 +53,7 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
                          f"(no get_server_info answer: a reference server, or one too busy to answer), and this run's "
                          f"{resumed_episodes} earlier episodes were scored against {describe(first_policy)}; resume "
                          "against a gr00t-server serving it, or start a new run")
-    if policy is not None and first_policy is not None and _identifies_more(policy, first_policy):
+    if policy is not None and first_policy is not None and identifies_more(policy, first_policy):
         record_run_policy(output_dir, shard, policy)  # the fuller identity from now on: a later resume is held to it
     if policy is not None and first_policy is None:
         if resumed_episodes:  # a run file of an older gr00t-eval (or a server that gave no info then)
@@ -62,22 +62,6 @@ def _adopt_run_policy(output_dir: Path, shard: Any, first_policy: Optional[Mappi
                            "results will pool both. Recording %s from now on", output_dir, resumed_episodes, serving,
                            describe(policy))
         record_run_policy(output_dir, shard, policy)
-
-
-def _identifies_more(policy: Mapping[str, Any], first_policy: Mapping[str, Any]) -> bool:
-    """Whether `policy` (matched by same_policy) names more than `first_policy`, an older server's record, did: a
-    checkpoint identity where it had none, or hashes it lacked (processor files, preprocessor_config.json, tokenizer,
-    a replay's data files), which it matched without, the policy's own tag where it had none or another spelling, or
-    what computes its actions (`runtime`) where it had none, with no less identity."""
-    if policy.get("embodiment_tag") is not None and policy.get("embodiment_tag") != first_policy.get("embodiment_tag"):
-        return True
-    identity, first_identity = policy.get("identity"), first_policy.get("identity")
-    adds_runtime = bool(policy.get("runtime")) and not first_policy.get("runtime")
-    if not first_identity:
-        return bool(identity) or adds_runtime
-    if not isinstance(identity, Mapping) or not isinstance(first_identity, Mapping):
-        return False
-    return set(identity) > set(first_identity) or (adds_runtime and set(identity) >= set(first_identity))
 
 
 def _check_policy_runs_settings(client: Any, env_spec: str, config: Any, resumed: Optional[Path],

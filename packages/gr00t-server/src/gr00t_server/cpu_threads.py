@@ -4,13 +4,15 @@ torch sizes its CPU thread pool by the machine's cores (OpenMP honours the CPU a
 a server in a container limited to 2 CPUs on a 64-core node runs 32 threads that the kernel throttles in turn, and
 a parallel op waits for its slowest thread. Under a 1-CPU quota on 2 cores, fitting 2 threads to 1 gave 1.35-1.55x
 the iterations/s and a third of the p99 latency (more threads over a smaller quota lose more). The commands that run
-a model fit the pool at start, unless OMP_NUM_THREADS (or MKL_NUM_THREADS) chooses it.
+a model fit the pool at start, unless OMP_NUM_THREADS (or MKL_NUM_THREADS) chooses it with a positive count; libgomp
+rejects any other value ('0', 'abc', '4,2') and torch then sizes its pool by the cores, so such a value is ignored.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Callable, Optional
 
 from gr00t_client.usable_cpus import usable_cpu_count
@@ -18,20 +20,33 @@ from gr00t_client.usable_cpus import usable_cpu_count
 logger = logging.getLogger(__name__)
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_ignored_logged: set = set()  # (name, value) pairs already logged as ignored: once per process
 
 
 def fit_torch_threads(count_cpus: Optional[Callable[[], int]] = None) -> Optional[int]:
     """Cap torch's intra-op threads at the CPUs this process may use (its affinity, its cgroup's quota); the new count,
     or None where nothing changed (the pool already fits, or an environment variable chose its size)."""
-    chosen = [name for name in THREAD_ENV_VARS if os.environ.get(name, "").strip()]
-    if chosen:
-        return None
+    values = {name: os.environ.get(name, "").strip() for name in THREAD_ENV_VARS}
+    chosen = [name for name, value in values.items() if _is_thread_count(value)]
+    ignored = {name: value for name, value in values.items() if value and name not in chosen}
     import torch
 
-    current, usable = torch.get_num_threads(), (count_cpus or usable_cpu_count)()
-    if current <= usable:
-        return None
-    torch.set_num_threads(usable)
-    logger.info("torch runs %d CPU threads, not %d: this process may use %d CPUs (its affinity and cgroup CPU quota); "
-                "set OMP_NUM_THREADS to choose another count", usable, current, usable)
-    return usable
+    changed = None
+    if not chosen:
+        current, usable = torch.get_num_threads(), (count_cpus or usable_cpu_count)()
+        if current > usable:
+            torch.set_num_threads(usable)
+            logger.info("torch runs %d CPU threads, not %d: this process may use %d CPUs (its affinity and cgroup CPU "
+                        "quota); set OMP_NUM_THREADS to choose another count", usable, current, usable)
+            changed = usable
+    for name, value in ignored.items():
+        if (name, value) not in _ignored_logged:
+            _ignored_logged.add((name, value))
+            logger.warning("%s=%r is not a positive thread count: ignored, torch runs %d CPU threads (%s)", name, value,
+                           torch.get_num_threads(), f"{chosen[0]} chooses them" if chosen else "the usable CPUs")
+    return changed
+
+
+def _is_thread_count(value: str) -> bool:
+    """Whether an environment variable's value chooses a thread count (libgomp reads only a positive integer)."""
+    return re.fullmatch(r"[0-9]+", value) is not None and int(value) > 0

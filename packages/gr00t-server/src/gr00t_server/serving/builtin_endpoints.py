@@ -41,6 +41,9 @@ _UNDECLARED = object()  # _observation_format: a policy that has no observation_
 # policy object); on the worker (which asks them) while none are known yet
 POLICY_FACT_ENDPOINTS = frozenset({"get_modality_config", "get_server_info"})
 _CONFIGS, _IDENTITY = "modality_configs", "identity"  # the _policy_fact keys of a policy's configs and identity
+# A relay's connections whose get_server_info was answered from its upstream's facts asked again since they connected:
+# the most it remembers (a connection it forgot is asked for again, one upstream ping on the worker)
+RELAY_INFORMED_CONNECTIONS = 4096
 
 
 class BuiltinEndpoints:
@@ -115,25 +118,32 @@ class BuiltinEndpoints:
         facts = self._relay_facts
         return facts if facts is not None and facts.policy is self.policy else None
 
-    def answers_now(self, endpoint: str) -> bool:
+    def answers_now(self, endpoint: str, connection: bytes = b"") -> bool:
         """Whether the socket thread answers built-in `endpoint` itself: not info or configs while their facts are not
         known, a relay's of its upstream (started before it) or a policy's configs and identity (one swapped in while
-        serving): the worker asks the upstream or the policy for them then, never this thread."""
+        serving), nor a relay's info to a `connection` (ROUTER identity) it has not answered yet: its upstream may
+        have restarted with another policy while the relay idled, which its client learns only by asking. The worker
+        asks the upstream or the policy for them then, never this thread."""
         if endpoint not in POLICY_FACT_ENDPOINTS:
             return True
         if self._upstream is not None:
-            return self._upstream_facts is not None
+            informed = endpoint != "get_server_info" or connection in self._relay_informed
+            return self._upstream_facts is not None and informed
         policy, facts = self._policy_facts
         return policy is self.policy and _CONFIGS in facts and _IDENTITY in facts
 
-    def _learn_upstream_facts(self, timeout_ms: Optional[int] = None, policy: Any = None) -> UpstreamFacts:
+    def _learn_upstream_facts(self, timeout_ms: Optional[int] = None, policy: Any = None,
+                              ask_again: bool = False) -> UpstreamFacts:
         """Ask the upstream of `policy` (default: the served one) for its facts and modality configs where its client
         forgot them (or never learnt them), off the socket thread, and keep them as the relay's snapshot (replaced
-        only by facts learnt anew); returns that snapshot, and raises what the upstream's client raised."""
+        only by facts learnt anew); returns that snapshot, and raises what the upstream's client raised. `ask_again`:
+        ping the upstream first, so that a restart while the relay idled (a new connection) is learnt now."""
         if policy is None:
             upstream, policy = self._upstream, self.policy
         else:
             upstream = upstream_client(policy)
+        if ask_again:
+            upstream.ping_or_raise(timeout_ms=timeout_ms)  # its reply over a new connection forgets the old facts
         upstream.refresh_server_facts(timeout_ms=timeout_ms)
         changes = upstream.server_changes
         facts = self._relay_facts
@@ -156,13 +166,14 @@ class BuiltinEndpoints:
             logger.warning("could not learn what the upstream at %s serves (%s: %s)", upstream.address,
                            type(exc).__name__, log_text(_safe_text(exc), LOGGED_ERROR_CHARS, quoted=False))
 
-    def _known_upstream_facts(self) -> UpstreamFacts:
-        """The upstream's facts for info and configs: the snapshot; where there is none yet, asked of the upstream on
-        the worker (answers_now sends such a request there) within FACTS_AT_START_TIMEOUT_MS and the robot's
-        deadline. Refused "not known yet; ask again" (UpstreamFailure, which a client does not keep) otherwise."""
+    def _known_upstream_facts(self, ask_again: bool = False) -> UpstreamFacts:
+        """The upstream's facts for info and configs: the snapshot; where there is none yet, or `ask_again` (a new
+        connection's info), asked of the upstream on the worker (answers_now sends such a request there) within
+        FACTS_AT_START_TIMEOUT_MS and the robot's deadline. Refused "not known yet; ask again" (UpstreamFailure,
+        which a client does not keep) otherwise: never a snapshot the upstream may have replaced unseen."""
         policy = self.policy  # read once: an operator may swap it while the upstream is asked
         facts = self._upstream_facts
-        if facts is not None:
+        if facts is not None and not ask_again:
             return facts
         upstream = self._upstream
         not_known = UpstreamFailure(f"{UPSTREAM_FAILED} at {upstream.address}: what it serves is not known yet (it "
@@ -171,8 +182,8 @@ class BuiltinEndpoints:
             raise not_known
         # a question of the relay's own, as at start: a robot's long budget (or a stop) never waits out a dead upstream
         try:
-            facts = self._relayed(lambda: self._learn_upstream_facts(policy=policy), self._current,
-                                  within_ms=FACTS_AT_START_TIMEOUT_MS)
+            facts = self._relayed(lambda: self._learn_upstream_facts(policy=policy, ask_again=ask_again),
+                                  self._current, within_ms=FACTS_AT_START_TIMEOUT_MS)
         except UpstreamFailure as failure:  # not answered: the socket thread's words, and why, not the client's alone
             why = str(failure).replace(f"{UPSTREAM_FAILED} at {upstream.address}: ", "", 1)
             refusal = UpstreamFailure(f"{not_known} ({why})")
@@ -334,6 +345,14 @@ class BuiltinEndpoints:
             configs.raise_again()  # each request is told it alike
         return configs
 
+    def _note_informed(self, connection: bytes) -> None:
+        """Remember that `connection` was told the upstream's facts as asked after it connected (written on the worker
+        only; the socket thread reads it), forgetting the oldest beyond RELAY_INFORMED_CONNECTIONS."""
+        informed = self._relay_informed
+        informed[connection] = None
+        while len(informed) > RELAY_INFORMED_CONNECTIONS:
+            del informed[next(iter(informed))]
+
     def _policy_configs(self) -> Any:
         """The served policy's modality configs, or _Raised with what asking them raised, learnt once per policy
         object (run() asks before serving): a policy guarding get_modality_config() with its get_action's lock held
@@ -410,6 +429,10 @@ class BuiltinEndpoints:
         from .. import __version__ as server_version
         from gr00t_client import __version__ as client_version
 
+        request, upstream = self._current, self._upstream
+        if upstream is not None and request is not None and request.identity not in self._relay_informed:
+            self._known_upstream_facts(ask_again=True)  # on the worker (answers_now): the upstream's policy now
+            self._note_informed(request.identity)
         try:
             modality = self._get_modality_config()
         except (InlineCallAbandoned, UpstreamFailure):
@@ -417,7 +440,7 @@ class BuiltinEndpoints:
         except BaseException as exc:  # info must answer even when the policy cannot (a SystemExit in its config loader)
             modality = {"error": error_text("get_modality_config", exc)[0]}
         self.session_table()  # a policy swapped in: the session limits said below are its own
-        upstream = self._upstream  # a relay reports its upstream's policy as last learnt (off this thread)
+        # a relay reports its upstream's policy as last learnt (off this thread)
         known = (self._upstream_facts if upstream is not None else None) or NOTHING_LEARNT
         return {
             "server": "gr00t-server",
