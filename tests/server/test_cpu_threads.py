@@ -87,8 +87,9 @@ def test_serve_fits_the_pool_before_it_loads_the_checkpoint(tmp_path):
 
 
 def test_an_omp_num_threads_that_is_no_positive_count_is_ignored_with_a_log_and_the_pool_is_capped(tmp_path):
-    """libgomp rejects '0' and 'abc' (torch then sizes its pool by the cores): such a value chooses nothing."""
-    for value in ("0", "abc", "4,2"):
+    """libgomp rejects '0', 'abc' and a list holding a 0 (torch then sizes its pool by the cores): such a value chooses
+    nothing."""
+    for value in ("0", "abc", "4,0", "4;2"):
         result, log = _fit(tmp_path, "100000 100000\n", 4, OMP_NUM_THREADS=value)
         assert result == {"changed": 1, "threads": 1}, value
         assert f"OMP_NUM_THREADS={value!r} is not a positive thread count: ignored, torch runs 1 CPU threads" in log
@@ -99,3 +100,11 @@ def test_a_positive_omp_num_threads_chooses_even_beside_an_invalid_mkl_num_threa
     result, log = _fit(tmp_path, "100000 100000\n", 4, OMP_NUM_THREADS="4", MKL_NUM_THREADS="0")
     assert result == {"changed": None, "threads": 4}
     assert "MKL_NUM_THREADS='0' is not a positive thread count: ignored, torch runs 4 CPU threads" in log
+
+
+def test_openmps_list_of_counts_for_nested_levels_chooses_the_count(tmp_path):
+    """OMP_NUM_THREADS='4,2' (outer and nested levels) is a valid OpenMP value: it chooses, nothing is capped or logged."""
+    for value in ("4,2", " 3 , 1 "):
+        result, log = _fit(tmp_path, "100000 100000\n", 4, OMP_NUM_THREADS=value)
+        assert result == {"changed": None, "threads": 4}, value
+        assert "is not a positive thread count" not in log

@@ -4,8 +4,9 @@ torch sizes its CPU thread pool by the machine's cores (OpenMP honours the CPU a
 a server in a container limited to 2 CPUs on a 64-core node runs 32 threads that the kernel throttles in turn, and
 a parallel op waits for its slowest thread. Under a 1-CPU quota on 2 cores, fitting 2 threads to 1 gave 1.35-1.55x
 the iterations/s and a third of the p99 latency (more threads over a smaller quota lose more). The commands that run
-a model fit the pool at start, unless OMP_NUM_THREADS (or MKL_NUM_THREADS) chooses it with a positive count; libgomp
-rejects any other value ('0', 'abc', '4,2') and torch then sizes its pool by the cores, so such a value is ignored.
+a model fit the pool at start, unless OMP_NUM_THREADS (or MKL_NUM_THREADS) chooses it with a positive count (or, as
+OpenMP reads it, a list of them for nested levels: '4,2', whose first is the count); libgomp rejects any other value
+('0', 'abc', '4,0') and torch then sizes its pool by the cores, so such a value is ignored.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gr00t_client.usable_cpus import usable_cpu_count
 logger = logging.getLogger(__name__)
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_THREAD_COUNTS = re.compile(r"\s*0*[1-9][0-9]*\s*(,\s*0*[1-9][0-9]*\s*)*")  # '4', '4,2'; not '0', '4,0', 'abc'
 _ignored_logged: set = set()  # (name, value) pairs already logged as ignored: once per process
 
 
@@ -48,5 +50,6 @@ def fit_torch_threads(count_cpus: Optional[Callable[[], int]] = None) -> Optiona
 
 
 def _is_thread_count(value: str) -> bool:
-    """Whether an environment variable's value chooses a thread count (libgomp reads only a positive integer)."""
-    return re.fullmatch(r"[0-9]+", value) is not None and int(value) > 0
+    """Whether an environment variable's value chooses a thread count: a positive integer, or a list of them (one per
+    nesting level, the first the outer count), as OpenMP reads it."""
+    return _THREAD_COUNTS.fullmatch(value) is not None
