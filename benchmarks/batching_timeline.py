@@ -11,10 +11,13 @@ wrapping its methods. Each client is a process that resends pre-encoded frames (
 and stamps when its reply arrived and when it sent again, so the clients' turnaround splits into delivery
 (the server begins sending -> the client has its reply: ZeroMQ and the OS waking the process) and the client's
 own work. Rounds are counted from the start of the timed period to the first client's stop: the clients' warm-up
-calls before it and the last rounds after it, which fewer clients are left to fill, are left out.
+calls before it and the last rounds after it, which fewer clients are left to fill, are left out. With
+--clients-as threads the clients are throughput.py's default instead (PolicyClient threads of one process, sharing
+its interpreter lock): the server stages are the same, the clients' own stamps are not taken.
 
     python benchmarks/batching_timeline.py                       # 16 client processes, 8 s
     python benchmarks/batching_timeline.py --clients 8 --duration 4
+    python benchmarks/batching_timeline.py --clients-as threads  # as throughput.py measures its targets
 """
 
 from __future__ import annotations
@@ -184,6 +187,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--base-ms", type=non_negative_float, default=20.0)
     parser.add_argument("--per-row-ms", type=non_negative_float, default=1.0)
     parser.add_argument("--batch-timeout-ms", type=float, default=T.DEFAULT_BATCH_TIMEOUT_MS)
+    parser.add_argument("--clients-as", choices=["processes", "threads"], default="processes",
+                        help="processes that resend pre-encoded frames and stamp their turnaround (default), or "
+                             "PolicyClient threads of this process, as throughput.py's default (no client stamps)")
     args = parser.parse_args(argv)
     ctx = mp.get_context("spawn")
     ready, requests, results = ctx.Queue(), ctx.Queue(), ctx.Queue()
@@ -193,6 +199,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     server.start()
     try:
         port = wait_for("a port from the server process", ready, {"server process": server}, 300)
+        if args.clients_as == "threads":
+            observations = [T.sleep_observation(i) for i in range(args.clients)]
+            # on_warm runs after the warm-up calls, just before the start barrier: rounds from then on are timed
+            completed, seconds, _latencies, _errors, timed_from = T.drive(
+                port, args.clients, observations, args.duration, None, on_warm=time.monotonic, server=server)
+            first_stop, stamps = timed_from + args.duration, []  # the threads all stop together, at the duration
+            requests.put("rounds")
+            rounds, sent = wait_for("the rounds from the server process", results, {"server process": server}, 60)
+            report(args, rounds, sent, stamps, completed, seconds, timed_from, first_stop)
+            return
         warm, start, stamped = ctx.Barrier(args.clients + 1), ctx.Barrier(args.clients + 1), ctx.Queue()
         clients = [ctx.Process(target=_stamping_client, args=(port, T.sleep_observation(i), args.duration, warm, start, stamped),
                                daemon=True) for i in range(args.clients)]
@@ -213,12 +229,18 @@ def main(argv: Optional[List[str]] = None) -> None:
         server.terminate()
         server.join(10)
     stamps = [client_stamps for client_stamps, _stopped in reports]
-    warm_up, timed, draining = split_rounds(rounds, timed_from, min(stopped for _stamps, stopped in reports))
-    completed = sum(len(client) for client in stamps)
+    report(args, rounds, sent, stamps, sum(len(client) for client in stamps), seconds, timed_from,
+           min(stopped for _stamps, stopped in reports))
+
+
+def report(args: argparse.Namespace, rounds: List[Dict[str, float]], sent: List[float], stamps: List[List[tuple]],
+           completed: int, seconds: float, timed_from: float, first_stop: float) -> None:
+    """Print the run's req/s, its full rounds, the median stages of a round and the clients' per-request times."""
+    warm_up, timed, draining = split_rounds(rounds, timed_from, first_stop)
     ideal = T.ideal_requests_per_s(args.clients, args.base_ms, args.per_row_ms)
     of_ideal = "-" if ideal is None else f"{completed / seconds / ideal:.1%}"
     full = sum(1 for r in timed if r["rows"] == args.clients)
-    print(f"{args.clients} client processes, sleep {args.base_ms:g}+{args.per_row_ms:g}/row: "
+    print(f"{args.clients} client {args.clients_as}, sleep {args.base_ms:g}+{args.per_row_ms:g}/row: "
           f"{completed / seconds:.1f} req/s = {of_ideal} of ideal; {full} of {len(timed)} rounds full "
           f"(left out: {len(warm_up)} warm-up rounds before the start, {len(draining)} after the first client stopped)")
     print("median ms per round:")
