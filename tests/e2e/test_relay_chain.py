@@ -194,6 +194,28 @@ def test_a_robot_connecting_after_the_upstream_restarted_while_the_relay_idled_i
         upstream.stop()
 
 
+def test_a_robot_connecting_to_a_relay_of_a_relay_after_the_upstream_restarted_is_told_the_upstreams_current_policy():
+    """robot -> relay A -> relay B -> upstream, the upstream restarted with another checkpoint while the chain idled:
+    A's connection to B is old, so A marks its question to B as a new robot's, and B asks its upstream in turn; the
+    resume is refused as it would be against the upstream itself, and the old policy is never pinned."""
+    upstream = RestartableServer(lambda: Checkpoint(1.0, "A"))
+    try:
+        with relay_of(upstream.port) as relay_b, relay_of(relay_b.port) as relay_a:
+            with PolicyClient("127.0.0.1", relay_a.port, timeout_ms=5000) as robot:
+                recorded = policy_record(robot)  # the run's record
+                robot.get_action(observation())
+            upstream.make_policy = lambda: Checkpoint(7.0, "B")
+            upstream.restart(reconnecting=1)  # relay B's client
+            with PolicyClient("127.0.0.1", relay_a.port, timeout_ms=5000) as robot:
+                assert policy_record(robot)["identity"] == {"kind": "test", "checkpoint": "B"}
+                with pytest.raises(ServedPolicyChanged, match="checkpoint B"):
+                    check_serves(robot, recorded)  # the resume's refusal
+                action, _ = robot.get_action(observation())
+            assert np.all(action["arm"] == 7.0)
+    finally:
+        upstream.stop()
+
+
 def test_a_new_robots_info_through_a_relay_whose_upstream_is_down_is_refused_not_answered_with_the_old_policy():
     """Whether the upstream came back with another policy cannot be told: "ask again"; pings are still answered."""
     upstream = RestartableServer(lambda: Checkpoint())

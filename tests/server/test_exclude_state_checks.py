@@ -101,3 +101,24 @@ def test_a_state_in_other_units_on_an_unread_key_is_served_over_the_wire(tiny_ch
     with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
         action, _ = client.get_action(_observation(policy, "joints", 1e4))
     assert all(np.isfinite(chunk).all() for chunk in action.values())
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_the_sim_wrapper_serves_a_nan_placeholder_in_an_unread_state_key_as_the_wrapped_policy_does(excluded, strict):
+    """The flat form (state.<key>, what gr00t-eval rollouts send) is checked as the nested one: the wrapped policy's
+    unread keys are held to their width alone, its read keys still to finite values."""
+    from gr00t_server.policies.sim_wrapper import Gr00tSimPolicyWrapper
+
+    policy = excluded[strict]
+    wrapper = Gr00tSimPolicyWrapper(policy)
+
+    def flat(key, value):
+        nested = _observation(policy, key, value)
+        return {**{f"video.{name}": frames for name, frames in nested["video"].items()},
+                **{f"state.{name}": state for name, state in nested["state"].items()},
+                **{name: [row[0] for row in rows] for name, rows in nested["language"].items()}}
+
+    action, _ = wrapper.get_action(flat("gripper", np.nan), options={"seed": 0})
+    assert all(np.isfinite(chunk).all() for chunk in action.values())
+    with pytest.raises(ObservationError, match="'state.joints'.*NaN or inf"):
+        wrapper.get_action(flat("joints", np.nan))

@@ -17,6 +17,10 @@ ERROR_MARKER = "__gr00t_error__"
 TIMING_OPTION = "return_server_timing"
 TIMEOUT_FIELD = "timeout_ms"  # envelope field: the client's remaining budget; gr00t-server drops the request after it
 SESSION_CONTINUES_FIELD = "session_continues"  # see _session_served (gr00t_server.serving.messages reads it)
+# get_server_info envelope field of a relay's client asking for a robot that connected to the relay since it last
+# asked: a relay receiving it asks its own upstream in turn, as for a connection it has not answered yet, so a restart
+# of the upstream while a chain of relays idled reaches the new robot (ServerFacts.refresh_server_facts)
+ASKS_UPSTREAM_FIELD = "asks_upstream"
 # get_action info field of a relay (a gr00t-server serving a PolicyClient): its client's server_changes, which moves
 # when the upstream may serve another model; the robot's client then counts a server change of its own (on_new_server)
 UPSTREAM_CHANGES_FIELD = "upstream_server_changes"
@@ -38,6 +42,8 @@ class ClientMessages:
         envelope["session_id"] = self.session_id
         if self._session_served:
             envelope[SESSION_CONTINUES_FIELD] = True
+        if endpoint == "get_server_info" and getattr(self._call, "asks_upstream", False):
+            envelope[ASKS_UPSTREAM_FIELD] = True
         return envelope
 
     def _check_size(self, frames: List[Any], endpoint: str) -> None:

@@ -166,6 +166,34 @@ class ServerFacts:
                 self._learn_policy_facts(info)
             self._server_info_asked = True
 
+    def _ask_server_info_again(self, timeout_ms: Optional[int]) -> None:
+        """refresh_server_facts(ask_again=True)'s question: get_server_info marked ASKS_UPSTREAM_FIELD, whatever was
+        learnt (a first question is marked too), the policy facts compared with those known before it."""
+        call = self._call
+        with self._locked():
+            self._notice_reconnection()
+            if self._server_is_ours is False:
+                return  # a reference server: it has no get_server_info, nor an upstream to ask
+            known = self._server_info_asked
+            before = self._policy_facts_known()
+            saved, call.asks_upstream = getattr(call, "asks_upstream", False), True
+            try:
+                info = self.call_endpoint("get_server_info", requires_input=False, timeout_ms=timeout_ms)
+            finally:
+                call.asks_upstream = saved
+            if not (known and self._server_is_ours and isinstance(info, Mapping)):
+                return  # a first question: learnt by the negotiation it was, or by _learn_server_facts
+            self._learn_policy_facts(info)
+            if self._policy_facts_known() != before:
+                logger.info("the server at %s now serves another policy; asking it for its facts again", self.address)
+                self._forget_server()
+                self.server_changes += 1
+
+    def _policy_facts_known(self) -> tuple:
+        """What _learn_policy_facts learnt, as one value to compare."""
+        return (self.server_observation_format, self.server_policy_class, self.server_policy_identity,
+                self.server_embodiment_tag, self.server_runtime, self.server_keeps_sessions)
+
     def identity(self) -> Optional[Dict[str, Any]]:
         """The policy_identity the server last reported (None when unknown or none), read without asking: a server
         serving this client (a relay) reports it as its own, so an evaluation through the relay pins the upstream's."""
@@ -176,9 +204,14 @@ class ServerFacts:
         """The server's modality configs as learnt, without asking (None until learnt, and after a reconnection)."""
         return self._modality_config
 
-    def refresh_server_facts(self, timeout_ms: Optional[int] = None) -> None:
+    def refresh_server_facts(self, timeout_ms: Optional[int] = None, ask_again: bool = False) -> None:
         """Learn the server's facts (info and modality configs) where a reconnection forgot them or none were learnt
-        yet; nothing is sent when they are known. A relay's worker calls it so that its socket thread never asks."""
+        yet; nothing is sent when they are known. A relay's worker calls it so that its socket thread never asks.
+        `ask_again` (a relay, for a robot new to it): get_server_info is asked even when known, marked so that a relay
+        it reaches asks its own upstream in turn (ASKS_UPSTREAM_FIELD); a policy reported otherwise than before counts
+        as a server change (facts forgotten and asked again, on_new_server's check), as a reconnection does."""
+        if ask_again:
+            self._ask_server_info_again(timeout_ms)
         self._learn_server_facts(timeout_ms)
         if self._server_is_ours and self._modality_config is None:
             with self._locked():

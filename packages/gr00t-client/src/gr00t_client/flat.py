@@ -9,7 +9,7 @@ the server and in a strict PolicyClient alike.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, List, Optional
+from typing import AbstractSet, Any, List, Optional
 
 import numpy as np
 
@@ -97,9 +97,11 @@ def missing_flat_keys_error(observation: Mapping[str, Any],
                             f"got keys {sorted(map(str, observation))[:20]}")
 
 
-def validate_flat_observation(observation: Any, configs: Mapping[str, ModalityConfig]) -> int:
+def validate_flat_observation(observation: Any, configs: Mapping[str, ModalityConfig],
+                              unread_state_keys: AbstractSet[str] = frozenset()) -> int:
     """Check flat keys against nested configs: video.<k> uint8 (B,T,H,W,3), state.<k> float32 (B,T,D) and finite,
-    the language as B strings; return the batch size."""
+    the language as B strings; return the batch size. `unread_state_keys` (named as the configs name them, without
+    `state.`): as validate_observation's, held to their shape and dtype but not to finite values."""
     if not isinstance(observation, Mapping):
         raise ObservationError(f"observation must be a dict of flat keys (video.*, state.*, language); got {type(observation).__name__}")
     configs = as_modality_configs(configs)
@@ -127,7 +129,7 @@ def validate_flat_observation(observation: Any, configs: Mapping[str, ModalityCo
             _check_array(kind, name, value, dtype, ndim, config.horizon, layout, ObservationError)
             if modality == "video" and value.shape[-1] != 3:
                 raise ObservationError(f"Video key '{name}' must have 3 channels {layout}; got shape {value.shape}")
-            if modality == "state":
+            if modality == "state" and key not in unread_state_keys:
                 _check_finite(name, value)
             check_batch(name, value.shape[0])
     language = configs.get("language")

@@ -13,6 +13,7 @@ from gr00t_client.modality import ModalityConfig
 from gr00t_client.peer_text import shown_key
 from gr00t_client.policy import BasePolicy, ObservationError, PolicyWrapper, are_rows_checked, rows_checked
 
+from ..serving.wrappers import policy_chain
 from .previous_action import PreviousActionError, parsed_previous_action_error, renamed_cut_previous_action_error
 
 
@@ -91,7 +92,7 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
                 except ObservationError:
                     raise self._empty_observation_error() from None
             return
-        validate_flat_observation(observation, self.get_modality_config())
+        validate_flat_observation(observation, self.get_modality_config(), self._unread_state_keys())
         if self.policy.strict and not getattr(self._in_get_action, "active", False):
             self._check_wrapped(observation)
 
@@ -103,6 +104,16 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
             return super().get_action(observation, options)
         finally:
             self._in_get_action.active = outer
+
+    def _unread_state_keys(self) -> FrozenSet[str]:
+        """The state keys whose values the wrapped policy never reads (a Gr00tPolicy with exclude_state), found as
+        Gr00tPolicy.check_observation finds them; none for a policy that does not say."""
+        for link in policy_chain(self.policy):
+            unread = getattr(getattr(link, "processor", None), "unread_state_keys", None)
+            tag = getattr(link, "embodiment_tag_value", None)
+            if callable(unread) and isinstance(tag, str):
+                return unread(tag)
+        return frozenset()
 
     def _check_wrapped(self, observation: Mapping[str, Any]) -> None:
         try:

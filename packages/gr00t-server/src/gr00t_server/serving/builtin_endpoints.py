@@ -118,16 +118,17 @@ class BuiltinEndpoints:
         facts = self._relay_facts
         return facts if facts is not None and facts.policy is self.policy else None
 
-    def answers_now(self, endpoint: str, connection: bytes = b"") -> bool:
+    def answers_now(self, endpoint: str, connection: bytes = b"", asks_upstream: bool = False) -> bool:
         """Whether the socket thread answers built-in `endpoint` itself: not info or configs while their facts are not
         known, a relay's of its upstream (started before it) or a policy's configs and identity (one swapped in while
-        serving), nor a relay's info to a `connection` (ROUTER identity) it has not answered yet: its upstream may
-        have restarted with another policy while the relay idled, which its client learns only by asking. The worker
-        asks the upstream or the policy for them then, never this thread."""
+        serving), nor a relay's info to a `connection` (ROUTER identity) it has not answered yet, or that
+        `asks_upstream` (a relay in front asking for a robot new to it, over an old connection): its upstream may have
+        restarted with another policy while the relay idled, which its client learns only by asking. The worker asks
+        the upstream or the policy for them then, never this thread."""
         if endpoint not in POLICY_FACT_ENDPOINTS:
             return True
         if self._upstream is not None:
-            informed = endpoint != "get_server_info" or connection in self._relay_informed
+            informed = endpoint != "get_server_info" or (connection in self._relay_informed and not asks_upstream)
             return self._upstream_facts is not None and informed
         policy, facts = self._policy_facts
         return policy is self.policy and _CONFIGS in facts and _IDENTITY in facts
@@ -137,14 +138,15 @@ class BuiltinEndpoints:
         """Ask the upstream of `policy` (default: the served one) for its facts and modality configs where its client
         forgot them (or never learnt them), off the socket thread, and keep them as the relay's snapshot (replaced
         only by facts learnt anew); returns that snapshot, and raises what the upstream's client raised. `ask_again`:
-        ping the upstream first, so that a restart while the relay idled (a new connection) is learnt now."""
+        ping the upstream first, so that a restart while the relay idled (a new connection) is learnt now, then ask
+        its info anew, so that an upstream that is a relay asks its own upstream in turn (a chain of relays)."""
         if policy is None:
             upstream, policy = self._upstream, self.policy
         else:
             upstream = upstream_client(policy)
         if ask_again:
             upstream.ping_or_raise(timeout_ms=timeout_ms)  # its reply over a new connection forgets the old facts
-        upstream.refresh_server_facts(timeout_ms=timeout_ms)
+        upstream.refresh_server_facts(timeout_ms=timeout_ms, ask_again=ask_again)
         changes = upstream.server_changes
         facts = self._relay_facts
         if facts is None or facts.policy is not policy or facts.server_changes != changes:
@@ -430,7 +432,8 @@ class BuiltinEndpoints:
         from gr00t_client import __version__ as client_version
 
         request, upstream = self._current, self._upstream
-        if upstream is not None and request is not None and request.identity not in self._relay_informed:
+        if upstream is not None and request is not None and (request.identity not in self._relay_informed
+                                                             or request.asks_upstream):
             self._known_upstream_facts(ask_again=True)  # on the worker (answers_now): the upstream's policy now
             self._note_informed(request.identity)
         try:

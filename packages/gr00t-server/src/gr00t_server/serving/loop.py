@@ -28,6 +28,7 @@ from .messages import (
     Request,
     RequestError,
     adopt_n15_get_action,
+    asks_upstream,
     check_envelope,
     check_token,
     client_of,
@@ -181,6 +182,7 @@ class RequestLoop(Gathering):
                 if request.endpoint == "get_action":
                     self._note_client(request)
             request.continues_session = continues_session(envelope)
+            request.asks_upstream = asks_upstream(envelope)
             request.deadline = deadline_of(envelope, received_at)
             request.reads_number_keys = client_reads_number_keys(envelope, request.multipart)
             return request
@@ -205,7 +207,7 @@ class RequestLoop(Gathering):
         """Answer a built-in endpoint now, or queue the request for the worker (gathering batches)."""
         server = self._server
         if request.endpoint in INLINE_ENDPOINTS and server.is_built_in(request.endpoint) and server.answers_now(
-                request.endpoint, request.identity):
+                request.endpoint, request.identity, request.asks_upstream):
             self._reply_now(request)
             return
         try:

@@ -19,6 +19,7 @@ from gr00t_client.cli_flags import token_shape
 # TIMING_OPTION: add server_timing to the reply's info; SESSION_CONTINUES_FIELD: our client's mark of a served session
 # TIMEOUT_FIELD: the envelope field of the client's remaining budget (reference servers ignore it)
 from gr00t_client.client import ERROR_MARKER, SESSION_CONTINUES_FIELD, TIMEOUT_FIELD, TIMING_OPTION
+from gr00t_client.client_messages import ASKS_UPSTREAM_FIELD
 
 MAGIC_BYTES = len(codec.MULTIPART_MAGIC)
 MAX_ERROR_CHARS = 1000  # an error reply never grows with the request that caused it
@@ -75,6 +76,7 @@ class Request:
     # Our client's mark (SESSION_CONTINUES_FIELD) on requests of a session the server has already served: such a
     # session unknown to the server was dropped (or the server restarted), never a new one to start afresh.
     continues_session: bool = False
+    asks_upstream: bool = False  # a relay's get_server_info for a robot new to it (ASKS_UPSTREAM_FIELD): asked upstream
     takes_session: bool = False  # a get_action or reset whose success counts a use of its session (takes it in)
     session_in_flight: bool = False  # counted in its session's requests waiting or running (SessionTable.arrived)
     call_ran: bool = False  # a get_action whose policy call ran, whatever became of it (counted as a policy call)
@@ -287,6 +289,12 @@ def continues_session(envelope: Dict[str, Any]) -> bool:
     RequestError naming the field unless it is a bool-like flag, as return_server_timing is. Ignoring a 1 or a numpy
     bool served a dropped session from episode 0 without an error."""
     return _flag(envelope.get(SESSION_CONTINUES_FIELD), f"'{SESSION_CONTINUES_FIELD}'")
+
+
+def asks_upstream(envelope: Dict[str, Any]) -> bool:
+    """True when a relay in front asks for a robot new to it (our client's ASKS_UPSTREAM_FIELD; others send none): a
+    relay answers it with its upstream's facts asked anew; RequestError naming the field unless it is a flag."""
+    return _flag(envelope.get(ASKS_UPSTREAM_FIELD), f"'{ASKS_UPSTREAM_FIELD}'")
 
 
 def session_of(envelope: Dict[str, Any], max_chars: int) -> Optional[str]:
