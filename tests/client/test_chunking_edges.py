@@ -291,16 +291,17 @@ import numpy as np, zmq
 from gr00t_client import ActionChunker, PolicyClient
 
 context = zmq.Context()
-router = context.socket(zmq.ROUTER)  # answers the first request, then takes requests and never answers
+router = context.socket(zmq.ROUTER)  # answers the first chunk and its configs, then takes requests and never answers
 port = router.bind_to_random_port("tcp://127.0.0.1")
 client = PolicyClient("127.0.0.1", port, timeout_ms=30000, wire="reference", strict=False)
 import threading
 from gr00t_client import codec
 
 def answer_once():
-    frames = router.recv_multipart()
-    chunk = {"action.x": np.zeros((1, 4, 1), np.float32)}
-    router.send_multipart([*frames[:-1], codec.encode([chunk, {}])])
+    # the first get_action, then the get_modality_config with which the chunker checks the served action steps
+    for reply in ([{"action.x": np.zeros((1, 4, 1), np.float32)}, {}], {}):
+        frames = router.recv_multipart()
+        router.send_multipart([*frames[:-1], codec.encode(reply)])
     while True:
         router.recv_multipart()
 

@@ -14,6 +14,10 @@ Real-time chunking (async only, `rtc_frozen_steps=k`): each prefetch also sends 
 new chunk will cover, from this call's step on, as options["rtc"] (the Gr00tPolicy option). The server pins
 the new chunk's first k steps to them (this step plus the k - 1 steps the robot executes while the policy
 runs) and blends the rest of the overlap in, so the new chunk continues the motion instead of jumping.
+
+Chunk row j is handed out at the j-th call from the query, so the policy's action delta_indices must be the
+consecutive steps 0..H-1; others ([0, 2, 4, ...]) are refused unless `allow_sparse_steps=True` says the robot loop
+calls get_action once per delta_indices step (the coarser rate), and the chunk is then handed out a row per call.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from .chunking_merge import MERGE_RULES, MergeFn, merge_overlap
 from .chunking_position import PolicyPositionError, _PositionChecks, _reported_steps, _Reply
 from .chunking_prefetch import _Prefetch, _Prefetching, _PrefetchWorker
 from .client import PolicyClient
-from .client_errors import ServerStoppingError
+from .client_errors import PolicyTimeoutError, ServerStoppingError
 from .client_options import check_flag
+from .modality import consecutive_action_deltas_problem
+from .policy import ActionError
 
 __all__ = ["MERGE_RULES", "ActionChunker", "ChunkerStats", "PolicyPositionError", "merge_overlap"]
 
@@ -124,6 +130,9 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
     dropped (warned, and named in that step's info["prefetch_error"]) and asked for again; an env whose buffer is empty
     is fetched in that call, and only that request's failure raises (or the ServerStoppingError: no server is left to
     ask).
+    Action delta_indices other than 0..H-1 ([0, 2, 4, ...]) raise ActionError when the policy's modality config is
+    first learnt (again after a full reset or a server restart): row j would run at step j, not at the step it was
+    predicted for. allow_sparse_steps=True is for a loop that steps at that coarser rate: rows go out one per call.
     """
 
     def __init__(
@@ -138,6 +147,7 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         new_weight: float = 0.7,
         rtc_frozen_steps: Optional[int] = None,
         rtc_ramp_rate: float = 6.0,
+        allow_sparse_steps: bool = False,
     ) -> None:
         # None, an address or a class was taken, and the first get_action failed with a bare AttributeError
         if isinstance(policy, type) or not callable(getattr(policy, "get_action", None)):
@@ -148,6 +158,7 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
                             f"got {got}")
         per_env = check_flag("per_env", per_env)  # asynchronous="no" ran asynchronously: bool("no") is True
         asynchronous = check_flag("asynchronous", asynchronous)
+        allow_sparse_steps = check_flag("allow_sparse_steps", allow_sparse_steps)
         # Step counts index the chunk: a float (2.5) failed deep in a later step, a NaN prefetch never prefetched.
         if n_action_steps is not None and not (_is_int(n_action_steps) and n_action_steps >= 1):
             raise ValueError(f"n_action_steps must be an int >= 1 or None (the whole chunk), got {n_action_steps!r}")
@@ -200,6 +211,7 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         self.new_weight = new_weight  # a float: a Fraction failed the first merge of an int key (no rint for it)
         self.rtc_frozen_steps = None if rtc_frozen_steps is None else int(rtc_frozen_steps)
         self.rtc_ramp_rate = ramp_rate  # a float: a Fraction failed the first prefetch (the wire has no Fraction)
+        self.allow_sparse_steps = allow_sparse_steps
         self.stats = ChunkerStats()
         self._warned_one_step = False
         self._warned_rtc_overlap = False  # rtc_frozen_steps checked against the first chunk (n_action_steps None)
@@ -235,11 +247,33 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         self._advancing_policy = False  # the policy said it advances per call (a replay server's execution_horizon)
         self._inferred_horizon: Optional[int] = None  # the advance per call of a policy whose info does not say it
         self._configs_refused = False  # its modality config could not be had (RTC then sends no action horizon cap)
+        self._steps_checked = False  # whether its action delta_indices were found consecutive (or not said)
         self._server_changes = _server_changes(self.policy)  # the client's count when this was forgotten
 
     def _served_configs(self) -> Any:
         """The modality configs of the policy (or of the client a wrapper of it holds, _configs_source)."""
         return _configs_source(self.policy).get_modality_config()
+
+    def _check_served_steps(self) -> None:
+        """ActionError where the policy serves action delta_indices other than 0..H-1 and allow_sparse_steps is False:
+        chunk row j is handed out at the j-th call, so each action would run at another step than it was predicted
+        for (the action for step 2 at step 1: the trajectory at double speed)."""
+        if self.allow_sparse_steps or self._steps_checked:
+            return
+        try:
+            deltas = self._served_action_deltas()
+        except (PolicyTimeoutError, ConnectionError) as exc:  # this reply is good: the next one checks again
+            logger.debug("action delta_indices not checked yet: get_modality_config failed (%s: %s)",
+                         type(exc).__name__, exc)
+            return
+        problem = None if deltas is None else consecutive_action_deltas_problem(deltas)
+        if problem is not None:  # not marked checked: every later chunk of this server is refused too
+            raise ActionError(
+                f"{problem}, or each action would run at another step than it was predicted for: ActionChunker hands "
+                "chunk row j out at the j-th get_action call from the query; serve a checkpoint whose action "
+                "delta_indices are 0..H-1, or pass ActionChunker(..., allow_sparse_steps=True) if the robot loop calls "
+                "get_action once per delta_indices step (the coarser rate)")
+        self._steps_checked = True
 
     def _notice_new_server(self) -> None:
         """Forget what was learnt of the policy's server once the wrapped client may talk to another one."""
@@ -439,6 +473,7 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
             self._reply_lost = True  # the policy may have run it all the same (a timeout) and advanced
             raise
         self._notice_new_server()  # this reply may be a restarted server's
+        self._check_served_steps()  # before its chunk is used: a restarted server may serve other steps
         if not self._horizon_checked:
             self._check_policy_advance(result)
         if isinstance(result, (tuple, list)) and len(result) == 2:

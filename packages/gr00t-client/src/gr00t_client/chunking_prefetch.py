@@ -198,9 +198,14 @@ class _Prefetching:
         return self._request(observation, options, n_rows)
 
     def _served_action_horizon(self) -> Optional[int]:
-        """The action steps the policy serves (its modality config's action delta_indices; a wrapper's without one is
-        its client's), or None where it does not say. A client answers from what it learnt of its server, and asks a
-        restarted one again first."""
+        """The number of action steps the policy serves (_served_action_deltas), or None where it does not say."""
+        deltas = self._served_action_deltas()
+        return None if deltas is None else len(deltas)
+
+    def _served_action_deltas(self) -> Optional[List[int]]:
+        """The action delta_indices the policy serves (its modality config's; a wrapper's without one is its client's),
+        or None where it does not say. A client answers from what it learnt of its server, and asks a restarted one
+        again first."""
         self._notice_new_server()
         if self._configs_refused:  # not asked again until the server changes
             return None
@@ -208,15 +213,15 @@ class _Prefetching:
             configs = self._served_configs()
         except (PolicyTimeoutError, ConnectionError):  # the prefetch is dropped and asked for again (_outlived)
             raise
-        except Exception as exc:  # noqa: BLE001 - a policy without configs: its previous_action is not cut
-            logger.debug("no action horizon to cut options['rtc'] to: get_modality_config failed (%s: %s)",
-                         type(exc).__name__, exc)
+        except Exception as exc:  # noqa: BLE001 - a policy without configs: its steps are not checked, nor RTC's cut
+            logger.debug("no action delta_indices to check or to cut options['rtc'] to: get_modality_config failed "
+                         "(%s: %s)", type(exc).__name__, exc)
             self._notice_new_server()
             self._configs_refused = True
             return None
         action = configs.get("action") if isinstance(configs, Mapping) else None
         indices = action.get("delta_indices") if isinstance(action, Mapping) else getattr(action, "delta_indices", None)
-        return len(indices) if isinstance(indices, (list, tuple)) and indices else None
+        return list(indices) if isinstance(indices, (list, tuple)) and indices else None
 
     def _collect(self, block: bool) -> List[int]:
         """Merge a finished prefetch into the buffers; return the env ids merged."""

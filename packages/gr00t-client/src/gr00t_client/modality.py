@@ -8,7 +8,7 @@ import numbers
 from dataclasses import dataclass, field
 from enum import Enum
 from collections.abc import Mapping  # isinstance with typing.Mapping is twice as slow (hot paths)
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 
 class ActionRepresentation(Enum):
@@ -203,6 +203,18 @@ def _copied_config(config: ModalityConfig) -> ModalityConfig:
     if config.action_configs is not None:
         copied.action_configs = [copy.copy(action) for action in config.action_configs]
     return copied
+
+
+def consecutive_action_deltas_problem(delta_indices: Iterable[int]) -> Optional[str]:
+    """Why action `delta_indices` are not 0..H-1, or None: chunk row j must be the step j after the query, and a chunk
+    of other steps ([0, 2, 4, 6], or one starting at 1) is executed, or scored, as the wrong steps (the reference's
+    check; ActionChunker's and gr00t-eval's)."""
+    deltas = [int(d) for d in delta_indices]
+    if deltas == list(range(len(deltas))):
+        return None
+    shown = deltas if len(deltas) <= 8 else [*deltas[:8], "..."]
+    return (f"the policy's action delta_indices are {shown}; this needs 0..{len(deltas) - 1} (one action per step from "
+            "the query on)")
 
 
 def modality_configs_from_json(data: Mapping[str, Any]) -> Dict[str, ModalityConfig]:
