@@ -329,3 +329,11 @@ def test_shards_of_one_checkpoint_in_two_dtypes_are_refused_naming_the_dtypes_fi
             f"in {first};") in err
     assert "rerun that shard against a server started with --dtype float32" in err
     assert "the same checkpoint or dataset" not in err and not (out / "merged.json").exists()
+
+
+def test_two_records_without_a_fingerprint_are_not_taken_for_one_policy():
+    """Every record names a fingerprint; two without one (a hand-made or damaged run file) matched whatever they
+    held, so a resume against another checkpoint passed its policy check."""
+    first = {"class": "Gr00tPolicy", "identity": {"kind": "gr00t", "weights": "a"}}
+    second = {"class": "Gr00tPolicy", "identity": {"kind": "gr00t", "weights": "b"}}
+    assert not same_policy(first, second)

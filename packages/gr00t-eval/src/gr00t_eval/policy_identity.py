@@ -306,7 +306,7 @@ def _without_runtime(record: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str, Any]]) -> bool:
-    """False only when both are known and their fingerprints differ. A record from a server that reported no
+    """False only when both are known and their fingerprints differ (or one names none). A record from a server that reported no
     checkpoint identity (an older gr00t-server) matches on what it did report: class, tag and modality configs; one
     whose identity had no processor (or preprocessor_config.json, or tokenizer) hash yet, or a replay's without a
     data hash, on the rest of it (a replay's with a warning: its recorded actions go unchecked); one from a server
@@ -316,6 +316,8 @@ def same_policy(first: Optional[Mapping[str, Any]], second: Optional[Mapping[str
         return True
     if _computed_otherwise(first, second):
         return False
+    if not isinstance(first.get("fingerprint"), str) or not isinstance(second.get("fingerprint"), str):
+        return False  # every record names one: two without (a hand-made or damaged file's) matched each other's None
     if first.get("fingerprint") == second.get("fingerprint"):
         return True
     for old, new in ((first, second), (second, first)):
