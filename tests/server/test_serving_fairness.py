@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import zmq
 from eval.dataset_factory import make_dataset
-from reference_peer import raw_round_trip
+from reference_peer import ReferenceClient, raw_round_trip
 from serving import running_server
 from test_batching import call_together
 
 from gr00t_client import BasePolicy, DeadlineNotRunError, PolicyClient, PolicyServerError, PolicyTimeoutError, codec
 from gr00t_server.policies import ReplayPolicy
-from gr00t_server.serving import ServerLimits, loop
+from gr00t_server.serving import ServerLimits, batching, loop
 
 ROBOT = 99.0  # the state value that marks the robot's request in the policy's record of calls
 
@@ -213,7 +213,8 @@ def test_a_merged_calls_time_counts_toward_the_too_near_margin():
         assert [sorted(call) for call in policy.calls] == [[1.0, 2.0]]  # one merged call of both
         with PolicyClient("127.0.0.1", server.port, timeout_ms=1000, strict=False) as hurried:
             with pytest.raises(PolicyServerError, match=r"too close for a policy call \(by recent calls, one of 2 "
-                                                        r"row\(s\) takes at least 1[5-9]\d\d ms\)"):
+                                                        r"row\(s\) takes at least 1[5-9]\d\d ms; calls of its kind: "
+                                                        r".*no options that change a call's work\)"):
                 hurried.get_action({"state": {"x": np.full((2, 1, 1), 3.0, np.float32)}})
         assert server.stats.expired == 1
     assert len(policy.calls) == 1  # 3.0's call never ran
@@ -430,6 +431,53 @@ def test_a_lone_one_row_request_is_not_refused_on_the_word_of_larger_batches():
     assert [len(call) for call in policy.calls] == [8, 8, 8, 1, 1, 1]
 
 
+class StepsPolicy(BasePolicy):
+    """A call takes STEP_S per options['denoising_steps'] (default 4), as Gr00tPolicy's call time scales with it."""
+
+    STEP_S = 0.05
+
+    def __init__(self) -> None:
+        super().__init__(strict=False)
+
+    def get_modality_config(self) -> Dict[str, Any]:
+        return {}
+
+    def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        return {}
+
+    def _get_action(self, observation: Any, options: Optional[Dict[str, Any]] = None) -> Any:
+        steps = int((options or {}).get("denoising_steps", 4))
+        time.sleep(self.STEP_S * steps)
+        return {"a": np.zeros((1, 16, 7), np.float32)}, {"steps": steps}
+
+
+def test_a_fast_request_is_not_refused_on_the_word_of_another_kind_of_slower_calls():
+    """Client A's 8-step calls take 400 ms; B's 1-step request (50 ms) with 300 ms left on an idle server was refused
+    "not run" because the call-time memory was keyed by rows only. A request of A's kind is still refused at once,
+    and the refusal names the kind of calls its estimate came from."""
+    with running_server(StepsPolicy(), inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=20000, strict=False) as slow, \
+                PolicyClient("127.0.0.1", server.port, timeout_ms=300, strict=False) as fast:
+            fast.get_server_info()  # its handshake done before the slow calls
+            for _ in range(2):
+                slow.get_action(state(1.0), {"denoising_steps": 8})
+            assert fast.get_action(state(2.0), {"denoising_steps": 1})[1]["steps"] == 1
+            slow.get_action(state(1.0), {"denoising_steps": 8})
+            with pytest.raises(DeadlineNotRunError, match=r"too close for a policy call \(by recent calls, one of 1 "
+                                                          r"row\(s\) takes at least \d+ ms; calls of its kind: .*"
+                                                          r"denoising_steps=8"):
+                fast.get_action(state(3.0), {"denoising_steps": 8})
+        assert server.stats.expired == 1
+
+
+def test_call_times_count_only_for_calls_of_the_same_cost_signature():
+    window = batching.GatherWindow(cap_ms=20.0)
+    window.observe_call(0.8, 1, cost="eight steps")
+    now = time.monotonic()
+    assert window.least_call_seconds(1, now, cost="eight steps") == pytest.approx(0.8)
+    assert window.least_call_seconds(1, now, cost="one step") == 0.0  # no call of its kind: it runs
+
+
 def test_a_refusal_for_want_of_time_is_a_timeout_and_still_a_server_error():
     """A robot loop holds position on a timeout: a request the server would not run in time is one (and stays the
     PolicyServerError it was), and the client goes on with the same connection."""
@@ -576,3 +624,21 @@ def test_forgotten_replay_sessions_are_logged_at_the_refusal_rate_not_one_line_e
         one_shot_sessions(server.port, 60)
     forgotten = [r for r in caplog.records if "forgotten" in r.getMessage()]
     assert 1 <= len(forgotten) <= 20, len(forgotten)
+
+
+def test_an_evicted_connection_session_is_refused_however_many_sessions_were_dropped_since(replay_dataset):
+    """A reference client sends no session_id and no mark: its session is its connection's. Once evicted, it was
+    served from episode 0, step 0 with no error after 4 x max_sessions other sessions were dropped."""
+    policy = ReplayPolicy(replay_dataset, execution_horizon=4, strict=False, max_sessions=1)
+    with running_server(policy, inline_below_ms=0) as server:
+        with ReferenceClient(server.port, timeout_ms=5000) as robot:
+            robot.call_endpoint("reset", {"options": {"episode_index": 1, "step_index": 20}})
+            assert position(robot.get_action({})[1]) == (1, 20)
+            for _ in range(12):  # each new connection's session evicts the one before it
+                with ReferenceClient(server.port, timeout_ms=5000) as other:
+                    other.call_endpoint("reset", {"options": {"episode_index": 0}})
+            with pytest.raises(RuntimeError, match=r"this connection's session was dropped by the server "
+                                                   r".*--max-sessions.*call reset"):
+                robot.get_action({})
+            robot.call_endpoint("reset", {"options": {"episode_index": 1, "step_index": 20}})
+            assert position(robot.get_action({})[1]) == (1, 20)

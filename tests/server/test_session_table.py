@@ -3,6 +3,7 @@ their clients to reset instead of serving them from a fresh start."""
 
 from __future__ import annotations
 
+from gr00t_server.serving import sessions
 from gr00t_server.serving.sessions import SessionTable
 
 
@@ -42,12 +43,26 @@ def test_an_idle_session_is_dropped_at_its_own_request_without_other_traffic():
     assert "idle for more than 1 s" in table.dropped_reason("a")
 
 
-def test_the_memory_of_dropped_sessions_is_bounded():
+def test_a_dropped_mark_outlives_any_churn_within_the_tables_large_cap():
+    """The marks were the last 4 x max_sessions: a robot evicted before 4 others were dropped was served anew."""
     table = SessionTable(max_sessions=2, idle_s=100, clock=Clock())
-    for index in range(100):
+    table.touch("robot")
+    for index in range(2000):
         table.touch(f"s{index}")
-    assert len(table._dropped) == 8  # 4 x max_sessions, the most recent ones
-    assert table.dropped_reason("s97") and table.dropped_reason("s0") is None
+    assert "--max-sessions" in table.dropped_reason("robot")
+
+
+def test_the_memory_of_dropped_sessions_is_bounded_by_count_and_by_age():
+    clock = Clock()
+    table = SessionTable(max_sessions=2, idle_s=100, clock=clock)
+    for index in range(sessions.MAX_DROPPED_MARKS + 10):
+        table.touch(f"s{index}")
+    assert len(table._dropped) == sessions.MAX_DROPPED_MARKS  # the most recent ones
+    assert table.dropped_reason(f"s{sessions.MAX_DROPPED_MARKS}") and table.dropped_reason("s0") is None
+    clock.now += table.dropped_memory_s + 1
+    table.touch("late")
+    assert len(table._dropped) <= 2 and table.dropped_reason(f"s{sessions.MAX_DROPPED_MARKS}") is None
+    assert table.dropped_memory_s >= 24 * table.idle_s
 
 
 def test_idle_sessions_are_forgotten_before_room_is_made():

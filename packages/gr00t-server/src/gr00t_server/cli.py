@@ -128,6 +128,7 @@ def _add_serve_parser(subparsers: Any) -> None:
 def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     """Per-request work limits (gr00t_server.serving.ServerLimits): a request over one gets a one-line error."""
     from .serving.limits import ServerLimits
+    from .serving.sessions import DROPPED_MARK_IDLE_TIMES, DROPPED_MARK_MIN_S, MAX_DROPPED_MARKS
 
     d = ServerLimits()
     p.add_argument(*_flag("max-rows"), type=int, default=d.max_rows,
@@ -149,7 +150,11 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_flag("max-sessions"), type=int, default=d.max_sessions,
                    help=f"client sessions a stateful policy keeps (default {d.max_sessions}); when full, sessions used only once "
                         "are evicted first, least recently used first, then sessions used again; "
-                        "an evicted session's get_action is an error until its client resets")
+                        "an evicted session's get_action is an error until its client resets, for "
+                        f"{DROPPED_MARK_MIN_S / 86400:g} days (or {DROPPED_MARK_IDLE_TIMES}x --session-idle-s where "
+                        f"longer) after its eviction and while among the last {MAX_DROPPED_MARKS} evicted (4x "
+                        "--max-sessions where more); after that a reference client's session (keyed by its "
+                        "connection) starts afresh, our client's stays refused")
     p.add_argument(*_flag("session-idle-s"), type=float, default=d.session_idle_s,
                    help=f"evict a session unused this many seconds (default {d.session_idle_s:.0f}), before any other is "
                         "evicted for room")

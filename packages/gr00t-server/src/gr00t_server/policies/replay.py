@@ -20,7 +20,7 @@ from ..extras import require_lerobot_dataset
 from ..fork_locks import renew_locks_after_fork
 from ..modality_configs import derive_from_dataset
 from ..serving.endpoints import RateLimitedLog, named_session
-from ..serving.sessions import SegmentedLRU, used_how_often
+from ..serving.sessions import DROPPED_MARK_MIN_S, MAX_DROPPED_MARKS, DroppedMarks, SegmentedLRU, used_how_often
 from .dataset_changes import DatasetChanges
 from .option_names import OptionNames
 from .recorded_seeds import recorded_seeds
@@ -188,11 +188,12 @@ class ReplayPolicy(BasePolicy):
         self._state_dims = self.dataset.state_dims()
         self._seeds = recorded_seeds(self.dataset)  # by episode position; its unusable seeds warned of here, once
         self._warned_widths: set = set()  # (state key, width) pairs warned about (strict=False)
-        # Sessions this replay forgot, for room or dropped (the last 4 * max_sessions): their get_action is refused
-        # until a reset, not replayed from episode 0, step 0 (behind a server that holds more sessions than this, or
-        # through a handler of the server's that calls get_action itself, the robot was sent the start of episode 0
-        # without an error).
-        self._forgotten: "OrderedDict[str, _Forgotten]" = OrderedDict()  # session -> why, and its episodes
+        # Sessions this replay forgot, for room or dropped (for a week, the last MAX_DROPPED_MARKS or 4 * max_sessions
+        # where more, as the server's table): their get_action is refused until a reset, not replayed from episode 0,
+        # step 0 (behind a server that holds more sessions than this, or through a handler of the server's that calls
+        # get_action itself, the robot was sent the start of episode 0 without an error).
+        self._forgotten: DroppedMarks[_Forgotten] = DroppedMarks(max(MAX_DROPPED_MARKS, 4 * self.max_sessions),
+                                                                  DROPPED_MARK_MIN_S)  # session -> why, its episodes
         self._actions: "OrderedDict[int, Dict[str, np.ndarray]]" = OrderedDict()  # most recently used last
         self._cached_bytes = 0
         self._lock = threading.Lock()
@@ -290,7 +291,7 @@ class ReplayPolicy(BasePolicy):
             for episode, step in zip(episodes, steps):
                 checked.append(self._check_step(episode, step))
                 self._episode_actions(episode)  # a broken episode is refused at its reset, not at its first call
-            self._forgotten.pop(session, None)
+            self._forgotten.pop(session)
             cursor = _Cursor(list(episodes), checked)
             self._keep(session, cursor)
             info = self._info(cursor, done=None)
@@ -317,9 +318,10 @@ class ReplayPolicy(BasePolicy):
             batch = asked
         with self._lock:
             cursor = self._sessions.get(session)
-            if cursor is None and session in self._forgotten:
+            forgotten = self._forgotten.get(session) if cursor is None else None
+            if forgotten is not None:
                 raise ValueError(f"{named_session(session)} was forgotten by this replay, "
-                                 f"{self._forgotten[session].reason}; call reset to start it again")
+                                 f"{forgotten.reason}; call reset to start it again")
             cursor = cursor or _Cursor([0], [0])
             if batch is not None and batch != len(cursor.episodes):
                 # Rows at one position (never reset row by row) take any batch size, as the reference's replay
@@ -362,12 +364,9 @@ class ReplayPolicy(BasePolicy):
         return int(batch)
 
     def _remember_forgotten(self, session: str, reason: str, episodes: List[int]) -> None:
-        """Remember `session` as forgotten, for `reason`, with the `episodes` its rows replayed, until its reset (the
-        last 4 * max_sessions of them)."""
-        self._forgotten[session] = _Forgotten(reason, list(episodes))
-        self._forgotten.move_to_end(session)
-        while len(self._forgotten) > 4 * self.max_sessions:
-            self._forgotten.popitem(last=False)
+        """Remember `session` as forgotten, for `reason`, with the `episodes` its rows replayed, until its reset
+        (DroppedMarks' bounds)."""
+        self._forgotten.add(session, _Forgotten(reason, list(episodes)))
 
     def _renew_locks(self) -> None:
         """In a forked child (fork_locks): a fresh lock over the sessions and the cached episodes."""

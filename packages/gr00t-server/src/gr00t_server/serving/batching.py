@@ -60,6 +60,45 @@ def batch_shape(data: Any) -> Optional[BatchShape]:
     return signature, (counts.pop() if len(counts) == 1 else -1)
 
 
+# Options whose value never changes a call's work: a seed per request would make every call a kind of its own
+COST_NEUTRAL_OPTIONS = frozenset({TIMING_OPTION, "seed"})
+CallCost = Hashable  # a get_action's cost signature (cost_signature): calls of one cost like each other, rows aside
+
+
+def cost_signature(data: Any, shape: Optional[BatchShape] = None) -> CallCost:
+    """What sets the cost of a get_action's call besides its rows: its observation's batch signature (keys, dtypes and
+    per-row shapes: `shape`'s when gathered, else walked here) and the values of its options that may change the work
+    (denoising_steps, a custom policy's; an array option by its dtype and shape). Calls of one signature take alike."""
+    data = data if isinstance(data, dict) else {}
+    if shape is not None:  # gathered: no option but server_timing
+        return shape[0], ()
+    observation = data.get("observation")
+    signature = (_signature(observation, set(), 1) if isinstance(observation, dict)
+                 else ("other", type(observation).__name__))
+    options = data.get("options")
+    if not isinstance(options, dict):
+        return signature, ()
+    return signature, tuple(sorted((str(name), _option_cost(value)) for name, value in options.items()
+                                   if name not in COST_NEUTRAL_OPTIONS))
+
+
+def _option_cost(value: Any) -> Hashable:
+    if isinstance(value, np.ndarray):
+        return ("array", _dtype_key(value.dtype), value.shape)
+    if value is None or isinstance(value, (bool, int, float, str, np.generic)):
+        return value if not isinstance(value, str) or len(value) <= 64 else ("str", len(value))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, len(value))
+    return ("other", type(value).__name__)
+
+
+def describe_cost(cost: CallCost) -> str:
+    """A cost signature in words, for a refusal that names the kind of calls its estimate came from."""
+    options = cost[1] if isinstance(cost, tuple) and len(cost) == 2 and isinstance(cost[1], tuple) else ()
+    shown = ", ".join(f"{name}={value!r:.40}" for name, value in options) or "no options that change a call's work"
+    return f"observations of this request's keys, dtypes and per-row shapes, {shown}"
+
+
 def _signature(value: Any, counts: set, depth: int) -> Optional[Hashable]:
     """The signature of `value` (a map at nesting `depth`), adding the row counts of its arrays and lists to
     `counts`; None when maps nest deeper than MAX_BATCH_NESTING (the recursion stops there)."""
@@ -318,10 +357,12 @@ class GatherWindow:
         self._spreads: Deque[float] = collections.deque(maxlen=SPREAD_HISTORY)
         self._widest_spread = 0.0  # max(self._spreads), worked out as each spread comes: seconds() is asked every turn
         self._call_s: Optional[float] = None
-        self._recent_calls: Deque[Tuple[float, int, float]] = collections.deque(maxlen=SPREAD_HISTORY)  # ended, rows, s
-        # least_call_seconds' answer by rows, with the span of `now` it holds for (until the oldest call it counted
-        # is forgotten): asked for every request, it changes only when a call ends or one grows old
-        self._least_by_rows: Dict[int, Tuple[float, float, float]] = {}  # rows: (least s, from now, until now)
+        # ended, rows, s, cost signature: a call speaks only for calls that cost like it (another client's 16 denoising
+        # steps refused a 1-step request on an idle server)
+        self._recent_calls: Deque[Tuple[float, int, float, CallCost]] = collections.deque(maxlen=SPREAD_HISTORY)
+        # least_call_seconds' answer by (cost, rows), with the span of `now` it holds for (until the oldest call it
+        # counted is forgotten): asked for every request, it changes only when a call ends or one grows old
+        self._least_by_rows: Dict[Tuple[CallCost, int], Tuple[float, float, float]] = {}  # (least s, from, until)
         self._refused_since_call = 0  # requests refused by least_call_seconds since the last call ran
         # Refusal probes in a row too slow for their clients, by the bucket of what their call took (too slow for
         # every timeout up to it): (count, rows of the refused round, ms taken); and the probes granted since the last
@@ -334,11 +375,12 @@ class GatherWindow:
         self._spreads.append(max(0.0, float(seconds)))
         self._widest_spread = max(self._spreads)  # over those still held: the oldest may just have been forgotten
 
-    def observe_call(self, seconds: float, rows: int = 1) -> None:
-        """One policy call's duration and observation rows, just ended (a moving average of durations is kept)."""
+    def observe_call(self, seconds: float, rows: int = 1, cost: CallCost = None) -> None:
+        """One policy call's duration, observation rows and cost signature (cost_signature), just ended (a moving
+        average of durations is kept)."""
         seconds = max(0.0, float(seconds))
         self._call_s = seconds if self._call_s is None else 0.8 * self._call_s + 0.2 * seconds
-        self._recent_calls.append((time.monotonic(), max(1, int(rows)), seconds))
+        self._recent_calls.append((time.monotonic(), max(1, int(rows)), seconds, cost))
         self._least_by_rows.clear()
         self._refused_since_call = 0
         # A client whose timeout is always shorter than the calls would otherwise have every other request run after
@@ -375,9 +417,11 @@ class GatherWindow:
         """The policy's recent call time (0 before the first call)."""
         return self._call_s or 0.0
 
-    def least_call_seconds(self, rows: int, now: float, timeout_s: Optional[float] = None) -> float:
-        """The least a call of `rows` rows can take, by the policy's last SPREAD_HISTORY calls of the last CALL_MEMORY_S:
-        as long as a smaller call and its share (rows / their rows) of a larger one. 0 when nothing is known, after
+    def least_call_seconds(self, rows: int, now: float, timeout_s: Optional[float] = None,
+                           cost: CallCost = None) -> float:
+        """The least a call of `rows` rows and cost signature `cost` can take, by the policy's last SPREAD_HISTORY calls
+        of the last CALL_MEMORY_S of that signature: as long as a smaller call and its share (rows / their rows) of a
+        larger one. 0 when nothing is known (no recent call of its signature: it runs), after
         PROBE_AFTER_IDLE_S since the last call ran, and, for a request whose client allows `timeout_s` in all, after
         _refusals_for_probe requests refused on its word with their client's whole timeout (note_refused) since then,
         so that a request refused on old calls' word cannot be refused for ever (refused requests never run, so they
@@ -392,19 +436,20 @@ class GatherWindow:
                 rows_then, longest = self._probing.get(bucket, (rows, timeout_ms))
                 self._probing[bucket] = (max(rows_then, rows), max(longest, timeout_ms))
                 return 0.0
-        return self._least_of_recent(rows, now)
+        return self._least_of_recent(rows, now, cost)
 
-    def _least_of_recent(self, rows: int, now: float) -> float:
-        """The least a call of `rows` rows can take by the calls of the last CALL_MEMORY_S (0 when none)."""
-        known = self._least_by_rows.get(rows)
+    def _least_of_recent(self, rows: int, now: float, cost: CallCost) -> float:
+        """The least a call of `rows` rows and signature `cost` can take by such calls of the last CALL_MEMORY_S (0
+        when none)."""
+        known = self._least_by_rows.get((cost, rows))
         if known is not None and known[1] <= now < known[2]:
             return known[0]
         # One pass without temporaries or calls: asked again after every call (each clears the answers), over up to
         # SPREAD_HISTORY calls
         least: Optional[float] = None
         oldest = 0.0
-        for ended, rows_then, s in self._recent_calls:
-            if now - ended > CALL_MEMORY_S:
+        for ended, rows_then, s, cost_then in self._recent_calls:
+            if now - ended > CALL_MEMORY_S or cost_then != cost:
                 continue
             share = rows / rows_then
             took = s * share if share < 1.0 else s  # its share of a larger call: s * min(1.0, share)
@@ -418,7 +463,7 @@ class GatherWindow:
         if least is None:
             return 0.0
         # the same calls count from now until the oldest of them is forgotten (a later call clears the answers)
-        self._least_by_rows[rows] = (least, now, oldest + CALL_MEMORY_S)
+        self._least_by_rows[(cost, rows)] = (least, now, oldest + CALL_MEMORY_S)
         return least
 
     def note_refused(self) -> None:

@@ -58,6 +58,13 @@ def call_rows(request: Request, result: Any = None) -> int:
     return max(1, observation_batch_size(observation))
 
 
+def call_cost(request: Request) -> batching.CallCost:
+    """The cost signature of a get_action's call (batching.cost_signature), worked out once per request."""
+    if request.call_cost is None:
+        request.call_cost = batching.cost_signature(request.data, request.batch_shape)
+    return request.call_cost
+
+
 def action_rows(result: Any) -> int:
     """The leading axis of the first array of a get_action result's action ([action, info] or (action, info)); -1
     without one."""
@@ -127,7 +134,8 @@ class JobRunner(ReplyFrames):
     def _in_time(self, requests: List[Request], now: float, replies: List[Reply]) -> List[Request]:
         """The requests whose reply can still reach their client; the others are answered as expired: their deadline
         has passed or, for a get_action, is nearer than the least a call of the rows still to run can take by the
-        policy's recent calls (GatherWindow.least_call_seconds), so their call would end after the client gave up (in
+        policy's recent calls of its cost signature (GatherWindow.least_call_seconds, call_cost: another client's
+        16-step calls say nothing of a 1-step one), so their call would end after the client gave up (in
         a timeout storm 85% of calls were so). The least, not the average: an average of batches of 8 and of 1 would
         refuse a lone request that had time, and a refused request costs its robot an action where a computed one
         costs a call (then counted `late`). Never when nothing is known nor for a request without a deadline."""
@@ -148,7 +156,7 @@ class JobRunner(ReplyFrames):
     def _least_call_seconds(self, request: Request, rows: int, now: float) -> float:
         if request.endpoint != "get_action":
             return 0.0
-        return self._window.least_call_seconds(rows, now, request.whole_timeout_s)
+        return self._window.least_call_seconds(rows, now, request.whole_timeout_s, call_cost(request))
 
     def expired_reply(self, request: Request, now: float) -> Reply:
         """The answer to a request not yet started whose client's deadline has passed, found while it waited (gathered
@@ -164,7 +172,8 @@ class JobRunner(ReplyFrames):
             assert request.deadline is not None
             reason = (f"the client's deadline was {(request.deadline - now) * 1000.0:.0f} ms away when its turn came, "
                       f"too close for a policy call (by recent calls, one of {rows} row(s) takes at least "
-                      f"{least_call_s * 1000.0:.0f} ms)")
+                      f"{least_call_s * 1000.0:.0f} ms; calls of its kind: "
+                      f"{batching.describe_cost(call_cost(request))})")
         logger.debug("dropped %s from %s: %s", log_text(request.endpoint), request.peer, reason)
         if request.failed_call is not None:
             started, policy_ms = request.failed_call
@@ -295,7 +304,7 @@ class JobRunner(ReplyFrames):
         rows = 1
         if request.endpoint == "get_action":
             rows = call_rows(request, result)
-            self._window.observe_call(policy_ms / 1000.0, rows)
+            self._window.observe_call(policy_ms / 1000.0, rows, call_cost(request))
         return self.result_frames(request, result, policy_ms, 1, rows, policy_started=started)
 
     def _call_replaced_action(self, request: Request) -> Any:
@@ -395,7 +404,7 @@ class JobRunner(ReplyFrames):
             half = len(valid) // 2  # one client's input: bisection finds it
             return [valid[:half], valid[half:]]
         policy_ms = (time.monotonic() - started) * 1000.0
-        self._window.observe_call(policy_ms / 1000.0, sum(rows))
+        self._window.observe_call(policy_ms / 1000.0, sum(rows), call_cost(valid[0]))  # one signature, no options
         for request, (part_action, part_info) in zip(valid, parts):
             request.timing = stages
             try:

@@ -22,6 +22,55 @@ SESSION_ENDPOINTS = frozenset({"get_action", "reset"})
 K = TypeVar("K")
 V = TypeVar("V")
 
+# How long a dropped session's mark (its get_action refused until a reset) is kept, and how many are. A connection-keyed
+# session (a reference client's, with no session_id nor our client's mark) is refused only while its mark is held, and
+# the server cannot tell whether its connection still lives: the last 4 x max_sessions marks were lost to a few
+# thousand reconnects, and the robot was then replayed from episode 0, step 0 with no error.
+DROPPED_MARK_MIN_S = 7 * 24 * 3600.0  # at least a week ...
+DROPPED_MARK_IDLE_TIMES = 24  # ... and at least this many idle timeouts (--session-idle-s)
+MAX_DROPPED_MARKS = 1 << 16  # at most this many (or 4 x max_sessions where more), oldest lost first: about 10 MB
+
+
+def dropped_memory_s(idle_s: float) -> float:
+    """How long a dropped session's mark is kept, for sessions idle after `idle_s`."""
+    return max(DROPPED_MARK_MIN_S, DROPPED_MARK_IDLE_TIMES * float(idle_s))
+
+
+class DroppedMarks(Generic[V]):
+    """Sessions dropped, each with what its refusal needs, until each is taken back (`pop`), `max_age_s` old, or among
+    the oldest past `capacity` marks: small entries, so that no cheap churn of other sessions loses a robot's mark."""
+
+    def __init__(self, capacity: int, max_age_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = int(capacity)
+        self.max_age_s = float(max_age_s)
+        self._clock = clock
+        self._marks: "OrderedDict[str, Tuple[float, V]]" = OrderedDict()  # session -> (dropped at, value), oldest first
+
+    def __len__(self) -> int:
+        return len(self._marks)
+
+    def __contains__(self, session: object) -> bool:
+        return self.get(session) is not None  # type: ignore[arg-type]
+
+    def get(self, session: str) -> Optional[V]:
+        """The mark's value while it is held and younger than max_age_s; else None."""
+        mark = self._marks.get(session)
+        return mark[1] if mark is not None and self._clock() - mark[0] <= self.max_age_s else None
+
+    def add(self, session: str, value: V) -> None:
+        """Mark `session` dropped now, forgetting the marks past their age and, past capacity, the oldest."""
+        now = self._clock()
+        self._marks[session] = (now, value)
+        self._marks.move_to_end(session)
+        while self._marks and (len(self._marks) > self.capacity
+                               or now - next(iter(self._marks.values()))[0] > self.max_age_s):
+            self._marks.popitem(last=False)
+
+    def pop(self, session: str) -> Optional[V]:
+        """Take the mark back (a reset); its value, or None."""
+        mark = self._marks.pop(session, None)
+        return mark[1] if mark is not None else None
+
 
 class SegmentedLRU(Generic[K, V]):
     """At most `capacity` keys, each with a value, forgotten least recently used first, but keys used once before keys
@@ -107,10 +156,11 @@ class SessionTable:
     (then the least recently used of the rest), and a session idle for longer than `idle_s` (until its next request
     arrived, never while one waits or runs: `arrived`) is forgotten. Reference clients get a new session at every
     reconnect, so without this a stateful policy's table would only grow. A
-    forgotten session is remembered as dropped (the last `4 * max_sessions` of them), so that its client is told
-    (`dropped_reason`) instead of being served from a fresh start it did not ask for, until it resets. (Our client
-    also marks the requests of a session it was served before, so its session is refused however long ago it was
-    dropped: see execution._admit_sessions.)
+    forgotten session is remembered as dropped (DroppedMarks: for `dropped_memory_s(idle_s)`, a week at least, and the
+    last MAX_DROPPED_MARKS, or 4 x max_sessions where more), so that its client is told (`dropped_reason`) instead of
+    being served from a fresh start it did not ask for, until it resets. (Our client also marks the requests of a
+    session it was served before, so its session is refused however long ago it was dropped: see
+    execution._admit_sessions.)
     """
 
     def __init__(self, max_sessions: int, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -125,8 +175,10 @@ class SessionTable:
         self._by_time: "OrderedDict[str, float]" = OrderedDict()  # the same sessions, least recently used first
         self._by_time_lock = threading.Lock()  # `arrived` changes _by_time on the socket thread
         self._in_flight: Dict[str, int] = {}  # held sessions' requests queued or running: not in _by_time meanwhile
-        self._dropped: "OrderedDict[str, str]" = OrderedDict()  # session -> why it was forgotten
-        self._max_dropped = 4 * self.max_sessions
+        # session -> why it was forgotten: the uses of one evicted for room, 0 for an idle one (a small int, not a text)
+        self._dropped: DroppedMarks[int] = DroppedMarks(max(MAX_DROPPED_MARKS, 4 * self.max_sessions),
+                                                        dropped_memory_s(self.idle_s), clock)
+        self.dropped_memory_s = self._dropped.max_age_s
 
     def __len__(self) -> int:
         return len(self._last_used)
@@ -149,7 +201,13 @@ class SessionTable:
 
     def dropped_reason(self, session: str) -> Optional[str]:
         """Why `session` was forgotten, while its client has not reset it since; None for a held or unknown one."""
-        return self._dropped.get(session)
+        uses = self._dropped.get(session)
+        if uses is None:
+            return None
+        if uses == 0:
+            return f"it was idle for more than {self.idle_s:g} s (--session-idle-s)"
+        return (f"the server holds at most {self.max_sessions} sessions (--max-sessions) and it was the least recently "
+                f"used of those {used_how_often(uses)}")
 
     def touch(self, session: str, restart: bool = True) -> List[str]:
         """Forget the idle sessions (`forget_idle`, `session` too), then count a use of `session` (`use`); return the
@@ -190,7 +248,7 @@ class SessionTable:
             while self._by_time and now - next(iter(self._by_time.values())) > self.idle_s:
                 session, _ = self._by_time.popitem(last=False)
                 self._last_used.pop(session)
-                self._forget(session, f"it was idle for more than {self.idle_s:g} s (--session-idle-s)")
+                self._dropped.add(session, 0)
                 idle.append(session)
         return idle
 
@@ -203,7 +261,7 @@ class SessionTable:
         if session in self._dropped:
             if not restart:
                 return []
-            del self._dropped[session]
+            self._dropped.pop(session)
         now = self._clock()
         evicted: List[str] = []
         with self._by_time_lock:
@@ -211,18 +269,10 @@ class SessionTable:
                 self._by_time[session] = now
                 self._by_time.move_to_end(session)
             for oldest, _, uses in self._last_used.use(session, now):
-                reason = (f"the server holds at most {self.max_sessions} sessions (--max-sessions) and it was the "
-                          f"least recently used of those {used_how_often(uses)}")
                 self._by_time.pop(oldest, None)
-                self._forget(oldest, reason)
+                self._dropped.add(oldest, max(1, uses))
                 evicted.append(oldest)
         return evicted
-
-    def _forget(self, session: str, reason: str) -> None:
-        self._dropped[session] = reason
-        self._dropped.move_to_end(session)
-        while len(self._dropped) > self._max_dropped:
-            self._dropped.popitem(last=False)
 
 
 def used_how_often(uses: int) -> str:
