@@ -108,3 +108,14 @@ def test_openmps_list_of_counts_for_nested_levels_chooses_the_count(tmp_path):
         result, log = _fit(tmp_path, "100000 100000\n", 4, OMP_NUM_THREADS=value)
         assert result == {"changed": None, "threads": 4}, value
         assert "is not a positive thread count" not in log
+
+
+def test_an_ignored_mkl_num_threads_that_shrank_torchs_pool_is_undone_to_the_usable_cpus(tmp_path):
+    """MKL_NUM_THREADS='abc' (or OpenMP's list form, which MKL does not read) left torch at 1 thread of 2 usable CPUs,
+    while the log said it was ignored and torch ran the usable CPUs: the pool is set to them."""
+    for value in ("abc", "4,2"):
+        result, log = _fit(tmp_path, "200000 100000\n", 1, MKL_NUM_THREADS=value)
+        assert result == {"changed": 2, "threads": 2}, value
+        assert f"MKL_NUM_THREADS={value!r} is not a positive thread count: ignored, torch runs 2 CPU threads" in log
+    result, _ = _fit(tmp_path, "200000 100000\n", 1)  # nothing set: a smaller pool is the user's to keep
+    assert result == {"changed": None, "threads": 1}

@@ -5,8 +5,9 @@ a server in a container limited to 2 CPUs on a 64-core node runs 32 threads that
 a parallel op waits for its slowest thread. Under a 1-CPU quota on 2 cores, fitting 2 threads to 1 gave 1.35-1.55x
 the iterations/s and a third of the p99 latency (more threads over a smaller quota lose more). The commands that run
 a model fit the pool at start, unless OMP_NUM_THREADS (or MKL_NUM_THREADS) chooses it with a positive count (or, as
-OpenMP reads it, a list of them for nested levels: '4,2', whose first is the count); libgomp rejects any other value
-('0', 'abc', '4,0') and torch then sizes its pool by the cores, so such a value is ignored.
+OpenMP reads OMP_NUM_THREADS, a list of them for nested levels: '4,2', whose first is the count); libgomp rejects any
+other value ('0', 'abc', '4,0') and torch then sizes its pool by the cores (an odd MKL_NUM_THREADS may leave it at 1),
+so such a value is ignored and the pool set to the usable CPUs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gr00t_client.usable_cpus import usable_cpu_count
 logger = logging.getLogger(__name__)
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_THREAD_COUNT = re.compile(r"\s*0*[1-9][0-9]*\s*")  # '4'; not '0', 'abc'
 _THREAD_COUNTS = re.compile(r"\s*0*[1-9][0-9]*\s*(,\s*0*[1-9][0-9]*\s*)*")  # '4', '4,2'; not '0', '4,0', 'abc'
 _ignored_logged: set = set()  # (name, value) pairs already logged as ignored: once per process
 
@@ -29,14 +31,15 @@ def fit_torch_threads(count_cpus: Optional[Callable[[], int]] = None) -> Optiona
     """Cap torch's intra-op threads at the CPUs this process may use (its affinity, its cgroup's quota); the new count,
     or None where nothing changed (the pool already fits, or an environment variable chose its size)."""
     values = {name: os.environ.get(name, "").strip() for name in THREAD_ENV_VARS}
-    chosen = [name for name, value in values.items() if _is_thread_count(value)]
+    chosen = [name for name, value in values.items() if _is_thread_count(name, value)]
     ignored = {name: value for name, value in values.items() if value and name not in chosen}
     import torch
 
     changed = None
     if not chosen:
         current, usable = torch.get_num_threads(), (count_cpus or usable_cpu_count)()
-        if current > usable:
+        # an ignored value may have set torch's pool itself (MKL_NUM_THREADS='abc' left it at 1 of 2 usable CPUs)
+        if current > usable or (ignored and current != usable):
             torch.set_num_threads(usable)
             logger.info("torch runs %d CPU threads, not %d: this process may use %d CPUs (its affinity and cgroup CPU "
                         "quota); set OMP_NUM_THREADS to choose another count", usable, current, usable)
@@ -49,7 +52,9 @@ def fit_torch_threads(count_cpus: Optional[Callable[[], int]] = None) -> Optiona
     return changed
 
 
-def _is_thread_count(value: str) -> bool:
-    """Whether an environment variable's value chooses a thread count: a positive integer, or a list of them (one per
-    nesting level, the first the outer count), as OpenMP reads it."""
-    return _THREAD_COUNTS.fullmatch(value) is not None
+def _is_thread_count(name: str, value: str) -> bool:
+    """Whether an environment variable's value chooses a thread count: a positive integer, or for OMP_NUM_THREADS a
+    list of them (one per nesting level, the first the outer count), as OpenMP reads it (MKL reads no list: '4,2'
+    left torch at 1 thread)."""
+    pattern = _THREAD_COUNTS if name == "OMP_NUM_THREADS" else _THREAD_COUNT
+    return pattern.fullmatch(value) is not None
