@@ -52,6 +52,30 @@ def test_a_local_policy_with_sparse_action_steps_is_refused_naming_its_delta_ind
         _assert_names_the_sparse_steps(_refusal(chunker))  # and again at the next call: no chunk of it is handed out
 
 
+class MapConfigStepsPolicy(StepsPolicy):
+    """Its action config a plain map (the JSON form), delta_indices as given (a range, a numpy array)."""
+
+    def __init__(self, deltas) -> None:
+        super().__init__(deltas)
+        self.deltas = deltas
+
+    def get_modality_config(self):
+        return {"action": {"delta_indices": self.deltas, "modality_keys": ["x"]}}
+
+
+@pytest.mark.parametrize("deltas", [range(0, 16, 2), np.arange(0, 16, 2), np.arange(0, 16, 2, dtype=np.int32),
+                                    tuple(SPARSE)], ids=["range", "int64-array", "int32-array", "tuple"])
+def test_a_local_policy_with_a_map_config_is_refused_whatever_sequence_holds_its_sparse_steps(deltas):
+    """A map config's numpy or range delta_indices were not read (only a list or tuple was): the chunk was handed out a
+    row per call with no error, where the same policy served through a PolicyClient was refused."""
+    with ActionChunker(MapConfigStepsPolicy(deltas)) as chunker:
+        _assert_names_the_sparse_steps(_refusal(chunker))
+
+
+def test_a_local_policy_with_a_map_config_of_consecutive_numpy_steps_is_served():
+    with ActionChunker(MapConfigStepsPolicy(np.arange(4))) as chunker:
+        assert [float(chunker.get_action(OBSERVATION)[0]["x"][0, 0]) for _ in range(4)] == [0.0, 1.0, 2.0, 3.0]
+
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_a_served_policy_with_sparse_action_steps_is_refused_through_a_policy_client(asynchronous):
     with running_server(StepsPolicy(SPARSE)) as server, \

@@ -807,3 +807,27 @@ def test_requests_read_no_episode_list_of_the_dataset(dataset_root):
     with pytest.raises(IndexError, match="step_index 4 out of range for episode 2 of length 4"):
         policy.reset({"episode_index": 2, "step_index": 4})
     assert dataset.reads == reads_at_start
+
+
+def test_forgotten_session_marks_stay_small_and_outlive_the_churn_of_thousands_of_sessions(dataset):
+    """Each mark kept its formatted reason and its episode list (about 1.5 KB for 128 rows), 65,536 of them: a flood of
+    one-shot sessions made a replay hold ~100 MB. The marks now fit 16 MB whatever the flood, and a robot's mark still
+    outlives thousands of other sessions."""
+    import tracemalloc
+
+    policy = ReplayPolicy(dataset, derive_from_dataset(dataset, action_horizon=4), execution_horizon=2, max_sessions=16)
+    episodes = [row % len(LENGTHS) for row in range(policy.max_rows)]
+    policy.reset(session("robot", episode_index=2))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for index in range(3000):
+            policy.reset(session(f"flood-{index:0122d}", episode_index=episodes))  # 128-character ids, the server's cap
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    marks = len(policy._forgotten)
+    assert marks >= 2900
+    assert held / marks * policy._forgotten.capacity < 16e6, f"{held / marks:.0f} bytes per mark"
+    with pytest.raises(ValueError, match="session 'robot' was forgotten by this replay, which keeps at most 16"):
+        policy.get_action(None, session("robot"))

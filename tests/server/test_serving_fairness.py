@@ -470,6 +470,21 @@ def test_a_fast_request_is_not_refused_on_the_word_of_another_kind_of_slower_cal
         assert server.stats.expired == 1
 
 
+def test_a_per_request_option_value_does_not_make_each_request_a_kind_of_its_own():
+    """An option whose value changes with every request (a counter, a timestamp) made each request a kind no recent
+    call had, so the deadline pre-check never refused one: a timeout storm ran calls whose clients had given up.
+    Only denoising_steps is keyed by value; any other option by its name and type."""
+    with running_server(StepsPolicy(), inline_below_ms=0) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=20000, strict=False) as slow, \
+                PolicyClient("127.0.0.1", server.port, timeout_ms=300, strict=False) as fast:
+            fast.get_server_info()  # its handshake done before the slow calls
+            for counter in range(2):
+                slow.get_action(state(1.0), {"denoising_steps": 8, "request_counter": counter})
+            with pytest.raises(DeadlineNotRunError, match=r"calls of its kind: .*denoising_steps=8.*request_counter"):
+                fast.get_action(state(3.0), {"denoising_steps": 8, "request_counter": 2})
+        assert server.stats.expired == 1
+
+
 def test_call_times_count_only_for_calls_of_the_same_cost_signature():
     window = batching.GatherWindow(cap_ms=20.0)
     window.observe_call(0.8, 1, cost="eight steps")

@@ -221,6 +221,11 @@ class _Prefetching:
             return None
         action = configs.get("action") if isinstance(configs, Mapping) else None
         indices = action.get("delta_indices") if isinstance(action, Mapping) else getattr(action, "delta_indices", None)
+        # An in-process policy's map config holds them as it made them (ModalityConfig's constructor lists them):
+        # a range or a 1-D integer array were not read, and its sparse steps were handed out a row per call
+        if isinstance(indices, range) or (isinstance(indices, np.ndarray) and indices.ndim == 1
+                                          and np.issubdtype(indices.dtype, np.integer)):
+            indices = indices.tolist() if isinstance(indices, np.ndarray) else list(indices)
         return list(indices) if isinstance(indices, (list, tuple)) and indices else None
 
     def _collect(self, block: bool) -> List[int]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import numbers
 import threading
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -36,6 +37,12 @@ SESSION_OPTION = "_session_id"
 SESSION_LOST_OPTION = "_session_lost"
 DEFAULT_SESSION = "default"
 DEFAULT_MAX_ROWS = 128  # rows one session may replay at once (options["batch_size"], episode_index lists)
+# A forgotten session's mark (a _Forgotten and its DroppedMarks entry) with a 128-character id takes about 480 bytes
+# plus 4 per row (tracemalloc: 970-1000 bytes at max_rows 128), so at most this many bytes of marks are held: 15,625
+# marks at the default max_rows (or 4 x max_sessions where more, as the server's table). A flood of one-shot sessions
+# resetting max_rows rows each made 65,536 marks of ~1.6 KB, about 100 MB.
+FORGOTTEN_MARKS_BYTES = 16 * 10**6
+_FORGOTTEN_MARK_BYTES = 512  # a mark's bytes besides its episodes (4 per row), rounded up
 DEFAULT_MAX_SESSIONS = 1024  # cursors kept; the least recently used (of those used only once, first) is forgotten
 DEFAULT_MAX_CACHED_BYTES = 256 * 1024 * 1024  # episodes' actions kept read; the least recently used is dropped first
 MAX_WARNED_WIDTHS = 64  # (state key, width) pairs a strict=False replay warns about once each; past them, no more
@@ -54,12 +61,19 @@ class _Cursor:
     steps: List[int]
 
 
-@dataclass(frozen=True)
-class _Forgotten:
-    """Why the replay forgot a session, and the episodes its rows replayed (a reset that keeps them restarts them)."""
+class _Forgotten(NamedTuple):
+    """Why the replay forgot a session, and the episodes its rows replayed (a reset that keeps them restarts them).
+    Compact (a use count for a reason, the episodes as an int32 array): FORGOTTEN_MARKS_BYTES' worth are held."""
 
-    reason: str
-    episodes: List[int]
+    uses: int  # 0: dropped (drop_session); else forgotten for room after this many uses
+    episodes: array
+
+    def reason(self, max_sessions: int) -> str:
+        if not self.uses:
+            return ("which was told to drop it (drop_session: its server dropped the session, or its client "
+                    "disconnected)")
+        return (f"which keeps at most {max_sessions} sessions (max_sessions) and it was the least recently used (of "
+                f"those {used_how_often(self.uses)})")
 
 
 def _warn_if_still_recorded(root: Path, n_episodes: int) -> None:
@@ -188,11 +202,12 @@ class ReplayPolicy(BasePolicy):
         self._state_dims = self.dataset.state_dims()
         self._seeds = recorded_seeds(self.dataset)  # by episode position; its unusable seeds warned of here, once
         self._warned_widths: set = set()  # (state key, width) pairs warned about (strict=False)
-        # Sessions this replay forgot, for room or dropped (for a week, the last MAX_DROPPED_MARKS or 4 * max_sessions
-        # where more, as the server's table): their get_action is refused until a reset, not replayed from episode 0,
-        # step 0 (behind a server that holds more sessions than this, or through a handler of the server's that calls
-        # get_action itself, the robot was sent the start of episode 0 without an error).
-        self._forgotten: DroppedMarks[_Forgotten] = DroppedMarks(max(MAX_DROPPED_MARKS, 4 * self.max_sessions),
+        # Sessions this replay forgot, for room or dropped (for a week, the last FORGOTTEN_MARKS_BYTES' worth or
+        # 4 * max_sessions where more, as the server's table): their get_action is refused until a reset, not replayed
+        # from episode 0, step 0 (behind a server that holds more sessions than this, or through a handler of the
+        # server's that calls get_action itself, the robot was sent the start of episode 0 without an error).
+        marks = min(MAX_DROPPED_MARKS, FORGOTTEN_MARKS_BYTES // (_FORGOTTEN_MARK_BYTES + 4 * self.max_rows))
+        self._forgotten: DroppedMarks[_Forgotten] = DroppedMarks(max(marks, 4 * self.max_sessions),
                                                                   DROPPED_MARK_MIN_S)  # session -> why, its episodes
         self._actions: "OrderedDict[int, Dict[str, np.ndarray]]" = OrderedDict()  # most recently used last
         self._cached_bytes = 0
@@ -263,7 +278,7 @@ class ReplayPolicy(BasePolicy):
             cursor = self._sessions.get(session)
             forgotten = self._forgotten.get(session)
             if cursor is None and forgotten is not None:  # the server's "call reset to start it again": its episodes
-                cursor = _Cursor(list(forgotten.episodes), [0] * len(forgotten.episodes))
+                cursor = _Cursor(forgotten.episodes.tolist(), [0] * len(forgotten.episodes))
             elif cursor is None and options.get(SESSION_LOST_OPTION) and options.get("episode_index") is None:
                 # Its episodes went with the old server: a reset that keeps the episode moved every row to episode 0
                 raise ValueError(f"{named_session(session)} was served before by a server at this address (the "
@@ -321,7 +336,7 @@ class ReplayPolicy(BasePolicy):
             forgotten = self._forgotten.get(session) if cursor is None else None
             if forgotten is not None:
                 raise ValueError(f"{named_session(session)} was forgotten by this replay, "
-                                 f"{forgotten.reason}; call reset to start it again")
+                                 f"{forgotten.reason(self.max_sessions)}; call reset to start it again")
             cursor = cursor or _Cursor([0], [0])
             if batch is not None and batch != len(cursor.episodes):
                 # Rows at one position (never reset row by row) take any batch size, as the reference's replay
@@ -349,9 +364,7 @@ class ReplayPolicy(BasePolicy):
         """Store a session's cursor as used now; forget, over max_sessions, the least recently used (of the sessions
         used only once, first: SegmentedLRU)."""
         for forgotten, forgotten_cursor, uses in self._sessions.use(session, cursor):
-            self._remember_forgotten(forgotten, f"which keeps at most {self.max_sessions} sessions (max_sessions) "
-                                                f"and it was the least recently used (of those {used_how_often(uses)})",
-                                     forgotten_cursor.episodes)
+            self._remember_forgotten(forgotten, uses, forgotten_cursor.episodes)
             self._forgetting_log.warning("replay session %r forgotten (more than %d sessions)", str(forgotten)[:40],
                                          self.max_sessions)
 
@@ -363,10 +376,10 @@ class ReplayPolicy(BasePolicy):
             raise ValueError(f"batch_size must be an int in [1, {self.max_rows}], got {batch}")
         return int(batch)
 
-    def _remember_forgotten(self, session: str, reason: str, episodes: List[int]) -> None:
-        """Remember `session` as forgotten, for `reason`, with the `episodes` its rows replayed, until its reset
-        (DroppedMarks' bounds)."""
-        self._forgotten.add(session, _Forgotten(reason, list(episodes)))
+    def _remember_forgotten(self, session: str, uses: int, episodes: Sequence[int]) -> None:
+        """Remember `session` as forgotten (for room after `uses` uses, or dropped: 0), with the `episodes` its rows
+        replayed, until its reset (DroppedMarks' bounds)."""
+        self._forgotten.add(session, _Forgotten(uses, array("i", episodes)))
 
     def _renew_locks(self) -> None:
         """In a forked child (fork_locks): a fresh lock over the sessions and the cached episodes."""
@@ -379,8 +392,7 @@ class ReplayPolicy(BasePolicy):
             cursor = self._sessions.pop(session_id)
             earlier = self._forgotten.get(session_id)  # not held: forgotten before (for room), or never reset
             episodes = cursor.episodes if cursor is not None else earlier.episodes if earlier is not None else [0]
-            self._remember_forgotten(session_id, "which was told to drop it (drop_session: its server dropped the "
-                                     "session, or its client disconnected)", episodes)
+            self._remember_forgotten(session_id, 0, episodes)
 
     def _episode_actions(self, position: int) -> Dict[str, np.ndarray]:
         """The episode's actions per key, read once and kept while they fit max_cached_bytes (least recently used

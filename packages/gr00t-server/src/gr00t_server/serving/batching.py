@@ -62,13 +62,16 @@ def batch_shape(data: Any) -> Optional[BatchShape]:
 
 # Options whose value never changes a call's work: a seed per request would make every call a kind of its own
 COST_NEUTRAL_OPTIONS = frozenset({TIMING_OPTION, "seed"})
+# Options keyed by value: known to change a call's work. Any other is keyed by its name and type only, so a value that
+# changes with every request (a counter, a timestamp, an id) does not make each request a kind no recent call had
+COST_VALUE_OPTIONS = frozenset({"denoising_steps"})
 CallCost = Hashable  # a get_action's cost signature (cost_signature): calls of one cost like each other, rows aside
 
 
 def cost_signature(data: Any, shape: Optional[BatchShape] = None) -> CallCost:
     """What sets the cost of a get_action's call besides its rows: its observation's batch signature (keys, dtypes and
-    per-row shapes: `shape`'s when gathered, else walked here) and the values of its options that may change the work
-    (denoising_steps, a custom policy's; an array option by its dtype and shape). Calls of one signature take alike."""
+    per-row shapes: `shape`'s when gathered, else walked here) and its options: denoising_steps by value, any other
+    by its name and type (an array by dtype and shape). Calls of one signature take alike."""
     data = data if isinstance(data, dict) else {}
     if shape is not None:  # gathered: no option but server_timing
         return shape[0], ()
@@ -78,18 +81,23 @@ def cost_signature(data: Any, shape: Optional[BatchShape] = None) -> CallCost:
     options = data.get("options")
     if not isinstance(options, dict):
         return signature, ()
-    return signature, tuple(sorted((str(name), _option_cost(value)) for name, value in options.items()
+    return signature, tuple(sorted((str(name), _option_cost(name, value)) for name, value in options.items()
                                    if name not in COST_NEUTRAL_OPTIONS))
 
 
-def _option_cost(value: Any) -> Hashable:
+def _option_cost(name: Any, value: Any) -> Hashable:
     if isinstance(value, np.ndarray):
         return ("array", _dtype_key(value.dtype), value.shape)
-    if value is None or isinstance(value, (bool, int, float, str, np.generic)):
-        return value if not isinstance(value, str) or len(value) <= 64 else ("str", len(value))
-    if isinstance(value, (list, tuple)):
-        return (type(value).__name__, len(value))
-    return ("other", type(value).__name__)
+    if name in COST_VALUE_OPTIONS and (value is None or isinstance(value, (bool, int, float, np.generic))):
+        return value
+    return _OfType(type(value).__name__)
+
+
+class _OfType(str):
+    """An option keyed by its type alone (any value of it costs alike), shown so in a refusal."""
+
+    def __repr__(self) -> str:
+        return f"<any {str(self)}>"
 
 
 def describe_cost(cost: CallCost) -> str:
