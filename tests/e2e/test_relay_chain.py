@@ -18,6 +18,7 @@ from gr00t_eval.policy_identity import (ServedPolicyChanged, check_serves, pinne
                                         record_from_info, same_policy)
 from gr00t_server.serving.server import PolicyServer
 
+from reference_peer import ReferenceClient
 from serving import RestartableServer, free_port, running_server
 
 LANGUAGE = "annotation.human.action.task_description"
@@ -303,6 +304,52 @@ def test_a_relay_answers_get_server_info_while_an_upstream_call_runs():
         gate.set()
     assert info["policy_identity"] == {"kind": "test", "checkpoint": "A"}
     assert set(configs) == set(CONFIGS)
+
+
+def test_a_new_robot_connecting_while_an_upstream_call_runs_is_answered_at_once():
+    """A connection new to the relay is asked for upstream on its worker only while that is idle: behind a 10 s
+    forwarded call, a new robot with a 1 s timeout could not connect (its client asks get_server_info first)."""
+    gate = threading.Event()
+    gate.set()  # robot A's first call passes
+    policy = Checkpoint(gate=gate)
+    try:
+        with running_server(policy) as upstream, relay_of(upstream.port, timeout_ms=15_000) as relay, \
+                PolicyClient("127.0.0.1", relay.port, timeout_ms=15_000) as robot_a:
+            robot_a.get_action(observation())
+            gate.clear()
+            policy.entered.clear()
+            calling = threading.Thread(target=robot_a.get_action, args=(observation(),), daemon=True)
+            calling.start()
+            assert policy.entered.wait(10)
+            with PolicyClient("127.0.0.1", relay.port, timeout_ms=1000) as robot_b:
+                info = robot_b.get_server_info()
+            gate.set()
+            calling.join(10)
+    finally:
+        gate.set()
+    assert info["policy_identity"] == {"kind": "test", "checkpoint": "A"}
+
+
+class LongerChunks(Checkpoint):
+    def get_modality_config(self):
+        return {**CONFIGS, "action": ModalityConfig(delta_indices=[0, 1, 2, 3], modality_keys=["arm"])}
+
+
+def test_a_new_reference_robot_asking_configs_after_the_upstream_restarted_is_told_the_upstreams_current_ones():
+    """A reference robot asks no get_server_info: its first get_modality_config through a relay that idled while its
+    upstream restarted with 4-step chunks was answered with the old 2-step configs."""
+    upstream = RestartableServer(lambda: Checkpoint(1.0, "A"))
+    try:
+        with relay_of(upstream.port) as relay:
+            with PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot:
+                robot.get_action(observation())
+            upstream.make_policy = lambda: LongerChunks(7.0, "B")
+            upstream.restart(reconnecting=1)
+            with ReferenceClient(relay.port, timeout_ms=5000) as reference_robot:
+                configs = reference_robot.call_endpoint("get_modality_config")
+    finally:
+        upstream.stop()
+    assert configs["action"].as_json["delta_indices"] == [0, 1, 2, 3]
 
 
 def test_an_upstream_restarted_with_a_session_keeping_policy_is_refused_naming_the_shared_session():

@@ -119,3 +119,10 @@ def test_an_ignored_mkl_num_threads_that_shrank_torchs_pool_is_undone_to_the_usa
         assert f"MKL_NUM_THREADS={value!r} is not a positive thread count: ignored, torch runs 2 CPU threads" in log
     result, _ = _fit(tmp_path, "200000 100000\n", 1)  # nothing set: a smaller pool is the user's to keep
     assert result == {"changed": None, "threads": 1}
+
+
+def test_a_chosen_count_holds_beside_an_ignored_variable_that_shrank_torchs_pool(tmp_path):
+    """OMP_NUM_THREADS=2 beside MKL_NUM_THREADS='abc' left torch at 1 thread while the log said OMP chose them."""
+    result, log = _fit(tmp_path, "200000 100000\n", 1, OMP_NUM_THREADS="2", MKL_NUM_THREADS="abc")
+    assert result == {"changed": 2, "threads": 2}
+    assert "MKL_NUM_THREADS='abc' is not a positive thread count: ignored, torch runs 2 CPU threads" in log

@@ -60,13 +60,15 @@ def test_a_relays_own_refusal_of_a_deadline_too_near_to_pass_upstream_is_expired
             PolicyClient("127.0.0.1", relay.port, timeout_ms=150) as robot:
         with pytest.raises(DeadlineNotRunError, match="when it was to be passed to the upstream"):
             robot.get_action(observation())
-        samples = scrape_settled(relay, 2)  # the robot's get_server_info, then its get_action
+        samples = scrape_settled(relay, 3)  # the robot's get_server_info and get_modality_config, then its get_action
         assert_no_policy_call(relay, samples)
         assert requests_count(samples, "get_action", "expired") == 1
         assert requests_count(samples, "get_action", "error") == 0
-        # a new robot's info asks the upstream again (its policy may have changed while the relay idled): refused alike
+        # a new robot's info and configs ask the upstream again (its policy may have changed while the relay idled):
+        # refused alike
         assert requests_count(samples, "get_server_info", "expired") == 1
-        assert relay.stats.snapshot()["expired"] == 2
+        assert requests_count(samples, "get_modality_config", "expired") == 1
+        assert relay.stats.snapshot()["expired"] == 3
 
 
 def test_a_relay_whose_upstream_is_unreachable_counts_no_policy_call():

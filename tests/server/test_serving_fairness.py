@@ -22,6 +22,7 @@ from test_batching import call_together
 from gr00t_client import BasePolicy, DeadlineNotRunError, PolicyClient, PolicyServerError, PolicyTimeoutError, codec
 from gr00t_server.policies import ReplayPolicy
 from gr00t_server.serving import ServerLimits, batching, loop
+from gr00t_server.serving.batching import VOLATILE_OPTION_VALUES, GatherWindow, cost_signature
 
 ROBOT = 99.0  # the state value that marks the robot's request in the policy's record of calls
 
@@ -473,16 +474,32 @@ def test_a_fast_request_is_not_refused_on_the_word_of_another_kind_of_slower_cal
 def test_a_per_request_option_value_does_not_make_each_request_a_kind_of_its_own():
     """An option whose value changes with every request (a counter, a timestamp) made each request a kind no recent
     call had, so the deadline pre-check never refused one: a timeout storm ran calls whose clients had given up.
-    Only denoising_steps is keyed by value; any other option by its name and type."""
+    An option of more than VOLATILE_OPTION_VALUES values among the recent calls is keyed by its name and type."""
     with running_server(StepsPolicy(), inline_below_ms=0) as server:
         with PolicyClient("127.0.0.1", server.port, timeout_ms=20000, strict=False) as slow, \
                 PolicyClient("127.0.0.1", server.port, timeout_ms=300, strict=False) as fast:
             fast.get_server_info()  # its handshake done before the slow calls
-            for counter in range(2):
+            for counter in range(VOLATILE_OPTION_VALUES + 1):
                 slow.get_action(state(1.0), {"denoising_steps": 8, "request_counter": counter})
             with pytest.raises(DeadlineNotRunError, match=r"calls of its kind: .*denoising_steps=8.*request_counter"):
-                fast.get_action(state(3.0), {"denoising_steps": 8, "request_counter": 2})
+                fast.get_action(state(3.0), {"denoising_steps": 8, "request_counter": 99})
         assert server.stats.expired == 1
+
+
+def test_an_option_of_few_values_keeps_its_kinds_apart_and_a_counter_becomes_one_kind():
+    """A custom policy's quality='best' calls (slow) said nothing of a quality='fast' request (R38: refused on an idle
+    server when only denoising_steps was keyed by value); a counter option, once it has shown many values, is one kind.
+    Options are ordered by name alone (an int key 1 beside a str key "1" raised TypeError in the sort)."""
+    window = GatherWindow(cap_ms=20.0)
+    now = time.monotonic()
+    for _ in range(3):
+        window.observe_call(0.4, 1, cost_signature({"options": {"quality": "best"}}))
+    assert window.least_call_seconds(1, now, cost=cost_signature({"options": {"quality": "fast"}})) == 0.0
+    assert window.least_call_seconds(1, now, cost=cost_signature({"options": {"quality": "best"}})) == pytest.approx(0.4)
+    for counter in range(VOLATILE_OPTION_VALUES + 1):
+        window.observe_call(0.2, 1, cost_signature({"options": {"counter": counter}}))
+    assert window.least_call_seconds(1, now, cost=cost_signature({"options": {"counter": 1000}})) == pytest.approx(0.2)
+    cost_signature({"options": {1: np.zeros(2), "1": "x"}})  # no TypeError
 
 
 def test_call_times_count_only_for_calls_of_the_same_cost_signature():
@@ -639,6 +656,26 @@ def test_forgotten_replay_sessions_are_logged_at_the_refusal_rate_not_one_line_e
         one_shot_sessions(server.port, 60)
     forgotten = [r for r in caplog.records if "forgotten" in r.getMessage()]
     assert 1 <= len(forgotten) <= 20, len(forgotten)
+
+
+def test_a_reset_keeping_the_episode_of_a_session_the_server_dropped_and_the_replay_forgot_is_refused(replay_dataset):
+    """The server keeps more dropped marks than a replay (16 MB of them): after the replay forgot a reference robot's
+    session, the server still told it to reset, and its reset keeping the episode restarted it at episode 0, step 0
+    with no error. The server marks such a reset as a lost session's (_session_lost), which the replay refuses."""
+    policy = ReplayPolicy(replay_dataset, execution_horizon=4, strict=False, max_sessions=1)
+    with running_server(policy, inline_below_ms=0) as server:
+        with ReferenceClient(server.port, timeout_ms=5000) as robot:
+            robot.call_endpoint("reset", {"options": {"episode_index": 1, "step_index": 20}})
+            with ReferenceClient(server.port, timeout_ms=5000) as other:  # evicts the robot's session
+                other.call_endpoint("reset", {"options": {"episode_index": 0}})
+            for index in range(policy._forgotten.capacity):  # the replay's marks churn past the robot's
+                policy.drop_session(f"other-{index}")
+            with pytest.raises(RuntimeError, match=r"dropped by the server .*call reset"):
+                robot.get_action({})
+            with pytest.raises(RuntimeError, match=r"not known to this replay .*options\['episode_index'\]"):
+                robot.call_endpoint("reset", {"options": {}})
+            robot.call_endpoint("reset", {"options": {"episode_index": 1, "step_index": 20}})
+            assert position(robot.get_action({})[1]) == (1, 20)
 
 
 def test_an_evicted_connection_session_is_refused_however_many_sessions_were_dropped_since(replay_dataset):

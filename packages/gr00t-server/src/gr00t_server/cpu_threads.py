@@ -36,14 +36,20 @@ def fit_torch_threads(count_cpus: Optional[Callable[[], int]] = None) -> Optiona
     import torch
 
     changed = None
+    current = torch.get_num_threads()
     if not chosen:
-        current, usable = torch.get_num_threads(), (count_cpus or usable_cpu_count)()
+        usable = (count_cpus or usable_cpu_count)()
         # an ignored value may have set torch's pool itself (MKL_NUM_THREADS='abc' left it at 1 of 2 usable CPUs)
         if current > usable or (ignored and current != usable):
             torch.set_num_threads(usable)
             logger.info("torch runs %d CPU threads, not %d: this process may use %d CPUs (its affinity and cgroup CPU "
                         "quota); set OMP_NUM_THREADS to choose another count", usable, current, usable)
             changed = usable
+    elif ignored:  # the ignored one may have set the pool itself (OMP_NUM_THREADS=2 beside MKL_NUM_THREADS='abc' ran 1)
+        wanted = int(values[chosen[0]].split(",")[0])
+        if current != wanted:
+            torch.set_num_threads(wanted)
+            changed = wanted
     for name, value in ignored.items():
         if (name, value) not in _ignored_logged:
             _ignored_logged.add((name, value))

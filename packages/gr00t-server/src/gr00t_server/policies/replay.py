@@ -281,10 +281,11 @@ class ReplayPolicy(BasePolicy):
                 cursor = _Cursor(forgotten.episodes.tolist(), [0] * len(forgotten.episodes))
             elif cursor is None and options.get(SESSION_LOST_OPTION) and options.get("episode_index") is None:
                 # Its episodes went with the old server: a reset that keeps the episode moved every row to episode 0
-                raise ValueError(f"{named_session(session)} was served before by a server at this address (the "
-                                 "client's mark) but is not known to this one (it restarted or took another's place, "
-                                 "or dropped the session longer ago than it remembers): the episodes it replayed, if "
-                                 "any, are not known here; reset it with options['episode_index'] (one per row)")
+                raise ValueError(f"{named_session(session)} was served before (the client's mark, or the server's "
+                                 "record of dropping it) but is not known to this replay (the server restarted or took "
+                                 "another's place, or the replay forgot the session longer ago than it remembers): the "
+                                 "episodes it replayed, if any, are not known here; reset it with "
+                                 "options['episode_index'] (one per row)")
             cursor = cursor or _Cursor([0], [0])
             episodes = cursor.episodes
             if options.get("episode_index") is not None:

@@ -6,7 +6,8 @@ import collections
 import itertools
 import math
 import time
-from typing import Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Collection, Deque, Dict, FrozenSet, Hashable, Iterable, List, Optional, Sequence,
+                    Tuple)
 
 import numpy as np
 
@@ -62,16 +63,18 @@ def batch_shape(data: Any) -> Optional[BatchShape]:
 
 # Options whose value never changes a call's work: a seed per request would make every call a kind of its own
 COST_NEUTRAL_OPTIONS = frozenset({TIMING_OPTION, "seed"})
-# Options keyed by value: known to change a call's work. Any other is keyed by its name and type only, so a value that
-# changes with every request (a counter, a timestamp, an id) does not make each request a kind no recent call had
-COST_VALUE_OPTIONS = frozenset({"denoising_steps"})
+# An option with more distinct values than this among the recent calls (a counter, a timestamp, an id) is keyed by its
+# name and type alone (GatherWindow._kind): else every request would be a kind no recent call had, and the pre-check
+# that answers a storm of too-late requests "not run" would never refuse one. Fewer (denoising_steps 1 and 16, a
+# custom policy's quality 'fast' and 'best'), by value: another kind of call's time says nothing of this one's.
+VOLATILE_OPTION_VALUES = 4
 CallCost = Hashable  # a get_action's cost signature (cost_signature): calls of one cost like each other, rows aside
 
 
 def cost_signature(data: Any, shape: Optional[BatchShape] = None) -> CallCost:
     """What sets the cost of a get_action's call besides its rows: its observation's batch signature (keys, dtypes and
-    per-row shapes: `shape`'s when gathered, else walked here) and its options: denoising_steps by value, any other
-    by its name and type (an array by dtype and shape). Calls of one signature take alike."""
+    per-row shapes: `shape`'s when gathered, else walked here) and its options, a scalar or short text by value (an
+    array by dtype and shape, anything else by type). Calls of one signature take alike."""
     data = data if isinstance(data, dict) else {}
     if shape is not None:  # gathered: no option but server_timing
         return shape[0], ()
@@ -81,14 +84,16 @@ def cost_signature(data: Any, shape: Optional[BatchShape] = None) -> CallCost:
     options = data.get("options")
     if not isinstance(options, dict):
         return signature, ()
-    return signature, tuple(sorted((str(name), _option_cost(name, value)) for name, value in options.items()
-                                   if name not in COST_NEUTRAL_OPTIONS))
+    # sorted by name alone: an int key 1 beside a str key "1" compared an array's tuple with a str (TypeError)
+    return signature, tuple(sorted(((str(name), _option_cost(value)) for name, value in options.items()
+                                    if name not in COST_NEUTRAL_OPTIONS), key=lambda item: item[0]))
 
 
-def _option_cost(name: Any, value: Any) -> Hashable:
+def _option_cost(value: Any) -> Hashable:
     if isinstance(value, np.ndarray):
         return ("array", _dtype_key(value.dtype), value.shape)
-    if name in COST_VALUE_OPTIONS and (value is None or isinstance(value, (bool, int, float, np.generic))):
+    if value is None or isinstance(value, (bool, int, float, np.generic)) or (isinstance(value, str)
+                                                                                and len(value) <= 64):
         return value
     return _OfType(type(value).__name__)
 
@@ -371,6 +376,7 @@ class GatherWindow:
         # least_call_seconds' answer by (cost, rows), with the span of `now` it holds for (until the oldest call it
         # counted is forgotten): asked for every request, it changes only when a call ends or one grows old
         self._least_by_rows: Dict[Tuple[CallCost, int], Tuple[float, float, float]] = {}  # (least s, from, until)
+        self._volatile: FrozenSet[str] = frozenset()  # option names of many values among the recent calls (_kind)
         self._refused_since_call = 0  # requests refused by least_call_seconds since the last call ran
         # Refusal probes in a row too slow for their clients, by the bucket of what their call took (too slow for
         # every timeout up to it): (count, rows of the refused round, ms taken); and the probes granted since the last
@@ -389,6 +395,7 @@ class GatherWindow:
         seconds = max(0.0, float(seconds))
         self._call_s = seconds if self._call_s is None else 0.8 * self._call_s + 0.2 * seconds
         self._recent_calls.append((time.monotonic(), max(1, int(rows)), seconds, cost))
+        self._volatile = _volatile_options(cost for _, _, _, cost in self._recent_calls)
         self._least_by_rows.clear()
         self._refused_since_call = 0
         # A client whose timeout is always shorter than the calls would otherwise have every other request run after
@@ -456,8 +463,9 @@ class GatherWindow:
         # SPREAD_HISTORY calls
         least: Optional[float] = None
         oldest = 0.0
+        kind = self._kind(cost)
         for ended, rows_then, s, cost_then in self._recent_calls:
-            if now - ended > CALL_MEMORY_S or cost_then != cost:
+            if now - ended > CALL_MEMORY_S or (cost_then != cost and self._kind(cost_then) != kind):
                 continue
             share = rows / rows_then
             took = s * share if share < 1.0 else s  # its share of a larger call: s * min(1.0, share)
@@ -474,6 +482,14 @@ class GatherWindow:
         self._least_by_rows[(cost, rows)] = (least, now, oldest + CALL_MEMORY_S)
         return least
 
+    def _kind(self, cost: CallCost) -> CallCost:
+        """`cost` with the options whose values keep changing (VOLATILE_OPTION_VALUES) keyed by their type alone."""
+        volatile = self._volatile
+        if not volatile or not (isinstance(cost, tuple) and len(cost) == 2 and isinstance(cost[1], tuple)):
+            return cost
+        return cost[0], tuple((name, _OfType(type(value).__name__)) if name in volatile else (name, value)
+                              for name, value in cost[1])
+
     def note_refused(self) -> None:
         """A request was refused on least_call_seconds' word although it had its client's whole timeout left."""
         self._refused_since_call += 1
@@ -487,3 +503,13 @@ class GatherWindow:
         if self._call_s is not None:
             window = min(window, self._call_s)
         return min(self.cap_s, window)
+
+
+def _volatile_options(costs: Iterable[CallCost]) -> FrozenSet[str]:
+    """The option names with more than VOLATILE_OPTION_VALUES distinct values among `costs` (cost_signature's)."""
+    values: Dict[str, set] = {}
+    for cost in costs:
+        if isinstance(cost, tuple) and len(cost) == 2 and isinstance(cost[1], tuple):
+            for name, value in cost[1]:
+                values.setdefault(name, set()).add(value)
+    return frozenset(name for name, seen in values.items() if len(seen) > VOLATILE_OPTION_VALUES)

@@ -121,15 +121,19 @@ class BuiltinEndpoints:
     def answers_now(self, endpoint: str, connection: bytes = b"", asks_upstream: bool = False) -> bool:
         """Whether the socket thread answers built-in `endpoint` itself: not info or configs while their facts are not
         known, a relay's of its upstream (started before it) or a policy's configs and identity (one swapped in while
-        serving), nor a relay's info to a `connection` (ROUTER identity) it has not answered yet, or that
-        `asks_upstream` (a relay in front asking for a robot new to it, over an old connection): its upstream may have
-        restarted with another policy while the relay idled, which its client learns only by asking. The worker asks
-        the upstream or the policy for them then, never this thread."""
+        serving), nor a relay's info or configs to a `connection` (ROUTER identity) it has not answered yet, or that
+        `asks_upstream` (a relay in front asking for a robot new to it, over an old connection), while its worker is
+        idle: its upstream may have restarted with another policy while the relay idled, which its client learns only
+        by asking. The worker asks the upstream or the policy for them then, never this thread."""
         if endpoint not in POLICY_FACT_ENDPOINTS:
             return True
         if self._upstream is not None:
-            informed = endpoint != "get_server_info" or (connection in self._relay_informed and not asks_upstream)
-            return self._upstream_facts is not None and informed
+            if self._upstream_facts is None:
+                return False
+            # A connection new to the relay is asked for upstream on the worker, unless it is busy: the calls it
+            # forwards learn a restart themselves, and a new robot's first question is not held behind them
+            new = connection not in self._relay_informed or asks_upstream
+            return not new or (self._worker is not None and self._worker.busy)
         policy, facts = self._policy_facts
         return policy is self.policy and _CONFIGS in facts and _IDENTITY in facts
 
@@ -329,8 +333,11 @@ class BuiltinEndpoints:
         request = self._current
         assert request is not None
         options = self._with_session(options, request)
-        if (self._policy_uses_sessions and request.continues_session and not self.sessions.knows(request.session)
-                and self._policy_fact(takes_session_lost)):
+        # our client's mark of a session served before, or the server's own mark of one it dropped (a reference
+        # client's, keyed by its connection): a replay that forgot it too must not restart it at episode 0
+        lost = (request.continues_session and not self.sessions.knows(request.session)) or (
+            self.sessions.dropped_reason(request.session) is not None)
+        if self._policy_uses_sessions and lost and self._policy_fact(takes_session_lost):
             options[SESSION_LOST_OPTION] = True
         reset = getattr(self.policy, "reset", None)
         if not callable(reset):  # a stateless policy object without reset (the reference has no reset endpoint)
@@ -346,6 +353,23 @@ class BuiltinEndpoints:
         if isinstance(configs, _Raised):
             configs.raise_again()  # each request is told it alike
         return configs
+
+    def _modality_config_endpoint(self) -> Any:
+        """The get_modality_config endpoint: a relay's for a connection new to it asked of its upstream first (a
+        reference robot asks no get_server_info: after a restart while the relay idled it was told the old configs)."""
+        self._ask_upstream_for_new_connection()
+        return self._get_modality_config()
+
+    def _ask_upstream_for_new_connection(self) -> None:
+        """A relay's info or configs for a connection new to it (or asked for one by a relay in front, asks_upstream):
+        its upstream asked again, on the worker, where answers_now sent them (an idle worker's); on the socket thread
+        (a busy worker's forwarded calls learn a restart themselves) the snapshot answers."""
+        request, worker = self._current, self._worker
+        if (self._upstream is None or request is None or worker is None or not worker.is_current_thread()
+                or (request.identity in self._relay_informed and not request.asks_upstream)):
+            return
+        self._known_upstream_facts(ask_again=True)  # the upstream's policy now
+        self._note_informed(request.identity)
 
     def _note_informed(self, connection: bytes) -> None:
         """Remember that `connection` was told the upstream's facts as asked after it connected (written on the worker
@@ -431,11 +455,8 @@ class BuiltinEndpoints:
         from .. import __version__ as server_version
         from gr00t_client import __version__ as client_version
 
-        request, upstream = self._current, self._upstream
-        if upstream is not None and request is not None and (request.identity not in self._relay_informed
-                                                             or request.asks_upstream):
-            self._known_upstream_facts(ask_again=True)  # on the worker (answers_now): the upstream's policy now
-            self._note_informed(request.identity)
+        upstream = self._upstream
+        self._ask_upstream_for_new_connection()
         try:
             modality = self._get_modality_config()
         except (InlineCallAbandoned, UpstreamFailure):

@@ -218,7 +218,7 @@ class PolicyServer(BuiltinEndpoints):
         self.register_endpoint("kill", self._kill, requires_input=False)
         self.register_endpoint("get_action", self._get_action)
         self.register_endpoint("reset", self._reset)
-        self.register_endpoint("get_modality_config", self._get_modality_config, requires_input=False)
+        self.register_endpoint("get_modality_config", self._modality_config_endpoint, requires_input=False)
         self.register_endpoint("get_server_info", self._get_server_info, requires_input=False)
         self._identity_text_logged = False
         self._info_errors_logged: set = set()  # (policy id, field) whose get_server_info failure was logged
