@@ -335,9 +335,10 @@ class BuiltinEndpoints:
         options = self._with_session(options, request)
         # our client's mark of a session served before, or the server's own mark of one it dropped (a reference
         # client's, keyed by its connection): a replay that forgot it too must not restart it at episode 0
-        lost = (request.continues_session and not self.sessions.knows(request.session)) or (
-            self.sessions.dropped_reason(request.session) is not None)
-        if self._policy_uses_sessions and lost and self._policy_fact(takes_session_lost):
+        lost = self._policy_uses_sessions and (
+            (request.continues_session and not self.sessions.knows(request.session))
+            or self.sessions.dropped_reason(request.session) is not None)
+        if lost and self._policy_fact(takes_session_lost):
             options[SESSION_LOST_OPTION] = True
         reset = getattr(self.policy, "reset", None)
         if not callable(reset):  # a stateless policy object without reset (the reference has no reset endpoint)
