@@ -242,7 +242,8 @@ def test_a_new_robots_info_through_a_relay_whose_upstream_is_down_is_refused_not
         with contextlib.suppress(Exception):
             upstream.stop()
     assert len(refused) == 1
-    assert f"at tcp://127.0.0.1:{port}: what it serves is not known yet" in str(refused[0])
+    assert (f"at tcp://127.0.0.1:{port}: what it serves now is not known (it did not answer this relay's check for a "
+            "new connection") in str(refused[0])
 
 
 def test_an_upstream_refusal_reaches_the_robot_with_its_words_and_the_upstreams_address():

@@ -500,6 +500,16 @@ def test_an_option_of_few_values_keeps_its_kinds_apart_and_a_counter_becomes_one
         window.observe_call(0.2, 1, cost_signature({"options": {"counter": counter}}))
     assert window.least_call_seconds(1, now, cost=cost_signature({"options": {"counter": 1000}})) == pytest.approx(0.2)
     cost_signature({"options": {1: np.zeros(2), "1": "x"}})  # no TypeError
+    # a sweep of step counts (R39: five made denoising_steps "volatile", and a 1-step request was refused on the word
+    # of 6-step calls) and a five-level option sent again and again keep their kinds apart
+    sweep = GatherWindow(cap_ms=20.0)
+    for steps in (16, 12, 10, 8, 6):
+        sweep.observe_call(0.05 * steps, 1, cost_signature({"options": {"denoising_steps": steps}}))
+    assert sweep.least_call_seconds(1, now, cost=cost_signature({"options": {"denoising_steps": 1}})) == 0.0
+    levels = GatherWindow(cap_ms=20.0)
+    for level in [0, 1, 2, 3, 4] * 2:
+        levels.observe_call(0.1 * (level + 1), 1, cost_signature({"options": {"quality": level}}))
+    assert levels.least_call_seconds(1, now, cost=cost_signature({"options": {"quality": 0}})) == pytest.approx(0.1)
 
 
 def test_call_times_count_only_for_calls_of_the_same_cost_signature():

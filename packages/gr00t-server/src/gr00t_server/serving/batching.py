@@ -68,6 +68,10 @@ COST_NEUTRAL_OPTIONS = frozenset({TIMING_OPTION, "seed"})
 # that answers a storm of too-late requests "not run" would never refuse one. Fewer (denoising_steps 1 and 16, a
 # custom policy's quality 'fast' and 'best'), by value: another kind of call's time says nothing of this one's.
 VOLATILE_OPTION_VALUES = 4
+VOLATILE_OPTION_SHARE = 0.75  # ... and new values in at least this share of the calls that sent it (a counter's 1.0)
+# Options known to set a call's work: compared by value always (a sweep of 5 step counts made them "volatile", and a
+# 1-step request was refused on the word of 6-step calls)
+COST_VALUE_OPTIONS = frozenset({"denoising_steps"})
 CallCost = Hashable  # a get_action's cost signature (cost_signature): calls of one cost like each other, rows aside
 
 
@@ -506,10 +510,15 @@ class GatherWindow:
 
 
 def _volatile_options(costs: Iterable[CallCost]) -> FrozenSet[str]:
-    """The option names with more than VOLATILE_OPTION_VALUES distinct values among `costs` (cost_signature's)."""
+    """The option names (but COST_VALUE_OPTIONS) with more than VOLATILE_OPTION_VALUES distinct values among `costs`
+    (cost_signature's), new in at least VOLATILE_OPTION_SHARE of the calls that sent them: a counter, a timestamp."""
     values: Dict[str, set] = {}
+    sent: Dict[str, int] = {}
     for cost in costs:
         if isinstance(cost, tuple) and len(cost) == 2 and isinstance(cost[1], tuple):
             for name, value in cost[1]:
-                values.setdefault(name, set()).add(value)
-    return frozenset(name for name, seen in values.items() if len(seen) > VOLATILE_OPTION_VALUES)
+                if name not in COST_VALUE_OPTIONS:
+                    values.setdefault(name, set()).add(value)
+                    sent[name] = sent.get(name, 0) + 1
+    return frozenset(name for name, seen in values.items()
+                     if len(seen) > VOLATILE_OPTION_VALUES and len(seen) >= VOLATILE_OPTION_SHARE * sent[name])

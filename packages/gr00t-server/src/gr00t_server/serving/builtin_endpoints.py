@@ -182,8 +182,12 @@ class BuiltinEndpoints:
         if facts is not None and not ask_again:
             return facts
         upstream = self._upstream
-        not_known = UpstreamFailure(f"{UPSTREAM_FAILED} at {upstream.address}: what it serves is not known yet (it "
-                                    "has not answered this relay); ask again")
+        not_known = UpstreamFailure(
+            f"{UPSTREAM_FAILED} at {upstream.address}: what it serves now is not known (it did not answer this "
+            "relay's check for a new connection; it may have restarted with another policy); ask again" if (
+                ask_again and facts is not None) else
+            f"{UPSTREAM_FAILED} at {upstream.address}: what it serves is not known yet (it has not answered this "
+            "relay); ask again")
         if self._worker is None or not self._worker.is_current_thread():  # the socket thread never asks upstream
             raise not_known
         # a question of the relay's own, as at start: a robot's long budget (or a stop) never waits out a dead upstream
