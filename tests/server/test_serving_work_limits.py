@@ -16,7 +16,7 @@ from gr00t_client import PolicyClient, PolicyServerError, codec
 from gr00t_eval.dataset import LeRobotDataset
 from gr00t_server.modality_configs import derive_from_dataset
 from gr00t_server.policies import ReplayPolicy
-from gr00t_server.serving import ServerLimits
+from gr00t_server.serving import ServerLimits, sessions
 from gr00t_server.serving.limits import check_observation
 from gr00t_server.serving.messages import RequestError
 
@@ -231,10 +231,12 @@ def test_replay_sessions_are_evicted_least_recently_used_first_and_told_so_until
     assert "first" in policy._sessions and len(policy._sessions) <= 3
 
 
-def test_our_clients_session_dropped_beyond_the_servers_memory_is_still_refused_not_restarted(replay_dataset):
-    """The server remembers the last 4 x --max-sessions dropped sessions; a client whose session was dropped longer ago
-    was served episode 0, step 0 with no error (5,200 other sessions at the default limit). Our client marks the
-    requests of a session it was served, so the server refuses an unknown one whatever its memory holds."""
+def test_our_clients_session_dropped_beyond_the_servers_memory_is_still_refused_not_restarted(replay_dataset,
+                                                                                             monkeypatch):
+    """The server remembers a bounded number of dropped sessions (MAX_DROPPED_MARKS, here cut to 4); a client whose
+    session was dropped longer ago was served episode 0, step 0 with no error. Our client marks the requests of a
+    session it was served, so the server refuses an unknown one whatever its memory holds."""
+    monkeypatch.setattr(sessions, "MAX_DROPPED_MARKS", 4)
     with running_server(replay(replay_dataset), limits=ServerLimits(max_sessions=1)) as server:
         with PolicyClient(port=server.port, timeout_ms=5000, session_id="robot") as robot:
             robot.reset({"episode_index": 1})
