@@ -463,7 +463,7 @@ class GatherWindow:
         known = self._least_by_rows.get((cost, rows))
         if known is not None and known[1] <= now < known[2]:
             return known[0]
-        # One pass without temporaries or calls: asked again after every call (each clears the answers), over up to
+        # One pass (each recent call's kind compared): asked again after every call (each clears the answers), over up to
         # SPREAD_HISTORY calls
         least: Optional[float] = None
         oldest = 0.0
