@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -378,6 +378,11 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         with self._counting_lock:
             return self._counting_tokenizer(text)
 
+    def unread_state_keys(self) -> FrozenSet[str]:
+        """The state keys whose values the model never reads (its exclude_state): held to their width alone, so a
+        NaN placeholder there is served as upstream serves it. Wrappers (the sim wrapper) ask this too."""
+        return self.processor.unread_state_keys(self.embodiment_tag_value)
+
     def check_observation(self, observation: Dict[str, Any]) -> None:
         """The modality configs' checks, then what processing or an exported ViT would refuse inside the call (frame
         sizes, states that normalize beyond the model's float or have the wrong width), the reference states of
@@ -385,8 +390,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         every client's batch re-run alone), then the instructions (no special tokens). All in the observation's own
         row numbering."""
         # BasePolicy's check, but a state key the model never reads (exclude_state) may hold NaN, as upstream serves it
-        validate_observation(observation, self.get_modality_config(),
-                             unread_state_keys=self.processor.unread_state_keys(self.embodiment_tag_value))
+        validate_observation(observation, self.get_modality_config(), unread_state_keys=self.unread_state_keys())
         self.processor.check_video(self.embodiment_tag_value, observation["video"])
         self._check_exported_image_grid(observation["video"])
         self._normalize_checked_states(observation["state"])

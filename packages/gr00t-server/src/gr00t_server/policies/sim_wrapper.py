@@ -106,13 +106,12 @@ class Gr00tSimPolicyWrapper(PolicyWrapper):
             self._in_get_action.active = outer
 
     def _unread_state_keys(self) -> FrozenSet[str]:
-        """The state keys whose values the wrapped policy never reads (a Gr00tPolicy with exclude_state), found as
-        Gr00tPolicy.check_observation finds them; none for a policy that does not say."""
+        """The state keys whose values the wrapped policy never reads: the first `unread_state_keys()` in its chain (a
+        Gr00tPolicy with exclude_state); none for a policy that does not say."""
         for link in policy_chain(self.policy):
-            unread = getattr(getattr(link, "processor", None), "unread_state_keys", None)
-            tag = getattr(link, "embodiment_tag_value", None)
-            if callable(unread) and isinstance(tag, str):
-                return unread(tag)
+            unread = getattr(link, "unread_state_keys", None)
+            if callable(unread):
+                return frozenset(unread())
         return frozenset()
 
     def _check_wrapped(self, observation: Mapping[str, Any]) -> None:
