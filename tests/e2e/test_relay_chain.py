@@ -19,7 +19,7 @@ from gr00t_eval.policy_identity import (ServedPolicyChanged, check_serves, pinne
 from gr00t_server.serving.server import PolicyServer
 
 from reference_peer import ReferenceClient
-from serving import RestartableServer, free_port, running_server
+from serving import RestartableServer, free_port, router_dealer_broker, running_server
 
 LANGUAGE = "annotation.human.action.task_description"
 CONFIGS = {
@@ -351,6 +351,30 @@ def test_a_new_reference_robot_asking_configs_after_the_upstream_restarted_is_to
     finally:
         upstream.stop()
     assert configs["action"].as_json["delta_indices"] == [0, 1, 2, 3]
+
+
+def test_robots_behind_a_router_dealer_proxy_connecting_after_the_upstream_restarted_are_told_its_current_policy():
+    """Robots behind one ROUTER-DEALER proxy share its one connection to the relay: each is still new to the relay
+    (told apart by the identity frames the proxy adds), so a reference robot and our client connecting after the
+    upstream restarted with 4-step chunks while the relay idled are told checkpoint B's, not what an earlier robot was
+    told."""
+    upstream = RestartableServer(lambda: Checkpoint(1.0, "A"))
+    try:
+        with router_dealer_broker() as (front, back), \
+                PolicyClient("127.0.0.1", upstream.port, timeout_ms=5000) as upstream_client, \
+                running_server(upstream_client, port=back):
+            with PolicyClient("127.0.0.1", front, timeout_ms=5000) as robot:
+                robot.get_action(observation())
+            upstream.make_policy = lambda: LongerChunks(7.0, "B")
+            upstream.restart(reconnecting=1)
+            with ReferenceClient(front, timeout_ms=5000) as reference_robot:
+                configs = reference_robot.call_endpoint("get_modality_config")
+            with PolicyClient("127.0.0.1", front, timeout_ms=5000) as robot:
+                identity = robot.get_server_info()["policy_identity"]
+    finally:
+        upstream.stop()
+    assert configs["action"].as_json["delta_indices"] == [0, 1, 2, 3]
+    assert identity == {"kind": "test", "checkpoint": "B"}
 
 
 def test_an_upstream_restarted_with_a_session_keeping_policy_is_refused_naming_the_shared_session():

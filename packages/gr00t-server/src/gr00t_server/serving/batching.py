@@ -64,7 +64,7 @@ def batch_shape(data: Any) -> Optional[BatchShape]:
 # Options whose value never changes a call's work: a seed per request would make every call a kind of its own
 COST_NEUTRAL_OPTIONS = frozenset({TIMING_OPTION, "seed"})
 # An option with more distinct values than this among the recent calls (a counter, a timestamp, an id) is keyed by its
-# name and type alone (GatherWindow._kind): else every request would be a kind no recent call had, and the pre-check
+# name and type alone (GatherWindow.kind_of): else every request would be a kind no recent call had, and the pre-check
 # that answers a storm of too-late requests "not run" would never refuse one. Fewer (denoising_steps 1 and 16, a
 # custom policy's quality 'fast' and 'best'), by value: another kind of call's time says nothing of this one's.
 VOLATILE_OPTION_VALUES = 4
@@ -380,7 +380,7 @@ class GatherWindow:
         # least_call_seconds' answer by (cost, rows), with the span of `now` it holds for (until the oldest call it
         # counted is forgotten): asked for every request, it changes only when a call ends or one grows old
         self._least_by_rows: Dict[Tuple[CallCost, int], Tuple[float, float, float]] = {}  # (least s, from, until)
-        self._volatile: FrozenSet[str] = frozenset()  # option names of many values among the recent calls (_kind)
+        self._volatile: FrozenSet[str] = frozenset()  # option names of many values among the recent calls (kind_of)
         self._refused_since_call = 0  # requests refused by least_call_seconds since the last call ran
         # Refusal probes in a row too slow for their clients, by the bucket of what their call took (too slow for
         # every timeout up to it): (count, rows of the refused round, ms taken); and the probes granted since the last
@@ -467,9 +467,9 @@ class GatherWindow:
         # SPREAD_HISTORY calls
         least: Optional[float] = None
         oldest = 0.0
-        kind = self._kind(cost)
+        kind = self.kind_of(cost)
         for ended, rows_then, s, cost_then in self._recent_calls:
-            if now - ended > CALL_MEMORY_S or (cost_then != cost and self._kind(cost_then) != kind):
+            if now - ended > CALL_MEMORY_S or (cost_then != cost and self.kind_of(cost_then) != kind):
                 continue
             share = rows / rows_then
             took = s * share if share < 1.0 else s  # its share of a larger call: s * min(1.0, share)
@@ -486,8 +486,9 @@ class GatherWindow:
         self._least_by_rows[(cost, rows)] = (least, now, oldest + CALL_MEMORY_S)
         return least
 
-    def _kind(self, cost: CallCost) -> CallCost:
-        """`cost` with the options whose values keep changing (VOLATILE_OPTION_VALUES) keyed by their type alone."""
+    def kind_of(self, cost: CallCost) -> CallCost:
+        """`cost` with the options whose values keep changing (VOLATILE_OPTION_VALUES) keyed by their type alone: the
+        kind recent calls are compared as (least_call_seconds), which a refusal names (describe_cost)."""
         volatile = self._volatile
         if not volatile or not (isinstance(cost, tuple) and len(cost) == 2 and isinstance(cost[1], tuple)):
             return cost

@@ -118,13 +118,14 @@ class BuiltinEndpoints:
         facts = self._relay_facts
         return facts if facts is not None and facts.policy is self.policy else None
 
-    def answers_now(self, endpoint: str, connection: bytes = b"", asks_upstream: bool = False) -> bool:
+    def answers_now(self, endpoint: str, connection: str = "", asks_upstream: bool = False) -> bool:
         """Whether the socket thread answers built-in `endpoint` itself: not info or configs while their facts are not
         known, a relay's of its upstream (started before it) or a policy's configs and identity (one swapped in while
-        serving), nor a relay's info or configs to a `connection` (ROUTER identity) it has not answered yet, or that
-        `asks_upstream` (a relay in front asking for a robot new to it, over an old connection), while its worker is
-        idle: its upstream may have restarted with another policy while the relay idled, which its client learns only
-        by asking. The worker asks the upstream or the policy for them then, never this thread."""
+        serving), nor a relay's info or configs to a `connection` (Request.connection: each robot behind a proxy is
+        one) it has not answered yet, or that `asks_upstream` (a relay in front asking for a robot new to it, over an
+        old connection), while its worker is idle: its upstream may have restarted with another policy while the relay
+        idled, which its client learns only by asking. The worker asks the upstream or the policy for them then, never
+        this thread."""
         if endpoint not in POLICY_FACT_ENDPOINTS:
             return True
         if self._upstream is not None:
@@ -371,12 +372,12 @@ class BuiltinEndpoints:
         (a busy worker's forwarded calls learn a restart themselves) the snapshot answers."""
         request, worker = self._current, self._worker
         if (self._upstream is None or request is None or worker is None or not worker.is_current_thread()
-                or (request.identity in self._relay_informed and not request.asks_upstream)):
+                or (request.connection in self._relay_informed and not request.asks_upstream)):
             return
         self._known_upstream_facts(ask_again=True)  # the upstream's policy now
-        self._note_informed(request.identity)
+        self._note_informed(request.connection)
 
-    def _note_informed(self, connection: bytes) -> None:
+    def _note_informed(self, connection: str) -> None:
         """Remember that `connection` was told the upstream's facts as asked after it connected (written on the worker
         only; the socket thread reads it), forgetting the oldest beyond RELAY_INFORMED_CONNECTIONS."""
         informed = self._relay_informed

@@ -173,7 +173,7 @@ class JobRunner(ReplyFrames):
             reason = (f"the client's deadline was {(request.deadline - now) * 1000.0:.0f} ms away when its turn came, "
                       f"too close for a policy call (by recent calls, one of {rows} row(s) takes at least "
                       f"{least_call_s * 1000.0:.0f} ms; calls of its kind: "
-                      f"{batching.describe_cost(call_cost(request))})")
+                      f"{batching.describe_cost(self._window.kind_of(call_cost(request)))})")
         logger.debug("dropped %s from %s: %s", log_text(request.endpoint), request.peer, reason)
         if request.failed_call is not None:
             started, policy_ms = request.failed_call

@@ -207,7 +207,7 @@ class RequestLoop(Gathering):
         """Answer a built-in endpoint now, or queue the request for the worker (gathering batches)."""
         server = self._server
         if request.endpoint in INLINE_ENDPOINTS and server.is_built_in(request.endpoint) and server.answers_now(
-                request.endpoint, request.identity, request.asks_upstream):
+                request.endpoint, request.connection, request.asks_upstream):
             self._reply_now(request)
             return
         try:

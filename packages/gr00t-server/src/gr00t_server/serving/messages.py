@@ -88,6 +88,12 @@ class Request:
     # Its client decodes map keys other than str and bytes (client_reads_number_keys): multipart, or our client's.
     reads_number_keys: bool = False
 
+    @property
+    def connection(self) -> str:
+        """The key of the connection this request came over: its whole routing envelope (client_of), so that the REQ
+        robots behind one ROUTER-DEALER proxy count as connections of their own, not as the proxy's one."""
+        return client_of(self.routing)
+
     def queue_wait_ms(self, until: float) -> float:
         """How long this request waited for the policy until `until` (time.monotonic()), its decode left out."""
         return max(0.0, (until - self.received_at) * 1000.0 - self.decode_ms)

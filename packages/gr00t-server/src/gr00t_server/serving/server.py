@@ -151,7 +151,7 @@ class PolicyServer(BuiltinEndpoints):
         # server_changes at which the upstream was last checked for a session-keeping policy
         self._relay_facts: Optional[UpstreamFacts] = None
         self._relay_checked_changes: Optional[int] = None
-        self._relay_informed: Dict[bytes, None] = {}  # connections told facts asked since they came (answers_now)
+        self._relay_informed: Dict[str, None] = {}  # connections (Request.connection) told facts asked since they came
         # The client's check ('*', every interface, passes as serve's --host does): None, '' or a 'host:port' bound
         # tcp://None:0 and failed in start() with "No such device"
         self.host = check_host(host)
