@@ -223,11 +223,12 @@ def test_job_names_that_differ_only_in_case_are_refused_as_one_folder_on_case_in
                                  {"name": "reach", "env_name": "walkto/slow", "policy_server": {"port": 1}}])
     first, second = load_jobs(path)
     assert isinstance(first, Job)
-    assert isinstance(second, JobError) and "job 'reach': its run folder jobs/reach differs only in case from " \
-        "jobs/Reach of job #0 ('Reach')" in str(second) and "case-insensitive file systems" in str(second), second
+    assert isinstance(second, JobError) and "job 'reach': its run folder jobs/reach is one with jobs/Reach of job #0 " \
+        "('Reach'): their folder names differ only in case" in str(second) and "case-insensitive file systems" in \
+        str(second), second
     address = PolicyServerAddress("127.0.0.1", 1)
     jobs = [Job("Reach", "walkto/fast", address, {}), Job("reach", "walkto/slow", address, {})]
-    with pytest.raises(JobError, match="differs only in case"):
+    with pytest.raises(JobError, match="differ only in case"):
         run_batch(jobs, tmp_path / "batch_results.json")
     assert not (tmp_path / "batch_results.json").exists()
 

@@ -270,6 +270,29 @@ def test_a_job_folder_saves_the_planned_config_that_later_attempts_are_compared_
     assert first.seed is not None and again.seed == first.seed
 
 
+def test_a_job_whose_suite_was_redefined_since_its_attempt_runs_from_the_start(tmp_path, monkeypatch, caplog):
+    """Its logged episodes were kept under the new task list: a removed task's dropped, a regrouped one's pooled under a
+    group their records did not name. Its run.json now records its tasks, and another task list is a setting change."""
+    from gr00t_eval import suites
+    from gr00t_eval.batch import prepare_job_dir
+    from gr00t_eval.rollout import RolloutConfig
+
+    monkeypatch.setattr(suites, "_SUITES", dict(suites._SUITES))  # registered for this test only
+    suites.register_suite("mine", [("walkto/fast", "easy"), ("walkto/slow", "hard")])
+    config = RolloutConfig("mine", n_episodes=2)
+    prepare_job_dir(tmp_path / "job", config)
+    assert json.loads((tmp_path / "job" / "run.json").read_text())["tasks"] == [["walkto/fast", "easy"],
+                                                                                 ["walkto/slow", "hard"]]
+    (tmp_path / "job" / "episodes.jsonl").write_text(json.dumps({
+        "task": "walkto/slow", "group": "hard", "episode_index": 0, "seed": 0, "success": True, "sum_reward": 1.0,
+        "max_reward": 1.0, "length": 2, "env_index": 0}) + "\n")
+    suites.register_suite("mine", [("walkto/fast", "hard")], replace=True)
+    _, done = prepare_job_dir(tmp_path / "job", config)
+    assert done == [] and (tmp_path / "job" / "episodes.replaced.jsonl").is_file()
+    assert ("settings changed (tasks: 'walkto/slow' (group 'hard') removed; 'walkto/fast' moved from group 'easy' to "
+            "'hard')") in caplog.text
+
+
 @pytest.mark.parametrize("link", ["a symlink loop", "a dangling link"])
 def test_a_video_dir_that_is_a_broken_link_fails_its_job_alone_naming_it(server, tmp_path, link):
     """A symlink loop stopped the whole batch with a bare "Symlink loop" RuntimeError when the jobs' video folders

@@ -215,6 +215,30 @@ def test_rollout_refuses_two_tasks_whose_videos_would_share_a_folder_naming_both
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("first, second, reason", [
+    ("walkto/Fast", "walkto/fast", "their folder names differ only in case, one folder on case-insensitive file systems"),
+    ("uni/caf\u00e9", "uni/cafe\u0301", "their folder names differ only in Unicode normalization (a composed or "
+                                        "decomposed accent), one folder on macOS's APFS and HFS+"),
+    ("uni/CAF\u00c9", "uni/cafe\u0301", "their folder names differ only in case and Unicode normalization"),
+], ids=["case", "nfc-nfd", "both"])
+def test_tasks_whose_folder_names_one_file_system_takes_for_one_are_refused_saying_why(first, second, reason):
+    """NFC and NFD spellings of one name ran, and on macOS one task's videos replaced the other's."""
+    from gr00t_eval.suites import check_task_video_dirs
+
+    with pytest.raises(ValueError, match=re.escape(f"tasks {first!r} and {second!r} would write their episode videos "
+                                                   "into one folder") + ".*" + re.escape(reason)):
+        check_task_video_dirs([Task(first, "g"), Task(second, "g")])
+
+
+@pytest.mark.parametrize("first, second", [("uni/stra\u00dfe", "uni/strasse"), ("uni/\ufb01le", "uni/file")],
+                         ids=["sharp-s", "ligature"])
+def test_tasks_whose_folder_names_only_full_case_folding_makes_equal_are_two_folders(first, second):
+    """str.casefold() took them for one folder, "differing only in case": no file system compares names that way."""
+    from gr00t_eval.suites import check_task_video_dirs
+
+    check_task_video_dirs([Task(first, "g"), Task(second, "g")])
+
+
 def test_run_suite_refuses_tasks_sharing_a_video_folder_before_any_episode_and_others_keep_their_folders(client, tmp_path):
     from gr00t_eval.suites import task_video_dir
 
@@ -333,6 +357,21 @@ def test_register_suite_refuses_a_string_empty_names_or_malformed_pairs_naming_w
     assert "bad" not in suite_names()
 
 
+@pytest.mark.parametrize("name, tasks, message", [
+    ("smoke ", ["walkto/fast"], r"a suite name must have no leading or trailing whitespace, got 'smoke '"),
+    ("bad", ["walkto/fast "], r"suite 'bad': a task's env name must have no leading or trailing whitespace, got "
+                              r"'walkto/fast '"),
+], ids=["suite-name", "env-name"])
+def test_register_suite_refuses_names_with_surrounding_whitespace_naming_them(monkeypatch, name, tasks, message):
+    """'smoke ' was registered, and --env-name (which strips each name) could never select it."""
+    from gr00t_eval import suites
+
+    monkeypatch.setattr(suites, "_SUITES", dict(suites._SUITES))  # registered for this test only
+    with pytest.raises(ValueError, match=message + r".*--env-name strips the whitespace around each name"):
+        register_suite(name, tasks)
+    assert name not in suite_names()
+
+
 def test_register_suite_takes_env_names_pairs_and_tasks(monkeypatch):
     from gr00t_eval import suites
 
@@ -356,3 +395,37 @@ def test_no_built_in_suite_lists_an_env_name_twice():
     for name in suite_names():
         env_names = [task.env_name for task in get_suite(name).tasks]
         assert len(env_names) == len(set(env_names)), name
+
+
+@pytest.fixture
+def user_suite_module(tmp_path, monkeypatch):
+    """The name of a module on sys.path that registers the suite 'mine' (for this test only), as a user's would."""
+    from gr00t_eval import suites
+
+    monkeypatch.setattr(suites, "_SUITES", dict(suites._SUITES))
+    (tmp_path / "user_suite_for_listing.py").write_text(
+        "from gr00t_eval.suites import register_suite\n"
+        "register_suite('mine', [('walkto/fast', 'easy'), ('walkto/slow', 'hard')], 'a user suite', replace=True)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "user_suite_for_listing", raising=False)
+    return "user_suite_for_listing"
+
+
+def test_suites_lists_the_suites_an_env_import_module_registers(user_suite_module, capsys):
+    """`suites` took no --env-import, so the suites a rollout accepted with one could not be listed."""
+    from gr00t_eval import cli
+
+    assert cli.main(["suites", "--env-import", user_suite_module]) == 0
+    listed = capsys.readouterr().out
+    assert "mine: 2 tasks (easy, hard). a user suite" in listed
+    assert "metaworld-mt10: 10 tasks" in listed
+
+
+def test_the_rollout_hint_for_a_near_miss_of_a_user_suite_names_the_listing_that_shows_it(user_suite_module, capsys):
+    from gr00t_eval import cli
+
+    assert cli.main(["rollout", "--env-name", "mie", "--env-import", user_suite_module, "--policy-client-port", "9",
+                     "--no-video"]) == 2
+    err = capsys.readouterr().err
+    assert "or did you mean the suite mine? (gr00t-eval suites lists them; with --env-import MODULE, those MODULE " \
+           "registers too)" in err

@@ -33,10 +33,12 @@ from .policy_identity import (check_takes_flat_observations, describe, identifie
 from .results import RESULTS_FILENAME, results_text, write_results, write_results_text
 from .rollout.config import RolloutConfig, draw_base_seed, env_timeout_applies, without_unkept_env_timeout
 from .run_file import read_run_json
-from .run_resume import ATTEMPTS_KEY, add_earlier_task_eval_s, covered_attempts, earlier_eval_s, earlier_results
+from .run_resume import (ATTEMPTS_KEY, TASKS_KEY, add_earlier_task_eval_s, covered_attempts, earlier_eval_s,
+                         earlier_results, tasks_difference)
 from .run_stop import is_storage_error, output_folder_checked, take_stop_while_closing
 from .run_summary import percent_text
-from .shard import run_suite
+from .shard import run_suite, task_pairs
+from .suites import resolve_tasks
 
 __all__ = ["BATCH_RESULTS_FILENAME", "JOBS_DIRNAME", "Job", "JobError", "PolicyServerAddress", "connect", "format_table",
            "job_dir_name", "job_video_dirs", "load_jobs", "parse_job", "run_batch", "run_job"]
@@ -103,7 +105,9 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig, policy: Optional[Mappi
     planned = planned_config(config)
     run_file, log = job_dir / RUN_FILENAME, job_dir / EPISODE_LOG_FILENAME
     saved = read_job_run_file(job_dir) if run_file.is_file() else None
-    changes = [] if saved is None else setting_changes(saved.get("job_config"), planned, job_dir.name)
+    tasks = task_pairs(resolve_tasks(config.env_name)[0])
+    changes = [] if saved is None else [*setting_changes(saved.get("job_config"), planned, job_dir.name),
+                                        *task_changes(saved, tasks)]
     same = saved is not None and not changes
     if same and not same_policy(saved.get("policy"), policy):
         logger.warning("job %s: its server now serves %s, and its earlier attempt ran against %s; running the job from "
@@ -144,9 +148,18 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig, policy: Optional[Mappi
         (job_dir / RESULTS_FILENAME).replace(job_dir / "results.replaced.json")
     if config.seed is None:  # drawn once and saved, so a resumed job keeps every episode's seed
         config = dataclasses.replace(config, seed=draw_base_seed())
-    write_results(run_file, {"job_config": planned, "config": dataclasses.asdict(config),
+    write_results(run_file, {"job_config": planned, TASKS_KEY: tasks, "config": dataclasses.asdict(config),
                              "policy": None if policy is None else dict(policy)})
     return config, []
+
+
+def task_changes(saved: Mapping[str, Any], tasks: List[List[str]]) -> List[str]:
+    """['tasks: <difference>'] when a job's run.json recorded other tasks than its env_name resolves to now
+    (run_resume.tasks_difference: a suite redefined since); none for the same, or a run.json from before they were
+    recorded."""
+    started = saved.get(TASKS_KEY)
+    difference = tasks_difference([list(pair) for pair in started], tasks) if isinstance(started, list) else None
+    return [] if difference is None else [f"tasks: {difference}"]
 
 
 def read_job_run_file(job_dir: Path) -> Dict[str, Any]:

@@ -21,6 +21,7 @@ from gr00t_client.curve import is_z85_key, unwrapped_key_text
 
 from .rollout.config import (MAX_ENVS, MAX_EPISODES, RolloutConfig, check_env_kwargs_finite, check_env_timeout,
                              check_env_timeout_applies, default_env_timeout, env_timeout_applies)
+from .suites import one_folder_key, why_one_folder
 
 logger = logging.getLogger(__name__)
 
@@ -580,20 +581,21 @@ def _vectorization_and_n_envs(config: Mapping[str, Any]) -> Tuple[Any, Any]:
 
 
 def repeated_job_name(name: str, index: int, seen: Dict[str, Tuple[int, str]]) -> Optional[str]:
-    """Why job #`index` cannot be called `name`: an earlier job in `seen` (run folder -> its index and name) has that
-    name or that run folder (jobs/<job_dir_name>, keyed by casefold(): folders that differ only in case are one on
-    case-insensitive file systems); None when neither is taken, and `name` is added to `seen`."""
+    """Why job #`index` cannot be called `name`: an earlier job in `seen` (run folder key -> its index and name) has
+    that name or that run folder (jobs/<job_dir_name>, keyed by suites.one_folder_key: folders that differ only in case
+    or Unicode normalization are one on macOS and Windows); None when neither is taken, and `name` is added to `seen`."""
     folder = job_dir_name(name)
-    if folder.casefold() not in seen:
-        seen[folder.casefold()] = (index, name)
+    key = one_folder_key(folder)
+    if key not in seen:
+        seen[key] = (index, name)
         return None
-    first, first_name = seen[folder.casefold()]
+    first, first_name = seen[key]
     if first_name == name:
         return f"job {name!r}: duplicate job name (job #{first} has it too); names must be unique"
     if job_dir_name(first_name) != folder:
-        return (f"job {name!r}: its run folder jobs/{folder} differs only in case from jobs/{job_dir_name(first_name)} "
-                f"of job #{first} ({first_name!r}), and names that differ only in case are one folder on "
-                "case-insensitive file systems (macOS, Windows); names must be unique as folder names there too")
+        return (f"job {name!r}: its run folder jobs/{folder} is one with jobs/{job_dir_name(first_name)} of job #{first} "
+                f"({first_name!r}): {why_one_folder(job_dir_name(first_name), folder)}; names must be unique as folder "
+                "names there too")
     return (f"job {name!r}: its run folder jobs/{folder} is that of job #{first} ({first_name!r}); names must be unique "
             "as folder names too")
 

@@ -52,15 +52,20 @@ def _parse_pair(text: str) -> tuple:
     return key, value
 
 
-def apply_env_registrations(args: argparse.Namespace) -> None:
-    """Apply --env-import, --env-prefix and --env-adapter (in that order)."""
+def add_env_import_flag(p: argparse.ArgumentParser) -> None:
+    """--env-import MODULE (repeatable), read by import_env_modules: rollout's, and `suites`' to list a module's suites."""
+    p.add_argument(*_flag("env-import"), action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (e.g. one that registers gym envs in the flat GR00T format, or task suites "
+                        "with gr00t_eval.suites.register_suite); repeatable")
+
+
+def import_env_modules(modules: Sequence[str]) -> None:
+    """Import each --env-import module (which registers envs, prefixes or suites as it is imported)."""
     import importlib
 
-    from .rollout import ENV_PREFIX_TO_EMBODIMENT_TAG, register_env_prefix
     from .rollout.config import exit_call
-    from .rollout.envs import _resolve_adapter
 
-    for module in args.env_import:
+    for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as exc:
@@ -68,6 +73,14 @@ def apply_env_registrations(args: argparse.Namespace) -> None:
         except SystemExit as exc:
             raise UsageError(f"--env-import {module}: importing it called {exit_call(exc)}; a module to import must "
                              "register envs, not exit") from None
+
+
+def apply_env_registrations(args: argparse.Namespace) -> None:
+    """Apply --env-import, --env-prefix and --env-adapter (in that order)."""
+    from .rollout import ENV_PREFIX_TO_EMBODIMENT_TAG, register_env_prefix
+    from .rollout.envs import _resolve_adapter
+
+    import_env_modules(args.env_import)
     tags = dict(args.env_prefix)
     for prefix, tag in tags.items():
         try:
@@ -234,8 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_refused_model_path(p)
     p.add_argument(*_flag("env-kwarg"), dest="env_kwargs", type=_parse_kwarg, action="append", default=[],
                    help="KEY=VALUE passed to the env adapter or gym.make (repeatable), e.g. image_size=64")
-    p.add_argument(*_flag("env-import"), action="append", default=[], metavar="MODULE",
-                   help="import MODULE first (e.g. one that registers gym envs in the flat GR00T format); repeatable")
+    add_env_import_flag(p)
     p.add_argument(*_flag("env-prefix"), type=_parse_pair, action="append", default=[], metavar="PREFIX=TAG",
                    help="map env names PREFIX/... to an embodiment tag; repeatable")
     p.add_argument(*_flag("env-adapter"), type=_parse_pair, action="append", default=[], metavar="PREFIX=MODULE:FUNC",

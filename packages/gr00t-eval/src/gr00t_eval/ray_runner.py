@@ -217,7 +217,7 @@ def run_with_ray(env_spec: str, config: RolloutConfig, servers: Sequence[ServerA
     tasks, _ = resolve_tasks(env_spec)
     n_items = len(tasks) * config.n_episodes
     # held to the checks run_suite makes (a shard all of whose episodes are done never runs one)
-    done = _checked_done(done, config, seeds_known(policy), True)
+    done = _checked_done(done, config, seeds_known(policy), True, tasks)
     finished = {(str(o.extras.get("task")), o.episode_index): o for o in done if o.error is None}
     shard_results: Dict[int, Dict[str, Any]] = {}
     failed: Dict[str, str] = {}

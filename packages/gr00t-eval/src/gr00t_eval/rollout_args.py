@@ -272,8 +272,12 @@ def _suite_hint(name: str) -> str:
         return ""
     close = difflib.get_close_matches(name, suite_names(), n=3)
     if close:
-        return f"; or did you mean the suite {' or '.join(close)}? (gr00t-eval suites lists them)"
-    return "; a suite name? gr00t-eval suites lists them"
+        return f"; or did you mean the suite {' or '.join(close)}? ({SUITES_LISTING})"
+    return f"; a suite name? {SUITES_LISTING}"
+
+
+# Where a user finds the suite names --env-name takes, its own suites included (registered by an --env-import module).
+SUITES_LISTING = "gr00t-eval suites lists them; with --env-import MODULE, those MODULE registers too"
 
 
 def _saved_rollout_config(saved: Mapping[str, Any], output_dir: Path, shard: Any) -> Any:

@@ -17,6 +17,7 @@ from .output_files import results_file_name
 logger = logging.getLogger(__name__)
 
 ATTEMPTS_KEY = "attempts"  # a results file: the episode-log attempts its eval_s covers (earlier_eval_s)
+TASKS_KEY = "tasks"  # a run file: the [env_name, group] of each task its --env-name resolved to at its start
 
 
 def command_path(directory: Union[str, Path]) -> str:
@@ -70,6 +71,7 @@ def refuse_changed_settings(args: argparse.Namespace, saved: Mapping[str, Any]) 
     from .cli_errors import UsageError
 
     _refuse_changed_registrations(args, saved)
+    _refuse_changed_tasks(args, saved)
     given = given_settings(args)
     config = saved.get("config", {})
     conflicts = []
@@ -117,6 +119,43 @@ def _refuse_changed_registrations(args: argparse.Namespace, saved: Mapping[str, 
                      f"{_registration_flags(args).strip() or 'none'} (an env name may then build another env, whose "
                      "episodes would be pooled with the run's): resume it with the flags it was started with, or start "
                      "a new run (a new --output-dir) with the new ones")
+
+
+def _refuse_changed_tasks(args: argparse.Namespace, saved: Mapping[str, Any]) -> None:
+    """UsageError when the run's --env-name resolves to other tasks or groups now than the run file recorded at its start
+    (a suite redefined since: its kept episodes were dropped or pooled under another group without a word, and a
+    shard's slice moved); a run file from before the tasks were recorded is not checked."""
+    from .cli_errors import UsageError
+    from .shard import task_pairs
+    from .suites import resolve_tasks
+
+    started = saved.get(TASKS_KEY)
+    if not isinstance(started, list):
+        return
+    now = task_pairs(resolve_tasks(saved["env_name"])[0])
+    difference = tasks_difference([list(pair) for pair in started], now)
+    if difference is None:
+        return
+    raise UsageError(f"--resume {args.resume}: the tasks of --env-name {saved['env_name']} changed since the run started: "
+                     f"{difference} (a suite redefined since, in the --env-import module that registers it?); its kept "
+                     "episodes are of the tasks it started with: restore that definition to resume, or start a new run "
+                     "(a new --output-dir, or --overwrite)")
+
+
+def tasks_difference(started: List[List[str]], now: List[List[str]]) -> Optional[str]:
+    """What differs between two task lists of [env_name, group] pairs (task_pairs): the tasks removed, added or moved
+    to another group, else their order; None for the same list."""
+    if started == now:
+        return None
+    before, after = dict(map(tuple, started)), dict(map(tuple, now))
+    parts = [f"{task!r} (group {group!r}) removed" for task, group in before.items() if task not in after]
+    parts += [f"{task!r} (group {group!r}) added" for task, group in after.items() if task not in before]
+    parts += [f"{task!r} moved from group {group!r} to {after[task]!r}" for task, group in before.items()
+              if task in after and after[task] != group]
+    if parts:
+        return "; ".join(parts)
+    return (f"the same tasks in another order ({', '.join(repr(task) for task in after)}; started as "
+            f"{', '.join(repr(task) for task in before)})")
 
 
 def _resolved_for_shard(saved: Mapping[str, Any], dest: str, value: Any) -> bool:

@@ -85,7 +85,11 @@ def register_scale_commands(subparsers: Any) -> None:
                         "claim file, its results) and files that are no rollout results are never replaced")
     p.set_defaults(scale_command=cmd_merge)
 
-    p = subparsers.add_parser("suites", help="list the registered task suites")
+    from .cli import add_env_import_flag
+
+    p = subparsers.add_parser("suites", help="list the registered task suites (the built-in ones, and those the "
+                                             "--env-import modules given register)")
+    add_env_import_flag(p)
     p.set_defaults(scale_command=cmd_suites)
 
 
@@ -102,10 +106,11 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .ray_connect import check_ray_address, import_ray
     from .ray_runner import parse_servers
     from .run_file import read_run_file, write_run_file
-    from .run_resume import (ATTEMPTS_KEY, add_earlier_task_eval_s, covered_attempts, earlier_eval_s, earlier_results,
-                             refuse_changed_settings)
+    from .run_resume import (ATTEMPTS_KEY, TASKS_KEY, add_earlier_task_eval_s, covered_attempts, earlier_eval_s,
+                             earlier_results, refuse_changed_settings)
     from .run_stop import is_storage_error, is_storage_line
-    from .shard import ShardSpec, resolve_shard_n_envs
+    from .shard import ShardSpec, resolve_shard_n_envs, task_pairs
+    from .suites import resolve_tasks
 
     try:  # a bad host list fails before the output directory is made
         parse_servers(args.host, args.port, port_given="port" in getattr(args, "given_flags", ()))
@@ -173,7 +178,8 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         def claim(path: Path) -> None:
             asked = rollout_config_from_args(args, seed, path)
             made["config"] = resolve_shard_n_envs(asked, shard)
-            write_run_file(path, {"env_name": env_spec, "config": dataclasses.asdict(made["config"]),
+            write_run_file(path, {"env_name": env_spec, TASKS_KEY: task_pairs(resolve_tasks(env_spec)[0]),
+                                  "config": dataclasses.asdict(made["config"]),
                                   "auto_n_envs_resolved": made["config"].n_envs != asked.n_envs,
                                   "shard": None if shard is None else str(shard),
                                   "default_video_dir": not args.no_video and not args.video_dir,
@@ -290,9 +296,12 @@ def _outside_video_dir_check(config: Any, output_dir: Path, shard: Any) -> Calla
 
 
 def cmd_suites(args: argparse.Namespace) -> int:
-    """`gr00t-eval suites`: the registered suites, one per line."""
+    """`gr00t-eval suites`: the registered suites, one per line: the built-in ones and those its --env-import modules
+    register (as rollout's --env-import does before it resolves --env-name)."""
+    from .cli import import_env_modules
     from .suites import get_suite, suite_names
 
+    import_env_modules(args.env_import)
     for name in suite_names():
         suite = get_suite(name)
         print(f"{name}: {len(suite.tasks)} tasks ({', '.join(sorted({t.group for t in suite.tasks}))}). {suite.description}")

@@ -110,10 +110,15 @@ def resolve_shard_n_envs(config: RolloutConfig, shard: Optional[ShardSpec]) -> R
     return resolved
 
 
+def task_pairs(tasks: Sequence[Task]) -> List[List[str]]:
+    """The [env_name, group] of each task in order: how a plan (results.json) and a run file record its tasks."""
+    return [[t.env_name, t.group] for t in tasks]
+
+
 def shard_plan(tasks: Sequence[Task], config: RolloutConfig, shard: Optional[ShardSpec]) -> Dict[str, Any]:
     """What a results file records so that merge can check its shards belong together."""
     return {
-        "tasks": [[t.env_name, t.group] for t in tasks],
+        "tasks": task_pairs(tasks),
         "n_episodes": int(config.n_episodes),
         "seed": config.seed,
         "settings": outcome_settings(config),
@@ -510,8 +515,8 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     """Run `env_spec` (env names and/or suites) with `policy`, all episodes or one shard; return results.json.
 
     Without a seed a random base seed is drawn once and recorded. `done` holds the outcomes of an earlier,
-    interrupted run (episodes.jsonl): they are kept and not run again (ValueError for one given twice, or of another
-    seed or max_episode_steps: _checked_done). Each new outcome goes to `on_episode`
+    interrupted run (episodes.jsonl): they are kept and not run again (ValueError for one given twice, of a task not in
+    the plan or of another group, or of another seed or max_episode_steps: _checked_done). Each new outcome goes to `on_episode`
     as it finishes. `status` is "complete", "interrupted" (Ctrl-C/SIGTERM) or "aborted" (server gone).
     Each task's episodes are numbered from 0 (a shard's slice comes from `shard`), so config.first_episode must be 0.
     The results record the served `policy` (policy_record), which merge_results holds every shard to.
@@ -540,7 +545,7 @@ def run_suite(policy: BasePolicy, env_spec: str, config: RolloutConfig, shard: O
     if config.seed is None:
         config = dataclasses.replace(config, seed=draw_base_seed())
         logger.info("no --seed given: drew base seed %d (episode i uses seed %d + i)", config.seed, config.seed)
-    done = _checked_done(done, config, seeds_known(served, policy), seed_given)
+    done = _checked_done(done, config, seeds_known(served, policy), seed_given, tasks)
     suite_run = run_tasks(policy, tasks, config, ranges, progress=progress, on_episode=on_episode, done=done)
     snapshot = {**dataclasses.asdict(config), "env_name": env_spec, "shard": None if shard is None else str(shard)}
     planned = sum(len(r) for r in ranges.values()) if ranges is not None else len(tasks) * config.n_episodes
@@ -563,18 +568,21 @@ def seeds_known(served: Optional[Mapping[str, Any]], policy: Any = None) -> bool
 
 
 def _checked_done(done: Iterable[EpisodeOutcome], config: RolloutConfig, check_seeds: bool,
-                  seed_given: bool) -> List[EpisodeOutcome]:
+                  seed_given: bool, tasks: Sequence[Task]) -> List[EpisodeOutcome]:
     """`done` as a list; ValueError naming `done` for outcomes this run cannot keep as its own: an episode given twice
-    (counted twice in the metrics), or one longer than max_episode_steps or, when `check_seeds` (seeds_known), of
-    another seed (another plan's). They were kept, and results.json said the new settings."""
+    (counted twice in the metrics), one of a task not in `tasks` (dropped without a word) or of another group (pooled
+    under a group its record does not name), or one longer than max_episode_steps or, when `check_seeds`
+    (seeds_known), of another seed (another plan's). They were kept, and results.json said the new settings."""
     done = list(done)
     seen: Set[Tuple[str, int]] = set()
+    groups = {task.env_name: task.group for task in tasks}
     for outcome in done:
         key = (str(outcome.extras.get("task")), outcome.episode_index)
         if key in seen:
             raise ValueError(f"done has episode {key[1]} of {key[0]} twice; give each episode's outcome once (the "
                              "latest, as episodes.jsonl's latest_entries are)")
         seen.add(key)
+        _check_done_task(outcome, groups)
         if outcome.error is not None:  # run again, not kept
             continue
         if check_seeds and not seed_given:
@@ -589,6 +597,19 @@ def _checked_done(done: Iterable[EpisodeOutcome], config: RolloutConfig, check_s
                              f"than this run's max_episode_steps {config.max_episode_steps}: it ran under other "
                              "settings; resume with that run's settings")
     return done
+
+
+def _check_done_task(outcome: EpisodeOutcome, groups: Mapping[str, str]) -> None:
+    """ValueError when a `done` outcome's task is not one of the plan's ({env_name: group}) or its group is another."""
+    task, group = outcome.extras.get("task"), outcome.extras.get("group")
+    if task not in groups:
+        raise ValueError(f"done has episode {outcome.episode_index} of {task!r}, a task this run's plan does not hold "
+                         f"(its tasks: {', '.join(map(repr, groups))}): it is another plan's outcome; resume with the "
+                         "tasks that run started with")
+    if group is not None and group != groups[task]:
+        raise ValueError(f"done has episode {outcome.episode_index} of {task!r} in group {group!r}, but this run's plan "
+                         f"puts that task in group {groups[task]!r}: it is another plan's outcome; resume with the "
+                         "groups that run started with")
 
 
 def _stopped_shard_hint(label: str, results: Mapping[str, Any], with_reason: bool = True,

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -81,11 +82,19 @@ def _metaworld_tasks(names: Sequence[str]) -> List[Task]:
     return [Task(f"metaworld/{name}-v3", _metaworld_group(name)) for name in names]
 
 
+# Why a suite or task name with whitespace around it is refused: --env-name strips each comma-separated name.
+_UNREACHABLE = (": --env-name strips the whitespace around each name, so it could never name it (a name read from a "
+                "line of a file? strip it)")
+
+
 def register_suite(name: str, tasks: Sequence[Union[str, Tuple[str, str], Task]], description: str = "", replace: bool = False) -> Suite:
     """Register a suite; a task is an env name (grouped by its prefix), an (env_name, group) pair or a Task, each env
-    name once (ValueError naming a repeat and its two groups)."""
+    name once (ValueError naming a repeat and its two groups, or a suite or env name with whitespace around it, which
+    --env-name could never give)."""
     if not name or "," in name:
         raise ValueError(f"a suite name must be non-empty and have no ',', got {name!r}")
+    if name != name.strip():
+        raise ValueError(f"a suite name must have no leading or trailing whitespace, got {name!r}{_UNREACHABLE}")
     if name in _SUITES and not replace:
         raise ValueError(f"suite {name!r} is already registered (pass replace=True to redefine it)")
     if isinstance(tasks, str):  # iterating it would register one task per character
@@ -118,6 +127,9 @@ def _suite_task(suite: str, task: Union[str, Tuple[str, str], Task]) -> Task:
                          f"got {task!r}")
     if not env_name.strip() or not group.strip():
         raise ValueError(f"suite {suite!r}: a task needs a non-empty env name and group, got {task!r}")
+    if env_name != env_name.strip():
+        raise ValueError(f"suite {suite!r}: a task's env name must have no leading or trailing whitespace, got "
+                         f"{env_name!r}{_UNREACHABLE}")
     return Task(env_name, group)
 
 
@@ -220,21 +232,47 @@ MAX_FOLDER_NAME_BYTES = 255
 
 def check_task_video_dirs(tasks: Sequence[Task]) -> None:
     """ValueError when two tasks would write their videos into one folder ('a/b/c' and 'a/b__c' both go to a__b__c;
-    names that differ only in case share a folder on case-insensitive file systems): each would overwrite the other's
-    episode videos, and delete those of the other outcome. Also when a task's folder name cannot be one (too long, or
-    holding NUL), which failed that task only when its turn came, after the others had run. A run of one task writes
-    its videos into the video folder itself: no folder name to check."""
+    names that differ only in case, or in Unicode normalization, share a folder on case-insensitive file systems and on
+    macOS: one_folder_key): each would overwrite the other's episode videos, and delete those of the other outcome.
+    Also when a task's folder name cannot be one (too long, or holding NUL), which failed that task only when its turn
+    came, after the others had run. A run of one task writes its videos into the video folder itself: no folder name to
+    check."""
     seen: Dict[str, str] = {}
     for task in tasks:
         folder = task_folder_name(task.env_name)
         if len(tasks) > 1:
             _check_task_folder_name(task.env_name, folder)
-        first = seen.setdefault(folder.casefold(), task.env_name)
+        first = seen.setdefault(one_folder_key(folder), task.env_name)
         if first != task.env_name:
             raise ValueError(f"tasks {first!r} and {task.env_name!r} would write their episode videos into one "
-                             f"folder, {task_folder_name(first)!r} under the video folder (a task's folder is its env "
-                             "name with '/' as '__', and '.' or '..' as '_' or '__'; names that differ only in case are "
-                             "one folder on case-insensitive file systems): run them in separate runs, or pass --no-video")
+                             f"folder, {task_folder_name(first)!r} under the video folder "
+                             f"({why_one_folder(task_folder_name(first), folder)}): run them in separate runs, or pass "
+                             "--no-video")
+
+
+def one_folder_key(name: str) -> str:
+    """What file systems that take two names for one folder compare: the name decomposed (NFD; APFS and HFS+ ignore
+    Unicode normalization), each character lower-cased alone (NTFS, APFS and exFAT fold case one character to one, so
+    'Fast' is 'fast', but 'straße' is not 'strasse', which only str.casefold() makes equal)."""
+    decomposed = unicodedata.normalize("NFD", name)
+    return "".join(_one_character_lower(character) for character in decomposed)
+
+
+def _one_character_lower(character: str) -> str:
+    lowered = character.lower()
+    return lowered if len(lowered) == 1 else character
+
+
+def why_one_folder(first: str, second: str) -> str:
+    """Why two folder names with one one_folder_key are one folder (check_task_video_dirs', batch job names')."""
+    if first == second:
+        return "a task's folder is its env name with '/' as '__', and '.' or '..' as '_' or '__'"
+    if unicodedata.normalize("NFD", first) == unicodedata.normalize("NFD", second):
+        return ("their folder names differ only in Unicode normalization (a composed or decomposed accent), one folder "
+                "on macOS's APFS and HFS+")
+    if first.lower() == second.lower():
+        return "their folder names differ only in case, one folder on case-insensitive file systems (NTFS, APFS, exFAT)"
+    return "their folder names differ only in case and Unicode normalization, one folder on macOS's APFS and HFS+"
 
 
 def _check_task_folder_name(env_name: str, folder: str) -> None:
