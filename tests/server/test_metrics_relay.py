@@ -84,7 +84,7 @@ def test_a_relay_whose_upstream_is_unreachable_counts_no_policy_call():
         assert requests_count(samples, "get_action", "error") == 2
 
 
-def test_an_upstreams_refusal_for_want_of_time_counts_as_expired_at_the_relay():
+def test_an_upstreams_refusal_for_want_of_time_counts_as_expired_and_no_policy_call_at_the_relay():
     with running_server(Upstream(call_s=0.2), inline_below_ms=0, metrics_port=0) as upstream, \
             PolicyClient("127.0.0.1", upstream.port, timeout_ms=5000) as upstream_client:
         upstream_client.get_action(observation())  # the upstream learns that a call takes 200 ms
@@ -98,9 +98,10 @@ def test_an_upstreams_refusal_for_want_of_time_counts_as_expired_at_the_relay():
             assert requests_count(samples, "get_action", "expired") == 1, "the upstream's expired counted otherwise"
             assert requests_count(samples, "get_action", "error") == 0
             assert relay.stats.snapshot()["expired"] == 1
+            assert_no_policy_call(relay, samples)  # "not run" upstream: the relay's call computed nothing
 
 
-def test_an_upstreams_server_busy_refusal_counts_as_refused_at_the_relay():
+def test_an_upstreams_server_busy_refusal_counts_as_refused_and_no_policy_call_at_the_relay():
     gate = threading.Event()
     policy = Upstream(gate=gate)
     try:
@@ -121,5 +122,52 @@ def test_an_upstreams_server_busy_refusal_counts_as_refused_at_the_relay():
             assert requests_count(samples, "get_action", "refused") == 1, "the upstream's refused counted otherwise"
             assert requests_count(samples, "get_action", "error") == 0
             assert relay.stats.snapshot()["refused"] == 1
+            # the upstream computed nothing for it: a relay under an upstream's overload counted each refusal's round
+            # trip as a fast policy call (call rate up, policy latency down)
+            assert_no_policy_call(relay, samples)
+    finally:
+        gate.set()
+
+
+def wait_for_queue_depth(server, depth: int) -> None:
+    """Return once the server's gr00t_queue_depth (its running call included) reaches `depth`, within 10 s."""
+    deadline = time.monotonic() + 10
+    while scrape_settled(server, 0).get(("gr00t_queue_depth", ()), 0) < depth:
+        assert time.monotonic() < deadline, f"the server's queue never held {depth} requests"
+        time.sleep(0.02)
+
+
+def test_an_upstreams_stop_that_did_not_run_the_request_is_no_policy_call_at_the_relay():
+    gate = threading.Event()
+    policy = Upstream(gate=gate)
+    answers = []
+
+    def robot_call(robot):
+        try:
+            robot.get_action(observation())
+        except PolicyServerError as exc:
+            answers.append(exc)
+
+    try:
+        with running_server(policy, inline_below_ms=0, metrics_port=0) as upstream, \
+                PolicyClient("127.0.0.1", upstream.port, timeout_ms=5000) as upstream_client, \
+                running_server(upstream_client, metrics_port=0) as relay, \
+                PolicyClient("127.0.0.1", relay.port, timeout_ms=5000) as robot, \
+                PolicyClient("127.0.0.1", upstream.port, timeout_ms=10_000) as other:
+            robot.get_server_info()  # the relay learns its upstream's facts before the upstream is held
+            holding = threading.Thread(target=other.get_action, args=(observation(),), daemon=True)
+            holding.start()
+            assert policy.entered.wait(10), "the upstream never ran the holding request"
+            relayed = threading.Thread(target=robot_call, args=(robot,), daemon=True)
+            relayed.start()
+            wait_for_queue_depth(upstream, 2)  # the robot's request waits upstream behind the held one
+            upstream.stop()  # answers the waiting request "server is shutting down; 'get_action' was not run"
+            relayed.join(10)
+            gate.set()
+            holding.join(10)
+            assert len(answers) == 1 and "'get_action' was not run" in str(answers[0]), answers
+            samples = scrape_settled(relay, 3)
+            assert requests_count(samples, "get_action", "error") == 1
+            assert_no_policy_call(relay, samples)
     finally:
         gate.set()

@@ -207,12 +207,13 @@ POLICY_STAGES = {"preprocess_ms", "model_ms", "postprocess_ms"}
 
 
 class StagedPolicy(SleepyPolicy):
-    """Reports per-thread stage timings as Gr00tPolicy does (`last_timing`), distinct per call."""
+    """Reports per-thread stage timings as Gr00tPolicy does (`last_timing`), distinct per call (and per `scale`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
         self._timing = threading.local()
         self.calls = 0
+        self.scale = scale
 
     @property
     def last_timing(self) -> Dict[str, float]:
@@ -221,8 +222,39 @@ class StagedPolicy(SleepyPolicy):
     def _get_action(self, observation, options=None):
         result = super()._get_action(observation, options)
         self.calls += 1
-        self._timing.stages = {"preprocess_ms": 1.0 * self.calls, "model_ms": 2.0 * self.calls, "postprocess_ms": 0.5}
+        self._timing.stages = {"preprocess_ms": 1.0 * self.calls * self.scale,
+                               "model_ms": 2.0 * self.calls * self.scale, "postprocess_ms": 0.5 * self.scale}
         return result
+
+
+class HeldStagedPolicy(StagedPolicy):
+    """A StagedPolicy whose call, once `started` is set, waits for `release`: a call still running while a test acts."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__(scale)
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def _get_action(self, observation, options=None):
+        self.started.set()
+        assert self.release.wait(10), "the held call was never released"
+        return super()._get_action(observation, options)
+
+
+def timing_of_a_call_swapped_out(server, client: PolicyClient, held: HeldStagedPolicy,
+                                 replacement: BasePolicy) -> Dict[str, Any]:
+    """The server_timing of a get_action that `held` serves while `server.policy` is set to `replacement`."""
+    infos: List[Dict[str, Any]] = []
+    caller = threading.Thread(target=lambda: infos.append(client.get_action(observation())[1]))
+    caller.start()
+    try:
+        assert held.started.wait(10), "the held policy's call never started"
+        server.policy = replacement  # documented: another policy may be assigned while serving
+    finally:
+        held.release.set()
+    caller.join(10)
+    assert infos, "the call during the swap got no reply"
+    return infos[0]["server_timing"]
 
 
 class Wrapper(BasePolicy):
@@ -253,6 +285,30 @@ def test_policy_stages_are_read_through_a_wrapper():
     with running_server(Wrapper(StagedPolicy())) as server, PolicyClient(port=server.port, return_server_timing=True) as client:
         timing = client.get_action(observation())[1]["server_timing"]
     assert timing["model_ms"] == 2.0
+
+
+def test_a_policy_swapped_in_during_a_call_leaves_that_call_its_own_stages():
+    """The stages were read from the policy the server held after the call: the new one's earlier call on that
+    thread (an A -> B -> A swap), model_ms 2.0 inside B's call."""
+    first, held = StagedPolicy(), HeldStagedPolicy(scale=100.0)
+    with running_server(first, inline_below_ms=0) as server, \
+            PolicyClient(port=server.port, return_server_timing=True) as client:
+        client.get_action(observation())  # first's stages on the worker thread: model_ms 2.0
+        server.policy = held
+        timing = timing_of_a_call_swapped_out(server, client, held, first)
+    assert timing.get("model_ms") == 200.0, f"expected the held policy's own stages, got {timing}"
+
+
+def test_a_replaced_get_action_reports_the_stages_of_the_policy_it_called_when_another_is_swapped_in():
+    first, held = StagedPolicy(), HeldStagedPolicy(scale=100.0)
+    with running_server(first, inline_below_ms=0) as server, \
+            PolicyClient(port=server.port, return_server_timing=True) as client:
+        server.register_endpoint("get_action",
+                                 lambda observation=None, options=None: server.policy.get_action(observation, options))
+        client.get_action(observation())  # first's stages on the worker thread: model_ms 2.0
+        server.policy = held
+        timing = timing_of_a_call_swapped_out(server, client, held, first)
+    assert timing.get("model_ms") == 200.0, f"expected the held policy's own stages, got {timing}"
 
 
 def test_a_batched_call_reports_its_stages_to_every_request():

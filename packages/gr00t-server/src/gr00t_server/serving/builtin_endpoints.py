@@ -23,7 +23,7 @@ from .execution import call_rows, policy_stages
 from .identity import encodable_identity
 from .messages import Request, RequestError
 from .relay import (NOTHING_LEARNT, UpstreamFacts, UpstreamFailure, relayed_class, upstream_client, upstream_deadline,
-                    upstream_error, upstream_outcome)
+                    upstream_did_not_run, upstream_error, upstream_outcome)
 from .sessions import FACTS_AT_START_TIMEOUT_MS, check_no_shared_replay_session, keeps_sessions, takes_session_lost
 from .worker import InlineCallAbandoned
 from .wrappers import policy_chain
@@ -215,7 +215,8 @@ class BuiltinEndpoints:
         """`call()` of a relay's policy: the upstream re-checked for a session-keeping policy after its client
         reconnected, the robot's deadline passed upstream (and `within_ms` from now, where given, if sooner), and the
         upstream's errors named by its address and counted under the upstream's outcome (upstream_outcome). A failure
-        before `call()` is marked `refused_before_call`: no policy call is counted for it."""
+        before `call()`, or an upstream's answer that it ran nothing (upstream_did_not_run), is marked
+        `refused_before_call`: no policy call is counted for it."""
         upstream = self._upstream
         now = time.monotonic()
         at = upstream_deadline(request.deadline, now)
@@ -249,7 +250,10 @@ class BuiltinEndpoints:
                 stopped = RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' was ended before the upstream at "
                                        f"{upstream.address} answered")
                 raise self._relay_refusal(request, stopped, None, called) from None
-            relayed = self._relay_refusal(request, upstream_error(upstream, exc) or exc, upstream_outcome(exc), called)
+            # the upstream ran nothing (busy, out of time, stopped before its turn): no policy call. A timeout or a
+            # lost connection still counts as one: the upstream may have run it, unseen.
+            ran = called and not upstream_did_not_run(exc)
+            relayed = self._relay_refusal(request, upstream_error(upstream, exc) or exc, upstream_outcome(exc), ran)
             if relayed is exc:
                 raise
             raise relayed from None
@@ -299,11 +303,12 @@ class BuiltinEndpoints:
         assert request is not None
         robot_options = options
         options = self._with_session(options, request)
+        policy = self.policy  # read once: a policy swapped in during the call must not lend it its stages
         try:
             if self._upstream is None:
-                raw = self.policy.get_action(observation, options)
+                raw = policy.get_action(observation, options)
             else:
-                raw = self._relayed(lambda: self.policy.get_action(observation, options), request)
+                raw = self._relayed(lambda: policy.get_action(observation, options), request)
         except BaseException as exc:  # counted whatever failed it, a SystemExit too
             request.call_ran = self._runner.count_failed_call(exc, 1, call_rows(request))
             if not isinstance(exc, NonFiniteActionError):
@@ -317,7 +322,7 @@ class BuiltinEndpoints:
         self._runner.count_call(1, call_rows(request, raw))
         request.call_ran = True
         action, info = work_limits.action_and_info(raw)
-        request.timing = policy_stages(self.policy)
+        request.timing = policy_stages(policy)
         work_limits.check_finite_action(action, observation)
         if self._upstream is not None:
             self._refresh_upstream_facts()  # before the reply: the robot's check asks info once it sees a change

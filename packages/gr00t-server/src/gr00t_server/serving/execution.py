@@ -311,7 +311,8 @@ class JobRunner(ReplyFrames):
         """Call a get_action registered in place of the built-in one, counted as the built-in one is: one policy call
         of its rows, returned or failed inside, with the policy's own stages when it reports new ones (a handler that
         did not call the policy leaves this thread's earlier call's)."""
-        earlier = policy_stages(self._server.policy)
+        policy = self._server.policy  # read once: a policy swapped in meanwhile must not lend the call its stages
+        earlier = policy_stages(policy)
         try:
             result = self._call(request)
         except RequestError:  # the server refused its arguments: the handler never ran
@@ -321,7 +322,7 @@ class JobRunner(ReplyFrames):
             raise
         self.count_call(1, call_rows(request, result))
         request.call_ran = True
-        stages = policy_stages(self._server.policy)
+        stages = policy_stages(policy)
         request.timing = stages if stages != earlier else {}
         return _checked_replaced_action(result, request)
 

@@ -45,6 +45,7 @@ from .messages import (
     timing_requested,
     unknown_endpoint,
 )
+from .relay import NOT_RUN_AT_STOP
 from .sessions import SESSION_ENDPOINTS
 from .transport import MAX_MESSAGE_FRAMES, OverlongMessage
 from .worker import InlineCallAbandoned, InlineGate, Job, PolicyWorker, only_get_action
@@ -575,7 +576,7 @@ class RequestLoop(Gathering):
         waiting = [request for job in worker.take_queued() for request in job] + self.pending
         self.pending = []
         for request in waiting:
-            self.reply_error(request, RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' was not run"))
+            self.reply_error(request, RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' {NOT_RUN_AT_STOP}"))
             self._runner.release_session(request)  # never reached execute: its session idles again (a later run())
         worker.finish()
         timeout_s = self._server.shutdown_timeout_s
@@ -644,7 +645,7 @@ class RequestLoop(Gathering):
             peeked = peek_endpoint(payload)
             if peeked is not None:
                 request.endpoint, request.name_read = peeked, True
-            self.reply_error(request, RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' was not run"))
+            self.reply_error(request, RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' {NOT_RUN_AT_STOP}"))
             owed = self._answered_in_stop.get(request.identity, 0)
             if owed > 1:
                 self._answered_in_stop[request.identity] = owed - 1

@@ -21,6 +21,9 @@ logger = logging.getLogger("gr00t_server.serving.server")
 UPSTREAM_MARGIN_MS = 200
 UPSTREAM_MARGIN_SHARE = 0.2
 
+# how a stopping server's answer ends for a request it never started (RequestLoop writes it; upstream_did_not_run reads it)
+NOT_RUN_AT_STOP = "was not run"
+
 
 @dataclass(frozen=True)
 class UpstreamFacts:
@@ -87,6 +90,15 @@ def upstream_outcome(exc: BaseException) -> Optional[str]:
     if NOT_RUN_FOR_DEADLINE in exc.server_message:  # not "could not run again in time": that call ran (an error)
         return "expired"
     return "refused" if exc.server_message.startswith(BUSY_REFUSALS) else None
+
+
+def upstream_did_not_run(exc: BaseException) -> bool:
+    """True when the upstream's answer `exc` says it ran nothing for the request: a refusal it counted under an outcome
+    (upstream_outcome: expired, refused), or its stop's answer to a request whose turn never came ("server is shutting
+    down; 'get_action' was not run", RequestLoop). A timeout or a lost connection is not: the upstream may have run it."""
+    if upstream_outcome(exc) is not None:
+        return True
+    return isinstance(exc, ServerStoppingError) and exc.server_message.endswith(NOT_RUN_AT_STOP)
 
 
 class UpstreamFailure(RequestError):
