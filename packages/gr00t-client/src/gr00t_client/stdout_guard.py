@@ -10,6 +10,8 @@ at its print(): it is written escaped instead.
 Their standard output is a report; once it cannot be written, the rest goes to /dev/null and the command carries on
 (its logs go to stderr, where one warning says why the report stopped). A standard output closed by the launcher
 (`>&-`) is /dev/null from the start, and the same warning comes at its first line.
+Library code that prints a line on the host program's standard output (PolicyServer.run()'s start-up lines) uses
+print_if_writable: the host's stream, whatever it is, never fails the call, and is left as it is.
 """
 
 from __future__ import annotations
@@ -67,6 +69,18 @@ class ClosedPipeTolerantStdout:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+def print_if_writable(line: str) -> None:
+    """Print `line` on sys.stdout, flushed, unless it cannot be written: a stdout that is None, closed (ValueError) or
+    broken (a pipe whose reader has gone, a terminal hung up: OSError) loses the line instead of failing the caller.
+    For library code printing on a host program's stdout, which is not replaced or redirected (guard_stdout, for
+    the command lines, is what does that)."""
+    try:
+        print(line, flush=True)
+    except (OSError, ValueError) as exc:
+        logging.getLogger(__name__).debug("a line for standard output was lost (%s: %s): %s",
+                                          type(exc).__name__, exc, line)
 
 
 def reopen_closed_standard_streams() -> Set[int]:

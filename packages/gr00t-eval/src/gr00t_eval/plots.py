@@ -205,36 +205,30 @@ def plot_trajectory(
     reference layout, one file per id (more than MAX_PANEL_ROWS dims fill several columns of subplots).
     `replaceable`: the files (plot_identity) it may replace, None for any; another file there is kept:
     FileExistsError."""
-    matplotlib = require("matplotlib", "plots", "plotting open-loop results")
-    matplotlib.use("Agg", force=False)  # headless: never open a window
-    import matplotlib.pyplot as plt
-
+    require("matplotlib", "plots", "plotting open-loop results")
     gt = np.asarray(ground_truth)
     pred = np.asarray(prediction)
     n_dims = gt.shape[1]
     labels = list(dim_labels) if dim_labels is not None else [f"Action {i}" for i in range(n_dims)]
-    fig, panels = _panel_grid(plt, n_dims)
-    try:  # closed also when drawing or saving fails: the run goes on to the next trajectory
-        title = f"Trajectory {traj_id} - State: {', '.join(state_keys)} | Action: {', '.join(action_keys)}"
-        fig.suptitle(textwrap.fill(title, 60), fontsize=16, color="blue",  # wrapped: long key lists stay on the page
-                     parse_math=False)  # key names are drawn as written, never as mathtext
-        steps = np.arange(gt.shape[0])
-        marks = [k for k in inference_steps if 0 <= k < gt.shape[0]]
-        for dim, ax in enumerate(panels):
-            # a NaN column is an action dim with no state of its own key (open_loop.evaluate_trajectory): no line
-            if state is not None and np.shape(state) == gt.shape and not np.isnan(state[:, dim]).all():
-                ax.plot(steps, state[:, dim], label="state joints")
-            ax.plot(steps, gt[:, dim], label="gt action")
-            ax.plot(steps, pred[:, dim], label="pred action", linestyle="--")
-            if marks:  # one artist for all the points: one per point took minutes at --execution-horizon 1
-                ax.plot(marks, gt[marks, dim], "ro", label="inference point")
-            ax.set_title(labels[dim], parse_math=False)
-            ax.legend()
-        fig.tight_layout()
-        path = Path(path)  # its folder is the caller's to make: a run's output folder gone meanwhile is not made again
-        _save_aside(fig, path, replaceable=replaceable)
-    finally:
-        plt.close(fig)
+    fig, panels = _panel_grid(n_dims)
+    title = f"Trajectory {traj_id} - State: {', '.join(state_keys)} | Action: {', '.join(action_keys)}"
+    fig.suptitle(textwrap.fill(title, 60), fontsize=16, color="blue",  # wrapped: long key lists stay on the page
+                 parse_math=False)  # key names are drawn as written, never as mathtext
+    steps = np.arange(gt.shape[0])
+    marks = [k for k in inference_steps if 0 <= k < gt.shape[0]]
+    for dim, ax in enumerate(panels):
+        # a NaN column is an action dim with no state of its own key (open_loop.evaluate_trajectory): no line
+        if state is not None and np.shape(state) == gt.shape and not np.isnan(state[:, dim]).all():
+            ax.plot(steps, state[:, dim], label="state joints")
+        ax.plot(steps, gt[:, dim], label="gt action")
+        ax.plot(steps, pred[:, dim], label="pred action", linestyle="--")
+        if marks:  # one artist for all the points: one per point took minutes at --execution-horizon 1
+            ax.plot(marks, gt[marks, dim], "ro", label="inference point")
+        ax.set_title(labels[dim], parse_math=False)
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)  # its folder is the caller's to make: a run's output folder gone meanwhile is not made again
+    _save_aside(fig, path, replaceable=replaceable)
     return path
 
 
@@ -264,12 +258,18 @@ def _save_aside(fig: Any, path: Path, replaceable: Optional[Collection[Tuple[int
         remove_quietly(partial)
 
 
-def _panel_grid(plt: Any, n_dims: int) -> Tuple[Any, List[Any]]:
+def _panel_grid(n_dims: int) -> Tuple[Any, List[Any]]:
     """A figure of `n_dims` subplots, 8 x 4 inches each, in columns of at most MAX_PANEL_ROWS; the subplots in dim
-    order (down each column, then the next)."""
+    order (down each column, then the next). Drawn with Agg and without pyplot (as video.py's captions are): the
+    host program's backend and its pyplot figures are left alone, and no window opens."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     n_cols = max(1, math.ceil(n_dims / MAX_PANEL_ROWS))
     n_rows = max(1, math.ceil(n_dims / n_cols))
-    fig, axes = plt.subplots(nrows=n_rows, ncols=n_cols, figsize=(8 * n_cols, 4 * n_rows), squeeze=False)
+    fig = Figure(figsize=(8 * n_cols, 4 * n_rows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows=n_rows, ncols=n_cols, squeeze=False)
     panels = list(axes.flatten(order="F"))
     for unused in panels[n_dims:]:
         unused.set_visible(False)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from gr00t_client.client import endpoint_host
 from gr00t_client.client_options import MAX_REPLY_BYTES_LIMIT, check_flag, check_host
 from gr00t_client.policy import BasePolicy
+from gr00t_client.stdout_guard import print_if_writable
 
 from . import batching
 from .batching import MAX_BATCH_SIZE
@@ -460,10 +461,11 @@ class PolicyServer(BuiltinEndpoints):
             restore = _install_signal_handlers(self)
             security = transport.security
             suffix = f" ({security.banner()})" if security is not None else ""
+            # a host's stdout that cannot be written (a reader gone, closed) loses these lines; the server still serves
             if self.metrics_port is not None:  # port 0 picked one: said before the ready line others wait for
-                print(f"Metrics: http://{endpoint_host(reachable_host(self.host))}:{self.metrics_port}/metrics",
-                      flush=True)
-            print(f"Server is ready and listening on {self.bound_endpoint}{suffix}", flush=True)
+                metrics_host = endpoint_host(reachable_host(self.host))
+                print_if_writable(f"Metrics: http://{metrics_host}:{self.metrics_port}/metrics")
+            print_if_writable(f"Server is ready and listening on {self.bound_endpoint}{suffix}")
             while self._running and not self._stop_requested.is_set():
                 self._loop.turn()
         except InlineCallAbandoned:  # its requests were answered; the stop that gave up on it ends the run

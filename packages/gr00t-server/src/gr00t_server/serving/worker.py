@@ -9,7 +9,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from ..threads import block_stop_signals
+from ..threads import block_stop_signals, stop_signals_as
 from .messages import Request, last_resort_error_frames
 
 logger = logging.getLogger("gr00t_server.serving")
@@ -350,12 +350,13 @@ class PolicyWorker:
             return self._running
 
     def _loop(self) -> None:
-        block_stop_signals()
+        servers_mask = block_stop_signals()  # the mask of the thread that ran the server (start() is called from it)
         with self._lock:
             job = self._wait_for_job()
         while job is not None:
             try:
-                replies = self._execute(job)
+                with stop_signals_as(servers_mask):  # the policy's helper processes inherit it, not the worker's block
+                    replies = self._execute(job)
             except BaseException as exc:  # execute answers every failure itself; this is the last line of defence
                 logger.exception("policy worker failed on a job of %d request(s); answering each with an error", len(job))
                 replies = [(request, self._failure_frames(request, exc)) for request in job]
