@@ -183,14 +183,14 @@ def test_rows_whose_prompts_differ_in_length_equal_separate_calls(libero, tiny_c
             np.testing.assert_allclose(batched[name][row], single[name][0], rtol=1e-5, atol=1e-5, err_msg=f"row {row} {name}")
 
 
-BFLOAT16_BATCH_MATE_TOLERANCE = "2e-3"  # of an action key's statistics range, as docs/serving.md states it
+BFLOAT16_BATCH_MATE_TOLERANCE = "5e-3"  # of an action key's statistics range, as docs/serving.md states it
 
 
 def test_in_bfloat16_a_row_batched_with_a_longer_prompt_stays_within_the_documented_rounding(tiny_checkpoint):
-    """A row's bfloat16 action depends on its batch mates' prompt lengths by up to ~2e-3 of the action range (1.9e-3
-    the widest measured on CPU over seeds 0-7; this case 9.3e-4, beyond the 4e-4 the docs promised, float16's figure,
-    and one bfloat16 step under the bound, so another CPU's rounding does not fail it). A CPU with native bfloat16
-    kernels (AVX512-BF16/AMX) rounds each row alike, batched or alone: a difference of 0 is within it too."""
+    """A row's bfloat16 action depends on its batch mates' prompt lengths by up to ~5e-3 of the action range for
+    batches of up to 16 rows (4.5e-3 the widest measured on CPU at 16 rows, 2.7e-3 at 8, 1.9e-3 at 2: a few bfloat16
+    steps; this case 9.3e-4, beyond float16's 6e-4). A CPU with native bfloat16 kernels (AVX512-BF16/AMX) rounds each
+    row alike, batched or alone: a difference of 0 is within it too."""
     policy = Gr00tPolicy(tiny_checkpoint, "libero_sim", device="cpu", dtype="bf16")
     stats = load_statistics(tiny_checkpoint)["libero_sim"]["action"]
     obs = example_observation(tiny_checkpoint, "libero_sim", batch_size=2, seed=2)

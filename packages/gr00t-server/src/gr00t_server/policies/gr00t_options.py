@@ -5,9 +5,10 @@ other key is refused when strict, a warning otherwise):
 - "seed": int (a 0-d integer array is the int it holds). Row i of the batch starts from `torch.randn((H, D_max),
   generator=Generator("cpu").manual_seed(s + i))` in float32, then cast to the model dtype/device. A batch with
   seed s therefore equals B single calls with seeds s, s+1, ..., s+B-1 (and a single call with seed s equals
-  row 0), to the dtype's rounding, in units of each action key's statistics range: about 1e-7 in float32, 4e-4 in
-  float16 (a batch's kernels differ from one row's), up to about 2e-3 in bfloat16 (on CPU, where attention over
-  prompts padded to a batch mate's length rounds otherwise). s must lie in
+  row 0), to the dtype's rounding, in units of each action key's statistics range, measured on CPU for batches of
+  up to 16 rows: about 1e-7 in float32, up to about 6e-4 in float16 (a batch's kernels differ from one row's), up
+  to about 5e-3 in bfloat16 (attention over prompts padded to a batch mate's length rounds otherwise): a few of
+  the dtype's rounding steps. s must lie in
   [-2**63, 2**64 - B]. torch's CPU generator keeps only the low 32 bits of its seed (1 and 2**32 + 1 gave the same
   noise), so a row seed outside [0, 2**32) is mixed down to 32 bits first (_generator_seed); one inside is used as
   given. Or a list of B ints, row i's own seed (what ActionChunker sends

@@ -124,12 +124,21 @@ class JobRunner(ReplyFrames):
         sessions = self._server._policy_uses_sessions
         if sessions:
             live = self._admit_sessions(live, replies)
-        if len(live) == 1:
-            replies.append(self.serve_one(live[0]))
-        elif live:
+        if len(live) > 1 and self._merge_holds(live):
             self._run_group(live, replies)
+        else:  # one request, or gathered ones that may no longer share a call: each alone, in job order
+            for request in live:
+                replies.append(self.serve_one(request))
         if sessions:
             self._take_in_sessions(live)
+
+    def _merge_holds(self, requests: List[Request]) -> bool:
+        """Whether requests gathered for a merged call may still share one: batching holds for the policy served now
+        (batching_enabled: built-in get_action, no sessions) and it is the policy they were gathered for. A policy
+        swapped in or a get_action replaced while they waited serves each alone (serve_one), as a request arriving
+        now would be: a merged call of a replay has no session to pass, and a merged call would skip a replacement."""
+        policy = self._server.policy
+        return self._server.batching_enabled and all(request.batched_for is policy for request in requests)
 
     def _in_time(self, requests: List[Request], now: float, replies: List[Reply]) -> List[Request]:
         """The requests whose reply can still reach their client; the others are answered as expired: their deadline

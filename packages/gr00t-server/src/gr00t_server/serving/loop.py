@@ -238,6 +238,7 @@ class RequestLoop(Gathering):
             # Worked out once, on arrival: a round's dispatch groups by it, its merge and every turn count its rows.
             request.batch_shape = shape
             request.rows = max(shape[1], 1)
+            request.batched_for = server.policy
             self._gather(request)
             return
         ahead = self._gathered_before(request)

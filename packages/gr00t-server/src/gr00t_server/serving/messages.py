@@ -72,6 +72,9 @@ class Request:
     name_read: bool = True  # False for a request answered before any endpoint name could be read from it
     rows: int = 1  # observation rows of a gathered get_action, counted once when gathered (at least 1)
     batch_shape: Optional[Tuple[Any, int]] = None  # a gathered get_action's batching.batch_shape
+    # The policy a gathered get_action was gathered for (get_action then the built-in one, as batching_enabled asks):
+    # its job merges it only while that policy is served and batching still holds (JobRunner._merge_holds)
+    batched_for: Any = None
     call_cost: Any = None  # a get_action's batching.cost_signature, worked out once when first asked (call_cost)
     wants_timing: bool = False  # a get_action whose options ask for server_timing (timing_requested)
     # Our client's mark (SESSION_CONTINUES_FIELD) on requests of a session the server has already served: such a

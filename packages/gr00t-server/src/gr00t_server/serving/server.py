@@ -243,11 +243,12 @@ class PolicyServer(BuiltinEndpoints):
 
         Registered endpoints run on the policy worker beside get_action and reset: in arrival order within one
         connection, connections taking turns (a replacement of a built-in endpoint too: ping, kill, get_server_info
-        and get_modality_config are answered on the socket thread only while they are the built-in ones). A replaced get_action is served alone, never in a merged batch (the
-        merged call would skip it), counted as one policy call per request, and its action is held to the same NaN/inf
-        check as the built-in one's. A replaced
-        get_action or reset that takes `options` gets them as the built-in ones pass them to the policy: without
-        return_server_timing and, for a policy that keeps sessions, with the client's session in
+        and get_modality_config are answered on the socket thread only while they are the built-in ones). A replaced
+        get_action is served alone, never in a merged batch (the merged call would skip it; requests gathered before
+        it was registered are served alone by it too), counted as one policy call per request, and its action is held
+        to the same NaN/inf check as the built-in one's. A replaced get_action or reset that takes `options` gets them
+        as the built-in ones pass them to the policy: without return_server_timing and, for a policy that keeps
+        sessions, with the client's session in
         options["_session_id"]; any handler can read it as `current_session`.
         """
         if not isinstance(name, str) or not name:
@@ -302,7 +303,8 @@ class PolicyServer(BuiltinEndpoints):
 
     @property
     def policy(self) -> BasePolicy:
-        """The policy served; another may be assigned while serving (session_table then starts afresh)."""
+        """The policy served; another may be assigned while serving (session_table then starts afresh, and requests
+        gathered for a merged call of the old one are served alone)."""
         return self._policy
 
     @policy.setter
