@@ -92,6 +92,61 @@ def test_an_overwrite_replaces_the_dataset_and_leaves_the_folders_other_hidden_e
     assert not (root / ".partial-episode_000000.parquet").exists()
 
 
+def _as_lerobot_and_the_hub_leave_it(root):
+    """`root`, a dataset, with what stock LeRobot's writer and a Hub download leave beside meta/: images/ (the image
+    writer's temporary frames: an empty folder per camera, and the PNGs of an episode never saved) and README.md,
+    .gitattributes (the Hub's dataset card and LFS rules)."""
+    (root / "images" / "observation.images.front").mkdir(parents=True)
+    unsaved = root / "images" / "observation.images.wrist" / "episode_000003"
+    unsaved.mkdir(parents=True)
+    (unsaved / "frame_000000.png").write_bytes(b"\x89PNG")
+    (root / "README.md").write_text("---\nlicense: apache-2.0\ntags:\n- LeRobot\n---\n")
+    (root / ".gitattributes").write_text("*.mp4 filter=lfs diff=lfs merge=lfs -text\n")
+    return root
+
+
+def _listing(root):
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
+
+
+def test_an_overwrite_replaces_a_dataset_that_stock_lerobot_or_the_hub_left(tmp_path):
+    # refused: "holds README.md, images, which no LeRobot dataset has"
+    root = _as_lerobot_and_the_hub_leave_it(make_dataset(tmp_path / "ds", lengths=(3,)))
+    with DatasetWriter(root, fps=10, overwrite=True) as writer:
+        writer.add_episode(**_small_episode())
+        writer.add_episode(**_small_episode())
+    assert _readable(root, 2)
+    assert not (root / "images").exists() and not (root / "README.md").exists()  # the old dataset's, gone with it
+    assert (root / ".gitattributes").is_file()  # hidden: kept, as a git checkout's are
+
+
+@pytest.mark.parametrize("stray, named", [("images/holiday.jpg", "images/holiday.jpg"),
+                                          ("images/observation.images.front/notes.txt",
+                                           "images/observation.images.front/notes.txt"),
+                                          ("thesis.tex", "thesis.tex")])
+def test_an_overwrite_refuses_a_lerobot_folder_holding_anything_else_and_names_it(tmp_path, stray, named):
+    root = _as_lerobot_and_the_hub_leave_it(make_dataset(tmp_path / "ds", lengths=(3,)))
+    (root / stray).write_text("mine")
+    before = _listing(root)
+    with pytest.raises(FileExistsError) as raised:
+        DatasetWriter(root, fps=10, overwrite=True)
+    assert f"dataset directory {root} holds {named}, which is not part of a LeRobot dataset" in str(raised.value)
+    assert "nothing was deleted" in str(raised.value)
+    assert _listing(root) == before
+
+
+def test_an_overwrite_refuses_a_readme_or_images_beside_no_dataset(tmp_path):
+    # a project folder (README.md, data/) is no dataset: its README.md counts as the Hub's only beside meta/info.json
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "README.md").write_text("my project")
+    (project / "images" / "observation.images.front").mkdir(parents=True)
+    before = _listing(project)
+    with pytest.raises(FileExistsError, match=r"holds README.md, images, which are not part of a LeRobot dataset"):
+        DatasetWriter(project, fps=10, overwrite=True)
+    assert _listing(project) == before
+
+
 def _small_episode():
     import numpy as np
 
@@ -135,3 +190,21 @@ def test_sigterm_while_record_overwrite_empties_the_old_dataset_says_what_the_fo
         assert said == (f"INTERRUPTED before recording began: --overwrite had removed the old dataset in {root}, which "
                         "holds no dataset now"), said
         assert not [name for name in ("meta", "data", "videos") if (root / name).exists()]
+
+
+@pytest.mark.sim
+def test_a_refused_record_overwrite_leaves_the_folder_as_it_was(tmp_path):
+    # the refusal came after the recording's claim: three hidden claim files were left in a folder it never recorded to
+    pytest.importorskip("metaworld")
+    root = _as_lerobot_and_the_hub_leave_it(make_dataset(tmp_path / "ds", lengths=(3,)))
+    (root / "thesis.tex").write_text("years of work")
+    before = _listing(root)
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    done = subprocess.run(
+        [sys.executable, "-m", "gr00t_eval.cli", "record", "--env-name", "metaworld/reach-v3", "--episodes", "1",
+         "--output", str(root), "--overwrite", "--max-episode-steps", "2", "--image-size", "32"],
+        capture_output=True, text=True, env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    assert _listing(root) == before
+    assert f"{root} holds thesis.tex, which is not part of a LeRobot dataset" in done.stderr

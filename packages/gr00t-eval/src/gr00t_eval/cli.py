@@ -280,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("max-episode-steps"), type=int, default=500, help="expert step budget per episode (default 500)")
     p.add_argument(*_flag("image-size"), type=int, default=64, help="camera resolution, square, even, up to 1024 (default 64)")
     p.add_argument(*_flag("camera"), default=None, help="Meta-World camera name (default corner2)")
-    p.add_argument(*_flag("overwrite"), action="store_true", help="replace an existing dataset directory")
+    p.add_argument(*_flag("overwrite"), action="store_true",
+                   help="replace an existing dataset directory: meta/, data/, videos/, and LeRobot's images/ and the "
+                        "Hub's README.md beside meta/info.json (.git/ and .gitattributes stay); a folder holding "
+                        "anything else is refused, deleting nothing")
 
     # suites, --shard, --ray-address, batch and merge (gr00t_eval.scale_cli)
     from . import scale_cli

@@ -24,7 +24,7 @@ from gr00t_client.cli_signals import stop_signals_held
 from gr00t_client.codec import MAX_RECORDED_SEED
 
 from .dataset import DatasetWriter
-from .dataset.overwrite import DATASET_ENTRIES, OVERWRITE_TRASH, RECORD_CLAIM
+from .dataset.overwrite import DATASET_ENTRIES, OVERWRITE_TRASH, RECORD_CLAIM, check_only_dataset_entries
 from .rollout.config import check_whole_number, split_env_name
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,8 @@ def record_metaworld(
         own = (RECORD_CLAIM, claim_lock_name(RECORD_CLAIM), claim_alive_name(RECORD_CLAIM), OVERWRITE_TRASH)
         if not overwrite and any(entry.name not in own for entry in output_path.iterdir()):
             raise FileExistsError(f"dataset directory {output} is not empty")  # before the env and the progress bar
+        if overwrite:  # before the claim: a refused run left its claim files in a folder it never recorded into
+            check_only_dataset_entries(output_path, own)
     env = MetaWorldEnv(task, image_size=image_size, camera=camera)
     expert = scripted_policy(task)
     summary = RecordSummary(output_path)
