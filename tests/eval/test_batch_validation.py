@@ -375,3 +375,102 @@ def test_resume_runs_an_interrupted_job_with_the_video_setting_its_run_file_reco
                [{"name": "novideo", "env_name": "walkto/fast", "overrides": {"video_fps": 5}}])
     assert cli.main(["batch", "--resume", str(out)]) == 0
     assert batch_results(out)["novideo"]["status"] == "done"
+
+
+def _older_job_folder(job_dir, config, logged_task, logged_group):
+    """A job folder as an older gr00t-eval left it: a run.json without `tasks`, one episode of `logged_task` logged."""
+    from gr00t_eval.batch import prepare_job_dir
+
+    prepare_job_dir(job_dir, config)
+    saved = json.loads((job_dir / "run.json").read_text())
+    del saved["tasks"]
+    (job_dir / "run.json").write_text(json.dumps(saved))
+    (job_dir / "episodes.jsonl").write_text(json.dumps({
+        "task": logged_task, "group": logged_group, "episode_index": 0, "seed": saved["config"]["seed"],
+        "success": True, "sum_reward": 1.0, "max_reward": 1.0, "length": 2, "env_index": 0}) + "\n")
+
+
+@pytest.mark.parametrize("logged_task, logged_group", [("walkto/slow", "hard"), ("walkto/fast", "easy")],
+                         ids=["task removed", "task regrouped"])
+def test_an_older_job_folder_whose_logged_episodes_are_outside_the_plan_runs_from_the_start(
+        tmp_path, monkeypatch, caplog, logged_task, logged_group):
+    """Its run.json (an older gr00t-eval's) recorded no tasks: the job was resumed, run_suite refused its logged
+    episodes, and every later --resume failed it the same way."""
+    from gr00t_eval import suites
+    from gr00t_eval.batch import prepare_job_dir
+    from gr00t_eval.rollout import RolloutConfig
+
+    monkeypatch.setattr(suites, "_SUITES", dict(suites._SUITES))  # registered for this test only
+    suites.register_suite("mine", [("walkto/fast", "easy"), ("walkto/slow", "hard")])
+    config = RolloutConfig("mine", n_episodes=2)
+    _older_job_folder(tmp_path / "job", config, logged_task, logged_group)
+    suites.register_suite("mine", [("walkto/fast", "hard")], replace=True)
+    _, done = prepare_job_dir(tmp_path / "job", config)
+    assert done == [] and (tmp_path / "job" / "episodes.replaced.jsonl").is_file()
+    assert "settings changed (tasks: its earlier attempt logged episode 0 of " in caplog.text
+    assert json.loads((tmp_path / "job" / "run.json").read_text())["tasks"] == [["walkto/fast", "hard"]]
+
+
+def test_an_older_job_folder_whose_logged_episodes_are_the_plans_resumes_as_before_and_records_its_tasks(
+        tmp_path, monkeypatch, caplog):
+    from gr00t_eval import suites
+    from gr00t_eval.batch import prepare_job_dir
+    from gr00t_eval.rollout import RolloutConfig
+
+    monkeypatch.setattr(suites, "_SUITES", dict(suites._SUITES))  # registered for this test only
+    suites.register_suite("mine", [("walkto/fast", "easy"), ("walkto/slow", "hard")])
+    config = RolloutConfig("mine", n_episodes=2)
+    _older_job_folder(tmp_path / "job", config, "walkto/slow", "hard")
+    suites.register_suite("mine", [("walkto/slow", "hard"), ("walkto/fast", "easy")], replace=True)  # reordered
+    _, done = prepare_job_dir(tmp_path / "job", config)
+    assert [outcome.extras["task"] for outcome in done] == ["walkto/slow"]
+    assert not (tmp_path / "job" / "episodes.replaced.jsonl").exists() and "changed" not in caplog.text
+    # the plan its kept episodes were checked against: a later change of it is a change
+    assert json.loads((tmp_path / "job" / "run.json").read_text())["tasks"] == [["walkto/slow", "hard"],
+                                                                                 ["walkto/fast", "easy"]]
+
+
+def test_resume_of_an_older_unfinished_job_whose_suite_lost_a_logged_task_runs_it_from_the_start(
+        server, tmp_path, monkeypatch):
+    from gr00t_eval import suites
+    from gr00t_eval.batch import Job, PolicyServerAddress, run_batch
+
+    monkeypatch.setattr(suites, "_SUITES", dict(suites._SUITES))  # registered for this test only
+    suites.register_suite("mine", [("walkto/fast", "easy"), ("walkto/slow", "hard")])
+    out = tmp_path / "out" / "batch_results.json"
+    settings = {"n_episodes": 2, "n_envs": 1, "n_action_steps": 2, "max_episode_steps": 6, "seed": 0,
+                "vectorization": "sync"}
+    jobs = [Job("j", "mine", PolicyServerAddress("127.0.0.1", server.port), settings)]
+    assert run_batch(jobs, out)["status"] == "complete"
+    run_file = out.parent / "jobs" / "j" / "run.json"  # as an older gr00t-eval left it, interrupted before its end
+    older = json.loads(run_file.read_text())
+    del older["tasks"]
+    run_file.write_text(json.dumps(older))
+    previous = json.loads(out.read_text())
+    previous["jobs"][0]["status"] = "pending"
+    suites.register_suite("mine", [("walkto/fast", "easy")], replace=True)
+    record = run_batch(jobs, out, previous=previous)["jobs"][0]
+    assert (record["status"], record["reason"]) == ("done", None)
+    assert list(record["results"]["per_task"]) == ["walkto/fast"] and record["resumed_episodes"] == 0
+    assert (out.parent / "jobs" / "j" / "episodes.replaced.jsonl").is_file()
+
+
+def test_resume_reruns_a_done_job_whose_suite_was_redefined_since(server, tmp_path, monkeypatch, caplog):
+    """It was kept as done, the old tasks' results reported under the redefined suite, without a word."""
+    from gr00t_eval import suites
+
+    monkeypatch.setattr(suites, "_SUITES", dict(suites._SUITES))  # registered for this test only
+    suites.register_suite("mine", [("walkto/fast", "easy"), ("walkto/slow", "hard")])
+    out = tmp_path / "out"
+    jobs = write_jobs(tmp_path / "jobs.json", server.port, [{"name": "suite", "env_name": "mine"},
+                                                            {"name": "same", "env_name": "walkto/fast"}])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 0
+    before = batch_results(out)
+    suites.register_suite("mine", [("walkto/fast", "hard")], replace=True)
+    assert cli.main(["batch", "--resume", str(out)]) == 0
+    after = batch_results(out)
+    assert after["suite"]["rerun_reason"] == ("settings changed since it was done: tasks: 'walkto/slow' (group 'hard') "
+                                              "removed; 'walkto/fast' moved from group 'easy' to 'hard'")
+    assert list(after["suite"]["results"]["per_group"]) == ["hard"]
+    assert (out / "jobs" / "suite" / "episodes.replaced.jsonl").is_file()
+    assert after["same"] == before["same"]  # not run again

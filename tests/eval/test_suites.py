@@ -220,7 +220,16 @@ def test_rollout_refuses_two_tasks_whose_videos_would_share_a_folder_naming_both
     ("uni/caf\u00e9", "uni/cafe\u0301", "their folder names differ only in Unicode normalization (a composed or "
                                         "decomposed accent), one folder on macOS's APFS and HFS+"),
     ("uni/CAF\u00c9", "uni/cafe\u0301", "their folder names differ only in case and Unicode normalization"),
-], ids=["case", "nfc-nfd", "both"])
+    # one character to one by simple case folding, as case-insensitive file systems fold them; lower() alone does not
+    ("uni/\u03c3", "uni/\u03c2", "their folder names differ only in case, one folder on case-insensitive file systems"),
+    ("uni/\u03bc", "uni/\u00b5", "their folder names differ only in case, one folder on case-insensitive file systems"),
+    ("uni/s", "uni/\u017f", "their folder names differ only in case, one folder on case-insensitive file systems"),
+    ("uni/\u03b8", "uni/\u03d1", "their folder names differ only in case, one folder on case-insensitive file systems"),
+    ("uni/\u03b2", "uni/\u03d0", "their folder names differ only in case, one folder on case-insensitive file systems"),
+    ("uni/k", "uni/\u212a", "their folder names differ only in case, one folder on case-insensitive file systems"),
+    ("uni/\u03a3\u00c9", "uni/\u03c2e\u0301", "their folder names differ only in case and Unicode normalization"),
+], ids=["case", "nfc-nfd", "both", "final-sigma", "micro-sign", "long-s", "theta-symbol", "beta-symbol", "kelvin-sign",
+        "final-sigma-and-nfd"])
 def test_tasks_whose_folder_names_one_file_system_takes_for_one_are_refused_saying_why(first, second, reason):
     """NFC and NFD spellings of one name ran, and on macOS one task's videos replaced the other's."""
     from gr00t_eval.suites import check_task_video_dirs
@@ -230,8 +239,9 @@ def test_tasks_whose_folder_names_one_file_system_takes_for_one_are_refused_sayi
         check_task_video_dirs([Task(first, "g"), Task(second, "g")])
 
 
-@pytest.mark.parametrize("first, second", [("uni/stra\u00dfe", "uni/strasse"), ("uni/\ufb01le", "uni/file")],
-                         ids=["sharp-s", "ligature"])
+@pytest.mark.parametrize("first, second", [("uni/stra\u00dfe", "uni/strasse"), ("uni/\ufb01le", "uni/file"),
+                                           ("uni/STRA\u1e9eE", "uni/strasse")],
+                         ids=["sharp-s", "ligature", "capital-sharp-s"])
 def test_tasks_whose_folder_names_only_full_case_folding_makes_equal_are_two_folders(first, second):
     """str.casefold() took them for one folder, "differing only in case": no file system compares names that way."""
     from gr00t_eval.suites import check_task_video_dirs

@@ -171,3 +171,78 @@ def test_an_upstreams_stop_that_did_not_run_the_request_is_no_policy_call_at_the
             assert_no_policy_call(relay, samples)
     finally:
         gate.set()
+
+
+def relay_chain_counts_case(policy, upstream_settings):
+    """Context for robot -> relay A -> relay B -> the upstream (`policy`, served with `upstream_settings`)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def chain():
+        with running_server(policy, inline_below_ms=0, metrics_port=0, **upstream_settings) as upstream, \
+                PolicyClient("127.0.0.1", upstream.port, timeout_ms=5000) as to_upstream, \
+                running_server(to_upstream, metrics_port=0) as relay_b, \
+                PolicyClient("127.0.0.1", relay_b.port, timeout_ms=5000) as to_relay_b, \
+                running_server(to_relay_b, metrics_port=0) as relay_a, \
+                PolicyClient("127.0.0.1", relay_a.port, timeout_ms=5000) as robot, \
+                PolicyClient("127.0.0.1", upstream.port, timeout_ms=10_000) as other:
+            robot.get_server_info()  # both relays learn their upstream's facts before the upstream is held
+            holding = threading.Thread(target=other.get_action, args=(observation(),), daemon=True)
+            holding.start()
+            assert policy.entered.wait(10), "the upstream never ran the holding request"
+            yield upstream, relay_b, relay_a, robot
+            policy.gate.set()
+            holding.join(10)
+    return chain()
+
+
+def test_an_upstreams_server_busy_refusal_counts_as_refused_and_no_policy_call_at_every_relay_of_a_chain():
+    policy = Upstream(gate=threading.Event())
+    try:
+        with relay_chain_counts_case(policy, {"limits": ServerLimits(max_queued_requests=1)}) as (
+                upstream, relay_b, relay_a, robot):
+            with pytest.raises(PolicyServerError, match=r"upstream \S+: upstream \S+: server busy"):
+                robot.get_action(observation())
+            for relay in (relay_b, relay_a):  # relay A reads its answer through relay B's "upstream ADDR: "
+                samples = scrape_settled(relay, 3)
+                assert requests_count(samples, "get_action", "refused") == 1, "the upstream's refused counted otherwise"
+                assert requests_count(samples, "get_action", "error") == 0
+                assert_no_policy_call(relay, samples)
+    finally:
+        policy.gate.set()
+
+
+def test_an_upstreams_stop_that_did_not_run_the_request_is_no_policy_call_at_every_relay_of_a_chain():
+    policy = Upstream(gate=threading.Event())
+    answers = []
+
+    def robot_call(robot):
+        try:
+            robot.get_action(observation())
+        except PolicyServerError as exc:
+            answers.append(exc)
+
+    try:
+        with relay_chain_counts_case(policy, {}) as (upstream, relay_b, relay_a, robot):
+            relayed = threading.Thread(target=robot_call, args=(robot,), daemon=True)
+            relayed.start()
+            wait_for_queue_depth(upstream, 2)  # the robot's request waits upstream behind the held one
+            upstream.stop()  # answers the waiting request "server is shutting down; 'get_action' was not run"
+            relayed.join(10)
+            assert len(answers) == 1 and "'get_action' was not run" in str(answers[0]), answers
+            for relay in (relay_b, relay_a):  # relay A gets relay B's UpstreamFailure naming the upstream's stop
+                samples = scrape_settled(relay, 3)
+                assert requests_count(samples, "get_action", "error") == 1
+                assert_no_policy_call(relay, samples)
+    finally:
+        policy.gate.set()
+
+
+@pytest.mark.parametrize("message, did_not_run", [
+    ("server is shutting down; 'get_action' was not passed to the upstream at tcp://127.0.0.1:5555", True),
+    ("server is shutting down; 'get_action' was ended before the upstream at tcp://127.0.0.1:5555 answered", False),
+])
+def test_a_relays_own_stop_answer_for_a_request_it_never_passed_upstream_is_not_run(message, did_not_run):
+    from gr00t_client.client_errors import server_error
+    # as the relay one hop nearer the robot gets it
+    assert relay_module.upstream_did_not_run(server_error(message, "get_action")) is did_not_run

@@ -37,7 +37,7 @@ from .run_resume import (ATTEMPTS_KEY, TASKS_KEY, add_earlier_task_eval_s, cover
                          earlier_results, tasks_difference)
 from .run_stop import is_storage_error, output_folder_checked, take_stop_while_closing
 from .run_summary import percent_text
-from .shard import run_suite, task_pairs
+from .shard import outside_plan, run_suite, task_pairs
 from .suites import resolve_tasks
 
 __all__ = ["BATCH_RESULTS_FILENAME", "JOBS_DIRNAME", "Job", "JobError", "PolicyServerAddress", "connect", "format_table",
@@ -106,8 +106,10 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig, policy: Optional[Mappi
     run_file, log = job_dir / RUN_FILENAME, job_dir / EPISODE_LOG_FILENAME
     saved = read_job_run_file(job_dir) if run_file.is_file() else None
     tasks = task_pairs(resolve_tasks(config.env_name)[0])
+    # an older gr00t-eval's run.json recorded no tasks: its logged episodes are checked against the plan instead
+    entries = None if saved is None or recorded_tasks(saved) is not None else list(EpisodeLog(log).entries())
     changes = [] if saved is None else [*setting_changes(saved.get("job_config"), planned, job_dir.name),
-                                        *task_changes(saved, tasks)]
+                                        *task_changes(saved, tasks, entries)]
     same = saved is not None and not changes
     if same and not same_policy(saved.get("policy"), policy):
         logger.warning("job %s: its server now serves %s, and its earlier attempt ran against %s; running the job from "
@@ -133,10 +135,15 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig, policy: Optional[Mappi
             logger.warning("job %s: its earlier attempt recorded no policy (an older gr00t-eval, or a server that did not "
                            "say), so nothing checks that its logged episodes are %s's, which serves it now; its results "
                            "will pool both. Recording %s from now on", job_dir.name, describe(policy), describe(policy))
+        record = dict(saved)
         if policy is not None and (earlier is None or identifies_more(policy, earlier)):
-            write_results(run_file, {**saved, "policy": dict(policy)})  # the fuller record: later attempts held to it
+            record["policy"] = dict(policy)  # the fuller record: later attempts held to it
+        if recorded_tasks(saved) is None:  # the plan its logged episodes were checked against: later ones held to it
+            record[TASKS_KEY] = tasks
+        if record != saved:
+            write_results(run_file, record)
         resumed = without_unkept_env_timeout(RolloutConfig(**saved["config"]))
-        entries = list(EpisodeLog(log).entries())
+        entries = list(EpisodeLog(log).entries()) if entries is None else entries
         if logged is not None:
             logged.extend(entries)
         return resumed, [EpisodeOutcome.from_json_dict(e) for e in latest_entries(entries)]
@@ -153,13 +160,30 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig, policy: Optional[Mappi
     return config, []
 
 
-def task_changes(saved: Mapping[str, Any], tasks: List[List[str]]) -> List[str]:
-    """['tasks: <difference>'] when a job's run.json recorded other tasks than its env_name resolves to now
-    (run_resume.tasks_difference: a suite redefined since); none for the same, or a run.json from before they were
-    recorded."""
+def recorded_tasks(saved: Mapping[str, Any]) -> Optional[List[List[str]]]:
+    """The tasks a job's run.json recorded it started with ([env_name, group] pairs); None for a run.json written by
+    an older gr00t-eval, before they were recorded."""
     started = saved.get(TASKS_KEY)
-    difference = tasks_difference([list(pair) for pair in started], tasks) if isinstance(started, list) else None
-    return [] if difference is None else [f"tasks: {difference}"]
+    return [list(pair) for pair in started] if isinstance(started, list) else None
+
+
+def task_changes(saved: Mapping[str, Any], tasks: List[List[str]],
+                 logged: Optional[List[Dict[str, Any]]] = None) -> List[str]:
+    """['tasks: <difference>'] when a job's run.json recorded other tasks than its env_name resolves to now
+    (run_resume.tasks_difference: a suite redefined since). For a run.json from before they were recorded, when one of
+    the `logged` episode entries (EpisodeLog.entries) is of a task or group outside them (shard.outside_plan, which
+    run_suite would refuse); none for the same, or nothing logged to check."""
+    started = recorded_tasks(saved)
+    if started is not None:
+        difference = tasks_difference(started, tasks)
+        return [] if difference is None else [f"tasks: {difference}"]
+    groups = dict(map(tuple, tasks))
+    for entry in latest_entries(logged or []):
+        outside = outside_plan(EpisodeOutcome.from_json_dict(entry), groups)
+        if outside is not None:
+            return [f"tasks: its earlier attempt logged {outside}, and its run.json (an older gr00t-eval's) did not "
+                    "record the tasks it started with"]
+    return []
 
 
 def read_job_run_file(job_dir: Path) -> Dict[str, Any]:
@@ -234,18 +258,22 @@ def changed_settings(job: Job, record: Mapping[str, Any], job_dir: Optional[Path
     server = ([f"policy_server {recorded!r} -> {str(job.server)!r}"]
               if recorded is not None and not same_server_text(recorded, job.server) else [])
     saved = record.get("job_config")
-    if saved is None and job_dir is not None and (job_dir / RUN_FILENAME).is_file():
+    run: Mapping[str, Any] = {}
+    if job_dir is not None and (job_dir / RUN_FILENAME).is_file():
         try:
-            saved = read_job_run_file(job_dir).get("job_config")
+            run = read_job_run_file(job_dir)
         except ValueError as exc:  # nothing to compare with: run again, where the job fails naming the file
             return f"the settings (unknown: {exc})"
+    saved = run.get("job_config") if saved is None else saved
+    # the tasks its env_name resolves to now, against those its run.json recorded (none recorded: an older batch's)
+    tasks = task_changes(run, task_pairs(resolve_tasks(job.env_name)[0])) if run else []
     if saved is None:
-        return ", ".join(server) or None
+        return ", ".join([*server, *tasks]) or None
     try:
         planned = planned_config(job.rollout_config())
     except (TypeError, ValueError) as exc:
         return f"the settings ({exc})"
-    return ", ".join([*server, *setting_changes(saved, planned, job_dir_name(job.name))])
+    return ", ".join([*server, *setting_changes(saved, planned, job_dir_name(job.name)), *tasks])
 
 
 def run_job(job: Job, policy_factory: Callable[[PolicyServerAddress], BasePolicy] = connect, progress: bool = False,

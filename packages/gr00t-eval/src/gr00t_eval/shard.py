@@ -601,15 +601,25 @@ def _checked_done(done: Iterable[EpisodeOutcome], config: RolloutConfig, check_s
 
 def _check_done_task(outcome: EpisodeOutcome, groups: Mapping[str, str]) -> None:
     """ValueError when a `done` outcome's task is not one of the plan's ({env_name: group}) or its group is another."""
+    outside = outside_plan(outcome, groups)
+    if outside is not None:
+        changed = "tasks" if outcome.extras.get("task") not in groups else "groups"
+        raise ValueError(f"done has {outside}: it is another plan's outcome; resume with the {changed} that run "
+                         "started with")
+
+
+def outside_plan(outcome: EpisodeOutcome, groups: Mapping[str, str]) -> Optional[str]:
+    """How an episode's outcome is not the plan's ({env_name: group}): 'episode I of TASK, a task this run's plan does
+    not hold ...' or '... in group G, but this run's plan puts that task in group H'; None when its task is the plan's
+    (and its group, where it records one)."""
     task, group = outcome.extras.get("task"), outcome.extras.get("group")
     if task not in groups:
-        raise ValueError(f"done has episode {outcome.episode_index} of {task!r}, a task this run's plan does not hold "
-                         f"(its tasks: {', '.join(map(repr, groups))}): it is another plan's outcome; resume with the "
-                         "tasks that run started with")
+        return (f"episode {outcome.episode_index} of {task!r}, a task this run's plan does not hold (its tasks: "
+                f"{', '.join(map(repr, groups))})")
     if group is not None and group != groups[task]:
-        raise ValueError(f"done has episode {outcome.episode_index} of {task!r} in group {group!r}, but this run's plan "
-                         f"puts that task in group {groups[task]!r}: it is another plan's outcome; resume with the "
-                         "groups that run started with")
+        return (f"episode {outcome.episode_index} of {task!r} in group {group!r}, but this run's plan puts that task "
+                f"in group {groups[task]!r}")
+    return None
 
 
 def _stopped_shard_hint(label: str, results: Mapping[str, Any], with_reason: bool = True,

@@ -252,15 +252,23 @@ def check_task_video_dirs(tasks: Sequence[Task]) -> None:
 
 def one_folder_key(name: str) -> str:
     """What file systems that take two names for one folder compare: the name decomposed (NFD; APFS and HFS+ ignore
-    Unicode normalization), each character lower-cased alone (NTFS, APFS and exFAT fold case one character to one, so
-    'Fast' is 'fast', but 'straße' is not 'strasse', which only str.casefold() makes equal)."""
-    decomposed = unicodedata.normalize("NFD", name)
-    return "".join(_one_character_lower(character) for character in decomposed)
+    Unicode normalization), then case-folded one character to one (simple_case_fold: NTFS, APFS and exFAT fold case so,
+    making 'Fast' 'fast' and 'ς' 'σ', but 'straße' not 'strasse', which only str.casefold() makes equal)."""
+    return simple_case_fold(unicodedata.normalize("NFD", name))
 
 
-def _one_character_lower(character: str) -> str:
-    lowered = character.lower()
-    return lowered if len(lowered) == 1 else character
+def simple_case_fold(text: str) -> str:
+    """`text` with each character replaced by its Unicode simple case folding (one character for one: 'ς' -> 'σ',
+    'µ' -> 'μ', 'ſ' -> 's'), which Python lacks: casefold() where it gives one character, else lower() where that
+    does (a character whose full folding is longer, 'ß' -> 'ss', keeps its simple lower case), else the character."""
+    return "".join(_one_character_fold(character) for character in text)
+
+
+def _one_character_fold(character: str) -> str:
+    for folded in (character.casefold(), character.lower()):
+        if len(folded) == 1:
+            return folded
+    return character
 
 
 def why_one_folder(first: str, second: str) -> str:
@@ -270,7 +278,7 @@ def why_one_folder(first: str, second: str) -> str:
     if unicodedata.normalize("NFD", first) == unicodedata.normalize("NFD", second):
         return ("their folder names differ only in Unicode normalization (a composed or decomposed accent), one folder "
                 "on macOS's APFS and HFS+")
-    if first.lower() == second.lower():
+    if simple_case_fold(first) == simple_case_fold(second):
         return "their folder names differ only in case, one folder on case-insensitive file systems (NTFS, APFS, exFAT)"
     return "their folder names differ only in case and Unicode normalization, one folder on macOS's APFS and HFS+"
 

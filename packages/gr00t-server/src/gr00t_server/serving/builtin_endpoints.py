@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from gr00t_client.client import PROTOCOL_VERSION
-from gr00t_client.client_errors import SHUTTING_DOWN, UPSTREAM_FAILED, ClientClosedError
+from gr00t_client.client_errors import SHUTTING_DOWN, ClientClosedError
 from gr00t_client.client_messages import OPTIONS_NOT_APPLIED_FIELD, UPSTREAM_CHANGES_FIELD
 from gr00t_client.client_server_facts import options_not_applied
 from gr00t_client.policy import NonFiniteActionError, as_modality_configs
@@ -22,8 +22,8 @@ from .endpoints import LOGGED_ERROR_CHARS, _safe_text, error_text, is_loopback_p
 from .execution import call_rows, policy_stages
 from .identity import encodable_identity
 from .messages import Request, RequestError
-from .relay import (NOTHING_LEARNT, UpstreamFacts, UpstreamFailure, relayed_class, upstream_client, upstream_deadline,
-                    upstream_did_not_run, upstream_error, upstream_outcome)
+from .relay import (NOTHING_LEARNT, UpstreamFacts, UpstreamFailure, not_passed_at_stop, relayed_class, upstream_client,
+                    upstream_deadline, upstream_did_not_run, upstream_error, upstream_failed_text, upstream_outcome)
 from .sessions import FACTS_AT_START_TIMEOUT_MS, check_no_shared_replay_session, keeps_sessions, takes_session_lost
 from .worker import InlineCallAbandoned
 from .wrappers import policy_chain
@@ -183,12 +183,11 @@ class BuiltinEndpoints:
         if facts is not None and not ask_again:
             return facts
         upstream = self._upstream
-        not_known = UpstreamFailure(
-            f"{UPSTREAM_FAILED} at {upstream.address}: what it serves now is not known (it did not answer this "
-            "relay's check for a new connection; it may have restarted with another policy); ask again" if (
-                ask_again and facts is not None) else
-            f"{UPSTREAM_FAILED} at {upstream.address}: what it serves is not known yet (it has not answered this "
-            "relay); ask again")
+        not_known = UpstreamFailure(upstream_failed_text(
+            upstream.address,
+            "what it serves now is not known (it did not answer this relay's check for a new connection; it may have "
+            "restarted with another policy); ask again" if ask_again and facts is not None else
+            "what it serves is not known yet (it has not answered this relay); ask again"))
         if self._worker is None or not self._worker.is_current_thread():  # the socket thread never asks upstream
             raise not_known
         # a question of the relay's own, as at start: a robot's long budget (or a stop) never waits out a dead upstream
@@ -196,7 +195,7 @@ class BuiltinEndpoints:
             facts = self._relayed(lambda: self._learn_upstream_facts(policy=policy, ask_again=ask_again),
                                   self._current, within_ms=FACTS_AT_START_TIMEOUT_MS)
         except UpstreamFailure as failure:  # not answered: the socket thread's words, and why, not the client's alone
-            why = str(failure).replace(f"{UPSTREAM_FAILED} at {upstream.address}: ", "", 1)
+            why = str(failure).replace(upstream_failed_text(upstream.address, ""), "", 1)
             refusal = UpstreamFailure(f"{not_known} ({why})")
             refusal.refused_before_call = getattr(failure, "refused_before_call", False)  # type: ignore[attr-defined]
             raise refusal from None
@@ -233,8 +232,7 @@ class BuiltinEndpoints:
         called = False
         try:
             if self._loop.stopping:  # a stop's interrupt_upstream_calls may have come before this call began
-                raise RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' was not passed to the upstream at "
-                                   f"{upstream.address}")
+                raise RequestError(not_passed_at_stop(request.endpoint, upstream.address))
             with upstream.deadline(facts_at):
                 # learns what a reconnection forgot (whoever answers now may keep sessions), and the configs a relay
                 # started before its upstream never learnt

@@ -4,12 +4,13 @@ it reports is the upstream's, and the upstream's errors reach the robot with the
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from gr00t_client import PolicyClient
-from gr00t_client.client_errors import (BUSY_REFUSALS, NOT_RUN_FOR_DEADLINE, UPSTREAM_FAILED, PolicyServerError,
-                                        ServerStoppingError, UpstreamFailedError)
+from gr00t_client.client_errors import (BUSY_REFUSALS, NOT_RUN_FOR_DEADLINE, SHUTTING_DOWN, UPSTREAM_FAILED,
+                                        PolicyServerError, ServerStoppingError, UpstreamFailedError)
 
 from .messages import RequestError
 from .wrappers import policy_chain
@@ -23,6 +24,16 @@ UPSTREAM_MARGIN_SHARE = 0.2
 
 # how a stopping server's answer ends for a request it never started (RequestLoop writes it; upstream_did_not_run reads it)
 NOT_RUN_AT_STOP = "was not run"
+# ... and a stopping relay's for a request it never passed upstream (not_passed_at_stop writes it, the address after it)
+NOT_PASSED_AT_STOP = "was not passed to the upstream at"
+
+# what a relay puts before its upstream's words (relayed_text, upstream_failed_text write them; upstream_words strips
+# them): "upstream ADDR: " before a refusal or error, "upstream policy server failed at ADDR: KIND: Server error: "
+# before a stopping or failed upstream relay's answer
+_RELAYED_PREFIX = re.compile(rf"upstream \S+: |{re.escape(UPSTREAM_FAILED)} at \S+: "
+                             rf"(?:{ServerStoppingError.__name__}|{UpstreamFailedError.__name__}): Server error: ")
+# a stopping relay's answer for a request it never passed upstream, read back (the address it names ends it)
+_NOT_PASSED_AT_STOP_END = re.compile(rf"' {re.escape(NOT_PASSED_AT_STOP)} \S+$")
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,29 @@ def relayed_class(policy: Any, upstream: PolicyClient, upstream_class: Optional[
     return " -> ".join(names + [upstream_class or "?"])
 
 
+def relayed_text(address: str, message: str) -> str:
+    """How a relay answers with its upstream's (at `address`) refusal or error `message`: 'upstream ADDR: message'."""
+    return f"upstream {address}: {message}"
+
+
+def upstream_failed_text(address: str, why: str) -> str:
+    """How a relay answers when its upstream at `address` did not answer or failed (`why`): UPSTREAM_FAILED's words."""
+    return f"{UPSTREAM_FAILED} at {address}: {why}"
+
+
+def not_passed_at_stop(endpoint: str, address: str) -> str:
+    """A stopping relay's answer to a request it never passed to its upstream at `address`: it ran nothing."""
+    return f"{SHUTTING_DOWN}; '{endpoint}' {NOT_PASSED_AT_STOP} {address}"
+
+
+def upstream_words(message: str) -> str:
+    """The words of the server that answered first in a relay's `message`: what each relay of a chain put before them
+    (relayed_text, upstream_failed_text for a stopping or failed upstream relay) taken off."""
+    while (prefix := _RELAYED_PREFIX.match(message)) is not None:
+        message = message[prefix.end():]
+    return message
+
+
 def upstream_error(upstream: PolicyClient, exc: BaseException) -> Optional[Exception]:
     """The error a robot is answered for the upstream's `exc`, its text prefixed with the upstream's address: a refusal
     of the request or an upstream's internal error as a RequestError (as the robot would be told directly: the upstream
@@ -76,29 +110,37 @@ def upstream_error(upstream: PolicyClient, exc: BaseException) -> Optional[Excep
     if isinstance(exc, PolicyServerError) and not isinstance(exc, (ServerStoppingError, UpstreamFailedError)):
         message = exc.server_message
         if "Unauthorized" not in message:
-            return RequestError(f"upstream {upstream.address}: {message}")
+            return RequestError(relayed_text(upstream.address, message))
     elif not isinstance(exc, (TimeoutError, ConnectionError)):
         return None
-    return UpstreamFailure(f"{UPSTREAM_FAILED} at {upstream.address}: {type(exc).__name__}: {exc}")
+    return UpstreamFailure(upstream_failed_text(upstream.address, f"{type(exc).__name__}: {exc}"))
 
 
 def upstream_outcome(exc: BaseException) -> Optional[str]:
     """The outcome the upstream counted its refusal `exc` under, for the relay to count it the same: 'expired' for a
-    request not run for want of time, 'refused' for one over its queue's budgets; None for any other error."""
+    request not run for want of time, 'refused' for one over its queue's budgets; None for any other error. An
+    upstream relay's answer counts as the server's it passes on (upstream_words)."""
     if not isinstance(exc, PolicyServerError) or isinstance(exc, (ServerStoppingError, UpstreamFailedError)):
         return None
-    if NOT_RUN_FOR_DEADLINE in exc.server_message:  # not "could not run again in time": that call ran (an error)
+    message = upstream_words(exc.server_message)
+    if NOT_RUN_FOR_DEADLINE in message:  # not "could not run again in time": that call ran (an error)
         return "expired"
-    return "refused" if exc.server_message.startswith(BUSY_REFUSALS) else None
+    return "refused" if message.startswith(BUSY_REFUSALS) else None
 
 
 def upstream_did_not_run(exc: BaseException) -> bool:
     """True when the upstream's answer `exc` says it ran nothing for the request: a refusal it counted under an outcome
     (upstream_outcome: expired, refused), or its stop's answer to a request whose turn never came ("server is shutting
-    down; 'get_action' was not run", RequestLoop). A timeout or a lost connection is not: the upstream may have run it."""
+    down; 'get_action' was not run", RequestLoop), or a stopping relay's that never passed it on (not_passed_at_stop),
+    passed on by the relays between (upstream_words). A timeout or a lost connection is not: the upstream may have
+    run it."""
     if upstream_outcome(exc) is not None:
         return True
-    return isinstance(exc, ServerStoppingError) and exc.server_message.endswith(NOT_RUN_AT_STOP)
+    if not isinstance(exc, (ServerStoppingError, UpstreamFailedError)):
+        return False
+    words = upstream_words(exc.server_message)
+    return words.startswith(SHUTTING_DOWN) and (
+        words.endswith(NOT_RUN_AT_STOP) or _NOT_PASSED_AT_STOP_END.search(words) is not None)
 
 
 class UpstreamFailure(RequestError):
