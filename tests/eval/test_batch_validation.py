@@ -257,6 +257,19 @@ def test_resume_reruns_a_done_job_whose_policy_server_changed(server, tmp_path):
                                      "'127.0.0.1:1'")
 
 
+def test_resume_keeps_a_done_job_whose_run_file_was_cut_short_since(server, tmp_path):
+    """The done record's own settings decide: comparing the recorded tasks read run.json for every done job, and a
+    cut-short one (a full disk) reran the job, which failed naming the file, its done result replaced by a failure."""
+    out = tmp_path / "out"
+    jobs = write_jobs(tmp_path / "jobs.json", server.port, [{"name": "a", "env_name": "walkto/fast"}])
+    assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(out)]) == 0
+    before = batch_results(out)["a"]
+    run_file = out / "jobs" / "a" / "run.json"
+    run_file.write_text(run_file.read_text()[:40])
+    assert cli.main(["batch", "--resume", str(out)]) == 0
+    assert batch_results(out)["a"] == before
+
+
 def test_a_job_folder_saves_the_planned_config_that_later_attempts_are_compared_with(tmp_path):
     from gr00t_eval.batch import planned_config, prepare_job_dir
     from gr00t_eval.rollout import RolloutConfig

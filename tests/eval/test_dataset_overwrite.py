@@ -120,6 +120,22 @@ def test_an_overwrite_replaces_a_dataset_that_stock_lerobot_or_the_hub_left(tmp_
     assert (root / ".gitattributes").is_file()  # hidden: kept, as a git checkout's are
 
 
+def test_an_overwrite_takes_hidden_files_in_images_and_a_linked_readme_as_the_datasets(tmp_path):
+    """Hidden entries count as the dataset's inside images/ as in its root (a Finder's .DS_Store was refused while the
+    refusal listed hidden files as a dataset's), and a README.md linked into a Hub cache's snapshot is its card."""
+    root = _as_lerobot_and_the_hub_leave_it(make_dataset(tmp_path / "ds", lengths=(3,)))
+    (root / "images" / "observation.images.front" / ".DS_Store").write_bytes(b"\0")
+    card = tmp_path / "blobs" / "card"
+    card.parent.mkdir()
+    (root / "README.md").replace(card)
+    (root / "README.md").symlink_to(card)
+    with DatasetWriter(root, fps=10, overwrite=True) as writer:
+        writer.add_episode(**_small_episode())
+    assert _readable(root, 1)
+    assert not (root / "images").exists() and not os.path.lexists(root / "README.md")
+    assert card.is_file()  # the link went, not what it names
+
+
 @pytest.mark.parametrize("stray, named", [("images/holiday.jpg", "images/holiday.jpg"),
                                           ("images/observation.images.front/notes.txt",
                                            "images/observation.images.front/notes.txt"),

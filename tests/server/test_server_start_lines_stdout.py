@@ -102,3 +102,15 @@ def _close_quietly(stream: io.TextIOWrapper) -> None:
         stream.close()
     except OSError:
         pass
+
+
+def test_a_start_up_line_stdout_cannot_encode_is_written_escaped(tmp_path, monkeypatch):
+    """A line holding a character the host's stdout cannot encode (an ASCII terminal, a key folder named with an 'é')
+    was lost whole with the other unwritable lines, and a launcher waiting for the ready line waited for ever."""
+    from gr00t_client.stdout_guard import print_if_writable
+
+    with open(tmp_path / "stdout.txt", "w", encoding="ascii") as stream:
+        monkeypatch.setattr(sys, "stdout", stream)
+        print_if_writable("Server is ready and listening on tcp://127.0.0.1:5555 (CURVE, keys in /srv/clés)")
+    assert (tmp_path / "stdout.txt").read_text(encoding="ascii") == \
+        "Server is ready and listening on tcp://127.0.0.1:5555 (CURVE, keys in /srv/cl\\xe9s)\n"

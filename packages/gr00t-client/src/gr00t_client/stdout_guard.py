@@ -73,11 +73,16 @@ class ClosedPipeTolerantStdout:
 
 def print_if_writable(line: str) -> None:
     """Print `line` on sys.stdout, flushed, unless it cannot be written: a stdout that is None, closed (ValueError) or
-    broken (a pipe whose reader has gone, a terminal hung up: OSError) loses the line instead of failing the caller.
-    For library code printing on a host program's stdout, which is not replaced or redirected (guard_stdout, for
-    the command lines, is what does that)."""
+    broken (a pipe whose reader has gone, a terminal hung up: OSError) loses the line instead of failing the caller;
+    characters its encoding cannot hold are written escaped (a launcher waiting for the line still gets it). For
+    library code printing on a host program's stdout, which is not replaced or redirected (guard_stdout, for the
+    command lines, is what does that)."""
     try:
-        print(line, flush=True)
+        try:
+            print(line, flush=True)
+        except UnicodeEncodeError:
+            encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+            print(line.encode(encoding, "backslashreplace").decode(encoding), flush=True)
     except (OSError, ValueError) as exc:
         logging.getLogger(__name__).debug("a line for standard output was lost (%s: %s): %s",
                                           type(exc).__name__, exc, line)

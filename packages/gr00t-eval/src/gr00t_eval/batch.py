@@ -263,7 +263,9 @@ def changed_settings(job: Job, record: Mapping[str, Any], job_dir: Optional[Path
         try:
             run = read_job_run_file(job_dir)
         except ValueError as exc:  # nothing to compare with: run again, where the job fails naming the file
-            return f"the settings (unknown: {exc})"
+            if saved is None:
+                return f"the settings (unknown: {exc})"
+            # the record's own settings decide; a done job is not rerun (and its result lost) for a damaged run.json
     saved = run.get("job_config") if saved is None else saved
     # the tasks its env_name resolves to now, against those its run.json recorded (none recorded: an older batch's)
     tasks = task_changes(run, task_pairs(resolve_tasks(job.env_name)[0])) if run else []

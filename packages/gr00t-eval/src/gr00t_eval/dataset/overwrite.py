@@ -72,7 +72,7 @@ def _foreign_entries(root: Path, entries: Sequence[Path]) -> List[str]:
     for entry in entries:
         if entry.name.startswith(".") or entry.name in DATASET_ENTRIES:
             continue
-        if beside_dataset and entry.name == "README.md" and entry.is_file() and not entry.is_symlink():
+        if beside_dataset and entry.name == "README.md" and entry.is_file():  # a link too (a Hub cache's snapshot)
             continue
         if beside_dataset and entry.name == "images" and _is_real_dir(entry):
             foreign.extend(str(path.relative_to(root)) for path in _not_image_writer_frames(entry))
@@ -83,9 +83,11 @@ def _foreign_entries(root: Path, entries: Sequence[Path]) -> List[str]:
 
 def _not_image_writer_frames(folder: Path, depth: int = 0) -> List[Path]:
     """What in LeRobot's images/ `folder` is not laid out as its image writer's frames, images/<key>/episode_<n>/
-    frame_<n>.png: each stray entry, not what is inside it."""
+    frame_<n>.png: each stray entry, not what is inside it; hidden entries are the dataset's, as in its root."""
     stray: List[Path] = []
     for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):  # hidden, as in the dataset's root (a Finder's .DS_Store)
+            continue
         pattern = _IMAGE_WRITER_NAMES[depth]
         named = pattern is None or pattern.fullmatch(entry.name) is not None
         if depth == len(_IMAGE_WRITER_NAMES) - 1:
