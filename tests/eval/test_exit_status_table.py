@@ -11,7 +11,7 @@ import pytest
 
 from eval.dataset_factory import make_dataset
 from eval.scale_fixtures import free_port, two_shards
-from eval.test_open_loop_faults import HangsOnEpisode, cut_to_empty
+from eval.test_open_loop_faults import HangsOnEpisode, ReplayOfAnyCopy, cut_to_empty
 from gr00t_eval import cli
 from gr00t_server.policies.replay import ReplayPolicy
 from serving import running_server
@@ -80,6 +80,23 @@ def test_open_loop_exits_as_the_table_says(table, dataset, tmp_path):
     finally:
         policy.release.set()
     assert code == 1 and "the server went away mid-run" in table[1, "open-loop"]
+
+
+def open_loop_flag_row(flag: str) -> str:
+    """The row of `flag` in the open-loop section's flag table."""
+    section = DOCS.read_text().split("## Open-loop evaluation", 1)[1].split("## Closed-loop rollout", 1)[0]
+    return next(line for line in section.splitlines() if line.startswith(f"| `{flag}` |"))
+
+
+def test_open_loop_allow_errors_exits_as_its_flag_row_says(dataset, tmp_path):
+    # The row said exit 0 with --allow-errors, without the exception: a run whose every trajectory errored exits 1.
+    trimmed = make_dataset(tmp_path / "trimmed", lengths=(4, 9, 4))  # episode 0 is not the dataset's: it errors
+    with running_server(ReplayOfAnyCopy(trimmed, execution_horizon=4)) as replay:
+        assert open_loop(dataset, replay.port, tmp_path / "some", "--traj-ids", "0", "1", "--allow-errors") == 0
+        assert open_loop(dataset, replay.port, tmp_path / "all", "--traj-ids", "0", "--allow-errors") == 1
+    row = open_loop_flag_row("--allow-errors")
+    assert "exit 0 even when trajectories errored" in row
+    assert "unless every trajectory errored (a run that scored nothing exits 1)" in row
 
 
 def test_merge_exits_as_the_table_says(table, shards, tmp_path):

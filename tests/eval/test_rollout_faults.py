@@ -249,6 +249,38 @@ def test_the_cli_refuses_a_plan_the_replay_server_cannot_follow_before_any_episo
         server.stop()
 
 
+def refused_past_the_recording(replay_server, *flags):
+    """Run the CLI with a plan past the 4 recorded episodes, which the server's identity refuses before any episode."""
+    from gr00t_eval.cli import main
+
+    return main(["rollout", "--env-name", "replaycheck/any", "--n-episodes", str(len(LENGTHS) + 6), "--n-envs", "1",
+                 "--n-action-steps", str(CHUNK), "--seed", "100", "--vectorization", "sync", "--max-episode-steps", "50",
+                 "--no-video", "--policy-client-port", str(replay_server.port), *flags])
+
+
+def test_a_refused_rollout_without_output_dir_leaves_no_folder_it_made(replay_server, tmp_path, monkeypatch, capsys):
+    # Each refused try left an empty dated folder (and the date folder and base it made) under the default base.
+    from gr00t_eval import rollout_output
+
+    monkeypatch.setattr(rollout_output, "DEFAULT_ROLLOUT_BASE", str(tmp_path / "made" / "base"))
+    assert refused_past_the_recording(replay_server) == 2
+    assert "replays a recording of 4 episodes" in capsys.readouterr().err
+    assert not (tmp_path / "made").exists()
+
+
+def test_a_refused_rollout_keeps_the_folders_that_were_there_before(replay_server, tmp_path, monkeypatch):
+    from gr00t_eval import rollout_output
+
+    base, named = tmp_path / "base", tmp_path / "named"
+    base.mkdir()
+    named.mkdir()
+    monkeypatch.setattr(rollout_output, "DEFAULT_ROLLOUT_BASE", str(base))
+    assert refused_past_the_recording(replay_server) == 2
+    assert refused_past_the_recording(replay_server, "--output-dir", str(named)) == 2
+    assert base.is_dir() and list(base.iterdir()) == []  # its dated folder and date folder gone, the base kept
+    assert named.is_dir() and not (named / "run.json").exists()
+
+
 def test_evaluation_md_says_async_against_a_replay_server_is_refused_before_any_episode():
     # It said so under "Per-row resets" and, under client-side chunking, that every episode errors at its first request.
     text = " ".join((Path(__file__).resolve().parents[2] / "docs" / "evaluation.md").read_text(encoding="utf-8").split())

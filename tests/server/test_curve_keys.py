@@ -64,6 +64,25 @@ def test_keygen_writes_a_zmq_auth_key_pair_with_a_0600_secret_file(tmp_path, cap
     assert "Fingerprint: SHA256:" in out and secret.decode() not in out
 
 
+def public_key_hint(tmp_path, capsys, *flags):
+    """The line keygen prints about the public key it wrote."""
+    assert main(["keygen", str(tmp_path / "keys"), *flags]) == 0
+    return next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Public key:"))
+
+
+def test_keygen_of_the_servers_pair_says_clients_pass_its_public_key_as_server_public_key(tmp_path, capsys):
+    hint = public_key_hint(tmp_path, capsys)  # the default --name server
+    assert "server.key" in hint and "clients pass it as --server-public-key" in hint
+    assert "--authorized-keys" not in hint
+
+
+def test_keygen_of_a_robots_pair_says_its_public_key_goes_into_the_servers_authorized_keys(tmp_path, capsys):
+    # It said "clients pass it as --server-public-key" of a robot's own key too: the mix-up PolicyClient refuses.
+    hint = public_key_hint(tmp_path, capsys, "--name", "robot-07")
+    assert "copy it into the server's --authorized-keys folder" in hint
+    assert "clients pass it as --server-public-key" not in hint
+
+
 def test_keygen_expands_a_tilde_no_shell_expanded(tmp_path, monkeypatch, capsys):
     """A quoted '~/keys' wrote the keys into ./~/keys and then failed, naming $HOME/keys."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

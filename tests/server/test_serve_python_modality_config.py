@@ -65,6 +65,16 @@ def test_the_start_up_block_names_only_the_tag_a_py_config_registers(dataset, tm
     assert tag_lines == [f"Embodiment tag: my_robot (the one {config} registers)"]
 
 
+def test_the_start_up_block_names_a_py_config_once_in_its_modality_config_line(dataset, tmp_path):
+    """It had no `Modality config:` line, as the built-in and derived configs get; `Loaded modality config: cfg.py`
+    came twice instead (a log line and a print)."""
+    config = write_config(tmp_path / "cfg.py", {"my_robot": 5})
+    with served("serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), "--port",
+                str(free_port())) as server:
+        config_lines = [line.strip() for line in server.ready_lines if "odality config" in line]
+    assert config_lines == [f"Modality config: from {config} (action horizon 5)"]
+
+
 def test_embodiment_tag_picks_one_of_the_tags_a_py_config_registers(dataset, tmp_path):
     config = write_config(tmp_path / "cfg.py", {"robot_a": 3, "robot_b": 5})
     port = free_port()

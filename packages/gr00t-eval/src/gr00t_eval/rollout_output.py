@@ -7,7 +7,7 @@ import argparse
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 from .video_dirs import (check_shard_video_dir, check_video_dir, check_writable, delete_episode_videos, refuse_broken_link,
                          within)
@@ -18,10 +18,12 @@ DEFAULT_ROLLOUT_BASE = "/tmp/gr00t_rollout_eval"
 
 
 def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any,
-                        claim: Callable[[Path], None]) -> Tuple[Path, List[Path]]:
+                        claim: Callable[[Path], None]) -> Tuple[Path, List[Path], List[Path]]:
     """--output-dir (refused when not empty, unless --overwrite), or a new dated directory under the default base;
     `claim(path)` writes the run's file there. Returns it with the earlier run's videos in an outside --video-dir
-    that --overwrite deletes (delete_earlier_videos), once this run holds that folder too (_claim_videos).
+    that --overwrite deletes (delete_earlier_videos), once this run holds that folder too (_claim_videos), and the
+    folders it made that a run released before it started removes when empty (_release_unstarted_run): a dated
+    directory and the parents it created. Never an --output-dir: it keeps its lock file (run_file.directory_lock).
 
     Shards of one plan may share a directory: a shard only needs its own file names to be free. Both the
     output directory and an outside --video-dir are checked before anything is emptied or created. The last
@@ -30,7 +32,7 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any,
     """
     from .cli_errors import UsageError
     from .output_files import OutputDirError, episode_log_name, results_file_name, run_file_name
-    from .run_dir import check_output_dir, make_fresh_dated_output_dir, prepare_output_dir
+    from .run_dir import check_output_dir, make_fresh_dated_output_dir_noting_made, prepare_output_dir
     from .run_file import ROLLOUT_LOCK_FILENAME, directory_lock
 
     own = None if shard is None else [run_file_name(shard), episode_log_name(shard), results_file_name(shard)]
@@ -41,6 +43,7 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any,
     inside = videos is not None and path is not None and within(videos, path)
     # a shard's --video-dir inside its directory holds its split's videos, as videos/ does (run_dir.check_output_dir)
     keep = (ROLLOUT_LOCK_FILENAME, *(_top_entry(videos, path) if inside and shard is not None else ()))
+    made: List[Path] = []
     try:
         if path is not None:
             check_output_dir(path, overwrite=args.overwrite, own_files=own, keep=keep)
@@ -56,14 +59,15 @@ def _rollout_output_dir(args: argparse.Namespace, label: str, shard: Any,
                 prepare_output_dir(path, overwrite=args.overwrite, own_files=own, keep=keep)
                 claim(path)
         else:
-            path = make_fresh_dated_output_dir(DEFAULT_ROLLOUT_BASE, label)
-            claim(path)
+            path, made = make_fresh_dated_output_dir_noting_made(DEFAULT_ROLLOUT_BASE, label)
+            with _released_unless_started(path, shard, made_folders=made):  # a claim refused leaves no folder
+                claim(path)
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
     if videos is not None and inside:  # made after the directory was checked and emptied
         with _released_unless_started(path, shard):
             check_writable(videos)
-    return path, earlier_videos
+    return path, earlier_videos, made
 
 
 def delete_earlier_videos(video_dir: str, earlier_videos: List[Path]) -> None:
@@ -111,7 +115,8 @@ def _claim_videos(output_dir: Path, shard: Any, env_spec: str, config: Any, resu
 
 
 @contextlib.contextmanager
-def _released_unless_started(output_dir: Path, shard: Any, new_run: bool = True) -> Iterator[None]:
+def _released_unless_started(output_dir: Path, shard: Any, new_run: bool = True,
+                             made_folders: Sequence[Path] = ()) -> Iterator[None]:
     """Release a new run (_release_unstarted_run) when the block raises: its videos folder refused, the run stopped
     before scoring, Ctrl-C. A resumed run's files are never released, nor a run's whose folder is gone (another run's
     may stand at its path now)."""
@@ -121,14 +126,16 @@ def _released_unless_started(output_dir: Path, shard: Any, new_run: bool = True)
         yield
     except BaseException as exc:
         if new_run and not isinstance(exc, OutputFolderGone):
-            _release_unstarted_run(output_dir, shard)
+            _release_unstarted_run(output_dir, shard, made_folders)
         raise
 
 
-def _release_unstarted_run(output_dir: Path, shard: Any) -> None:
+def _release_unstarted_run(output_dir: Path, shard: Any, made_folders: Sequence[Path] = ()) -> None:
     """A new run that stopped before it scored any episode (no server answered, the policy refused its settings)
     leaves no run file: the corrected command is not refused as 'not empty', nor pointed at a --resume that would
-    repeat the mistake. Only while the run file there is this process's claim: never another run's files."""
+    repeat the mistake. Only while the run file there is this process's claim: never another run's files. Of the
+    `made_folders` (deepest first: those the run created, _rollout_output_dir), each left empty is removed too, so
+    refused tries leave no empty dated directories behind."""
     from .episode_log import EpisodeLog
     from .output_files import episode_log_name, run_file_name
     from .run_claim import holds_claim, release_alive_lock
@@ -145,8 +152,19 @@ def _release_unstarted_run(output_dir: Path, shard: Any) -> None:
         _release_video_claim(run_file, output_dir, shard)
         release_alive_lock(run_file, remove=True)
         run_file.unlink(missing_ok=True)
+        _remove_empty_folders(made_folders)
     except (OSError, ValueError) as exc:  # never hide the reason the run stopped
         logger.debug("could not release %s: %s", output_dir, exc)
+
+
+def _remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove each of `folders` (deepest first) while it is empty; stop at the first that holds something (another
+    run's directory, a file): it and the folders above it are kept."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _release_video_claim(run_file: Path, output_dir: Path, shard: Any) -> None:

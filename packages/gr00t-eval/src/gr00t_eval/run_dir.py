@@ -26,7 +26,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Set, Union
+from typing import List, Optional, Sequence, Set, Tuple, Union
 
 from .episode_log import EpisodeLog
 from .eval_info import EVAL_INFO_FILENAME
@@ -38,8 +38,9 @@ from .trash import OVERWRITE_TRASH, delete_trash, move_to_trash
 
 __all__ = ["RESUMABLE_FILENAMES", "ROLLOUT_LOCK_FILENAME", "RUN_FILENAME", "EpisodeLog", "OutputDirError",
            "add_earlier_eval_s", "check_output_dir", "dated_output_dir", "directory_lock", "episode_log_name",
-           "held_run_claims", "make_fresh_dated_output_dir", "prepare_output_dir", "remove_merges_of", "remove_quietly",
-           "results_file_name", "resume_command", "run_file_name", "write_run_file"]
+           "held_run_claims", "make_fresh_dated_output_dir", "make_fresh_dated_output_dir_noting_made",
+           "prepare_output_dir", "remove_merges_of", "remove_quietly", "results_file_name", "resume_command",
+           "run_file_name", "write_run_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +75,23 @@ def make_fresh_dated_output_dir(base: Union[str, Path], label: str, now: Optiona
     Creating it is the test (mkdir fails on an existing name), so two runs started in the same second never
     get one directory, and a name the user never gave is never refused as "not empty".
     """
+    return make_fresh_dated_output_dir_noting_made(base, label, now)[0]
+
+
+def make_fresh_dated_output_dir_noting_made(base: Union[str, Path], label: str,
+                                            now: Optional[float] = None) -> Tuple[Path, List[Path]]:
+    """make_fresh_dated_output_dir, returning also the folders this call created, deepest first: the new directory,
+    then each of its parents that was missing (the date's folder, the base), for a run that never started to remove
+    again when they are empty (rollout_output._release_unstarted_run)."""
     path = dated_output_dir(base, label, now)
+    made_parents = [folder for folder in (path.parent, *path.parent.parents)
+                    if not folder.exists() and not folder.is_symlink()]
     path.parent.mkdir(parents=True, exist_ok=True)
     for number in range(1, 10000):
         candidate = path if number == 1 else path.with_name(f"{path.name}-{number}")
         try:
             candidate.mkdir()
-            return candidate
+            return candidate, [candidate, *made_parents]
         except FileExistsError:
             continue
     raise OutputDirError(f"no free output directory {path}-N under {path.parent}; pass --output-dir")

@@ -138,6 +138,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     first_policy = None  # the policy the run's first attempt evaluated (its run file), which a resume must match
     earlier_not_applied: Dict[str, Any] = {}  # settings the first attempt's server ignored (its run file)
     logged: List[Dict[str, Any]] = []  # a resumed log's entries: its attempts' time stamps
+    made_folders: List[Path] = []  # a new dated directory and the parents it created, removed if it never starts
     if args.resume:  # a Ray run resumes like any other: its driver logged every episode in episodes.jsonl
         output_dir = Path(args.resume)
         saved = read_run_file(output_dir, shard)
@@ -186,19 +187,19 @@ def run_rollout_command(args: argparse.Namespace) -> int:
                                   "registrations": _registrations(args)}, shard)
 
         try:
-            output_dir, earlier_videos = _rollout_output_dir(args, env_spec, shard, claim)
+            output_dir, earlier_videos, made_folders = _rollout_output_dir(args, env_spec, shard, claim)
         except OSError as exc:
             if not is_storage_error(exc):
                 raise
             raise SystemExit(_start_storage_failure(exc)) from None
         config = made["config"]
-        with _released_unless_started(output_dir, shard):
+        with _released_unless_started(output_dir, shard, made_folders=made_folders):
             _claim_videos(output_dir, shard, env_spec, config)
         delete_earlier_videos(args.video_dir, earlier_videos)
     print(f"Output directory: {output_dir} (base seed {config.seed})")
     log = EpisodeLog(output_dir / episode_log_name(shard), claim=run_file_name(shard))
     try:
-        with _released_unless_started(output_dir, shard, new_run=not args.resume):
+        with _released_unless_started(output_dir, shard, new_run=not args.resume, made_folders=made_folders):
             results = _run(args, env_spec, config, shard, done, log, first_policy)
             # the envs the names were built with (a resume is held to its run's): merge refuses shards of others
             results["plan"]["registrations"] = _registrations(args)

@@ -15,7 +15,7 @@ from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals, interrupted_line
 
 from .cli_errors import CliError
-from .file_commands_cli import keygen, make_test_checkpoint
+from .file_commands_cli import SERVER_KEY_NAME, keygen, make_test_checkpoint
 from .serve_checks import _server_limits
 from .serve_cli import _raise_open_file_limit, _start_server, serve
 from .serve_policy import _model_policy, _replay_policy, _warm_up
@@ -200,7 +200,9 @@ def _add_keygen_parser(subparsers: Any) -> None:
     )
     p.add_argument("directory", metavar="DIR", type=user_path,
                    help="directory to write the two files into (created if missing, mode 0700)")
-    p.add_argument(*_flag("name"), default="server", help="file name stem (default server; e.g. robot-07 for a client)")
+    p.add_argument(*_flag("name"), default=SERVER_KEY_NAME,
+                   help=f"file name stem (default {SERVER_KEY_NAME}: the server's pair; any other, e.g. robot-07, is "
+                        "taken for a client's pair when saying where each key goes)")
     p.add_argument(*_flag("force"), action="store_true", help="replace existing files of that name")
 
 

@@ -7,7 +7,7 @@ import errno
 import json
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from gr00t_client.cli_flags import home_expanded_path
 from gr00t_client.cli_signals import stop_signals_ignored_until_exit
@@ -36,11 +36,24 @@ def keygen(args: argparse.Namespace) -> int:
             raise
         raise CliError(_key_storage_problem(exc)) from None  # one traceback at --log-level DEBUG: this line's
     stop_signals_ignored_until_exit()  # the pair is in place: a stop while it is reported must not say "interrupted"
-    print(f"Public key:  {public_path}  (copy to peers: clients pass it as --server-public-key, servers keep "
-          f"client keys in their --authorized-keys directory)")
-    print(f"Secret key:  {secret_path}  (mode 0600; keep it on this machine)")
+    public_use, secret_use = _key_pair_uses(args.name)
+    print(f"Public key:  {public_path}  ({public_use})")
+    print(f"Secret key:  {secret_path}  (mode 0600; keep it on this machine, {secret_use})")
     print(f"Fingerprint: {key_fingerprint(load_public_key(str(public_path)))}")
     return 0
+
+
+SERVER_KEY_NAME = "server"  # keygen's default --name: the server's own pair; any other name is a client's (a robot's)
+
+
+def _key_pair_uses(name: str) -> Tuple[str, str]:
+    """What each half of the pair named `name` is for, by its role: a robot's public key given to clients as the
+    server's is the mix-up PolicyClient refuses ("one key pair")."""
+    if name == SERVER_KEY_NAME:
+        return ("the server's: clients pass it as --server-public-key, or PolicyClient(server_public_key=...)",
+                "for serve --curve-secret-key")
+    return ("a client's: copy it into the server's --authorized-keys folder",
+            "for this client's --client-key, or PolicyClient(client_secret_key=...)")
 
 
 def _key_storage_problem(exc: OSError) -> str:

@@ -190,7 +190,7 @@ def _load_python(path: Path, tag: Optional[Union[EmbodimentTag, str]]) -> Tuple[
     finally:
         with _lock:
             _recorded = previous
-    logger.info("Loaded modality config: %s", path)
+    logger.debug("Loaded modality config: %s", path)  # serve's start-up block says which config it serves
     tags = sorted(set(recorded))
     if tag is not None:
         key = _tag_key(tag)

@@ -57,7 +57,8 @@ def _replay_policy(args: argparse.Namespace, tag: Any) -> Tuple[Any, Optional[st
     if args.modality_config_path:
         file_tag, modality = configs.load_modality_config_and_tag(args.modality_config_path, tag)
         _check_file_action_horizon(modality, args)
-        print(f"Loaded modality config: {args.modality_config_path}")
+        print(f"  Modality config: from {args.modality_config_path} (action horizon "
+              f"{len(modality['action'].delta_indices)})")
     elif tag.value in configs.MODALITY_CONFIGS and _fits_dataset(configs.MODALITY_CONFIGS[tag.value], dataset):
         modality = _with_action_horizon(configs.MODALITY_CONFIGS[tag.value], args.action_horizon)
         print(f"  Modality config: the built-in config of {tag.value} (the dataset has its keys), action horizon "
