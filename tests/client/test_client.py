@@ -178,7 +178,7 @@ def ctrl_c_between_monitor_event_frames():
 
     def in_recv_multipart(frame, event, arg):
         if (armed[0] and event == "line" and len(frame.f_locals.get("parts", ())) == 1
-                and frame.f_locals["self"].socket_type == zmq.PAIR):
+                and frame.f_locals["self"].type == zmq.PAIR):
             armed[0] = False
             os.kill(os.getpid(), signal.SIGINT)
         return in_recv_multipart

@@ -53,7 +53,7 @@ def ctrl_c_after(method: str, socket_type: int) -> Iterator["Touched"]:
     def interrupted(self: zmq.Socket, *args: Any, **kwargs: Any) -> Any:
         result = original(self, *args, **kwargs)
         seen.append(self)
-        if not seen.interrupted and self.socket_type == socket_type:
+        if not seen.interrupted and self.type == socket_type:
             seen.interrupted = True
             os.kill(os.getpid(), signal.SIGINT)  # raised here, on the way out
         return result
@@ -110,7 +110,7 @@ def test_a_ctrl_c_while_a_socket_is_opened_closes_the_socket_and_its_monitor(ser
         with ctrl_c_after(method, socket_type) as touched, pytest.raises(KeyboardInterrupt):
             client.get_action(OBSERVATION)
         assert touched.interrupted, "the Ctrl-C was not sent"
-        left_open = [f"{sock.socket_type!r}" for sock in touched if not sock.closed]
+        left_open = [f"{sock.type!r}" for sock in touched if not sock.closed]
         assert not left_open, f"sockets the interrupted open made were left open: {left_open}"
         assert client.get_action(OBSERVATION)[0]["action.x"].shape == (1, 4, 1)
     with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as fresh:  # on the same shared context

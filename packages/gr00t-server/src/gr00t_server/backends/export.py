@@ -218,11 +218,28 @@ def _value_info(value: Any) -> dict[str, Any]:
     return {"shape": list(value.shape), "dtype": str(value.dtype).replace("torch.", "")}
 
 
+# Where tracing meets Python values it records as constants, known to hold for every input the export takes: the
+# attention scale factor (head size), the timestep encoding's log(1e4), the action encoder's shape check (it raises
+# or not, no value flows from it). Any other TracerWarning is shown: it may mark a trace that fits one batch only.
+_KNOWN_TRACER_WARNING_MODULES = r"gr00t_server\.(backends\.export_modules|model\.embodiment_mlp)$"
+# torch deprecated the TorchScript-based exporter (dynamo=False) in 2.9; the reference exports with it, and so do we
+# (tests/server export tests fail first if a torch release removes it)
+_LEGACY_EXPORTER_NOTICE = "You are using the legacy TorchScript-based ONNX export"
+
+
+def _ignore_known_export_warnings() -> None:
+    """Inside warnings.catch_warnings(): ignore the warnings an export is known to raise, and only those."""
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=_KNOWN_TRACER_WARNING_MODULES)
+    warnings.filterwarnings("ignore", message=_LEGACY_EXPORTER_NOTICE, category=DeprecationWarning)
+    # the exporter's own use of what torch deprecated inside torch.onnx: nothing an export's caller can change
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx\.")
+
+
 def export_onnx(spec: ExportSpec, path: Path) -> dict[str, Any]:
     """Trace `spec` to `path` (opset 19, legacy exporter like the reference); returns its I/O description."""
     param_bytes = sum(p.numel() * p.element_size() for p in spec.module.parameters())
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        _ignore_known_export_warnings()
         scratch_path = Path(scratch) / path.name
         with torch.no_grad(), sdpa_without_explicit_scale():
             torch.onnx.export(
