@@ -157,7 +157,8 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
                         "connection) starts afresh, our client's stays refused")
     p.add_argument(*_flag("session-idle-s"), type=float, default=d.session_idle_s,
                    help=f"evict a session unused this many seconds (default {d.session_idle_s:.0f}), before any other is "
-                        "evicted for room")
+                        "evicted for room; time the server itself was stopped or paused (SIGSTOP, docker pause) is not "
+                        "counted")
     p.add_argument(*_flag("max-client-queued-mb"), type=float, default=None,
                    help="request bytes one connection may have waiting for the policy, its first request's included; a "
                         "first request is always taken, however large (default 16, or --max-message-mb where that is "

@@ -20,10 +20,11 @@ from gr00t_client.policy import BasePolicy, NonFiniteActionError, ObservationErr
 
 from . import batching, limits as work_limits
 from .batching import GatherWindow
-from .endpoints import Endpoint, _safe_text, log_text, named_session
-from .messages import Request, RequestError, unknown_endpoint
+from .endpoints import Endpoint, RateLimitedLog, _safe_text, log_text, named_session
+from .messages import CONNECTION_SESSION_PREFIX, Request, RequestError, unknown_endpoint
 from .reply_frames import ReplyFrames
-from .sessions import SESSION_ENDPOINTS, session_dropper
+from .sessions import SESSION_ENDPOINTS, SessionTable, session_dropper
+from .transport import HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS
 from .worker import InlineCallAbandoned, InlineGate, Job, Reply, in_job_order, only_get_action
 from .wrappers import policy_chain
 
@@ -81,6 +82,13 @@ class JobRunner(ReplyFrames):
         self._window = window  # batching's gather window learns how long policy calls take
         self._gate = gate  # learns how long get_action jobs take, to let cheap ones run on the socket thread
         self._local = threading.local()  # the request each thread is serving (socket thread, worker)
+        # Once per such session (it is held after its first call), and at most a few a minute for a farm of them
+        self._fresh_connection_sessions = RateLimitedLog(logger, per_window=5, window_s=60.0)
+
+    def flush_logs(self) -> None:  # overrides ReplyFrames.flush_logs
+        """Report the warnings counted but not logged: refusals, internal errors, fresh connection sessions."""
+        super().flush_logs()
+        self._fresh_connection_sessions.flush()
 
     @property
     def current(self) -> Optional[Request]:
@@ -214,12 +222,28 @@ class JobRunner(ReplyFrames):
                 reason = sessions.dropped_reason(request.session) if request.endpoint == "get_action" else None
             request.takes_session = reason is None and request.endpoint in SESSION_ENDPOINTS
             if reason is None:
+                self._warn_fresh_connection_session(request, sessions)
                 admitted.append(request)
                 continue
             replies.append((request, self.error_frames(request, RequestError(
                 f"{named_session(request.session)} was dropped by the server ({reason}), and with it this "
                 "client's place in the policy's state (a replay's episode and step); call reset to start it again"))))
         return admitted
+
+    def _warn_fresh_connection_session(self, request: Request, sessions: SessionTable) -> None:
+        """Log that a get_action starts a session keyed by its connection without a reset (a client without
+        session_id, new or reconnected): the policy serves it from its initial state, so a robot that had a place
+        (paused beyond the heartbeat, whose connection the server closed and libzmq reopened) silently loses it."""
+        if (request.endpoint != "get_action" or not request.session.startswith(CONNECTION_SESSION_PREFIX)
+                or sessions.knows(request.session)):
+            return
+        heartbeat_s = (HEARTBEAT_IVL_MS + HEARTBEAT_TIMEOUT_MS) / 1000.0
+        self._fresh_connection_sessions.warning(
+            "a get_action from %s without session_id and without a reset starts a new session of this connection: "
+            "the policy serves it from its initial state (a replay: episode 0, step 0). A client without session_id "
+            "that reconnected (its connection closed by a network blip, or by the server's heartbeat after it was "
+            "stopped or paused in a debugger for about %g s) loses its place so; it should send a session_id, or "
+            "reset after a reconnection", request.peer or "local", heartbeat_s)
 
     def _take_in_sessions(self, served: List[Request]) -> None:
         """Count a use of the session of each get_action or reset that succeeded (a reset takes a dropped session

@@ -35,6 +35,7 @@ from .messages import Request, RequestError, token_shape_problem
 from .metrics import RESERVED_ENDPOINT_LABELS, NullMetrics, ServerMetrics, reachable_host
 from .relay import UpstreamFacts
 from .sessions import SessionTable, check_no_shared_replay_session, policy_session_limit
+from .stall_clock import LoopStallClock
 from .stats import ServerStats
 from ..curve import CurveServerConfig
 from ..threads import handled_stop_signals
@@ -192,7 +193,9 @@ class PolicyServer(BuiltinEndpoints):
         # Prometheus /metrics on metrics_port (0: a free port, see metrics_port after start()), bound to `host`.
         self.metrics_port = None if metrics_port is None else int(metrics_port)
         self._metrics: NullMetrics = NullMetrics()
-        self.sessions = SessionTable(self.limits.max_sessions, self.limits.session_idle_s)
+        # sessions' idle time leaves out the socket loop's stalls (a SIGSTOP, `docker pause`): RequestLoop._count_stall
+        self.idle_clock = LoopStallClock()
+        self.sessions = self._new_session_table()
         self._sessions_policy: Any = policy  # the policy that holds the sessions in self.sessions (a swap empties it)
         self._session_table_lock = threading.Lock()
         self._endpoints: Dict[str, Endpoint] = {}
@@ -321,9 +324,12 @@ class PolicyServer(BuiltinEndpoints):
         with self._session_table_lock:
             if self._sessions_policy is not self.policy:
                 self.limits = _sessions_as_policy_keeps(self.policy, self._given_limits)
-                self.sessions = SessionTable(self.limits.max_sessions, self.limits.session_idle_s)
+                self.sessions = self._new_session_table()
                 self._sessions_policy = self.policy
             return self.sessions
+
+    def _new_session_table(self) -> SessionTable:
+        return SessionTable(self.limits.max_sessions, self.limits.session_idle_s, clock=self.idle_clock)
 
     def start(self) -> "PolicyServer":
         """Bind the socket (port 0 picks a free port); `run()` serves. RuntimeError once the server is closed."""

@@ -162,6 +162,8 @@ class SessionTable:
     being served from a fresh start it did not ask for, until it resets. (Our client also marks the requests of a
     session it was served before, so its session is refused however long ago it was dropped: see
     execution._admit_sessions.)
+    Times are read on `clock` (a server's LoopStallClock: monotonic time less its socket loop's stalls, so that a
+    frozen server charges no session its freeze).
     """
 
     def __init__(self, max_sessions: int, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -215,10 +217,11 @@ class SessionTable:
         sessions forgotten, idle ones first."""
         return self.forget_idle() + self.use(session, restart)
 
-    def arrived(self, session: str, at: float) -> bool:
-        """A request of `session` arrived at `at` (safe from another thread): a held session not idle by then is not
+    def arrived(self, session: str) -> bool:
+        """A request of `session` arrived now (safe from another thread): a held session not idle by now is not
         idle until its requests are answered (`answered`), however long they wait in the queue behind others'.
         True when counted so (then call `answered` once for it)."""
+        at = self._clock()  # the table's clock, not the request's received_at: a server's stalls are left out of it
         with self._by_time_lock:
             if session in self._in_flight:
                 self._in_flight[session] += 1
