@@ -408,6 +408,15 @@ def test_noise_far_beyond_standard_normal_is_refused_naming_the_row_and_value(li
         libero.get_action(observation, {"noise": noise})
 
 
+def test_noise_just_beyond_the_limit_is_printed_with_enough_digits_to_show_it(libero, tiny_checkpoint):
+    """Formatted with 3 digits, 100.4 read 'holds 100, beyond +-100'."""
+    noise = np.zeros((2, 40, 132), np.float32)
+    noise[0, 3, 5] = 100.4
+    observation = example_observation(tiny_checkpoint, "libero_sim", batch_size=2)
+    with pytest.raises(ValueError, match=r"options\['noise'\] row 0 holds 100\.4, beyond \+-100; expected"):
+        libero.get_action(observation, {"noise": noise})
+
+
 def test_unsupported_tag_lists_the_checkpoint_tags(tiny_checkpoint):
     with pytest.raises(ValueError) as excinfo:
         Gr00tPolicy(tiny_checkpoint, "simpler_env_widowx", device="cpu")

@@ -591,7 +591,9 @@ def test_a_state_key_both_sin_cos_and_mean_std_encoded_is_normalized_not_checked
     processor = _edited_checkpoint(checkpoint, processor_kwargs=sin_cos_joints)
     assert "joints" in processor.modality_configs("new_embodiment")["state"].mean_std_embedding_keys
     states = _ordinary_states(checkpoint)
-    states["joints"][..., 0] = 1e6  # an angle: sin/cos of it is within +-1 whatever its size
+    # An angle 1000 standard deviations out: sin/cos of it is within +-1 whatever its size (below the bound that
+    # check_anchor_magnitude holds the raw value of this anchoring key to)
+    states["joints"][..., 0] = 500.0
     state = processor.normalize_state("new_embodiment", states)
     assert np.abs(state).max() <= 1.0 + 1e-6
 
@@ -661,3 +663,120 @@ def test_naming_the_likely_cause_under_a_long_key_costs_memory_near_the_message_
     message = caught.value.server_message
     assert "in action key 'eef_9d' rows [1]" in message and "'state.eef_9d' is all zeros" in message
     assert peak < 60_000_000, f"{peak} bytes traced for a request of about 1 MB"
+
+
+def _refused_in_process_and_over_the_wire(checkpoint, states, pattern):
+    """Gr00tPolicy at `checkpoint` refuses an example observation carrying `states` with an ObservationError matching
+    `pattern`, in process and through a real server and PolicyClient."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    observation = example_observation(checkpoint, "new_embodiment", image_size=(32, 32))
+    for key, edit in states.items():
+        edit(observation["state"][key])
+    with pytest.raises(ObservationError, match=pattern):
+        policy.get_action(observation, {"seed": 0})
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=60000) as client:
+        with pytest.raises(PolicyServerError, match=pattern):
+            client.get_action(observation, {"seed": 0})
+
+
+def test_a_std_0_state_column_anchoring_a_relative_action_is_refused_far_beyond_its_constant(copy_of):
+    """A mean/std column with std 0 passes its raw value to the model, and the relative action 'joints' is decoded
+    against it: a 1e12 there was sent as a 1e12 joint target."""
+    checkpoint = copy_of()
+
+    def constant_first_column(stats):
+        stats["std"][0] = 0.0
+
+    _edited_checkpoint(checkpoint, joints_stats=constant_first_column)
+
+    def huge_first_column(joints):
+        joints[..., 0] = 1e12
+
+    _refused_in_process_and_over_the_wire(
+        checkpoint, {"joints": huge_first_column},
+        r"State key 'joints' of 'new_embodiment' holds \|values\| up to 1e\+12 in rows \[0\], beyond 1000 times its "
+        r"statistics' magnitude; it is passed raw to the model \(its std is 0\) but anchors relative action key "
+        r"'joints', decoded against its raw value: column 0 holds 1e\+12, expected within \+-1\.41e\+03")
+
+
+def test_a_sin_cos_state_anchoring_a_relative_action_is_refused_far_beyond_its_statistics(copy_of):
+    """sin/cos of any angle is within +-1, but the relative action 'joints' is decoded against the raw angle: a 1e30
+    there was sent as a 1e30 joint target."""
+    checkpoint = copy_of()
+
+    def sin_cos_joints(kwargs):
+        kwargs["apply_sincos_state_encoding"] = True
+        kwargs["modality_configs"]["new_embodiment"]["state"]["sin_cos_embedding_keys"] = ["joints"]
+        kwargs["modality_configs"]["new_embodiment"]["state"]["mean_std_embedding_keys"] = None
+
+    _edited_checkpoint(checkpoint, processor_kwargs=sin_cos_joints)
+
+    def huge_first_column(joints):
+        joints[..., 0] = 1e30
+
+    _refused_in_process_and_over_the_wire(
+        checkpoint, {"joints": huge_first_column},
+        r"State key 'joints' of 'new_embodiment' holds \|values\| up to 1e\+30 in rows \[0\], beyond 1000 times its "
+        r"statistics' magnitude; it is encoded as sin/cos for the model but anchors relative action key 'joints'")
+
+
+def test_an_unclipped_min_max_state_column_of_one_value_anchoring_a_relative_action_is_refused(copy_of):
+    """clip_outliers off and q01 == q99: the column normalizes to 0 whatever its value, so the outlier check saw
+    nothing, and the relative action 'eef_9d' decoded against 5000 was sent as a 5000 end-effector target."""
+    import json
+
+    checkpoint = copy_of()
+    stats = json.loads((checkpoint / "statistics.json").read_text())
+    eef = stats["new_embodiment"]["state"]["eef_9d"]
+    for name in ("min", "max", "q01", "q99"):
+        eef[name][0] = eef["mean"][0]
+    (checkpoint / "statistics.json").write_text(json.dumps(stats))
+    processor = _edited_checkpoint(checkpoint, processor_kwargs=lambda kwargs: kwargs.update(clip_outliers=False))
+    states = _ordinary_states(checkpoint)
+    states["eef_9d"][..., 0] = 5000.0
+    with pytest.raises(ObservationError, match=r"State key 'eef_9d' of 'new_embodiment' holds \|values\| up to 5e\+03 "
+                                               r"in rows \[0\], beyond 1000 times its statistics' magnitude; it is "
+                                               r"normalized to 0 for the model \(its statistics' range is one value\) "
+                                               r"but anchors relative action key 'eef_9d'"):
+        processor.normalize_state("new_embodiment", states)
+
+
+def test_a_nan_model_output_names_a_std_0_column_far_from_its_training_constant(copy_of):
+    """A std-0 column passes its raw value to the model: 1e30 there made NaN, and the refusal blamed the weights,
+    float16 and the backend."""
+    checkpoint = copy_of()
+
+    def constant_first_column(stats):
+        stats["std"][0] = 0.0
+
+    processor = _edited_checkpoint(checkpoint, joints_stats=constant_first_column)
+    states = _ordinary_states(checkpoint)
+    states["joints"][..., 0] = 1e30
+    output = np.zeros((1, 40, 132), np.float32)
+    output[0, 3, 0] = np.nan
+    from gr00t_client import NonFiniteActionError
+
+    with pytest.raises(NonFiniteActionError) as refused:
+        processor.decode_action(output, "new_embodiment", states)
+    message = str(refused.value)
+    assert ("Likely cause: state key 'joints' column 0 holds 1e+30 in those rows, its std 0 (constant -0.47168 in "
+            "training), so passed raw to the model, beyond 1000 times its statistics' magnitude") in message
+    assert "weights were finite when loaded" not in message
+
+
+def test_a_state_normalizing_just_beyond_the_limit_prints_enough_digits_to_show_it(copy_of):
+    """Formatted with 3 digits, 1000.4 read 'up to 1e+03 ..., beyond +-1000'."""
+    checkpoint = copy_of()
+
+    def unit_first_column(stats):
+        stats["mean"][0], stats["std"][0] = 0.0, 1.0
+
+    processor = _edited_checkpoint(checkpoint, joints_stats=unit_first_column)
+    states = _ordinary_states(checkpoint)
+    states["joints"][..., 0] = 1000.4
+    with pytest.raises(ObservationError, match=r"normalizes to \|values\| up to 1000\.4 in rows \[0\], beyond \+-1000: "
+                                               r"column 0 holds"):
+        processor.normalize_state("new_embodiment", states)

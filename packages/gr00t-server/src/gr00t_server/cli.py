@@ -58,7 +58,9 @@ def _add_serve_parser(subparsers: Any) -> None:
                    "checkpoint's processor_config.json clip_outliers, for states; mean/std absolute actions then stay "
                    "unclipped)")
     p.add_argument(*_flag("no-clip-outliers"), dest="clip_outliers", action="store_false",
-                   help="do not clip normalized states (actions decode as the reference does)")
+                   help="do not clip normalized states (actions decode as the reference does; one beyond +-1000 "
+                   "once normalized is refused, and one anchoring a relative action beyond 1000 times its statistics' "
+                   "magnitude)")
     p.add_argument(*_flag("allow-empty-instruction"), action="store_true", default=False,
                    help="serve instructions that are empty once formalized (\"\", blanks, punctuation alone) for any "
                    "embodiment, as the reference does: for a checkpoint fine-tuned on episodes without task text "

@@ -48,7 +48,7 @@ from gr00t_client.modality import ModalityConfig
 from gr00t_client.policy import non_finite_rows
 from gr00t_server.model.action_head import DEFAULT_RTC_RAMP_RATE
 from gr00t_server.processing import normalization as norm
-from gr00t_server.processing.actions import STATE_OUTLIER_LIMIT
+from gr00t_server.processing.actions import STATE_OUTLIER_LIMIT, beyond_limit_text
 
 from .option_names import OptionNames
 from .previous_action import PreviousActionError
@@ -214,8 +214,8 @@ class Gr00tActionOptions:
             if beyond.any():
                 row = int(np.flatnonzero(beyond.reshape(beyond.shape[0], -1).any(axis=1))[0])
                 value = float(array[row].flat[int(np.argmax(np.abs(array[row])))])
-                raise ValueError(f"options['noise'] row {row} holds {value:.3g}, beyond +-{NOISE_LIMIT:g}; expected "
-                                 "standard normal noise (as torch.randn draws it)")
+                raise ValueError(f"options['noise'] row {row} holds {beyond_limit_text(value, NOISE_LIMIT)}, beyond "
+                                 f"+-{NOISE_LIMIT:g}; expected standard normal noise (as torch.randn draws it)")
             return torch.from_numpy(array), None
         if seed is not None:
             rows = [
@@ -337,11 +337,12 @@ class Gr00tActionOptions:
             beyond = np.abs(rows) > STATE_OUTLIER_LIMIT * np.broadcast_to(scale, rows.shape)
             if beyond.any():
                 row, step, column = (int(i) for i in np.argwhere(beyond)[0])
+                magnitude = float(np.broadcast_to(scale, rows.shape)[row, step, column])
+                value = beyond_limit_text(float(rows[row, step, column]), STATE_OUTLIER_LIMIT * magnitude)
                 raise PreviousActionError(
-                    f" step {first_step + step} holds {float(rows[row, step, column]):.3g} in column {column}, beyond "
-                    f"{STATE_OUTLIER_LIMIT:g} times its action statistics' magnitude "
-                    f"{float(np.broadcast_to(scale, rows.shape)[row, step, column]):.3g}; send actions in the units "
-                    "get_action returned", key=key)
+                    f" step {first_step + step} holds {value} in column {column}, beyond "
+                    f"{STATE_OUTLIER_LIMIT:g} times its action statistics' magnitude {magnitude:.3g}; send actions in "
+                    "the units get_action returned", key=key)
 
     def _check_encoded_previous(self, rtc: RtcRequest, encoded: np.ndarray, clipped: np.ndarray) -> None:
         """ValueError naming the key and step of an overlap row that normalizes (`encoded` unclipped) to a non-finite
@@ -366,7 +367,8 @@ class Gr00tActionOptions:
             if bad.any():
                 row, step, column = (int(i) for i in np.argwhere(bad)[0])
                 raise PreviousActionError(
-                    f" step {first_step + step} normalizes to {float(part[row, step, column]):.3g} against the "
+                    f" step {first_step + step} normalizes to "
+                    f"{beyond_limit_text(float(part[row, step, column]), STATE_OUTLIER_LIMIT)} against the "
                     f"checkpoint's statistics (sent {float(sent[key][row, step, column]):.3g}); send actions in the "
                     "units get_action returned", key=key)
             # A finite row beyond a float16 model's range (1e5: drift on a joint of std 1e-6) turned inf when cast in

@@ -3,7 +3,7 @@ actions per key, and back (for real-time chunking), with the checks on reference
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,6 +22,15 @@ STATE_OUTLIER_LIMIT = 1e3
 # as the mark of a unit slip (degrees for radians is x57.3, millimetres for metres x1000) below the refusal's limit.
 STATE_WARNING_LIMIT = 10.0
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def beyond_limit_text(value: float, limit: float) -> str:
+    """`value`, refused for lying beyond +-`limit`, with enough digits to show it does: 3 where they do, else 6, else
+    all of them (at 3, 100.4 read "100, beyond +-100")."""
+    for text in (f"{value:.3g}", f"{value:.6g}"):
+        if abs(float(text)) > limit:
+            return text
+    return repr(float(value))
 
 
 def decode_action(
@@ -95,7 +104,8 @@ def _refuse_raw_output(key: str, part: np.ndarray, tag: str, configs: Mapping[st
         if start_steps and not beyond[:, start_steps:].any():
             steps = "step 0" if start_steps == 1 else f"steps 0-{start_steps - 1}"
             subject = f"the model's movement of the RTC start rows ({steps})"
-        what = (f"reaches |values| up to {float(np.max(np.abs(part))):.3g} in rows {rows}, beyond "
+        what = (f"reaches |values| up to {beyond_limit_text(float(np.max(np.abs(part))), STATE_OUTLIER_LIMIT)} in "
+                f"rows {rows}, beyond "
                 f"+-{STATE_OUTLIER_LIMIT:g} of the about [-1, 1] it was trained to produce (unnormalization would clip "
                 "it to the statistics' edge)")
         weights = ("The checkpoint's weights are likely damaged (a diverged fine-tune, a layer scaled wrong): compare "
@@ -175,8 +185,8 @@ def check_state_outliers(tag: str, key: str, value: np.ndarray, normalized: np.n
     """ObservationError when state `key` normalizes beyond +-STATE_OUTLIER_LIMIT (outlier_magnitude), naming its rows,
     the value and the statistics it was normalized by: refused before the model, whose answer to it depended on the
     backend (PyTorch made NaN, ONNX Runtime finite actions computed from it). Only unclipped keys can get there
-    (mean/std keys, and min/max keys with clip_outliers off; a clipped key anchoring a relative action has
-    check_anchor_magnitude)."""
+    (mean/std keys, and min/max keys with clip_outliers off; a key anchoring a relative action also has
+    check_anchor_magnitude, whatever its normalization)."""
     magnitude = outlier_magnitude(key, normalized, params, state_config, sincos)
     outlier = magnitude > STATE_OUTLIER_LIMIT
     if not outlier.any():
@@ -198,7 +208,8 @@ def check_state_outliers(tag: str, key: str, value: np.ndarray, normalized: np.n
         statistics = (f"range [{float(np.broadcast_to(params.low, value.shape)[worst]):.3g}, "
                       f"{float(np.broadcast_to(params.high, value.shape)[worst]):.3g}], not clipped (clip_outliers off)")
     raise ObservationError(
-        f"State key '{key}' of '{tag}' normalizes to |values| up to {float(magnitude[worst]):.3g} in rows "
+        f"State key '{key}' of '{tag}' normalizes to |values| up to "
+        f"{beyond_limit_text(float(magnitude[worst]), STATE_OUTLIER_LIMIT)} in rows "
         f"{flagged_rows(outlier)}, beyond +-{STATE_OUTLIER_LIMIT:g}: column {column} holds {raw:.3g} against this "
         f"checkpoint's statistics {statistics}; {advice}")
 
@@ -255,27 +266,79 @@ def state_outliers(raw_states: Mapping[str, np.ndarray], rows: Sequence[int], st
         largest = float(np.max(outlier_magnitude(key, normalized, params[key], state_config, sincos)))
         if largest > STATE_OUTLIER_LIMIT:
             low, high = float(np.min(params[key].low)), float(np.max(params[key].high))
-            found.append(f"state key '{key}' normalizes to |values| up to {largest:.3g} in those rows (raw "
+            found.append(f"state key '{key}' normalizes to |values| up to "
+                         f"{beyond_limit_text(largest, STATE_OUTLIER_LIMIT)} in those rows (raw "
                          f"{float(np.max(np.abs(picked))):.3g}; its statistics' range is [{low:.3g}, {high:.3g}])")
+        elif not sincos and key in (state_config.mean_std_embedding_keys or []):
+            found.extend(_constant_column_outlier(key, picked, params[key]))
     return found
 
 
+def _constant_column_outlier(key: str, value: np.ndarray, params: norm.KeyNormParams) -> List[str]:
+    """For mean/std state `key`: its std-0 column (constant in training, passed raw to the model) whose `value` lies
+    beyond STATE_OUTLIER_LIMIT times its statistics' magnitude (statistics_magnitude), named; none otherwise."""
+    beyond = beyond_magnitude(value, params) & np.broadcast_to(np.asarray(params.std) == 0, value.shape)
+    if not beyond.any():
+        return []
+    worst = np.unravel_index(int(np.argmax(np.where(beyond, np.abs(value), -1.0))), value.shape)
+    column = int(worst[-1])
+    mean = float(np.broadcast_to(params.mean, value.shape)[worst])
+    return [f"state key '{key}' column {column} holds {float(value[worst]):.3g} in those rows, its std 0 (constant "
+            f"{mean:.6g} in training), so passed raw to the model, beyond {STATE_OUTLIER_LIMIT:g} times its "
+            f"statistics' magnitude (+-{_magnitude_bound(params, value.shape, worst):.3g})"]
+
+
+def statistics_magnitude(params: norm.KeyNormParams) -> np.ndarray:
+    """Per column, the size of the values a state key held in training: the largest of |low|, |high|, |mean| + |std|
+    and 1 (a std-0 column's constant is its mean; a column of one value has low == high)."""
+    sizes = (np.abs(params.low), np.abs(params.high), np.abs(params.mean) + np.abs(params.std), 1.0)
+    return np.maximum.reduce(np.broadcast_arrays(*sizes))
+
+
+def beyond_magnitude(value: np.ndarray, params: norm.KeyNormParams) -> np.ndarray:
+    """Where raw state `value` lies beyond STATE_OUTLIER_LIMIT times its statistics' magnitude: other units than the
+    training data's, whatever the key's normalization made of it."""
+    return np.abs(value) > STATE_OUTLIER_LIMIT * np.broadcast_to(statistics_magnitude(params), value.shape)
+
+
+def _magnitude_bound(params: norm.KeyNormParams, shape: Tuple[int, ...], where: Tuple[int, ...]) -> float:
+    """The bound beyond_magnitude holds the state entry at index `where` (of a state of `shape`) to."""
+    return STATE_OUTLIER_LIMIT * float(np.broadcast_to(statistics_magnitude(params), shape)[where])
+
+
 def check_anchor_magnitude(tag: str, key: str, value: np.ndarray, params: norm.KeyNormParams,
-                           anchoring: Sequence[str]) -> None:
-    """ObservationError when state `key`, clipped for the model but anchoring relative action keys `anchoring`
-    (decoded against its raw value), holds a value beyond STATE_OUTLIER_LIMIT times its statistics' magnitude
-    (the larger of |low|, |high| and 1, per column): units other than the training data's, whose decoded target
-    would be sent as good."""
-    scale = np.maximum(np.maximum(np.abs(params.low), np.abs(params.high)), 1.0)
-    beyond = np.abs(value) > STATE_OUTLIER_LIMIT * np.broadcast_to(scale, value.shape)
+                           anchoring: Sequence[str], state_config: ModalityConfig, sincos: bool, clip: bool) -> None:
+    """ObservationError when state `key`, anchoring relative action keys `anchoring` (decoded against its raw value),
+    holds a value beyond STATE_OUTLIER_LIMIT times its statistics' magnitude (beyond_magnitude): units other than the
+    training data's, whose decoded target would be sent as good, whatever the model saw of it (_model_input: clipped,
+    sin/cos of it, a std-0 column's raw value, a column of one value's 0; `sincos`, `clip` as in normalize_state)."""
+    beyond = beyond_magnitude(value, params)
     if not beyond.any():
         return
+    worst = np.unravel_index(int(np.argmax(np.where(beyond, np.abs(value), -1.0))), value.shape)
+    column, bound = int(worst[-1]), _magnitude_bound(params, value.shape, worst)
     raise ObservationError(
         f"State key '{key}' of '{tag}' holds |values| up to {float(np.max(np.abs(value))):.3g} in rows "
-        f"{flagged_rows(beyond)}, beyond "
-        f"{STATE_OUTLIER_LIMIT:g} times its statistics' magnitude; it is clipped for the model but anchors relative "
-        f"action key{'s' if len(anchoring) > 1 else ''} {', '.join(repr(name) for name in anchoring)}, decoded "
-        "against its raw value: send states in the units of the checkpoint's statistics")
+        f"{flagged_rows(beyond)}, beyond {STATE_OUTLIER_LIMIT:g} times its statistics' magnitude; it is "
+        f"{_model_input(key, column, params, state_config, sincos, clip)} but anchors relative action "
+        f"key{'s' if len(anchoring) > 1 else ''} {', '.join(repr(name) for name in anchoring)}, decoded against its "
+        f"raw value: column {column} holds "
+        f"{beyond_limit_text(float(value[worst]), bound)}, expected within +-{bound:.3g}; send states in the units of "
+        "the checkpoint's statistics")
+
+
+def _model_input(key: str, column: int, params: norm.KeyNormParams, state_config: ModalityConfig, sincos: bool,
+                 clip: bool) -> str:
+    """How column `column` of state `key` reaches the model, for check_anchor_magnitude's refusal."""
+    if sincos:
+        return "encoded as sin/cos for the model"
+    if key in (state_config.mean_std_embedding_keys or []):
+        if float(np.asarray(params.std)[column]) == 0:
+            return "passed raw to the model (its std is 0)"
+        return "normalized by mean/std for the model"
+    if float(np.asarray(params.low)[column]) == float(np.asarray(params.high)[column]):
+        return "normalized to 0 for the model (its statistics' range is one value)"
+    return "clipped for the model" if clip else "normalized unclipped for the model (clip_outliers off)"
 
 
 def relative_anchors(action_config: ModalityConfig, params: EmbodimentNormParams) -> Dict[str, List[str]]:

@@ -181,7 +181,7 @@ class Gr00tN1d7Processor(VideoChecks):
         configs = self.modality_configs(tag)
         state_config = configs["state"]
         params = self.norm_params(tag).state
-        anchors = self.relative_anchors(tag) if self.config.clip_outliers else {}
+        anchors = self.relative_anchors(tag)
         unread = self.unread_state_keys(tag)
         groups = []
         for key in state_config.modality_keys:
@@ -209,16 +209,16 @@ class Gr00tN1d7Processor(VideoChecks):
             normalized = norm.normalize_state_key(
                 key, value, params[key], state_config, self.config.apply_sincos_state_encoding, self.config.clip_outliers
             )
-            # A clipped min/max key that anchors a relative action: the model sees +-1, but the action is decoded
-            # against the raw value (a 1e30 state made a finite 1e30 end-effector target). Judged by its raw size
-            # against the statistics' magnitude, not in units of their range: a column that barely varied in training
-            # (a rot6d entry within +-5e-6) puts a real 0.6 degree roll thousands of ranges out. After
-            # normalize_state_key, whose width check names the key (numpy's broadcast error here named neither).
-            min_max = not sincos and key not in (state_config.mean_std_embedding_keys or [])
-            if min_max and key in anchors:
-                actions.check_anchor_magnitude(tag, key, value, params[key], anchors[key])
             # Before the model-float check: its "serve in bf16 or fp32" would only meet this refusal in another float
             actions.check_state_outliers(tag, key, value, normalized, params[key], state_config, sincos)
+            # A key that anchors a relative action: the action is decoded against the raw value, whatever the model saw
+            # of it (+-1 clipped, sin/cos, a std-0 column's raw value, a column of one value's 0): a 1e30 state made a
+            # finite 1e30 target. Judged by its raw size against the statistics' magnitude, not in units of their
+            # range: a column that barely varied in training (a rot6d entry within +-5e-6) puts a real 0.6 degree roll
+            # thousands of ranges out. After normalize_state_key, whose width check names the key.
+            if key in anchors:
+                actions.check_anchor_magnitude(tag, key, value, params[key], anchors[key], state_config, sincos,
+                                               self.config.clip_outliers)
             # A finite but huge state (1e38; 1e5 for a float16 model) overflows the model's float once normalized:
             # the model then makes NaN actions whose error blamed an action key. Refuse it here, naming the state.
             with np.errstate(over="ignore"):
