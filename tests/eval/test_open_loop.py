@@ -66,6 +66,22 @@ def test_replaying_the_recorded_actions_gives_zero_error(dataset, tmp_path):
     assert [len(t.ground_truth) for t in result.trajectories.values()] == list(LENGTHS)
 
 
+def test_a_run_asked_not_to_keep_arrays_keeps_only_what_its_results_need(dataset, tmp_path):
+    """Every scored trajectory's ground-truth and prediction arrays were held until the run ended: 25.6 GB for 50,000
+    trajectories of 1,000 steps of 32 dims, although results.json needs only their errors and step counts."""
+    config = OpenLoopConfig(dataset_path=str(dataset), traj_ids=[0, 1, 2], execution_horizon=3, plot=False,
+                            output_dir=str(tmp_path / "out"))
+    result = evaluate_open_loop(EchoPolicy(offset=0.5), config, report=lambda _: None, progress=False, keep_arrays=False)
+    assert all(t.ground_truth is None and t.prediction is None for t in result.trajectories.values())
+    assert [t.steps for t in result.trajectories.values()] == list(LENGTHS)
+    assert result.avg_mse == pytest.approx(0.25)
+    written = json.loads(result.results_path.read_text())
+    kept, _ = run(dataset, tmp_path / "kept", EchoPolicy(offset=0.5), plot=False)
+    assert all(t.ground_truth.shape == (t.steps, 4) for t in kept.trajectories.values())  # the default keeps them
+    assert ([written["trajectories"][str(t)]["steps"] for t in range(3)] ==
+            [json.loads(kept.results_path.read_text())["trajectories"][str(t)]["steps"] for t in range(3)] == list(LENGTHS))
+
+
 def test_console_lines_keep_the_reference_wording(dataset, tmp_path):
     _, lines = run(dataset, tmp_path, EchoPolicy(offset=1.0), traj_ids=[1], plot=False)
     assert "MSE for trajectory 1: 1.0, MAE: 1.0" in lines

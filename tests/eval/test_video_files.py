@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import av
 import gymnasium as gym
 import numpy as np
@@ -142,3 +145,88 @@ def test_an_episode_errored_by_the_policy_gets_its_error_video_of_the_frames_so_
     for outcome in outcomes:
         with av.open(outcome.video_path) as container:
             assert sum(1 for _ in container.decode(video=0)) == outcome.length + 1  # the reset frame and each step's
+
+
+def spill_files_open(folder):
+    """The files this process holds open in `folder` (a recorder's spill file, unlinked or not, shows here)."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc to see the files a recorder holds open")
+    held = []
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            held.append(target)
+    return held
+
+
+def decoded_frames(path):
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def noisy_frames(n):
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (32, 48, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_a_long_episode_holds_at_most_its_memory_budget_of_frames_and_spills_the_rest(tmp_path):
+    """Every frame of an episode was held in RAM until it ended: 18 GB per env at 10,000 steps of two 480x640 cameras."""
+    budget = 3 * 32 * 48 * 3
+    recorder = EpisodeVideoRecorder(tmp_path / "spilled", fps=10, memory_budget_bytes=budget)
+    recorder.start()
+    for frame in noisy_frames(10):
+        recorder.add(frame)
+        assert sum(held.nbytes for held in recorder._frames) <= budget
+    assert recorder.n_frames == 10
+    assert spill_files_open(tmp_path / "spilled")
+    spilled = recorder.finish("episode_0000_success", "task", success=True)
+    whole = EpisodeVideoRecorder(tmp_path / "whole", fps=10)
+    for frame in noisy_frames(10):
+        whole.add(frame)
+    held = whole.finish("episode_0000_success", "task", success=True)
+    spilled_frames, held_frames = decoded_frames(spilled), decoded_frames(held)
+    assert len(spilled_frames) == len(held_frames) == 10
+    assert all(np.array_equal(a, b) for a, b in zip(spilled_frames, held_frames))
+    assert spill_files_open(tmp_path / "spilled") == []
+    assert [p.name for p in (tmp_path / "spilled").iterdir()] == ["episode_0000_success.mp4"]
+
+
+def test_closing_a_recorder_mid_episode_removes_its_spill_file(tmp_path):
+    """A run stopped mid-episode (Ctrl-C, an error) must not leave the episode's spilled frames on disk."""
+    recorder = EpisodeVideoRecorder(tmp_path, fps=10, memory_budget_bytes=0)
+    recorder.start()
+    for frame in noisy_frames(4):
+        recorder.add(frame)
+    assert spill_files_open(tmp_path)
+    recorder.close()
+    assert spill_files_open(tmp_path) == [] and list(tmp_path.iterdir()) == []
+    assert recorder.n_frames == 0
+
+
+def test_a_video_that_fails_to_encode_still_removes_its_spill_file(tmp_path):
+    """An encoder error at finish() must not leave the spilled frames behind for the rest of the run."""
+    recorder = EpisodeVideoRecorder(tmp_path, fps=10, memory_budget_bytes=0)
+    recorder.start()
+    for frame in noisy_frames(3):
+        recorder.add(frame)
+    recorder.add(np.zeros((32, 48), np.uint8))  # no (H, W, 3) frame: the encoder refuses it after the others
+    with pytest.raises(ValueError):
+        recorder.finish("episode_0000_success", "task", success=True)
+    assert spill_files_open(tmp_path) == [] and list(tmp_path.iterdir()) == []
+
+
+def test_closing_the_env_mid_episode_removes_its_videos_spill_file(tmp_path):
+    """A run stopped mid-episode closes its envs: the recorder's spilled frames went only when the process ended."""
+    from gr00t_eval.rollout import MultiStepWrapper
+
+    env = MultiStepWrapper(CameraEnvFailingAtStep2(), n_action_steps=2, max_episode_steps=10,
+                           recorder=EpisodeVideoRecorder(tmp_path, fps=10, memory_budget_bytes=0))
+    env.reset(options={"episodes": [0]})
+    env.step({"action.push": np.zeros((2, 1), np.float32)})
+    assert spill_files_open(tmp_path)
+    env.close()
+    assert spill_files_open(tmp_path) == [] and list(tmp_path.iterdir()) == []

@@ -165,16 +165,31 @@ SAVING_NOTE = "saving the results of the trajectories scored (Ctrl-C again to st
 
 @dataclass
 class TrajectoryResult:
-    """One evaluated trajectory: arrays (T, D) in physical units, where the policy was queried, and its errors."""
+    """One evaluated trajectory: arrays (T, D) in physical units, where the policy was queried, and its errors.
+
+    The arrays are None in evaluate_open_loop's results when it was called with keep_arrays=False (as the CLI is);
+    `steps` (T) is kept either way."""
 
     traj_id: int
-    ground_truth: np.ndarray
-    prediction: np.ndarray
+    ground_truth: Optional[np.ndarray]
+    prediction: Optional[np.ndarray]
     inference_steps: List[int]
     errors: ActionErrors
     trajectory_length: int
     plot_path: Optional[str] = None
     plot_error: Optional[str] = None  # why its plot was not written (plot_path None); it is scored all the same
+    steps: Optional[int] = None  # the steps scored; None: taken from ground_truth
+
+    def __post_init__(self) -> None:
+        if self.steps is None:
+            if self.ground_truth is None:
+                raise ValueError(f"trajectory {self.traj_id}: steps is None and so is ground_truth; expected the "
+                                 "number of steps scored, or the ground-truth array to count them")
+            self.steps = len(self.ground_truth)
+
+    def without_arrays(self) -> "TrajectoryResult":
+        """This result without its ground-truth and prediction arrays: what results.json needs."""
+        return dataclasses.replace(self, ground_truth=None, prediction=None)
 
 
 @dataclass
@@ -528,7 +543,7 @@ def _check_policy_action_keys(policy_keys: List[str], dataset_keys: List[str]) -
 
 def evaluate_open_loop(
     policy: BasePolicy, config: OpenLoopConfig, report: Callable[[str], None] = logger.info, progress: bool = True,
-    claim: Optional[str] = None, checked: Optional[CheckedPolicy] = None,
+    claim: Optional[str] = None, checked: Optional[CheckedPolicy] = None, keep_arrays: bool = True,
 ) -> OpenLoopResult:
     """Evaluate every trajectory id; write plots and results.json.
 
@@ -548,6 +563,8 @@ def evaluate_open_loop(
     there during the run is never replaced: OutputDirError naming it.
     `checked`: check_open_loop_policy's answer for this policy and config, when the caller asked it already; one made
     for another config (output_dir aside) is refused with ValueError naming the settings that differ.
+    `keep_arrays`: each trajectory's result keeps its ground-truth and prediction arrays (memory grows with steps x
+    trajectories); False keeps only its errors, steps and plot, what results.json holds (the CLI's choice).
     """
     if config.output_dir is not None:  # before any query
         check_open_loop_output_dir(config.output_dir)
@@ -645,7 +662,7 @@ def evaluate_open_loop(
                         steps = math.ceil(min(config.steps, lengths[traj_id]) / config.execution_horizon)
                         bar.update(max(0, steps - (bar.n - counted)))
                     continue
-                result.trajectories[traj_id] = traj
+                result.trajectories[traj_id] = traj if keep_arrays else traj.without_arrays()  # scored and plotted
                 report(f"MSE for trajectory {traj_id}: {traj.errors.mse}, MAE: {traj.errors.mae}")
     except (KeyboardInterrupt, Exception) as exc:  # a server gone, Ctrl-C, any failure: keep what was scored, then stop
         stopped = exc
@@ -671,7 +688,7 @@ def evaluate_open_loop(
         else:
             report("No valid trajectories were evaluated.")
         entries = {
-            t: {"errors": r.errors, "steps": len(r.ground_truth), "trajectory_length": r.trajectory_length,
+            t: {"errors": r.errors, "steps": r.steps, "trajectory_length": r.trajectory_length,
                 "inference_steps": r.inference_steps, "plot_path": r.plot_path, "plot_error": r.plot_error}
             for t, r in result.trajectories.items()
         }

@@ -136,7 +136,7 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
             print(f"Output directory: {output_dir}")
             with _claim_held_until_the_end(output_dir / OPEN_LOOP_RUN_FILENAME):
                 result = evaluate_open_loop(client, config, report=tqdm.write, claim=OPEN_LOOP_RUN_FILENAME,
-                                            checked=checked)
+                                            checked=checked, keep_arrays=False)  # results.json needs no arrays
     except (KeyboardInterrupt, Exception, SystemExit) as exc:
         if output_dir is not None:
             _release_unused_claim(output_dir)

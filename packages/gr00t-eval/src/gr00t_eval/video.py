@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import collections.abc
 import logging
 import os
 import re
+import tempfile
 import textwrap
 from fractions import Fraction
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Union
+from typing import IO, List, Mapping, Optional, Sequence, Tuple, Union
 
 import av
 import numpy as np
@@ -19,6 +21,9 @@ from .run_dir import remove_quietly
 logger = logging.getLogger(__name__)
 
 CAPTION_HEIGHT = 48
+# Raw frames an episode's recorder holds in memory; later ones wait in a temporary file beside the video (the caption
+# names the outcome, so no frame can be encoded before the episode ends).
+FRAME_MEMORY_BUDGET_BYTES = 64 * 2**20
 # A rollout episode's video: episode_<index, 4+ digits>_<success|failure|error>.mp4 (episode_video_name).
 EPISODE_OUTCOMES = ("success", "failure", "error")
 EPISODE_VIDEO_NAME = re.compile(rf"episode_(?P<index>[0-9]{{4,}})_(?P<outcome>{'|'.join(EPISODE_OUTCOMES)})\.mp4")
@@ -102,52 +107,124 @@ def _even(n: int) -> int:
     return n + (n % 2)
 
 
+class _FrameSpill:
+    """An episode's frames past its recorder's memory budget, raw in an unnamed temporary file (removed when closed, and
+    by the OS when the process dies), read back one at a time."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(exist_ok=True)  # its own folder only, as finish() does
+        self._file: IO[bytes] = tempfile.TemporaryFile(dir=folder, prefix=".episode_frames_")
+        self._places: List[Tuple[int, Tuple[int, ...]]] = []  # (offset, shape) of each frame
+        self._end = 0
+
+    def append(self, frame: np.ndarray) -> None:
+        self._file.seek(self._end)
+        self._file.write(np.ascontiguousarray(frame).data)
+        self._places.append((self._end, frame.shape))
+        self._end += frame.nbytes
+
+    def __len__(self) -> int:
+        return len(self._places)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        offset, shape = self._places[index]
+        self._file.seek(offset)
+        return np.frombuffer(self._file.read(int(np.prod(shape))), dtype=np.uint8).reshape(shape)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _EpisodeFrames(collections.abc.Sequence):
+    """The frames held in memory followed by those spilled to disk, as one sequence for write_mp4."""
+
+    def __init__(self, held: List[np.ndarray], spill: Optional[_FrameSpill]) -> None:
+        self._held, self._spill = held, spill
+
+    def __len__(self) -> int:
+        return len(self._held) + (len(self._spill) if self._spill is not None else 0)
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if index < len(self._held):
+            return self._held[index]
+        return self._spill[index - len(self._held)]  # type: ignore[index]
+
+
 class EpisodeVideoRecorder:
     """Buffers the frames of one episode and writes `<name>.mp4` with a task/outcome caption when it ends.
 
-    Frames narrower than `min_width` are upscaled by an integer factor (nearest) so the caption is readable.
+    Frames narrower than `min_width` are upscaled by an integer factor (nearest) so the caption is readable. Frames past
+    `memory_budget_bytes` wait in a temporary file in `video_dir` until the episode ends; close() removes it.
     """
 
-    def __init__(self, video_dir: Union[str, Path], fps: int = 20, steps_per_frame: int = 1, min_width: int = 256) -> None:
+    def __init__(self, video_dir: Union[str, Path], fps: int = 20, steps_per_frame: int = 1, min_width: int = 256,
+                 memory_budget_bytes: int = FRAME_MEMORY_BUDGET_BYTES) -> None:
         self.video_dir = Path(video_dir)
         self.fps = fps
         self.steps_per_frame = max(1, int(steps_per_frame))
         self.min_width = min_width
-        self._frames: List[np.ndarray] = []
+        self.memory_budget_bytes = memory_budget_bytes
+        self._frames: List[np.ndarray] = []  # the episode's first frames, within the memory budget
+        self._held_bytes = 0
+        self._spill: Optional[_FrameSpill] = None  # the episode's later frames
         self._steps = 0
         self._last_skipped: Optional[np.ndarray] = None  # the newest frame offered, when it was not kept
 
     def start(self) -> None:
         """Forget the frames of the previous episode."""
-        self._frames, self._steps, self._last_skipped = [], 0, None
+        self.close()
+        self._steps, self._last_skipped = 0, None
+
+    def close(self) -> None:
+        """Drop the current episode's frames and remove its temporary file, if any."""
+        if self._spill is not None:
+            self._spill.close()
+        self._frames, self._held_bytes, self._spill = [], 0, None
 
     def add(self, frame: Optional[np.ndarray]) -> None:
         """Offer one env step's frame; every `steps_per_frame`-th one is kept, and the episode's last one (at finish)."""
         if frame is not None:
             frame = np.asarray(frame, dtype=np.uint8)
             if self._steps % self.steps_per_frame == 0:
-                self._frames.append(frame)
+                self._keep(frame)
                 self._last_skipped = None
             else:
                 self._last_skipped = frame
         self._steps += 1
 
+    def _keep(self, frame: np.ndarray) -> None:
+        if self._spill is None and self._held_bytes + frame.nbytes <= self.memory_budget_bytes:
+            self._frames.append(frame)
+            self._held_bytes += frame.nbytes
+            return
+        if self._spill is None:
+            self._spill = _FrameSpill(self.video_dir)
+        self._spill.append(frame)
+
     @property
     def n_frames(self) -> int:
-        """Frames buffered for the current episode."""
-        return len(self._frames)
+        """Frames kept for the current episode (in memory or spilled)."""
+        return len(self._frames) + (len(self._spill) if self._spill is not None else 0)
 
     def finish(self, name: str, task: str, success: bool, note: str = "", errored: bool = False) -> Optional[str]:
-        """Write the buffered episode as `<video_dir>/<name>.mp4`; return its path (None without frames)."""
-        if not self._frames:
+        """Write the kept episode as `<video_dir>/<name>.mp4`; return its path (None without frames)."""
+        try:
+            return self._write(name, task, success, note, errored)
+        finally:
+            self.start()  # the frames go, and their temporary file, whether the video was written or not
+
+    def _write(self, name: str, task: str, success: bool, note: str, errored: bool) -> Optional[str]:
+        if not self.n_frames:
             return None
         if self._last_skipped is not None:  # the episode's final observation, which its caption's outcome describes
-            self._frames.append(self._last_skipped)
+            self._keep(self._last_skipped)
         outcome = episode_outcome(success, errored)
         text = f"{task} ({outcome}{', ' + note if note else ''})"
         path = self.video_dir / f"{name}.mp4"
         self.video_dir.mkdir(exist_ok=True)  # its own folder only: never the run's folder, should that vanish mid-run
-        write_mp4(path, self._frames, text, fps=self.fps, min_width=self.min_width)
+        write_mp4(path, _EpisodeFrames(self._frames, self._spill), text, fps=self.fps, min_width=self.min_width)
         # An earlier attempt at this episode (a run interrupted after its video, then resumed) may have ended the
         # other way: its video would stand beside this one, telling another outcome.
         episode = EPISODE_VIDEO_NAME.fullmatch(path.name)
@@ -155,7 +232,6 @@ class EpisodeVideoRecorder:
             for other in EPISODE_OUTCOMES:
                 if other != episode.group("outcome"):
                     path.with_name(f"{path.name[:episode.start('outcome')]}{other}.mp4").unlink(missing_ok=True)
-        self.start()
         return str(path)
 
 

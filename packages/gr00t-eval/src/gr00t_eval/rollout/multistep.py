@@ -404,6 +404,14 @@ class MultiStepWrapper(gym.Wrapper):
             out_info["episode"] = self._summary(failure)
         return self._last_obs, chunk_reward, terminated, truncated, out_info
 
+    def close(self) -> None:
+        """Close the inner env; an unfinished episode's video frames (and their temporary file) are dropped."""
+        try:
+            super().close()
+        finally:
+            if self.recorder is not None:
+                self.recorder.close()
+
     def _replay_ran_out(self) -> Optional[str]:
         """The error of an episode that has executed every recorded action of the replay it runs (None: steps remain)."""
         length = self.recording_length
