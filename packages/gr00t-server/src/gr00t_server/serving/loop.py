@@ -106,30 +106,23 @@ class RequestLoop(Gathering):
         # Replies sent after a stop came, per connection, less the requests of it refused since: their clients are about
         # to send again (a count: the robots behind one proxy share its connection, as a DEALER's requests do)
         self._answered_in_stop: Dict[bytes, int] = {}
-        self._polled_at: Optional[float] = None  # when this run's last poll returned (_count_stall)
 
     def turn(self) -> None:
         """Wait for a message or a finished job (at most until the gather window closes), then serve what came."""
         transport = self._server._transport
         assert transport is not None
-        started = time.monotonic()
         poll_timeout_ms = self._poll_timeout_ms()
-        inbound, woken = transport.poll(poll_timeout_ms)
-        self._count_stall(poll_timeout_ms, started)
+        stall_clock = self._server.idle_clock  # a poll far past its wait was a stall: no session's idle time
+        stall_clock.poll_started(poll_timeout_ms / 1000.0)
+        try:
+            inbound, woken = transport.poll(poll_timeout_ms)
+        finally:
+            stall_clock.poll_returned()
         if woken:
             self.send_replies()
         if inbound:
             self._receive_burst()
         self.dispatch_pending()
-
-    def _count_stall(self, poll_timeout_ms: int, turn_started: float) -> None:
-        """Leave a stall of this loop (the server stopped or paused, its thread starved) out of its sessions' idle
-        clock before the requests that waited in the socket meanwhile are judged idle or not: the time from the last
-        poll's return (this run's first turn: from this turn's start) past what this poll asked to wait."""
-        polled_at = time.monotonic()
-        since = self._polled_at if self._polled_at is not None else turn_started
-        self._server.idle_clock.turned(poll_timeout_ms / 1000.0, polled_at - since)
-        self._polled_at = polled_at
 
     def _poll_timeout_ms(self) -> int:
         poll_interval_ms = self._server.poll_interval_ms
@@ -589,7 +582,6 @@ class RequestLoop(Gathering):
         once rather than left to time out."""
         waiting = [request for job in worker.take_queued() for request in job] + self.pending
         self.pending = []
-        self._polled_at = None  # the time until a later run() is no stall
         for request in waiting:
             self.reply_error(request, RequestError(f"{SHUTTING_DOWN}; '{request.endpoint}' {NOT_RUN_AT_STOP}"))
             self._runner.release_session(request)  # never reached execute: its session idles again (a later run())

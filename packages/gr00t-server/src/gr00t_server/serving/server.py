@@ -193,7 +193,7 @@ class PolicyServer(BuiltinEndpoints):
         # Prometheus /metrics on metrics_port (0: a free port, see metrics_port after start()), bound to `host`.
         self.metrics_port = None if metrics_port is None else int(metrics_port)
         self._metrics: NullMetrics = NullMetrics()
-        # sessions' idle time leaves out the socket loop's stalls (a SIGSTOP, `docker pause`): RequestLoop._count_stall
+        # sessions' idle time leaves out the socket loop's stalls (a SIGSTOP, `docker pause`): RequestLoop.turn
         self.idle_clock = LoopStallClock()
         self.sessions = self._new_session_table()
         self._sessions_policy: Any = policy  # the policy that holds the sessions in self.sessions (a swap empties it)
