@@ -188,3 +188,34 @@ def test_a_host_name_that_does_not_resolve_fails_at_once():
             client.call_endpoint("ping", requires_input=False)
         assert time.monotonic() - started < 5
 
+
+
+class HeldPolicy(EchoPolicy):
+    """EchoPolicy whose get_action says it started, then waits until released (a request the link drops meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.released = threading.Event(), threading.Event()
+
+    def _get_action(self, observation, options=None):
+        self.started.set()
+        self.released.wait(10)
+        return super()._get_action(observation, options)
+
+
+def test_a_connection_the_link_drops_mid_request_names_the_link_among_the_causes():
+    """Only the server's side was named (stopped, restarted, a request over its limit, a reply over
+    max_reply_bytes): a robot whose slow uplink or network dropped the connection was sent to look at the server."""
+    policy = HeldPolicy()
+    with running_server(policy) as server, TcpProxy(server.port) as proxy:
+        with PolicyClient(host="127.0.0.1", port=proxy.port, timeout_ms=10000) as client:
+            cutter = threading.Thread(target=lambda: policy.started.wait(10) and proxy.cut(), daemon=True)
+            cutter.start()
+            try:
+                with pytest.raises(ReplyLostError) as lost:
+                    client.get_action(libero_like_observation(height=32, width=32))
+            finally:
+                policy.released.set()
+                cutter.join(10)
+    assert "the link dropped the connection mid-request (a slow uplink sending a large request, a network drop)" \
+        in str(lost.value)

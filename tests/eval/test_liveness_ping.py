@@ -53,6 +53,19 @@ def test_a_quick_ping_leaves_the_shared_clients_timeout_to_the_other_threads_cal
             assert client.timeout_ms == 5000
 
 
+class HeldPolicy(EchoPolicy):
+    """EchoPolicy whose reset says it started, then waits until released (a request the link drops meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.released = threading.Event(), threading.Event()
+
+    def reset(self, options=None):
+        self.started.set()
+        self.released.wait(10)
+        return super().reset(options)
+
+
 class _RemotePolicy:
     """A team's own wrapper around a client: not a PolicyClient, but its ping takes a budget."""
 
@@ -271,3 +284,43 @@ def test_a_client_this_process_closed_is_reported_as_closed_not_as_a_server_that
         assert "did not answer" not in reason and "stopped answering" not in reason
     assert before_task.endswith(", before task libero_10/0")
     assert watch.consecutive_timeouts == 0
+
+
+FAR_LINK_DELAY_S = 0.4  # each way: a fresh connection's ping takes about 3 round trips (2.4 s), over the 2 s base
+FAR_LINK_TIMEOUT_MS = 16000  # the --timeout-ms a far link's run is given: a quarter of it is 4 s
+
+
+def test_the_ping_after_a_failed_request_on_a_far_link_gets_a_budget_scaled_with_the_clients_timeout():
+    """The ping after a failed request had 2 s whatever --timeout-ms: over a 0.8 s round trip its fresh connection
+    (TCP, ZMTP greeting and READY, then the ping) took 2.4 s, and the run stopped as 'stopped answering ... and did not
+    answer a ping either' while the server answered every request."""
+    policy = HeldPolicy()
+    with running_server(policy) as server, TcpProxy(server.port) as proxy, \
+            PolicyClient("127.0.0.1", proxy.port, timeout_ms=FAR_LINK_TIMEOUT_MS) as client:
+        assert client.ping()
+        proxy.delay_s = FAR_LINK_DELAY_S
+        cutter = threading.Thread(target=lambda: policy.started.wait(10) and proxy.cut(), daemon=True)
+        cutter.start()
+        try:
+            with pytest.raises(ReplyLostError) as lost:  # the link dropped the request: the client connects anew
+                client.reset()
+        finally:
+            policy.released.set()
+            cutter.join(10)
+        reason = ServerWatch(client).unreachable_reason(lost.value)
+    assert reason is None, reason
+
+
+def test_the_ping_before_a_suites_next_task_on_a_far_link_gets_a_budget_scaled_with_the_clients_timeout():
+    with running_server(EchoPolicy()) as server, TcpProxy(server.port) as proxy:
+        proxy.delay_s = FAR_LINK_DELAY_S
+        with PolicyClient("127.0.0.1", proxy.port, timeout_ms=FAR_LINK_TIMEOUT_MS) as client:  # a fresh connection
+            reason = unanswered_ping_reason(client, "task B")
+    assert reason is None, reason
+
+
+def test_an_unanswered_ping_after_a_failed_request_names_its_budget_and_a_slow_link_as_a_cause():
+    with PolicyClient("127.0.0.1", free_port(), timeout_ms=8000) as client:
+        reason = ServerWatch(client).unreachable_reason(LOST_REPLY)
+    assert reason is not None and "did not answer a ping either within 2 s over a fresh connection (a slow link or " \
+        "a dead server)" in reason, reason

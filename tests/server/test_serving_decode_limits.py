@@ -134,7 +134,22 @@ def test_the_router_socket_holds_few_messages_per_connection_and_pings_its_peers
         # unread replies: twice the 8 queued requests and 8 inline replies a connection may leave unread
         assert server._socket.getsockopt(zmq.SNDHWM) == 32
         assert server._socket.getsockopt(zmq.HEARTBEAT_IVL) == 10_000
-        assert server._socket.getsockopt(zmq.HEARTBEAT_TIMEOUT) == 30_000
+
+
+def test_the_heartbeat_gives_a_live_peer_two_minutes_to_finish_sending_a_large_frame():
+    """libzmq answers a ping only between frames: with 30 s, a robot uploading one 6 MB frame over a 1 Mbit/s uplink
+    (48 s) was cut 40 s in, every time, while alive and sending."""
+    with running_server(EchoPolicy()) as server:
+        assert server._socket.getsockopt(zmq.HEARTBEAT_TIMEOUT) == 120_000
+
+
+@pytest.mark.skipif(not hasattr(zmq, "TCP_MAXRT"), reason="this pyzmq has no ZMQ_TCP_MAXRT")
+def test_a_peer_that_stops_reading_mid_reply_is_bounded_by_tcp_not_only_by_the_heartbeat():
+    """The heartbeat's ping waits for the frame being written: a peer that stopped reading mid-reply (a hung robot, a
+    forwarder whose far side died) kept its connection, fd and unsent reply for good."""
+    with running_server(EchoPolicy()) as server:
+        assert server._socket.getsockopt(zmq.TCP_MAXRT) == 120_000
+        assert server._socket.getsockopt(zmq.TCP_KEEPALIVE) == 1
 
 
 @contextlib.contextmanager

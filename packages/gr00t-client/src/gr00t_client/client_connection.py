@@ -254,15 +254,17 @@ class ClientConnection:
                 return False
 
     def _reply_lost(self, endpoint: str) -> ReplyLostError:
+        causes = ["the server stopped, restarted or dropped the request (one over its max message size)",
+                  "the link dropped the connection mid-request (a slow uplink sending a large request, a network drop)"]
         cap = self.max_reply_bytes
-        too_large = ("" if cap is None else
-                     f", or its reply was larger than this client's max_reply_bytes of {cap} bytes (ZeroMQ drops a "
-                     "connection at the header of a larger message, unread; if this server's replies really are that "
-                     "large, pass a larger max_reply_bytes to PolicyClient, or None for no cap)")
+        if cap is not None:
+            causes.append(f"its reply was larger than this client's max_reply_bytes of {cap} bytes (ZeroMQ drops a "
+                          "connection at the header of a larger message, unread; if this server's replies really are "
+                          "that large, pass a larger max_reply_bytes to PolicyClient, or None for no cap)")
         return ReplyLostError(  # the likely cause first: a server that died (the size cap is the rarer one)
             f"the connection to the policy server at {endpoint_host(self.host)}:{self.port} closed while this client "
-            f"waited for its reply to {self._named(endpoint)}, so none can come: the server stopped, restarted or "
-            f"dropped the request (one over its max message size){too_large}. The next call connects anew."
+            f"waited for its reply to {self._named(endpoint)}, so none can come: {', '.join(causes[:-1])}, or "
+            f"{causes[-1]}. The next call connects anew."
         )
 
     def _wait(self, wait: Callable[[float], bool], deadline: float, endpoint: str, sent: bool = True) -> None:

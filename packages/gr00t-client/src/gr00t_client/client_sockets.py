@@ -98,8 +98,8 @@ def send_frames(sock: zmq.Socket, frames: List[Any], flags: int = 0) -> None:
 
 class _ReplyWatch(curve.HandshakeMonitor):
     """The handshake monitor, also noting an established connection that closes while a reply is awaited: a REQ
-    socket never resends, so that request's reply cannot come (the reply was over ZMQ_MAXMSGSIZE, or the server
-    stopped, restarted or dropped the request)."""
+    socket never resends, so that request's reply cannot come (the reply was over ZMQ_MAXMSGSIZE, the server
+    stopped, restarted or dropped the request, or the link dropped the connection)."""
 
     _dropped = False
 

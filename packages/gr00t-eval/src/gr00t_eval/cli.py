@@ -107,7 +107,9 @@ def _add_connection(p: argparse.ArgumentParser, host_flag: str, port_flag: str, 
 
     p.add_argument(*_flag("api-token"), default=os.environ.get("GR00T_API_TOKEN"), help="server API token (default $GR00T_API_TOKEN)")
     connection.add_security_arguments(p, _flag)
-    p.add_argument(*_flag("timeout-ms"), type=int, default=15000, help="per-request timeout in ms (default 15000)")
+    p.add_argument(*_flag("timeout-ms"), type=int, default=15000,
+                   help="per-request timeout in ms (default 15000); a rollout's liveness ping gets a quarter of it, at "
+                        "least 2 s: raise it for a far link")
     p.set_defaults(port_flag=f"--{port_flag}")  # how a bad port is named (the flag differs between commands)
 
 

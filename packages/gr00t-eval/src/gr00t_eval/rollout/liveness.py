@@ -2,9 +2,9 @@
 
 A dead server makes every later request wait its full timeout; without this check a long evaluation would
 spend hours in timeouts and end with a plausible-looking number. After a request times out (or the
-connection fails) the server is pinged with a short timeout; no answer, or too many timeouts in a row,
-stops the run with `PolicyServerUnreachableError`, and so does a server that now refuses this client's CURVE key or
-API token (restarted with another one).
+connection fails) the server is pinged with a short timeout (scaled with the client's, for a far link); no answer,
+or too many timeouts in a row, stops the run with `PolicyServerUnreachableError`, and so does a server that now
+refuses this client's CURVE key or API token (restarted with another one).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from ..policy_identity import ServedPolicyChanged
 
 logger = logging.getLogger(__name__)
 
-QUICK_PING_MS = 2000
+QUICK_PING_MS = 2000  # the least budget of a liveness ping; a quarter of the client's timeout_ms when that is more
+QUICK_PING_SHARE_OF_TIMEOUT = 4
 MAX_CONSECUTIVE_TIMEOUTS = 3
 
 
@@ -28,22 +29,34 @@ class PolicyServerUnreachableError(ConnectionError):
     """The policy server stopped answering; the run stops and keeps the episodes that finished."""
 
 
-def ping_quickly(policy: Any, timeout_ms: int = QUICK_PING_MS) -> Optional[bool]:
+def ping_quickly(policy: Any, timeout_ms: Optional[int] = None) -> Optional[bool]:
     """Ping a PolicyClient-like policy with a short timeout; None for policies without `ping` (in-process).
 
-    A `ping` that takes `timeout_ms` (PolicyClient's does) gets a budget of this ping's own, never longer than the
-    policy's own `timeout_ms`: the client, maybe shared by threads, keeps its timeout for their calls."""
+    A `ping` that takes `timeout_ms` (PolicyClient's does) gets a budget of this ping's own (quick_ping_budget_ms
+    unless `timeout_ms` is given), never longer than the policy's own `timeout_ms`: the client, maybe shared by
+    threads, keeps its timeout for their calls."""
     return ping_with_error(policy, timeout_ms)[0]
 
 
-def ping_with_error(policy: Any, timeout_ms: int = QUICK_PING_MS) -> Tuple[Optional[bool], Optional[Exception]]:
+def quick_ping_budget_ms(policy: Any, timeout_ms: Optional[int] = None) -> int:
+    """The liveness ping's budget: `timeout_ms`, or by default a quarter of the policy's own timeout_ms but at least
+    QUICK_PING_MS (after a timeout the ping pays a fresh connection's ~3 round trips: 2 s stopped runs over links of
+    0.7 s round trip, whatever --timeout-ms); never more than the policy's own timeout_ms."""
+    own = getattr(policy, "timeout_ms", None)
+    if not (isinstance(own, int) and own > 0):
+        return QUICK_PING_MS if timeout_ms is None else timeout_ms
+    if timeout_ms is None:
+        timeout_ms = max(QUICK_PING_MS, own // QUICK_PING_SHARE_OF_TIMEOUT)
+    return min(own, timeout_ms)
+
+
+def ping_with_error(policy: Any, timeout_ms: Optional[int] = None) -> Tuple[Optional[bool], Optional[Exception]]:
     """ping_quickly's answer and, for a ping that raised, its exception. A PolicyClient is pinged through
     ping_or_raise: its ping() answers a refused CURVE handshake with a bare False."""
     ping = getattr(policy, "ping", None)
     if ping is None:
         return None, None
-    own = getattr(policy, "timeout_ms", None)
-    budget = min(own, timeout_ms) if isinstance(own, int) and own > 0 else timeout_ms
+    budget = quick_ping_budget_ms(policy, timeout_ms)
     try:
         if isinstance(policy, PolicyClient):
             policy.ping_or_raise(budget)  # a ping lost to a closing connection is sent once more
@@ -73,7 +86,18 @@ def unanswered_ping_reason(policy: Any, before: str) -> Optional[str]:
         return f"{_closed_here(address, error)}, before {before}"
     if refuses_this_client(error):
         return f"{_refusal(address, error)}, before {before}"
-    return f"{address} did not answer a ping before {before}{_closed_mid_handshake(error)}" if alive is False else None
+    if alive is not False:
+        return None
+    return f"{address} did not answer a ping before {before}{_why_unanswered(policy, error, '')}"
+
+
+def _why_unanswered(policy: Any, exc: Optional[BaseException], connection: str) -> str:
+    """Why a ping went unanswered: the handshake's own words where it closed after the keys worked, otherwise the
+    budget it had over `connection` and the two causes a bare 'did not answer' left to guess."""
+    closed = _closed_mid_handshake(exc)
+    if closed:
+        return closed
+    return f" within {quick_ping_budget_ms(policy) / 1000:g} s{connection} (a slow link or a dead server)"
 
 
 def _closed_mid_handshake(exc: Optional[BaseException]) -> str:
@@ -145,7 +169,7 @@ class ServerWatch:
             return _refusal(address, ping_error)
         if alive is False:
             return (f"{address} stopped answering ({type(exc).__name__}: {exc}) and did not answer a ping either"
-                    f"{_closed_mid_handshake(ping_error)}")
+                    f"{_why_unanswered(self.policy, ping_error, ' over a fresh connection')}")
         if self.consecutive_timeouts >= self.max_consecutive_timeouts:
             return f"{address} answers pings but {self.consecutive_timeouts} requests in a row failed (last: {type(exc).__name__}: {exc})"
         logger.warning("policy request failed (%s) but the server answers pings; going on", exc)

@@ -35,9 +35,16 @@ MAX_SEND_HWM = 2**31 - 1  # ZMQ_SNDHWM is a C int
 # ZMTP heartbeats: a connection whose peer answers no ping for HEARTBEAT_TIMEOUT_MS is closed. A robot that lost
 # power or network leaves its connection open for good otherwise, holding a file descriptor, and enough of those
 # stop the server from accepting anyone (libzmq then spins on the listening socket). Live peers, busy or idle, answer
-# in their ZeroMQ I/O thread.
+# in their ZeroMQ I/O thread, but only between frames: a peer writing one large frame answers once it is written, so
+# the timeout must outlast a frame's upload (30 s cut a live robot sending a 6 MB camera frame at 1 Mbit/s, 48 s).
 HEARTBEAT_IVL_MS = 10_000
-HEARTBEAT_TIMEOUT_MS = 30_000
+HEARTBEAT_TIMEOUT_MS = 120_000
+# The heartbeat's ping waits behind the frame being written, so a peer that stops reading in the middle of a reply
+# (a hung process, a forwarder whose far side died) is never pinged: TCP bounds it instead. ZMQ_TCP_MAXRT (Linux's
+# TCP_USER_TIMEOUT) closes a connection whose sent data stays unacknowledged this long, a zero window included;
+# keepalive probes a connection idle this long.
+TCP_MAXRT_MS = HEARTBEAT_TIMEOUT_MS
+TCP_KEEPALIVE_IDLE_S = 60
 # Frames one message may have (routing frames included): ours carry one per array, an observation tens. ZeroMQ
 # delivers a message whole, so the frames past it are still received, but dropped at once: 1,000,000 empty frames
 # (2 MB on the wire) held the socket thread 4-5 s and 230 MB as Frame objects before the decode refused them.
@@ -57,6 +64,26 @@ def send_hwm(max_client_queued_requests: int) -> int:
     server's memory (250 MiB of 256 KiB replies), and the queue budgets count a request only until its reply is sent.
     """
     return min(2 * (int(max_client_queued_requests) + INLINE_UNREAD_REPLIES), MAX_SEND_HWM)
+
+
+def _bound_dead_peers_by_tcp(sock: zmq.Socket) -> None:
+    """Close connections whose peer stopped acknowledging (TCP_MAXRT) or vanished while idle (keepalive), where this
+    pyzmq and platform offer the options: the heartbeat alone cannot see a peer that stops reading mid-reply."""
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    _set_if_supported(sock, "TCP_KEEPALIVE_IDLE", TCP_KEEPALIVE_IDLE_S)
+    _set_if_supported(sock, "TCP_MAXRT", TCP_MAXRT_MS)
+
+
+def _set_if_supported(sock: zmq.Socket, option: str, value: int) -> None:
+    """Set zmq.<option> when this pyzmq names it and libzmq accepts it on this platform; otherwise log and go on."""
+    number = getattr(zmq, option, None)
+    if number is None:
+        logger.debug("this pyzmq has no zmq.%s; not set", option)
+        return
+    try:
+        sock.setsockopt(number, value)
+    except zmq.ZMQError as exc:  # EINVAL: the libzmq build or the platform lacks it
+        logger.debug("zmq.%s=%d not set: %s", option, value, exc)
 
 
 class OverlongMessage(list):  # type: ignore[type-arg]
@@ -96,6 +123,7 @@ class Transport:
         sock.setsockopt(zmq.SNDHWM, self.send_hwm)
         sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        _bound_dead_peers_by_tcp(sock)
         sock.setsockopt(zmq.IPV6, int(is_ipv6_literal(host)))
         sock.copy_threshold = codec.ZERO_COPY_MIN_BYTES
         # A reply to a peer that is gone (a reference client that timed out and replaced its socket) or whose send
