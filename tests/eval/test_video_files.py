@@ -230,3 +230,21 @@ def test_closing_the_env_mid_episode_removes_its_videos_spill_file(tmp_path):
     assert spill_files_open(tmp_path)
     env.close()
     assert spill_files_open(tmp_path) == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_spill_that_fails_loses_the_video_at_finish_not_the_env_step(tmp_path):
+    """The spill file is made from add(), called by an env step: its OSError (the video folder's parent removed
+    mid-episode) failed the episode, where a video error at finish() loses only the video (MultiStepWrapper)."""
+    folder = tmp_path / "gone" / "videos"
+    recorder = EpisodeVideoRecorder(folder, fps=10, memory_budget_bytes=0)
+    recorder.start()
+    for frame in noisy_frames(4):
+        recorder.add(frame)  # no raise: the video folder's parent does not exist
+    assert recorder.n_frames == 4
+    with pytest.raises(FileNotFoundError):
+        recorder.finish("episode_0000_success", "task", success=True)
+    assert recorder.n_frames == 0  # the next episode starts afresh
+    folder.mkdir(parents=True)
+    for frame in noisy_frames(4):
+        recorder.add(frame)
+    assert Path(recorder.finish("episode_0001_success", "task", success=True)).is_file()

@@ -60,3 +60,16 @@ def test_a_session_started_by_a_reset_or_named_by_session_id_is_not_warned(datas
         with PolicyClient("127.0.0.1", server.port, timeout_ms=10000, strict=False) as ours:
             ours.get_action({})
     assert fresh_session_warnings(caplog) == []
+
+
+def test_a_connection_whose_calls_fail_is_warned_once_not_at_each_failing_call(dataset, caplog):
+    """The table holds a session once a call of it succeeded: a reference client whose get_actions failed (a bad
+    option) was warned of a new session at each of them, blaming a reconnection for a bad request."""
+    caplog.set_level(logging.WARNING, logger=SERVER_LOG)
+    with running_server(ReplayPolicy(dataset, execution_horizon=4, strict=True)) as server, \
+            ReferenceClient(server.port) as client:
+        for _ in range(3):
+            with pytest.raises(Exception, match="no_such_option"):
+                client.get_action({}, {"no_such_option": 1})
+        client.get_action({})
+    assert len(fresh_session_warnings(caplog)) == 1

@@ -169,6 +169,8 @@ class EpisodeVideoRecorder:
         self._frames: List[np.ndarray] = []  # the episode's first frames, within the memory budget
         self._held_bytes = 0
         self._spill: Optional[_FrameSpill] = None  # the episode's later frames
+        self._spill_error: Optional[OSError] = None  # why the spill failed: the video is lost, raised by finish()
+        self._lost = 0  # frames kept since the spill failed (counted, not held)
         self._steps = 0
         self._last_skipped: Optional[np.ndarray] = None  # the newest frame offered, when it was not kept
 
@@ -182,6 +184,7 @@ class EpisodeVideoRecorder:
         if self._spill is not None:
             self._spill.close()
         self._frames, self._held_bytes, self._spill = [], 0, None
+        self._spill_error, self._lost = None, 0
 
     def add(self, frame: Optional[np.ndarray]) -> None:
         """Offer one env step's frame; every `steps_per_frame`-th one is kept, and the episode's last one (at finish)."""
@@ -195,18 +198,25 @@ class EpisodeVideoRecorder:
         self._steps += 1
 
     def _keep(self, frame: np.ndarray) -> None:
+        if self._spill_error is not None:  # the video is lost already; finish() says why
+            self._lost += 1
+            return
         if self._spill is None and self._held_bytes + frame.nbytes <= self.memory_budget_bytes:
             self._frames.append(frame)
             self._held_bytes += frame.nbytes
             return
-        if self._spill is None:
-            self._spill = _FrameSpill(self.video_dir)
-        self._spill.append(frame)
+        try:
+            if self._spill is None:
+                self._spill = _FrameSpill(self.video_dir)
+            self._spill.append(frame)
+        except OSError as exc:  # from an env step: raised there it lost the episode, not just its video
+            self._spill_error = exc
+            self._lost += 1
 
     @property
     def n_frames(self) -> int:
-        """Frames kept for the current episode (in memory or spilled)."""
-        return len(self._frames) + (len(self._spill) if self._spill is not None else 0)
+        """Frames kept for the current episode (in memory, spilled, or lost to a spill that failed)."""
+        return len(self._frames) + (len(self._spill) if self._spill is not None else 0) + self._lost
 
     def finish(self, name: str, task: str, success: bool, note: str = "", errored: bool = False) -> Optional[str]:
         """Write the kept episode as `<video_dir>/<name>.mp4`; return its path (None without frames)."""
@@ -218,6 +228,8 @@ class EpisodeVideoRecorder:
     def _write(self, name: str, task: str, success: bool, note: str, errored: bool) -> Optional[str]:
         if not self.n_frames:
             return None
+        if self._spill_error is not None:  # a storage error stops the run as at encoding; another loses the video
+            raise self._spill_error
         if self._last_skipped is not None:  # the episode's final observation, which its caption's outcome describes
             self._keep(self._last_skipped)
         outcome = episode_outcome(success, errored)

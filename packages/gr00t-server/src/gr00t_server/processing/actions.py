@@ -276,34 +276,28 @@ def state_outliers(raw_states: Mapping[str, np.ndarray], rows: Sequence[int], st
 
 def _constant_column_outlier(key: str, value: np.ndarray, params: norm.KeyNormParams) -> List[str]:
     """For mean/std state `key`: its std-0 column (constant in training, passed raw to the model) whose `value` lies
-    beyond STATE_OUTLIER_LIMIT times its statistics' magnitude (statistics_magnitude), named; none otherwise."""
+    beyond STATE_OUTLIER_LIMIT times its statistics' magnitude (KeyNormParams.magnitude), named; none otherwise."""
     beyond = beyond_magnitude(value, params) & np.broadcast_to(np.asarray(params.std) == 0, value.shape)
     if not beyond.any():
         return []
     worst = np.unravel_index(int(np.argmax(np.where(beyond, np.abs(value), -1.0))), value.shape)
     column = int(worst[-1])
     mean = float(np.broadcast_to(params.mean, value.shape)[worst])
-    return [f"state key '{key}' column {column} holds {float(value[worst]):.3g} in those rows, its std 0 (constant "
-            f"{mean:.6g} in training), so passed raw to the model, beyond {STATE_OUTLIER_LIMIT:g} times its "
-            f"statistics' magnitude (+-{_magnitude_bound(params, value.shape, worst):.3g})"]
-
-
-def statistics_magnitude(params: norm.KeyNormParams) -> np.ndarray:
-    """Per column, the size of the values a state key held in training: the largest of |low|, |high|, |mean| + |std|
-    and 1 (a std-0 column's constant is its mean; a column of one value has low == high)."""
-    sizes = (np.abs(params.low), np.abs(params.high), np.abs(params.mean) + np.abs(params.std), 1.0)
-    return np.maximum.reduce(np.broadcast_arrays(*sizes))
+    bound = _magnitude_bound(params, value.shape, worst)
+    return [f"state key '{key}' column {column} holds {beyond_limit_text(float(value[worst]), bound)} in those rows, "
+            f"its std 0 (constant {mean:.6g} in training), so passed raw to the model, beyond {STATE_OUTLIER_LIMIT:g} "
+            f"times its statistics' magnitude (+-{bound:.6g})"]
 
 
 def beyond_magnitude(value: np.ndarray, params: norm.KeyNormParams) -> np.ndarray:
     """Where raw state `value` lies beyond STATE_OUTLIER_LIMIT times its statistics' magnitude: other units than the
     training data's, whatever the key's normalization made of it."""
-    return np.abs(value) > STATE_OUTLIER_LIMIT * np.broadcast_to(statistics_magnitude(params), value.shape)
+    return np.abs(value) > STATE_OUTLIER_LIMIT * np.broadcast_to(params.magnitude, value.shape)
 
 
 def _magnitude_bound(params: norm.KeyNormParams, shape: Tuple[int, ...], where: Tuple[int, ...]) -> float:
     """The bound beyond_magnitude holds the state entry at index `where` (of a state of `shape`) to."""
-    return STATE_OUTLIER_LIMIT * float(np.broadcast_to(statistics_magnitude(params), shape)[where])
+    return STATE_OUTLIER_LIMIT * float(np.broadcast_to(params.magnitude, shape)[where])
 
 
 def check_anchor_magnitude(tag: str, key: str, value: np.ndarray, params: norm.KeyNormParams,
@@ -318,12 +312,13 @@ def check_anchor_magnitude(tag: str, key: str, value: np.ndarray, params: norm.K
     worst = np.unravel_index(int(np.argmax(np.where(beyond, np.abs(value), -1.0))), value.shape)
     column, bound = int(worst[-1]), _magnitude_bound(params, value.shape, worst)
     raise ObservationError(
-        f"State key '{key}' of '{tag}' holds |values| up to {float(np.max(np.abs(value))):.3g} in rows "
+        f"State key '{key}' of '{tag}' holds |values| up to "
+        f"{beyond_limit_text(float(np.max(np.abs(value))), bound)} in rows "
         f"{flagged_rows(beyond)}, beyond {STATE_OUTLIER_LIMIT:g} times its statistics' magnitude; it is "
         f"{_model_input(key, column, params, state_config, sincos, clip)} but anchors relative action "
         f"key{'s' if len(anchoring) > 1 else ''} {', '.join(repr(name) for name in anchoring)}, decoded against its "
         f"raw value: column {column} holds "
-        f"{beyond_limit_text(float(value[worst]), bound)}, expected within +-{bound:.3g}; send states in the units of "
+        f"{beyond_limit_text(float(value[worst]), bound)}, expected within +-{bound:.6g}; send states in the units of "
         "the checkpoint's statistics")
 
 
@@ -336,7 +331,7 @@ def _model_input(key: str, column: int, params: norm.KeyNormParams, state_config
         if float(np.asarray(params.std)[column]) == 0:
             return "passed raw to the model (its std is 0)"
         return "normalized by mean/std for the model"
-    if float(np.asarray(params.low)[column]) == float(np.asarray(params.high)[column]):
+    if bool(np.broadcast_to(params.minmax_divisor[0], np.shape(params.low))[column]):  # as normalization judges it
         return "normalized to 0 for the model (its statistics' range is one value)"
     return "clipped for the model" if clip else "normalized unclipped for the model (clip_outliers off)"
 

@@ -31,6 +31,14 @@ class KeyNormParams:
         return minmax_divisor(self.low, self.high)
 
     @cached_property
+    def magnitude(self) -> np.ndarray:
+        """Per column, the size of the values this key held in training: the largest of |low|, |high|, |mean| + |std|
+        and 1 (a std-0 column's constant is its mean; a column of one value has low == high), worked out once: every
+        request's states anchoring a relative action are held to it (actions.beyond_magnitude)."""
+        sizes = (np.abs(self.low), np.abs(self.high), np.abs(self.mean) + np.abs(self.std), 1.0)
+        return np.maximum.reduce(np.broadcast_arrays(*sizes))
+
+    @cached_property
     def data_range_divisor(self) -> Tuple[np.ndarray, np.ndarray]:
         """minmax_divisor(data_min, data_max), worked out once (a state's range warning reads it every request)."""
         return minmax_divisor(self.data_min, self.data_max)

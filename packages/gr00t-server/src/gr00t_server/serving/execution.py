@@ -10,6 +10,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import numpy as np
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("gr00t_server.serving.server")  # PolicyServer's log: the split renamed no logger
 
+WARNED_SESSIONS_KEPT = 4096  # connection-keyed sessions warned of as started without a reset (their warning is once)
 POLICY_STAGE_KEYS = ("preprocess_ms", "model_ms", "postprocess_ms")  # a policy's last_timing keys server_timing carries
 
 
@@ -84,6 +86,8 @@ class JobRunner(ReplyFrames):
         self._local = threading.local()  # the request each thread is serving (socket thread, worker)
         # Once per such session (it is held after its first call), and at most a few a minute for a farm of them
         self._fresh_connection_sessions = RateLimitedLog(logger, per_window=5, window_s=60.0)
+        # the sessions warned of (the table holds a session only once a call of it succeeded): the last few thousand
+        self._warned_sessions: "OrderedDict[str, None]" = OrderedDict()
 
     def flush_logs(self) -> None:  # overrides ReplyFrames.flush_logs
         """Report the warnings counted but not logged: refusals, internal errors, fresh connection sessions."""
@@ -235,8 +239,11 @@ class JobRunner(ReplyFrames):
         session_id, new or reconnected): the policy serves it from its initial state, so a robot that had a place
         (paused beyond the heartbeat, whose connection the server closed and libzmq reopened) silently loses it."""
         if (request.endpoint != "get_action" or not request.session.startswith(CONNECTION_SESSION_PREFIX)
-                or sessions.knows(request.session)):
+                or sessions.knows(request.session) or request.session in self._warned_sessions):
             return
+        self._warned_sessions[request.session] = None  # once per session, also while its calls keep failing
+        if len(self._warned_sessions) > WARNED_SESSIONS_KEPT:
+            self._warned_sessions.popitem(last=False)
         heartbeat_s = (HEARTBEAT_IVL_MS + HEARTBEAT_TIMEOUT_MS) / 1000.0
         self._fresh_connection_sessions.warning(
             "a get_action from %s without session_id and without a reset starts a new session of this connection: "

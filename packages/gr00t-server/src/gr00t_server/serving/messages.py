@@ -8,6 +8,7 @@ import numbers
 import struct
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Dict, List, Optional, Tuple
 
 import msgpack
@@ -91,7 +92,7 @@ class Request:
     # Its client decodes map keys other than str and bytes (client_reads_number_keys): multipart, or our client's.
     reads_number_keys: bool = False
 
-    @property
+    @cached_property
     def connection(self) -> str:
         """The key of the connection this request came over: its whole routing envelope (client_of), so that the REQ
         robots behind one ROUTER-DEALER proxy count as connections of their own, not as the proxy's one."""
