@@ -248,3 +248,23 @@ def test_a_spill_that_fails_loses_the_video_at_finish_not_the_env_step(tmp_path)
     for frame in noisy_frames(4):
         recorder.add(frame)
     assert Path(recorder.finish("episode_0001_success", "task", success=True)).is_file()
+
+
+def test_a_full_disk_under_the_spill_is_raised_at_finish_naming_the_video_folder(tmp_path, monkeypatch):
+    """The spill file has no name: a full disk's error named no file, so the run's storage line (which names the folder
+    to free and says to resume) did not recognise it, and the buffered file raised it again at its close."""
+    import errno
+
+    from gr00t_eval import video
+
+    def full_disk(self, frame):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(video._FrameSpill, "append", full_disk)
+    recorder = EpisodeVideoRecorder(tmp_path / "videos", fps=10, memory_budget_bytes=0)
+    recorder.start()
+    for frame in noisy_frames(3):
+        recorder.add(frame)
+    with pytest.raises(OSError) as raised:
+        recorder.finish("episode_0000_success", "task", success=True)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "videos")

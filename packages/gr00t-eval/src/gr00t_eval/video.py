@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import logging
 import os
 import re
@@ -113,7 +114,8 @@ class _FrameSpill:
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(exist_ok=True)  # its own folder only, as finish() does
-        self._file: IO[bytes] = tempfile.TemporaryFile(dir=folder, prefix=".episode_frames_")
+        # unbuffered: a full disk fails the write of the frame, not a later seek or the close
+        self._file: IO[bytes] = tempfile.TemporaryFile(dir=folder, prefix=".episode_frames_", buffering=0)
         self._places: List[Tuple[int, Tuple[int, ...]]] = []  # (offset, shape) of each frame
         self._end = 0
 
@@ -132,7 +134,8 @@ class _FrameSpill:
         return np.frombuffer(self._file.read(int(np.prod(shape))), dtype=np.uint8).reshape(shape)
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # nothing is buffered; the frames are dropped either way
+            self._file.close()
 
 
 class _EpisodeFrames(collections.abc.Sequence):
@@ -210,6 +213,8 @@ class EpisodeVideoRecorder:
                 self._spill = _FrameSpill(self.video_dir)
             self._spill.append(frame)
         except OSError as exc:  # from an env step: raised there it lost the episode, not just its video
+            if exc.filename is None:  # an unnamed file's error: name its folder, as a storage error's line needs
+                exc = type(exc)(exc.errno, exc.strerror, str(self.video_dir))
             self._spill_error = exc
             self._lost += 1
 
