@@ -116,7 +116,13 @@ def start_server(port: int, stderr: Any) -> "subprocess.Popen[str]":
     server = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(port)], stdout=subprocess.PIPE,
                               stderr=stderr, text=True)
     assert server.stdout is not None
-    if "ready" in server.stdout.readline():
+    try:
+        ready = "ready" in server.stdout.readline()
+    except BaseException:  # a SIGTERM or Ctrl-C while it starts: no server is left serving (its stdout's reader gone
+        server.kill()  # is no reason for it to stop: PolicyServer.run() serves on without its ready line)
+        server.wait()
+        raise
+    if ready:
         return server
     try:
         code = server.wait(10)
