@@ -34,11 +34,10 @@ from .results import RESULTS_FILENAME, results_text, write_results, write_result
 from .rollout.config import RolloutConfig, draw_base_seed, env_timeout_applies, without_unkept_env_timeout
 from .run_file import read_run_json
 from .run_resume import (ATTEMPTS_KEY, TASKS_KEY, add_earlier_task_eval_s, covered_attempts, earlier_eval_s,
-                         earlier_results, tasks_difference)
+                         earlier_results, recorded_tasks, tasks_difference)
 from .run_stop import is_storage_error, output_folder_checked, take_stop_while_closing
 from .run_summary import percent_text
-from .shard import outside_plan, run_suite, task_pairs
-from .suites import resolve_tasks
+from .shard import outside_plan, planned_task_pairs, run_suite
 
 __all__ = ["BATCH_RESULTS_FILENAME", "JOBS_DIRNAME", "Job", "JobError", "PolicyServerAddress", "connect", "format_table",
            "job_dir_name", "job_video_dirs", "load_jobs", "parse_job", "run_batch", "run_job"]
@@ -105,7 +104,7 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig, policy: Optional[Mappi
     planned = planned_config(config)
     run_file, log = job_dir / RUN_FILENAME, job_dir / EPISODE_LOG_FILENAME
     saved = read_job_run_file(job_dir) if run_file.is_file() else None
-    tasks = task_pairs(resolve_tasks(config.env_name)[0])
+    tasks = planned_task_pairs(config.env_name)
     # an older gr00t-eval's run.json recorded no tasks: its logged episodes are checked against the plan instead
     entries = None if saved is None or recorded_tasks(saved) is not None else list(EpisodeLog(log).entries())
     changes = [] if saved is None else [*setting_changes(saved.get("job_config"), planned, job_dir.name),
@@ -158,13 +157,6 @@ def prepare_job_dir(job_dir: Path, config: RolloutConfig, policy: Optional[Mappi
     write_results(run_file, {"job_config": planned, TASKS_KEY: tasks, "config": dataclasses.asdict(config),
                              "policy": None if policy is None else dict(policy)})
     return config, []
-
-
-def recorded_tasks(saved: Mapping[str, Any]) -> Optional[List[List[str]]]:
-    """The tasks a job's run.json recorded it started with ([env_name, group] pairs); None for a run.json written by
-    an older gr00t-eval, before they were recorded."""
-    started = saved.get(TASKS_KEY)
-    return [list(pair) for pair in started] if isinstance(started, list) else None
 
 
 def task_changes(saved: Mapping[str, Any], tasks: List[List[str]],
@@ -268,7 +260,7 @@ def changed_settings(job: Job, record: Mapping[str, Any], job_dir: Optional[Path
             # the record's own settings decide; a done job is not rerun (and its result lost) for a damaged run.json
     saved = run.get("job_config") if saved is None else saved
     # the tasks its env_name resolves to now, against those its run.json recorded (none recorded: an older batch's)
-    tasks = task_changes(run, task_pairs(resolve_tasks(job.env_name)[0])) if run else []
+    tasks = task_changes(run, planned_task_pairs(job.env_name)) if run else []
     if saved is None:
         return ", ".join([*server, *tasks]) or None
     try:

@@ -126,20 +126,25 @@ def _refuse_changed_tasks(args: argparse.Namespace, saved: Mapping[str, Any]) ->
     (a suite redefined since: its kept episodes were dropped or pooled under another group without a word, and a
     shard's slice moved); a run file from before the tasks were recorded is not checked."""
     from .cli_errors import UsageError
-    from .shard import task_pairs
-    from .suites import resolve_tasks
+    from .shard import planned_task_pairs
 
-    started = saved.get(TASKS_KEY)
-    if not isinstance(started, list):
+    started = recorded_tasks(saved)
+    if started is None:
         return
-    now = task_pairs(resolve_tasks(saved["env_name"])[0])
-    difference = tasks_difference([list(pair) for pair in started], now)
+    difference = tasks_difference(started, planned_task_pairs(saved["env_name"]))
     if difference is None:
         return
     raise UsageError(f"--resume {args.resume}: the tasks of --env-name {saved['env_name']} changed since the run started: "
                      f"{difference} (a suite redefined since, in the --env-import module that registers it?); its kept "
                      "episodes are of the tasks it started with: restore that definition to resume, or start a new run "
                      "(a new --output-dir, or --overwrite)")
+
+
+def recorded_tasks(saved: Mapping[str, Any]) -> Optional[List[List[str]]]:
+    """The tasks a run file (a rollout's or a batch job's run.json) recorded its run started with ([env_name, group]
+    pairs); None for one written by an older gr00t-eval, before they were recorded."""
+    started = saved.get(TASKS_KEY)
+    return [list(pair) for pair in started] if isinstance(started, list) else None
 
 
 def tasks_difference(started: List[List[str]], now: List[List[str]]) -> Optional[str]:

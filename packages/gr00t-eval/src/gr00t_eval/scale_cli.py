@@ -109,8 +109,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
     from .run_resume import (ATTEMPTS_KEY, TASKS_KEY, add_earlier_task_eval_s, covered_attempts, earlier_eval_s,
                              earlier_results, refuse_changed_settings)
     from .run_stop import is_storage_error, is_storage_line
-    from .shard import ShardSpec, resolve_shard_n_envs, task_pairs
-    from .suites import resolve_tasks
+    from .shard import ShardSpec, planned_task_pairs, resolve_shard_n_envs
 
     try:  # a bad host list fails before the output directory is made
         parse_servers(args.host, args.port, port_given="port" in getattr(args, "given_flags", ()))
@@ -179,7 +178,7 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         def claim(path: Path) -> None:
             asked = rollout_config_from_args(args, seed, path)
             made["config"] = resolve_shard_n_envs(asked, shard)
-            write_run_file(path, {"env_name": env_spec, TASKS_KEY: task_pairs(resolve_tasks(env_spec)[0]),
+            write_run_file(path, {"env_name": env_spec, TASKS_KEY: planned_task_pairs(env_spec),
                                   "config": dataclasses.asdict(made["config"]),
                                   "auto_n_envs_resolved": made["config"].n_envs != asked.n_envs,
                                   "shard": None if shard is None else str(shard),

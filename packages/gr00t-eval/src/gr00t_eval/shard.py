@@ -115,6 +115,12 @@ def task_pairs(tasks: Sequence[Task]) -> List[List[str]]:
     return [[t.env_name, t.group] for t in tasks]
 
 
+def planned_task_pairs(env_spec: str) -> List[List[str]]:
+    """task_pairs of the tasks `env_spec` (env names and/or suites) resolves to now: what a run file records at its
+    start, and what a resume or a batch job compares that record with."""
+    return task_pairs(resolve_tasks(env_spec)[0])
+
+
 def shard_plan(tasks: Sequence[Task], config: RolloutConfig, shard: Optional[ShardSpec]) -> Dict[str, Any]:
     """What a results file records so that merge can check its shards belong together."""
     return {
