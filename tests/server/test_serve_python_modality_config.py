@@ -83,6 +83,33 @@ def test_embodiment_tag_picks_one_of_the_tags_a_py_config_registers(dataset, tmp
         assert served_tag_and_horizon(port) == ("robot_b", 5)
 
 
+def test_embodiment_tag_names_a_py_configs_tag_in_another_case(dataset, tmp_path):
+    """serve takes a checkpoint's own tag in any case (MY_ROBOT serves my_robot); ROBOT_B was refused for a file that
+    registers robot_b."""
+    config = write_config(tmp_path / "cfg.py", {"robot_a": 3, "robot_b": 5})
+    port = free_port()
+    with served("serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), "--port", str(port),
+                "--embodiment-tag", "ROBOT_B"):
+        assert served_tag_and_horizon(port) == ("robot_b", 5)
+
+
+@pytest.mark.parametrize("config_file", [None, "cfg.json"])
+def test_a_replays_custom_tag_without_a_py_config_is_refused_saying_how_to_serve_one(dataset, tmp_path, capsys,
+                                                                                     config_file):
+    """It was "Unknown embodiment tag: 'my_robot'; known tags: <the built-in ones>" and no way forward."""
+    args = ["serve", "--dataset-path", str(dataset), "--port", "1", "--embodiment-tag", "my_robot"]
+    if config_file:
+        config = tmp_path / config_file
+        config.write_text("{}")
+        args += ["--modality-config-path", str(config)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gr00t-server serve: error: Unknown embodiment tag: 'my_robot'; known tags: "), err
+    named = f" ({config} is not one: a .json config carries no tag)" if config_file else ""
+    assert err.endswith(". A replay serves a tag of its own only from a .py --modality-config-path that calls "
+                        f"register_modality_config('my_robot', configs){named}\n"), err
+
+
 def test_a_py_config_of_several_tags_without_embodiment_tag_is_refused_naming_them(dataset, tmp_path, capsys):
     config = write_config(tmp_path / "cfg.py", {"twin_a": 3, "twin_b": 5})
     assert main(["serve", "--dataset-path", str(dataset), "--modality-config-path", str(config), "--port", "1"]) == 2

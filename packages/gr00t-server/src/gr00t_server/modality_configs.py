@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from gr00t_client.embodiment import EmbodimentTag
+from gr00t_client.embodiment import EmbodimentTag, resolve_tag
 from gr00t_client.modality import ActionConfig, ModalityConfig, modality_configs_from_json
 
 if TYPE_CHECKING:  # gr00t-eval is the optional `replay` extra; only replay passes a dataset here
@@ -168,6 +168,18 @@ def _load_json(path: Path) -> ModalityConfigs:
     return _validated(data, str(path))  # its errors name the file (they named it twice when wrapped here too)
 
 
+def _file_tag_key(tag: Union[EmbodimentTag, str], tags: List[str]) -> str:
+    """The key of `tag` among the tags a config file registered, by resolve_tag's rule as a checkpoint's tags are (a
+    custom tag in another case names the file's one tag of that spelling); `tag`'s own key when none matches."""
+    key = _tag_key(tag)
+    if tags and key not in tags:
+        try:
+            return resolve_tag(tag, tags)[1]
+        except ValueError:
+            pass  # the caller names the file's tags
+    return key
+
+
 def _load_python(path: Path, tag: Optional[Union[EmbodimentTag, str]]) -> Tuple[str, ModalityConfigs]:
     global _recorded
     module_name = f"_gr00t_modality_config_{abs(hash(str(path.resolve())))}"
@@ -193,7 +205,7 @@ def _load_python(path: Path, tag: Optional[Union[EmbodimentTag, str]]) -> Tuple[
     logger.debug("Loaded modality config: %s", path)  # serve's start-up block says which config it serves
     tags = sorted(set(recorded))
     if tag is not None:
-        key = _tag_key(tag)
+        key = _file_tag_key(tag, tags)
         if not tags and key in _BUILT_IN_TAGS:  # a file that forgot register_modality_config: the same stand-in
             raise ValueError(f"{path}: registers no modality configs; expected a .py file that calls "
                              f"register_modality_config(tag, configs) (the built-in configs of {key!r} would stand in "

@@ -153,6 +153,15 @@ def _load_policy(args: argparse.Namespace, tag: Any, tag_given: bool, python_con
     return policy, served
 
 
+def _replay_tag_hint(args: argparse.Namespace) -> str:
+    """How a replay serves a tag of its own, for the refusal of one that is not built in."""
+    if args.model_path or not args.dataset_path:
+        return ""
+    config = f" ({args.modality_config_path} is not one: a .json config carries no tag)" if args.modality_config_path else ""
+    return (f". A replay serves a tag of its own only from a .py --modality-config-path that calls "
+            f"register_modality_config({str(args.embodiment_tag).strip()!r}, configs){config}")
+
+
 def _start_server(args: argparse.Namespace) -> Any:
     """Load the policy and bind the server (serve's start-up)."""
     from gr00t_client import EmbodimentTag
@@ -175,7 +184,7 @@ def _start_server(args: argparse.Namespace) -> Any:
     except ValueError as exc:
         if not (args.model_path or python_config) or not str(args.embodiment_tag).strip():
             known = ", ".join(member.value for member in EmbodimentTag)
-            raise CliError(f"{str(exc).splitlines()[0]}; known tags: {known}") from exc
+            raise CliError(f"{str(exc).splitlines()[0]}; known tags: {known}{_replay_tag_hint(args)}") from exc
         # A checkpoint-internal tag (no public enum): Gr00tPolicy checks it against the checkpoint, as export does;
         # a .py modality config's tag is checked against the tags the file registers.
         tag = str(args.embodiment_tag).strip()
