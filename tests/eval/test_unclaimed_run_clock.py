@@ -83,3 +83,33 @@ def test_a_log_written_while_watched_is_refused_though_its_time_reads_long_ago(t
     err = capsys.readouterr().err
     assert "episodes.jsonl changed while it was watched" in err and "it is still running" in err, err
     assert not (out / "results.json").exists()
+
+
+def test_a_log_written_while_watched_is_refused_though_it_is_dated_before_the_runs_earlier_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    with policy_server() as server:
+        log = legacy_run(out, server.port)
+        first = log.read_text().splitlines()[0]
+        results = out / "results.json"  # its earlier, interrupted attempt's, written before the clock stepped back
+        results.write_text(json.dumps({"kind": "rollout", "status": "interrupted", "per_episode": []}))
+        stepped_back = time.time() - 3600  # the host's clock then went back an hour: each append dates before it
+        os.utime(log, (stepped_back, stepped_back))
+        stop = threading.Event()
+
+        def write_episodes():  # the run still writes: an episode logged every 0.2 s, dated by the stepped clock
+            while not stop.wait(0.2):
+                with log.open("a") as handle:
+                    handle.write(first + "\n")
+                os.utime(log, (stepped_back, stepped_back))
+
+        writer = threading.Thread(target=write_episodes)
+        writer.start()
+        try:
+            capsys.readouterr()
+            assert resume(out, server.port) == 2
+        finally:
+            stop.set()
+            writer.join()
+    err = capsys.readouterr().err
+    assert "episodes.jsonl changed while it was watched" in err and "it is still running" in err, err
+    assert json.loads(results.read_text())["status"] == "interrupted"

@@ -386,3 +386,25 @@ def test_the_suppressed_count_names_when_those_messages_came_not_the_last_window
                     "refused later", "refused again 0", "2 similar messages were suppressed at 12:00:17",
                     "refused the next day 0", "refused the next day 1",
                     "1 similar messages were suppressed at 2026-05-28 13:01:42"]
+
+
+def test_the_suppressed_span_keeps_its_order_and_length_when_the_wall_clock_is_stepped_back(monkeypatch):
+    """An NTP step back of an hour during a flood was reported 'between 12:00:01 and 11:00:02': the first and last
+    suppressed messages were stamped on the wall clock, whose order a step breaks."""
+    from gr00t_server.serving import endpoints
+
+    noon = time.mktime((2026, 5, 28, 12, 0, 0, 0, 0, -1))  # local time, as the log's own times
+    clock, stepped_back = [0.0], [0.0]
+    monkeypatch.setattr(endpoints.time, "monotonic", lambda: 500.0 + clock[0])
+    monkeypatch.setattr(endpoints.time, "time", lambda: noon + clock[0] - stepped_back[0])
+    with kept_messages("test.rate_limited_step") as (logger, seen):
+        log = RateLimitedLog(logger, per_window=1, window_s=3600.0)
+        log.warning("refused", kind="same")
+        clock[0] = 1.8
+        log.warning("refused", kind="same")  # suppressed at 12:00:01.8
+        stepped_back[0] = 3600.0  # NTP steps the wall clock back an hour
+        clock[0] = 2.7
+        log.warning("refused", kind="same")  # suppressed 0.9 s later
+        clock[0] = 3.0
+        log.flush()
+    assert seen == ["refused", "2 similar messages were suppressed between 11:00:01 and 11:00:02"]

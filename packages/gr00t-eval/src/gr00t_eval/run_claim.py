@@ -498,7 +498,9 @@ def _refuse_recent_unclaimed_run(directory: Path, filename: str, flag: str) -> N
     at its end and on Ctrl-C): that run may still be running, and a resume or --overwrite beside it ran its episodes
     twice. A batch job's run file (job_config) is not one: its batch's claim covers it. A log changed longer ago, or
     dated ahead of this host's clock (another host's clock wrote its time), is watched for UNCLAIMED_RUN_WATCH_S: one
-    that changes is refused; one dated ahead is refused, too, naming the clocks and how to go on once that run ended."""
+    that changes is refused; one dated ahead is refused, too, naming the clocks and how to go on once that run ended.
+    A log dated before its results is watched as well, and refused if it changes: a clock stepped back dates a live
+    run's appends before its earlier attempt's results."""
     shard = SHARD_FILE_NAME.fullmatch(filename)
     if filename != RUN_FILENAME and (shard is None or shard.group(1) != "run"):
         return
@@ -514,14 +516,19 @@ def _refuse_recent_unclaimed_run(directory: Path, filename: str, flag: str) -> N
         logged_at = log.stat().st_mtime
     except OSError:
         return  # no episode yet: nothing of it would run twice
-    try:
-        if results.stat().st_mtime >= logged_at:
-            return  # its results (written at its end, or on Ctrl-C) came after its last episode: it ended
-    except OSError:
-        pass
-    age = time.time() - logged_at
     older_run = (f"{flag} {directory} holds the run of an older gr00t-eval ({filename} records no claim, so whether "
                  "that run still runs cannot be checked), and its")
+    try:
+        results_dated_after = results.stat().st_mtime >= logged_at
+    except OSError:
+        results_dated_after = False
+    if results_dated_after:
+        # Its results (written at its end, or on Ctrl-C) are dated after its last episode: it ended, unless a clock
+        # stepped back since an earlier attempt's results dates a live run's appends before them. Watching tells.
+        _refuse_log_changing_while_watched(older_run, log, f"; its {results.name} is dated after it, by a clock that "
+                                           "may have been stepped back since")
+        return
+    age = time.time() - logged_at
     ahead = -age if age < -1.0 else None  # a second's slack: file times and clocks round
     if ahead is None and age < UNCLAIMED_RUN_ACTIVE_S:
         raise OutputDirError(f"{older_run} {log.name} changed {max(age, 0):.0f} s ago with no results written since "
@@ -529,17 +536,22 @@ def _refuse_recent_unclaimed_run(directory: Path, filename: str, flag: str) -> N
                              "still be running. Wait for it to end, or stop it first, then run this again")
     dated = None if ahead is None else (f"dated {ahead:.0f} s ahead of this host's clock (the clock of the host or "
                                         "file server that wrote it and this host's differ by about that much)")
-    if _changes_while_watched(log, UNCLAIMED_RUN_WATCH_S):
-        clocks = "" if dated is None else f"; it is {dated}"
-        raise OutputDirError(f"{older_run} {log.name} changed while it was watched for {UNCLAIMED_RUN_WATCH_S:.0f} s, "
-                             f"with no results written since: it is still running{clocks}. Wait for it to end, or stop "
-                             "it first, then run this again")
+    _refuse_log_changing_while_watched(older_run, log, "" if dated is None else f"; it is {dated}")
     if dated is not None:
         raise OutputDirError(
             f"{older_run} {log.name} is {dated}, so when it last changed cannot be told; "
             f"it did not change in the {UNCLAIMED_RUN_WATCH_S:.0f} s it was watched, which a run between two episodes "
             "may not either. If that run has ended (stop it first if it has not), date its log by this host's clock: "
             f"touch -d '{2 * UNCLAIMED_RUN_ACTIVE_S:.0f} seconds ago' {log}; then run this again")
+
+
+def _refuse_log_changing_while_watched(older_run: str, log: Path, clocks: str) -> None:
+    """OutputDirError when the episode log `log` of an unclaimed run (`older_run` opens the message) changes while
+    watched for UNCLAIMED_RUN_WATCH_S: that run is still running. `clocks` says why its file times could not tell."""
+    if _changes_while_watched(log, UNCLAIMED_RUN_WATCH_S):
+        raise OutputDirError(f"{older_run} {log.name} changed while it was watched for {UNCLAIMED_RUN_WATCH_S:.0f} s, "
+                             f"with no results written since: it is still running{clocks}. Wait for it to end, or stop "
+                             "it first, then run this again")
 
 
 def _changes_while_watched(path: Path, seconds: float) -> bool:

@@ -223,7 +223,9 @@ class RateLimitedLog:
         self._window_start = -math.inf  # the first message opens a window (0.0 did not, on a machine up < window_s)
         self._logged = 0
         self._suppressed = 0
-        self._first_suppressed = self._last_suppressed = 0.0  # wall-clock times: the report may come hours later
+        # Monotonic times, turned into wall times only when reported (the report may come hours later): a wall clock
+        # stepped in between would stretch the span, or run it backward.
+        self._first_suppressed = self._last_suppressed = 0.0
         self._lock = threading.Lock()
 
     def warning(self, message: str, *args: Any, exc_info: Any = None, kind: Any = None, first_exc_info: Any = None) -> bool:
@@ -238,7 +240,7 @@ class RateLimitedLog:
             if new_kind:
                 self._kinds.add(kind)
             if self._logged >= self.per_window and not new_kind:
-                self._last_suppressed = time.time()
+                self._last_suppressed = now
                 if not self._suppressed:
                     self._first_suppressed = self._last_suppressed
                 self._suppressed += 1
@@ -262,8 +264,9 @@ class RateLimitedLog:
 
     def _report_suppressed(self) -> None:
         if self._suppressed:
+            wall_offset = time.time() - time.monotonic()  # taken once: both ends move by the same step
             self._log.log(self.level, "%d similar messages were suppressed %s", self._suppressed,
-                          _time_span(self._first_suppressed, self._last_suppressed))
+                          _time_span(self._first_suppressed + wall_offset, self._last_suppressed + wall_offset))
             self._suppressed = 0
 
 

@@ -111,13 +111,7 @@ class RequestLoop(Gathering):
         """Wait for a message or a finished job (at most until the gather window closes), then serve what came."""
         transport = self._server._transport
         assert transport is not None
-        poll_timeout_ms = self._poll_timeout_ms()
-        stall_clock = self._server.idle_clock  # a poll far past its wait was a stall: no session's idle time
-        stall_clock.poll_started(poll_timeout_ms / 1000.0)
-        try:
-            inbound, woken = transport.poll(poll_timeout_ms)
-        finally:
-            stall_clock.poll_returned()
+        inbound, woken = transport.poll(self._poll_timeout_ms())
         if woken:
             self.send_replies()
         if inbound:

@@ -35,7 +35,7 @@ from .messages import Request, RequestError, token_shape_problem
 from .metrics import RESERVED_ENDPOINT_LABELS, NullMetrics, ServerMetrics, reachable_host
 from .relay import UpstreamFacts
 from .sessions import SessionTable, check_no_shared_replay_session, policy_session_limit
-from .stall_clock import LoopStallClock
+from .stall_clock import StallClock
 from .stats import ServerStats
 from ..curve import CurveServerConfig
 from ..threads import handled_stop_signals
@@ -193,8 +193,8 @@ class PolicyServer(BuiltinEndpoints):
         # Prometheus /metrics on metrics_port (0: a free port, see metrics_port after start()), bound to `host`.
         self.metrics_port = None if metrics_port is None else int(metrics_port)
         self._metrics: NullMetrics = NullMetrics()
-        # sessions' idle time leaves out the socket loop's stalls (a SIGSTOP, `docker pause`): RequestLoop.turn
-        self.idle_clock = LoopStallClock()
+        # sessions' idle time leaves out the server's stalls (a SIGSTOP, `docker pause`), watched while run() serves
+        self.idle_clock = StallClock()
         self.sessions = self._new_session_table()
         self._sessions_policy: Any = policy  # the policy that holds the sessions in self.sessions (a swap empties it)
         self._session_table_lock = threading.Lock()
@@ -463,6 +463,7 @@ class PolicyServer(BuiltinEndpoints):
         worker = PolicyWorker(self._runner.execute, transport.wake, self._runner.error_frames)
         self._worker = worker
         try:
+            self.idle_clock.start_watching()
             worker.start()
             # before our handlers: a slow policy property is waited for once, here, and Ctrl-C still stops it
             self._learn_policy_info()
@@ -492,6 +493,7 @@ class PolicyServer(BuiltinEndpoints):
                             totals["requests"], totals["errors"], totals["internal_errors"], totals["refused"],
                             totals["expired"], totals["late"], totals["undelivered"], totals["policy_calls"])
                 with self._lifecycle:
+                    self.idle_clock.stop_watching()  # joined before _run_done: close() leaves no watchdog behind
                     self._running = False
                     self._worker = None
                     self._release()
@@ -499,6 +501,7 @@ class PolicyServer(BuiltinEndpoints):
                     self._stop_requested.clear()  # cleared here, not at start, so an early stop() is never lost
                     self._run_done.set()
             finally:
+                self.idle_clock.stop_watching()  # (done already, unless the shut-down above failed)
                 restore()
 
 

@@ -162,8 +162,8 @@ class SessionTable:
     being served from a fresh start it did not ask for, until it resets. (Our client also marks the requests of a
     session it was served before, so its session is refused however long ago it was dropped: see
     execution._admit_sessions.)
-    Times are read on `clock` (a server's LoopStallClock: monotonic time less its socket loop's stalls, so that a
-    frozen server charges no session its freeze).
+    Times are read on `clock` (a server's StallClock: monotonic time less the server's stalls, so that a frozen
+    server charges no session its freeze).
     """
 
     def __init__(self, max_sessions: int, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
