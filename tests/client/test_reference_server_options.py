@@ -1,5 +1,7 @@
 """get_action options a reference server's policy ignores (seed, noise, denoising_steps, rtc) are warned about once,
-naming them; batch_size, which its ReplayPolicy reads, and a gr00t-server, which applies them all, are not."""
+naming them; batch_size, which its ReplayPolicy reads, and a current gr00t-server, which applies them all, are not.
+denoising_steps is warned of for a gr00t-server whose get_server_info reports no max_denoising_steps: one older than
+2026-12-02 ignores it."""
 
 import logging
 import time
@@ -52,9 +54,21 @@ def test_rtc_of_an_async_chunker_is_warned_against_a_reference_server(caplog):
     assert len(warned) == 1 and "'rtc'" in warned[0], warned
 
 
+class CurrentModelPolicy(EchoPolicy):
+    """What a current gr00t-server's Gr00tPolicy says of itself: its info's limits report max_denoising_steps."""
+
+    def work_limits(self):
+        return {"max_denoising_steps": 16}
+
+
+class OlderServerPolicy(EchoPolicy):
+    """What a gr00t-server older than 2026-12-02 answered: info limits without max_denoising_steps (it ignored
+    options['denoising_steps'] as unknown, without a word)."""
+
+
 def test_a_gr00t_server_gets_options_without_a_warning(caplog):
     caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
-    with running_server(EchoPolicy()) as server:
+    with running_server(CurrentModelPolicy()) as server:
         with PolicyClient(port=server.port, timeout_ms=5000) as client:
             client.get_action(libero_like_observation(height=8, width=8), {"denoising_steps": 2, "seed": 0})
             assert _warnings(caplog) == []
@@ -84,5 +98,44 @@ def test_a_relay_to_a_gr00t_server_reports_no_options_not_applied(caplog):
     with running_server(EchoPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as upstream:
         with running_server(upstream) as relay, PolicyClient(port=relay.port, timeout_ms=5000) as robot:
             _action, info = robot.get_action(libero_like_observation(height=8, width=8), {"seed": 5})
+    assert OPTIONS_NOT_APPLIED_FIELD not in info
+    assert _warnings(caplog) == []
+
+
+def test_denoising_steps_to_a_gr00t_server_reporting_no_max_denoising_steps_are_warned_once_naming_why(caplog):
+    """A new robot's options={"denoising_steps": N} to an older gr00t-server got the default-step chunk without a word."""
+    caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
+    with running_server(OlderServerPolicy()) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            for _ in range(3):
+                client.get_action(libero_like_observation(height=8, width=8), {"denoising_steps": 2, "seed": 0})
+            assert "max_denoising_steps" not in client.get_server_info()["limits"]
+            address = client.address
+    warned = _warnings(caplog)
+    assert len(warned) == 1, warned
+    assert "'denoising_steps'" in warned[0] and "'seed'" not in warned[0]
+    assert address in warned[0] and "no max_denoising_steps" in warned[0] and "upgrade gr00t-server" in warned[0]
+
+
+def test_a_relay_to_a_gr00t_server_reporting_no_max_denoising_steps_names_denoising_steps_in_info(caplog):
+    """New robot -> new relay -> older gr00t-server: no options_not_applied in the info, no warning on either side."""
+    caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
+    with running_server(OlderServerPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as upstream:
+        with running_server(upstream) as relay, PolicyClient(port=relay.port, timeout_ms=5000) as robot:
+            infos = [robot.get_action(libero_like_observation(height=8, width=8), {"denoising_steps": 2, "seed": 0})[1]
+                     for _ in range(3)]
+            robot_address = robot.address
+    assert [info.get(OPTIONS_NOT_APPLIED_FIELD) for info in infos] == [["denoising_steps"]] * 3
+    robot_warnings = [m for m in _warnings(caplog) if robot_address in m]
+    assert len(robot_warnings) == 1, _warnings(caplog)
+    assert "'denoising_steps'" in robot_warnings[0] and "upgrade gr00t-server" in robot_warnings[0]
+
+
+def test_a_relay_to_a_current_gr00t_server_reports_its_max_denoising_steps_and_no_options_not_applied(caplog):
+    caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
+    with running_server(CurrentModelPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as upstream:
+        with running_server(upstream) as relay, PolicyClient(port=relay.port, timeout_ms=5000) as robot:
+            _action, info = robot.get_action(libero_like_observation(height=8, width=8), {"denoising_steps": 2})
+            assert robot.get_server_info()["limits"]["max_denoising_steps"] == 16
     assert OPTIONS_NOT_APPLIED_FIELD not in info
     assert _warnings(caplog) == []

@@ -397,3 +397,26 @@ def test_denoising_steps_against_a_gr00t_server_reporting_no_cap_are_warned_as_n
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--denoising-steps 2" in r.getMessage()]
     assert warned and "may or may not apply it" in warned[0] and "not sent" in warned[0]
     assert "ignores the option" not in warned[0]
+
+
+def test_an_open_loop_run_against_a_server_that_reports_no_checkpoint_identity_warns_once_that_a_restart_goes_unnoticed(
+        dataset, tmp_path, caplog):
+    """An older gr00t-server reports no policy_identity: a restart with another checkpoint of the same configs during
+    the run cannot be told apart from the first, and nothing said so."""
+    pytest.importorskip("gr00t_server")
+    from gr00t_client import PolicyClient
+    from serving import running_server
+
+    class Identified(EchoPolicy):
+        def identity(self):
+            return {"kind": "test", "checkpoint": "a"}
+
+    for policy, expected in ((EchoPolicy(), 1), (Identified(), 0)):  # no identity(): as an older server's
+        caplog.clear()
+        with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+            with caplog.at_level("WARNING"):
+                run(dataset, tmp_path / type(policy).__name__, client, traj_ids=[0], plot=False)
+        warned = [r.getMessage() for r in caplog.records
+                  if r.levelname == "WARNING" and "reports no checkpoint identity" in r.getMessage()]
+        assert len(warned) == expected, (type(policy).__name__, warned)
+        assert all("upgrade gr00t-server" in message and "cannot be detected" in message for message in warned)

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from eval.dataset_factory import copy_with_actions_negated, make_dataset
-from eval.scale_fixtures import Checkpoint, sim_replay_policy
+from eval.scale_fixtures import Checkpoint, ConstantPolicy, sim_replay_policy
 from gr00t_client import PolicyClient
 from gr00t_eval import cli
 from gr00t_eval.batch import Job, PolicyServerAddress, connect, run_batch
@@ -337,3 +337,55 @@ def test_two_records_without_a_fingerprint_are_not_taken_for_one_policy():
     first = {"class": "Gr00tPolicy", "identity": {"kind": "gr00t", "weights": "a"}}
     second = {"class": "Gr00tPolicy", "identity": {"kind": "gr00t", "weights": "b"}}
     assert not same_policy(first, second)
+
+
+UNPINNED = "reports no checkpoint identity"
+
+
+def unpinned_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and UNPINNED in r.getMessage()]
+
+
+def test_a_rollout_against_a_server_that_reports_no_checkpoint_identity_warns_once_that_a_restart_goes_unnoticed(
+        tmp_path, caplog):
+    """An older gr00t-server reports no policy_identity: a restart with another checkpoint of the same configs mid-run
+    was accepted without a word, its episodes scored as this run's (status complete)."""
+    with running_server(ConstantPolicy()) as older, caplog.at_level("WARNING"):  # no identity(): as an older server's
+        assert cli.main(["rollout", *ROLLOUT, "--output-dir", str(tmp_path / "run"),
+                         "--policy-client-port", str(older.port)]) == 0
+    warned = unpinned_warnings(caplog)
+    assert len(warned) == 1, warned
+    assert f"127.0.0.1:{older.port}" in warned[0] and "restart with another checkpoint" in warned[0]
+    assert "cannot be detected" in warned[0] and "upgrade gr00t-server" in warned[0]
+
+
+def test_a_rollout_against_a_server_that_reports_its_checkpoint_identity_gives_no_such_warning(tmp_path, caplog):
+    with running_server(Checkpoint("a")) as current, caplog.at_level("WARNING"):
+        assert cli.main(["rollout", *ROLLOUT, "--output-dir", str(tmp_path / "run"),
+                         "--policy-client-port", str(current.port)]) == 0
+    assert unpinned_warnings(caplog) == []
+
+
+def test_a_merge_of_shards_whose_records_hold_no_checkpoint_identity_warns_naming_them(tmp_path, capsys, caplog):
+    """Shards run against two older servers serving two checkpoints of the same configs were merged as one policy's
+    without a word (status complete, policy.identity None)."""
+    out = tmp_path / "shards"
+    with running_server(ConstantPolicy()) as first, running_server(ConstantPolicy()) as second:
+        assert shard(first.port, out, 0) == 0 and shard(second.port, out, 1) == 0
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert cli.main(["merge", str(out), "--output", str(out / "merged.json")]) == 0
+    warned = unpinned_warnings(caplog)
+    assert len(warned) == 1, warned
+    assert "results_shard0of2.json" in warned[0] and "results_shard1of2.json" in warned[0]
+    assert "another checkpoint" in warned[0] and "upgrade gr00t-server" in warned[0]
+
+
+def test_a_merge_of_shards_that_hold_a_checkpoint_identity_gives_no_such_warning(tmp_path, caplog):
+    out = tmp_path / "shards"
+    with running_server(Checkpoint("a")) as first, running_server(Checkpoint("a")) as second:
+        assert shard(first.port, out, 0) == 0 and shard(second.port, out, 1) == 0
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert cli.main(["merge", str(out), "--output", str(out / "merged.json")]) == 0
+    assert unpinned_warnings(caplog) == []

@@ -93,8 +93,9 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
     With `server_public_key` (and `client_secret_key`; paths of zmq.auth certificate files or z85 strings) the
     connection is CURVE-encrypted; a failed handshake raises HandshakeError (a ConnectionError) instead of timing out.
     `server_is_gr00t_server` says whether the server is a gr00t-server; get_action options that another server's policy
-    ignores (all but batch_size: seed, noise, denoising_steps, rtc, ...) are warned of once per server, by name, and
-    so are those a gr00t-server relay's info names under `options_not_applied` (its upstream is such a server).
+    ignores (all but batch_size: seed, noise, denoising_steps, rtc, ...) are warned of once per server, by name, as is
+    denoising_steps for a gr00t-server whose get_server_info limits report no max_denoising_steps (an older one ignores
+    it), and so are those a gr00t-server relay's info names under `options_not_applied` (its upstream ignores them).
     """
 
     def __init__(
@@ -516,6 +517,8 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         self._refuse_non_finite(reply[0])
         self._notice_upstream_change(reply[1])
         self._notice_options_not_applied(reply[1])
+        if options and self._server_is_ours:  # after a relay's own word on them, which names why more broadly
+            self._warn_ignored_options(options)
         return reply[0], reply[1]
 
     def _notice_options_not_applied(self, info: Any) -> None:

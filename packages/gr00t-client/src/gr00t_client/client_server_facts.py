@@ -25,6 +25,23 @@ def options_not_applied(options: Mapping[Any, Any]) -> List[str]:
     return sorted(str(name) for name in options if name not in REFERENCE_OPTIONS)
 
 
+# The limit a gr00t-server's get_server_info reports where its policy applies get_action's denoising_steps (Gr00tPolicy's
+# work_limits); one older than 2026-12-02 reports none and drops the option as unknown, without a word.
+DENOISING_CAP = "max_denoising_steps"
+
+
+def applies_denoising_steps(limits: Any) -> bool:
+    """Whether a gr00t-server whose get_server_info reports these `limits` applies get_action's denoising_steps: it
+    does where they hold max_denoising_steps; an older one (or a policy of one's own) that reports none may not."""
+    return isinstance(limits, Mapping) and DENOISING_CAP in limits
+
+
+def gr00t_server_options_not_applied(options: Mapping[Any, Any], limits: Any) -> List[str]:
+    """The names among get_action `options` that a gr00t-server whose get_server_info reports these `limits` is not
+    known to apply: denoising_steps where they hold no max_denoising_steps."""
+    return ["denoising_steps"] if "denoising_steps" in options and not applies_denoising_steps(limits) else []
+
+
 class ServerFacts:
     """The server's facts as PolicyClient knows them (a mixin of PolicyClient): learnt on the first call, forgotten
     when the connection is made anew."""
@@ -60,6 +77,9 @@ class ServerFacts:
         self.server_runtime: Optional[Dict[str, Any]] = None
         # Whether the server's policy keeps state per session (a replay, a custom history); None when unknown (older).
         self.server_keeps_sessions: Optional[bool] = None
+        # The limits our server's info reports ({} when none); None when unknown. Which options it applies is read
+        # from them (gr00t_server_options_not_applied).
+        self.server_limits: Optional[Dict[str, Any]] = None
         self._server_info_asked = False  # get_server_info asked (a forced wire="multipart" never negotiates)
         self._warned_ignored_options: Set[str] = set()
 
@@ -69,20 +89,46 @@ class ServerFacts:
         None until the first call asks, and again after a reconnection."""
         return self._server_is_ours
 
+    def options_ignored_by_server(self, options: Optional[Mapping[str, Any]]) -> List[str]:
+        """The names among get_action `options` that the server, as known, is not known to apply: all but batch_size
+        for a server other than a gr00t-server; denoising_steps for a gr00t-server whose info reports no
+        max_denoising_steps; none while unknown."""
+        if not options:
+            return []
+        if self._server_is_ours is False:
+            return options_not_applied(options)
+        if self._server_is_ours and self.server_limits is not None:
+            return gr00t_server_options_not_applied(options, self.server_limits)
+        return []
+
     def _warn_ignored_options(self, options: Mapping[str, Any], relayed: bool = False) -> None:
-        """Warn once per server for each get_action option that a server other than a gr00t-server ignores; `relayed`:
-        named so by the get_action info of a relay (a gr00t-server) whose upstream, or one further up its chain, is
-        such a server."""
-        ignored = [name for name in options_not_applied(options) if name not in self._warned_ignored_options]
+        """Warn once per server for each get_action option that it is not known to apply (options_ignored_by_server);
+        `relayed`: the options named so by the get_action info of a relay (a gr00t-server) whose upstream, or one
+        further up its chain, is not known to apply them."""
+        ignored = [name for name in (sorted(map(str, options)) if relayed else self.options_ignored_by_server(options))
+                   if name not in self._warned_ignored_options]
         if not ignored:
             return
         self._warned_ignored_options.update(ignored)
-        where = (f"the relay at {self.address} forwards them to a server up its chain that" if relayed
-                 else f"the server at {self.address}")
-        logger.warning("get_action option%s %s not applied: %s did not answer get_server_info as a gr00t-server does, "
-                       "and a reference server's policy reads no option but %s; serve the model with gr00t-server to "
-                       "apply %s", "s" if len(ignored) > 1 else "", ", ".join(map(repr, ignored)), where,
-                       ", ".join(map(repr, sorted(REFERENCE_OPTIONS))), "them" if len(ignored) > 1 else "it")
+        names, plural = ", ".join(map(repr, ignored)), len(ignored) > 1
+        if relayed:
+            logger.warning("get_action option%s %s not applied: the relay at %s forwards %s to a server up its chain "
+                           "that is not known to apply %s (one that did not answer get_server_info as a gr00t-server "
+                           "does, or a gr00t-server whose get_server_info reports no max_denoising_steps: an older "
+                           "gr00t-server ignores denoising_steps); serve the model with a current gr00t-server "
+                           "(upgrade gr00t-server) to apply %s", "s" if plural else "", names, self.address,
+                           *(("them",) * 3 if plural else ("it",) * 3))
+        elif self._server_is_ours:
+            logger.warning("get_action option %s is not known to be applied by the gr00t-server at %s: its "
+                           "get_server_info limits report no max_denoising_steps (a gr00t-server older than 2026-12-02 "
+                           "ignores the option without a word; a policy of one's own that applies it reports it with "
+                           "work_limits() returning {'max_denoising_steps': N}); upgrade gr00t-server to apply it",
+                           names, self.address)
+        else:
+            logger.warning("get_action option%s %s not applied: the server at %s did not answer get_server_info as a "
+                           "gr00t-server does, and a reference server's policy reads no option but %s; serve the "
+                           "model with gr00t-server to apply %s", "s" if plural else "", names, self.address,
+                           ", ".join(map(repr, sorted(REFERENCE_OPTIONS))), "them" if plural else "it")
 
     def _negotiate(self, deadline: Optional[float] = None) -> Any:
         """Ask once whether the server is ours (multipart capable); a reference server says 'Unknown endpoint'.
@@ -145,6 +191,8 @@ class ServerFacts:
         self.server_runtime = dict(runtime) if isinstance(runtime, Mapping) and runtime else None
         keeps = info.get("keeps_sessions")
         self.server_keeps_sessions = keeps if isinstance(keeps, bool) else None
+        limits = info.get("limits")
+        self.server_limits = dict(limits) if isinstance(limits, Mapping) else {}
 
     def _learn_server_facts(self, timeout_ms: Optional[int] = None) -> None:
         """Ask get_server_info once while the server's observation form and policy kind are unknown: a call with

@@ -6,12 +6,15 @@ policy_identity kind "gr00t" nor an `rtc` capability in its limits is not known 
 gr00t-server may or may not apply either: one of 2026-12-02 to 12-04 applies denoising_steps without reporting the
 cap, and one of 2026-12-01 applies rtc without reporting a policy_identity). A run against any of them warns and
 records them under `settings_not_applied` (results.json, run.json): settings not known to be applied, rather than
-settings its scores were measured with (open-loop does not send such a --denoising-steps at all)."""
+settings its scores were measured with (open-loop does not send such a --denoising-steps at all). The denoising_steps
+rule is gr00t_client's (client_server_facts.applies_denoising_steps), which PolicyClient warns by too."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Dict, Mapping, Optional
+
+from gr00t_client.client_server_facts import applies_denoising_steps
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def settings_not_applied(policy: Any, settings: Mapping[str, Any]) -> Dict[str, 
     if _policy_kind(info) in REPLAY_KINDS:
         return given
     not_applied = {}
-    if "denoising_steps" in given and not _reports_denoising_cap(info):
+    if "denoising_steps" in given and not applies_denoising_steps(info.get("limits")):
         not_applied["denoising_steps"] = given["denoising_steps"]
     if "rtc_frozen_steps" in given and not _reads_rtc(info):
         not_applied["rtc_frozen_steps"] = given["rtc_frozen_steps"]
@@ -109,9 +112,3 @@ def _policy_class(policy: Any) -> str:
     info = _gr00t_server_info(policy) or {}
     return str(info.get("policy_class") or "policy")
 
-
-def _reports_denoising_cap(info: Mapping[str, Any]) -> bool:
-    """Whether the info's limits hold max_denoising_steps: a gr00t-server that reports it applies denoising_steps
-    (Gr00tPolicy's work_limits); an older one that does not may or may not (those of 2026-12-02 to 12-04 do)."""
-    limits = info.get("limits")
-    return isinstance(limits, Mapping) and "max_denoising_steps" in limits

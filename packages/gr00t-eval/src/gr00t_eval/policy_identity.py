@@ -371,6 +371,37 @@ def _recorded_before_data_hash(old: Mapping[str, Any], new: Mapping[str, Any]) -
     return True
 
 
+def pins_checkpoint(record: Optional[Mapping[str, Any]]) -> bool:
+    """Whether a policy record names a checkpoint identity; one that does not (an older gr00t-server, which reports
+    no policy_identity, or a policy of one's own without identity()) is matched on class, tag and modality configs."""
+    return not record or bool(record.get("identity"))
+
+
+# Why a record without identity pins less than it seems, said by warn_unpinned and by merge (unpinned_shards_text)
+UNPINNED_CONSEQUENCE = ("same_policy can only compare its class, tag and modality configs, so another checkpoint of the "
+                        "same configs cannot be detected")
+UNPINNED_FIX = ("upgrade gr00t-server to pin the checkpoint (a policy of one's own: give it identity(), "
+                "docs/serving.md)")
+
+
+def warn_unpinned(client: Any, record: Optional[Mapping[str, Any]]) -> None:
+    """Warn once, at a run's start, when the server behind `client` reports no checkpoint identity for `record`: a
+    restart with another checkpoint of the same configs would go unnoticed, its episodes scored as this run's."""
+    if pins_checkpoint(record):
+        return
+    _warn_once(f"the server at {getattr(client, 'address', '?')} reports no checkpoint identity (policy_identity) for "
+               f"{describe(record)}, as an older gr00t-server (before 2026-12-02) does: {UNPINNED_CONSEQUENCE}, and a "
+               f"restart with another checkpoint during this run would have its episodes scored as this run's; "
+               f"{UNPINNED_FIX}")
+
+
+def unpinned_shards_text(names: Iterable[str]) -> str:
+    """merge's warning for shards whose records hold no checkpoint identity (pooled by class, tag and configs)."""
+    return (f"{', '.join(names)} record a policy that reports no checkpoint identity (run against an older gr00t-server, "
+            f"before 2026-12-02, which reports no policy_identity): {UNPINNED_CONSEQUENCE}, and shards run against "
+            f"another checkpoint are pooled as this policy's; {UNPINNED_FIX}")
+
+
 def check_serves(client: Any, record: Mapping[str, Any]) -> None:
     """ServedPolicyChanged unless `client`'s server serves `record`'s policy now (asked with get_server_info; a
     timeout or lost connection is raised as it is, for the run's liveness rules to judge)."""
@@ -393,8 +424,8 @@ def pinned_policy(client: Any, record: Optional[Mapping[str, Any]] = None) -> It
     still serves `record`'s policy (default: what it serves now), so that episodes after a restart with another
     checkpoint are never scored as the first's: ServedPolicyChanged from the reset or get_action that met another.
     Does nothing for a client that already holds a pin (an outer block's), an in-process policy, or a server that
-    gives no info (the reference's; nothing to compare), and warns when the server cannot be asked now. The check
-    costs one get_server_info per reconnection."""
+    gives no info (the reference's; nothing to compare), and warns when the server cannot be asked now, or reports no
+    checkpoint identity (warn_unpinned). The check costs one get_server_info per reconnection."""
     watch = getattr(client, "on_new_server", None)
     if not callable(watch) or getattr(client, "new_server_check", None) is not None:
         yield
@@ -404,6 +435,7 @@ def pinned_policy(client: Any, record: Optional[Mapping[str, Any]] = None) -> It
     if record is None:
         yield
         return
+    warn_unpinned(client, record)
     pinned = dict(record)
     watch(lambda current: check_serves(current, pinned))
     try:

@@ -23,8 +23,8 @@ from gr00t_client.client_options import endpoint_host
 from .applied_settings import settings_not_applied
 from .extras import require
 from .metrics import EpisodeOutcome
-from .policy_identity import (check_serves_env_embodiments, describe, policy_record, runtime_difference, same_policy,
-                              serves_replay)
+from .policy_identity import (check_serves_env_embodiments, describe, pins_checkpoint, policy_record, runtime_difference,
+                              same_policy, serves_replay, unpinned_shards_text)
 from .rollout.config import (RolloutConfig, check_on_episode, check_policy, check_rollout_config, draw_base_seed,
                              is_whole_number, simulator_extras, without_unkept_env_timeout)
 from .rollout.replay_plan import check_replay_horizon
@@ -364,6 +364,9 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
     if policies and unrecorded:
         logger.warning("%s record no policy (an older gr00t-eval, or a server that did not say): nothing checks that "
                        "they ran the policy of %s", ", ".join(unrecorded), policies[0][0])
+    unpinned = [name for name, policy in policies if not pins_checkpoint(policy)]
+    if len(policies) > 1 and unpinned:
+        logger.warning("%s", unpinned_shards_text(unpinned))
     for index, (name, policy) in enumerate(policies):  # every pair: a record without identity matches both of
         for first_name, first in policies[:index]:  # two checkpoints that are not the same as each other
             if same_policy(first, policy):

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 from gr00t_client.client import PROTOCOL_VERSION
 from gr00t_client.client_errors import SHUTTING_DOWN, ClientClosedError
 from gr00t_client.client_messages import OPTIONS_NOT_APPLIED_FIELD, UPSTREAM_CHANGES_FIELD
-from gr00t_client.client_server_facts import options_not_applied
+from gr00t_client.client_server_facts import DENOISING_CAP
 from gr00t_client.policy import NonFiniteActionError, as_modality_configs
 
 from . import limits as work_limits
@@ -22,8 +22,9 @@ from .endpoints import LOGGED_ERROR_CHARS, _safe_text, error_text, is_loopback_p
 from .execution import call_rows, policy_stages
 from .identity import encodable_identity
 from .messages import Request, RequestError
-from .relay import (NOTHING_LEARNT, UpstreamFacts, UpstreamFailure, not_passed_at_stop, relayed_class, upstream_client,
-                    upstream_deadline, upstream_did_not_run, upstream_error, upstream_failed_text, upstream_outcome)
+from .relay import (NOTHING_LEARNT, UpstreamFacts, UpstreamFailure, not_passed_at_stop, relayed_class,
+                    relayed_denoising_cap, upstream_client, upstream_deadline, upstream_did_not_run, upstream_error,
+                    upstream_failed_text, upstream_outcome)
 from .sessions import FACTS_AT_START_TIMEOUT_MS, check_no_shared_replay_session, keeps_sessions, takes_session_lost
 from .worker import InlineCallAbandoned
 from .wrappers import policy_chain
@@ -159,7 +160,8 @@ class BuiltinEndpoints:
             configs = as_modality_configs(getter()) if getter else {}
             facts = UpstreamFacts(policy, changes, upstream.server_policy_class, upstream.identity(),
                                   upstream.server_runtime, upstream.server_embodiment_tag,
-                                  upstream.server_observation_format, configs)
+                                  upstream.server_observation_format, configs,
+                                  (upstream.server_limits or {}).get(DENOISING_CAP))
             self._relay_facts = facts
         return facts
 
@@ -331,11 +333,13 @@ class BuiltinEndpoints:
         return [action, info]
 
     def _options_not_applied_upstream(self, options: Optional[Mapping[str, Any]]) -> List[str]:
-        """The robot's get_action option names that this relay's upstream ignores, where it is not a gr00t-server: what
-        its client warns of in this process, said to the robot in its info so that the robot's client warns too."""
-        if not options or self._upstream.server_is_gr00t_server is not False:
+        """The robot's get_action option names that this relay's upstream is not known to apply (a server other than a
+        gr00t-server, or an older gr00t-server: options_ignored_by_server): what its client warns of in this process,
+        said to the robot in its info so that the robot's client warns too."""
+        if not options:
             return []
-        return options_not_applied({name: value for name, value in options.items() if name != TIMING_OPTION})
+        return self._upstream.options_ignored_by_server(
+            {name: value for name, value in options.items() if name != TIMING_OPTION})
 
     def _reset(self, options: Any = None) -> Any:
         request = self._current
@@ -500,7 +504,7 @@ class BuiltinEndpoints:
             "batch_timeout_ms": self.batch_timeout_ms,
             "inline_below_ms": self.inline_below_ms,
             "metrics_port": self.metrics_port,
-            "limits": {**work_limits.per_row_summary(self.limits),
+            "limits": {**work_limits.per_row_summary(self.limits), **relayed_denoising_cap(known),
                        **self._policy_info_fact("work_limits", work_limits.policy_work_limits)},
             "auth": self.api_token is not None,
             "encryption": "curve" if self.curve is not None else None,

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional
 from gr00t_client import PolicyClient
 from gr00t_client.client_errors import (BUSY_REFUSALS, NOT_RUN_FOR_DEADLINE, SHUTTING_DOWN, UPSTREAM_FAILED,
                                         PolicyServerError, ServerStoppingError, UpstreamFailedError)
+from gr00t_client.client_server_facts import DENOISING_CAP
 
 from .messages import RequestError
 from .wrappers import policy_chain
@@ -49,10 +50,18 @@ class UpstreamFacts:
     embodiment_tag: Optional[str]
     observation_format: Optional[str]
     modality_configs: Any
+    # the upstream's max_denoising_steps, reported as the relay's own: the model behind it applies denoising_steps
+    denoising_cap: Any = None
 
 
 # a relay's info before its upstream answers
 NOTHING_LEARNT = UpstreamFacts(None, -1, None, None, None, None, None, None)
+
+
+def relayed_denoising_cap(facts: UpstreamFacts) -> Dict[str, Any]:
+    """{max_denoising_steps: N} for a relay's info limits where its upstream reported it, else {}: a robot's client
+    (and gr00t-eval) take denoising_steps as applied only by a server that reports it."""
+    return {} if facts.denoising_cap is None else {DENOISING_CAP: facts.denoising_cap}
 
 
 def upstream_deadline(deadline: Optional[float], now: float) -> Optional[float]:
