@@ -69,3 +69,19 @@ def test_observation_batch_size_reads_any_mapping_as_it_reads_a_dict():
     proxied = types.MappingProxyType({"note": "x", "state": types.MappingProxyType({"t": np.zeros((3, 1))})})
     assert observation_batch_size(observation) == observation_batch_size(proxied) == 3
     assert observation_batch_size({"note": "x"}) == observation_batch_size(types.MappingProxyType({})) == -1
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "nested"])
+def test_a_torch_tensor_is_refused_naming_its_key_and_the_fix_as_the_client_does(flat):
+    """The chunker said the observation 'holds no array or list' (it holds a tensor): now PolicyClient's own words."""
+    torch = pytest.importorskip("torch")
+    tensor_observation = {"state.t": torch.zeros(2, 1)} if flat else {"state": {"t": torch.zeros(2, 1)}}
+    with running_server(RowsPolicy()) as server:
+        with PolicyClient("127.0.0.1", server.port, timeout_ms=5000) as client:
+            with pytest.raises(TypeError) as by_client:
+                client.get_action(tensor_observation)
+            with pytest.raises(TypeError) as by_chunker:
+                ActionChunker(client).get_action(tensor_observation)
+    assert str(by_chunker.value) == str(by_client.value) == (  # the flat key, or the nested path, dotted alike
+        "get_action: observation.state.t: cannot encode value of type Tensor for the wire; send a numpy array: "
+        "value.detach().cpu().numpy()")

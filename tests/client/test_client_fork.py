@@ -10,13 +10,14 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 from fork_race import first_calls_with_one_held_mid_adoption
 from forked_child import in_forked_child
 from reference_peer import EchoPolicy, libero_like_observation
 from serving import running_server
 
-from gr00t_client import PolicyClient
+from gr00t_client import PolicyClient, PolicyServerError
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs os.fork (Linux)")
 
@@ -127,4 +128,65 @@ def test_a_forked_child_has_a_session_of_its_own_so_a_replay_keeps_each_workers_
         code, output = in_forked_child(lambda: named.session_id)
         assert (code, output) == (0, "robot-7")  # a session id its user gave is kept
         named.close()
+        client.close()
+
+
+def test_a_forked_childs_first_get_action_of_an_inherited_replay_session_is_refused_until_it_resets(tmp_path):
+    """The child's new session was sent as a new one, so a replay served it from episode 0 in silence (the parent was
+    in episode 1): it is refused, as any session the server does not know, and served once the child resets."""
+    from eval.dataset_factory import expected_actions, make_dataset
+    from gr00t_server.policies import ReplayPolicy
+
+    def first_get_action_then_after_a_reset(client):
+        try:
+            client.get_action({})
+            refusal = "served"
+        except PolicyServerError as exc:
+            refusal = str(exc)
+        client.reset({"episode_index": 0})
+        return refusal, client.get_action({})[0]["arm"][0, 0].tolist()
+
+    root = make_dataset(tmp_path / "ds", lengths=(12, 12), cameras=())
+    with running_server(ReplayPolicy(root, execution_horizon=4)) as server:
+        client = PolicyClient("127.0.0.1", server.port, timeout_ms=5000)
+        client.reset({"episode_index": 1})
+        client.get_action({})
+        code, output = in_forked_child(lambda: first_get_action_then_after_a_reset(client))
+        assert code == 0, output
+        refusal, arm_after_reset = eval(output)  # noqa: S307 - the child's own repr of a tuple
+        assert "call reset to start it again" in refusal
+        assert arm_after_reset == pytest.approx(expected_actions(0, 12)["arm"][0].tolist())  # served from its start
+        second, _ = client.get_action({})  # the parent's session went on in episode 1
+        assert second["arm"][0, 0].tolist() == pytest.approx(expected_actions(1, 12)["arm"][4].tolist())
+        client.close()
+
+
+def test_a_forked_chunkers_child_is_not_handed_the_parents_buffered_steps_of_a_replay(tmp_path):
+    """The child handed out the rest of the parent's chunk (episode 1's steps 1..3), then episode 0 from its start:
+    its first get_action goes to the server instead, which refuses the session until the child resets."""
+    from eval.dataset_factory import expected_states, make_dataset
+    from gr00t_client.chunking import ActionChunker
+    from gr00t_server.policies import ReplayPolicy
+
+    observation = {"state": {key: np.asarray(value[None, :1], np.float32) for key, value in expected_states(1, 12).items()},
+                   "language": {"annotation.human.action.task_description": [["t"]]}}
+
+    def first_get_action(chunker):
+        try:
+            chunker.get_action(observation)
+        except PolicyServerError as exc:
+            return str(exc)
+        return "handed out a step"
+
+    root = make_dataset(tmp_path / "ds", lengths=(12, 12), cameras=())
+    with running_server(ReplayPolicy(root, execution_horizon=4)) as server:
+        client = PolicyClient("127.0.0.1", server.port, timeout_ms=5000)
+        chunker = ActionChunker(client, n_action_steps=4)
+        chunker.reset(options={"episode_index": 1})
+        chunker.get_action(observation)  # 3 steps of episode 1 left in the buffer
+        code, output = in_forked_child(lambda: first_get_action(chunker))
+        assert code == 0, output
+        assert "call reset to start it again" in output
+        assert chunker.remaining().tolist() == [3]  # the parent's buffer is its own still
+        chunker.close()
         client.close()

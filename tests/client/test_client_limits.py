@@ -154,6 +154,30 @@ def test_a_host_holding_a_port_is_refused_at_once_and_told_to_pass_port(written)
         assert f"port={server.port}" in str(error.value)
 
 
+@pytest.mark.parametrize("url, advice", [
+    ("tcp://127.0.0.1:5555", "(host='127.0.0.1', port=5555)"),  # what the server prints at start-up
+    ("tcp://127.0.0.1", "(host='127.0.0.1')"),
+    ("tcp://[::1]:5555", "(host='::1', port=5555)"),
+    ("TCP://robot-server.local:6000", "(host='robot-server.local', port=6000)"),
+])
+def test_a_tcp_endpoint_url_as_host_is_refused_with_advice_that_works(url, advice):
+    # The advice kept the scheme (host='tcp://127.0.0.1', which the same check refused again); without a port, or
+    # for another transport, the URL was said to hold a ':port'.
+    with pytest.raises(ValueError) as error:
+        PolicyClient(host=url, port=5555)
+    assert str(error.value) == (f"host {url!r} is an endpoint URL, not a host name or an IP address: pass the host "
+                                f"alone (no scheme) and the port as port= {advice}")
+
+
+@pytest.mark.parametrize("url, scheme", [("ipc:///tmp/gr00t.sock", "ipc"), ("inproc://policy", "inproc")])
+def test_an_endpoint_url_of_another_transport_is_refused_as_not_tcp(url, scheme):
+    with pytest.raises(ValueError) as error:
+        PolicyClient(host=url, port=5555)
+    assert str(error.value) == (f"host {url!r} is an endpoint URL of the {scheme}:// transport, which is not taken: "
+                                "only TCP is, as a host name or an IP address and the port as port= (e.g. "
+                                "host='127.0.0.1', port=5555)")
+
+
 @needs_ipv6
 @pytest.mark.parametrize("host", ["::1", "[::1]"])
 def test_a_round_trip_over_ipv6_loopback(host):

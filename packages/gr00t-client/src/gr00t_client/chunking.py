@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .chunking_buffers import _StepBuffers
-from .chunking_envs import _EnvRows, _is_int, env_batch_size
+from .chunking_envs import _EnvRows, _is_int
 from .chunking_merge import MERGE_RULES, MergeFn, merge_overlap
 from .chunking_position import PolicyPositionError, _PositionChecks, _reported_steps, _Reply
 from .chunking_prefetch import _Prefetch, _Prefetching, _PrefetchWorker
@@ -280,6 +280,16 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         if _server_changes(self.policy) != self._server_changes:
             self._forget_policy_server()
 
+    def _start_afresh_in_child(self) -> None:
+        """In a forked child, also drop the buffered steps of a served policy (a PolicyClient): they are the parent's
+        session's, and the child's client has a session of its own (a replay refuses it until the child resets), so
+        the child's next get_action asks the server. A local policy's state was copied with its buffers: they carry
+        over."""
+        if _wraps_client(self.policy):
+            for i in range(self._n_envs or 0):
+                self._clear(i)
+        super()._start_afresh_in_child()
+
     # --- public API -----------------------------------------------------------------------------
 
     @property
@@ -321,7 +331,7 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
     def _get_action_locked(self, observation: Dict[str, Any], options: Optional[Dict[str, Any]],
                            handed_out: List[List[int]]) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
         """get_action's body, under the lock; `handed_out` gets the cursors and steps taken just before the pop."""
-        self._ensure_envs(env_batch_size(observation))
+        self._ensure_envs(observation)
         self.stats.calls += 1
         self._prefetch_error = self._prefetch_failure = None
         merged = self._collect(block=False)

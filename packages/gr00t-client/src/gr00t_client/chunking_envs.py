@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import codec
+
 
 def observation_batch_size(observation: Any) -> int:
     """The batch size B of an observation: the first array's leading axis, or the first list's length."""
@@ -47,6 +49,16 @@ def env_batch_size(observation: Any) -> int:
     return sizes.pop() if sizes else observation_batch_size(observation)
 
 
+def refuse_unsendable(observation: Any) -> None:
+    """WireEncodeError, in PolicyClient's get_action words, for an observation the wire cannot carry (a torch tensor:
+    its key, and how to send it instead); nothing for one it can."""
+    data = {"observation": observation}
+    try:
+        codec.encode(data)
+    except codec.WireEncodeError as exc:
+        raise codec.located_encode_error(exc, data, "get_action", codec.encode) from None
+
+
 def select_envs(observation: Any, env_ids: Sequence[int], batch_size: int) -> Any:
     """The rows `env_ids` of every batched leaf (arrays and lists of length B); other leaves pass through."""
     if isinstance(observation, Mapping):
@@ -76,10 +88,14 @@ def _is_mask(items: Any) -> bool:
 class _EnvRows:
     """ActionChunker's envs and their rows (it sets `_n_envs` and the per-env lists that _ensure_envs sizes)."""
 
-    def _ensure_envs(self, batch_size: int) -> None:
+    def _ensure_envs(self, observation: Any) -> None:
+        """Take the observation's batch size (env_batch_size) as the number of envs at the first call; refuse another
+        later, and an observation whose batch size cannot be told."""
+        batch_size = env_batch_size(observation)
         if batch_size == 0:
             raise ValueError("observation has 0 rows (a batch of size 0): expected one row per env")
         if batch_size < 1:
+            refuse_unsendable(observation)  # its arrays are another library's (torch): named as the client names them
             raise ValueError("cannot tell the batch size of the observation: it holds no array or list")
         if self._n_envs is None:
             self._n_envs = batch_size

@@ -304,8 +304,8 @@ class _Prefetching:
     def _adopt_after_fork(self) -> None:
         """In a child forked from the process that made this chunker, start afresh: the prefetch thread does not
         exist there (a prefetch queued to it, or one in flight at the fork, left the child's next chunk boundary
-        waiting for ever), and a lock a parent thread held at that moment stays held. The buffers carry over; the
-        parent's prefetch is dropped (the child fetches its own)."""
+        waiting for ever), and a lock a parent thread held at that moment stays held. The parent's prefetch is
+        dropped (the child fetches its own); the buffers carry over, but a served policy's (ActionChunker's override)."""
         if self._pid == os.getpid():
             return
         with FORK_ADOPTION_LOCK:  # the child's other threads wait for it; the first to take it adopts

@@ -188,8 +188,7 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         try:
             frames: List[Any] = codec.encode_multipart(envelope) if multipart else [encode_one(envelope)]
         except codec.WireEncodeError as exc:  # name the key: the codec knows values, not where they sit
-            where = codec.unencodable_path(envelope.get("data"), encode_one)
-            raise codec.WireEncodeError(f"{endpoint}: {where}: {exc}" if where else f"{endpoint}: {exc}") from exc
+            raise codec.located_encode_error(exc, envelope.get("data"), endpoint, encode_one) from exc
         try:
             self._check_size(frames, endpoint)
         except MessageTooLargeError:

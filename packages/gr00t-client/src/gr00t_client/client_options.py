@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import numbers
+import re
 from typing import Any, Optional
 
 import numpy as np
@@ -77,18 +78,44 @@ def is_ipv6_literal(host: str) -> bool:
     return True
 
 
+_ENDPOINT_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)  # 'tcp://127.0.0.1:5555', 'ipc://...'
+
+
 def check_host(host: Any) -> str:
     """`host` as PolicyClient connects to it (an IPv6 literal without brackets); ValueError unless it is a non-empty
-    name or IP address. A colon outside an IPv6 literal is a ':port', which ZeroMQ would retry in silence."""
+    name or IP address. An endpoint URL (the 'tcp://host:port' the server prints) is refused with the host and port
+    it names; a colon outside an IPv6 literal is a ':port', which ZeroMQ would retry in silence."""
     bare = normalize_host(host) if isinstance(host, str) else None
     if not bare:
         raise ValueError(f"host must be a non-empty str (a name or an IP address), got {host!r}")
+    url = _ENDPOINT_URL.match(bare)
+    if url is not None:
+        raise ValueError(_endpoint_url_advice(host, url.group(1), url.group(2)))
     if ":" in bare and not is_ipv6_literal(bare):
-        name, _, port = bare.rpartition(":")
-        example = f" (host={name!r}, port={port})" if port.isdigit() else ""
         raise ValueError(f"host {host!r} is not a host name or an IP address: it holds a ':port' (or is a malformed "
-                         f"IPv6 address); pass the host alone and the port as port={example}")
+                         f"IPv6 address); pass the host alone and the port as port={_host_port_example(bare)}")
     return bare
+
+
+def _host_port_example(written: str) -> str:
+    """' (host=..., port=...)' for a 'host:port' (an IPv6 literal alone or in brackets), ' (host=...)' for a host
+    without a port, '' for no host or a port that is not a number."""
+    if not written:
+        return ""
+    if is_ipv6_literal(written) or ":" not in written:
+        return f" (host={normalize_host(written)!r})"
+    name, _, port = written.rpartition(":")
+    return f" (host={normalize_host(name)!r}, port={port})" if port.isdigit() else ""
+
+
+def _endpoint_url_advice(host: str, scheme: str, rest: str) -> str:
+    """Why an endpoint URL is not a host: a tcp:// one with the host and port to pass instead, another transport
+    (ipc://, inproc://) as not taken."""
+    if scheme.lower() == "tcp":
+        return (f"host {host!r} is an endpoint URL, not a host name or an IP address: pass the host alone (no scheme) "
+                f"and the port as port={_host_port_example(rest)}")
+    return (f"host {host!r} is an endpoint URL of the {scheme}:// transport, which is not taken: only TCP is, as a host "
+            "name or an IP address and the port as port= (e.g. host='127.0.0.1', port=5555)")
 
 
 def endpoint_host(host: str) -> str:

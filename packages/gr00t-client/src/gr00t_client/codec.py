@@ -56,6 +56,14 @@ def unencodable_path(value: Any, encode_one: Callable[[Any], Any]) -> str:
     return ""
 
 
+def located_encode_error(exc: WireEncodeError, data: Any, endpoint: str,
+                         encode_one: Callable[[Any], Any]) -> WireEncodeError:
+    """`exc`, the encoder's refusal of a request's `data`, as '<endpoint>: <key path>: <exc>' (the key path where
+    unencodable_path finds the refused value; '<endpoint>: <exc>' where none is found alone)."""
+    where = unencodable_path(data, encode_one)
+    return WireEncodeError(f"{endpoint}: {where}: {exc}" if where else f"{endpoint}: {exc}")
+
+
 STRICT_MAP_KEY_TYPES = (str, bytes)  # all msgpack >= 1.0 decodes by default (strict_map_key): every reference peer
 
 
