@@ -9,7 +9,7 @@ from reference_peer import EchoPolicy
 from serving import running_server
 
 from gr00t_client import PolicyClient, PolicyServerError
-from gr00t_server.serving.limits import ServerLimits, check_finite_action, check_observation
+from gr00t_server.serving.limits import ServerLimits, all_finite_action, check_finite_action, check_observation
 from gr00t_server.serving.messages import RequestError
 
 
@@ -107,6 +107,16 @@ def test_a_nan_action_with_more_rows_than_the_observation_is_still_refused_with_
     observation = {"state": {"eef_9d": np.zeros((1, 1, 9), np.float32)}}
     with pytest.raises(RequestError, match=r"non-finite values \(NaN or inf\) in action key 'arm' rows \[3\]; the action was not sent"):
         check_finite_action(action, observation)
+
+
+def test_a_merged_action_is_all_finite_only_when_no_number_in_it_is_nan_or_inf_nor_its_walk_refuses_it():
+    """A merged call's action checked once stands for each request's rows; a NaN anywhere, or an action the walk
+    refuses (a masked array), sends every request back to its own check, which words its refusal."""
+    action = {"arm": np.zeros((4, 2, 3), np.float32), "info": [1.0, {"gain": 2.0}]}
+    assert all_finite_action(action)
+    action["info"][1]["gain"] = float("inf")
+    assert not all_finite_action(action)
+    assert not all_finite_action({"arm": np.ma.masked_array(np.zeros((2, 3), np.float32))})
 
 
 @pytest.mark.parametrize("name", ["max_rows", "max_image_pixels"])

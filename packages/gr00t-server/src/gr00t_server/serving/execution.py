@@ -446,10 +446,14 @@ class JobRunner(ReplyFrames):
             return [valid[:half], valid[half:]]
         policy_ms = (time.monotonic() - started) * 1000.0
         self._window.observe_call(policy_ms / 1000.0, sum(rows), call_cost(valid[0]))  # one signature, no options
+        # One walk of the merged action instead of one per request: its parts are slices of its arrays, so when it is
+        # all finite so is every part. Otherwise each part is checked, so that only its bad rows' senders are refused.
+        finite = work_limits.all_finite_action(action)
         for request, (part_action, part_info) in zip(valid, parts):
             request.timing = stages
             try:
-                work_limits.check_finite_action(part_action, request.data.get("observation"))
+                if not finite:
+                    work_limits.check_finite_action(part_action, request.data.get("observation"))
             except Exception as exc:  # the check's own failure is this request's, never the batch's
                 replies.append((request, self.error_frames(request, exc, policy_started=started, policy_ms=policy_ms)))
                 continue

@@ -460,6 +460,16 @@ def _non_finite_action(where: str, value: np.ndarray, observation: Any) -> Reque
     )
 
 
+def all_finite_action(action: Any) -> bool:
+    """True when every number of `action` is finite (first_non_finite finds none); False when one is not, or when the
+    walk itself refuses the action (a masked array, a cycle): then each request's own check_finite_action words it.
+    A merged call's action checked so once stands for every request's rows of it (split_result slices each value)."""
+    try:
+        return first_non_finite(action) is None
+    except Exception:
+        return False
+
+
 def check_finite_action(action: Any, observation: Any) -> None:
     """Refuse to send an action with NaN/inf anywhere (arrays, numpy or Python scalars, lists, nested maps): raise
     naming the action key, the rows and the likely cause. Each value is visited once (policy.first_non_finite)."""
