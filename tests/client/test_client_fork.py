@@ -131,19 +131,28 @@ def test_a_forked_child_has_a_session_of_its_own_so_a_replay_keeps_each_workers_
         client.close()
 
 
-def test_a_forked_childs_first_get_action_of_an_inherited_replay_session_is_refused_until_it_resets(tmp_path):
+FORKED_REFUSAL = "was not sent: this process was forked from one whose client for"
+
+
+@pytest.mark.parametrize("knows_kind", [True, False], ids=["client-knows-the-policy-keeps-sessions", "server-refuses"])
+def test_a_forked_childs_first_get_action_of_an_inherited_replay_session_is_refused_until_it_resets(tmp_path,
+                                                                                                    knows_kind):
     """The child's new session was sent as a new one, so a replay served it from episode 0 in silence (the parent was
-    in episode 1): it is refused, as any session the server does not know, and served once the child resets."""
+    in episode 1): it is refused until the child resets - by its client, naming the fork, where the client knows the
+    policy keeps sessions; else by the server, as a session it does not know - and a bare reset then starts it at
+    episode 0 (it was refused too, as a reset of a session whose episodes the replay did not know)."""
     from eval.dataset_factory import expected_actions, make_dataset
     from gr00t_server.policies import ReplayPolicy
 
     def first_get_action_then_after_a_reset(client):
+        if not knows_kind:
+            client.server_keeps_sessions = None  # as a client that never learnt the policy's kind
         try:
             client.get_action({})
             refusal = "served"
         except PolicyServerError as exc:
-            refusal = str(exc)
-        client.reset({"episode_index": 0})
+            refusal = f"{type(exc).__name__}: {exc}"
+        client.reset()
         return refusal, client.get_action({})[0]["arm"][0, 0].tolist()
 
     root = make_dataset(tmp_path / "ds", lengths=(12, 12), cameras=())
@@ -151,13 +160,30 @@ def test_a_forked_childs_first_get_action_of_an_inherited_replay_session_is_refu
         client = PolicyClient("127.0.0.1", server.port, timeout_ms=5000)
         client.reset({"episode_index": 1})
         client.get_action({})
+        assert client.server_keeps_sessions is True
         code, output = in_forked_child(lambda: first_get_action_then_after_a_reset(client))
         assert code == 0, output
         refusal, arm_after_reset = eval(output)  # noqa: S307 - the child's own repr of a tuple
-        assert "call reset to start it again" in refusal
+        if knows_kind:
+            assert refusal.startswith(f"ForkedSessionError: 'get_action' {FORKED_REFUSAL} tcp://127.0.0.1:"), refusal
+            assert refusal.endswith("call reset in this process first (a replay then starts episode 0, or the one "
+                                    "options['episode_index'] names)"), refusal
+        else:
+            assert "call reset to start it again" in refusal, refusal
         assert arm_after_reset == pytest.approx(expected_actions(0, 12)["arm"][0].tolist())  # served from its start
         second, _ = client.get_action({})  # the parent's session went on in episode 1
         assert second["arm"][0, 0].tolist() == pytest.approx(expected_actions(1, 12)["arm"][4].tolist())
+        client.close()
+
+
+def test_a_forked_child_of_a_client_serving_a_stateless_policy_is_served_at_once():
+    """Only a policy that keeps sessions needs the child's session reset: a stateless one serves it as before."""
+    with running_server(EchoPolicy()) as server:
+        client = PolicyClient("127.0.0.1", server.port, timeout_ms=5000)
+        client.get_action(libero_like_observation())
+        code, output = in_forked_child(lambda: sorted(client.get_action(libero_like_observation())[0]))
+        assert code == 0, output
+        assert output == repr(sorted(client.get_action(libero_like_observation())[0]))
         client.close()
 
 
@@ -186,7 +212,29 @@ def test_a_forked_chunkers_child_is_not_handed_the_parents_buffered_steps_of_a_r
         chunker.get_action(observation)  # 3 steps of episode 1 left in the buffer
         code, output = in_forked_child(lambda: first_get_action(chunker))
         assert code == 0, output
-        assert "call reset to start it again" in output
+        assert FORKED_REFUSAL in output
         assert chunker.remaining().tolist() == [3]  # the parent's buffer is its own still
+        chunker.close()
+        client.close()
+
+
+def test_a_forked_chunkers_child_sharing_a_given_session_id_hands_out_that_sessions_buffered_steps(tmp_path):
+    """A client given its session_id keeps it in the child: the buffered steps are that session's next ones, and the
+    child that dropped them was served the steps after them (1504-1507 for 1501-1504), skipping four in silence."""
+    from eval.dataset_factory import expected_actions, expected_states, make_dataset
+    from gr00t_client.chunking import ActionChunker
+    from gr00t_server.policies import ReplayPolicy
+
+    observation = {"state": {key: np.asarray(value[None, :1], np.float32) for key, value in expected_states(1, 12).items()},
+                   "language": {"annotation.human.action.task_description": [["t"]]}}
+    root = make_dataset(tmp_path / "ds", lengths=(12, 12), cameras=())
+    with running_server(ReplayPolicy(root, execution_horizon=4)) as server:
+        client = PolicyClient("127.0.0.1", server.port, timeout_ms=5000, session_id="robot-7")
+        chunker = ActionChunker(client, n_action_steps=4)
+        chunker.reset(options={"episode_index": 1})
+        chunker.get_action(observation)  # step 0 handed out, steps 1..3 of episode 1 left in the buffer
+        code, output = in_forked_child(lambda: chunker.get_action(observation)[0]["arm"][0].tolist())
+        assert code == 0, output
+        assert eval(output) == pytest.approx(expected_actions(1, 12)["arm"][1].tolist())  # noqa: S307 - step 1
         chunker.close()
         client.close()

@@ -139,3 +139,22 @@ def test_a_relay_to_a_current_gr00t_server_reports_its_max_denoising_steps_and_n
             assert robot.get_server_info()["limits"]["max_denoising_steps"] == 16
     assert OPTIONS_NOT_APPLIED_FIELD not in info
     assert _warnings(caplog) == []
+
+
+def test_denoising_steps_to_a_replay_are_warned_once_as_not_applied_to_recorded_actions_not_as_an_old_server(
+        caplog, tmp_path):
+    """A current gr00t-server serving a replay reports no max_denoising_steps: the warning told to upgrade gr00t-server,
+    which can never help; a replay's recorded actions are what any denoising_steps gives."""
+    from eval.dataset_factory import make_dataset
+    from gr00t_server.policies import ReplayPolicy
+
+    caplog.set_level(logging.WARNING, logger=CLIENT_LOGGER)
+    root = make_dataset(tmp_path / "ds", lengths=(8,), cameras=())
+    with running_server(ReplayPolicy(root, execution_horizon=4)) as server:
+        with PolicyClient(port=server.port, timeout_ms=5000) as client:
+            client.reset({"episode_index": 0})
+            for _ in range(2):
+                client.get_action({}, {"denoising_steps": 2})
+            address = client.address
+    assert _warnings(caplog) == [f"get_action option 'denoising_steps' not applied: the server at {address} serves a "
+                                 "replay, whose recorded actions no such option changes"]

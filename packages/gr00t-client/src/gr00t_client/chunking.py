@@ -281,11 +281,13 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
             self._forget_policy_server()
 
     def _start_afresh_in_child(self) -> None:
-        """In a forked child, also drop the buffered steps of a served policy (a PolicyClient): they are the parent's
-        session's, and the child's client has a session of its own (a replay refuses it until the child resets), so
-        the child's next get_action asks the server. A local policy's state was copied with its buffers: they carry
-        over."""
-        if _wraps_client(self.policy):
+        """In a forked child, also drop the buffered steps of a served policy (a PolicyClient) whose session the child
+        does not share: they are the parent's session's, and the child's client has a session of its own (a replay
+        refuses it until the child resets), so the child's next get_action asks the server. A client given its
+        session_id keeps it in the child, and the buffered steps are that session's next ones; a local policy's state
+        was copied with its buffers: both carry over."""
+        client = _client_of(self.policy)
+        if client is not None and not getattr(client, "_session_given", False):
             for i in range(self._n_envs or 0):
                 self._clear(i)
         super()._start_afresh_in_child()

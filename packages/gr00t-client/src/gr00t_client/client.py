@@ -20,8 +20,8 @@ import zmq
 
 from . import codec, curve, host_lookup
 from .client_connection import ClientConnection
-from .client_errors import (SHUTTING_DOWN, ClientClosedError, DeadlineNotRunError, MessageTooLargeError,
-                            PolicyServerError, PolicyTimeoutError, ReplyLostError, ServerBusyError,
+from .client_errors import (SHUTTING_DOWN, ClientClosedError, DeadlineNotRunError, ForkedSessionError,
+                            MessageTooLargeError, PolicyServerError, PolicyTimeoutError, ReplyLostError, ServerBusyError,
                             ServerStoppingError, UpstreamFailedError)
 from .client_messages import (ERROR_MARKER, OPTIONS_NOT_APPLIED_FIELD, PROTOCOL_VERSION, SESSION_CONTINUES_FIELD,
                               TIMEOUT_FIELD, TIMING_OPTION, UPSTREAM_CHANGES_FIELD, ClientMessages)
@@ -47,6 +47,7 @@ __all__ = [
     "TIMING_OPTION",
     "ClientClosedError",
     "DeadlineNotRunError",
+    "ForkedSessionError",
     "MessageTooLargeError",
     "PolicyClient",
     "PolicyServerError",
@@ -134,6 +135,9 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
         # Set once a reset or get_action of this session was answered: later requests say the session continues, so a
         # server that no longer knows it (dropped long ago, or restarted) refuses them instead of starting it afresh.
         self._session_served = False
+        # Set in a child forked after this client was served: the child's own session is new, and a policy that keeps
+        # sessions must have it reset before its get_action (ForkedSessionError); cleared once one is answered.
+        self._forked_session = False
         self._requested_wire = wire  # what _wire returns to when the server's facts are forgotten
         self._forget_server()  # nothing is known yet
         # Times the connection was made anew or given up (a restart, a lost reply): whoever answers since may be
@@ -306,11 +310,13 @@ class PolicyClient(ClientConnection, ServerFacts, ClientMessages, BasePolicy):
                         if isinstance(asked, PolicyServerError):
                             raise asked
                         return asked
+                if endpoint == "get_action" and self._forked_session and self.server_keeps_sessions:
+                    raise ForkedSessionError(endpoint, self.address, self.session_id)
                 multipart = bool(self._server_is_ours) and self._wire in ("auto", "multipart")
                 envelope = self._envelope(endpoint, data, requires_input)
                 reply = self._round_trip(envelope, endpoint, multipart=multipart, deadline=deadline)
                 if watched:
-                    self._session_served = True
+                    self._session_served, self._forked_session = True, False
         except ServerStoppingError:
             raise  # a server going away: nothing to ask it (nor after a timeout or lost connection: no answer came,
             # and a check would wait out another timeout on a dead server; the next answered call checks)

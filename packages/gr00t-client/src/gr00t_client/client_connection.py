@@ -289,8 +289,8 @@ class ClientConnection:
         fork (the child's first call spun at full CPU for ever, whatever timeout_ms), and a lock a parent thread held
         at that moment stays held. The parent's objects are left alone (pyzmq never closes them from another process),
         so the parent's connection is unaffected; what was learned about the server still holds. The child gets a
-        session of its own unless the client was given its session_id; one the parent was served must be reset in the
-        child before a policy that keeps sessions (a replay) serves its get_action."""
+        session of its own unless the client was given its session_id; where the parent was served, that session must be
+        reset in the child before a policy that keeps sessions (a replay) serves its get_action (ForkedSessionError)."""
         if self._pid == os.getpid():
             return
         with FORK_ADOPTION_LOCK:  # the child's other threads wait for it; the first to take it adopts
@@ -308,10 +308,12 @@ class ClientConnection:
         if not self._session_given:
             # A session of its own: with the parent's id, a stateful server (a replay) kept one cursor for every forked
             # worker, and each worker's reset moved the others' (a worker replayed another's episode, without a word).
-            # _session_served is kept: a session the parent was served goes on in the child as one the server does not
-            # know, so a policy that keeps sessions refuses its get_action until the child resets, where a new session
-            # was served from its initial state in silence (a replay's episode 0, not the parent's episode).
+            # A child of a served client must reset its new session before a policy that keeps sessions serves its
+            # get_action (ForkedSessionError, or the server's refusal where the client does not know the policy's
+            # kind): a new session was served from its initial state in silence (a replay's episode 0, not the
+            # parent's episode). Its reset starts the session afresh, as a new client's does.
             self.session_id = uuid.uuid4().hex
+            self._forked_session, self._session_served = self._session_served or self._forked_session, False
         logger.debug("PolicyClient for %s in forked process %d: new ZeroMQ context and socket", self.address, os.getpid())
         self._pid = os.getpid()  # last: a thread that sees the child's pid skips the adoption and uses what it made
 

@@ -83,6 +83,26 @@ class MessageTooLargeError(PolicyServerError):
         return (type(self), (self.endpoint, self.size, self.limit))
 
 
+class ForkedSessionError(PolicyServerError):
+    """A get_action in a child forked after its client had been served, refused before it was sent: the parent's session
+    goes on in the parent, and the child has a session of its own that the server's policy keeps state for (a replay)
+    and that has not been started. Calling reset in the child first starts it. A PolicyServerError, as the server's own
+    refusal of a session it does not know is."""
+
+    def __init__(self, endpoint: str, address: str, session_id: str) -> None:
+        message = (f"'{endpoint}' was not sent: this process was forked from one whose client for {address} had been "
+                   f"served, and the child has a session of its own ({session_id!r}) that the server's policy keeps "
+                   "state for (a replay's episode and step) and has not started; call reset in this process first (a "
+                   "replay then starts episode 0, or the one options['episode_index'] names)")
+        super().__init__(message, endpoint)
+        self.args = (message,)  # the client's words, not the server's: no "Server error:" prefix
+        self.address = address
+        self.session_id = session_id
+
+    def __reduce__(self):  # pickled (a Ray task's error) as made
+        return (type(self), (self.endpoint, self.address, self.session_id))
+
+
 class ClientClosedError(ConnectionError, RuntimeError):
     """A call on a PolicyClient that close() had closed (from another thread while the call waited for its turn, or
     earlier): nothing was sent; or a call in flight that close() or interrupt_calls() ended. A RuntimeError too, as

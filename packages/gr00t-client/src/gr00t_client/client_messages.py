@@ -40,7 +40,9 @@ class ClientMessages:
         if self.api_token:
             envelope["api_token"] = self.api_token
         envelope["session_id"] = self.session_id
-        if self._session_served:
+        if self._session_served or (self._forked_session and endpoint == "get_action"):
+            # a forked child's first get_action too: a server whose policy keeps sessions refuses it until the child
+            # resets (its client could not tell whether the policy keeps them); its reset starts the new session
             envelope[SESSION_CONTINUES_FIELD] = True
         if endpoint == "get_server_info" and getattr(self._call, "asks_upstream", False):
             envelope[ASKS_UPSTREAM_FIELD] = True

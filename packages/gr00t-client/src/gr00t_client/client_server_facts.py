@@ -118,6 +118,9 @@ class ServerFacts:
                            "gr00t-server ignores denoising_steps); serve the model with a current gr00t-server "
                            "(upgrade gr00t-server) to apply %s", "s" if plural else "", names, self.address,
                            *(("them",) * 3 if plural else ("it",) * 3))
+        elif self._server_is_ours and self.server_policy_kind == "replay":
+            logger.warning("get_action option%s %s not applied: the server at %s serves a replay, whose recorded actions "
+                           "no such option changes", "s" if plural else "", names, self.address)
         elif self._server_is_ours:
             logger.warning("get_action option %s is not known to be applied by the gr00t-server at %s: its "
                            "get_server_info limits report no max_denoising_steps (a gr00t-server older than 2026-12-02 "
