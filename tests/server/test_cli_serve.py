@@ -536,3 +536,50 @@ def test_an_action_horizon_other_than_a_modality_config_files_is_refused_naming_
     with pytest.raises(CliError, match=f"--action-horizon 8: {re.escape(str(path))} sets the action delta_indices "
                                        r"\(16 steps: \[0, 1, 2"):
         _replay_policy(args, EmbodimentTag.resolve("new_embodiment"))
+
+
+# serve at `ulimit -n 64` (soft and hard): it said "accepts about 0 clients at once" (the limit less 64), then served 51.
+LOW_OPEN_FILE_LIMIT = 64
+# The figure counts the descriptors open once the server is bound; run() then starts its socket loop and policy worker,
+# and a call may hold a dataset file open for a moment, so the clients answered may be a few fewer (never more: each
+# connection takes one descriptor, and those counted stay open).
+CLIENTS_TOLD_TOLERANCE = 3
+
+
+def _open_file_limit(limit):
+    """For preexec_fn: soft and hard open-file limit `limit` in the child (serve cannot raise it)."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
+def _clients_answered(port, most):
+    """How many clients, each kept connected, the server at `port` answers before the first that it does not."""
+    clients = []
+    try:
+        while len(clients) < most:
+            clients.append(PolicyClient(host="127.0.0.1", port=port, timeout_ms=1000))
+            if not clients[-1].ping():
+                return len(clients) - 1
+        return len(clients)
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts descriptors in /proc/self/fd")
+def test_serve_at_a_low_open_file_limit_says_about_how_many_clients_it_then_answers(dataset):
+    port = _free_port()
+    proc = subprocess.Popen(_cli("serve", "--dataset-path", str(dataset), "--port", str(port)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_open_file_limit(LOW_OPEN_FILE_LIMIT))
+    try:
+        lines = _wait_ready(proc)
+        warning = next((line for line in lines if "open-file limit" in line), "\n".join(lines))
+        assert f"the open-file limit is {LOW_OPEN_FILE_LIMIT} (its hard limit too)" in warning, warning
+        assert "ulimit -Hn" in warning, warning
+        told = int(re.search(r"accepts about (\d+) clients at once", warning).group(1))
+        answered = _clients_answered(port, told + CLIENTS_TOLD_TOLERANCE + 5)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert told - CLIENTS_TOLD_TOLERANCE <= answered <= told, (told, answered)

@@ -16,15 +16,11 @@ from typing import Any, Callable, Dict, Iterator, Optional
 
 import zmq
 
-try:
-    import resource  # the descriptor limits, for EMFILE's message; not on Windows
-except ImportError:  # pragma: no cover - Windows
-    resource = None  # type: ignore[assignment]
-
 from . import codec, curve, host_lookup
 from .client_errors import ClientClosedError, PolicyTimeoutError, ReplyLostError
 from .client_options import endpoint_host, is_ipv6_literal
 from .client_sockets import _PROCESS_CONTEXT, FORK_ADOPTION_LOCK, _ReplyWatch
+from .process_limits import open_descriptor_count, shown_limits
 
 logger = logging.getLogger("gr00t_client.client")  # PolicyClient's one logger, whichever of its modules logs
 
@@ -50,27 +46,18 @@ def _refused_connects_advice() -> str:
     """For connects that all failed: EMFILE's advice where this process is within _NEAR_DESCRIPTOR_LIMIT of its soft
     limit (libzmq's I/O thread then retries a socket() that fails, and the monitor sees it as a refused connect); ''
     otherwise, or where /proc/self/fd cannot be counted (not Linux)."""
-    if resource is None:
+    limits, open_fds = shown_limits("RLIMIT_NOFILE"), open_descriptor_count()
+    if limits is None or open_fds is None or limits[0] == "unlimited":  # not Linux, or no limit: not known
         return ""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        open_fds = len(os.listdir("/proc/self/fd"))
-    except OSError as exc:
-        if exc.errno != errno.EMFILE:  # no /proc: not known
-            return ""
-        open_fds = soft  # listing them took the last one
-    if soft == resource.RLIM_INFINITY or open_fds < soft - _NEAR_DESCRIPTOR_LIMIT:
+    if open_fds < int(limits[0]) - _NEAR_DESCRIPTOR_LIMIT:
         return ""
     return f"; or no descriptor was left to connect with: {_descriptor_words(f'has {open_fds} file descriptors open')}"
 
 
 def _descriptor_words(state: str) -> str:
     """'this process <state> (its limits), ...': what each client holds and how to raise the limit."""
-    limits = ""
-    if resource is not None:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        shown = ["unlimited" if limit == resource.RLIM_INFINITY else str(limit) for limit in (soft, hard)]
-        limits = f" (soft limit {shown[0]}, hard limit {shown[1]})"
+    shown = shown_limits("RLIMIT_NOFILE")
+    limits = f" (soft limit {shown[0]}, hard limit {shown[1]})" if shown is not None else ""
     return (f"this process {state}{limits}, and each PolicyClient holds about 4 (its "
             "connection, the socket's mailbox and its handshake monitor's pair): raise the soft limit, e.g. `ulimit -n "
             "65536` in the shell that starts it, or resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard)) in it, or "

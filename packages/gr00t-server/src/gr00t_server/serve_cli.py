@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from gr00t_client.process_limits import open_descriptor_count, shown_limits
+
 from .cli_errors import CliError, refuse_blank_paths
 from .serve_checks import (
     _check_server_flags, _curve_settings, _hold_bind_addresses, _ignored_flags, _server_limits,
@@ -57,15 +59,24 @@ def _raise_open_file_limit() -> None:
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
         except (ValueError, OSError) as exc:
-            logger.warning("could not raise the open-file limit from %d to %d (%s); the server accepts about %d "
-                           "clients at once", soft, target, exc, max(0, soft - 64))
-            return
-    if soft != resource.RLIM_INFINITY and soft < LOW_OPEN_FILE_LIMIT:  # a hard limit as low (ulimit -n 64 ...)
-        logger.warning("the open-file limit is %d (its hard limit too): the server accepts about %d clients at once, "
-                       "and past that libzmq spins on its listener without a word; raise it (ulimit -Hn, or "
-                       "LimitNOFILE= in a systemd unit)", soft, max(0, soft - 64))
+            logger.warning("could not raise the open-file limit from %d to %d (%s)", soft, target, exc)
+
+
+def _warn_of_low_open_file_limit() -> None:
+    """Once the server is bound: warn when the open-file limit leaves room for few clients, with about how many. Each
+    client's connection holds one descriptor; those open now (the policy's, ZeroMQ's, the listener) stay open."""
+    limits = shown_limits("RLIMIT_NOFILE")
+    if limits is None or limits[0] == "unlimited" or int(limits[0]) >= LOW_OPEN_FILE_LIMIT:
+        return
+    soft, hard = limits
+    which = "its hard limit too" if soft == hard else f"its hard limit is {hard}"
+    held = open_descriptor_count()
+    accepted = ("fewer clients at once than that" if held is None else
+                f"about {max(0, int(soft) - held)} clients at once ({held} descriptors are the server's own)")
+    logger.warning("the open-file limit is %s (%s): the server accepts %s, and past that libzmq spins on its "
+                   "listener without a word; raise it (ulimit -Hn, or LimitNOFILE= in a systemd unit)", soft, which,
+                   accepted)
 
 
 def serve(args: argparse.Namespace, leave_when_stopped: bool = False) -> int:
@@ -259,4 +270,5 @@ def _start_server(args: argparse.Namespace) -> Any:
     except KeyboardInterrupt:
         server.close()
         raise
+    _warn_of_low_open_file_limit()
     return server

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from gr00t_client.cli_signals import interrupting_signals, signals_handled_by
 from gr00t_client.peer_text import shown_text
+from gr00t_client.process_limits import shown_limits
 
 from ..extras import require_gymnasium
 from ..run_stop import note_stop_while_closing
@@ -103,6 +104,29 @@ def shared_memory_problem(exc: OSError) -> str:
             "--vectorization auto, or --vectorization sync)")
 
 
+class EnvWorkersUnstartableError(RuntimeError):
+    """The env worker processes could not be started: this process ran out of open files or processes (its ulimit),
+    or the system did."""
+
+
+# errno -> (what ran out, the resource limit to name (None: a system-wide one), its words, how to raise it)
+_LIMITS_RUN_OUT = {
+    errno.EMFILE: ("this process has used up its file descriptors", "RLIMIT_NOFILE", "open-file limit", "ulimit -n"),
+    errno.ENFILE: ("the system's open-file table is full", None, None, "sysctl fs.file-max"),
+    errno.EAGAIN: ("no more processes could be started for this user or container", "RLIMIT_NPROC",
+                   "process limit", "ulimit -u (or the container's pids limit)"),
+}
+
+
+def workers_unstartable_problem(exc: OSError) -> str:
+    """What a worker start that failed for want of descriptors or processes (`exc`) means, the limit and remedies."""
+    what, limit_name, limit_words, remedy = _LIMITS_RUN_OUT[exc.errno]
+    shown = shown_limits(limit_name) if limit_name else None
+    limit = f" ({limit_words} {shown[0]}, hard limit {shown[1]})" if shown is not None else ""
+    return (f"the env worker processes could not be started: {exc.strerror or exc}: {what}{limit}; raise it with "
+            f"{remedy}, or use fewer --n-envs (each worker holds several descriptors and a process)")
+
+
 class BoundedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
     """gymnasium's AsyncVectorEnv whose workers get at most `build_timeout_s` (None: no limit) to build their envs:
     its own check waits on each worker without a timeout, and it builds one env in this process for the spaces, so a
@@ -116,6 +140,8 @@ class BoundedAsyncVectorEnv(gym.vector.AsyncVectorEnv):
                              **kwargs)
         except OSError as exc:
             _kill_processes(getattr(self, "processes", []))
+            if exc.errno in _LIMITS_RUN_OUT:  # before any worker too: the queue's pipe takes descriptors
+                raise EnvWorkersUnstartableError(workers_unstartable_problem(exc)) from exc
             # before any worker was made, only the workers' queue (its POSIX semaphores, in /dev/shm) writes a file;
             # an error there names none, and read as the output folder's full or read-only disk
             if not getattr(self, "processes", None) and exc.filename is None:
@@ -270,11 +296,13 @@ def _log_close_failure(what: str, exc: BaseException) -> None:
 
 def _kill_processes(processes: Sequence[Any], wait_s: Optional[float] = 10) -> None:
     """Kill the worker processes still running and wait for them (at most `wait_s` each; None: no limit): they ignore
-    the stop signals."""
-    for process in processes:
+    the stop signals. One never started is skipped: gymnasium lists each worker before starting it, and joining the
+    one whose start failed raised "can only join a started process" in place of that failure."""
+    started = [process for process in processes if process.pid is not None]
+    for process in started:
         if process.is_alive():
             process.kill()
-    for process in processes:
+    for process in started:
         process.join(wait_s)
 
 
