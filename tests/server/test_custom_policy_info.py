@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from eval.dataset_factory import make_dataset
-from gr00t_client import BasePolicy, ModalityConfig, PolicyClient, PolicyWrapper
+from gr00t_client import BasePolicy, ModalityConfig, PolicyClient, PolicyServerError, PolicyWrapper
 from gr00t_eval.policy_identity import policy_record
 from gr00t_server.policies import Gr00tSimPolicyWrapper, ReplayPolicy
 from serving import running_server
@@ -125,3 +125,49 @@ def test_a_policy_reports_what_computes_its_actions_only_when_it_says():
             PolicyClient(port=server.port, timeout_ms=5000) as client:
         assert client.get_server_info()["runtime"] == {"dtype": "float16", "device": "cuda:0",
                                                        "inference_mode": "onnxruntime"}
+
+
+# --- per-key dimensions -----------------------------------------------------------------------------------------------
+
+
+def _refusal_of_one_state_key_too_narrow(port, observation, key):
+    """The server's refusal of `observation` with state `key` one column wide."""
+    narrow = {**observation, "state": {**observation["state"], key: observation["state"][key][..., :1]}}
+    with PolicyClient(port=port, timeout_ms=30000) as client, pytest.raises(PolicyServerError) as refused:
+        client.get_action(narrow)
+    return refused.value.server_message
+
+
+def test_a_served_checkpoint_reports_the_dims_its_refusals_name_and_its_actions_have(tiny_checkpoint):
+    """A raw client learnt each state key's width only from refusals ('the checkpoint statistics expect 9')."""
+    from gr00t_server.policies.gr00t_policy import Gr00tPolicy
+    from gr00t_server.test_checkpoint import example_observation
+
+    observation = example_observation(tiny_checkpoint, "new_embodiment")
+    policy = Gr00tPolicy(tiny_checkpoint, "new_embodiment", device="cpu")
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=30000) as client:
+        dims = client.get_server_info()["dims"]
+        action, _ = client.get_action(observation, {"seed": 0})
+        key = max(dims["state"], key=dims["state"].get)
+        refusal = _refusal_of_one_state_key_too_narrow(server.port, observation, key)
+    assert dims["state"] == {name: value.shape[-1] for name, value in observation["state"].items()}
+    assert f"State key '{key}' has dimension 1; the checkpoint statistics expect {dims['state'][key]}" in refusal
+    assert dims["action"] == {name: value.shape[-1] for name, value in action.items()}
+
+
+def test_a_replay_reports_the_dims_of_its_dataset_that_its_refusals_name(tmp_path):
+    configs = {"state": ModalityConfig([0], ["joints", "gripper"]), "action": ModalityConfig([0, 1, 2, 3], ["arm", "grip"])}
+    root = make_dataset(tmp_path / "ds", lengths=(4,), state_dims={"joints": 5, "gripper": 1},
+                        action_dims={"arm": 6, "grip": 1})
+    policy = ReplayPolicy(root, configs, execution_horizon=2)
+    observation = {"state": {"joints": np.zeros((1, 1, 5), np.float32), "gripper": np.zeros((1, 1, 1), np.float32)}}
+    with running_server(policy) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        dims = client.get_server_info()["dims"]
+        refusal = _refusal_of_one_state_key_too_narrow(server.port, observation, "joints")
+    assert dims == {"state": {"joints": 5, "gripper": 1}, "action": {"arm": 6, "grip": 1}}
+    assert "State key 'joints' has dimension 1; the dataset expects 5" in refusal
+
+
+def test_a_policy_that_does_not_know_its_dims_reports_none():
+    with running_server(CustomPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        assert "dims" not in client.get_server_info()

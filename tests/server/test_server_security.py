@@ -48,7 +48,7 @@ def guarded():
 
 
 @pytest.mark.parametrize("endpoint", ["ping", "get_action", "reset", "get_modality_config", "get_server_info", "kill"])
-@pytest.mark.parametrize("token", [None, "wrong", 12345])
+@pytest.mark.parametrize("token", [None, "wrong"])
 def test_missing_or_wrong_token_is_unauthorized_and_nothing_runs(guarded, endpoint, token):
     request = {"endpoint": endpoint, "data": {"observation": libero_like_observation(height=8, width=8)}}
     if token is not None:
@@ -62,6 +62,17 @@ def test_missing_or_wrong_token_is_unauthorized_and_nothing_runs(guarded, endpoi
     assert guarded.policy.calls == 0 and guarded.policy.resets == 0
     with ReferenceClient(guarded.port, api_token=TOKEN) as client:
         assert client.call_endpoint("ping", requires_input=False)["status"] == "ok"  # still serving
+
+
+@pytest.mark.parametrize("token, type_name", [(TOKEN.encode(), "bytes"), (12345, "int"), ([TOKEN], "list")],
+                         ids=["bin", "int", "array"])
+def test_a_raw_token_that_is_no_msgpack_str_is_refused_naming_its_type_not_its_value(guarded, token, type_name):
+    """The right token sent as msgpack bin (a C++ std::vector<char>, Rust serde_bytes) got 'Invalid API token', the
+    words for a wrong token: its operator rechecked the token instead of its type."""
+    request = {"endpoint": "ping", "api_token": token}
+    reply = ref_unpackb(raw_round_trip(guarded.port, ref_packb(request))[0])
+    assert reply["error"] == f"Unauthorized: 'api_token' must be a str (msgpack str), got {type_name}"
+    assert guarded.policy.calls == 0 and guarded.policy.resets == 0
 
 
 def test_valid_token_is_served_for_our_client_and_the_reference_client(guarded):

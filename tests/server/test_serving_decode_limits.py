@@ -186,6 +186,19 @@ def test_a_message_of_more_frames_than_any_request_has_is_refused_without_keepin
     assert at_limit == f"message has {MAX_MESSAGE_FRAMES - 2} frames but no multipart header; expected 1 frame"
 
 
+def test_a_multipart_message_of_too_many_frames_is_refused_in_the_multipart_form_it_came_in():
+    """Refused for its frame count, a multipart message got a single-frame reply: a raw client that reads frame 0 as
+    the magic and frame 1 as the header failed on it (every other refusal of a multipart message is answered in kind)."""
+    header = msgpack.packb({"endpoint": "ping"}, use_bin_type=True)
+    with running_server(EchoPolicy()) as server:
+        reply = raw_round_trip(server.port, [codec.MULTIPART_MAGIC, header] + [b""] * MAX_MESSAGE_FRAMES)
+    assert reply is not None, "no reply"
+    assert reply[0] == codec.MULTIPART_MAGIC and len(reply) == 2, reply[:2]
+    answer = codec.decode_multipart(reply)
+    assert answer["ok"] is False and answer["endpoint"] == "ping"
+    assert f"this server reads at most {MAX_MESSAGE_FRAMES}" in answer["error"]
+
+
 def test_one_pipelining_connection_cannot_take_the_queue_from_the_others():
     """Small requests fit the byte budget by the thousand: the count per connection is what keeps one pipelining
     peer from filling the shared queue, so that every other client got "server busy" (seen: 1 call in 11 served)."""

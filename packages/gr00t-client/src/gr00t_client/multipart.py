@@ -62,6 +62,10 @@ def is_multipart(frames: Sequence[Any]) -> bool:
         return view.nbytes == len(MULTIPART_MAGIC) and view.tobytes() == MULTIPART_MAGIC
 
 
+# An array reference [frame_index, dtype str, shape] takes tens of bytes (a shape has at most 64 dimensions).
+MAX_ARRAY_REFERENCE_BYTES = 4096
+
+
 def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = None) -> Any:
     """Decode [MULTIPART_MAGIC, header, buffers...]; arrays view the frames' memory (writable, no copy).
 
@@ -78,6 +82,9 @@ def decode_multipart(frames: Sequence[Any], limits: Optional[DecodeLimits] = Non
         if code != _EXT_BUFFER:
             raise WireDecodeError(f"unknown msgpack extension type {code}; expected only type {_EXT_BUFFER} in a "
                                   "multipart header (an array reference to a later frame)")
+        if len(data) > MAX_ARRAY_REFERENCE_BYTES:  # refused unread: decoding it could cost far more than its size
+            raise WireDecodeError(f"array reference of {len(data)} bytes; expected at most {MAX_ARRAY_REFERENCE_BYTES} "
+                                  "(a msgpack array [frame_index, dtype str, shape])")
         try:
             index, type_str, shape = msgpack.unpackb(data, raw=False)
         except MALFORMED_BYTES_ERRORS as exc:

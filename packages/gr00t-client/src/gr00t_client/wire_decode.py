@@ -365,6 +365,16 @@ def _unpack(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limi
     except UnicodeDecodeError as exc:  # a peer's Latin-1 text, say (a str, a map key, a ModalityConfig's JSON)
         raise WireDecodeError(f"text that is not UTF-8 (byte 0x{exc.object[exc.start]:02x}: {exc.reason}); send "
                               "text as UTF-8") from exc
+    except ValueError as exc:
+        if isinstance(exc, WireDecodeError) or not _MALFORMED_TIMESTAMP.search(str(exc)):
+            raise
+        raise WireDecodeError(f"malformed msgpack timestamp (extension type -1: {exc}); expected 4, 8 or 12 bytes of "
+                              "seconds and nanoseconds (msgpack's timestamp layout)") from exc
+
+
+# msgpack's words (its C and pure-Python unpackers) for an ext -1 it could not read as a timestamp, which it decodes
+# before any ext_hook sees it
+_MALFORMED_TIMESTAMP = re.compile(r"invalid timestamp data|Timestamp type can only be created|nanoseconds must be")
 
 
 def _unpack_as_is(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any], limits: Optional[DecodeLimits],
@@ -381,7 +391,10 @@ def _unpack_as_is(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any]
             return unpack_viewing(view, _viewing_map_hook(object_hook), SHARED_ARRAY_MIN_BYTES, VIEWING_MAX_ITEMS, max_depth)
         except NeedsFullUnpacker:
             pass
-    extra = {"ext_hook": ext_hook or _refuse_extension}  # a hook costs nothing until an ext type appears
+    # A hook costs nothing until an ext type appears. An ext is bounded by the message size, as a bin is: each hook
+    # refuses an unknown type unread, whatever its size, naming it (a size cap of its own refused a large one in
+    # msgpack's words, without its type or key), and bounds what it reads of a type it knows.
+    extra = {"ext_hook": ext_hook or _refuse_extension}
     if limits is None:
         return msgpack.unpackb(data, object_hook=object_hook, raw=False, strict_map_key=False, **extra)
     size = memoryview(data).nbytes
@@ -421,7 +434,7 @@ def _unpack_as_is(data: BufferLike, object_hook: Callable[[Dict[Any, Any]], Any]
         value = msgpack.unpackb(
             data, object_hook=counted_map, list_hook=counted_list, raw=False, strict_map_key=False,
             max_str_len=limits.max_message_bytes, max_bin_len=limits.max_message_bytes,
-            max_array_len=budget, max_map_len=budget, max_ext_len=4096, **extra,
+            max_array_len=budget, max_map_len=budget, max_ext_len=limits.max_message_bytes, **extra,
         )
     except msgpack.StackError as exc:  # msgpack's own nesting cap (1024 levels) comes before ours
         raise DecodeLimitError(

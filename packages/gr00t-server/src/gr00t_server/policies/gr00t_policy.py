@@ -363,6 +363,13 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         return {"dtype": str(self._model_dtype).replace("torch.", ""), "device": str(self.device),
                 "inference_mode": self.inference_mode}
 
+    def dims(self) -> Dict[str, Dict[str, int]]:
+        """Each state key's and action key's last-axis width D, from the checkpoint statistics (the widths its
+        observation checks expect and its actions have), as get_server_info reports them."""
+        params = self.processor.norm_params(self.embodiment_tag_value)
+        return {"state": {key: key_params.dim for key, key_params in params.state.items()},
+                "action": {key: key_params.dim for key, key_params in params.action.items()}}
+
     def reset(self, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Stateless policy: nothing to reset."""
         return {}

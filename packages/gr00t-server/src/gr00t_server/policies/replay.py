@@ -231,6 +231,15 @@ class ReplayPolicy(BasePolicy):
                               "episodes": self.dataset.num_episodes, "execution_horizon": self.execution_horizon}
         return dict(self._identity)
 
+    def dims(self) -> Dict[str, Dict[str, int]]:
+        """Each configured state key's and action key's last-axis width D, from the dataset (the widths its observation
+        checks expect and its actions have), as get_server_info reports them."""
+        state_config = self.modality_configs.get("state")
+        state_keys = state_config.modality_keys if state_config is not None else []
+        action_dims = self.dataset.action_dims()
+        return {"state": {key: self._state_dims[key] for key in state_keys if key in self._state_dims},
+                "action": {key: action_dims[key] for key in self.modality_configs["action"].modality_keys}}
+
     @property
     def num_episodes(self) -> int:
         """How many episodes the dataset holds (episode indices 0 .. num_episodes - 1)."""

@@ -76,6 +76,7 @@ class BuiltinEndpoints:
             self._policy_info_fact("observation_format", _observation_format)
             self._policy_info_fact("work_limits", work_limits.policy_work_limits)
             self._policy_info_fact("runtime", _policy_runtime)
+            self._policy_info_fact("dims", _policy_dims)
             if self._upstream is not None:
                 self._refresh_upstream_facts()
             else:
@@ -492,6 +493,8 @@ class BuiltinEndpoints:
             # a relay's is its upstream's as last learnt, unless a policy in front of its client says its own
             "runtime": (self._policy_info_fact("runtime", _policy_runtime)
                         or (dict(known.runtime or {}) if upstream is not None else {})),
+            # each state and action key's last-axis width, where the policy knows them (absent where it does not)
+            **_present("dims", self._policy_info_fact("dims", _policy_dims)),
             # a gateway (PolicyServer(PolicyClient(this server))) refuses to merge its robots into one session of ours
             "keeps_sessions": self._policy_uses_sessions,
             "embodiment_tag": known.embodiment_tag or self.embodiment_tag,
@@ -546,6 +549,21 @@ def _policy_runtime(policy: Any) -> Dict[str, Any]:
         if callable(runtime):
             return dict(runtime())
     return {}
+
+
+def _policy_dims(policy: Any) -> Dict[str, Any]:
+    """The `dims()` of the policy or a policy it wraps ({"state": {key: D}, "action": {key: D}}: Gr00tPolicy's from its
+    checkpoint statistics, ReplayPolicy's from its dataset); {} when none says."""
+    for link in policy_chain(policy):
+        dims = getattr(link, "dims", None)
+        if callable(dims):
+            return dict(dims())
+    return {}
+
+
+def _present(name: str, value: Any) -> Dict[str, Any]:
+    """{name: value}, or {} for an empty value: a field the policy has nothing to say in is left out."""
+    return {name: value} if value else {}
 
 
 def _observation_format(policy: Any) -> Optional[str]:

@@ -161,11 +161,11 @@ class RequestLoop(Gathering):
         request, payload = self._arrival(frames)
         received_at = request.received_at
         try:
-            if type(frames) is OverlongMessage:
+            request.multipart = codec.is_multipart(payload)  # so that even a refused message is answered in kind
+            if type(frames) is OverlongMessage:  # its first frames were kept: the magic frame among them
                 raise RequestError(f"message has {frames.total} frames; this server reads at most {MAX_MESSAGE_FRAMES} "
                                    "(one per array, and an observation has tens); it was not decoded")
             request.nbytes = sum(len(frame) for frame in payload)
-            request.multipart = codec.is_multipart(payload)  # so that even a refused message is answered in kind
             self._refuse_removed_key(frames)  # before the decode: a revoked robot's requests cost no more
             if request.nbytes >= PRECHECK_MIN_BYTES:
                 self._check_byte_budgets(request)  # refused undecoded: a flood's decode copies cost as much again

@@ -246,14 +246,16 @@ def check_envelope(envelope: Any) -> Dict[str, Any]:
 
 
 def check_token(envelope: Dict[str, Any], api_token: Optional[str]) -> None:
-    """RequestError unless the request carries the server's API token (compared in constant time) or none is set."""
+    """RequestError unless the request carries the server's API token (a str, compared in constant time) or none is
+    set."""
     if api_token is not None:
         token = envelope.get("api_token")
         if token is None:
             raise RequestError("Unauthorized: this server requires an API token and the request carried none "
                                "(PolicyClient(api_token=...); gr00t-eval: --api-token or $GR00T_API_TOKEN)")
-        if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8", "surrogatepass"),
-                                                                  api_token.encode()):
+        if not isinstance(token, str):  # its type only: the value may be the right token, sent as bin
+            raise RequestError(f"Unauthorized: 'api_token' must be a str (msgpack str), got {type(token).__name__}")
+        if not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), api_token.encode()):
             raise RequestError("Unauthorized: Invalid API token")
 
 
