@@ -40,6 +40,7 @@ def _cases():
                                           "get_action"),
         client_module.ServerBusyError("server busy: 1024 requests are waiting for the policy; try again", "get_action"),
         client_module.MessageTooLargeError("get_action", 300_000_000, 268_435_456),
+        client_module.ForkedSessionError("get_action", "tcp://127.0.0.1:5555", "3f2a"),
         client_module.PolicyTimeoutError("policy server at 127.0.0.1:5555 did not answer 'get_action' within 15000 ms"),
         client_module.ReplyLostError("the connection to the policy server at 127.0.0.1:5555 closed"),
         client_module.ClientClosedError("PolicyClient for tcp://127.0.0.1:5555 is closed, so 'ping' was not sent"),
@@ -78,6 +79,7 @@ def _cases():
         vector_envs._ClosingCutShort("signal 2"),
         vector_envs.SharedMemoryUnavailableError("/dev/shm is full (No space left on device): the env worker "
                                                  "processes need POSIX semaphores there"),
+        vector_envs.EnvWorkersUnstartableError("the env worker processes could not be started: Too many open files"),
         cli_flags.HomeFolderUnknownError("cannot expand '~' in '~/ckpt': $HOME is unset and uid 54321 has no passwd "
                                          "entry; set HOME or give an absolute path"),
     ]
