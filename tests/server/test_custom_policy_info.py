@@ -171,3 +171,29 @@ def test_a_replay_reports_the_dims_of_its_dataset_that_its_refusals_name(tmp_pat
 def test_a_policy_that_does_not_know_its_dims_reports_none():
     with running_server(CustomPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
         assert "dims" not in client.get_server_info()
+
+
+class OddInfoPolicy(CustomPolicy):
+    """runtime() and dims() holding what the wire cannot carry: a numpy dtype, a tuple key."""
+
+    def runtime(self):
+        return {"dtype": np.dtype("float32"), "device": "cpu"}
+
+    def dims(self):
+        return {"state": {("joints", 0): 3}, "action": {"arm": np.int64(3)}}
+
+
+def test_a_runtime_or_dims_the_wire_cannot_carry_is_sent_as_text_and_info_still_answers(caplog):
+    """Their values failed the encode of every get_server_info reply, and clients then took the server for a reference
+    server (no sessions, no identity)."""
+    with running_server(OddInfoPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        with caplog.at_level("WARNING"):
+            info = client.get_server_info()
+            client.get_server_info()
+        assert client.server_is_gr00t_server is True
+    assert info["runtime"] == {"dtype": "float32", "device": "cpu"}
+    assert info["dims"] == {"state": {"('joints', 0)": 3}, "action": {"arm": 3}}
+    warnings = sorted(record.getMessage() for record in caplog.records if "cannot carry" in record.getMessage())
+    dtype_type = type(np.dtype("float32")).__name__  # Float32DType on numpy 2
+    assert warnings == [f"get_server_info: OddInfoPolicy.runtime returned values the wire cannot carry ({dtype_type} "
+                        "under 'dtype'); sent as their text"]

@@ -415,19 +415,35 @@ class BuiltinEndpoints:
         fails, a SystemExit too), {"error": "internal error in <name>: <Type>"} in its place: info must answer, and the
         server goes on. Logged once per policy object and field, the message bounded and escaped (log_text)."""
         try:
-            return learn(self.policy)
+            value = learn(self.policy)
         except InlineCallAbandoned:
             raise
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt) and getattr(self, "_learning_info", False):
                 raise  # a Ctrl-C while run() asks them on the main thread stops the start; a policy's own is its failure
-            logged = self._info_errors_logged
-            if (id(self.policy), name) not in logged:
-                logged.add((id(self.policy), name))
+            if self._first_info_problem(name):
                 logger.warning("get_server_info: %s.%s failed (%s: %s); it is reported unavailable",
                                type(self.policy).__name__, name, type(exc).__name__,
                                log_text(_safe_text(exc), LOGGED_ERROR_CHARS, quoted=False))
             return {"error": error_text(name, exc)[0]}
+        if not isinstance(value, Mapping):
+            return value
+        # A map the wire cannot carry (a tuple key, a numpy dtype in a runtime() or dims()) failed every info reply,
+        # and clients then took the server for a reference one: such values are sent as their text
+        encodable, replaced = encodable_identity(value)
+        if replaced and self._first_info_problem(name):
+            logger.warning("get_server_info: %s.%s returned values the wire cannot carry (%s); sent as their text",
+                           type(self.policy).__name__, name, ", ".join(replaced[:4]))
+        return encodable
+
+    def _first_info_problem(self, name: str) -> bool:
+        """Whether a problem with the served policy's get_server_info field `name` is met for the first time (logged
+        once per policy object and field)."""
+        logged = self._info_errors_logged
+        if (id(self.policy), name) in logged:
+            return False
+        logged.add((id(self.policy), name))
+        return True
 
     def _policy_identity(self) -> Optional[Dict[str, Any]]:
         """The served policy's `identity()` (the first in its wrapper chain that has one: which checkpoint or dataset
