@@ -73,3 +73,23 @@ def test_a_report_lost_to_a_stdout_closed_by_the_launcher_is_said_once_on_stderr
     assert code == 0, errors
     assert errors.count("standard output cannot be written (closed by the launcher") == 1, errors
     assert "Traceback" not in errors
+
+
+def test_a_command_line_writing_to_a_pipe_or_file_flushes_each_line_as_it_is_printed():
+    """Under nohup or cron (stdout a log file) rollout's `Output directory:` line sat in the stdout buffer while the run
+    went on (`tail -f` showed nothing), and a run killed -9 lost it, and with it the folder to resume."""
+    probe = ("import time\nfrom gr00t_client.stdout_guard import guard_stdout\nguard_stdout()\n"
+             "print('Output directory: runs/x')\ntime.sleep(60)")
+    import os
+
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}  # as cron's
+    child = subprocess.Popen([sys.executable, "-c", probe], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                             env=environment)
+    try:
+        import select
+
+        ready, _, _ = select.select([child.stdout], [], [], 30)
+        assert ready and child.stdout.readline() == "Output directory: runs/x\n"  # while the command still runs
+    finally:
+        child.kill()
+        child.wait()

@@ -125,6 +125,22 @@ def test_serve_raises_its_open_file_limit_to_the_hard_limit():
     assert raised == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
 
 
+def test_serve_as_pid_1_warns_that_an_early_stop_is_lost_without_an_init(caplog):
+    """In a container without an init the kernel dropped a SIGTERM that came during serve's imports, and the server
+    loaded and served on until docker stop killed it; nothing said why."""
+    from gr00t_server.serve_cli import _warn_if_pid_one
+
+    with caplog.at_level("WARNING", logger="gr00t_server"):
+        _warn_if_pid_one(4321)
+        assert caplog.records == []
+        _warn_if_pid_one(1)
+    assert [record.getMessage() for record in caplog.records] == [
+        "serve runs as PID 1 (a container started without an init): the kernel drops a stop signal (docker stop's "
+        "SIGTERM, Ctrl-C) that comes before serve's handlers are in place, in its first tenth of a second or so, and "
+        "the server then runs on until it is killed; start the container with an init (docker run --init, or tini as "
+        "its entrypoint)"]
+
+
 def test_a_metrics_port_that_is_also_the_port_is_refused_naming_both():
     """It failed only at start(), as "Address already in use", sending the user looking for another process."""
     with pytest.raises(ValueError) as refused:

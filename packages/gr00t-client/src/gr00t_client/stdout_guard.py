@@ -113,7 +113,8 @@ def guard_stdout() -> None:
     with both on a terminal that has gone, an interrupted run's last line ("... interrupted") raised EIO and the run
     that had saved its results exited 1 instead of 130. Closed standard file descriptors are reopened on /dev/null
     first (reopen_closed_standard_streams); a closed stdout is named on stderr at its first line. Characters the
-    streams' encoding cannot hold are written escaped (backslashreplace)."""
+    streams' encoding cannot hold are written escaped (backslashreplace), and stdout is line-buffered (a log file or
+    pipe gets each line as it is printed)."""
     reopened = reopen_closed_standard_streams()
     for stream in (sys.stdout, sys.stderr):
         # a report line a strict stream's encoding cannot hold (a path in Japanese, or with a non-UTF-8 byte, under
@@ -125,6 +126,11 @@ def guard_stdout() -> None:
             stream.reconfigure(errors="backslashreplace")
         except (AttributeError, ValueError, OSError):  # no TextIOWrapper (a test's capture), or closed: left as is
             pass
+    try:  # a log file or pipe gets each line as it is printed: `tail -f` of a nohup or cron run showed no "Output
+        # directory:" line while it ran, and a run killed -9 (OOM, a preempted node) lost it, and with it the folder to resume
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):  # no TextIOWrapper (a test's capture), or closed: left as is
+        pass
     if not isinstance(sys.stdout, ClosedPipeTolerantStdout) and sys.stdout is not None:
         sys.stdout = ClosedPipeTolerantStdout(sys.stdout, closed_at_start=1 in reopened)  # type: ignore[assignment]
     if not isinstance(sys.stderr, ClosedPipeTolerantStdout) and sys.stderr is not None:

@@ -164,6 +164,16 @@ def _load_policy(args: argparse.Namespace, tag: Any, tag_given: bool, python_con
     return policy, served
 
 
+def _warn_if_pid_one(pid: int) -> None:
+    """Warn when serve runs as PID 1 (a container without an init): the kernel drops a signal PID 1 has no handler
+    for, so a stop that came before serve's handlers were in place was lost, and the server ran on until killed."""
+    if pid == 1:
+        logger.warning("serve runs as PID 1 (a container started without an init): the kernel drops a stop signal "
+                       "(docker stop's SIGTERM, Ctrl-C) that comes before serve's handlers are in place, in its first "
+                       "tenth of a second or so, and the server then runs on until it is killed; start the container "
+                       "with an init (docker run --init, or tini as its entrypoint)")
+
+
 def _replay_tag_hint(args: argparse.Namespace) -> str:
     """How a replay serves a tag of its own, for the refusal of one that is not built in."""
     if args.model_path or not args.dataset_path:
@@ -184,6 +194,7 @@ def _start_server(args: argparse.Namespace) -> Any:
     if args.log_level != "DEBUG":  # torch's own INFO lines (e.g. FakeTensor cache stats at exit) are not ours to show
         logging.getLogger("torch").setLevel(logging.WARNING)
     _raise_open_file_limit()
+    _warn_if_pid_one(os.getpid())
     # Each is read for its truth below: a blank --model-path ("$CKPT", CKPT unset) served a replay of the dataset
     refuse_blank_paths(args, _SERVE_PATHS)
     tag_given = args.embodiment_tag is not None
