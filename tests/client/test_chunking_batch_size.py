@@ -85,3 +85,13 @@ def test_a_torch_tensor_is_refused_naming_its_key_and_the_fix_as_the_client_does
     assert str(by_chunker.value) == str(by_client.value) == (  # the flat key, or the nested path, dotted alike
         "get_action: observation.state.t: cannot encode value of type Tensor for the wire; send a numpy array: "
         "value.detach().cpu().numpy()")
+
+
+def test_a_chunker_over_a_local_policy_given_tensors_says_where_the_batch_size_is_read_not_a_wire_error():
+    """Over an in-process policy nothing is sent: a WireEncodeError "for the wire" misled; the batch size is what the
+    chunker cannot read from a tensor."""
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError) as refused:
+        ActionChunker(RowsPolicy()).get_action({"state": {"t": torch.zeros(2, 1)}})
+    assert str(refused.value) == ("cannot tell the batch size of the observation: it holds no numpy array or list (the "
+                                  "batch size is read from those; a tensor's is not: value.detach().cpu().numpy())")

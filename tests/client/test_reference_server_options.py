@@ -89,7 +89,7 @@ def test_a_relay_to_a_reference_server_names_the_options_its_upstream_ignores_in
     assert [info[OPTIONS_NOT_APPLIED_FIELD] for info in infos] == [["denoising_steps", "seed"]] * 3
     robot_warnings = [m for m in _warnings(caplog) if robot_address in m]
     assert len(robot_warnings) == 1, _warnings(caplog)
-    assert "'denoising_steps', 'seed' not applied" in robot_warnings[0]
+    assert "'denoising_steps', 'seed' not known to be applied" in robot_warnings[0]
     assert "'batch_size'" not in robot_warnings[0].split("not applied")[0]
 
 
@@ -158,3 +158,29 @@ def test_denoising_steps_to_a_replay_are_warned_once_as_not_applied_to_recorded_
             address = client.address
     assert _warnings(caplog) == [f"get_action option 'denoising_steps' not applied: the server at {address} serves a "
                                  "replay, whose recorded actions no such option changes"]
+
+
+class OwnRtcPolicy(EchoPolicy):
+    """A policy of one's own that applies both options, as docs/serving.md says to report them."""
+
+    def work_limits(self):
+        return {"max_denoising_steps": 8, "rtc": True, "max_widgets": 3}
+
+
+def test_a_relay_reports_every_limit_of_the_policy_behind_it_so_rtc_is_taken_as_applied():
+    """The relay passed on max_denoising_steps alone: gr00t-eval then recorded --rtc-frozen-steps as not applied
+    through it (and warned), although the model behind the relay applies it. Its own server limits stay its own."""
+    from gr00t_eval.applied_settings import settings_not_applied
+    from gr00t_server.serving.limits import ServerLimits
+
+    settings = {"denoising_steps": 4, "rtc_frozen_steps": 2}
+    with running_server(OwnRtcPolicy(), limits=ServerLimits(max_rows=7)) as server, \
+            PolicyClient(port=server.port, timeout_ms=5000) as upstream:
+        direct_limits = upstream.get_server_info()["limits"]
+        with running_server(upstream) as relay, PolicyClient(port=relay.port, timeout_ms=5000) as robot:
+            robot.get_action(libero_like_observation(height=8, width=8))  # the relay learns its upstream
+            limits = robot.get_server_info()["limits"]
+            assert settings_not_applied(robot, settings) == {}
+    assert direct_limits["max_rows"] == 7 and limits["max_rows"] != 7  # the relay's own
+    assert {name: limits[name] for name in ("max_denoising_steps", "rtc", "max_widgets")} == {
+        "max_denoising_steps": 8, "rtc": True, "max_widgets": 3}

@@ -190,3 +190,17 @@ def test_a_server_closed_without_serving_starts_no_watchdog():
     server.start()
     server.close()
     assert len(watchdogs()) == before
+
+
+def test_the_clock_never_runs_back_when_an_overrun_passes_the_margin():
+    """The overrun counts whole once past the margin: read just before and just after, the clock stepped back by the
+    margin, and a session stamped before read as newer than one stamped after (the wrong one evicted first)."""
+    real = Clock()
+    clock = StallClock(real, period_s=0.25)
+    clock.tick()
+    readings = []
+    for _ in range(30):  # a freeze that grows past the margin, read every 0.1 s (a thread that was not frozen)
+        real.now += 0.1
+        readings.append(clock())
+    assert readings == sorted(readings)
+    assert readings[-1] == pytest.approx(100.25 + STALL_MARGIN_S, abs=0.1)  # the rest of the 3 s left out

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .chunking_buffers import _StepBuffers
-from .chunking_envs import _EnvRows, _is_int
+from .chunking_envs import _EnvRows, _is_int, refuse_unsendable
 from .chunking_merge import MERGE_RULES, MergeFn, merge_overlap
 from .chunking_position import PolicyPositionError, _PositionChecks, _reported_steps, _Reply
 from .chunking_prefetch import _Prefetch, _Prefetching, _PrefetchWorker
@@ -279,6 +279,12 @@ class ActionChunker(_EnvRows, _StepBuffers, _Prefetching, _PositionChecks):
         """Forget what was learnt of the policy's server once the wrapped client may talk to another one."""
         if _server_changes(self.policy) != self._server_changes:
             self._forget_policy_server()
+
+    def _refuse_unsendable(self, observation: Any) -> None:
+        """An observation a served policy's wire cannot carry (torch tensors), refused in PolicyClient's words; a local
+        policy's own types are its business."""
+        if _wraps_client(self.policy):
+            refuse_unsendable(observation)
 
     def _start_afresh_in_child(self) -> None:
         """In a forked child, also drop the buffered steps of a served policy (a PolicyClient) whose session the child

@@ -88,6 +88,10 @@ def _is_mask(items: Any) -> bool:
 class _EnvRows:
     """ActionChunker's envs and their rows (it sets `_n_envs` and the per-env lists that _ensure_envs sizes)."""
 
+    def _refuse_unsendable(self, observation: Any) -> None:
+        """Refuse an observation a served policy's wire cannot carry (ActionChunker's, for a PolicyClient); nothing
+        here."""
+
     def _ensure_envs(self, observation: Any) -> None:
         """Take the observation's batch size (env_batch_size) as the number of envs at the first call; refuse another
         later, and an observation whose batch size cannot be told."""
@@ -95,8 +99,10 @@ class _EnvRows:
         if batch_size == 0:
             raise ValueError("observation has 0 rows (a batch of size 0): expected one row per env")
         if batch_size < 1:
-            refuse_unsendable(observation)  # its arrays are another library's (torch): named as the client names them
-            raise ValueError("cannot tell the batch size of the observation: it holds no array or list")
+            self._refuse_unsendable(observation)  # a served policy's: another library's arrays (torch) named as the
+            # client names them
+            raise ValueError("cannot tell the batch size of the observation: it holds no numpy array or list (the "
+                             "batch size is read from those; a tensor's is not: value.detach().cpu().numpy())")
         if self._n_envs is None:
             self._n_envs = batch_size
             self._buffers = [None] * batch_size

@@ -25,8 +25,8 @@ def options_not_applied(options: Mapping[Any, Any]) -> List[str]:
     return sorted(str(name) for name in options if name not in REFERENCE_OPTIONS)
 
 
-# The limit a gr00t-server's get_server_info reports where its policy applies get_action's denoising_steps (Gr00tPolicy's
-# work_limits); one older than 2026-12-02 reports none and drops the option as unknown, without a word.
+# The limit a gr00t-server's get_server_info reports where its policy applies get_action's denoising_steps
+# (Gr00tPolicy's work_limits); one older than 2026-12-02 reports none and drops the option as unknown, without a word.
 DENOISING_CAP = "max_denoising_steps"
 
 
@@ -112,20 +112,21 @@ class ServerFacts:
         self._warned_ignored_options.update(ignored)
         names, plural = ", ".join(map(repr, ignored)), len(ignored) > 1
         if relayed:
-            logger.warning("get_action option%s %s not applied: the relay at %s forwards %s to a server up its chain "
-                           "that is not known to apply %s (one that did not answer get_server_info as a gr00t-server "
-                           "does, or a gr00t-server whose get_server_info reports no max_denoising_steps: an older "
-                           "gr00t-server ignores denoising_steps); serve the model with a current gr00t-server "
-                           "(upgrade gr00t-server) to apply %s", "s" if plural else "", names, self.address,
-                           *(("them",) * 3 if plural else ("it",) * 3))
+            logger.warning("get_action option%s %s not known to be applied: the relay at %s forwards %s to a server up "
+                           "its chain that is not known to apply %s (one that did not answer get_server_info as a "
+                           "gr00t-server does, or a gr00t-server whose get_server_info reports no max_denoising_steps: "
+                           "an older gr00t-server ignores denoising_steps); serve the model with a current "
+                           "gr00t-server (upgrade gr00t-server) to apply %s", "s" if plural else "", names,
+                           self.address, *(("them",) * 3 if plural else ("it",) * 3))
         elif self._server_is_ours and self.server_policy_kind == "replay":
-            logger.warning("get_action option%s %s not applied: the server at %s serves a replay, whose recorded actions "
-                           "no such option changes", "s" if plural else "", names, self.address)
+            logger.warning("get_action option%s %s not applied: the server at %s serves a replay, whose recorded "
+                           "actions no such option changes", "s" if plural else "", names, self.address)
         elif self._server_is_ours:
             logger.warning("get_action option %s is not known to be applied by the gr00t-server at %s: its "
-                           "get_server_info limits report no max_denoising_steps (a gr00t-server older than 2026-12-02 "
-                           "ignores the option without a word; a policy of one's own that applies it reports it with "
-                           "work_limits() returning {'max_denoising_steps': N}); upgrade gr00t-server to apply it",
+                           "get_server_info limits report no max_denoising_steps. A gr00t-server older than "
+                           "2026-12-02 ignores the option without a word (upgrade gr00t-server to apply it); a policy "
+                           "of one's own that applies it says so with work_limits() returning "
+                           "{'max_denoising_steps': N}",
                            names, self.address)
         else:
             logger.warning("get_action option%s %s not applied: the server at %s did not answer get_server_info as a "

@@ -525,8 +525,8 @@ def _refuse_recent_unclaimed_run(directory: Path, filename: str, flag: str) -> N
     if results_dated_after:
         # Its results (written at its end, or on Ctrl-C) are dated after its last episode: it ended, unless a clock
         # stepped back since an earlier attempt's results dates a live run's appends before them. Watching tells.
-        _refuse_log_changing_while_watched(older_run, log, f"; its {results.name} is dated after it, by a clock that "
-                                           "may have been stepped back since")
+        _refuse_log_changing_while_watched(older_run, log, f" (its {results.name} is dated after it, by a clock that "
+                                           "may have been stepped back since)")
         return
     age = time.time() - logged_at
     ahead = -age if age < -1.0 else None  # a second's slack: file times and clocks round
@@ -536,7 +536,8 @@ def _refuse_recent_unclaimed_run(directory: Path, filename: str, flag: str) -> N
                              "still be running. Wait for it to end, or stop it first, then run this again")
     dated = None if ahead is None else (f"dated {ahead:.0f} s ahead of this host's clock (the clock of the host or "
                                         "file server that wrote it and this host's differ by about that much)")
-    _refuse_log_changing_while_watched(older_run, log, "" if dated is None else f"; it is {dated}")
+    _refuse_log_changing_while_watched(older_run, log, ", with no results written since" + (
+        "" if dated is None else f"; it is {dated}"))
     if dated is not None:
         raise OutputDirError(
             f"{older_run} {log.name} is {dated}, so when it last changed cannot be told; "
@@ -545,13 +546,12 @@ def _refuse_recent_unclaimed_run(directory: Path, filename: str, flag: str) -> N
             f"touch -d '{2 * UNCLAIMED_RUN_ACTIVE_S:.0f} seconds ago' {log}; then run this again")
 
 
-def _refuse_log_changing_while_watched(older_run: str, log: Path, clocks: str) -> None:
+def _refuse_log_changing_while_watched(older_run: str, log: Path, why: str) -> None:
     """OutputDirError when the episode log `log` of an unclaimed run (`older_run` opens the message) changes while
-    watched for UNCLAIMED_RUN_WATCH_S: that run is still running. `clocks` says why its file times could not tell."""
+    watched for UNCLAIMED_RUN_WATCH_S: that run is still running. `why` says why its file times could not tell."""
     if _changes_while_watched(log, UNCLAIMED_RUN_WATCH_S):
-        raise OutputDirError(f"{older_run} {log.name} changed while it was watched for {UNCLAIMED_RUN_WATCH_S:.0f} s, "
-                             f"with no results written since: it is still running{clocks}. Wait for it to end, or stop "
-                             "it first, then run this again")
+        raise OutputDirError(f"{older_run} {log.name} changed while it was watched for {UNCLAIMED_RUN_WATCH_S:.0f} s"
+                             f"{why}: it is still running. Wait for it to end, or stop it first, then run this again")
 
 
 def _changes_while_watched(path: Path, seconds: float) -> bool:

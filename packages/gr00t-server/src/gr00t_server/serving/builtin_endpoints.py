@@ -13,7 +13,6 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 from gr00t_client.client import PROTOCOL_VERSION
 from gr00t_client.client_errors import SHUTTING_DOWN, ClientClosedError
 from gr00t_client.client_messages import OPTIONS_NOT_APPLIED_FIELD, UPSTREAM_CHANGES_FIELD
-from gr00t_client.client_server_facts import DENOISING_CAP
 from gr00t_client.policy import NonFiniteActionError, as_modality_configs
 
 from . import limits as work_limits
@@ -23,7 +22,7 @@ from .execution import call_rows, policy_stages
 from .identity import encodable_identity
 from .messages import Request, RequestError
 from .relay import (NOTHING_LEARNT, UpstreamFacts, UpstreamFailure, not_passed_at_stop, relayed_class,
-                    relayed_denoising_cap, upstream_client, upstream_deadline, upstream_did_not_run, upstream_error,
+                    relayed_limits, upstream_client, upstream_deadline, upstream_did_not_run, upstream_error,
                     upstream_failed_text, upstream_outcome)
 from .sessions import FACTS_AT_START_TIMEOUT_MS, check_no_shared_replay_session, keeps_sessions, takes_session_lost
 from .worker import InlineCallAbandoned
@@ -162,7 +161,7 @@ class BuiltinEndpoints:
             facts = UpstreamFacts(policy, changes, upstream.server_policy_class, upstream.identity(),
                                   upstream.server_runtime, upstream.server_embodiment_tag,
                                   upstream.server_observation_format, configs,
-                                  (upstream.server_limits or {}).get(DENOISING_CAP))
+                                  upstream.server_limits)
             self._relay_facts = facts
         return facts
 
@@ -496,6 +495,7 @@ class BuiltinEndpoints:
         self.session_table()  # a policy swapped in: the session limits said below are its own
         # a relay reports its upstream's policy as last learnt (off this thread)
         known = (self._upstream_facts if upstream is not None else None) or NOTHING_LEARNT
+        own_limits = work_limits.per_row_summary(self.limits)
         return {
             "server": "gr00t-server",
             "protocol_version": PROTOCOL_VERSION,
@@ -523,7 +523,7 @@ class BuiltinEndpoints:
             "batch_timeout_ms": self.batch_timeout_ms,
             "inline_below_ms": self.inline_below_ms,
             "metrics_port": self.metrics_port,
-            "limits": {**work_limits.per_row_summary(self.limits), **relayed_denoising_cap(known),
+            "limits": {**relayed_limits(known, own_limits), **own_limits,
                        **self._policy_info_fact("work_limits", work_limits.policy_work_limits)},
             "auth": self.api_token is not None,
             "encryption": "curve" if self.curve is not None else None,

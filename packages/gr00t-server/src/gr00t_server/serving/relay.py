@@ -11,7 +11,6 @@ from typing import Any, Dict, Optional
 from gr00t_client import PolicyClient
 from gr00t_client.client_errors import (BUSY_REFUSALS, NOT_RUN_FOR_DEADLINE, SHUTTING_DOWN, UPSTREAM_FAILED,
                                         PolicyServerError, ServerStoppingError, UpstreamFailedError)
-from gr00t_client.client_server_facts import DENOISING_CAP
 
 from .messages import RequestError
 from .wrappers import policy_chain
@@ -50,18 +49,20 @@ class UpstreamFacts:
     embodiment_tag: Optional[str]
     observation_format: Optional[str]
     modality_configs: Any
-    # the upstream's max_denoising_steps, reported as the relay's own: the model behind it applies denoising_steps
-    denoising_cap: Any = None
+    # the upstream's get_server_info limits: its policy's (max_denoising_steps, rtc, ...) are reported as the relay's
+    limits: Any = None
 
 
 # a relay's info before its upstream answers
 NOTHING_LEARNT = UpstreamFacts(None, -1, None, None, None, None, None, None)
 
 
-def relayed_denoising_cap(facts: UpstreamFacts) -> Dict[str, Any]:
-    """{max_denoising_steps: N} for a relay's info limits where its upstream reported it, else {}: a robot's client
-    (and gr00t-eval) take denoising_steps as applied only by a server that reports it."""
-    return {} if facts.denoising_cap is None else {DENOISING_CAP: facts.denoising_cap}
+def relayed_limits(facts: UpstreamFacts, own: Dict[str, Any]) -> Dict[str, Any]:
+    """The upstream's limits that the relay does not set itself (`own`: its server's): those of the policy behind it
+    (max_denoising_steps, max_vision_tokens, rtc, ...), reported as the relay's, since a robot's client and gr00t-eval
+    take denoising_steps and rtc as applied only by a server whose limits say so."""
+    limits = facts.limits if isinstance(facts.limits, dict) else {}
+    return {name: value for name, value in limits.items() if name not in own}
 
 
 def upstream_deadline(deadline: Optional[float], now: float) -> Optional[float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Callable, Optional
@@ -28,6 +29,7 @@ class StallClock:
         self._period_s = period_s
         self._lock = threading.Lock()  # the watchdog writes, the worker's and socket thread's session checks read
         self._stalled_s = 0.0
+        self._last_read = -math.inf
         self._sleeping_since: Optional[float] = None  # when the watchdog's sleep in progress began (None: no watch)
         self._stop_watching = threading.Event()
         self._watchdog: Optional[threading.Thread] = None
@@ -35,7 +37,10 @@ class StallClock:
     def __call__(self) -> float:
         with self._lock:
             now = self._clock()
-            return now - self._stalled_s - self._overrun(now)
+            # never back: an overrun counts whole once it passes the margin, which would step the clock back by the
+            # margin (a session stamped just before would read as newer than later ones); it stands still instead
+            self._last_read = max(self._last_read, now - self._stalled_s - self._overrun(now))
+            return self._last_read
 
     def tick(self) -> None:
         """The watchdog woke: its sleep's overrun past the margin, if any, was a stall; its next sleep begins."""
