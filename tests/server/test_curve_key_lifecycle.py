@@ -309,6 +309,17 @@ def test_rollouts_stop_reason_for_a_refused_handshake_names_curve_causes_only():
     assert "does not admit this client's CURVE key" in reason and "API token" not in reason, reason
 
 
+def test_rollouts_stop_reason_for_a_handshake_the_server_could_not_check_names_its_keys_folder():
+    from gr00t_client import HandshakeError
+    from gr00t_eval.rollout.liveness import _refusal
+
+    zap = HandshakeError("handshake with the policy server at tcp://x:1 failed: the server could not check this "
+                         "client's public key against its authorized keys (ZAP status 500): ...")
+    reason = _refusal("tcp://x:1", zap)
+    assert reason.endswith("the server cannot read its authorized keys folder (out of open files, a mount gone?); "
+                           "resume once it can"), reason
+
+
 _NOT_ENTERED = """
 import os, sys
 import zmq.auth

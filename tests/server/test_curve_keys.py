@@ -507,3 +507,91 @@ def test_a_refused_curve_handshake_is_logged_naming_the_peers_address(tmp_path, 
                 ping(port, **keys)
     refusals = [r.getMessage() for r in caplog.records if "refused a CURVE client" in r.getMessage()]
     assert refusals and refusals[0].startswith("refused a CURVE client at 127.0.0.1 with key SHA256:"), refusals
+
+
+# A CURVE ping server whose process has one descriptor left: the next connection's accept takes it, and the keys
+# folder's listing at that handshake fails with EMFILE. argv: server secret, keys folder, this folder, the grace in
+# seconds, and "changed" to add an entry to the keys folder once out of descriptors (a listing is then needed). Prints
+# the port, then "full"; then, for each line on stdin, reads the keys as its watcher does, twice, the grace apart, and
+# prints "read".
+_OUT_OF_DESCRIPTORS_SERVER = """
+import os, resource, sys, time
+sys.path.insert(0, sys.argv[3])
+from test_curve_keys import curve_ping_server
+from gr00t_server import curve
+from gr00t_server.curve import CurveServerConfig
+curve.UNREADABLE_GRACE_S = float(sys.argv[4])
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+with curve_ping_server(CurveServerConfig.load(sys.argv[1], sys.argv[2])) as (port, security):
+    print(port, flush=True)
+    authorized = security.authorized
+    authorized.stop_watching()  # its reads are made below, at known times
+    held = []
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    if sys.argv[5] == "changed":
+        os.mkdir(os.path.join(sys.argv[2], "notes"))  # needs no descriptor
+    if curve.UNREADABLE_GRACE_S < 1:  # unreadable from now, and past the grace when the robot comes
+        authorized.reload_if_changed()
+        time.sleep(curve.UNREADABLE_GRACE_S + 0.1)
+    os.close(held.pop())  # one left, for the robot's connection
+    print("full", flush=True)
+    for _ in sys.stdin:
+        authorized.reload_if_changed()
+        time.sleep(curve.UNREADABLE_GRACE_S + 0.1)
+        authorized.reload_if_changed()
+        print("read", flush=True)
+"""
+
+
+@contextlib.contextmanager
+def server_out_of_descriptors(tmp_path, grace_s, folder_changed=False):
+    """(server process, port, robot's client key arguments) of a CURVE server with one descriptor left (see above)."""
+    _, server_secret = generate_certificates(tmp_path, "server")
+    _, robot_secret = generate_certificates(tmp_path / "robots", "robot")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    shutil.copy(tmp_path / "robots" / "robot.key", allowed / "robot.key")
+    server = subprocess.Popen([sys.executable, "-c", _OUT_OF_DESCRIPTORS_SERVER, str(server_secret), str(allowed),
+                               os.path.dirname(__file__), str(grace_s), "changed" if folder_changed else "same"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        assert server.stdout.readline().strip() == "full", server.stderr.read()
+        yield server, port, dict(server_public_key=str(tmp_path / "server.key"), client_secret_key=str(robot_secret))
+    finally:
+        server.kill()
+        server.communicate(timeout=30)
+
+
+def test_an_authorized_robot_is_served_while_the_server_is_out_of_descriptors_past_the_grace(tmp_path):
+    """A keys folder listing that failed with EMFILE reloaded 0 keys: the robot was told its key was refused and to add
+    the .key file its server already held; kept, the keys ran out with the grace, and every connected robot was
+    refused. An unchanged folder (its own stat needs no descriptor) keeps its last listing."""
+    with server_out_of_descriptors(tmp_path, grace_s=0.5) as (server, port, keys), \
+            PolicyClient("127.0.0.1", port, timeout_ms=5000, **keys) as robot:
+        assert robot.call_endpoint("ping", requires_input=False) == {"status": "ok"}  # on the last descriptor
+        server.stdin.write("\n")
+        server.stdin.flush()
+        assert server.stdout.readline().strip() == "read"  # the keys read again, out of descriptors, past the grace
+        assert robot.call_endpoint("ping", requires_input=False) == {"status": "ok"}
+
+
+def test_an_authorized_robot_is_admitted_while_a_changed_keys_folder_cannot_be_listed_for_want_of_descriptors(tmp_path):
+    """A folder changed while the server is out of descriptors needs a listing that fails: the keys read last stay
+    allowed, for the folder's grace time."""
+    with server_out_of_descriptors(tmp_path, grace_s=60, folder_changed=True) as (_server, port, keys):
+        assert ping(port, **keys) == {"status": "ok"}
+
+
+def test_a_robot_refused_for_a_keys_folder_unreadable_past_its_grace_is_not_told_to_add_its_key(tmp_path):
+    """Out of descriptors for longer than the grace, the server refuses even the keys it read last; the robot was
+    told its key was refused and to add the .key file the server holds. It is told the server could not check it."""
+    with server_out_of_descriptors(tmp_path, grace_s=0.2, folder_changed=True) as (_server, port, keys):
+        with pytest.raises(HandshakeError) as refused:
+            ping(port, **keys)
+    assert "could not check this client's public key" in str(refused.value), refused.value
+    assert "add its .key file" not in str(refused.value), refused.value

@@ -213,3 +213,56 @@ def test_a_modality_config_in_meta_byte_compiled_and_a_relative_path_left_by_a_c
     assert any((root / "meta" / "__pycache__").glob("cfg.*.pyc"))  # the import wrote its byte code there
     for episode in range(len(LENGTHS)):
         policy.reset(session("robot", episode_index=episode))  # not refused as 'changed on disk'
+
+
+# A replay that reads episode 0, then resets to episode 2 (never read) with no descriptor left, then again once they
+# are free: prints what each of the two resets came to, one line each.
+_OUT_OF_DESCRIPTORS_REPLAY = """
+import logging, os, resource, sys
+from gr00t_eval.dataset import LeRobotDataset
+from gr00t_server.modality_configs import derive_from_dataset
+from gr00t_server.policies import ReplayPolicy
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+root = sys.argv[1]
+policy = ReplayPolicy(root, derive_from_dataset(LeRobotDataset(root), action_horizon=4), execution_horizon=2)
+policy.reset({"_session_id": "robot", "episode_index": 0})
+policy.get_action(None, {"_session_id": "robot"})
+
+def reset_to_episode_2():
+    try:
+        policy.reset({"_session_id": "robot", "episode_index": 2})
+        policy.get_action(None, {"_session_id": "robot"})
+        return "served"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}".replace(chr(10), " ")
+
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+out_of_descriptors = reset_to_episode_2()
+for fd in held:
+    os.close(fd)
+print(out_of_descriptors)
+print(reset_to_episode_2())
+"""
+
+
+def test_a_replay_out_of_descriptors_is_not_marked_changed_on_disk_and_serves_once_they_are_free(tmp_path):
+    """At the open-file limit the change check's listing of meta/ read nothing, every meta file read as removed, and
+    the replay refused every episode not yet read as 'changed on disk' until restarted. A check that cannot look is
+    skipped, naming why, and the next one judges again."""
+    import subprocess
+    import sys
+
+    root = make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=("image",))
+    done = subprocess.run([sys.executable, "-c", _OUT_OF_DESCRIPTORS_REPLAY, str(root)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out_of_descriptors, afterwards = done.stdout.splitlines()
+    assert "changed on disk" not in out_of_descriptors, out_of_descriptors
+    assert afterwards == "served", done.stderr[-3000:]
+    assert "Too many open files" in done.stderr, done.stderr[-3000:]

@@ -38,6 +38,9 @@ _KEY_LIKE_SYMBOLS = 3  # _Z85_SYMBOLS alone in 41 characters: a random key holds
 _SECRET_LIKE_LENGTH = 30  # z85 characters: a key with a few lost, or split by a space, still holds most of its secret
 # stage()'s words for connects that all failed (the client adds EMFILE's advice near the descriptor limit)
 CONNECTS_REFUSED = "every connect attempt failed: connection refused (nothing listening on that port?)"
+# The ZAP status a server answers a key it could not check (its authorized keys cannot be read: RFC 27's internal
+# error), rather than 400, which says the key is not allowed
+ZAP_CANNOT_CHECK = 500
 _NO_DETAIL_FAILURES_TO_GIVE_UP = 2  # a connection dropped mid-handshake once may be chance; twice in a row is not
 
 
@@ -498,6 +501,10 @@ class HandshakeMonitor:
 
     def _reason(self, event: int, value: int) -> str:
         curve = self._keys is not None
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and value == ZAP_CANNOT_CHECK:
+            return (f"the server could not check this client's public key against its authorized keys (ZAP status "
+                    f"{value}): it cannot read its authorized-keys folder (out of open files, or the folder is gone), "
+                    "and its log says why; retry once it can")
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             who = f"this client's public key ({key_fingerprint(self._keys.client_public)})" if curve else "this client"
             hint = (" - no client_secret_key was given (gr00t-eval: --client-key or $GR00T_CLIENT_KEY), so an ephemeral "

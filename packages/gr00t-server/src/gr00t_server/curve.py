@@ -27,7 +27,8 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from gr00t_client.cli_flags import HomeFolderUnknownError, home_expanded_path
 from gr00t_client.cli_signals import stop_signals_held
-from gr00t_client.curve import KeySource, _is_z85_key, _unwrapped, key_fingerprint, load_key_pair
+from gr00t_client.curve import (ZAP_CANNOT_CHECK, KeySource, _is_z85_key, _unwrapped, key_fingerprint,
+                                load_key_pair)
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,13 @@ _Entry = Tuple[str, Union[None, str, Tuple[int, int, int, int]]]
 # refused at its robot's next request after that); the socket thread never reads it for an allowed key.
 RECHECK_S = 1.0
 # How long open connections keep the keys of the last read while the folder cannot be read (a non-atomic swap, a mount
-# blip): past it, a folder deleted or gone with its mount refuses every robot, connected or not.
+# blip), and new handshakes too while it is there but its read fails (out of descriptors, an I/O error): past it, a
+# folder that still cannot be read refuses every robot, connected or not.
 UNREADABLE_GRACE_S = 5.0
+# The ZAP status of a handshake refused because the authorized keys could not be read (the client tells it apart):
+# pyzmq's 400 says the key is not allowed, which the robot's client turns into "add its .key file"; a 300 (temporary)
+# is not sent to the client at all (libzmq drops the connection without a word, as the CURVE RFC asks).
+_ZAP_CANNOT_CHECK = str(ZAP_CANNOT_CHECK).encode("ascii")
 # A zmq.auth key file is about 300 bytes; a bigger NAME.key is not one, and is not read whole into the ZAP thread.
 MAX_KEY_FILE_BYTES = 64 * 1024
 _BANNER = """#   ****  Generated on {now} by gr00t-server keygen  ****
@@ -258,6 +264,8 @@ def _read_client_key(path: Path) -> Tuple[Optional[bytes], Optional[bytes]]:
                        "handshake after a chmod or chown", path, exc)
         return None, None
     except Exception as exc:  # noqa: BLE001 - any bad file (zmq.auth raises IndexError too) is skipped alone
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE, errno.EIO):
+            raise  # this read failed, not the file: reload_if_changed keeps the keys read last
         logger.warning("authorized keys: skipping %s, not a zmq.auth certificate (%s: %s)", path, type(exc).__name__, exc)
         return None, None
     if not _is_z85_key(public):
@@ -270,6 +278,20 @@ def _read_client_key(path: Path) -> Tuple[Optional[bytes], Optional[bytes]]:
                        "holds one client's key; put each client's key in a file of its own", path, count,
                        key_fingerprint(public))
     return public, secret
+
+
+def _is_gone(exc: OSError) -> bool:
+    """Whether a failed read of the keys folder means it is not there (deleted, moved away, its mount gone), rather than
+    that this read failed (EMFILE or ENFILE: the server is out of descriptors; EIO; EACCES), which is no news of the
+    keys: the keys read last stay allowed for UNREADABLE_GRACE_S."""
+    return exc.errno in (errno.ENOENT, errno.ENOTDIR)
+
+
+def _folder_stamp(directory: Path) -> Tuple[int, int, int, int]:
+    """(device, inode, mtime, ctime) of a folder: adding, removing or renaming an entry changes its mtime. A stat
+    needs no file descriptor."""
+    found = os.stat(directory)
+    return (found.st_dev, found.st_ino, found.st_mtime_ns, found.st_ctime_ns)
 
 
 def _is_folder(path: Path) -> bool:
@@ -311,7 +333,11 @@ class AuthorizedKeys:
         # non-atomically or an NFS blip refuses new handshakes, not the robots already connected)
         self._open_keys: FrozenSet[bytes] = frozenset()
         self.peer_address: Optional[str] = None  # of the handshake being checked (_AddressingAuthenticator sets it)
+        # Whether the last handshake refused was refused because the folder cannot be read (ZAP_CANNOT_CHECK)
+        self.refused_unchecked = False
         self._unreadable_since: Optional[float] = None  # since when the folder could not be read (UNREADABLE_GRACE_S)
+        # The folder's _folder_stamp and entries at its last listing (_entries)
+        self._listed: Optional[Tuple[Tuple[int, int, int, int], Tuple[Path, ...]]] = None
         # The file each key was read from, at this read and the one before: a refused key's own file is read again
         # (one file, not the folder) before its robot is refused, in case the watcher caught it half-written
         self._key_files: Dict[bytes, str] = {}
@@ -362,7 +388,7 @@ class AuthorizedKeys:
         key is. Hidden entries are
         skipped, as zmq.auth skips them: a Kubernetes Secret volume keeps its files in `..data` and `..2026_...`
         and links each NAME.key to them, so a key rotated by swapping `..data` shows as its NAME.key changing."""
-        entries = sorted(self.directory.iterdir())  # an OSError: reload_if_changed takes the folder as unreadable
+        entries = self._entries()  # an OSError: reload_if_changed takes the folder as unreadable
         if entries and not os.access(self.directory, os.X_OK):  # listed but not entered (chmod -R 644): every key
             # file's stat fails, which read as removed; the folder is unreadable, not empty
             raise PermissionError(errno.EACCES, "it can be listed but not entered (no x permission)",
@@ -401,21 +427,46 @@ class AuthorizedKeys:
         self._unreadable_since = None
         return tuple(signature)
 
-    def _read_signature(self) -> Tuple[_Entry, ...]:
-        """_current_signature, or () with the folder marked unreadable when any part of reading it fails (a folder
-        gone, an entry that cannot be examined): the keys read last then hold open connections for
-        UNREADABLE_GRACE_S, and new handshakes are refused naming the folder."""
+    def _entries(self) -> List[Path]:
+        """The folder's entries, sorted. Out of descriptors (EMFILE, ENFILE: listing needs one, a stat does not), those
+        of the last listing while the folder's own stat says no entry was added, removed or renamed since: at the
+        open-file limit every watcher's listing failed, and each connected robot was refused once the grace ran out."""
+        stamp = _folder_stamp(self.directory)  # before the listing: a change while it runs differs at the next read
+        try:
+            entries = sorted(self.directory.iterdir())
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE) and self._listed is not None and self._listed[0] == stamp:
+                return list(self._listed[1])
+            raise
+        self._listed = (stamp, tuple(entries))
+        return entries
+
+    def _read_signature(self) -> Optional[Tuple[_Entry, ...]]:
+        """_current_signature, with the folder marked unreadable when any part of reading it fails: () when it is gone
+        (the keys read last then hold open connections for UNREADABLE_GRACE_S, and new handshakes are refused naming
+        the folder), None when only this read failed (out of descriptors: the keys read last stay, new handshakes'
+        too, for UNREADABLE_GRACE_S)."""
         try:
             return self._current_signature()
         except OSError as exc:
-            if str(exc) != self._unreadable:  # told when it changes, not at each handshake: any peer can make those
-                logger.warning("authorized keys: cannot read %s (%s); no new client is admitted until it is "
-                               "readable, and the connected ones are refused after %.0f s",
-                               self.directory, exc, UNREADABLE_GRACE_S)
-            self._unreadable = str(exc)
-            if self._unreadable_since is None:
-                self._unreadable_since = time.monotonic()
-            return ()
+            self._mark_unreadable(exc)
+            return () if _is_gone(exc) else None
+
+    def _mark_unreadable(self, exc: OSError) -> None:
+        """Record that the folder cannot be read, and since when (the grace counts from the first failed read)."""
+        if str(exc) != self._unreadable:  # told when it changes, not at each handshake: any peer can make those
+            admitted = ("no new client is admitted until it is readable" if _is_gone(exc) else
+                        "the keys read last are used meanwhile")
+            logger.warning("authorized keys: cannot read %s (%s); %s, and every client is refused after %.0f s",
+                           self.directory, exc, admitted, UNREADABLE_GRACE_S)
+        self._unreadable = str(exc)
+        if self._unreadable_since is None:
+            self._unreadable_since = time.monotonic()
+
+    def _unreadable_too_long(self) -> bool:
+        """Whether the folder has been unreadable for over UNREADABLE_GRACE_S: the keys read last no longer hold."""
+        since = self._unreadable_since
+        return since is not None and time.monotonic() - since > UNREADABLE_GRACE_S
 
     def _warn_of_mistakes(self, signature: Tuple[_Entry, ...], secrets: List[str]) -> None:
         """Files a server should not hold, and keys it does not read, named: a silent folder hid both."""
@@ -441,6 +492,8 @@ class AuthorizedKeys:
         with self._lock:
             was_unreadable = self._unreadable is not None
             signature = self._read_signature()
+            if signature is None:  # this read failed, not the folder: the keys read last stay
+                return False
             # An unreadable folder's signature is (), as an empty one's: a folder re-created empty (or a bare mount
             # point) after it could not be read is read, so that the connected robots' keys are replaced too
             if signature == self._signature and not (was_unreadable and self._unreadable is None):
@@ -453,7 +506,11 @@ class AuthorizedKeys:
                     skipped.append(name)
                 if not isinstance(stamp, tuple):
                     continue
-                public, secret = _read_client_key(self.directory / name)
+                try:
+                    public, secret = _read_client_key(self.directory / name)
+                except OSError as exc:  # out of descriptors: as a failed listing, the keys read last stay
+                    self._mark_unreadable(exc)
+                    return False
                 if public is None:
                     skipped.append(name)
                     continue
@@ -493,8 +550,7 @@ class AuthorizedKeys:
         if client_key is None:  # no ZAP User-Id (not a CURVE connection): nothing to check against
             return None
         key = client_key.encode("ascii", "replace")
-        since = self._unreadable_since
-        unreadable_too_long = since is not None and time.monotonic() - since > UNREADABLE_GRACE_S
+        unreadable_too_long = self._unreadable_too_long()
         if key in self._open_keys and not unreadable_too_long:
             return None
         if not unreadable_too_long and self._file_holds_key(self._key_files.get(key), key):
@@ -531,11 +587,12 @@ class AuthorizedKeys:
         which must never die: every later handshake would stall, authorized clients' too)"""
         try:
             self.reload_if_changed()
-            allowed = client_key in self._keys
+            allowed = client_key in self._keys and not self._unreadable_too_long()
             # the address finds the machine (a throwaway key's fingerprint names none); one kind per address, so a
             # known robot whose key was removed is not hidden in a scanner's flood
             peer, address = self.peer_address, f" at {self.peer_address}" if self.peer_address else ""
-            if not allowed and self._unreadable is not None:
+            self.refused_unchecked = not allowed and self._unreadable is not None
+            if self.refused_unchecked:
                 self._refusals.warning("refused a CURVE client%s with key %s: %s cannot be read (%s)", address,
                                        key_fingerprint(client_key), self.directory, self._unreadable, kind=peer)
             elif not allowed:
@@ -544,6 +601,7 @@ class AuthorizedKeys:
             return allowed
         except Exception:  # noqa: BLE001 - refuse this handshake, keep checking the next ones
             logger.exception("authorized keys: checking a client key failed; the client is refused")
+            self.refused_unchecked = True
             return False
 
 
@@ -555,10 +613,19 @@ class _AddressingAuthenticator(ThreadAuthenticator):
         super().__init__(context, log=logging.getLogger(__name__ + ".zap"))
         self._authorized = authorized
 
+    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
+                        user_id: str = "anonymous") -> None:
+        # pyzmq answers every refusal 400 (the key is not allowed): a key that could not be checked is answered
+        # _ZAP_CANNOT_CHECK, so that its robot is not told to add a key the server may hold
+        if status_code == b"400" and self._authorized.refused_unchecked:
+            status_code, status_text = _ZAP_CANNOT_CHECK, b"the authorized keys cannot be read"
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
+
     async def handle_zap_message(self, msg: List[bytes]) -> None:
         # A ZAP request (RFC 27): version, request id, domain, address, identity, mechanism, credentials. The thread
         # awaits one request at a time, and the key check does not await: the address is this request's.
         self._authorized.peer_address = msg[3].decode("utf-8", "replace") if len(msg) >= 6 else None
+        self._authorized.refused_unchecked = False
         try:
             await super().handle_zap_message(msg)
         finally:

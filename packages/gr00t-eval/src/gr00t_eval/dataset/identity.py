@@ -3,6 +3,7 @@ server reports them as its identity; open-loop hashes the dataset it scores agai
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -28,9 +29,10 @@ WRITER_LEFTOVERS = (".tmp", ".prev")
 
 def files_under(folder: Path) -> List[Path]:
     """Every file under `folder`, through symlinked folders too (Path.rglob does not enter them before Python 3.13:
-    a meta/episodes/ linked in, as a dataset cache may, was left out of the identity); each real folder once."""
+    a meta/episodes/ linked in, as a dataset cache may, was left out of the identity); each real folder once. A folder
+    that cannot be listed raises its OSError (out of descriptors, EACCES, EIO); one that is gone lists nothing."""
     files, seen = [], set()
-    for top, dirs, names in os.walk(folder, followlinks=True):
+    for top, dirs, names in os.walk(folder, followlinks=True, onerror=_raise_unless_gone):
         real = os.path.realpath(top)
         if real in seen:  # a link back up the tree
             dirs[:] = []
@@ -38,6 +40,13 @@ def files_under(folder: Path) -> List[Path]:
         seen.add(real)
         files.extend(Path(top) / name for name in names if os.path.isfile(os.path.join(top, name)))
     return files
+
+
+def _raise_unless_gone(exc: OSError) -> None:
+    """os.walk's onerror: it skips a folder it cannot list, which read as a dataset without those files (at the
+    open-file limit, a replay took every meta file as removed). A folder removed meanwhile holds no files."""
+    if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+        raise exc
 
 
 def meta_files(root: Path) -> List[Path]:

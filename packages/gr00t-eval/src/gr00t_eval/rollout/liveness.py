@@ -120,9 +120,14 @@ def _refusal(address: str, exc: BaseException) -> str:
         return (f"the relay at {address} answers, but the relay's upstream refuses it ({type(exc).__name__}: {exc}): "
                 "fix the relay's own API token or CURVE key for its upstream")
     if isinstance(exc, HandshakeError):  # CURVE's own refusal: no API token is read before it
-        why = ("the server does not admit this client's CURVE key: removed from its authorized keys, or its keys "
-               "folder cannot be read for a moment" if "refused this client's public key" in text
-               else "the server's CURVE settings and this client's do not match")
+        if "could not check this client's public key" in text:
+            why = ("the server cannot read its authorized keys folder (out of open files, a mount gone?); resume once it "
+                   "can")
+        elif "refused this client's public key" in text:
+            why = ("the server does not admit this client's CURVE key: it is not in (or was removed from) its "
+                   "authorized keys")
+        else:
+            why = "the server's CURVE settings and this client's do not match"
     elif "was removed from the server's authorized keys" in text:
         why = "this client's CURVE key was removed from the server's authorized keys"
     elif "cannot read its authorized keys folder" in text:
