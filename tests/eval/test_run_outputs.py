@@ -18,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.scale_fixtures import ConstantPolicy, CountingPolicy, HangsOnCall, free_port, names_in_one_second, policy_server
+from eval.scale_fixtures import (ConstantPolicy, CountingPolicy, HangsOnCall, WalkToEnv, free_port, names_in_one_second,
+                                 policy_server)
+from gr00t_client import EmbodimentTag
 from gr00t_eval.cli import main
+from gr00t_eval.rollout.envs import register_env_prefix
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 SMALL = ["--n-envs", "1", "--n-action-steps", "2", "--max-episode-steps", "6", "--no-video", "--vectorization", "sync"]
@@ -97,6 +100,41 @@ def test_a_broken_env_kwarg_gives_no_score_and_leaves_the_folder_to_the_correcte
         # it used to leave run.json and advise a --resume that repeated the typo; the corrected command was refused
         assert main(rollout_args(server.port, tmp_path / "out", "--n-episodes", "2")) == 0
     assert read(tmp_path / "out" / "results.json")["overall"]["n_episodes"] == 2
+
+
+class SceneAtReset(WalkToEnv):
+    """walkto/slow that reads its scene file `scene` at every reset, as a simulator loading its assets does."""
+
+    def __init__(self, scene=None):
+        super().__init__(1.0)
+        self.scene = scene
+
+    def reset(self, *, seed=None, options=None):
+        if self.scene is not None:
+            Path(self.scene).read_bytes()
+        return super().reset(seed=seed, options=options)
+
+
+register_env_prefix("scenewalk", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: SceneAtReset(**kwargs))
+
+
+def test_a_setting_that_fails_every_first_reset_gives_no_score_and_leaves_the_folder_to_the_corrected_command(
+        tmp_path, capsys):
+    """The env took the --env-kwarg and every reset raised: results.json said 'complete' (envs_stepped false), and its
+    run file refused the corrected command as 'not empty', pointing at a --resume that kept the bad setting."""
+    out = tmp_path / "out"
+    with policy_server() as server:
+        args = ["rollout", "--env-name", "scenewalk/slow", "--policy-client-port", str(server.port), "--output-dir",
+                str(out), "--timeout-ms", "3000", *SMALL, "--n-episodes", "2"]
+        code = main([*args, "--env-kwarg", f"scene={tmp_path / 'no-such-scene.xml'}"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "no episode was scored: every episode errored at its reset, before its envs were sent a step" in err, err
+        assert "(the first: episode 0 of scenewalk/slow: reset failed: FileNotFoundError" in err, err
+        assert "no-such-scene.xml" in err and "--resume" not in err, err
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
+        assert main(args) == 0
+    assert read(out / "results.json")["status"] == "complete"
 
 
 def test_every_episode_seed_is_recorded_from_a_random_base_seed_saved_in_run_json(tmp_path):

@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "command line (a Ray run may resume without Ray and the other way round)")
     p.add_argument(*_flag("allow-errors"), action="store_true",
                    help="exit 0 even when episodes errored (they are still reported and left out of the metrics), "
-                        "unless every episode errored: a run that scored nothing exits 1")
+                        "unless every episode errored: a run that scored nothing exits 1 (2, keeping no run, when "
+                        "every one errored at its reset, before any env was sent a step)")
     p.add_argument(*_flag("max-episodes-rendered"), type=int, default=None, metavar="N",
                    help="write videos of the first N episodes (of each task) only (default: all)")
     p.add_argument(*_flag("env-timeout"), type=float, default=None, metavar="S",

@@ -130,12 +130,15 @@ def _released_unless_started(output_dir: Path, shard: Any, new_run: bool = True,
         raise
 
 
-def _release_unstarted_run(output_dir: Path, shard: Any, made_folders: Sequence[Path] = ()) -> None:
+def _release_unstarted_run(output_dir: Path, shard: Any, made_folders: Sequence[Path] = (),
+                           errored_kept: bool = True) -> None:
     """A new run that stopped before it scored any episode (no server answered, the policy refused its settings)
     leaves no run file: the corrected command is not refused as 'not empty', nor pointed at a --resume that would
     repeat the mistake. Only while the run file there is this process's claim: never another run's files. Of the
     `made_folders` (deepest first: those the run created, _rollout_output_dir), each left empty is removed too, so
-    refused tries leave no empty dated directories behind."""
+    refused tries leave no empty dated directories behind. A run whose log holds episodes is kept (its --resume
+    continues it), unless every one errored and not `errored_kept` (a run that never stepped its envs: a --resume
+    would run them again with the same setting)."""
     from .episode_log import EpisodeLog
     from .output_files import episode_log_name, run_file_name
     from .run_claim import holds_claim, release_alive_lock
@@ -146,7 +149,7 @@ def _release_unstarted_run(output_dir: Path, shard: Any, made_folders: Sequence[
             logger.warning("not releasing %s: its %s is not this run's claim (another run took the folder since)",
                            output_dir, run_file.name)
             return
-        if EpisodeLog(log).read():
+        if any(errored_kept or not entry.get("error") for entry in EpisodeLog(log).read()):
             return
         log.unlink(missing_ok=True)
         _release_video_claim(run_file, output_dir, shard)

@@ -24,7 +24,9 @@ from .merge_cli import cmd_merge
 from .rollout_args import (_check_env_names, _check_rollout_args, check_ray_flags, _registrations,
                            _registration_flags, _saved_rollout_config, _videos_moved_with_run, resumed_env_timeout,
                            resumed_video_dir, rollout_config_from_args, rollout_seed)
-from .rollout_output import _claim_videos, _released_unless_started, _rollout_output_dir, delete_earlier_videos
+from .rollout.config import RESET_FAILED
+from .rollout_output import (_claim_videos, _release_unstarted_run, _released_unless_started, _rollout_output_dir,
+                             delete_earlier_videos)
 from .rollout_report import _report_rollout, _start_storage_failure, _storage_failure
 from .run_policy import (_adopt_run_policy, _check_policy_runs_settings, _ray_probe_client, _ray_run_policy,
                          _record_settings_not_applied)
@@ -68,7 +70,9 @@ def register_scale_commands(subparsers: Any) -> None:
     p.set_defaults(scale_command=cmd_batch)
 
     p = subparsers.add_parser("merge", help="merge `rollout --shard` results into the results of one run")
-    p.add_argument("results", nargs="+", type=path_flag, help="results files (or directories holding results*.json)")
+    p.add_argument("results", nargs="+", type=path_flag,
+                   help="results files (or directories holding results*.json); each shard once: a merge given beside "
+                        "a shard it holds (say, that shard resumed) is refused, naming both")
     p.add_argument(*_flag("output"), type=path_flag, required=True,
                    help="merged results file (a directory gets results.json; a symbolic link is written through, "
                         "to where it points)")
@@ -202,16 +206,15 @@ def run_rollout_command(args: argparse.Namespace) -> int:
             results = _run(args, env_spec, config, shard, done, log, first_policy)
             # the envs the names were built with (a resume is held to its run's): merge refuses shards of others
             results["plan"]["registrations"] = _registrations(args)
-            if (not args.resume and not results.get("per_episode") and not results.get("envs_stepped")
-                    and results.get("status") in ("aborted", "incomplete")):
+            if not args.resume and _never_stepped(results):
                 # every task failed to start, before its envs were sent a step (an --env-kwarg its env does not
-                # take), or every Ray shard stopped before scoring (no server answered its workers): as a plain run
-                # that reaches no server, the folder is released, and the corrected command is not refused as "not
-                # empty" (a --resume repeats the mistake). A run whose envs stepped (a simulator that crashed before
-                # the first episode ended) ran: its results.json, episodes not run and --resume line are reported
-                failed = results.get("failed_tasks") or {}
-                reasons = "; ".join(f"task {task} failed: {why}" for task, why in failed.items())
-                raise UsageError(f"no episode was scored: {reasons or results.get('stop_reason')}")
+                # take), every episode errored before its first step (a setting that fails every reset), or every
+                # Ray shard stopped before scoring (no server answered its workers): as a plain run that reaches no
+                # server, the folder is released, and the corrected command is not refused as "not empty" (a
+                # --resume repeats the mistake). A run whose envs stepped (a simulator that crashed before the first
+                # episode ended) ran: its results.json, episodes not run and --resume line are reported
+                _release_unstarted_run(output_dir, shard, made_folders, errored_kept=False)
+                raise UsageError(f"no episode was scored: {_why_never_stepped(results)}")
         if earlier_task_s:
             add_earlier_task_eval_s(results, earlier_task_s)
         results[ATTEMPTS_KEY] = covered_attempts(logged, log.attempt)
@@ -223,6 +226,30 @@ def run_rollout_command(args: argparse.Namespace) -> int:
         if not is_storage_line(exc, output_dir, config.video_dir):
             raise
         raise SystemExit(_storage_failure(exc, output_dir, shard, _registration_flags(args))) from None
+
+
+def _never_stepped(results: Mapping[str, Any]) -> bool:
+    """Whether a run (not stopped by a signal) sent its envs no step and scored no episode: each task failed while its
+    envs were built, or each episode errored at its reset (a setting its env takes but cannot reset with), or none
+    ran at all (aborted or incomplete)."""
+    if results.get("envs_stepped") or results.get("status") == "interrupted":
+        return False
+    entries = results.get("per_episode") or []
+    if entries:
+        return all(str(entry.get("error") or "").startswith(RESET_FAILED) for entry in entries)
+    return results.get("status") in ("aborted", "incomplete")
+
+
+def _why_never_stepped(results: Mapping[str, Any]) -> str:
+    """'task T failed: ...' for each failed task, and 'every episode errored at its reset, before its envs were sent a
+    step (the first: episode I of T: reset failed: ...)' where episodes errored; else the run's stop reason."""
+    reasons = [f"task {task} failed: {why}" for task, why in (results.get("failed_tasks") or {}).items()]
+    errored = results.get("per_episode") or []
+    if errored:
+        first = errored[0]
+        reasons.append(f"every episode errored at its reset, before its envs were sent a step (the first: episode "
+                       f"{first.get('episode_index')} of {first.get('task')}: {first.get('error')})")
+    return "; ".join(reasons) or str(results.get("stop_reason"))
 
 
 def _run(args: argparse.Namespace, env_spec: str, config: Any, shard: Any, done: Any, log: Any,

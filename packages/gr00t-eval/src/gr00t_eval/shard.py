@@ -219,6 +219,10 @@ def _check_results_shape(results: Mapping[str, Any]) -> None:
     for task, entry in (results.get("per_task") or {}).items():
         if not isinstance(entry, dict):
             raise MergeError(f"per_task[{task!r}] is {entry!r}, expected an object of that task's aggregates")
+    for field in ("missing_episodes", "not_run_episodes"):  # a merge's, which a merge of it reads
+        names = results.get(field, [])
+        if not isinstance(names, list) or not all(map(_is_episode_name, names)):
+            raise MergeError(f"'{field}' is {json.dumps(names)[:80]}, expected a list of 'TASK#EPISODE_INDEX' names")
 
 
 def _plan_key(results: Mapping[str, Any]) -> Tuple[Any, ...]:
@@ -379,6 +383,7 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
             raise MergeError(f"{name} was run against another policy than {first_name}: {describe(policy)}, not "
                              f"{describe(first)}; only shards of one policy merge (rerun that shard against "
                              "the same checkpoint or dataset)")
+    _check_each_shard_once(shards, label)
     task_pairs, n_episodes, seed, _, _ = key
     tasks = [Task(env_name, group) for env_name, group in task_pairs]
     plan_tasks = [task.env_name for task in tasks]
@@ -409,17 +414,17 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
             runs.append(run)
     # A task that failed (its env would not build, ...) in the shard that planned it did not run those episodes,
     # as in a single run: they are counted in n_not_run (the error is in failed_tasks), not missing from the merge.
-    not_run_by_failed_task = set()
-    for results in shards:
-        ranges = _planned_ranges(tasks, n_episodes, results)
-        for task_name, entry in (results.get("per_task") or {}).items():
-            if entry.get("error") and task_name in ranges:
-                not_run_by_failed_task.update((task_name, i) for i in ranges[task_name] if (task_name, i) not in seen)
+    not_run_by_failed_task = {pair for results in shards
+                              for pair in _not_run_by_failed_task(tasks, n_episodes, results) if pair not in seen}
     missing = [f"{t.env_name}#{i}" for t in tasks for i in range(n_episodes)
                if (t.env_name, i) not in seen and (t.env_name, i) not in not_run_by_failed_task]
+    # a merged input's status holds while an episode it lacks is still lacking; a shard's holds for its own file
+    unfinished = [position for position, results in enumerate(shards)
+                  if results.get("status", "complete") != "complete"
+                  and ("merged_from" not in results or _lacks_any(results, tasks, n_episodes, seen))]
     if missing and not allow_missing:
-        stopped = [_stopped_shard_hint(label[i], results, missing=missing) for i, results in enumerate(shards)
-                   if results.get("status", "complete") in ("interrupted", "aborted")]
+        stopped = [_stopped_shard_hint(label[i], shards[i], missing=missing) for i in unfinished
+                   if shards[i].get("status") in ("interrupted", "aborted") or "merged_from" in shards[i]]
         cause = "; ".join(stopped) if stopped else "is a shard missing or failed?"
         raise MergeError(f"{len(missing)} episodes are in no results file: {format_missing(missing)} ({cause})")
     first = shards[0]
@@ -429,6 +434,9 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
         "plan": {**shards[0]["plan"], "settings": recorded_settings(shards[0]), "shard": None},
         "merged_from": [results.get("plan", {}).get("shard") for results in shards],
         "missing_episodes": missing,
+        # the episodes of the shards whose task failed: what a merge of this merge counts as not run (not the plan's)
+        "not_run_episodes": [f"{t.env_name}#{i}" for t in tasks for i in range(n_episodes)
+                             if (t.env_name, i) in not_run_by_failed_task],
         "n_not_run": len(missing) + len(not_run_by_failed_task),  # as a single run counts the episodes it never ran
         # a run whose envs stepped ran, though no episode ended: rollout reports it (results, --resume), no usage error
         "envs_stepped": any(bool(results.get("envs_stepped")) for results in shards),
@@ -438,13 +446,14 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
         "settings_not_applied": {name: value for results in shards
                                  for name, value in (results.get("settings_not_applied") or {}).items()},
     }
-    statuses = [results.get("status", "complete") for results in shards]
+    statuses = [shards[i].get("status") for i in unfinished]
     # A merge with episodes in no file is no complete run, even when every shard given completed.
     status = next((s for s in ("interrupted", "aborted") if s in statuses), INCOMPLETE if missing else "complete")
-    # an incomplete shard (a task failed: an env worker killed, ...) is named with the command that reruns what it lacks
-    reasons = [_stopped_shard_hint(label[i], r, missing=missing) if r.get("status") == INCOMPLETE
-               else f"{label[i]}: {r.get('stop_reason')}" for i, r in enumerate(shards)
-               if r.get("status", "complete") != "complete"]
+    # an incomplete shard (a task failed: an env worker killed, ...) or a merge is named with the commands that rerun
+    # what it lacks (a merge's own reason counted episodes this merge may hold)
+    reasons = [_stopped_shard_hint(label[i], r, missing=missing)
+               if r.get("status") == INCOMPLETE or "merged_from" in r else f"{label[i]}: {r.get('stop_reason')}"
+               for i, r in ((i, shards[i]) for i in unfinished)]
     if missing:
         reasons.append(f"{len(missing)} episodes are in no results file (merged with --allow-missing)")
     # a merge with every episode is complete: its inputs' reasons (a partial merge merged again) no longer hold
@@ -452,8 +461,7 @@ def merge_results(shards: Iterable[Mapping[str, Any]], allow_missing: bool = Fal
                            "; ".join(reasons) if status != "complete" else None)
     if status == "complete" and merged["status"] == INCOMPLETE:  # its reason counts the merge's failed tasks and
         # episodes not run: the shards' would repeat it
-        resumes = [_stopped_shard_hint(label[i], r, with_reason=False, missing=missing)
-                   for i, r in enumerate(shards) if r.get("status") == INCOMPLETE]
+        resumes = [_stopped_shard_hint(label[i], shards[i], with_reason=False, missing=missing) for i in unfinished]
         merged["stop_reason"] = "; ".join([merged["stop_reason"], *resumes])
     return merged
 
@@ -473,6 +481,78 @@ def _planned_ranges(tasks: Sequence[Task], n_episodes: int, results: Mapping[str
     shard = results["plan"].get("shard")
     return (shard_ranges(tasks, n_episodes, ShardSpec(*shard)) if shard
             else {t.env_name: range(n_episodes) for t in tasks})
+
+
+def _episode_key(name: str) -> Tuple[str, int]:
+    """'walkto/slow#4' (as missing_episodes and not_run_episodes name an episode) -> ('walkto/slow', 4)."""
+    task, hash_mark, index = name.rpartition("#")
+    if not hash_mark or not task:
+        raise ValueError(f"{name!r} is not TASK#EPISODE_INDEX")
+    return task, int(index)
+
+
+def _is_episode_name(name: Any) -> bool:
+    try:
+        return isinstance(name, str) and _episode_key(name) is not None
+    except ValueError:
+        return False
+
+
+def _not_run_by_failed_task(tasks: Sequence[Task], n_episodes: int, results: Mapping[str, Any]) -> Set[Tuple[str, int]]:
+    """The (task, episode) pairs `results` did not run because their task failed: a merge's `not_run_episodes` (those
+    of its shards whose task failed), or every planned episode of each failed task (a shard's slice; the whole plan for
+    a merge of an earlier gr00t-eval, which recorded none: read as it was)."""
+    if "not_run_episodes" in results:
+        return set(map(_episode_key, results["not_run_episodes"]))
+    ranges = _planned_ranges(tasks, n_episodes, results)
+    return {(task, i) for task, entry in (results.get("per_task") or {}).items()
+            if entry.get("error") and task in ranges for i in ranges[task]}
+
+
+def _lacks_any(results: Mapping[str, Any], tasks: Sequence[Task], n_episodes: int,
+               present: Set[Tuple[str, int]]) -> bool:
+    """Whether an episode of the plan that `results` (a merge) does not hold is still not among `present`."""
+    held = {(entry["task"], int(entry["episode_index"])) for entry in results.get("per_episode") or []}
+    return any((t.env_name, i) not in held and (t.env_name, i) not in present
+               for t in tasks for i in range(n_episodes))
+
+
+def _shards_held(results: Mapping[str, Any], label: str) -> List[Tuple[Tuple[int, int], str, str]]:
+    """((index, count), where, file) of each shard `results` brings to a merge: a shard's own file ('as LABEL'), or
+    each shard a merge's `merged_from` records ('in LABEL (merged from FILE)'); a whole run brings none."""
+    if "merged_from" not in results:
+        shard = results["plan"].get("shard")
+        return [((shard[0], shard[1]), f"as {label}", label)] if shard else []
+    paths = results.get("merged_paths") or results.get("merged_files") or []
+    held = []
+    for position, shard in enumerate(results.get("merged_from") or []):
+        try:
+            spec = ShardSpec(*shard)
+        except (TypeError, ValueError):  # a whole run (None), or a hand-edited record
+            continue
+        path = paths[position] if position < len(paths) else None
+        held.append(((spec.index, spec.count), f"in {label} (merged from {path or 'a file it does not name'})", path))
+    return held
+
+
+def _check_each_shard_once(shards: Sequence[Mapping[str, Any]], label: Sequence[str]) -> None:
+    """MergeError naming both places when a shard that a merged input holds reaches the merge again (as its own file,
+    a resumed one say, or in another merge): its episodes, failed tasks and time would count from both."""
+    held = [(position, *shard) for position, results in enumerate(shards)
+            for shard in _shards_held(results, label[position])]
+    where: Dict[Tuple[int, int], Tuple[int, str]] = {}
+    for position, spec, place, _ in held:
+        earlier = where.setdefault(spec, (position, place))
+        if earlier[0] != position and "merged_from" in shards[earlier[0]].keys() | shards[position].keys():
+            raise MergeError(f"shard {ShardSpec(*spec)} reaches this merge twice: {earlier[1]} and {place}; give each "
+                             f"shard once: merge the shards' own results files{_merge_hint([h[3] for h in held])}, "
+                             "not a merge of some of them beside one of them")
+
+
+def _merge_hint(files: Sequence[Optional[str]]) -> str:
+    """' (gr00t-eval merge FOLDER ...)' of the folders of the shard results files `files` (none known: '')."""
+    folders = sorted({str(shard_folder(str(file))) for file in files if file and str(file).endswith(".json")})
+    return f" (gr00t-eval merge {' '.join(folders)})" if folders else ""
 
 
 def _planned_part(results: Mapping[str, Any], planned: Mapping[str, range]) -> str:
@@ -634,18 +714,13 @@ def outside_plan(outcome: EpisodeOutcome, groups: Mapping[str, str]) -> Optional
 def _stopped_shard_hint(label: str, results: Mapping[str, Any], with_reason: bool = True,
                         missing: Optional[Sequence[str]] = None) -> str:
     """'<label> is an interrupted run (<reason>): continue it with gr00t-eval rollout --resume DIR --shard I/N' (or an
-    aborted or incomplete run; for a merge's output, to continue its own shards whose task failed and, while episodes
-    it lacks are still among `missing` (the new merge's; None: unknown), to merge it again with the missing shards;
-    without '(<reason>)' unless `with_reason`)."""
+    aborted or incomplete run; without '(<reason>)' unless `with_reason`). For a merge's output: _merged_remedies."""
     from .rollout_args import _recorded_registration_flags
     from .run_resume import resume_command
 
-    reason = f" ({results.get('stop_reason') or 'no reason recorded'})" if with_reason else ""
     if "merged_from" in results:  # a merge's folder holds no run to resume: its shards' folders do
-        remedies = _merged_shard_resumes(results)
-        if missing is None or set(results.get("missing_episodes") or ()) & set(missing) or not remedies:
-            remedies.append("merge it again with the missing shards' results")
-        return f"{label} is an {results.get('status')} merge{reason}: {', and '.join(remedies)}"
+        return f"{label} is an {results.get('status')} merge: {_merged_remedies(results, missing)}"
+    reason = f" ({results.get('stop_reason') or 'no reason recorded'})" if with_reason else ""
     shard = (results.get("plan") or {}).get("shard")
     spec = ShardSpec(*shard) if shard else None
     flags = _recorded_registration_flags(results.get("plan") or {})  # a resume is held to the shard's own
@@ -654,29 +729,76 @@ def _stopped_shard_hint(label: str, results: Mapping[str, Any], with_reason: boo
     return f"{label} is an {results.get('status')} run{reason}{resume}"
 
 
+def _merged_remedies(merge: Mapping[str, Any], missing: Optional[Sequence[str]]) -> str:
+    """What completes `merge` (a merge's results): continue its own shards that lack episodes, run the shards it lacks
+    while their episodes are still among `missing` (the new merge's; None: unknown), and merge again: the merge with
+    the missing shards' results, or, once one of its shards is continued, the shards' own files (a merge takes each
+    shard once, and this merge holds the one continued)."""
+    resumes = _merged_shard_resumes(merge)
+    absent = _missing_shards_text(merge)
+    still_missing = missing is None or bool(set(merge.get("missing_episodes") or ()) & set(missing))
+    if not resumes:
+        return f"merge it again with the missing shards' results{absent}"
+    paths = merge.get("merged_paths") or merge.get("merged_files") or []
+    run_missing = [f"run the missing shards{absent}"] if still_missing else []
+    return ", and ".join([*resumes, *run_missing, f"merge the shards' own results files{_merge_hint(paths)}, each "
+                          "once (not this merge beside them)"])
+
+
 def _merged_shard_resumes(merge: Mapping[str, Any]) -> List[str]:
     """'continue its shard FILE with gr00t-eval rollout --resume DIR --shard I/N' for each shard of `merge` (a merge's
-    results) that planned episodes of a task that failed, found by the path the merge recorded for it."""
+    results) whose own results lack episodes (a failed task's, or a stopped run's: in its `not_run_episodes` or
+    `missing_episodes`; a merge of an earlier gr00t-eval, which recorded no not_run_episodes: each shard that planned
+    episodes of a failed task), found by the path the merge recorded for it."""
     from .rollout_args import _recorded_registration_flags
     from .run_resume import resume_command
 
     plan = merge.get("plan") or {}
-    failed = {name for name, entry in (merge.get("per_task") or {}).items()
-              if isinstance(entry, dict) and entry.get("error")}
-    if not failed:
-        return []
     tasks = [Task(env_name, group) for env_name, group in plan.get("tasks") or []]
     flags = _recorded_registration_flags(plan)  # a resume is held to the shard's own
     resumes = []
     paths = merge.get("merged_paths") or merge.get("merged_files") or []  # absolute; an older merge's as given
-    for shard, path in zip(merge.get("merged_from") or [], paths):
-        try:
-            spec = ShardSpec(*shard)
-        except (TypeError, ValueError):  # a whole run (None), or a hand-edited record: nothing to resume by
-            continue
-        if failed & set(shard_ranges(tasks, plan.get("n_episodes") or 0, spec)):
+    for spec, path in zip(_merged_specs(merge), paths):
+        if spec is not None and _shard_lacks(merge, shard_ranges(tasks, plan.get("n_episodes") or 0, spec)):
             resumes.append(f"continue its shard {path} with {resume_command(shard_folder(path), spec)}{flags}")
     return resumes
+
+
+def _merged_specs(merge: Mapping[str, Any]) -> List[Optional[ShardSpec]]:
+    """The ShardSpec of each results file `merge` merged, None for a whole run or a hand-edited record."""
+    specs = []
+    for shard in merge.get("merged_from") or []:
+        try:
+            specs.append(ShardSpec(*shard))
+        except (TypeError, ValueError):
+            specs.append(None)
+    return specs
+
+
+def _shard_lacks(merge: Mapping[str, Any], ranges: Mapping[str, range]) -> bool:
+    """Whether the shard that planned `ranges` lacks episodes in `merge`: one of them is among its not_run_episodes or
+    missing_episodes, or, for a merge that recorded no not_run_episodes (an earlier gr00t-eval), its task failed."""
+    if "not_run_episodes" not in merge:
+        failed = {name for name, entry in (merge.get("per_task") or {}).items()
+                  if isinstance(entry, dict) and entry.get("error")}
+        return bool(failed & set(ranges))
+    lacking = set(map(_episode_key, [*merge["not_run_episodes"], *(merge.get("missing_episodes") or [])]))
+    return any((task, i) in lacking for task, episodes in ranges.items() for i in episodes)
+
+
+def _missing_shards_text(merge: Mapping[str, Any]) -> str:
+    """' (shard 1/5)' or ' (shards 1/5, 3/5)': the shards of `merge`'s split that it did not merge and whose episodes
+    it lacks; '' when its shards are of several splits, or none is known."""
+    specs = [spec for spec in _merged_specs(merge) if spec is not None]
+    counts = {spec.count for spec in specs}
+    if len(counts) != 1 or "not_run_episodes" not in merge:
+        return ""
+    count, merged = counts.pop(), {spec.index for spec in specs}
+    plan = merge.get("plan") or {}
+    tasks = [Task(env_name, group) for env_name, group in plan.get("tasks") or []]
+    absent = [str(ShardSpec(index, count)) for index in range(count) if index not in merged
+              and _shard_lacks(merge, shard_ranges(tasks, plan.get("n_episodes") or 0, ShardSpec(index, count)))]
+    return f" (shard{'s' if len(absent) > 1 else ''} {', '.join(absent)})" if absent else ""
 
 
 def shard_folder(path: str) -> Path:

@@ -287,6 +287,11 @@ def exit_call(exc: SystemExit) -> str:
     return f"sys.exit({'' if exc.code is None else repr(exc.code)})"
 
 
+# How an episode whose env reset raised is reported: such an episode sent its env no step (a run of only these never
+# stepped its envs, as one whose every task failed to build them: gr00t-eval rollout exits 2 and keeps no run)
+RESET_FAILED = "reset failed: "
+
+
 def env_error_text(exc: BaseException) -> str:
     """An env's exception as an episode's or task's error: `env called sys.exit(0)` for a SystemExit (a simulator or
     GUI that exits ends only what it ran, not the whole run), else `Type: message`."""

@@ -20,7 +20,7 @@ from gr00t_client.policy import ObservationError
 from ..metrics import ERROR_REASON_CHARS
 from ..run_stop import is_storage_error
 from ..video import EpisodeVideoRecorder, episode_video_name, frame_from_observation
-from .config import check_whole_number, env_error_text
+from .config import RESET_FAILED, check_whole_number, env_error_text
 from .policy_io import language_row, state_in_float32
 
 logger = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ class MultiStepWrapper(gym.Wrapper):
             _log_env_failure(f"env {self.env_index}: reset for episode {episode_index} failed", exc)
             self._done = True
             self._last_obs = self._placeholder()
-            return self._last_obs, {"episode": self._summary(f"reset failed: {env_error_text(exc)}")}
+            return self._last_obs, {"episode": self._summary(f"{RESET_FAILED}{env_error_text(exc)}")}
         missing = self._missing_from(raw)
         if missing is not None:
             self._done = True
