@@ -422,3 +422,30 @@ def test_episode_list_and_info_json_disagreeing_are_read_as_a_stopped_recording_
     episodes.write_text("\n".join([lines[0], "{not json", *lines[2:]]) + "\n")
     with pytest.raises(DatasetError, match="episodes.jsonl:2: invalid JSON"):
         LeRobotDataset(root)
+
+
+@pytest.mark.parametrize("folder, refused", [(".Trash-1000", False), ("__pycache__", False), ("episodes", True)])
+def test_a_meta_folder_that_cannot_be_listed_refuses_the_dataset_unless_no_reader_reads_it(tmp_path, monkeypatch,
+                                                                                             folder, refused):
+    """Listing errors raise (out of descriptors a replay read every meta file as removed), but another user's hidden
+    meta/.Trash-1000 (mode 700) then refused a dataset whose identity leaves hidden folders out."""
+    import os
+
+    from gr00t_eval.dataset.identity import meta_files
+
+    root = make_dataset(tmp_path / "ds", lengths=(4,), cameras=())
+    unreadable = root / "meta" / folder
+    unreadable.mkdir(exist_ok=True)
+    listable = os.scandir
+
+    def scandir(path="."):  # as for a folder of another user, mode 700 (root reads every folder: injected here)
+        if os.fspath(path) == os.fspath(unreadable):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listable(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    if refused:
+        with pytest.raises(PermissionError, match="Permission denied"):
+            meta_files(root)
+    else:
+        assert meta_files(root) and all(folder not in path.parts for path in meta_files(root))

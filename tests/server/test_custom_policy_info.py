@@ -197,3 +197,21 @@ def test_a_runtime_or_dims_the_wire_cannot_carry_is_sent_as_text_and_info_still_
     dtype_type = type(np.dtype("float32")).__name__  # Float32DType on numpy 2
     assert warnings == [f"get_server_info: OddInfoPolicy.runtime returned values the wire cannot carry ({dtype_type} "
                         "under 'dtype'); sent as their text"]
+
+
+class OutOfRangeInfoPolicy(CustomPolicy):
+    """work_limits() and runtime() holding values msgpack cannot carry though their types look plain."""
+
+    def work_limits(self):
+        return {"max_widgets": 2 ** 65, "max_denoising_steps": 8}
+
+    def runtime(self):
+        return {"raw": np.void(b"ab"), "device": "cpu"}
+
+
+def test_an_int_beyond_64_bits_or_a_void_numpy_scalar_in_info_is_sent_as_text():
+    with running_server(OutOfRangeInfoPolicy()) as server, PolicyClient(port=server.port, timeout_ms=5000) as client:
+        info = client.get_server_info()
+        assert client.server_is_gr00t_server is True
+    assert info["limits"]["max_widgets"] == str(2 ** 65) and info["limits"]["max_denoising_steps"] == 8
+    assert info["runtime"]["device"] == "cpu" and isinstance(info["runtime"]["raw"], str)

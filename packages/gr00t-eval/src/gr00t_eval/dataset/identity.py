@@ -44,8 +44,10 @@ def files_under(folder: Path) -> List[Path]:
 
 def _raise_unless_gone(exc: OSError) -> None:
     """os.walk's onerror: it skips a folder it cannot list, which read as a dataset without those files (at the
-    open-file limit, a replay took every meta file as removed). A folder removed meanwhile holds no files."""
-    if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+    open-file limit, a replay took every meta file as removed). A folder removed meanwhile holds no files, and a hidden
+    one (another user's .Trash-1000) or a __pycache__ none that any reader reads (meta_files leaves them out)."""
+    name = os.path.basename(getattr(exc, "filename", None) or "")
+    if exc.errno not in (errno.ENOENT, errno.ENOTDIR) and not (name.startswith(".") or name == "__pycache__"):
         raise exc
 
 

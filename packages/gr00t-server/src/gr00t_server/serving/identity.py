@@ -19,8 +19,22 @@ def encodable_identity(identity: Mapping[str, Any]) -> Tuple[Dict[str, Any], Lis
     return _encodable(identity, "", replaced), replaced
 
 
+# msgpack's integers: int64 and uint64 (a larger int failed the encode of every get_server_info reply)
+_WIRE_INTS = range(-(1 << 63), 1 << 64)
+
+
+def _fits_the_wire(value: Any) -> bool:
+    """Whether a scalar of _WIRE_SCALARS' types encodes: not an int beyond 64 bits, nor a void or object numpy
+    scalar."""
+    if isinstance(value, int) and not isinstance(value, (bool, Enum)):
+        return value in _WIRE_INTS
+    if isinstance(value, np.generic):
+        return value.dtype.kind not in "OV"
+    return True
+
+
 def _encodable(value: Any, where: str, replaced: List[str]) -> Any:
-    if isinstance(value, _WIRE_SCALARS):
+    if isinstance(value, _WIRE_SCALARS) and _fits_the_wire(value):
         return value
     if isinstance(value, np.ndarray) and value.dtype.kind not in "OV":
         return value
