@@ -398,8 +398,9 @@ def warn_unpinned(client: Any, record: Optional[Mapping[str, Any]]) -> None:
 def unpinned_shards_text(names: Iterable[str]) -> str:
     """merge's warning for shards whose records hold no checkpoint identity (pooled by class, tag and configs)."""
     return (f"{', '.join(names)} record a policy that reports no checkpoint identity (run against an older gr00t-server, "
-            f"before 2026-12-02, which reports no policy_identity): {UNPINNED_CONSEQUENCE}, and shards run against "
-            f"another checkpoint are pooled as this policy's; {UNPINNED_FIX}")
+            f"before 2026-12-02, which reports no policy_identity, or a policy of one's own without identity()): "
+            f"{UNPINNED_CONSEQUENCE}, and shards run against another checkpoint are pooled as this policy's; "
+            f"{UNPINNED_FIX}")
 
 
 def check_serves(client: Any, record: Mapping[str, Any]) -> None:

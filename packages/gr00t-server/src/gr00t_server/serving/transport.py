@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -103,12 +104,26 @@ def _close_resources(context: zmq.Context, sock: zmq.Socket, security: Optional[
         os.close(fd)
 
 
+def _seed_generated_routing_ids() -> None:
+    """Seed the C library's rand() from os.urandom before a ROUTER is made. libzmq numbers the routing ids it gives
+    clients that set none from its first rand() (b"\x00" + 0x6b8b4567 in every unseeded process), and asserts when the
+    id it generates is one a client chose for itself: any peer that named its sockets with the next ids aborted the
+    server (no message or token needed) once a plain client connected. Seeded, the next id cannot be guessed. Nothing
+    where the C library cannot be reached (the numbering then stays libzmq's)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "little")))
+    except (OSError, AttributeError, TypeError):  # no dlopen(NULL) (Windows), or no srand in it
+        pass
+
+
 class Transport:
     """A bound ROUTER socket plus a pipe any thread may write to wake the poll (the worker's "reply ready")."""
 
     def __init__(self, host: str, port: int, max_message_bytes: int, curve: Optional[CurveServerConfig] = None,
                  max_client_queued_requests: int = ServerLimits.max_client_queued_requests) -> None:
         self.context = zmq.Context()
+        _seed_generated_routing_ids()
         sock = self.context.socket(zmq.ROUTER)
         # CURVE keys (and the ZAP authenticator, in this context) must be in place before bind
         self.security: Optional[ServerCurve] = ServerCurve(curve, self.context, sock) if curve is not None else None
