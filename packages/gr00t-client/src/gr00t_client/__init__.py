@@ -58,7 +58,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .chunking import (ActionChunker as ActionChunker, ChunkerStats as ChunkerStats,
                            PolicyPositionError as PolicyPositionError, merge_overlap as merge_overlap)
     from .client import (ClientClosedError as ClientClosedError, DeadlineNotRunError as DeadlineNotRunError,
-                         ForkedSessionError as ForkedSessionError, MessageTooLargeError as MessageTooLargeError, PolicyClient as PolicyClient,
+                         ForkedSessionError as ForkedSessionError, MessageTooLargeError as MessageTooLargeError,
+                         PolicyClient as PolicyClient,
                          PolicyServerError as PolicyServerError, PolicyTimeoutError as PolicyTimeoutError,
                          ReplyLostError as ReplyLostError, ServerBusyError as ServerBusyError,
                          ServerStoppingError as ServerStoppingError,

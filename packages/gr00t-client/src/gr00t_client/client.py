@@ -21,8 +21,8 @@ import zmq
 from . import codec, curve, host_lookup
 from .client_connection import ClientConnection
 from .client_errors import (SHUTTING_DOWN, ClientClosedError, DeadlineNotRunError, ForkedSessionError,
-                            MessageTooLargeError, PolicyServerError, PolicyTimeoutError, ReplyLostError, ServerBusyError,
-                            ServerStoppingError, UpstreamFailedError)
+                            MessageTooLargeError, PolicyServerError, PolicyTimeoutError, ReplyLostError,
+                            ServerBusyError, ServerStoppingError, UpstreamFailedError)
 from .client_messages import (ERROR_MARKER, OPTIONS_NOT_APPLIED_FIELD, PROTOCOL_VERSION, SESSION_CONTINUES_FIELD,
                               TIMEOUT_FIELD, TIMING_OPTION, UPSTREAM_CHANGES_FIELD, ClientMessages)
 from .client_options import (DEFAULT_MAX_REPLY_BYTES, MAX_REPLY_BYTES_LIMIT, MAX_TIMEOUT_MS, check_api_token,

@@ -20,7 +20,7 @@ from . import codec, curve, host_lookup
 from .client_errors import ClientClosedError, PolicyTimeoutError, ReplyLostError
 from .client_options import endpoint_host, is_ipv6_literal
 from .client_sockets import _PROCESS_CONTEXT, FORK_ADOPTION_LOCK, _ReplyWatch
-from .process_limits import open_descriptor_count, shown_limits
+from .process_limits import open_descriptor_count, resource_limits, shown_limits
 
 logger = logging.getLogger("gr00t_client.client")  # PolicyClient's one logger, whichever of its modules logs
 
@@ -46,10 +46,10 @@ def _refused_connects_advice() -> str:
     """For connects that all failed: EMFILE's advice where this process is within _NEAR_DESCRIPTOR_LIMIT of its soft
     limit (libzmq's I/O thread then retries a socket() that fails, and the monitor sees it as a refused connect); ''
     otherwise, or where /proc/self/fd cannot be counted (not Linux)."""
-    limits, open_fds = shown_limits("RLIMIT_NOFILE"), open_descriptor_count()
-    if limits is None or open_fds is None or limits[0] == "unlimited":  # not Linux, or no limit: not known
+    limits, open_fds = resource_limits("RLIMIT_NOFILE"), open_descriptor_count()
+    if limits is None or open_fds is None or limits[0] is None:  # not Linux, or no limit: not known
         return ""
-    if open_fds < int(limits[0]) - _NEAR_DESCRIPTOR_LIMIT:
+    if open_fds < limits[0] - _NEAR_DESCRIPTOR_LIMIT:
         return ""
     return f"; or no descriptor was left to connect with: {_descriptor_words(f'has {open_fds} file descriptors open')}"
 

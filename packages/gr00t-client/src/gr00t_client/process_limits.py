@@ -12,14 +12,25 @@ except ImportError:  # pragma: no cover - Windows
     resource = None  # type: ignore[assignment]
 
 
-def shown_limits(name: str) -> Optional[Tuple[str, str]]:
-    """The soft and hard limit of resource `name` ("RLIMIT_NOFILE", "RLIMIT_NPROC") as text ("unlimited" for none);
-    None where this platform has no such limit."""
+def resource_limits(name: str) -> Optional[Tuple[Optional[int], Optional[int]]]:
+    """The soft and hard limit of resource `name` ("RLIMIT_NOFILE", "RLIMIT_NPROC"), None for no limit; None where this
+    platform has no such limit."""
     which = getattr(resource, name, None) if resource is not None else None
     if which is None:
         return None
-    limits = resource.getrlimit(which)
-    return tuple("unlimited" if limit == resource.RLIM_INFINITY else str(limit) for limit in limits)  # type: ignore
+    soft, hard = resource.getrlimit(which)
+    return tuple(None if limit == resource.RLIM_INFINITY else int(limit) for limit in (soft, hard))  # type: ignore
+
+
+def shown_limit(limit: Optional[int]) -> str:
+    """A limit of resource_limits as text: "unlimited" for none."""
+    return "unlimited" if limit is None else str(limit)
+
+
+def shown_limits(name: str) -> Optional[Tuple[str, str]]:
+    """The soft and hard limit of resource `name` as text (shown_limit); None where this platform has no such limit."""
+    limits = resource_limits(name)
+    return None if limits is None else (shown_limit(limits[0]), shown_limit(limits[1]))
 
 
 def open_descriptor_count() -> Optional[int]:
@@ -28,6 +39,5 @@ def open_descriptor_count() -> Optional[int]:
     try:
         return len(os.listdir("/proc/self/fd")) - 1
     except OSError as exc:
-        if exc.errno != errno.EMFILE or resource is None:
-            return None
-        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        limits = resource_limits("RLIMIT_NOFILE") if exc.errno == errno.EMFILE else None
+        return None if limits is None else limits[0]

@@ -523,12 +523,10 @@ def _shards_held(results: Mapping[str, Any], label: str) -> List[Tuple[Tuple[int
     if "merged_from" not in results:
         shard = results["plan"].get("shard")
         return [((shard[0], shard[1]), f"as {label}", label)] if shard else []
-    paths = results.get("merged_paths") or results.get("merged_files") or []
+    paths = _merged_paths(results)
     held = []
-    for position, shard in enumerate(results.get("merged_from") or []):
-        try:
-            spec = ShardSpec(*shard)
-        except (TypeError, ValueError):  # a whole run (None), or a hand-edited record
+    for position, spec in enumerate(_merged_specs(results)):
+        if spec is None:
             continue
         path = paths[position] if position < len(paths) else None
         held.append(((spec.index, spec.count), f"in {label} (merged from {path or 'a file it does not name'})", path))
@@ -739,7 +737,7 @@ def _merged_remedies(merge: Mapping[str, Any], missing: Optional[Sequence[str]])
     still_missing = missing is None or bool(set(merge.get("missing_episodes") or ()) & set(missing))
     if not resumes:
         return f"merge it again with the missing shards' results{absent}"
-    paths = merge.get("merged_paths") or merge.get("merged_files") or []
+    paths = _merged_paths(merge)
     run_missing = [f"run the missing shards{absent}"] if still_missing else []
     return ", and ".join([*resumes, *run_missing, f"merge the shards' own results files{_merge_hint(paths)}, each "
                           "once (not this merge beside them)"])
@@ -757,11 +755,16 @@ def _merged_shard_resumes(merge: Mapping[str, Any]) -> List[str]:
     tasks = [Task(env_name, group) for env_name, group in plan.get("tasks") or []]
     flags = _recorded_registration_flags(plan)  # a resume is held to the shard's own
     resumes = []
-    paths = merge.get("merged_paths") or merge.get("merged_files") or []  # absolute; an older merge's as given
+    paths = _merged_paths(merge)
     for spec, path in zip(_merged_specs(merge), paths):
         if spec is not None and _shard_lacks(merge, shard_ranges(tasks, plan.get("n_episodes") or 0, spec)):
             resumes.append(f"continue its shard {path} with {resume_command(shard_folder(path), spec)}{flags}")
     return resumes
+
+
+def _merged_paths(merge: Mapping[str, Any]) -> List[str]:
+    """The results files `merge` merged, by position as its merged_from: absolute; an older merge's as given."""
+    return merge.get("merged_paths") or merge.get("merged_files") or []
 
 
 def _merged_specs(merge: Mapping[str, Any]) -> List[Optional[ShardSpec]]:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from gr00t_client.process_limits import open_descriptor_count, shown_limits
+from gr00t_client.process_limits import open_descriptor_count, resource_limits, shown_limit
 
 from .cli_errors import CliError, refuse_blank_paths
 from .serve_checks import (
@@ -66,15 +66,15 @@ def _raise_open_file_limit() -> None:
 def _warn_of_low_open_file_limit() -> None:
     """Once the server is bound: warn when the open-file limit leaves room for few clients, with about how many. Each
     client's connection holds one descriptor; those open now (the policy's, ZeroMQ's, the listener) stay open."""
-    limits = shown_limits("RLIMIT_NOFILE")
-    if limits is None or limits[0] == "unlimited" or int(limits[0]) >= LOW_OPEN_FILE_LIMIT:
+    limits = resource_limits("RLIMIT_NOFILE")
+    if limits is None or limits[0] is None or limits[0] >= LOW_OPEN_FILE_LIMIT:
         return
     soft, hard = limits
-    which = "its hard limit too" if soft == hard else f"its hard limit is {hard}"
+    which = "its hard limit too" if soft == hard else f"its hard limit is {shown_limit(hard)}"
     held = open_descriptor_count()
     accepted = ("fewer clients at once than that" if held is None else
-                f"about {max(0, int(soft) - held)} clients at once ({held} descriptors are the server's own)")
-    logger.warning("the open-file limit is %s (%s): the server accepts %s, and past that libzmq spins on its "
+                f"about {max(0, soft - held)} clients at once ({held} descriptors are the server's own)")
+    logger.warning("the open-file limit is %d (%s): the server accepts %s, and past that libzmq spins on its "
                    "listener without a word; raise it (ulimit -Hn, or LimitNOFILE= in a systemd unit)", soft, which,
                    accepted)
 

@@ -557,24 +557,25 @@ def _supports_batching(policy: Any) -> Any:
         return error
 
 
-def _policy_runtime(policy: Any) -> Dict[str, Any]:
-    """The `runtime()` of the policy or a policy it wraps (Gr00tPolicy's dtype, device and inference mode); {} when
-    none says."""
+def _first_in_chain(policy: Any, method: str) -> Dict[str, Any]:
+    """What `method()` of the policy, or of the first policy it wraps that has one, returns (as a dict); {} when none
+    has it."""
     for link in policy_chain(policy):
-        runtime = getattr(link, "runtime", None)
-        if callable(runtime):
-            return dict(runtime())
+        found = getattr(link, method, None)
+        if callable(found):
+            return dict(found())
     return {}
+
+
+def _policy_runtime(policy: Any) -> Dict[str, Any]:
+    """The `runtime()` of the policy or a policy it wraps (Gr00tPolicy's dtype, device and inference mode)."""
+    return _first_in_chain(policy, "runtime")
 
 
 def _policy_dims(policy: Any) -> Dict[str, Any]:
     """The `dims()` of the policy or a policy it wraps ({"state": {key: D}, "action": {key: D}}: Gr00tPolicy's from its
-    checkpoint statistics, ReplayPolicy's from its dataset); {} when none says."""
-    for link in policy_chain(policy):
-        dims = getattr(link, "dims", None)
-        if callable(dims):
-            return dict(dims())
-    return {}
+    checkpoint statistics, ReplayPolicy's from its dataset)."""
+    return _first_in_chain(policy, "dims")
 
 
 def _present(name: str, value: Any) -> Dict[str, Any]:

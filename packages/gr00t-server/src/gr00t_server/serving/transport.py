@@ -106,7 +106,7 @@ def _close_resources(context: zmq.Context, sock: zmq.Socket, security: Optional[
 
 def _seed_generated_routing_ids() -> None:
     """Seed the C library's rand() from os.urandom before a ROUTER is made. libzmq numbers the routing ids it gives
-    clients that set none from its first rand() (b"\x00" + 0x6b8b4567 in every unseeded process), and asserts when the
+    clients that set none from its first rand() (b"\\x00" + 0x6b8b4567 in every unseeded process), and asserts when the
     id it generates is one a client chose for itself: any peer that named its sockets with the next ids aborted the
     server (no message or token needed) once a plain client connected. Seeded, the next id cannot be guessed. Nothing
     where the C library cannot be reached (the numbering then stays libzmq's)."""
