@@ -5,6 +5,7 @@ word of the clock; and a log still written by a host whose clock runs behind loo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -57,29 +58,36 @@ def test_a_log_dated_ahead_of_this_hosts_clock_is_refused_naming_the_clocks_and_
     assert json.loads((out / "results.json").read_text())["status"] == "complete"
 
 
+@contextlib.contextmanager
+def still_writing(log, dated_at):
+    """The older run still writes: an episode appended to `log` every 0.2 s, each dated `dated_at` by its writer's
+    clock (the log is dated so from the start)."""
+    first = log.read_text().splitlines()[0]
+    os.utime(log, (dated_at, dated_at))
+    stop = threading.Event()
+
+    def write_episodes():
+        while not stop.wait(0.2):
+            with log.open("a") as handle:
+                handle.write(first + "\n")
+            os.utime(log, (dated_at, dated_at))
+
+    writer = threading.Thread(target=write_episodes)
+    writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        writer.join()
+
+
 def test_a_log_written_while_watched_is_refused_though_its_time_reads_long_ago(tmp_path, capsys):
     out = tmp_path / "run"
     with policy_server() as server:
         log = legacy_run(out, server.port)
-        first = log.read_text().splitlines()[0]
-        long_ago = time.time() - 3600  # its writer's clock runs an hour behind this host's
-        os.utime(log, (long_ago, long_ago))
-        stop = threading.Event()
-
-        def write_episodes():  # the run still writes: an episode logged every 0.2 s, dated by its clock
-            while not stop.wait(0.2):
-                with log.open("a") as handle:
-                    handle.write(first + "\n")
-                os.utime(log, (long_ago, long_ago))
-
-        writer = threading.Thread(target=write_episodes)
-        writer.start()
-        try:
+        with still_writing(log, time.time() - 3600):  # its writer's clock runs an hour behind this host's
             capsys.readouterr()
             assert resume(out, server.port) == 2
-        finally:
-            stop.set()
-            writer.join()
     err = capsys.readouterr().err
     assert "episodes.jsonl changed while it was watched" in err and "it is still running" in err, err
     assert not (out / "results.json").exists()
@@ -89,27 +97,11 @@ def test_a_log_written_while_watched_is_refused_though_it_is_dated_before_the_ru
     out = tmp_path / "run"
     with policy_server() as server:
         log = legacy_run(out, server.port)
-        first = log.read_text().splitlines()[0]
         results = out / "results.json"  # its earlier, interrupted attempt's, written before the clock stepped back
         results.write_text(json.dumps({"kind": "rollout", "status": "interrupted", "per_episode": []}))
-        stepped_back = time.time() - 3600  # the host's clock then went back an hour: each append dates before it
-        os.utime(log, (stepped_back, stepped_back))
-        stop = threading.Event()
-
-        def write_episodes():  # the run still writes: an episode logged every 0.2 s, dated by the stepped clock
-            while not stop.wait(0.2):
-                with log.open("a") as handle:
-                    handle.write(first + "\n")
-                os.utime(log, (stepped_back, stepped_back))
-
-        writer = threading.Thread(target=write_episodes)
-        writer.start()
-        try:
-            capsys.readouterr()
+        with still_writing(log, time.time() - 3600):  # the host's clock then went back an hour: each append dates
+            capsys.readouterr()  # before the results
             assert resume(out, server.port) == 2
-        finally:
-            stop.set()
-            writer.join()
     err = capsys.readouterr().err
     assert "episodes.jsonl changed while it was watched" in err and "it is still running" in err, err
     assert json.loads(results.read_text())["status"] == "interrupted"

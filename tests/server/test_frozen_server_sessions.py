@@ -51,10 +51,9 @@ def step_of(info):
     return info["episode_index"], info["current_step"]
 
 
-def test_a_request_sent_while_the_server_is_frozen_is_served_from_its_session_after_it_continues(replay_server):
-    """The server stamped the request's arrival when it read it, after SIGCONT, and refused the session as idle for
-    more than 1 s: its client had sent it at once, the server was the one stopped."""
-    proc, port = replay_server
+def assert_served_from_its_session_after_a_freeze(proc, port):
+    """A robot's get_action sent while the server is stopped for FREEZE_S (past the idle time) is served from its
+    session once the server continues: the replay's next step of its episode."""
     with robot(port) as client:
         client.reset({"episode_index": 1})
         assert step_of(client.get_action({})[1]) == (1, 0)
@@ -64,6 +63,12 @@ def test_a_request_sent_while_the_server_is_frozen_is_served_from_its_session_af
             time.sleep(FREEZE_S)
             os.kill(proc.pid, signal.SIGCONT)
             assert step_of(call.result()[1]) == (1, 4)
+
+
+def test_a_request_sent_while_the_server_is_frozen_is_served_from_its_session_after_it_continues(replay_server):
+    """The server stamped the request's arrival when it read it, after SIGCONT, and refused the session as idle for
+    more than 1 s: its client had sent it at once, the server was the one stopped."""
+    assert_served_from_its_session_after_a_freeze(*replay_server)
 
 
 @pytest.fixture
@@ -99,16 +104,7 @@ def flooded(replay_server):
 def test_a_request_sent_while_a_busy_server_is_frozen_is_served_from_its_session_after_it_continues(flooded):
     """Only a freeze inside the socket loop's poll was left out of sessions' idle time: under load that thread is
     mostly receiving and decoding, and the robot whose request waited out the freeze in the socket was dropped."""
-    proc, port = flooded
-    with robot(port) as client:
-        client.reset({"episode_index": 1})
-        assert step_of(client.get_action({})[1]) == (1, 0)
-        os.kill(proc.pid, signal.SIGSTOP)
-        with ThreadPoolExecutor(1) as calls:
-            call = calls.submit(client.get_action, {})  # sent at once: its client is not idle
-            time.sleep(FREEZE_S)
-            os.kill(proc.pid, signal.SIGCONT)
-            assert step_of(call.result()[1]) == (1, 4)
+    assert_served_from_its_session_after_a_freeze(*flooded)
 
 
 def test_a_session_idle_longer_than_the_idle_time_while_the_server_runs_is_still_dropped(replay_server):
