@@ -151,13 +151,16 @@ class RestartableServer:
         self.thread.join(10)
         assert not self.thread.is_alive()
 
-    def restart(self, reconnecting: int = 0):
+    def restart(self, reconnecting: int = 0, while_down=None):
         """What a supervisor does after a crash: the same server again on the same port, its sessions gone.
 
         With `reconnecting` clients connected to the old server, returns once that many have connected to the new
         one: a request sent before a client's ZeroMQ has seen the old connection close goes into it and is lost, and
-        the client rightly raises ReplyLostError, which is not what a test of the restarted server is about."""
+        the client rightly raises ReplyLostError, which is not what a test of the restarted server is about.
+        `while_down` is called between the stop and the start (what clients do while no server is up)."""
         self.stop()
+        if while_down is not None:
+            while_down()
         self._start()
         self.restarts += 1
         for _ in range(reconnecting):

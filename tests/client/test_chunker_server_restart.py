@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -62,6 +63,33 @@ def test_an_rtc_prefetch_after_a_restart_with_a_shorter_action_horizon_sends_at_
     finally:
         server.stop()
     assert served[1].rtc_steps and max(served[1].rtc_steps) <= 6, served[1].rtc_steps
+
+
+def test_an_rtc_prefetch_cut_before_the_client_saw_the_restart_is_cut_again_and_sent_once_more():
+    """A prefetch asked for while the server is down is cut to the old server's horizon (the client cannot see the
+    restart yet) and sent to the new one once it is up: refused there once (9 steps for a 6-step horizon), it is cut
+    to the new horizon and asked again. It raised PolicyServerError in the robot's next call; the same race, the new
+    connection not yet noticed when the prefetch was cut, made the test above fail now and then under load."""
+    horizons, served = iter([16, 6]), []
+    server = RestartableServer(lambda: served.append(HorizonPolicy(next(horizons))) or served[-1])
+    observation = {"state": {"s": np.zeros((1, 1, 1), np.float32)}}
+
+    def ask_for_a_prefetch():  # buffered steps are handed out until one starts a prefetch; it waits for a server
+        while chunker.stats.prefetches == 0:
+            chunker.get_action(observation)
+        time.sleep(0.3)  # its request was cut and is waiting to be sent
+
+    try:
+        with PolicyClient(port=server.port, timeout_ms=10000, strict=False) as client, \
+                ActionChunker(client, asynchronous=True, rtc_frozen_steps=2) as chunker:
+            chunker.get_action(observation)  # a 16-step chunk is running
+            server.restart(reconnecting=1, while_down=ask_for_a_prefetch)
+            for _ in range(12):
+                assert chunker.wait_for_prefetch(10)
+                chunker.get_action(observation)
+    finally:
+        server.stop()
+    assert served[1].rtc_steps[0] > 6 and max(served[1].rtc_steps[1:]) <= 6, served[1].rtc_steps
 
 
 class PassThroughWrapper:

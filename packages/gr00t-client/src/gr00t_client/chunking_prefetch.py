@@ -188,14 +188,33 @@ class _Prefetching:
 
     def _prefetch_request(self, observation: Any, options: Optional[Dict[str, Any]], n_rows: int) -> Tuple[Any, Any]:
         """A prefetch's request (on the worker thread), its options["rtc"] cut to the action horizon the policy serves
-        now: a server restarted with a shorter one refuses a longer previous_action."""
-        rtc = options.get("rtc") if options else None
-        horizon = self._served_action_horizon() if rtc is not None else None
-        if horizon is not None and rtc["overlap_steps"] > horizon:
-            options = {**options, "rtc": {
-                **rtc, "previous_action": {key: steps[:, :horizon] for key, steps in rtc["previous_action"].items()},
-                "overlap_steps": horizon, "frozen_steps": min(rtc["frozen_steps"], horizon)}}
-        return self._request(observation, options, n_rows)
+        now: a server restarted with a shorter one refuses a longer previous_action.
+
+        A request cut before the client saw the restart (sent while the server was down, or before its new connection
+        was noticed) and refused by the new server is cut again to that server's horizon and sent once more."""
+        if not options or options.get("rtc") is None:
+            return self._request(observation, options, n_rows)
+        cut = self._rtc_cut_to_served_horizon(options)
+        server = self._server_changes  # the client's count when what the cut used was learnt
+        try:
+            return self._request(observation, cut, n_rows)
+        except PolicyServerError:
+            self._notice_new_server()
+            if self._server_changes == server:
+                raise
+        logger.info("a prefetch cut to the previous server's action horizon was refused by the restarted one; "
+                    "sending it again cut to the new one's")
+        return self._request(observation, self._rtc_cut_to_served_horizon(options), n_rows)
+
+    def _rtc_cut_to_served_horizon(self, options: Dict[str, Any]) -> Dict[str, Any]:
+        """options with options["rtc"] cut to the action horizon the policy serves now (as is where it is no longer)."""
+        rtc = options["rtc"]
+        horizon = self._served_action_horizon()
+        if horizon is None or rtc["overlap_steps"] <= horizon:
+            return options
+        return {**options, "rtc": {
+            **rtc, "previous_action": {key: steps[:, :horizon] for key, steps in rtc["previous_action"].items()},
+            "overlap_steps": horizon, "frozen_steps": min(rtc["frozen_steps"], horizon)}}
 
     def _served_action_horizon(self) -> Optional[int]:
         """The number of action steps the policy serves (_served_action_deltas), or None where it does not say."""
