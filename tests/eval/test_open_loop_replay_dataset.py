@@ -150,3 +150,18 @@ def test_the_replay_and_open_loop_hash_a_dataset_with_one_function(recorded):
 
     served = ReplayPolicy(recorded, execution_horizon=5).identity()
     assert replay_hashes(LeRobotDataset(recorded)) == {k: served[k] for k in ("dataset_meta_sha256", "dataset_data_sha256")}
+
+
+def test_results_name_each_trajectorys_episode_index_where_positions_differ_from_it(recorded, tmp_path):
+    """--traj-ids are positions: in a split whose first episode is gone, position 0 is episode_index 1, and
+    results.json and the console say which episode each position scored."""
+    split = without_first_episode(recorded, tmp_path / "split")
+    lines = []
+    with running_server(ReplayPolicy(split, execution_horizon=5)) as server, \
+            PolicyClient(port=server.port, timeout_ms=5000) as client:
+        config = OpenLoopConfig(str(split), traj_ids=[0, 1], execution_horizon=5, plot=False,
+                                output_dir=str(tmp_path / "out"))
+        result = evaluate_open_loop(client, config, report=lines.append, progress=False)
+    saved = json.loads(result.results_path.read_text())["trajectories"]
+    assert {t: entry["episode_index"] for t, entry in saved.items()} == {"0": 1, "1": 2}
+    assert "Running trajectory: 0 (episode_index 1)" in lines and "Running trajectory: 1 (episode_index 2)" in lines

@@ -179,6 +179,7 @@ class TrajectoryResult:
     plot_path: Optional[str] = None
     plot_error: Optional[str] = None  # why its plot was not written (plot_path None); it is scored all the same
     steps: Optional[int] = None  # the steps scored; None: taken from ground_truth
+    episode_index: Optional[int] = None  # the dataset's episode_index at position traj_id (they differ where it has gaps)
 
     def __post_init__(self) -> None:
         if self.steps is None:
@@ -261,7 +262,8 @@ def evaluate_trajectory(
         episode.check_finite("action", action_keys, recording_dtype, rows=actual_steps)  # rows past --steps: unscored
     except DatasetError as exc:
         raise TrajectoryError(f"its recorded actions cannot be scored against: {exc}") from None
-    report(f"Running trajectory: {traj_id}")
+    gap = f" (episode_index {episode.episode_index})" if episode.episode_index != traj_id else ""
+    report(f"Running trajectory: {traj_id}{gap}")
     report(f"Using {actual_steps} steps (requested: {config.steps}, trajectory length: {episode.length})")
     inference_steps = list(range(0, actual_steps, config.execution_horizon))
     if "state" in configs:  # the rows sent, as float32: a NaN was reported as row 0 of the request, not the file's step
@@ -310,7 +312,8 @@ def evaluate_trajectory(
         raise TrajectoryError(f"it cannot be scored: {exc}") from None
     report(f"Unnormalized Action MSE across single traj: {errors.mse}")
     report(f"Unnormalized Action MAE across single traj: {errors.mae}")
-    result = TrajectoryResult(traj_id, ground_truth, prediction, inference_steps, errors, episode.length)
+    result = TrajectoryResult(traj_id, ground_truth, prediction, inference_steps, errors, episode.length,
+                              episode_index=episode.episode_index)
     if not config.plot:
         if on_scored is not None:
             on_scored(result)
@@ -688,7 +691,7 @@ def evaluate_open_loop(
         else:
             report("No valid trajectories were evaluated.")
         entries = {
-            t: {"errors": r.errors, "steps": r.steps, "trajectory_length": r.trajectory_length,
+            t: {"errors": r.errors, "steps": r.steps, "trajectory_length": r.trajectory_length, "episode_index": r.episode_index,
                 "inference_steps": r.inference_steps, "plot_path": r.plot_path, "plot_error": r.plot_error}
             for t, r in result.trajectories.items()
         }
