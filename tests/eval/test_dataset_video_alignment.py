@@ -190,3 +190,59 @@ def test_segment_times_of_a_shared_v3_video_all_one_frame_late_are_refused_for_e
                                                r"episodes in this file start at 0\.1 s, 1\.0 frames after its first "
                                                r"frame, and end at 2 s, 1\.0 frames past its last \(19 frames at fps 10\)"):
             dataset.episode(episode).frames("image", [0])
+
+
+def inserted_frame_video(root, video, steps, keep_last_step):
+    """Episode 0's video with one extra frame half an interval after step 30's (a variable-frame-rate recording, or a
+    camera driver that emitted a frame twice); without the last step's frame where not `keep_last_step`."""
+    shown = [100 * k for k in range(steps)]
+    shown.insert(31, 3050)
+    order = list(range(31)) + [30] + list(range(31, steps))
+    if not keep_last_step:
+        shown, order = shown[:-1], order[:-1]
+    rewrite_video(root / video, episode_frames(0, 0, steps, (16, 16))[order], 10, Fraction(1, 1000), shown)
+
+
+@pytest.mark.parametrize("steps, keep_last_step", [(100, True), (300, False)],
+                         ids=["101-frames-for-100-steps", "last-step-s-frame-lost"])
+def test_a_frame_inserted_inside_a_v2_episode_video_is_refused_naming_the_frame(tmp_path, steps, keep_last_step):
+    """101 frames passed as one trailing the last step, and with the last step's frame lost the count matched (300
+    steps: its rate within the 1% check): step 31 got the inserted frame and every later step the frame of the step
+    before, without a word."""
+    root = make_dataset(tmp_path / "ds", lengths=(steps,), cameras=("image",), fps=10, size=(16, 16))
+    inserted_frame_video(root, V2_VIDEO, steps, keep_last_step)
+    with pytest.raises(DatasetError, match=r"episode_000000\.mp4 \(camera 'observation\.images\.image', episode 0\): "
+                                           r"its frame 31 is shown at 3\.05 s, 0\.50 frame intervals after frame 30 "
+                                           r"\(3 s\), within step 30's interval at fps 10"):
+        LeRobotDataset(root).episode(0).frames("image", [60])
+
+
+def test_a_frame_inserted_inside_a_v3_segment_whose_last_frame_was_lost_is_refused_naming_the_frame(tmp_path):
+    """As many frames as steps are shown in the segment, so its count passed, and steps 31 on were each given the
+    frame before their own."""
+    root = shared_v3_dataset(tmp_path, (300,), fps=10)
+    inserted_frame_video(root, VIDEO, 300, keep_last_step=False)
+    with pytest.raises(DatasetError, match=r"file-000\.mp4 \(episode 0\): its "
+                                           r"frame 31 is shown at 3\.05 s, 0\.50 frame intervals after frame 30"):
+        LeRobotDataset(root).episode(0).frames("image", [60])
+
+
+def test_a_v2_episode_video_cut_short_is_refused_as_cut_short_naming_the_frames_its_header_declares(tmp_path):
+    """Index first (+faststart, as hub uploads are) and cut at 60% of its bytes, as an interrupted copy leaves it: the
+    error asked whether it was "the video of another episode?"."""
+    root = make_dataset(tmp_path / "ds", lengths=(60,), cameras=("image",), fps=10, size=(16, 16))
+    path = root / V2_VIDEO
+    with av.open(str(path), "w", options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = 16
+        stream.pix_fmt, stream.options = "yuv420p", {"g": "8"}
+        for image in episode_frames(0, 0, 60, (16, 16)):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: int(len(whole) * 0.6)])
+    with pytest.raises(DatasetError, match=r"episode_000000\.mp4 \(camera 'observation\.images\.image', episode 0\): "
+                                           r"the file holds \d+ of the 60 frames its header declares: cut short"):
+        LeRobotDataset(root).episode(0).frames("image", [0])

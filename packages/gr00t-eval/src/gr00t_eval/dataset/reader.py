@@ -26,6 +26,9 @@ from .video_facts import VideoFacts, video_stream_facts
 logger = logging.getLogger(__name__)
 
 DEFAULT_FPS = 30
+# Each step's interval starts this many frame intervals before its time (pts rounding): a frame up to nine tenths of an
+# interval late stays its step's (1e-6: a pts rounded to its time base exactly nine tenths late is no later)
+_STEP_EARLY = 0.1 - 1e-6
 
 
 def _check_meta_commit_whole(meta_dir: Path) -> None:
@@ -366,13 +369,17 @@ class LeRobotDataset:
         """DatasetError when a camera's video cannot hold this episode's frames as its steps: a frame rate other than
         `fps` (step k would get the frame of another instant), a display matrix other than the identity (players show
         the frames turned, flipped or mirrored),
-        a frame size other than info.json declares (another camera's video?), a file of its own (v2.x) with more or
-        fewer frames than the episode has steps (another episode's video?), or a segment (v3.0) whose span is not the
-        episode's length (decoding would reach into the neighbouring episode's frames)."""
+        a frame size other than info.json declares (another camera's video?), a file with fewer frames than its header
+        declares (cut short), a file of its own (v2.x) whose frames are not one per step by their times or whose count
+        is not the steps' (another episode's video?), or a segment (v3.0) whose span is not the episode's length
+        (decoding would reach into the neighbouring episode's frames)."""
         segment = record.videos[column]
         facts = self._facts(segment.path)
         rate = facts.rate
         where = f"{segment.path} (camera '{column}', episode {record.episode_index})"
+        if facts.declared_frames is not None and facts.packets < facts.declared_frames:
+            raise DatasetError(f"{where}: the file holds {facts.packets} of the {facts.declared_frames} frames its header "
+                               "declares: cut short (an interrupted copy or download?); copy or re-download it")
         if rate is not None and abs(rate - self._fps) > 0.01 * self._fps:
             raise DatasetError(f"{where}: the video runs at {rate:g} frames/s and meta/info.json says fps {self._fps:g}; "
                                "step k would show the frame of another instant")
@@ -396,26 +403,48 @@ class LeRobotDataset:
             self._check_own_video_frames(where, facts, record.length)
 
     def _check_own_video_frames(self, where: str, facts: VideoFacts, length: int) -> None:
-        """DatasetError where an episode's video of its own (v2.x) does not show one frame per step, as v3.0 segments
-        are checked by their frames' times: a gap of about two frame intervals (a frame dropped; within the 1% rate
-        check it gave every later step the next step's frame) or a count other than the steps, but for one trailing
-        frame after the last step."""
+        """DatasetError where an episode's video of its own (v2.x) does not show one frame per step, by the frames'
+        times as v3.0 segments are checked (_check_one_frame_per_step: a frame dropped, inserted or repeated), or holds
+        another count of frames than the steps, but for one trailing frame after the last step's time."""
         times = facts.frame_times
         if times is not None and (where, length) not in self._frames_checked:
-            gaps = np.diff(np.asarray(times, dtype=np.float64)) * self._fps
-            # 1.9: a frame up to nine tenths of an interval late (as v3.0 segments allow) is no gap
-            late = np.flatnonzero(gaps > 1.9 + 1e-6)  # 1e-6: a pts rounded to its time base at exactly 1.9
-            if late.size:
-                frame = int(late[0]) + 1
-                raise DatasetError(f"{where}: its frame {frame} is shown at {times[frame]:.6g} s, {gaps[frame - 1]:.2f} "
-                                   f"frame intervals after frame {frame - 1} ({times[frame - 1]:.6g} s) at fps "
-                                   f"{self._fps:g} (meta/info.json); expected one frame every interval (a frame "
-                                   f"dropped there gives step {frame} and every later step another step's frame)")
+            # Step 0's interval starts where the frames' grid does, so each interval up to the last frame showing one
+            # frame leaves the one extra frame the count allows after the last step's time
+            bounds = self._step_frame_bounds(times, _frames_origin(times, facts.rate or self._fps), length)
+            self._check_one_frame_per_step(where, times, bounds)
             self._frames_checked.add((where, length))
         if facts.frames not in (length, length + 1):
             hint = "(the video of another episode?)" if abs(facts.frames - length) > 1 else "(a frame dropped?)"
             raise DatasetError(f"{where}: the video holds {facts.frames} frames and the episode has {length} steps "
                                f"{hint}; expected {length} frames, or {length + 1} with one trailing the last step")
+
+    def _step_frame_bounds(self, times: Sequence[float], start: float, length: int) -> np.ndarray:
+        """Index in `times` of the first frame shown in each step's interval, and of the first after the last step's:
+        step k's interval runs from k/fps after `start` to (k+1)/fps, both _STEP_EARLY of an interval earlier."""
+        return np.searchsorted(times, start + (np.arange(length + 1) - _STEP_EARLY) / self._fps)
+
+    def _check_one_frame_per_step(self, where: str, times: Sequence[float], bounds: np.ndarray) -> None:
+        """DatasetError naming the frame where a step's interval (`bounds`, _step_frame_bounds) shows two frames (one
+        inserted or repeated: by index step k + 1 and every later step would get the frame of the step before) or none
+        while a later frame follows (one dropped: every later step would get the next step's frame). Empty intervals
+        after the last frame are left to the count checks."""
+        shown = np.diff(bounds)
+        odd = np.flatnonzero((shown > 1) | ((shown == 0) & (bounds[1:] < len(times))))
+        if not odd.size:
+            return
+        step = int(odd[0])
+        inserted = bool(shown[step] > 1)
+        frame = int(bounds[step]) + inserted
+        at = f"its frame {frame} is shown at {times[frame]:.6g} s"
+        if frame > 0:
+            gap = (times[frame] - times[frame - 1]) * self._fps
+            at += f", {gap:.2f} frame intervals after frame {frame - 1} ({times[frame - 1]:.6g} s)"
+        if inserted:
+            raise DatasetError(f"{where}: {at}, within step {step}'s interval at fps {self._fps:g} (meta/info.json); "
+                               f"expected one frame every interval (a frame inserted or repeated there gives step "
+                               f"{step + 1} and every later step the frame of the step before its own)")
+        raise DatasetError(f"{where}: {at} at fps {self._fps:g} (meta/info.json); expected one frame every interval (a "
+                           f"frame dropped there gives step {step} and every later step another step's frame)")
 
     def _decode_segment_frames(self, column: str, path: Path, from_timestamp: float, steps: Sequence[int]) -> np.ndarray:
         """Frames `steps` (0 = the segment's first) of the segment of a video that starts at `from_timestamp`: by the
@@ -471,8 +500,7 @@ class LeRobotDataset:
         # from_timestamp is measured from the file's first frame (as GR00T counts frames by index) on the frames' grid,
         # not from times[0]: a stream starting at 0.2 s gave a later episode two frames of the one before it, and a
         # first frame that came late shifted every later segment by one.
-        head = min(len(times), 9)
-        origin = float(np.median(np.asarray(times[:head]) - np.arange(head) / rate)) if head else 0.0
+        origin = _frames_origin(times, rate)
         start = origin + from_timestamp
         found = self._segments.get((path, from_timestamp))
         if found is None:  # a file of its own (v2.x): the frame nearest its start
@@ -482,12 +510,13 @@ class LeRobotDataset:
             return after
         record, segment, frames_before = found
         self._check_segments_within_file(path, record, times, rate)
-        # The segment's frames are those shown from from_timestamp to to_timestamp, both a tenth of a frame earlier
-        # (pts rounding): a frame up to nine tenths of an interval late (one that came late, or a 29.97 frames/s video
-        # drifting from segments written at fps 30) stays in its own segment. A frame missing inside it moved its later
-        # steps onto the next frame and its last onto the next episode's first, within the 1% rate check.
-        early = 0.1 / self._fps
-        first, end = (int(i) for i in np.searchsorted(times, [start - early, origin + segment.to_timestamp - early]))
+        # The segment's frames are those shown in its steps' intervals (_step_frame_bounds; its span, checked against
+        # the steps by check_video, within half a frame of theirs): a frame up to nine tenths of an interval late (one
+        # that came late, or a 29.97 frames/s video drifting from segments written at fps 30) stays in its own segment.
+        # A frame missing inside it moved its later steps onto the next frame and its last onto the next episode's
+        # first, within the 1% rate check.
+        bounds = self._step_frame_bounds(times, start, record.length)
+        first, end = int(bounds[0]), int(bounds[-1])
         where = f"{path} (episode {record.episode_index})"
         span = f"{segment.from_timestamp:g}..{segment.to_timestamp:g} s"
         if end - first != record.length:
@@ -501,6 +530,8 @@ class LeRobotDataset:
                                f"times, and the episodes before it in the file have {frames_before} steps (a frame "
                                f"dropped or repeated before it, or a video whose rate drifts from fps {self._fps:g}): "
                                "which frame is its step 0 cannot be told")
+        # As many frames as steps, one inserted and one dropped (or lost at its end): step k got another step's frame
+        self._check_one_frame_per_step(where, times, bounds)
         return first
 
     def _check_segments_within_file(self, path: Path, record: EpisodeRecord, times: List[float], rate: float) -> None:
@@ -535,6 +566,13 @@ class LeRobotDataset:
         if path not in self._video_facts:
             self._video_facts[path] = video_stream_facts(path)
         return self._video_facts[path]
+
+
+def _frames_origin(times: Sequence[float], rate: float) -> float:
+    """Where a video's frames' grid at `rate` starts: the median offset of its first (up to nine) frames' times from a
+    grid starting at 0, so a stream starting at 0.2 s counts from there and a first frame that came late does not."""
+    head = min(len(times), 9)
+    return float(np.median(np.asarray(times[:head]) - np.arange(head) / rate)) if head else 0.0
 
 
 def _slice_text(group: ArrayGroup) -> str:

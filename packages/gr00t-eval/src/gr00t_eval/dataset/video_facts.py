@@ -26,11 +26,14 @@ class VideoFacts(NamedTuple):
     display: Optional[str]  # what the display matrix does to the frames when shown ("turns its frames ..."); None: nothing
     frame_times: Optional[List[float]]  # each shown frame's presentation time (s), display order; None without pts
     keyframe_times: List[float]  # the presentation times (s) of the packets flagged keyframes: where a seek lands
+    packets: int  # the frames' packets found in the file, those flagged discard too
+    declared_frames: Optional[int]  # the frames the header declares (an mp4's sample count); None where it says none
 
 
 def video_stream_facts(path: Path) -> VideoFacts:
-    """Frame count, rate, size, display matrix and frame times of a video's stream (video_stream), read from its
-    headers and packets, decoding only its first frame. DatasetError naming the file when it cannot be read.
+    """Frame count (and the count its header declares), rate, size, display matrix and frame times of a video's
+    stream (video_stream), read from its headers and packets, decoding only its first frame. DatasetError naming the
+    file when it cannot be read.
 
     Frame k of the video is shown at the k-th time, whatever the rate: a frame that came late (a variable-frame-rate
     recording) moves the times, not the count. Packets the demuxer flags discard (a pre-roll frame an mp4 edit list
@@ -46,12 +49,16 @@ def video_stream_facts(path: Path) -> VideoFacts:
             read_display = display is None
             shown: List[Optional[float]] = []
             keyframes: List[float] = []
+            packets = 0
             for packet in container.demux(stream):
                 if read_display:
                     for frame in packet.decode():
                         display, read_display = _frame_display(frame), False
                         break
-                if packet.size == 0 or packet.is_discard:  # the flush packet; a frame an edit list hides
+                if packet.size == 0:  # the flush packet
+                    continue
+                packets += 1
+                if packet.is_discard:  # a frame an edit list hides
                     continue
                 time = None if packet.pts is None else float(packet.pts * stream.time_base)
                 shown.append(time)
@@ -59,7 +66,8 @@ def video_stream_facts(path: Path) -> VideoFacts:
                     keyframes.append(time)
             rate = float(stream.average_rate) if stream.average_rate else None
             times = None if None in shown else sorted(shown)
-            return VideoFacts(len(shown), rate, stream.height, stream.width, display or None, times, keyframes)
+            return VideoFacts(len(shown), rate, stream.height, stream.width, display or None, times, keyframes, packets,
+                              stream.frames or None)
     except av.error.FFmpegError as exc:
         raise decode_failure(path, exc, stream) from exc
 
