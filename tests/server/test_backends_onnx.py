@@ -437,6 +437,21 @@ def test_verify_command_prints_the_table_and_exits_zero_on_pass(tiny_checkpoint,
     assert "actions (all keys)" in out and "overall (onnxruntime): PASS" in out
     assert out.splitlines()[1].split() == ["output", "cosine", "max_abs_err", "rel_err", "status"]
     assert f"embodiment: {TAG}" in out  # which of the checkpoint's embodiments was verified
+    # what a PASS allowed (a 1.5% error passes in fp32): the limits the statuses were given by
+    assert ("limits: rel_err in float32 PASS below 0.02, WARN below 0.05; cosine PASS above 0.999, WARN above 0.99"
+            in out), out
+
+
+def test_the_verify_help_states_the_limits_the_report_uses():
+    """--help names the numbers; they are RELATIVE_ERROR_LIMITS' and the cosine thresholds (kept in step)."""
+    from gr00t_server.backends.verify import PASS_COSINE, RELATIVE_ERROR_LIMITS
+
+    subparsers = argparse.ArgumentParser().add_subparsers(dest="command")
+    commands.register(subparsers)
+    text = " ".join(subparsers.choices["verify"].description.split())
+    (fp32, _), (fp16, _), (bf16, _) = (RELATIVE_ERROR_LIMITS[d] for d in (torch.float32, torch.float16, torch.bfloat16))
+    assert f"PASS above {PASS_COSINE:g}" in text
+    assert f"PASS below {fp32:g} in fp32, {fp16:g} in fp16, {bf16:g} in bf16" in text
 
 
 def row_of(report_text, name):

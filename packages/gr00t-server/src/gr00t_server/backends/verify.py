@@ -174,8 +174,19 @@ class VerifyReport:
             lines.append(f"{c.label:<{width}}  {c.cosine:>10.6f}  {c.max_abs_error:>12.4e}  {c.relative_error:>10.3e}  "
                          f"{c.status}")
         lines += [f"note: {note}" for note in self.notes]
+        lines.append(self._limits())
         lines.append(f"overall ({self.mode}): {self.status}")
         return "\n".join(lines)
+
+    def _limits(self) -> str:
+        """The limits the statuses were given by (a PASS says nothing without them), per dtype the model ran in."""
+        limits = []
+        for dtype in sorted({c.dtype for c in self.comparisons}, key=str):
+            pass_below, warn_below = RELATIVE_ERROR_LIMITS.get(dtype, RELATIVE_ERROR_LIMITS[torch.float32])
+            limits.append(f"rel_err in {str(dtype).replace('torch.', '')} PASS below {pass_below:g}, WARN below "
+                          f"{warn_below:g}")
+        limits.append(f"cosine PASS above {PASS_COSINE:g}, WARN above {WARN_COSINE:g}; a row passes when both do")
+        return f"limits: {'; '.join(limits)}"
 
 
 def _primary(output: Any) -> Any:
