@@ -1,5 +1,6 @@
 """PolicyServer shutdown: kill, SIGINT, SIGTERM, stop() and context exit all end run() and free the port."""
 
+import gc
 import os
 import re
 import signal
@@ -179,6 +180,20 @@ def test_a_started_server_dropped_without_close_is_collected_and_frees_the_port(
     assert "collected" in output, f"gc.collect() of a dropped, started server did not return in 10 s: {output!r}"
     assert process.returncode == 0, output
     assert_port_is_free(port)
+
+
+def test_a_started_server_dropped_unclosed_leaves_its_port_to_the_next_server_before_any_collection():
+    """Its helpers hold it in reference cycles, so dropping it freed nothing until the cyclic collector happened to
+    run: a notebook cell re-run after `del server` was refused "Address already in use" by an object nobody could
+    close."""
+    gc.disable()  # as between two of the collector's runs
+    try:
+        dropped = PolicyServer(EchoPolicy(), host="127.0.0.1", port=0).start()
+        port = dropped.port
+        del dropped
+        PolicyServer(EchoPolicy(), host="127.0.0.1", port=port).start().close()
+    finally:
+        gc.enable()
 
 
 def test_stop_before_run_starts_is_not_lost():

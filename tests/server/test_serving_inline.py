@@ -17,7 +17,7 @@ import pytest
 from serving import running_server
 from serving_ports import free_port
 
-from gr00t_client import BasePolicy, PolicyClient, PolicyServerError, ServerStoppingError
+from gr00t_client import BasePolicy, ClientClosedError, PolicyClient, PolicyServerError, ServerStoppingError
 from gr00t_server.server import PolicyServer
 from gr00t_server.serving.limits import ServerLimits
 from gr00t_server.serving.worker import INLINE_STREAK, InlineGate
@@ -264,15 +264,24 @@ SERVER_SCRIPT = textwrap.dedent(
 )
 
 
-def _serve_in_a_process(fast_calls: int, inline_below_ms: float = LIMIT_MS, stop_from_a_thread: bool = False):
+def _ignoring(signals):
+    """A preexec_fn that starts the child with `signals` ignored, as a shell starts `cmd &` in a script (SIGINT)."""
+    def ignore():
+        for signum in signals:
+            signal.signal(signum, signal.SIG_IGN)
+    return ignore
+
+
+def _serve_in_a_process(fast_calls: int, inline_below_ms: float = LIMIT_MS, stop_from_a_thread: bool = False,
+                        ignored=()):
     """`PolicyServer.run()` on a process's main thread, as `gr00t-server serve` runs it, with a policy that answers
-    at once `fast_calls` times and then hangs (having had a thread call stop(), with `stop_from_a_thread`);
-    (process, port) once it is ready."""
+    at once `fast_calls` times and then hangs (having had a thread call stop(), with `stop_from_a_thread`), in a
+    process started with the signals `ignored` ignored; (process, port) once it is ready."""
     port = free_port()
     errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on it
     process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(port), str(fast_calls), str(inline_below_ms),
                                 "stop" if stop_from_a_thread else "-"],
-                               stdout=subprocess.PIPE, stderr=errors, text=True)
+                               stdout=subprocess.PIPE, stderr=errors, text=True, preexec_fn=_ignoring(ignored))
     process.errors = errors
     assert "ready" in process.stdout.readline()
     return process, port
@@ -293,16 +302,19 @@ def _wait_or_dump(process: subprocess.Popen, timeout_s: float) -> None:
                     f"(thread stacks last):\n{err}")
 
 
-@pytest.mark.parametrize("where, how", [("inline", "SIGTERM"), ("worker", "SIGTERM"), ("inline", "stop()")],
-                         ids=["inline", "worker", "inline-stop-from-a-thread"])
-def test_sigterm_during_a_hung_call_exits_after_the_shutdown_timeout_and_answers_the_request(where, how):
+@pytest.mark.parametrize("where, how, ignored", [
+    ("inline", "SIGTERM", ()), ("worker", "SIGTERM", ()), ("inline", "stop()", ()),
+    ("inline", "SIGTERM", (signal.SIGINT,)), ("inline", "stop()", (signal.SIGINT,)),
+], ids=["inline", "worker", "inline-stop-from-a-thread", "inline-sigint-ignored", "inline-stop-sigint-ignored"])
+def test_sigterm_during_a_hung_call_exits_after_the_shutdown_timeout_and_answers_the_request(where, how, ignored):
     """A stop waits shutdown_timeout_s for the running call, then the server exits, and the client of the abandoned
     call is answered that it did not finish, not left to time out or to see the connection drop; a call on the
     socket thread (inline) and one on the worker alike, and a stop() from another thread as a stop signal (it held
-    run() for the whole of an inline call)."""
+    run() for the whole of an inline call). Also in a process that ignores SIGINT (a script's `cmd &`): the inline
+    call was interrupted with a SIGINT the kernel discarded, and run() waited for the call to return, for ever."""
     fast_calls = INLINE_STREAK + 2
     process, port = _serve_in_a_process(fast_calls, inline_below_ms=LIMIT_MS if where == "inline" else 0,
-                                        stop_from_a_thread=how == "stop()")
+                                        stop_from_a_thread=how == "stop()", ignored=ignored)
     outcome = {}
     try:
         with PolicyClient(port=port, timeout_ms=20000) as client:
@@ -337,6 +349,44 @@ def test_sigterm_during_a_hung_call_exits_after_the_shutdown_timeout_and_answers
     assert "server is shutting down; 'get_action' did not finish within 1 s" in str(outcome["error"])
     # its own class, a ConnectionError too, so an evaluation stops instead of scoring the request's episode
     assert isinstance(outcome["error"], ServerStoppingError) and isinstance(outcome["error"], ConnectionError)
+
+
+def test_a_hung_inline_call_in_a_process_ignoring_every_stop_signal_is_said_to_be_uninterruptible():
+    """With SIGINT, SIGTERM and SIGHUP all ignored no signal can reach the server's handler: the log said "shutting
+    down without it" while run() went on waiting for the call; it says the call cannot be interrupted, and what to do."""
+    fast_calls = INLINE_STREAK + 2
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    process, port = _serve_in_a_process(fast_calls, stop_from_a_thread=True, ignored=stop_signals)
+    try:
+        with PolicyClient(port=port, timeout_ms=20000) as client:
+            for _ in range(fast_calls):
+                client.get_action({})
+
+            def hung_call():
+                try:
+                    client.get_action({})
+                except ClientClosedError:  # the test closes the client under it
+                    pass
+
+            threading.Thread(target=hung_call, daemon=True).start()
+            assert process.stdout.readline().split()[0] == "HANG"
+            log = _stderr_once_it_holds(process, "cannot be interrupted")
+    finally:
+        process.kill()
+        process.wait()
+    assert "shutting down without it" not in log
+    assert "run() returns when the call does" in log and "close() from another thread frees the port" in log
+
+
+def _stderr_once_it_holds(process: subprocess.Popen, text: str, wait_s: float = 30.0) -> str:
+    """What the server process wrote to stderr, once that holds `text` (or `wait_s` passed)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        process.errors.seek(0)
+        written = process.errors.read()
+        if text in written or time.monotonic() > deadline:
+            return written
+        time.sleep(0.1)
 
 
 def test_threads_the_server_starts_leave_stop_signals_to_the_main_thread():

@@ -20,7 +20,7 @@ from . import codec, curve, host_lookup
 from .client_errors import ClientClosedError, PolicyTimeoutError, ReplyLostError
 from .client_options import endpoint_host, is_ipv6_literal
 from .client_sockets import _PROCESS_CONTEXT, FORK_ADOPTION_LOCK, _ReplyWatch
-from .process_limits import open_descriptor_count, resource_limits, shown_limits
+from .process_limits import descriptor_words, open_descriptor_count, resource_limits
 
 logger = logging.getLogger("gr00t_client.client")  # PolicyClient's one logger, whichever of its modules logs
 
@@ -56,12 +56,8 @@ def _refused_connects_advice() -> str:
 
 def _descriptor_words(state: str) -> str:
     """'this process <state> (its limits), ...': what each client holds and how to raise the limit."""
-    shown = shown_limits("RLIMIT_NOFILE")
-    limits = f" (soft limit {shown[0]}, hard limit {shown[1]})" if shown is not None else ""
-    return (f"this process {state}{limits}, and each PolicyClient holds about 4 (its "
-            "connection, the socket's mailbox and its handshake monitor's pair): raise the soft limit, e.g. `ulimit -n "
-            "65536` in the shell that starts it, or resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard)) in it, or "
-            "close clients no longer used")
+    return descriptor_words(state, "each PolicyClient holds about 4 (its connection, the socket's mailbox and its "
+                            "handshake monitor's pair)", "close clients no longer used")
 
 
 class ClientConnection:
@@ -87,7 +83,7 @@ class ClientConnection:
                                     "server again")
         self._close_socket()  # half of one left by an interrupted close (a socket without its monitor): not reused
         try:
-            sock = self._context.socket(zmq.REQ)
+            sock = _PROCESS_CONTEXT.socket(self._context, zmq.REQ)
         except zmq.ZMQError as exc:  # e.g. EMFILE: too many open files
             raise ConnectionError(f"cannot open a socket to {self.address}: {exc}{_descriptor_advice(exc)}") from exc
         handshake: Optional[_ReplyWatch] = None

@@ -4,6 +4,7 @@ threads adopt inherited clients under."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from typing import Any, List, Optional
@@ -11,6 +12,12 @@ from typing import Any, List, Optional
 import zmq
 
 from . import curve
+from .process_limits import descriptors_left
+
+# Descriptors a context's first socket takes: the context's mailbox, its reaper's and I/O thread's pollers and
+# mailboxes (the threads that socket starts) and the socket's own mailbox. Short of them, libzmq asserts in its I/O
+# thread and aborts the process (SIGABRT, no Python error).
+FIRST_SOCKET_DESCRIPTORS = 6
 
 
 def _nbytes(frames: List[Any]) -> int:
@@ -30,12 +37,13 @@ class _ProcessContext:
         self._lock = threading.Lock()
         self._context: Optional[zmq.Context] = None
         self._pid: Optional[int] = None
+        self._threads_started_in: Optional[zmq.Context] = None  # the context whose first socket was made
         if hasattr(os, "register_at_fork"):  # a parent thread may hold the lock at the fork
             os.register_at_fork(after_in_child=self._forget)
 
     def _forget(self) -> None:
         self._lock = threading.Lock()
-        self._context, self._pid = None, None
+        self._context, self._pid, self._threads_started_in = None, None, None
 
     def get(self) -> zmq.Context:
         """This process's context (a parent's does not survive a fork: the child's first call spun for ever)."""
@@ -48,6 +56,17 @@ class _ProcessContext:
                 context.set(zmq.MAX_SOCKETS, context.get(zmq.SOCKET_LIMIT))
                 self._context, self._pid = context, os.getpid()
             return self._context
+
+    def socket(self, context: zmq.Context, kind: int) -> zmq.Socket:
+        """`context.socket(kind)`; for the first socket of `context`, which starts its threads, zmq.ZMQError(EMFILE)
+        instead when fewer than FIRST_SOCKET_DESCRIPTORS descriptors are left: libzmq would abort the process."""
+        if context is not self._threads_started_in:
+            left = descriptors_left()
+            if left is not None and left < FIRST_SOCKET_DESCRIPTORS:
+                raise zmq.ZMQError(errno.EMFILE)  # as libzmq would have refused it, had it not aborted
+        sock = context.socket(kind)
+        self._threads_started_in = context
+        return sock
 
 
 _PROCESS_CONTEXT = _ProcessContext()

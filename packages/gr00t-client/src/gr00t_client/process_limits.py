@@ -41,3 +41,21 @@ def open_descriptor_count() -> Optional[int]:
     except OSError as exc:
         limits = resource_limits("RLIMIT_NOFILE") if exc.errno == errno.EMFILE else None
         return None if limits is None else limits[0]
+
+
+def descriptors_left() -> Optional[int]:
+    """How many more file descriptors this process may open before its soft limit; None where that is not known (no
+    limit, or no /proc/self/fd to count them)."""
+    limits, held = resource_limits("RLIMIT_NOFILE"), open_descriptor_count()
+    if limits is None or limits[0] is None or held is None:
+        return None
+    return max(0, limits[0] - held)
+
+
+def descriptor_words(state: str, holder: str, or_else: str) -> str:
+    """'this process <state> (its limits), and <holder>: raise the soft limit, e.g. ..., or <or_else>': what ran out
+    and how to raise it, in the words every out-of-descriptors error of the client and the server uses."""
+    shown = shown_limits("RLIMIT_NOFILE")
+    limits = f" (soft limit {shown[0]}, hard limit {shown[1]})" if shown is not None else ""
+    return (f"this process {state}{limits}, and {holder}: raise the soft limit, e.g. `ulimit -n 65536` in the shell "
+            f"that starts it, or resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard)) in it, or {or_else}")

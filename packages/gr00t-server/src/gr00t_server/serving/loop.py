@@ -102,6 +102,9 @@ class RequestLoop(Gathering):
         self._inline_lock = threading.Lock()
         self.socket_taken = False
         self.abandoning_inline = False  # set when a stop gave up on the inline job: the signal handler raises
+        # The stop signal whose handler is the server's while run() serves on the main thread (the first of SIGINT,
+        # SIGTERM, SIGHUP this process does not ignore), sent to interrupt the inline job; None: none is handled
+        self.interrupt_signal: Optional[int] = None
         self.stop_waiting = False  # set by a second stop signal: shut_down gives up on a running call at once
         # Replies sent after a stop came, per connection, less the requests of it refused since: their clients are about
         # to send again (a count: the robots behind one proxy share its connection, as a DEALER's requests do)
@@ -502,8 +505,9 @@ class RequestLoop(Gathering):
 
     def abandon_inline_after(self, timeout_s: float) -> None:
         """At a stop signal (main thread, whose run() this is): if a job is running on this thread, give it
-        `timeout_s` to finish, as a worker's call gets, then interrupt it with SIGINT, on which the handler raises
-        InlineCallAbandoned (see `abandoning_inline`). A call stuck in C code that ignores signals stays stuck."""
+        `timeout_s` to finish, as a worker's call gets, then interrupt it with `interrupt_signal`, on which the
+        handler raises InlineCallAbandoned (see `abandoning_inline`). A call stuck in C code that ignores signals stays
+        stuck; so does any call where the process ignores every stop signal (no handler of ours to raise)."""
         job = self._inline_job
         if not job:
             return
@@ -511,12 +515,19 @@ class RequestLoop(Gathering):
         def interrupt() -> None:
             if self._inline_job != job:
                 return
+            signum = self.interrupt_signal
+            if signum is None:  # a signal this process ignores is discarded by the kernel: nothing would raise
+                logger.warning("a policy call is still running on the main thread after %g s and cannot be "
+                               "interrupted: this process ignores SIGINT, SIGTERM and SIGHUP, so no signal reaches "
+                               "the server's handler; run() returns when the call does (close() from another thread "
+                               "frees the port meanwhile; SIGKILL ends the process)", timeout_s)
+                return
             logger.warning("a policy call is still running after %g s; shutting down without it", timeout_s)
             self.abandoning_inline = True
             if hasattr(signal, "pthread_kill"):  # a real signal also ends a blocking wait such as time.sleep
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                signal.pthread_kill(threading.main_thread().ident, signum)
             else:  # Windows: the handler runs at the call's next Python instruction
-                _thread.interrupt_main()
+                _thread.interrupt_main(signum)
 
         def wait_then_interrupt() -> None:
             block_stop_signals()  # a second Ctrl-C must reach the main thread, not this one

@@ -392,8 +392,9 @@ class PolicyServer(BuiltinEndpoints):
         its loop is honoured: that run returns at once.
 
         A call of a cheap policy may be running on run()'s own thread (see inline_below_ms): where that is the main
-        thread it is interrupted after shutdown_timeout_s, as on Ctrl-C; on another thread run() returns when the
-        call does, and close() frees the port meanwhile.
+        thread it is interrupted after shutdown_timeout_s, as on Ctrl-C (with SIGTERM where the process ignores
+        SIGINT; not at all where it ignores every stop signal, as the log then says); on another thread run() returns
+        when the call does, and close() frees the port meanwhile.
         """
         first = not self._stop_requested.is_set()
         self._stop_requested.set()
@@ -402,7 +403,7 @@ class PolicyServer(BuiltinEndpoints):
             transport.wake()
         if first and self._running and self._serving_thread == threading.main_thread().ident \
                 and threading.get_ident() != self._serving_thread:
-            self._loop.abandon_inline_after(self.shutdown_timeout_s)  # its SIGINT reaches our handler there
+            self._loop.abandon_inline_after(self.shutdown_timeout_s)  # its signal reaches our handler there
 
     def close(self) -> None:
         """Stop serving for good and free the port; safe at any moment, from any thread, any number of times.
@@ -543,8 +544,12 @@ def _install_signal_handlers(server: PolicyServer) -> Callable[[], None]:
     stop_signals = [0]
 
     previous = {sig: signal.signal(sig, on_signal) for sig in handled_stop_signals()}
+    # A SIGINT this process ignores (a script's `cmd &`) stays ignored, and the kernel discards one sent to it:
+    # abandon_inline_after interrupts with a signal handled here (SIGTERM then), or says that it cannot
+    server._loop.interrupt_signal = next(iter(previous), None)
 
     def restore() -> None:
+        server._loop.interrupt_signal = None
         for sig, handler in previous.items():
             # None means a handler installed from C, which Python cannot reinstall; the default is closest.
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)

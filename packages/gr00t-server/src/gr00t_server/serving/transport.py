@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import errno
+import gc
 import logging
 import os
 import threading
@@ -13,6 +15,7 @@ import zmq
 
 from gr00t_client import codec
 from gr00t_client.client import endpoint_host, is_ipv6_literal, send_frames
+from gr00t_client.process_limits import descriptor_words, descriptors_left
 
 from ..curve import CurveServerConfig, ServerCurve
 from .endpoints import RateLimitedLog
@@ -54,6 +57,34 @@ MAX_MESSAGE_FRAMES = 16384
 # on the hot path), so the socket thread uses their plain int values.
 _NOBLOCK = int(zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
+# Descriptors a Transport takes: its context's mailbox, reaper and I/O thread (a poller and a mailbox each), the
+# socket's mailbox, the listener, the wake-up pipe's two ends, and one the bind's address lookup holds for a moment.
+# Short of the I/O thread's or the lookup's, libzmq asserts and aborts the process (SIGABRT, no Python error).
+SERVER_DESCRIPTORS = 10
+
+
+def _bind_problem(address: str, exc: BaseException) -> str:
+    """Why `address` cannot be served (its bind or wake-up pipe failed with `exc`): `exc`'s words, and for EMFILE
+    ("Too many open files") which limit ran out and how to raise it."""
+    if getattr(exc, "errno", None) != errno.EMFILE:
+        return f"cannot bind {address}: {exc}"
+    return f"cannot bind {address}: {os.strerror(errno.EMFILE)}; " + _server_descriptor_words(
+        "has used up its file descriptors")
+
+
+def _server_descriptor_words(state: str) -> str:
+    return descriptor_words(state, f"a PolicyServer takes about {SERVER_DESCRIPTORS} (its ZeroMQ context's threads, "
+                            "its socket, its listener, its wake-up pipe) and one per connected client",
+                            "close servers and clients no longer used")
+
+
+def _refuse_without_descriptors(address: str) -> None:
+    """OSError (EMFILE) naming the descriptor limit when fewer than SERVER_DESCRIPTORS are left: checked before a
+    server's ZeroMQ context starts, whose threads libzmq would otherwise abort the process in."""
+    left = descriptors_left()
+    if left is not None and left < SERVER_DESCRIPTORS:
+        raise OSError(f"cannot bind {address}: {os.strerror(errno.EMFILE)}; "
+                      + _server_descriptor_words(f"has only {left} file descriptors left"))
 
 
 def send_hwm(max_client_queued_requests: int) -> int:
@@ -117,11 +148,29 @@ def _seed_generated_routing_ids() -> None:
         pass
 
 
+def _bind(sock: zmq.Socket, address: str, port: int) -> None:
+    """Bind `sock` to `address`:`port` (0: a free port). A port held by a server of this process that was dropped
+    unclosed is freed by the cyclic garbage collector (its finalizer closes the socket): collected once, then bound."""
+    if port == 0:
+        sock.bind_to_random_port(address)
+        return
+    try:
+        sock.bind(f"{address}:{port}")
+        return
+    except zmq.ZMQError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+    gc.collect()
+    sock.bind(f"{address}:{port}")
+
+
 class Transport:
     """A bound ROUTER socket plus a pipe any thread may write to wake the poll (the worker's "reply ready")."""
 
     def __init__(self, host: str, port: int, max_message_bytes: int, curve: Optional[CurveServerConfig] = None,
                  max_client_queued_requests: int = ServerLimits.max_client_queued_requests) -> None:
+        address = f"tcp://{endpoint_host(host)}"
+        _refuse_without_descriptors(f"{address}:{port}")  # before the context: libzmq aborts out of descriptors
         self.context = zmq.Context()
         _seed_generated_routing_ids()
         sock = self.context.socket(zmq.ROUTER)
@@ -145,22 +194,18 @@ class Transport:
         # queue is full raises instead of vanishing, so it is counted as undelivered rather than as a success; replies
         # are sent without blocking (send), so a full queue cannot stall the socket thread.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        address = f"tcp://{endpoint_host(host)}"
         try:
-            if port == 0:
-                sock.bind_to_random_port(address)
-            else:
-                sock.bind(f"{address}:{port}")
-        except zmq.ZMQError as exc:
+            _bind(sock, address, port)
+            self._wake_read, self._wake_write = os.pipe()
+        except (zmq.ZMQError, OSError) as exc:
             sock.close(linger=0)
             self._stop_security()
             self.context.term()
-            raise OSError(f"cannot bind {address}:{port}: {exc}") from exc
+            raise OSError(_bind_problem(f"{address}:{port}", exc)) from exc
         self.socket: Optional[zmq.Socket] = sock
         self.endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.port = int(self.endpoint.rsplit(":", 1)[1])
         self._wake_lock = threading.Lock()  # a closed pipe's fd numbers may be reused: never write after close
-        self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
         self._poller = zmq.Poller()
