@@ -167,16 +167,17 @@ def test_a_lone_surrogate_in_a_job_fails_that_job_naming_the_field(server, tmp_p
     assert "Results:" in printed and "lone surrogate" in printed  # the table
 
 
-@pytest.mark.parametrize("text, key", [
+@pytest.mark.parametrize("text, key, where", [
     ('{"jobs": [{"name": "first", "env_name": "walkto/fast"}], "jobs": [{"name": "second", "env_name": "walkto/fast"}]}',
-     "jobs"),
-    ('{"jobs": [{"name": "j", "env_name": "walkto/fast", "n_episodes": 2, "n_episodes": 50}]}', "n_episodes"),
+     "jobs", ""),
+    ('{"jobs": [{"name": "j", "env_name": "walkto/fast", "n_episodes": 2, "n_episodes": 50}]}', "n_episodes",
+     " (at jobs[0])"),
 ])
-def test_a_key_given_twice_in_the_job_file_is_refused_naming_it_and_the_file(tmp_path, capsys, text, key):
+def test_a_key_given_twice_in_the_job_file_is_refused_naming_it_and_the_file(tmp_path, capsys, text, key, where):
     jobs = tmp_path / "jobs.json"
     jobs.write_text(text)
     assert cli.main(["batch", "--jobs", str(jobs), "--output-dir", str(tmp_path / "out")]) == 2
-    assert f"{jobs}: key {key!r} is given twice in one object; give each key once" in capsys.readouterr().err
+    assert f"{jobs}: key {key!r} is given twice in one object{where}; give each key once" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

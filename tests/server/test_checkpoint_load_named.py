@@ -163,6 +163,46 @@ def test_a_nan_weight_is_refused_at_load_naming_the_file_and_tensor(copy_of, ser
     assert f"{checkpoint / 'model.safetensors'}: tensor '{key}' holds 1 non-finite value(s) (NaN or inf)" in err, err
 
 
+def _with_one_large_weight(checkpoint, key, value, wide_dtype):
+    """The checkpoint's weights saved as `wide_dtype` (numpy-based converters write float64), one value of `key` set to
+    `value`: finite on disk."""
+    weights = {name: tensor.to(wide_dtype) for name, tensor in load_file(checkpoint / "model.safetensors").items()}
+    weights[key][0, 0] = value
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("wide, value, served, target, shown", [
+    ("float64", 1e39, None, "torch.float32", "1e+39"),
+    ("float64", 1e39, "bf16", "torch.bfloat16", "1e+39"),
+    ("float32", 1e5, "fp16", "torch.float16", "1e+05"),
+], ids=["f64-as-fp32", "f64-as-bf16", "fp32-as-fp16"])
+def test_a_weight_beyond_the_served_dtypes_range_is_refused_at_load_naming_it(copy_of, wide, value, served,
+                                                                              target, shown):
+    # It loaded as inf, and every call blamed float16 or a backend: "The checkpoint's weights were finite when loaded".
+    import torch
+
+    from gr00t_server.model.checkpoint import CheckpointError, load_model
+
+    checkpoint = copy_of()
+    key = "action_head.model.proj_out_1.weight"
+    _with_one_large_weight(checkpoint, key, value, getattr(torch, wide))
+    with pytest.raises(CheckpointError) as info:
+        load_model(checkpoint, device="cpu", dtype=served)
+    assert str(info.value).startswith(f"{checkpoint / 'model.safetensors'}: tensor '{key}' holds |values| up to "
+                                      f"{shown}, beyond the range of {target}, the dtype it is served in"), info.value
+
+
+def test_a_float64_checkpoint_within_float32s_range_loads(copy_of):
+    import torch
+
+    from gr00t_server.model.checkpoint import load_model
+
+    checkpoint = copy_of()
+    _with_one_large_weight(checkpoint, "action_head.model.proj_out_1.weight", 1e30, torch.float64)
+    model, _ = load_model(checkpoint, device="cpu")
+    assert all(bool(torch.isfinite(tensor).all()) for tensor in model.state_dict().values())
+
+
 def _with_a_float8_tensor(checkpoint, key, nan=False):
     """An FP8-quantized export: one tensor stored as float8_e4m3fn (safetensors' F8_E4M3), optionally with one NaN."""
     import torch

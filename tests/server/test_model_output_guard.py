@@ -22,6 +22,7 @@ from serving import running_server
 
 TAG = "libero_sim"
 DECODER_BIAS = "action_head.action_decoder.layer2.b"  # (embodiments, max_action_dim): column 0 is action key 'x'
+DECODER_WEIGHT = "action_head.action_decoder.layer2.W"  # (embodiments, hidden, max_action_dim)
 
 
 def damaged(copy_of, value: float, steps: int):
@@ -70,11 +71,17 @@ def test_one_denoising_step_asked_of_a_four_step_model_with_an_inf_weight_is_ref
 
 
 def test_a_float16_overflow_of_the_model_output_is_refused(copy_of):
-    checkpoint = damaged(copy_of, 1e5, steps=1)  # finite in float32 (refused as beyond the bound), inf in float16
+    # Weights within float16's range (one beyond it is refused at load) whose output for 'x' is not: 60000 plus
+    # 60000 times the sum of the decoder's non-negative hidden units
+    checkpoint = damaged(copy_of, 6e4, steps=1)
+    embodiment = Gr00tN1d7Processor.from_pretrained(checkpoint, local_files_only=True).embodiment_id(TAG)
+    weights = load_file(checkpoint / "model.safetensors")
+    weights[DECODER_WEIGHT][embodiment, :, 0] = 6e4
+    save_file(weights, checkpoint / "model.safetensors")
     observation = example_observation(checkpoint, TAG)
-    with pytest.raises(NonFiniteActionError, match=r"action key 'x' of 'libero_sim' reaches \|values\| up to 1e\+05"):
+    with pytest.raises(NonFiniteActionError, match=r"action key 'x' of 'libero_sim' reaches \|values\| up to "):
         Gr00tPolicy(checkpoint, TAG, device="cpu").get_action(observation, {"seed": 0})
-    with pytest.raises(NonFiniteActionError, match=REFUSAL + r".*float16 model.*65504"):
+    with pytest.raises(NonFiniteActionError, match=REFUSAL + r".*in the dtype served: for a float16 model.*65504"):
         Gr00tPolicy(checkpoint, TAG, device="cpu", dtype="float16").get_action(observation, {"seed": 0})
 
 

@@ -18,6 +18,7 @@ from gr00t_client.cli_flags import HomeFolderUnknownError, ascii_digits, home_ex
 from gr00t_client.client import MAX_TIMEOUT_MS
 from gr00t_client.client_options import check_host, endpoint_host
 from gr00t_client.curve import is_z85_key, unwrapped_key_text
+from gr00t_client.json_keys import RepeatedKeyError, loads_unique_keys
 
 from .rollout.config import (MAX_ENVS, MAX_EPISODES, RolloutConfig, check_env_kwargs_finite, check_env_timeout,
                              check_env_timeout_applies, default_env_timeout, env_timeout_applies)
@@ -448,8 +449,9 @@ def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None, 
     user's home folder). `resumed`, `started`: read by a batch --resume (parse_job).
     """
     try:
-        data = json.loads(Path(path).read_bytes().decode("utf-8"),
-                          object_pairs_hook=lambda pairs: _unique_keys(path, pairs))
+        data = loads_unique_keys(Path(path).read_bytes().decode("utf-8"))
+    except RepeatedKeyError as exc:  # json.loads would keep the last value: two pasted `jobs` lists ran only the second
+        raise JobError(f"{path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise JobError(f"{path}: not valid JSON ({exc})") from None
     except UnicodeDecodeError as exc:  # UTF-16 as PowerShell's `>` writes, Latin-1 from an editor
@@ -496,17 +498,6 @@ def load_jobs(path: Union[str, Path], start_dir: Union[str, Path, None] = None, 
     jobs = [_with_usable_video_dir(job) for job in jobs]
     refuse_overlapping_video_dirs(jobs)
     return jobs
-
-
-def _unique_keys(path: Union[str, Path], pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    """A JSON object of the job file; JobError for a key given twice in it (json.loads would keep the last value
-    without a word: two pasted `jobs` lists ran only the second)."""
-    data: Dict[str, Any] = {}
-    for key, value in pairs:
-        if key in data:
-            raise JobError(f"{path}: key {key!r} is given twice in one object; give each key once")
-        data[key] = value
-    return data
 
 
 def absolute_video_dir(job: Union[Job, JobError], start_dir: Union[str, Path],

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any, Union
 
+from gr00t_client.json_keys import RepeatedKeyError, loads_unique_keys
+
 _REMEDY = "download or copy it again"
 # Where a cut leaves a number, true, false or null unfinished, the parser stops at the unfinished rest.
 _UNFINISHED_TOKEN = re.compile(r"\.|[eE][+-]?|-|t(r(u)?)?|f(a(l(s)?)?)?|n(u(l)?)?")
@@ -14,7 +16,7 @@ _UNFINISHED_TOKEN = re.compile(r"\.|[eE][+-]?|-|t(r(u)?)?|f(a(l(s)?)?)?|n(u(l)?)
 
 def read_checkpoint_json(path: Union[str, Path]) -> Any:
     """The parsed JSON of `path`; ValueError naming the file, and saying so when it is empty, ends mid-document, ends
-    in NUL bytes (a copy cut short into a preallocated file) or is UTF-16/32 text."""
+    in NUL bytes (a copy cut short into a preallocated file), is UTF-16/32 text or gives a key twice in one object."""
     path = Path(path)
     raw = path.read_bytes()
     text_part = raw.rstrip(b"\0")  # a copy cut short and padded with NUL bytes (a preallocated file after a crash)
@@ -29,7 +31,9 @@ def read_checkpoint_json(path: Union[str, Path]) -> Any:
         raise ValueError(f"{path} is {encoding.upper()} text; expected UTF-8 JSON: save it as UTF-8, or {_REMEDY}")
     nul = f"ends in NUL bytes after {len(text_part)} bytes of text (cut short?)"
     try:
-        document = json.loads(text_part.decode("utf-8"))
+        document = loads_unique_keys(text_part.decode("utf-8"))
+    except RepeatedKeyError as exc:  # json.loads keeps the last value: one of two settings or statistics, unsaid
+        raise ValueError(f"{path}: {exc}") from None
     except UnicodeDecodeError as exc:
         if exc.reason == "unexpected end of data":  # cut inside a character
             what = nul if padded else f"ends mid-document (cut short?) after {len(raw)} bytes ({exc})"

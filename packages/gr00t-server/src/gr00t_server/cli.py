@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import sys
 import traceback
@@ -263,10 +264,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     exit (seconds, with torch loaded) turned a finished command's status into 130/143/129.
     """
     stop_signals = ProgramStopSignals()
+    if argv is None:
+        _name_where_a_fatal_signal_strikes()
     try:
         return _main(argv)
     finally:
         stop_signals.finish(ignore_from_now_on=argv is None)
+
+
+def _name_where_a_fatal_signal_strikes() -> None:
+    """faulthandler on stderr: a SIGBUS (weights truncated under a library's memory map), SIGSEGV or SIGABRT prints
+    the stack of each thread before the process dies, where it died with nothing said."""
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError, OSError):  # stderr closed or not a file: nothing to print on
+        pass
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:

@@ -23,6 +23,7 @@ from gr00t_server.backends.names import (  # noqa: F401 (re-exported)
     PRECISIONS,
     BackendError,
 )
+from gr00t_server.file_identity import FileIdentity, file_identity, first_changed
 
 # Sub-modules in execution order (model.md §7.1); which ones each export mode covers.
 SUBMODULES = ("vit", "llm", "vl_self_attention", "state_encoder", "action_encoder", "dit", "action_decoder")
@@ -215,28 +216,18 @@ def file_digest(path: Path, chunk_bytes: int = 1 << 24) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def file_identity(path: Path) -> tuple[int, int, int, int]:
-    """(device, inode, size, mtime ns) of `path`: another export's rename or rewrite changes it."""
-    info = path.stat()
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
-
-
-def check_unchanged(identities: dict[Path, tuple[int, int, int, int]], onnx_dir: Union[str, Path]) -> None:
+def check_unchanged(identities: dict[Path, FileIdentity], onnx_dir: Union[str, Path]) -> None:
     """Raise BackendError when a file checked by check_export_files was replaced or changed since (an export into
     the folder while this server loaded it): the sessions may hold files of two exports."""
-    for path, identity in identities.items():
-        try:
-            now = file_identity(path)
-        except OSError:
-            now = None
-        if now != identity:
-            raise BackendError(
-                f"{path} changed while the server loaded {onnx_dir} (another export into it?): the loaded files may "
-                "come from two exports; start again once the export has finished"
-            )
+    changed = first_changed(identities)
+    if changed is not None:
+        raise BackendError(
+            f"{changed} changed while the server loaded {onnx_dir} (another export into it?): the loaded files may "
+            "come from two exports; start again once the export has finished"
+        )
 
 
-def check_export_files(onnx_dir: Union[str, Path], metadata: dict[str, Any]) -> dict[Path, tuple[int, int, int, int]]:
+def check_export_files(onnx_dir: Union[str, Path], metadata: dict[str, Any]) -> dict[Path, FileIdentity]:
     """Raise BackendError naming the first file whose size or sha256 differs from the export's record; return each
     checked file's identity (file_identity, taken before its hash) for check_unchanged once the files are loaded.
 
@@ -244,7 +235,7 @@ def check_export_files(onnx_dir: Union[str, Path], metadata: dict[str, Any]) -> 
     another checkpoint's weights without a word.
     """
     folder = Path(onnx_dir)
-    identities: dict[Path, tuple[int, int, int, int]] = {folder / EXPORT_METADATA: file_identity(folder / EXPORT_METADATA)}
+    identities: dict[Path, FileIdentity] = {folder / EXPORT_METADATA: file_identity(folder / EXPORT_METADATA)}
     for submodule, info in metadata["submodules"].items():
         if "files" not in info:
             raise BackendError(

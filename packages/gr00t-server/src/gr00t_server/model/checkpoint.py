@@ -12,15 +12,17 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Union
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
 from gr00t_client.cli_flags import home_expanded_path
 from gr00t_server.checkpoint_json import read_checkpoint_json
+from gr00t_server.file_identity import FileIdentity, file_identities, first_changed
 from gr00t_server.git_lfs import git_lfs_pointer_problem
 from gr00t_server.model.config import CONFIG_NAME, Gr00tN1d7Config
 from gr00t_server.model.modeling import Gr00tN1d7, resolve_dtype
+from gr00t_server.model.weights_file import WeightsFile, WeightsFileChangedError
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +143,22 @@ def resolve_checkpoint_dir(
         hint = _checkpoint_subfolders_hint(directory) or _trainer_state_hint(directory)
         raise CheckpointError(f"{directory} has no {CONFIG_NAME}{hint}")
     return directory
+
+
+def checkpoint_file_identities(directory: Path) -> dict[Path, FileIdentity]:
+    """The identity (file_identity) of each file of `directory` a load reads (CHECKPOINT_FILES), taken before it
+    reads them, for refuse_changed_files after."""
+    paths = {path for pattern in CHECKPOINT_FILES for path in directory.glob(pattern) if path.is_file()}
+    return file_identities(sorted(paths))
+
+
+def refuse_changed_files(identities: dict[Path, FileIdentity], given: Union[str, Path]) -> None:
+    """CheckpointError naming the first file of `identities` replaced or rewritten since (a newer checkpoint copied
+    into the folder `given` while it loaded): the loaded files may come from two checkpoints."""
+    changed = first_changed(identities)
+    if changed is not None:
+        raise CheckpointError(f"{changed} changed while the server loaded {given} (a newer checkpoint copied into "
+                              "it?): the loaded files may come from two checkpoints; start again once it is written")
 
 
 def _refuse_missing_local_folder(local: Path, text: str) -> None:
@@ -315,7 +333,7 @@ def read_state_dict(
             raise CheckpointError(f"{path}: permission denied (mode {info.st_mode & 0o777:o}, owner uid {info.st_uid}); "
                                   "make the weights readable by the user serving them (chmod a+r)") from None
         try:
-            with safe_open(str(path), framework="pt", device=str(device)) as handle:
+            with WeightsFile(path) as handle:
                 for key in handle.keys():
                     if key in source:
                         raise CheckpointError(f"tensor {key!r} is in both {source[key]} and {path.name}; a checkpoint "
@@ -326,6 +344,9 @@ def read_state_dict(
                                               f"{listed}")
                     source[key] = path.name
                     state[key] = _read_tensor(handle, path, key, dtype, device)
+                handle.check_unchanged()
+        except WeightsFileChangedError as exc:
+            raise CheckpointError(str(exc)) from None
         except SafetensorError as exc:
             pointer = git_lfs_pointer_problem(path)
             if pointer:
@@ -336,14 +357,14 @@ def read_state_dict(
     return state
 
 
-def _read_tensor(handle: Any, path: Path, key: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Tensor `key` of the open file `path`, checked finite and cast to `dtype` when floating; torch failing to allocate
-    it (its CPU allocator's RuntimeError, CUDA's OutOfMemoryError) is a MemoryError naming the file, tensor and size."""
+def _read_tensor(handle: WeightsFile, path: Path, key: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Tensor `key` of the open file `path` on `device`, checked finite and cast to `dtype` when floating; torch failing
+    to allocate it (its CPU allocator's RuntimeError, CUDA's OutOfMemoryError) is a MemoryError naming the file, tensor
+    and size."""
     tensor = None
     try:
-        tensor = handle.get_tensor(key)
-        # Before the cast (a float16 overflow of a finite weight is the output guard's to name): a NaN or inf weight (a
-        # diverged fine-tune) else surfaced at warm-up naming no tensor.
+        tensor = handle.get_tensor(key).to(device)  # a tensor of its own: no copy where it is read onto the CPU
+        # Before the cast: a NaN or inf weight (a diverged fine-tune) else surfaced at warm-up naming no tensor.
         # float8 (an FP8 export) has no isfinite: checked as float32, which holds its NaN exactly
         checked = tensor.float() if tensor.is_floating_point() and tensor.element_size() == 1 else tensor
         if tensor.is_floating_point() and not bool(torch.isfinite(checked).all()):
@@ -351,11 +372,15 @@ def _read_tensor(handle: Any, path: Path, key: str, dtype: torch.dtype, device: 
             raise CheckpointError(f"{path}: tensor {key!r} holds {bad} non-finite value(s) (NaN or inf) of "
                                   f"{tensor.numel()}; expected finite weights (a diverged training run? take an earlier "
                                   "checkpoint)")
-        return tensor.to(dtype=dtype, copy=True) if tensor.is_floating_point() else tensor.clone()
+        if not tensor.is_floating_point():
+            return tensor
+        cast = tensor.to(dtype=dtype)
+        _refuse_overflow_of_cast(path, key, tensor, cast)
+        return cast
     except RuntimeError as exc:
         if isinstance(exc, CheckpointError) or not _allocation_failed(exc):
             raise
-        shape = handle.get_slice(key).get_shape()
+        shape = handle.shape(key)
         target = tensor.dtype if tensor is not None and not tensor.is_floating_point() else dtype
         nbytes = target.itemsize
         for length in shape:
@@ -364,6 +389,20 @@ def _read_tensor(handle: Any, path: Path, key: str, dtype: torch.dtype, device: 
         # One line: the CLI reports a MemoryError as out of memory, with what to check in that command's flags
         raise MemoryError(f"{path}: tensor {key!r} {list(shape)} ({size} as {target}) could not be allocated on "
                           f"{device}") from exc
+
+
+def _refuse_overflow_of_cast(path: Path, key: str, tensor: torch.Tensor, cast: torch.Tensor) -> None:
+    """CheckpointError naming the file, tensor, its largest |value| and the served dtype when the finite `tensor`, of a
+    wider range than that dtype (float64 as float32 or bf16, float32 as float16), became inf in `cast`: it loaded, and
+    every call then blamed float16 or a backend for the model's non-finite output."""
+    if torch.finfo(tensor.dtype).max <= torch.finfo(cast.dtype).max or bool(torch.isfinite(cast).all()):
+        return
+    largest = float(tensor.abs().max())
+    fits_fp32 = cast.dtype != torch.float32 and largest <= torch.finfo(torch.float32).max
+    remedy = ("serve it in fp32 (--dtype fp32)" if fits_fp32
+              else "a weight this large is likely damaged (a diverged training run? take an earlier checkpoint)")
+    raise CheckpointError(f"{path}: tensor {key!r} holds |values| up to {largest:.3g}, beyond the range of "
+                          f"{cast.dtype}, the dtype it is served in (+-{torch.finfo(cast.dtype).max:.4g}); {remedy}")
 
 
 def _allocation_failed(exc: RuntimeError) -> bool:
@@ -502,7 +541,10 @@ def load_model(
 
     `dtype=None` means bfloat16 on CUDA and float32 on CPU (see `resolve_dtype`).
     """
-    directory = resolve_checkpoint_dir(model_dir_or_hub_id, subfolder=subfolder, revision=revision)
+    given = resolve_checkpoint_dir(model_dir_or_hub_id, subfolder=subfolder, revision=revision)
+    # Every file is read through the folder as it is now: a `latest` link re-pointed meanwhile mixed two checkpoints
+    directory = given.resolve()
+    identities = checkpoint_file_identities(directory)
     config = Gr00tN1d7Config.from_json_file(directory / CONFIG_NAME)
     torch_dtype = resolve_dtype(device, dtype)
     # Each parameter is allocated, then moved to meta: the largest (the embedding, 1.2 GB) must fit once
@@ -517,7 +559,8 @@ def load_model(
     model.to(device=device, dtype=torch_dtype)
     model.requires_grad_(False)
     model.eval()
-    logger.info("loaded GR00T N1.7 checkpoint %s on %s (%s)", directory, device, torch_dtype)
+    refuse_changed_files(identities, given)
+    logger.info("loaded GR00T N1.7 checkpoint %s on %s (%s)", given, device, torch_dtype)
     return model, config
 
 

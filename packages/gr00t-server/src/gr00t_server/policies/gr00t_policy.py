@@ -28,7 +28,8 @@ from gr00t_client.embodiment import EmbodimentTag, resolve_tag
 from gr00t_client.modality import ModalityConfig, copy_modality_configs
 from gr00t_client.policy import BasePolicy, ObservationError, validate_observation
 from gr00t_server.fork_locks import renew_locks_after_fork
-from gr00t_server.model.checkpoint import load_model, resolve_checkpoint_dir
+from gr00t_server.model.checkpoint import (checkpoint_file_identities, load_model, refuse_changed_files,
+                                           resolve_checkpoint_dir)
 from gr00t_server.model.backbone_config import COSMOS_REASON2_2B_CONFIG
 from gr00t_server.model.config import CONFIG_NAME, Gr00tN1d7Config
 from gr00t_server.processing.checkpoint_files import EMBODIMENT_ID_NAME, PROCESSOR_CONFIG_NAME, STATISTICS_NAME
@@ -102,6 +103,15 @@ def _vision_marker_id_source(backbone: Optional[Dict[str, Any]], token: str, key
             "model's tokenizer files")
 
 
+def _named_files_sha256(files: Dict[str, Path], names: Tuple[str, ...]) -> Any:
+    """A sha256 of the name and bytes of each of `names` in `files` (the processor's source_files) there is."""
+    digest = hashlib.sha256()
+    for name in names:
+        if name in files:
+            digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
+    return digest
+
+
 class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
     """A GR00T N1.7 checkpoint (local folder or hub id) serving one embodiment.
 
@@ -152,11 +162,16 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             model_path, embodiment_tag = embodiment_tag, model_path
         if model_path is None or embodiment_tag is None:
             raise ValueError("Gr00tPolicy needs both model_path and embodiment_tag")
+        # The folder as given, for messages; every file is read through the folder it is now, once resolved: each
+        # read followed a `latest` link re-pointed during the load, and served one checkpoint's statistics with
+        # another's weights. A file rewritten in place meanwhile is refused at the end (refuse_changed_files).
         self.checkpoint_dir = resolve_checkpoint_dir(model_path, subfolder=subfolder, local_files_only=local_files_only)
+        directory = self.checkpoint_dir.resolve()
+        read_files = checkpoint_file_identities(directory)
         # from config.json alone: a bad cap is refused before the weights load (minutes for the 3B model), not after
-        self.max_denoising_steps = denoising_cap(Gr00tN1d7Config.from_json_file(self.checkpoint_dir / CONFIG_NAME),
+        self.max_denoising_steps = denoising_cap(Gr00tN1d7Config.from_json_file(directory / CONFIG_NAME),
                                                  max_denoising_steps)
-        processor_config = load_processor_config(self.checkpoint_dir)
+        processor_config = load_processor_config(directory)
         supported = processor_config.embodiment_tags
         tag_obj, tag_value = resolve_tag(embodiment_tag, supported)
         if tag_value not in supported:
@@ -169,7 +184,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
             _resolve_device(preprocess_device, "preprocess_device") if preprocess_device is not None
             else self.device if self.device.type == "cuda" else torch.device("cpu")
         )
-        self.processor = Gr00tN1d7Processor.from_pretrained(self.checkpoint_dir, local_files_only=local_files_only,
+        self.processor = Gr00tN1d7Processor.from_pretrained(directory, local_files_only=local_files_only,
                                                             embodiment_tag=tag_value)
         limits = ServerLimits(max_rows=max_rows, max_image_pixels=max_image_pixels)  # ValueError naming a bad one
         self.processor.max_rows, self.processor.max_image_pixels = limits.max_rows, limits.max_image_pixels
@@ -205,7 +220,7 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self.processor.norm_params(tag_value)  # fail at load time, not at the first request, on bad statistics
         self.embodiment_id = self.processor.embodiment_id(tag_value)
 
-        self.model, self.model_config = load_model(self.checkpoint_dir, device=self.device, dtype=dtype)
+        self.model, self.model_config = load_model(directory, device=self.device, dtype=dtype)
         self.model.eval()
         self._model_dtype = next(self.model.parameters()).dtype  # read now: a backend may swap every sub-module out
         if self._model_dtype == torch.float16:
@@ -213,6 +228,8 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self.inference_mode = "pytorch"  # apply_inference_mode names the backend it swaps in
         self._check_model_matches_processor()
         self._identity: Optional[Dict[str, Any]] = None
+        self._file_hashes = self._loaded_file_hashes()  # read before the check below: the files that were loaded
+        refuse_changed_files(read_files, self.checkpoint_dir)
         self.identity()  # now, at load: get_server_info answers it on the socket thread, which must not wait
 
     def _check_model_matches_processor(self) -> None:
@@ -326,31 +343,27 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         if self._identity is None:
             from gr00t_server.backends.common import model_identity
 
-            files = self.processor.source_files
-            digest = hashlib.sha256()
-            for name in (PROCESSOR_CONFIG_NAME, STATISTICS_NAME, EMBODIMENT_ID_NAME):
-                if name in files:
-                    digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
-            self._identity = {"kind": "gr00t", **model_identity(self.model), "processor_sha256": digest.hexdigest()[:16]}
-            if PREPROCESSOR_CONFIG_NAME in files:
-                image_settings = files[PREPROCESSOR_CONFIG_NAME].read_bytes()
-                self._identity["preprocessor_sha256"] = hashlib.sha256(image_settings).hexdigest()[:16]
-            self._identity["tokenizer_sha256"] = self._tokenizer_sha256()
+            self._identity = {"kind": "gr00t", **model_identity(self.model), **self._file_hashes}
             if self._clip_override is not None:
                 self._identity["clip_outliers"] = self._clip_override
         return dict(self._identity)
 
-    def _tokenizer_sha256(self) -> str:
-        """Hash of the tokenizer files read and the chat template the prompts are rendered with: either changes the
-        tokens the model reads for the same instruction."""
+    def _loaded_file_hashes(self) -> Dict[str, str]:
+        """identity()'s processor_sha256, preprocessor_sha256 (where there is one) and tokenizer_sha256, taken at load
+        (before refuse_changed_files): hashed when identity() was first asked, they named files copied in since."""
         files = self.processor.source_files
-        digest = hashlib.sha256()
-        for name in TOKENIZER_FILE_NAMES:
-            if name in files:
-                digest.update(name.encode() + b"\0" + files[name].read_bytes() + b"\0")
+        hashes = {"processor_sha256": _named_files_sha256(files, (PROCESSOR_CONFIG_NAME, STATISTICS_NAME,
+                                                                  EMBODIMENT_ID_NAME)).hexdigest()[:16]}
+        if PREPROCESSOR_CONFIG_NAME in files:
+            image_settings = files[PREPROCESSOR_CONFIG_NAME].read_bytes()
+            hashes["preprocessor_sha256"] = hashlib.sha256(image_settings).hexdigest()[:16]
+        # the tokenizer files read and the chat template the prompts are rendered with: either changes the tokens the
+        # model reads for the same instruction
+        digest = _named_files_sha256(files, TOKENIZER_FILE_NAMES)
         template = getattr(self.processor.tokenizer, "chat_template", None) or ""
         digest.update(b"chat_template\0" + str(template).encode())
-        return digest.hexdigest()[:16]
+        hashes["tokenizer_sha256"] = digest.hexdigest()[:16]
+        return hashes
 
     def work_limits(self) -> Dict[str, int]:
         """What one call may cost, as get_server_info reports it beside the server's limits."""

@@ -96,8 +96,9 @@ def _refuse_raw_output(key: str, part: np.ndarray, tag: str, configs: Mapping[st
     subject = "the model's output"
     if rows:
         what = f"holds non-finite values (NaN or inf) in rows {rows}"
-        weights = ("The checkpoint's weights were finite when loaded: for a float16 model, check values beyond its "
-                   "range (65504) and serve in bf16 or fp32")
+        # The loader refuses a weight non-finite on disk or once cast to the served dtype (checkpoint._read_tensor)
+        weights = ("The checkpoint's weights were finite when loaded, in the dtype served: for a float16 model, check "
+                   "activations beyond its range (65504) and serve in bf16 or fp32")
     else:
         beyond = np.abs(part) > STATE_OUTLIER_LIMIT
         rows = flagged_rows(beyond)
