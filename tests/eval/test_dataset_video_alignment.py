@@ -246,3 +246,31 @@ def test_a_v2_episode_video_cut_short_is_refused_as_cut_short_naming_the_frames_
     with pytest.raises(DatasetError, match=r"episode_000000\.mp4 \(camera 'observation\.images\.image', episode 0\): "
                                            r"the file holds \d+ of the 60 frames its header declares: cut short"):
         LeRobotDataset(root).episode(0).frames("image", [0])
+
+
+@pytest.mark.parametrize("steps, tick", [(1000, 1001), (300, 1006)], ids=["29.97-fps-1000-steps", "29.82-fps-300-steps"])
+def test_a_v2_episode_video_slightly_off_fps_gives_step_k_frame_k_however_long(tmp_path, steps, tick):
+    """Its frames evenly spaced at 29.97 (or 29.82, within the 1% rate check) frames/s under fps 30, one per step by
+    index: laid on an fps grid they drifted out of their steps' intervals (after 900 steps at 29.97, 150 at 29.82) and
+    the video was refused as dropping a frame; a file of its own is paired by index, at its own cadence."""
+    root = make_dataset(tmp_path / "ds", lengths=(steps,), cameras=("image",), fps=30, size=(16, 16))
+    rewrite_video(root / V2_VIDEO, episode_frames(0, 0, steps, (16, 16)), Fraction(30000, tick), Fraction(1, 30000),
+                  [tick * i for i in range(steps)])
+    asked = [0, steps // 2, steps - 1]
+    frames = LeRobotDataset(root).episode(0).frames("image", asked)
+    assert [nearest_step(frame, [0]) for frame in frames] == [(0, step % 64) for step in asked]
+
+
+def test_a_frame_inserted_in_a_v2_episode_video_slightly_off_fps_is_refused_at_its_own_cadence(tmp_path):
+    """At 29.97 frames/s the intervals follow the video's cadence, and a frame inserted half-way between two is still
+    named."""
+    steps, tick = 200, 1001
+    shown = [tick * k for k in range(steps)]
+    shown.insert(101, tick * 100 + tick // 2)
+    order = list(range(101)) + [100] + list(range(101, steps))
+    root = make_dataset(tmp_path / "ds", lengths=(steps,), cameras=("image",), fps=30, size=(16, 16))
+    rewrite_video(root / V2_VIDEO, episode_frames(0, 0, steps, (16, 16))[order], Fraction(30000, tick),
+                  Fraction(1, 30000), shown)
+    with pytest.raises(DatasetError, match=r"its frame 101 is shown at .*, 0\.50 frame intervals after frame 100 .*within "
+                                           r"step 100's interval at the 29\.97 frames/s its frames are shown at \(fps 30"):
+        LeRobotDataset(root).episode(0).frames("image", [150])

@@ -409,25 +409,35 @@ class LeRobotDataset:
         times = facts.frame_times
         if times is not None and (where, length) not in self._frames_checked:
             # Step 0's interval starts where the frames' grid does, so each interval up to the last frame showing one
-            # frame leaves the one extra frame the count allows after the last step's time
-            bounds = self._step_frame_bounds(times, _frames_origin(times, facts.rate or self._fps), length)
-            self._check_one_frame_per_step(where, times, bounds)
+            # frame leaves the one extra frame the count allows after the last step's time. Steps pair with frames by
+            # index in a file of its own, so its intervals follow the frames' own cadence: laid at fps, a 29.97
+            # frames/s video drifted out of them after 900 steps and was refused as dropping a frame.
+            cadence = _frames_cadence(times) or facts.rate or self._fps
+            bounds = self._step_frame_bounds(times, _frames_origin(times, cadence), length, cadence)
+            self._check_one_frame_per_step(where, times, bounds, cadence)
             self._frames_checked.add((where, length))
         if facts.frames not in (length, length + 1):
             hint = "(the video of another episode?)" if abs(facts.frames - length) > 1 else "(a frame dropped?)"
             raise DatasetError(f"{where}: the video holds {facts.frames} frames and the episode has {length} steps "
                                f"{hint}; expected {length} frames, or {length + 1} with one trailing the last step")
 
-    def _step_frame_bounds(self, times: Sequence[float], start: float, length: int) -> np.ndarray:
+    def _step_frame_bounds(self, times: Sequence[float], start: float, length: int,
+                           rate: Optional[float] = None) -> np.ndarray:
         """Index in `times` of the first frame shown in each step's interval, and of the first after the last step's:
-        step k's interval runs from k/fps after `start` to (k+1)/fps, both _STEP_EARLY of an interval earlier."""
-        return np.searchsorted(times, start + (np.arange(length + 1) - _STEP_EARLY) / self._fps)
+        step k's interval runs from k/rate after `start` to (k+1)/rate (rate: fps unless given), both _STEP_EARLY of an
+        interval earlier."""
+        rate = rate or self._fps
+        return np.searchsorted(times, start + (np.arange(length + 1) - _STEP_EARLY) / rate)
 
-    def _check_one_frame_per_step(self, where: str, times: Sequence[float], bounds: np.ndarray) -> None:
-        """DatasetError naming the frame where a step's interval (`bounds`, _step_frame_bounds) shows two frames (one
-        inserted or repeated: by index step k + 1 and every later step would get the frame of the step before) or none
-        while a later frame follows (one dropped: every later step would get the next step's frame). Empty intervals
-        after the last frame are left to the count checks."""
+    def _check_one_frame_per_step(self, where: str, times: Sequence[float], bounds: np.ndarray,
+                                  rate: Optional[float] = None) -> None:
+        """DatasetError naming the frame where a step's interval (`bounds`, _step_frame_bounds at `rate`, fps unless
+        given) shows two frames (one inserted or repeated: by index step k + 1 and every later step would get the frame
+        of the step before) or none while a later frame follows (one dropped: every later step would get the next
+        step's frame). Empty intervals after the last frame are left to the count checks."""
+        rate = rate or self._fps
+        pace = (f"fps {self._fps:g} (meta/info.json)" if abs(rate - self._fps) <= 1e-4 * self._fps
+                else f"the {rate:.6g} frames/s its frames are shown at (fps {self._fps:g} in meta/info.json)")
         shown = np.diff(bounds)
         odd = np.flatnonzero((shown > 1) | ((shown == 0) & (bounds[1:] < len(times))))
         if not odd.size:
@@ -437,13 +447,13 @@ class LeRobotDataset:
         frame = int(bounds[step]) + inserted
         at = f"its frame {frame} is shown at {times[frame]:.6g} s"
         if frame > 0:
-            gap = (times[frame] - times[frame - 1]) * self._fps
+            gap = (times[frame] - times[frame - 1]) * rate
             at += f", {gap:.2f} frame intervals after frame {frame - 1} ({times[frame - 1]:.6g} s)"
         if inserted:
-            raise DatasetError(f"{where}: {at}, within step {step}'s interval at fps {self._fps:g} (meta/info.json); "
+            raise DatasetError(f"{where}: {at}, within step {step}'s interval at {pace}; "
                                f"expected one frame every interval (a frame inserted or repeated there gives step "
                                f"{step + 1} and every later step the frame of the step before its own)")
-        raise DatasetError(f"{where}: {at} at fps {self._fps:g} (meta/info.json); expected one frame every interval (a "
+        raise DatasetError(f"{where}: {at} at {pace}; expected one frame every interval (a "
                            f"frame dropped there gives step {step} and every later step another step's frame)")
 
     def _decode_segment_frames(self, column: str, path: Path, from_timestamp: float, steps: Sequence[int]) -> np.ndarray:
@@ -566,6 +576,17 @@ class LeRobotDataset:
         if path not in self._video_facts:
             self._video_facts[path] = video_stream_facts(path)
         return self._video_facts[path]
+
+
+def _frames_cadence(times: Sequence[float]) -> Optional[float]:
+    """The rate a video's frames are shown at (frames/s), from their times: the median over every span of a quarter
+    of the frames, so one frame inserted, dropped or late leaves it exact and pts rounded to a coarse clock (33, 34,
+    33 ms) average out; None for fewer than two frames or no time between them."""
+    span = (len(times) - 1) // 4 or 1
+    if len(times) < 2:
+        return None
+    seconds = float(np.median(np.asarray(times[span:], dtype=np.float64) - np.asarray(times[:-span], dtype=np.float64)))
+    return span / seconds if seconds > 0 else None
 
 
 def _frames_origin(times: Sequence[float], rate: float) -> float:
