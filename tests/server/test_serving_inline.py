@@ -264,24 +264,27 @@ SERVER_SCRIPT = textwrap.dedent(
 )
 
 
-def _ignoring(signals):
-    """A preexec_fn that starts the child with `signals` ignored, as a shell starts `cmd &` in a script (SIGINT)."""
+def _ignoring(signals, blocked=()):
+    """A preexec_fn that starts the child with `signals` ignored, as a shell starts `cmd &` in a script (SIGINT), and
+    `blocked` blocked (a mask is inherited through fork and exec: a launcher's thread that blocked them)."""
     def ignore():
         for signum in signals:
             signal.signal(signum, signal.SIG_IGN)
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     return ignore
 
 
 def _serve_in_a_process(fast_calls: int, inline_below_ms: float = LIMIT_MS, stop_from_a_thread: bool = False,
-                        ignored=()):
+                        ignored=(), blocked=()):
     """`PolicyServer.run()` on a process's main thread, as `gr00t-server serve` runs it, with a policy that answers
     at once `fast_calls` times and then hangs (having had a thread call stop(), with `stop_from_a_thread`), in a
-    process started with the signals `ignored` ignored; (process, port) once it is ready."""
+    process started with the signals `ignored` ignored and `blocked` blocked; (process, port) once it is ready."""
     port = free_port()
     errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on it
     process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, str(port), str(fast_calls), str(inline_below_ms),
                                 "stop" if stop_from_a_thread else "-"],
-                               stdout=subprocess.PIPE, stderr=errors, text=True, preexec_fn=_ignoring(ignored))
+                               stdout=subprocess.PIPE, stderr=errors, text=True, preexec_fn=_ignoring(ignored, blocked))
     process.errors = errors
     assert "ready" in process.stdout.readline()
     return process, port
@@ -302,19 +305,23 @@ def _wait_or_dump(process: subprocess.Popen, timeout_s: float) -> None:
                     f"(thread stacks last):\n{err}")
 
 
-@pytest.mark.parametrize("where, how, ignored", [
-    ("inline", "SIGTERM", ()), ("worker", "SIGTERM", ()), ("inline", "stop()", ()),
-    ("inline", "SIGTERM", (signal.SIGINT,)), ("inline", "stop()", (signal.SIGINT,)),
-], ids=["inline", "worker", "inline-stop-from-a-thread", "inline-sigint-ignored", "inline-stop-sigint-ignored"])
-def test_sigterm_during_a_hung_call_exits_after_the_shutdown_timeout_and_answers_the_request(where, how, ignored):
+@pytest.mark.parametrize("where, how, ignored, blocked", [
+    ("inline", "SIGTERM", (), ()), ("worker", "SIGTERM", (), ()), ("inline", "stop()", (), ()),
+    ("inline", "SIGTERM", (signal.SIGINT,), ()), ("inline", "stop()", (signal.SIGINT,), ()),
+    ("inline", "SIGTERM", (), (signal.SIGINT,)),
+], ids=["inline", "worker", "inline-stop-from-a-thread", "inline-sigint-ignored", "inline-stop-sigint-ignored",
+        "inline-sigint-blocked"])
+def test_sigterm_during_a_hung_call_exits_after_the_shutdown_timeout_and_answers_the_request(where, how, ignored,
+                                                                                             blocked):
     """A stop waits shutdown_timeout_s for the running call, then the server exits, and the client of the abandoned
     call is answered that it did not finish, not left to time out or to see the connection drop; a call on the
     socket thread (inline) and one on the worker alike, and a stop() from another thread as a stop signal (it held
     run() for the whole of an inline call). Also in a process that ignores SIGINT (a script's `cmd &`): the inline
-    call was interrupted with a SIGINT the kernel discarded, and run() waited for the call to return, for ever."""
+    call was interrupted with a SIGINT the kernel discarded, and run() waited for the call to return, for ever; and
+    in one started with SIGINT blocked, where that SIGINT stayed pending for ever."""
     fast_calls = INLINE_STREAK + 2
     process, port = _serve_in_a_process(fast_calls, inline_below_ms=LIMIT_MS if where == "inline" else 0,
-                                        stop_from_a_thread=how == "stop()", ignored=ignored)
+                                        stop_from_a_thread=how == "stop()", ignored=ignored, blocked=blocked)
     outcome = {}
     try:
         with PolicyClient(port=port, timeout_ms=20000) as client:

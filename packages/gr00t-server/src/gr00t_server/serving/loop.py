@@ -518,9 +518,10 @@ class RequestLoop(Gathering):
             signum = self.interrupt_signal
             if signum is None:  # a signal this process ignores is discarded by the kernel: nothing would raise
                 logger.warning("a policy call is still running on the main thread after %g s and cannot be "
-                               "interrupted: this process ignores SIGINT, SIGTERM and SIGHUP, so no signal reaches "
-                               "the server's handler; run() returns when the call does (close() from another thread "
-                               "frees the port meanwhile; SIGKILL ends the process)", timeout_s)
+                               "interrupted: this process ignores (or its main thread blocks) SIGINT, SIGTERM and "
+                               "SIGHUP, so no signal reaches the server's handler; run() returns when the call does "
+                               "(close() from another thread frees the port meanwhile; SIGKILL ends the process)",
+                               timeout_s)
                 return
             logger.warning("a policy call is still running after %g s; shutting down without it", timeout_s)
             self.abandoning_inline = True

@@ -544,9 +544,11 @@ def _install_signal_handlers(server: PolicyServer) -> Callable[[], None]:
     stop_signals = [0]
 
     previous = {sig: signal.signal(sig, on_signal) for sig in handled_stop_signals()}
-    # A SIGINT this process ignores (a script's `cmd &`) stays ignored, and the kernel discards one sent to it:
-    # abandon_inline_after interrupts with a signal handled here (SIGTERM then), or says that it cannot
-    server._loop.interrupt_signal = next(iter(previous), None)
+    # A SIGINT this process ignores (a script's `cmd &`) stays ignored, and the kernel discards one sent to it; one
+    # this thread blocks (a mask inherited from a launcher's thread) stays pending: abandon_inline_after interrupts
+    # with a signal handled here and deliverable (SIGTERM then), or says that it cannot
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else set()
+    server._loop.interrupt_signal = next((sig for sig in previous if sig not in blocked), None)
 
     def restore() -> None:
         server._loop.interrupt_signal = None
