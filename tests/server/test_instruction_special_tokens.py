@@ -140,3 +140,17 @@ def test_a_lone_surrogate_is_stripped_as_punctuation_when_the_checkpoint_formali
             PolicyClient(port=server.port, timeout_ms=60000) as client:
         action, _ = client.get_action(flat)
     assert action
+
+
+@pytest.mark.parametrize("text", ["\ufeff", "\u200b", "\u200d\u2060", " \u200e\u200f "],
+                         ids=["BOM", "zero-width space", "joiners", "direction marks"])
+def test_an_instruction_of_invisible_characters_only_is_refused_as_blank_with_formalization_off(copy_of, text):
+    """str.strip() keeps format characters: with formalize_language off (which drops them) an instruction that shows
+    nothing - an empty task file saved with a BOM, a stripped emoji's joiner - was served as a task."""
+    checkpoint = _without_formalization(copy_of())
+    policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu")
+    observation, key = _with_instruction(checkpoint, text)
+    with pytest.raises(ObservationError, match=rf"language\['{key}'\] rows \[0\]: .* is blank \(whitespace and "
+                                               r"invisible characters only\); a task instruction is expected"):
+        policy.get_action(observation)
+    assert policy.get_action(_with_instruction(checkpoint, "pick up the bowl\u200b")[0])[0]  # text around them is

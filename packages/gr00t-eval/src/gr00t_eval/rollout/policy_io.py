@@ -216,17 +216,20 @@ def language_row(value: Any, key: str) -> str:
     return language_text(value, f"the env's language key {key!r}", "must be a str or UTF-8 bytes in each env row")
 
 
-_NAMED_ROWS = re.compile(r"\brows \[([\d, ]*)\]")  # as the server renumbers a merged call's rows for each request
+# As the server renumbers a merged call's rows for each request: "rows [1]", and its request limits' "in row 1"
+_NAMED_ROWS = re.compile(r"\brows \[([\d, ]*)\]|\bin row (\d+)\b")
 
 
 def refused_rows(exc: BaseException, rows: Sequence[int]) -> List[int]:
-    """The rows of `rows` a get_action refusal names (a NaN action in one row: the server's "... in rows [1]", a
-    NonFiniteActionError's rows), so only their episodes error and the others are asked again, as for a NaN state
-    (ObservationMapper.state_errors); all of `rows` when it names none of them, or every one."""
+    """The rows of `rows` a get_action refusal names (a NaN action in one row: the server's "... in rows [1]", an
+    instruction over its request limits "... in row 1", a NonFiniteActionError's rows), so only their episodes error
+    and the others are asked again, as for a NaN state (ObservationMapper.state_errors); all of `rows` when it names
+    none of them, or every one."""
     named = list(getattr(exc, "rows", None) or []) if isinstance(exc, NonFiniteActionError) else []
     if not named and isinstance(exc, (PolicyServerError, PolicyValidationError)):
         found = _NAMED_ROWS.search(str(exc))
-        named = [int(row) for row in found.group(1).replace(",", " ").split()] if found else []
+        listed = (found.group(1) if found.group(1) is not None else found.group(2)) if found else ""
+        named = [int(row) for row in listed.replace(",", " ").split()]
     picked = [row for row in rows if row in named]
     return picked or list(rows)
 

@@ -4,6 +4,7 @@ tokens."""
 
 from __future__ import annotations
 
+import unicodedata
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -189,8 +190,8 @@ class Gr00tObservationChecks:
             text = _instruction(language, self.language_key, row)
             read = self.processor.instruction_text(text)
             refuse_lone_surrogate(read, f"language['{self.language_key}'] row {row}")
-            if not blank_allowed and not read.strip():
-                what = ("empty" if not text else "blank" if not text.strip()
+            if not blank_allowed and _blank(read):
+                what = ("empty" if not text else "blank (whitespace and invisible characters only)" if _blank(text)
                         else "nothing but whitespace and punctuation once formalized")
                 raise ObservationError(
                     f"language['{self.language_key}'] rows [{row}]: {text[:80]!r} is {what}; a task instruction is "
@@ -202,3 +203,10 @@ class Gr00tObservationChecks:
                 raise ObservationError(
                     f"language['{self.language_key}'] rows [{row}]: the instruction holds the backbone's reserved "
                     f"token(s) {found}; an instruction must be plain text, without the tokenizer's special tokens")
+
+
+def _blank(text: str) -> bool:
+    """Whether `text` shows nothing: whitespace and Unicode format characters only (a BOM, zero-width spaces and
+    joiners, direction marks: what an empty UTF-8-with-BOM task file or a stripped emoji leaves), which str.strip()
+    keeps; formalize_language drops them, so with it off such an instruction was served as a task."""
+    return not text.strip() or all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
