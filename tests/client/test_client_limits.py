@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from descriptor_limits import run_near_the_descriptor_limit
 from reference_peer import EchoPolicy, ReferenceServer, libero_like_observation, running_server
 
 from gr00t_client import PolicyClient, PolicyServerError
@@ -307,13 +308,8 @@ def test_four_hundred_live_clients_in_one_process_are_served(tmp_path):
 
 
 FIRST_CALL_NEAR_THE_LIMIT = r"""
-import os, resource, sys
 from gr00t_client import PolicyClient
-free = int(sys.argv[2])
-resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-held = []
-while len(os.listdir("/proc/self/fd")) - 1 < 64 - free:  # the host's own files use up the rest
-    held.append(os.open(os.devnull, os.O_RDONLY))
+held = leave_free_descriptors(int(sys.argv[2]))
 try:
     PolicyClient("127.0.0.1", int(sys.argv[1]), timeout_ms=300).get_modality_config()
     print("served")
@@ -322,19 +318,12 @@ except (ConnectionError, TimeoutError) as exc:
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux descriptor limits")
 @pytest.mark.parametrize("free", range(1, 9))
-def test_the_first_call_of_a_process_near_its_descriptor_limit_is_refused_in_words_not_aborted(tmp_path, free):
+def test_the_first_call_of_a_process_near_its_descriptor_limit_is_refused_in_words_not_aborted(free):
     """The process's first call starts the shared context's threads: with fewer than 4 descriptors free, libzmq
     aborted the process in its I/O thread (SIGABRT, exit 134, no Python error)."""
-    resource = pytest.importorskip("resource")
-    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 64:
-        pytest.skip("the hard open-file limit is under 64")
-    script = tmp_path / "first_call.py"
-    script.write_text(FIRST_CALL_NEAR_THE_LIMIT)
     with running_server(EchoPolicy()) as server:
-        done = subprocess.run([sys.executable, str(script), str(server.port), str(free)], capture_output=True,
-                              text=True, timeout=60)
+        done = run_near_the_descriptor_limit(FIRST_CALL_NEAR_THE_LIMIT, server.port, free)
     assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
     if done.stdout.strip() != "served":
         assert done.stdout.startswith("refused:") and "soft limit 64" in done.stdout and "ulimit -n" in done.stdout
