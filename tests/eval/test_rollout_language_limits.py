@@ -54,11 +54,40 @@ def test_an_instruction_over_the_servers_limit_errors_only_its_own_envs_episodes
         assert by_seed[seed].error is None and by_seed[seed].success, (seed, by_seed[seed].error)
 
 
+class GrowingInstructionWalk(InstructedWalk):
+    """Seed 103's instruction becomes LONG from its third step on (its goal is 7 away); 104's goal is 8 away and 105's
+    2, so 105's row is idle, a copy of 103's (with_idle_rows_mirrored), once 103's instruction is long."""
+
+    def reset(self, *, seed=None, options=None):
+        self.seed_value = seed
+        return super().reset(seed=seed, options=options)
+
+    def _obs(self):
+        text = LONG if self.seed_value == 103 and self.position >= 3 else "walk to the goal"
+        return {**WalkToEnv._obs(self), LANGUAGE_KEY: text}
+
+
+def test_a_refusal_naming_an_idle_rows_copy_of_the_long_instruction_errors_only_the_row_it_copies():
+    """The server named the idle copy ("in row 2"), no active row was named, and the other running env's episode was
+    errored with the long instruction's reason."""
+    register_env_prefix("growing", "new_embodiment", lambda task, **kwargs: GrowingInstructionWalk())
+    config = RolloutConfig("growing/walk", n_episodes=3, n_envs=3, seed=103, max_episode_steps=10, n_action_steps=1,
+                           vectorization="sync")
+    with running_server(ConstantPolicy(), limits=ServerLimits(max_language_chars=100)) as server, \
+            PolicyClient("127.0.0.1", server.port) as client:
+        result = run_rollout(client, config, progress=False)
+    by_seed = {outcome.seed: outcome for outcome in result.outcomes}
+    assert "has 230 characters" in (by_seed[103].error or "")
+    assert by_seed[104].error is None and by_seed[104].success, by_seed[104].error
+    assert by_seed[105].error is None and by_seed[105].success, by_seed[105].error
+
+
 @pytest.mark.parametrize("message, rows", [
     ("language 'annotation.human.task_description' in row 1 has 230 characters", [1]),
     ("language 'language.task' in row 2, item 0 has 11 tokens", [2]),
     ("action 'x' holds NaN in rows [0, 2]", [0, 2]),
     ("something in no row", [0, 1, 2]),
+    ("language 'language.task' in row 3 has 230 characters", [0]),  # idle row 3 holds a copy of row 0's observation
 ])
 def test_refused_rows_reads_both_forms_the_server_names_a_row_in(message, rows):
     assert refused_rows(PolicyServerError(message), [0, 1, 2]) == rows

@@ -42,3 +42,13 @@ def test_the_json_reader_refuses_a_key_given_twice_naming_the_file_key_and_place
     with pytest.raises(ValueError) as info:
         read_checkpoint_json(path)
     assert str(info.value) == f"{path}: {expected}", str(info.value)
+
+
+def test_the_json_reader_names_a_file_nested_too_deeply_to_read(tmp_path):
+    """A RecursionError out of json.loads crashed `serve` with a traceback naming no file."""
+    from gr00t_server.checkpoint_json import read_checkpoint_json
+
+    path = tmp_path / "statistics.json"
+    path.write_text('{"new_embodiment": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ValueError, match=rf"^{path} is nested too deeply to read"):
+        read_checkpoint_json(path)

@@ -142,8 +142,10 @@ def test_a_lone_surrogate_is_stripped_as_punctuation_when_the_checkpoint_formali
     assert action
 
 
-@pytest.mark.parametrize("text", ["\ufeff", "\u200b", "\u200d\u2060", " \u200e\u200f "],
-                         ids=["BOM", "zero-width space", "joiners", "direction marks"])
+@pytest.mark.parametrize("text", ["\ufeff", "\u200b", "\u200d\u2060", " \u200e\u200f ", "\u3164\uffa0", "\u2800",
+                                  "\u034f\ufe0f"],
+                         ids=["BOM", "zero-width space", "joiners", "direction marks", "Hangul fillers",
+                              "braille blank", "grapheme joiner and variation selector"])
 def test_an_instruction_of_invisible_characters_only_is_refused_as_blank_with_formalization_off(copy_of, text):
     """str.strip() keeps format characters: with formalize_language off (which drops them) an instruction that shows
     nothing - an empty task file saved with a BOM, a stripped emoji's joiner - was served as a task."""
@@ -154,3 +156,5 @@ def test_an_instruction_of_invisible_characters_only_is_refused_as_blank_with_fo
                                                r"invisible characters only\); a task instruction is expected"):
         policy.get_action(observation)
     assert policy.get_action(_with_instruction(checkpoint, "pick up the bowl\u200b")[0])[0]  # text around them is
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0645"  # a zero-width non-joiner inside a word
+    assert policy.get_action(_with_instruction(checkpoint, persian)[0])[0]

@@ -16,7 +16,8 @@ _UNFINISHED_TOKEN = re.compile(r"\.|[eE][+-]?|-|t(r(u)?)?|f(a(l(s)?)?)?|n(u(l)?)
 
 def read_checkpoint_json(path: Union[str, Path]) -> Any:
     """The parsed JSON of `path`; ValueError naming the file, and saying so when it is empty, ends mid-document, ends
-    in NUL bytes (a copy cut short into a preallocated file), is UTF-16/32 text or gives a key twice in one object."""
+    in NUL bytes (a copy cut short into a preallocated file), is UTF-16/32 text, gives a key twice in one object or
+    nests too deeply to parse."""
     path = Path(path)
     raw = path.read_bytes()
     text_part = raw.rstrip(b"\0")  # a copy cut short and padded with NUL bytes (a preallocated file after a crash)
@@ -34,6 +35,9 @@ def read_checkpoint_json(path: Union[str, Path]) -> Any:
         document = loads_unique_keys(text_part.decode("utf-8"))
     except RepeatedKeyError as exc:  # json.loads keeps the last value: one of two settings or statistics, unsaid
         raise ValueError(f"{path}: {exc}") from None
+    except RecursionError:  # arrays or objects nested thousands deep: no checkpoint file is
+        raise ValueError(f"{path} is nested too deeply to read (arrays or objects thousands of levels deep); expected "
+                         f"a checkpoint's JSON: {_REMEDY}") from None
     except UnicodeDecodeError as exc:
         if exc.reason == "unexpected end of data":  # cut inside a character
             what = nul if padded else f"ends mid-document (cut short?) after {len(raw)} bytes ({exc})"

@@ -224,12 +224,14 @@ def refused_rows(exc: BaseException, rows: Sequence[int]) -> List[int]:
     """The rows of `rows` a get_action refusal names (a NaN action in one row: the server's "... in rows [1]", an
     instruction over its request limits "... in row 1", a NonFiniteActionError's rows), so only their episodes error
     and the others are asked again, as for a NaN state (ObservationMapper.state_errors); all of `rows` when it names
-    none of them, or every one."""
+    none of them, or every one. A row outside `rows` (no episode running) holds a copy of the first of them
+    (with_idle_rows_mirrored): its refusal is that row's."""
     named = list(getattr(exc, "rows", None) or []) if isinstance(exc, NonFiniteActionError) else []
     if not named and isinstance(exc, (PolicyServerError, PolicyValidationError)):
         found = _NAMED_ROWS.search(str(exc))
         listed = (found.group(1) if found.group(1) is not None else found.group(2)) if found else ""
         named = [int(row) for row in listed.replace(",", " ").split()]
+    named = [row if row in rows or not rows else rows[0] for row in named]
     picked = [row for row in rows if row in named]
     return picked or list(rows)
 

@@ -205,8 +205,14 @@ class Gr00tObservationChecks:
                     f"token(s) {found}; an instruction must be plain text, without the tokenizer's special tokens")
 
 
+# Letters that show nothing: the Hangul fillers and the braille blank (the others are format characters and marks)
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
 def _blank(text: str) -> bool:
-    """Whether `text` shows nothing: whitespace and Unicode format characters only (a BOM, zero-width spaces and
-    joiners, direction marks: what an empty UTF-8-with-BOM task file or a stripped emoji leaves), which str.strip()
-    keeps; formalize_language drops them, so with it off such an instruction was served as a task."""
-    return not text.strip() or all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)
+    """Whether `text` shows nothing: whitespace, format characters (a BOM, zero-width spaces and joiners, direction
+    marks: what an empty UTF-8-with-BOM task file or a stripped emoji leaves), marks with nothing to combine with
+    (variation selectors, the grapheme joiner) and the blank letters, which str.strip() keeps; formalize_language drops
+    them, so with it off such an instruction was served as a task."""
+    return not text.strip() or all(ch.isspace() or ch in _BLANK_LETTERS
+                                   or unicodedata.category(ch) in ("Cf", "Mn", "Me") for ch in text)
