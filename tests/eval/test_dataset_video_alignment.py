@@ -213,7 +213,7 @@ def test_a_frame_inserted_inside_a_v2_episode_video_is_refused_naming_the_frame(
     inserted_frame_video(root, V2_VIDEO, steps, keep_last_step)
     with pytest.raises(DatasetError, match=r"episode_000000\.mp4 \(camera 'observation\.images\.image', episode 0\): "
                                            r"its frame 31 is shown at 3\.05 s, 0\.50 frame intervals after frame 30 "
-                                           r"\(3 s\), within step 30's interval at fps 10"):
+                                           r"\(3 s\), and the frames from it on come an interval early at fps 10"):
         LeRobotDataset(root).episode(0).frames("image", [60])
 
 
@@ -271,6 +271,27 @@ def test_a_frame_inserted_in_a_v2_episode_video_slightly_off_fps_is_refused_at_i
     root = make_dataset(tmp_path / "ds", lengths=(steps,), cameras=("image",), fps=30, size=(16, 16))
     rewrite_video(root / V2_VIDEO, episode_frames(0, 0, steps, (16, 16))[order], Fraction(30000, tick),
                   Fraction(1, 30000), shown)
-    with pytest.raises(DatasetError, match=r"its frame 101 is shown at .*, 0\.50 frame intervals after frame 100 .*within "
-                                           r"step 100's interval at the 29\.97 frames/s its frames are shown at \(fps 30"):
+    with pytest.raises(DatasetError, match=r"its frame 101 is shown at .*, 0\.50 frame intervals after frame 100 .*come an "
+                                           r"interval early at the 29\.97 frames/s its frames are shown at \(fps 30"):
         LeRobotDataset(root).episode(0).frames("image", [150])
+
+
+@pytest.mark.parametrize("layout", ["v2.1", "v3.0"])
+def test_frames_shown_with_jitter_give_step_k_frame_k(tmp_path, layout):
+    """Each frame up to a quarter of an interval early or late (a capture clock's jitter), one per step: a frame a
+    tenth of an interval early fell into the step before's interval and the video was refused as holding a frame
+    inserted."""
+    lengths = (120, 120) if layout == "v3.0" else (120,)
+    rng = np.random.default_rng(1)
+    pts = [50 + 100 * i + int(jitter) for i, jitter in enumerate(rng.integers(-25, 26, sum(lengths)))]
+    if layout == "v3.0":
+        root = shared_v3_dataset(tmp_path, lengths, fps=10)
+        rewrite_video(root / VIDEO, all_frames(lengths), 10, Fraction(1, 1000), pts)
+    else:
+        root = make_dataset(tmp_path / "ds", lengths=lengths, cameras=("image",), fps=10, size=(16, 16))
+        rewrite_video(root / V2_VIDEO, episode_frames(0, 0, 120, (16, 16)), 10, Fraction(1, 1000), pts)
+    dataset = LeRobotDataset(root)
+    for episode in range(len(lengths)):
+        frames = dataset.episode(episode).frames("image", [0, 1, 60, 119])
+        assert [nearest_step(f, range(len(lengths))) for f in frames] == [(episode, 0), (episode, 1), (episode, 60),
+                                                                          (episode, 119 % 64)]

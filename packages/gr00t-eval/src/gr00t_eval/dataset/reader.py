@@ -29,6 +29,10 @@ DEFAULT_FPS = 30
 # Each step's interval starts this many frame intervals before its time (pts rounding): a frame up to nine tenths of an
 # interval late stays its step's (1e-6: a pts rounded to its time base exactly nine tenths late is no later)
 _STEP_EARLY = 0.1 - 1e-6
+# The frames over which a video's offset from its cadence is judged (their median): a frame inserted or dropped shifts
+# every later one by an interval, where jitter and a lone late frame move one
+_PACE_WINDOW = 5
+_SHIFTED = 0.95  # intervals: a frame inserted or dropped moves the frames after it by one, a late frame by less
 
 
 def _check_meta_commit_whole(meta_dir: Path) -> None:
@@ -404,57 +408,57 @@ class LeRobotDataset:
 
     def _check_own_video_frames(self, where: str, facts: VideoFacts, length: int) -> None:
         """DatasetError where an episode's video of its own (v2.x) does not show one frame per step, by the frames'
-        times as v3.0 segments are checked (_check_one_frame_per_step: a frame dropped, inserted or repeated), or holds
+        times as v3.0 segments are checked (_check_frames_keep_pace: a frame dropped, inserted or repeated), or holds
         another count of frames than the steps, but for one trailing frame after the last step's time."""
         times = facts.frame_times
         if times is not None and (where, length) not in self._frames_checked:
-            # Step 0's interval starts where the frames' grid does, so each interval up to the last frame showing one
-            # frame leaves the one extra frame the count allows after the last step's time. Steps pair with frames by
-            # index in a file of its own, so its intervals follow the frames' own cadence: laid at fps, a 29.97
-            # frames/s video drifted out of them after 900 steps and was refused as dropping a frame.
-            cadence = _frames_cadence(times) or facts.rate or self._fps
-            bounds = self._step_frame_bounds(times, _frames_origin(times, cadence), length, cadence)
-            self._check_one_frame_per_step(where, times, bounds, cadence)
+            # Steps pair with frames by index in a file of its own, so its frames are held to their own cadence: at
+            # fps, a 29.97 frames/s video drifted a frame after 900 steps and was refused as dropping one
+            self._check_frames_keep_pace(where, times, _frames_cadence(times) or facts.rate or self._fps)
             self._frames_checked.add((where, length))
         if facts.frames not in (length, length + 1):
             hint = "(the video of another episode?)" if abs(facts.frames - length) > 1 else "(a frame dropped?)"
             raise DatasetError(f"{where}: the video holds {facts.frames} frames and the episode has {length} steps "
                                f"{hint}; expected {length} frames, or {length + 1} with one trailing the last step")
 
-    def _step_frame_bounds(self, times: Sequence[float], start: float, length: int,
-                           rate: Optional[float] = None) -> np.ndarray:
+    def _step_frame_bounds(self, times: Sequence[float], start: float, length: int) -> np.ndarray:
         """Index in `times` of the first frame shown in each step's interval, and of the first after the last step's:
-        step k's interval runs from k/rate after `start` to (k+1)/rate (rate: fps unless given), both _STEP_EARLY of an
-        interval earlier."""
-        rate = rate or self._fps
-        return np.searchsorted(times, start + (np.arange(length + 1) - _STEP_EARLY) / rate)
+        step k's interval runs from k/fps after `start` to (k+1)/fps, both _STEP_EARLY of an interval earlier."""
+        return np.searchsorted(times, start + (np.arange(length + 1) - _STEP_EARLY) / self._fps)
 
-    def _check_one_frame_per_step(self, where: str, times: Sequence[float], bounds: np.ndarray,
-                                  rate: Optional[float] = None) -> None:
-        """DatasetError naming the frame where a step's interval (`bounds`, _step_frame_bounds at `rate`, fps unless
-        given) shows two frames (one inserted or repeated: by index step k + 1 and every later step would get the frame
-        of the step before) or none while a later frame follows (one dropped: every later step would get the next
-        step's frame). Empty intervals after the last frame are left to the count checks."""
-        rate = rate or self._fps
+    def _check_frames_keep_pace(self, where: str, times: Sequence[float], rate: float, first: int = 0) -> None:
+        """DatasetError naming the frame from which a video's frames (`times`, its frames `first`... paired with steps by
+        index) run a whole interval off the grid of their cadence `rate`: one inserted or repeated there (every later
+        frame an interval early: each step got the frame of the step before) or one dropped (an interval late: the next
+        step's). Judged by the median offset of each frame and the next _PACE_WINDOW - 1, so jitter, a lone late frame
+        and frames that all come up to nine tenths of an interval late (a pause in a variable-frame-rate recording)
+        pass; the frame named is the first of the run offset by half an interval or more that way."""
+        offsets = (np.asarray(times, dtype=np.float64) - _frames_origin(times, rate)) * rate - np.arange(len(times))
+        window = min(_PACE_WINDOW, len(offsets))
+        padded = np.concatenate([offsets, np.full(window - 1, np.nan)])
+        medians = np.nanmedian(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1)
+        shifted = np.flatnonzero(np.abs(medians) >= _SHIFTED)
+        if not shifted.size:
+            return
+        early = bool(medians[shifted[0]] < 0)
+        off = -offsets if early else offsets
+        frame = int(shifted[0])
+        while frame > 0 and off[frame - 1] >= 0.5:  # back to where the run starts
+            frame -= 1
+        while off[frame] < 0.5:  # the window's first frames may precede it
+            frame += 1
         pace = (f"fps {self._fps:g} (meta/info.json)" if abs(rate - self._fps) <= 1e-4 * self._fps
                 else f"the {rate:.6g} frames/s its frames are shown at (fps {self._fps:g} in meta/info.json)")
-        shown = np.diff(bounds)
-        odd = np.flatnonzero((shown > 1) | ((shown == 0) & (bounds[1:] < len(times))))
-        if not odd.size:
-            return
-        step = int(odd[0])
-        inserted = bool(shown[step] > 1)
-        frame = int(bounds[step]) + inserted
-        at = f"its frame {frame} is shown at {times[frame]:.6g} s"
+        at = f"its frame {first + frame} is shown at {times[frame]:.6g} s"
         if frame > 0:
             gap = (times[frame] - times[frame - 1]) * rate
-            at += f", {gap:.2f} frame intervals after frame {frame - 1} ({times[frame - 1]:.6g} s)"
-        if inserted:
-            raise DatasetError(f"{where}: {at}, within step {step}'s interval at {pace}; "
-                               f"expected one frame every interval (a frame inserted or repeated there gives step "
-                               f"{step + 1} and every later step the frame of the step before its own)")
-        raise DatasetError(f"{where}: {at} at {pace}; expected one frame every interval (a "
-                           f"frame dropped there gives step {step} and every later step another step's frame)")
+            at += f", {gap:.2f} frame intervals after frame {first + frame - 1} ({times[frame - 1]:.6g} s)"
+        if early:
+            raise DatasetError(f"{where}: {at}, and the frames from it on come an interval early at {pace}; expected "
+                               f"one frame every interval (a frame inserted or repeated there gives step {frame} and "
+                               "every later step the frame of the step before its own)")
+        raise DatasetError(f"{where}: {at} at {pace}; expected one frame every interval (a frame dropped there gives "
+                           f"step {frame} and every later step another step's frame)")
 
     def _decode_segment_frames(self, column: str, path: Path, from_timestamp: float, steps: Sequence[int]) -> np.ndarray:
         """Frames `steps` (0 = the segment's first) of the segment of a video that starts at `from_timestamp`: by the
@@ -541,7 +545,8 @@ class LeRobotDataset:
                                f"dropped or repeated before it, or a video whose rate drifts from fps {self._fps:g}): "
                                "which frame is its step 0 cannot be told")
         # As many frames as steps, one inserted and one dropped (or lost at its end): step k got another step's frame
-        self._check_one_frame_per_step(where, times, bounds)
+        shown = times[first:end]
+        self._check_frames_keep_pace(where, shown, _frames_cadence(shown) or rate, first)
         return first
 
     def _check_segments_within_file(self, path: Path, record: EpisodeRecord, times: List[float], rate: float) -> None:
