@@ -277,7 +277,7 @@ def _name_where_a_fatal_signal_strikes() -> None:
     the stack of each thread before the process dies, where it died with nothing said."""
     try:
         faulthandler.enable()
-    except (AttributeError, ValueError, OSError):  # stderr closed or not a file: nothing to print on
+    except (AttributeError, ValueError, OSError, RuntimeError):  # stderr closed (None) or not a file: nowhere to print
         pass
 
 
