@@ -295,3 +295,34 @@ def test_frames_shown_with_jitter_give_step_k_frame_k(tmp_path, layout):
         frames = dataset.episode(episode).frames("image", [0, 1, 60, 119])
         assert [nearest_step(f, range(len(lengths))) for f in frames] == [(episode, 0), (episode, 1), (episode, 60),
                                                                           (episode, 119 % 64)]
+
+
+@pytest.mark.parametrize("at", [1, 4])
+@pytest.mark.parametrize("change", ["inserted", "dropped"])
+def test_a_frame_inserted_or_dropped_among_the_first_frames_is_refused_naming_it(tmp_path, change, at):
+    """Judged from an origin the first nine frames set, a break among them moved the origin with it, and every later
+    step got a neighbouring step's frame in silence (R50)."""
+    steps = 100
+    order = list(range(steps + 1))
+    shown = [100 * k for k in range(steps + 1)]
+    if change == "inserted":  # a repeat of the frame before, half an interval after it; the last frame lost
+        order, shown = order[:at] + [at - 1] + order[at:steps], shown[:at] + [100 * at - 50] + shown[at:steps]
+    else:
+        order, shown = order[:at] + order[at + 1:], shown[:at] + shown[at + 1:]
+    root = make_dataset(tmp_path / "ds", lengths=(steps,), cameras=("image",), fps=10, size=(16, 16))
+    rewrite_video(root / V2_VIDEO, episode_frames(0, 0, steps + 1, (16, 16))[order], 10, Fraction(1, 1000), shown)
+    gap = "0.50" if change == "inserted" else "2.00"
+    with pytest.raises(DatasetError, match=rf"its frame {at} is shown at .*, {gap} frame intervals after frame {at - 1}"):
+        LeRobotDataset(root).episode(0).frames("image", [50])
+
+
+def test_frames_that_pause_among_the_first_frames_still_give_step_k_frame_k(tmp_path):
+    """From frame 4 on every frame 0.6 of an interval late (a pause in a variable-frame-rate recording): step 0 was
+    taken as the frame nearest an origin those frames moved, frame 1, and every step got the next step's frame."""
+    steps = 100
+    root = make_dataset(tmp_path / "ds", lengths=(steps,), cameras=("image",), fps=10, size=(16, 16))
+    rewrite_video(root / V2_VIDEO, episode_frames(0, 0, steps, (16, 16)), 10, Fraction(1, 1000),
+                  [100 * k + (60 if k >= 4 else 0) for k in range(steps)])
+    asked = [0, 1, 4, 50, 99]
+    frames = LeRobotDataset(root).episode(0).frames("image", asked)
+    assert [nearest_step(frame, [0]) for frame in frames] == [(0, step % 64) for step in asked]

@@ -29,8 +29,8 @@ DEFAULT_FPS = 30
 # Each step's interval starts this many frame intervals before its time (pts rounding): a frame up to nine tenths of an
 # interval late stays its step's (1e-6: a pts rounded to its time base exactly nine tenths late is no later)
 _STEP_EARLY = 0.1 - 1e-6
-# The frames over which a video's offset from its cadence is judged (their median): a frame inserted or dropped shifts
-# every later one by an interval, where jitter and a lone late frame move one
+# The frames on either side of each frame whose offsets from the video's cadence are compared (their medians): a frame
+# inserted or dropped shifts every later one by an interval, where jitter and a lone late frame move one
 _PACE_WINDOW = 5
 _SHIFTED = 0.95  # intervals: a frame inserted or dropped moves the frames after it by one, a late frame by less
 
@@ -427,25 +427,27 @@ class LeRobotDataset:
         return np.searchsorted(times, start + (np.arange(length + 1) - _STEP_EARLY) / self._fps)
 
     def _check_frames_keep_pace(self, where: str, times: Sequence[float], rate: float, first: int = 0) -> None:
-        """DatasetError naming the frame from which a video's frames (`times`, its frames `first`... paired with steps by
-        index) run a whole interval off the grid of their cadence `rate`: one inserted or repeated there (every later
-        frame an interval early: each step got the frame of the step before) or one dropped (an interval late: the next
-        step's). Judged by the median offset of each frame and the next _PACE_WINDOW - 1, so jitter, a lone late frame
-        and frames that all come up to nine tenths of an interval late (a pause in a variable-frame-rate recording)
-        pass; the frame named is the first of the run offset by half an interval or more that way."""
-        offsets = (np.asarray(times, dtype=np.float64) - _frames_origin(times, rate)) * rate - np.arange(len(times))
-        window = min(_PACE_WINDOW, len(offsets))
-        padded = np.concatenate([offsets, np.full(window - 1, np.nan)])
-        medians = np.nanmedian(np.lib.stride_tricks.sliding_window_view(padded, window), axis=1)
-        shifted = np.flatnonzero(np.abs(medians) >= _SHIFTED)
-        if not shifted.size:
+        """DatasetError naming the frame where a video's frames (`times`, its frames `first`... paired with steps by
+        index) step a whole interval off their cadence `rate`: from there on an interval earlier than before it (a frame
+        inserted or repeated: each later step got the frame of the step before) or later (one dropped: the next
+        step's). Judged by the median offset of the _PACE_WINDOW frames on either side of each frame (fewer at the
+        ends), never by an origin those frames set, so jitter, a lone late frame and frames that all come up to nine
+        tenths of an interval late from some frame on (a pause in a variable-frame-rate recording) pass, at the start
+        of a video too; the frame named is the first of the new run off by half an interval or more."""
+        if len(times) < 2:
             return
-        early = bool(medians[shifted[0]] < 0)
-        off = -offsets if early else offsets
-        frame = int(shifted[0])
-        while frame > 0 and off[frame - 1] >= 0.5:  # back to where the run starts
-            frame -= 1
-        while off[frame] < 0.5:  # the window's first frames may precede it
+        offsets = (np.asarray(times, dtype=np.float64) - times[0]) * rate - np.arange(len(times))
+        gap = np.full(_PACE_WINDOW - 1, np.nan)
+        windows = np.lib.stride_tricks.sliding_window_view
+        up_to = np.nanmedian(windows(np.concatenate([gap, offsets]), _PACE_WINDOW), axis=1)  # frames k-4..k
+        from_on = np.nanmedian(windows(np.concatenate([offsets, gap]), _PACE_WINDOW), axis=1)  # frames k..k+4
+        steps = from_on[1:] - up_to[:-1]  # at frame k: the frames from it on against those before it
+        breaks = np.flatnonzero(np.abs(steps) >= _SHIFTED)
+        if not breaks.size:
+            return
+        frame = int(breaks[0]) + 1
+        before, early = up_to[frame - 1], bool(steps[breaks[0]] < 0)
+        while (before - offsets[frame] if early else offsets[frame] - before) < 0.5:  # the window may start before it
             frame += 1
         pace = (f"fps {self._fps:g} (meta/info.json)" if abs(rate - self._fps) <= 1e-4 * self._fps
                 else f"the {rate:.6g} frames/s its frames are shown at (fps {self._fps:g} in meta/info.json)")
@@ -514,14 +516,11 @@ class LeRobotDataset:
         # from_timestamp is measured from the file's first frame (as GR00T counts frames by index) on the frames' grid,
         # not from times[0]: a stream starting at 0.2 s gave a later episode two frames of the one before it, and a
         # first frame that came late shifted every later segment by one.
+        found = self._segments.get((path, from_timestamp))
+        if found is None:  # a file of its own (v2.x): its first frame, as GR00T counts its frames by index (the frame
+            return 0  # nearest an origin its first frames set skipped frame 0 where they paused within the first nine)
         origin = _frames_origin(times, rate)
         start = origin + from_timestamp
-        found = self._segments.get((path, from_timestamp))
-        if found is None:  # a file of its own (v2.x): the frame nearest its start
-            after = int(np.searchsorted(times, start))
-            if after == len(times) or (after > 0 and start - times[after - 1] < times[after] - start):
-                return max(after - 1, 0)
-            return after
         record, segment, frames_before = found
         self._check_segments_within_file(path, record, times, rate)
         # The segment's frames are those shown in its steps' intervals (_step_frame_bounds; its span, checked against
