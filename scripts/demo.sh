@@ -6,8 +6,10 @@
 # Settings: DEMO_DIR (default /tmp/gr00t_demo; a relative one is taken from the caller's folder), DEMO_TASK (reach-v3),
 # DEMO_EPISODES (10), DEMO_PORT (a free port), DEMO_MODEL_EPISODES (2: rollout episodes against the model). The
 # numbers are read in base 10 (010 is ten), and one out of range, or a DEMO_PORT in use, is refused (exit 2) at once.
-# DEMO_DIR is emptied first, so the demo refuses (exit 2) a folder that holds anything but an earlier demo's output (its
-# marker file .gr00t_demo), and one that another demo is running in. Ctrl-C, SIGTERM and SIGHUP stop the running step
+# An earlier demo's output in DEMO_DIR (marked by its .gr00t_demo file) is deleted first, and only that: the demo refuses
+# (exit 2) a folder that holds anything else - without the marker, or beside it anything at the top but the entries a
+# demo writes (dataset, checkpoint, open_loop, rollout, model_open_loop, model_rollout, server.log, model_server.log,
+# model_latency.txt), named in the refusal - and one that another demo is running in. Ctrl-C, SIGTERM and SIGHUP stop the running step
 # and the server (exit 130, 143, 129); a SIGKILL of the script stops them within a second (a watchdog).
 set -euo pipefail
 DEMO_DIR="${DEMO_DIR:-/tmp/gr00t_demo}"
@@ -129,8 +131,9 @@ saved_to() {
   "$@" | { trap '' TERM; tee "$file"; }
 }
 
-# claim_demo_dir: take DEMO_DIR for this run: refuse a folder with files that are not a demo's output, or one another
-# demo holds (the lock on the marker lasts as long as this script and what it started), then empty it.
+# claim_demo_dir: take DEMO_DIR for this run: refuse a folder with files that are not a demo's output (no marker, or
+# entries beside an earlier demo's that no demo writes), or one another demo holds (the lock on the marker lasts as
+# long as this script and what it started), then delete an earlier demo's output.
 claim_demo_dir() {
   if [ -e "$DEMO_DIR" ] && [ ! -d "$DEMO_DIR" ]; then
     echo "error: DEMO_DIR $DEMO_DIR is not a folder; set DEMO_DIR to a new or empty folder" >&2
@@ -168,8 +171,34 @@ claim_demo_dir() {
       "folder (pid ${holders:-unknown: see fuser $DEMO_DIR/$MARKER}); stop them, or set DEMO_DIR to another folder" >&2
     exit 2
   fi
+  refuse_other_entries
   echo "$$" >"$DEMO_DIR/$MARKER"
-  find -H "$DEMO_DIR" -mindepth 1 -maxdepth 1 ! -name "$MARKER" -exec rm -rf {} +
+  local entry
+  for entry in "${DEMO_ENTRIES[@]}"; do
+    rm -rf "${DEMO_DIR:?}/$entry"
+  done
+}
+
+# What a demo writes at the top of DEMO_DIR: the only entries a later demo deletes.
+DEMO_ENTRIES=(dataset checkpoint open_loop rollout model_open_loop model_rollout server.log model_server.log
+  model_latency.txt)
+
+# refuse_other_entries: exit 2 naming the entries at the top of a marked DEMO_DIR that no demo writes (a user's
+# results put there since): the demo deletes only its own.
+refuse_other_entries() {
+  local others=() entry name
+  for entry in "$DEMO_DIR"/* "$DEMO_DIR"/.[!.]* "$DEMO_DIR"/..?*; do
+    [ -e "$entry" ] || [ -L "$entry" ] || continue
+    name=${entry##*/}
+    [ "$name" = "$MARKER" ] && continue
+    [[ " ${DEMO_ENTRIES[*]} " == *" $name "* ]] || others+=("$name")
+  done
+  if [ "${#others[@]}" -gt 0 ]; then
+    echo "error: DEMO_DIR $DEMO_DIR holds an earlier demo's output and also ${others[*]}, which are not a demo's" \
+      "output; the demo deletes only its own (${DEMO_ENTRIES[*]}), so nothing was deleted: move those away, or set" \
+      "DEMO_DIR to a new or empty folder" >&2
+    exit 2
+  fi
 }
 
 # start_server LOG ARGS...: start gr00t-server serve in the background and wait for its ready line.

@@ -189,3 +189,22 @@ def test_demo_latency_refuses_counts_sizes_and_ports_out_of_range_before_any_wor
     for (flags, message), run, err in zip(cases, runs, errors):
         assert run.returncode == 2 and "Traceback" not in err, (flags, err)
         assert message in err, (flags, err)
+
+
+def test_a_marked_demo_dir_holding_a_users_files_too_is_refused_naming_them_and_nothing_deleted(tmp_path):
+    """An earlier demo's folder (its marker there) where the user has since put their own results: the demo empties
+    only what a demo writes, so it refuses to run while anything else is at the top."""
+    demo_dir = tmp_path / "demo"
+    (demo_dir / "dataset" / "meta").mkdir(parents=True)
+    (demo_dir / "dataset" / "meta" / "info.json").write_text("{}")
+    (demo_dir / ".gr00t_demo").write_text("999999999\n")  # an earlier demo's, ended
+    (demo_dir / "my_finetune_eval").mkdir()
+    (demo_dir / "my_finetune_eval" / "results.json").write_text("{}")
+    (demo_dir / "my_notes.txt").write_text("mine")
+    done = run_demo(str(demo_dir), cwd=tmp_path)
+    assert done.returncode == REFUSED_EXIT_CODE, done.stderr
+    assert "also my_finetune_eval my_notes.txt, which are not a demo's output" in done.stderr
+    assert (demo_dir / "my_notes.txt").read_text() == "mine"
+    assert (demo_dir / "my_finetune_eval" / "results.json").is_file()
+    assert (demo_dir / "dataset" / "meta" / "info.json").is_file()
+    assert "== 1/7" not in done.stdout

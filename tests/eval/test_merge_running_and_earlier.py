@@ -258,3 +258,45 @@ def test_a_started_shard_without_results_behind_links_is_resumed_in_its_own_fold
     err = capsys.readouterr().err
     assert f"continue it with gr00t-eval rollout --resume {split} --shard 0/2" in err, err
     assert f"--resume {collected}" not in err, err
+
+
+def _blocked_on_a_lock_or_ended(proc):
+    """Wait until `proc` waits for an flock (a '->' line of /proc/locks names it) or has ended; which one."""
+    import time
+
+    while proc.poll() is None:
+        with open("/proc/locks") as locks:
+            if any("->" in line and f" {proc.pid} " in line for line in locks):
+                return "blocked"
+        time.sleep(0.05)
+    return "ended"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="tells a process waiting for an flock by /proc/locks")
+def test_two_merges_of_different_evaluations_into_one_output_at_once_refuse_the_second(
+        shards, other_evaluation, tmp_path):
+    """The merge holds its folder's lock from its checks through its writes: one that starts while another writes
+    checks what that one wrote, as when run one after the other."""
+    import fcntl
+    import subprocess
+    import sys
+
+    winner = tmp_path / "winner"
+    assert cli.main(["merge", str(other_evaluation), "--output", str(winner / "merged.json")]) == 0
+    out = tmp_path / "race"
+    out.mkdir()
+    descriptor = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # the first merge, between its checks and its writes
+        second = subprocess.Popen([sys.executable, "-c", "import sys; from gr00t_eval import cli; "
+                                   "sys.exit(cli.main(sys.argv[1:]))", "merge", str(shards), "--output",
+                                   str(out / "merged.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        state = _blocked_on_a_lock_or_ended(second)
+        for name in ("merged.json", "eval_info.json"):  # the first merge's writes land
+            shutil.copyfile(winner / name, out / name)
+    finally:
+        os.close(descriptor)
+    _out, err = second.communicate()
+    assert state == "blocked" and second.returncode == 2, err
+    assert f"--output {out / 'merged.json'} holds the merge of another evaluation" in err
+    assert json.loads((out / "merged.json").read_text())["plan"]["seed"] == 100

@@ -302,3 +302,37 @@ def test_overwrite_refusing_a_merges_folder_says_its_results_json_is_no_runs(tmp
     assert f"--output-dir {out} holds results.json but no earlier run's own file at its top" in err, err
     assert "(its results.json is no run's own: a merge's, or not a gr00t-eval run's)" in err
     assert (out / "results.json").is_file()
+
+
+def _command_args(tmp_path, command):
+    jobs = tmp_path / "jobs.json"
+    jobs.write_text(json.dumps({"jobs": [{"name": "j1", "env_name": "metaworld/reach-v3", "n_episodes": 1, "n_envs": 1,
+                                          "policy_server": {"host": "127.0.0.1", "port": 9, "timeout_ms": 500}}]}))
+    return {"rollout": ["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures",
+                        "--policy-client-port", "9", "--timeout-ms", "500"],
+            "open-loop": ["open-loop", "--dataset-path", str(make_dataset(tmp_path / "dataset")), "--port", "9",
+                          "--timeout-ms", "500"],
+            "batch": ["batch", "--jobs", str(jobs)]}[command]
+
+
+@pytest.mark.parametrize("command", ["rollout", "open-loop", "batch"])
+def test_a_folder_overwrite_would_not_empty_is_refused_without_suggesting_overwrite(tmp_path, capsys, command):
+    """'not empty; pass --overwrite to empty it' for a project folder, which --overwrite then refused: a circle."""
+    out = tmp_path / "project"
+    before = _project_folder(out)
+    assert main([*_command_args(tmp_path, command), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {out} holds src, thesis.txt but no earlier run's own file at its top" in err
+    assert "name another directory" in err and "pass --overwrite" not in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+@pytest.mark.parametrize("command", ["rollout", "open-loop", "batch"])
+def test_a_dataset_folder_is_refused_without_suggesting_overwrite(tmp_path, capsys, command):
+    out = make_dataset(tmp_path / "mydata")
+    assert main([*_command_args(tmp_path, command), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {out} is a LeRobot dataset (meta/info.json); --overwrite never deletes one: name another " \
+           "directory" in err
+    assert "pass --overwrite" not in err
+    assert (out / "meta" / "info.json").is_file()

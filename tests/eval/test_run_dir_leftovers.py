@@ -69,9 +69,15 @@ def test_the_refusal_suggests_resume_only_for_a_folder_holding_a_run(tmp_path, c
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     assert main(rollout_args(out, 9)) == 2
+    err = capsys.readouterr().err  # no earlier run's file: --overwrite would be refused too, so it is not suggested
+    assert "--overwrite would not empty it either" in err and "pass --overwrite" not in err
+    assert f"--resume {out}" not in err
+    (out / "episodes.jsonl").write_text("")  # an earlier run's episode log, without its run.json
+    assert main(rollout_args(out, 9)) == 2
     err = capsys.readouterr().err
     assert "is not empty; pass --overwrite to empty it or name another directory (it holds no run.json" in err
     assert f"--resume {out}" not in err
+    (out / "episodes.jsonl").unlink()
     with held_run_claims():
         write_run_file(out, {"env_name": "walkto/slow", "config": {"seed": 0}})
     (out / f".results.json.{ended_pid()}.140001.tmp").write_text("{")  # a dead writer's: not what is refused

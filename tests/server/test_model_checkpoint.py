@@ -1,6 +1,7 @@
 """Checkpoint IO: save/load round trips, strict key checking, hub ids and offline behaviour."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -219,9 +220,10 @@ def test_make_test_checkpoint_never_writes_over_a_folder_it_did_not_make(tmp_pat
     assert (ours / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in ours.iterdir()) == sorted([*again["files"], TEST_CHECKPOINT_MARKER, "notes.txt"])
 
-    # A run stopped half-way (Ctrl-C) left its marker unfinished: the next run removes its files, not the notes.
-    (ours / TEST_CHECKPOINT_MARKER).write_text(json.dumps({"complete": False, "kept": ["notes.txt"]}))
+    # A run stopped half-way (Ctrl-C: the marker touched after its last file) left its marker unfinished: the next
+    # run removes its files, not the notes.
     (ours / "model.safetensors").write_bytes(b"half written")
+    (ours / TEST_CHECKPOINT_MARKER).write_text(json.dumps({"complete": False, "kept": ["notes.txt"]}))
     make_test_checkpoint(ours, seed=3)
     assert (ours / "notes.txt").read_text() == "mine" and json.loads((ours / TEST_CHECKPOINT_MARKER).read_text())["seed"] == 3
 
@@ -293,3 +295,98 @@ def test_a_test_checkpoint_loads_beside_its_marker(tmp_path):
     policy = Gr00tPolicy(checkpoint, "new_embodiment", device="cpu", dtype="fp32")
     action, _ = policy.get_action(example_observation(checkpoint, "new_embodiment"))
     assert action and all(np.isfinite(v).all() for v in action.values())
+
+
+def _fake_dataset(folder):
+    """A folder holding meta/info.json (what marks a LeRobot dataset) and one episode file."""
+    (folder / "meta").mkdir(parents=True)
+    (folder / "meta" / "info.json").write_text("{}")
+    (folder / "episode_000000.parquet").write_bytes(b"recorded")
+    return folder
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+@pytest.mark.parametrize("where", [".", "..", "meta"], ids=["is", "contains", "inside"])
+def test_make_test_checkpoint_never_deletes_the_dataset_it_reads(tmp_path, overwrite, where):
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    dataset = _fake_dataset(tmp_path / "data" / "mydata")
+    out = (dataset / where) if where != ".." else dataset.parent
+    with pytest.raises(FileExistsError, match=r"--dataset-path .*mydata.*name a new directory") as refused:
+        make_test_checkpoint(out, dataset_path=dataset, overwrite=overwrite)
+    assert "pass --overwrite" not in str(refused.value)
+    assert (dataset / "episode_000000.parquet").read_bytes() == b"recorded"
+    assert (dataset / "meta" / "info.json").is_file()
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+def test_make_test_checkpoint_never_empties_a_folder_holding_a_dataset(tmp_path, overwrite):
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    folder = tmp_path / "project"
+    _fake_dataset(folder / "recorded")
+    with pytest.raises(FileExistsError, match=r"holds, in recorded/, a LeRobot dataset \(meta/info.json\); "
+                                              r"--overwrite never deletes one: name a new directory") as refused:
+        make_test_checkpoint(folder, overwrite=overwrite)
+    assert "pass --overwrite" not in str(refused.value)
+    assert (folder / "recorded" / "episode_000000.parquet").read_bytes() == b"recorded"
+
+
+def _interrupted_run_marker(folder):
+    """The marker a run killed half-way (kill -9) leaves: written at its start, never completed."""
+    folder.mkdir()
+    (folder / "gr00t_test_checkpoint.json").write_text(json.dumps({"complete": False, "kept": []}))
+    marker_time = time.time() - 60
+    os.utime(folder / "gr00t_test_checkpoint.json", (marker_time, marker_time))
+
+
+def test_after_an_interrupted_run_files_put_there_later_are_refused_not_deleted(tmp_path):
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    folder = tmp_path / "ck"
+    _interrupted_run_marker(folder)
+    (folder / "model.safetensors").write_bytes(b"trained weights")  # a real checkpoint copied in since
+    (folder / "NOTES.md").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"is not empty \((NOTES.md, model.safetensors|model.safetensors, "
+                                              r"NOTES.md)\).*pass --overwrite"):
+        make_test_checkpoint(folder)
+    assert (folder / "model.safetensors").read_bytes() == b"trained weights"
+    assert (folder / "NOTES.md").read_text() == "mine"
+
+
+def test_after_an_interrupted_run_only_its_own_files_are_replaced(tmp_path):
+    from gr00t_server.test_checkpoint import TEST_CHECKPOINT_MARKER, make_test_checkpoint
+
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"half written")  # written before the run's marker was last touched
+    (folder / TEST_CHECKPOINT_MARKER).write_text(json.dumps({"complete": False, "kept": []}))
+    make_test_checkpoint(folder, seed=4)
+    assert json.loads((folder / TEST_CHECKPOINT_MARKER).read_text())["seed"] == 4
+    assert (folder / "model.safetensors").read_bytes() != b"half written"
+
+
+def test_make_test_checkpoint_lists_every_file_it_may_remove_after_an_interruption(tmp_path):
+    from gr00t_server.test_checkpoint import TEST_CHECKPOINT_FILES, TEST_CHECKPOINT_MARKER, make_test_checkpoint
+
+    written = json.loads((make_test_checkpoint(tmp_path / "ck") / TEST_CHECKPOINT_MARKER).read_text())["files"]
+    assert set(written) <= set(TEST_CHECKPOINT_FILES)
+
+
+def test_a_second_make_test_checkpoint_refuses_a_folder_a_running_one_writes(tmp_path):
+    import fcntl
+
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    folder = tmp_path / "ck"
+    _interrupted_run_marker(folder)  # as a running one's marker reads until it ends
+    (folder / "config.json").write_text("{}")
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # what the running one holds
+        with pytest.raises(FileExistsError, match=r"another make-test-checkpoint is writing into .*ck; wait for it "
+                                                  r"to finish, or name another directory"):
+            make_test_checkpoint(folder)
+    finally:
+        os.close(descriptor)
+    assert (folder / "config.json").read_text() == "{}"

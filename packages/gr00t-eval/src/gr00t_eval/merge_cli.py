@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -325,21 +326,25 @@ def _check_eval_info_beside(output: Path) -> None:
                      "file: name --output in another folder, or pass --overwrite")
 
 
-def cmd_merge(args: argparse.Namespace) -> int:
-    """`gr00t-eval merge`: combine shard results files into one; exit 1 (like the run it stands for) when
-    episodes errored (0 then with --allow-errors), are missing (--allow-missing) or a task or shard failed."""
+def _merge_lock(folder: Path) -> "contextlib.AbstractContextManager[None]":
+    """An exclusive flock of `folder`, or of the nearest folder above it that exists (run_claim.locked_file; a
+    directory, as keygen locks its folder: no file is left), held by a merge from its checks through its writes, so
+    that two merges into one folder at once act as one after the other."""
+    from .run_claim import locked_file
+
+    existing = next(path for path in (folder.absolute(), *folder.absolute().parents) if path.is_dir())
+    return locked_file(existing)
+
+
+def _check_and_write(args: argparse.Namespace, output: Path) -> Tuple[Dict[str, Any], Path]:
+    """Check --output and the shard files, merge them and write the merge with its eval_info.json; the merge and the
+    path it was written to."""
     from .cli_errors import UsageError
     from .eval_info import EVAL_INFO_FILENAME, lerobot_eval_info
-    from .results import RESULTS_FILENAME, write_results_together
+    from .results import write_results_together
     from .run_stop import is_storage_error, storage_advice
-    from .shard import MergeError, format_missing, merge_results
+    from .shard import MergeError, merge_results
 
-    if not args.output.strip():  # '' wrote into the current folder, ' ' a file named by one space
-        raise UsageError(f"--output must name a results file or a folder, got {args.output!r}")
-    output = Path(args.output)
-    if output.is_dir() or args.output.endswith("/"):
-        output = output / RESULTS_FILENAME
-    output = _merge_target(output)
     _check_eval_info_apart(output)
     inputs = _running_shards_left_out(_results_files(args.results, output), args.allow_missing)
     files = [file for file, _ in inputs]
@@ -371,6 +376,24 @@ def cmd_merge(args: argparse.Namespace) -> int:
             pair = f"{output} and {output.parent / EVAL_INFO_FILENAME}"
             exc.outcome = f"{pair} hold the new merge"  # type: ignore[attr-defined]
         raise
+    return merged, path
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """`gr00t-eval merge`: combine shard results files into one; exit 1 (like the run it stands for) when
+    episodes errored (0 then with --allow-errors), are missing (--allow-missing) or a task or shard failed."""
+    from .cli_errors import UsageError
+    from .results import RESULTS_FILENAME
+    from .shard import format_missing
+
+    if not args.output.strip():  # '' wrote into the current folder, ' ' a file named by one space
+        raise UsageError(f"--output must name a results file or a folder, got {args.output!r}")
+    output = Path(args.output)
+    if output.is_dir() or args.output.endswith("/"):
+        output = output / RESULTS_FILENAME
+    output = _merge_target(output)
+    with _merge_lock(output.parent):  # two merges into one folder at once: the second checks the first's files
+        merged, path = _check_and_write(args, output)
     print(format_summary(merged))
     print_errored_episodes(merged)
     n_errors = print_incomplete(merged)
@@ -384,7 +407,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         print(f"{status.upper()}: {reason}{'' if said else f'; {not_run} episodes did not run'}"
               f"{': ' + shown if shown else ''} (run the missing shards, or resume them, and merge again)"
               f"{_unfinished_shards_hint(args.results)}")
-    print(f"Merged {len(files)} files into {path}")
+    print(f"Merged {len(merged['merged_files'])} files into {path}")
     if status != "complete" or merged["failed_tasks"]:
         return 1
     return errors_exit(merged, n_errors, args.allow_errors)

@@ -303,7 +303,7 @@ def _refuse_open_loop_output_dir(args: argparse.Namespace) -> None:
     claimed or is inside, or that is not empty without --overwrite; creates and deletes nothing."""
     from .run_claim import dead_partial_files, is_alive_file, refuse_live_claims, refuse_live_runs_around
     from .output_files import OutputDirError
-    from .run_dir import check_output_dir
+    from .run_dir import check_output_dir, refuse_what_overwrite_keeps
     from .trash import OVERWRITE_TRASH
 
     output_dir = Path(args.output_dir)
@@ -321,6 +321,7 @@ def _refuse_open_loop_output_dir(args: argparse.Namespace) -> None:
         earlier = [entry for entry in output_dir.iterdir() if entry not in leftovers and entry.name != OVERWRITE_TRASH
                    and not is_alive_file(entry.name)] if output_dir.is_dir() else []
         if earlier and not args.overwrite:
+            refuse_what_overwrite_keeps(output_dir)  # not "pass --overwrite" where it would be refused: a circle
             raise UsageError(f"--output-dir {output_dir} is not empty; pass --overwrite to empty it or name a new directory "
                              "(open-loop runs do not resume: run them again)")
         check_output_dir(output_dir, overwrite=args.overwrite)  # what --overwrite must not empty (a live run inside)

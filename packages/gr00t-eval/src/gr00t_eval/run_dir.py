@@ -126,26 +126,14 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
         # rollout's; those in `keep` are the caller's own, taken (or checked) by it.
         refuse_live_claims(path, skip=keep)
         if overwrite:
-            _refuse_inputs(path)
-            leftovers = {file.name for file in dead_partial_files(path)}
-            # a claim's lock (any command's) and the trash are this tool's own, never a user's content
-            entries = sorted(entry.name for entry in path.iterdir()
-                             if entry.name not in {*keep, *leftovers} and not entry.name.startswith(".gr00t"))
-            if entries and _earlier_run_file(path) is None:
-                shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
-                merge = " (its results.json is no run's own: a merge's, or not a gr00t-eval run's)" \
-                    if (path / "results.json").is_file() else ""
-                raise OutputDirError(f"--output-dir {path} holds {shown} but no earlier run's own file at its top (a run "
-                                     f"or claim file, a run's results.json, {', '.join(EARLIER_RUN_FILENAMES)})"
-                                     f"{merge}; --overwrite empties only an earlier run's folder, so nothing was "
-                                     "deleted: name that run's own folder or another directory, or move those away "
-                                     "first")
+            refuse_what_overwrite_keeps(path, keep, overwrite=True)
             return
         # A half-written file of a process killed mid-write (its run file, say) is not content: prepare_output_dir
         # deletes it. It made the folder "not empty", and the --resume suggested then found no run.json.
         leftovers = {file.name for file in dead_partial_files(path)}
         if any(entry.name not in {*keep, *leftovers, OVERWRITE_TRASH} and not is_alive_file(entry.name)
                for entry in path.iterdir()):  # an alive file left by a claim never written is no content
+            refuse_what_overwrite_keeps(path, keep)  # not "pass --overwrite" where it would be refused: a circle
             if any((path / name).is_file() for name in RESUMABLE_FILENAMES):
                 advice = f"pass --overwrite to empty it or --resume {path} to continue that run"
             else:
@@ -368,35 +356,44 @@ def _is_merge_output(file: Path) -> bool:
     return isinstance(results, dict) and "merged_from" in results
 
 
-def _input_kind(folder: Path) -> Optional[str]:
-    """What input `folder` is: a LeRobot dataset, a model checkpoint, or None."""
-    if (folder / "meta" / "info.json").is_file():
-        return "a LeRobot dataset (meta/info.json)"
-    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors*")):
-        return "a model checkpoint (config.json and safetensors weights)"
-    return None
+def refuse_what_overwrite_keeps(path: Path, keep: Sequence[str] = (), overwrite: bool = False) -> None:
+    """OutputDirError for a non-empty --output-dir `path` that --overwrite never empties (_refuse_inputs: a dataset, a
+    checkpoint; or a folder without an earlier run's own file at its top, `keep` aside), naming what works instead;
+    `overwrite`: it was given (nothing was deleted), else the refusal does not suggest it."""
+    from .run_claim import dead_partial_files
+
+    _refuse_inputs(path)
+    leftovers = {file.name for file in dead_partial_files(path)}
+    # a claim's lock (any command's) and the trash are this tool's own, never a user's content
+    entries = sorted(entry.name for entry in path.iterdir()
+                     if entry.name not in {*keep, *leftovers} and not entry.name.startswith(".gr00t"))
+    if not entries or _earlier_run_file(path) is not None:
+        return
+    shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+    merge = " (its results.json is no run's own: a merge's, or not a gr00t-eval run's)" \
+        if (path / "results.json").is_file() else ""
+    advice = ("--overwrite empties only an earlier run's folder, so nothing was deleted: name that run's own folder "
+              "or another directory" if overwrite else "--overwrite would not empty it either (it empties only an "
+              "earlier run's folder): name another directory")
+    raise OutputDirError(f"--output-dir {path} holds {shown} but no earlier run's own file at its top (a run or claim "
+                         f"file, a run's results.json, {', '.join(EARLIER_RUN_FILENAMES)}){merge}; {advice}, or move "
+                         "those away first")
 
 
 def _refuse_inputs(path: Path) -> None:
     """OutputDirError for a directory --overwrite must never empty: one that is, holds (at any depth) or lies
     inside a LeRobot dataset or a checkpoint (a mistyped --output-dir, the dataset's own folder or its meta/), or
     that holds, below its top (checked by the caller), the folder of a run still running (_refuse_live_runs_in)."""
-    def refuse(what: str, where: str) -> None:
+    from gr00t_client.input_folders import input_around
+
+    found = input_around(path)
+    if found is not None:
+        where, what = found
         raise OutputDirError(f"--output-dir {path} {where} {what}; --overwrite never deletes one: name another "
                              "directory for the run's output")
-
-    resolved = path.resolve()
-    for ancestor in resolved.parents:
-        what = _input_kind(ancestor)
-        if what is not None:
-            refuse(what, f"lies inside {ancestor},")
-    for folder, subfolders, _files in os.walk(path, followlinks=False):
-        what = _input_kind(Path(folder))
-        if what is not None:
-            relative = Path(folder).relative_to(path)
-            refuse(what, "is" if str(relative) == "." else f"holds, in {relative}/,")
+    for folder, subfolders, files in os.walk(path, followlinks=False):
         if folder != str(path):
-            _refuse_live_runs_in(path, Path(folder), _files)
+            _refuse_live_runs_in(path, Path(folder), files)
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
 
 

@@ -192,7 +192,8 @@ def _add_checkpoint_parser(subparsers: Any) -> None:
                    help="the tag to write with --embodiment/--dataset-path (default new_embodiment); it needs one of them")
     p.add_argument(*_flag("overwrite"), action="store_true",
                    help="empty a non-empty output directory first (one holding an earlier test checkpoint is replaced "
-                        "without it; any other is refused)")
+                        "without it; any other is refused); never one that is, holds or lies inside a LeRobot dataset "
+                        "or the --dataset-path")
 
 
 def _add_keygen_parser(subparsers: Any) -> None:

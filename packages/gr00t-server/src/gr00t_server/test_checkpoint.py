@@ -4,7 +4,8 @@ Files: config.json, model.safetensors, processor_config.json, statistics.json, e
 tokenizer.json, tokenizer_config.json, vocab.json, merges.txt, added_tokens.json, special_tokens_map.json,
 chat_template.jinja, preprocessor_config.json, and gr00t_test_checkpoint.json, which marks the folder as a test
 checkpoint and lists these files, so that writing one again replaces exactly them. Any other non-empty folder (a
-real checkpoint, say) is refused unless `overwrite=True` empties it.
+real checkpoint, say) is refused unless `overwrite=True` empties it; a LeRobot dataset (and the `dataset_path` read)
+never is.
 `Gr00tPolicy` loads it through the same code path as a user's checkpoint.
 
 By default it holds the `new_embodiment` and `libero_sim` key sets. With `embodiment=` ("metaworld", "pusht", ...)
@@ -14,11 +15,13 @@ LeRobot dataset's keys and statistics, so `serve --model-path` + `open-loop` + `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -102,6 +105,11 @@ def spec_from_dataset(dataset_path: Union[str, Path], horizon: int = 16) -> Dict
     from .extras import require_lerobot_dataset
 
     dataset = require_lerobot_dataset("a test checkpoint made from a dataset")(dataset_path)
+    from gr00t_eval.dataset.unfinished_recording import unfinished_recording_warning  # with the reader (extra)
+
+    unfinished = unfinished_recording_warning(Path(dataset.root), dataset.num_episodes)
+    if unfinished is not None:
+        logger.warning("%s", unfinished)
     if not dataset.action_keys or not dataset.state_keys:
         raise ValueError(f"dataset {dataset_path} needs state and action groups in meta/modality.json for a checkpoint")
     stats = {
@@ -278,6 +286,12 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 TEST_CHECKPOINT_MARKER = "gr00t_test_checkpoint.json"
+# Every file make_test_checkpoint writes beside its marker: the only names a run after an interrupted one removes.
+TEST_CHECKPOINT_FILES = frozenset({
+    "config.json", "model.safetensors", "processor_config.json", "preprocessor_config.json", "statistics.json",
+    "embodiment_id.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
+    "special_tokens_map.json", "chat_template.jinja",
+})
 
 
 def _remove(path: Path) -> None:
@@ -287,9 +301,38 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _prepare_output(out: Path, overwrite: bool) -> None:
-    """Make `out` ready for a test checkpoint: new or empty; an earlier test checkpoint's files removed; any other
-    content refused (FileExistsError) unless `overwrite`, which empties the folder."""
+def _refuse_datasets(out: Path) -> None:
+    """FileExistsError when `out`, a folder with content that is not a test checkpoint's, is, holds or lies inside a
+    LeRobot dataset: --overwrite would delete it, so neither that nor a refusal that suggests it (gr00t-eval's rule for
+    --output-dir, gr00t_client.input_folders)."""
+    from gr00t_client.input_folders import dataset_kind, input_around
+
+    found = input_around(out, dataset_kind)
+    if found is not None:
+        where, what = found
+        raise FileExistsError(f"{out} {where} {what}; --overwrite never deletes one: name a new directory for the "
+                              "test checkpoint")
+
+
+def _refuse_output_in_dataset(out: Path, dataset_path: Union[str, Path]) -> None:
+    """FileExistsError when `out` is, contains or lies inside `dataset_path`, the dataset the checkpoint is made from:
+    its files would be replaced (or mixed with the checkpoint's), --overwrite or not."""
+    output, dataset = out.resolve(), Path(home_expanded_path(dataset_path)).resolve()
+    if output == dataset:
+        relation = "is"
+    elif output in dataset.parents:
+        relation = "contains"
+    elif dataset in output.parents:
+        relation = "lies inside"
+    else:
+        return
+    raise FileExistsError(f"the output folder {out} {relation} the --dataset-path (dataset_path) {dataset_path} that "
+                          "the checkpoint is made from; writing there would replace or mix in with the dataset's files "
+                          "(--overwrite never deletes it): name a new directory outside the dataset")
+
+
+def _make_output_folder(out: Path) -> None:
+    """Make the folder `out` (and its parents) unless it is there; refuse a file or a dangling link in its place."""
     from gr00t_client.cli_flags import broken_link_problem
 
     problem = broken_link_problem("output folder", out)
@@ -298,6 +341,55 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _writer_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the folder `out` (as keygen does) while the block runs; FileExistsError at once when
+    another make-test-checkpoint holds it: its marker reads as an interrupted run's until it ends."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: written unlocked
+        yield
+        return
+    try:
+        descriptor = os.open(out, os.O_RDONLY)
+    except OSError as exc:  # a folder this user may write but not list: written unlocked
+        logger.debug("make-test-checkpoint: %s cannot be opened to lock it (%s); writing without the lock", out, exc)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(f"another make-test-checkpoint is writing into {out}; wait for it to finish, or name "
+                                  "another directory") from None
+        except OSError as exc:  # a file system without locks (NFS without lockd, some FUSE mounts)
+            logger.warning("make-test-checkpoint: %s cannot be locked (%s); a second run into it at once could remove "
+                           "this one's files", out, exc.strerror or exc)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _interrupted_run_strays(out: Path, entries: List[Path], kept: List[Any]) -> List[Path]:
+    """Entries of `out` (beside those `kept`) that an interrupted run cannot have written: not named as a test
+    checkpoint's file, or modified after its marker (touched after each file it wrote); the others it removes."""
+    marker_time = (out / TEST_CHECKPOINT_MARKER).stat().st_mtime_ns
+    own = [entry for entry in entries if entry.name not in kept and entry.name != TEST_CHECKPOINT_MARKER]
+    strays = [entry for entry in own
+              if entry.name not in TEST_CHECKPOINT_FILES or entry.lstat().st_mtime_ns > marker_time]
+    if not strays:
+        for entry in own:
+            _remove(entry)
+    return strays
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    """Make the folder `out`, held under _writer_lock, ready for a test checkpoint: empty; an earlier test checkpoint's
+    files removed (an interrupted one's only where nothing else is there); any other content refused
+    (FileExistsError) unless `overwrite`, which empties the folder; never a folder that is, holds or lies inside a
+    LeRobot dataset."""
     entries = sorted(out.iterdir())
     if not entries:
         return
@@ -313,11 +405,12 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
                 _remove(out / name)
             return
         kept = marker.get("kept")
-        if marker.get("complete") is False and isinstance(kept, list):  # an interrupted earlier run: all but the
-            for entry in entries:                                       # files it found there are its own
-                if entry.name not in kept:
-                    _remove(entry)
-            return
+        if marker.get("complete") is False and isinstance(kept, list):  # an interrupted earlier run
+            strays = _interrupted_run_strays(out, entries, kept)
+            if not strays:
+                return
+            entries = strays
+    _refuse_datasets(out)
     if not overwrite:
         shown = ", ".join(entry.name for entry in entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise FileExistsError(
@@ -325,7 +418,7 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
             "would replace its files with random weights. Name a new directory, or pass --overwrite "
             "(overwrite=True) to empty it first"
         )
-    for entry in entries:
+    for entry in sorted(out.iterdir()):
         _remove(entry)
 
 
@@ -360,6 +453,8 @@ def make_test_checkpoint(
         raise ValueError(f"make_test_checkpoint: dataset_path is empty ({str(dataset_path)!r}): an unset variable? "
                          "Expected a recorded LeRobot dataset directory (use '.' for the current one, or None for "
                          "`embodiment`'s keys or the default key sets)")
+    if dataset_path is not None:
+        _refuse_output_in_dataset(out, dataset_path)
     if size not in ("tiny", "small"):
         raise ValueError(f"unknown test checkpoint size {size!r}; expected one of ['small', 'tiny']")
     if not 0 <= seed < 2**32:  # torch.manual_seed keeps 32 bits: seeds 2**32 apart would write the same weights
@@ -374,52 +469,69 @@ def make_test_checkpoint(
     if specs:
         tags = tags[:1]
 
+    from gr00t_server.model.presets import small_config, tiny_config
+
+    config = {"tiny": tiny_config, "small": small_config}[size]()
+    _make_output_folder(out)
+    with _writer_lock(out):
+        _prepare_output(out, overwrite)
+        _write_checkpoint_files(out, config, tags, specs, size, seed)
+    logger.info("wrote %s test checkpoint for %s to %s", size, tags, out)
+    return out
+
+
+def _write_checkpoint_files(out: Path, config: Any, tags: List[str], specs: Dict[str, Dict[str, Any]], size: str,
+                            seed: int) -> None:
+    """Write the checkpoint's files into the prepared folder `out`, its marker first (complete: false) and touched after
+    each file, so a later run tells the files of an interrupted one from those put there since."""
     import torch
 
     from gr00t_server.model.checkpoint import save_model
     from gr00t_server.model.modeling import Gr00tN1d7
-    from gr00t_server.model.presets import small_config, tiny_config
     from gr00t_server.processing.test_assets import DEFAULT_SPECIAL_TOKEN_IDS, build_test_tokenizer
     from gr00t_server.processing.vision_patches import VisionPatchConfig
 
-    config = {"tiny": tiny_config, "small": small_config}[size]()
-    _prepare_output(out, overwrite)
+    marker = out / TEST_CHECKPOINT_MARKER
     kept = {p.name for p in out.iterdir()}  # files beside an earlier test checkpoint's: not ours to list
     # Written over once every file is there; until then it names what was here before, for a run after a Ctrl-C.
-    _write_json(out / TEST_CHECKPOINT_MARKER, {"complete": False, "kept": sorted(kept)})
-
-    torch.manual_seed(seed)
-    model = Gr00tN1d7(config)
+    _write_json(marker, {"complete": False, "kept": sorted(kept)})
     try:
-        save_model(model, out)
-    except Exception as exc:  # safetensors' own error type (no OSError) for a full disk: one line naming the folder
-        if type(exc).__name__ != "SafetensorError":
-            raise
-        raise OSError(f"writing the weights into {out} failed: {exc}") from exc
+        torch.manual_seed(seed)
+        model = Gr00tN1d7(config)
+        try:
+            save_model(model, out)
+        except Exception as exc:  # safetensors' own error type (no OSError) for a full disk: one line naming the folder
+            if type(exc).__name__ != "SafetensorError":
+                raise
+            raise OSError(f"writing the weights into {out} failed: {exc}") from exc
+        os.utime(marker)
 
-    backbone = config.backbone_cfg or {}
-    special_ids = dict(DEFAULT_SPECIAL_TOKEN_IDS)
-    special_ids.update(
-        {
-            "<|image_pad|>": config.image_token_id,
-            "<|video_pad|>": backbone.get("video_token_id", special_ids["<|video_pad|>"]),
-            "<|vision_start|>": backbone.get("vision_start_token_id", special_ids["<|vision_start|>"]),
-            "<|vision_end|>": backbone.get("vision_end_token_id", special_ids["<|vision_end|>"]),
-        }
-    )
-    build_test_tokenizer(out, special_token_ids=special_ids)
-    _write_json(out / "preprocessor_config.json", VisionPatchConfig().to_dict())
-    kwargs = processor_kwargs_for(
-        tags, config.model_name, config.max_state_dim, config.max_action_dim, config.action_horizon, specs,
-        strict_action_padding_mask=bool(getattr(config, "strict_action_padding_mask", False)),
-    )
-    _write_json(out / "processor_config.json", {"processor_class": "Gr00tN1d7Processor", "processor_kwargs": kwargs})
-    _write_json(out / "statistics.json", {tag: statistics_for(tag, seed + i, specs.get(tag)) for i, tag in enumerate(tags)})
-    _write_json(out / "embodiment_id.json", _embodiment_ids(tags))
+        backbone = config.backbone_cfg or {}
+        special_ids = dict(DEFAULT_SPECIAL_TOKEN_IDS)
+        special_ids.update(
+            {
+                "<|image_pad|>": config.image_token_id,
+                "<|video_pad|>": backbone.get("video_token_id", special_ids["<|video_pad|>"]),
+                "<|vision_start|>": backbone.get("vision_start_token_id", special_ids["<|vision_start|>"]),
+                "<|vision_end|>": backbone.get("vision_end_token_id", special_ids["<|vision_end|>"]),
+            }
+        )
+        build_test_tokenizer(out, special_token_ids=special_ids)
+        os.utime(marker)
+        _write_json(out / "preprocessor_config.json", VisionPatchConfig().to_dict())
+        kwargs = processor_kwargs_for(
+            tags, config.model_name, config.max_state_dim, config.max_action_dim, config.action_horizon, specs,
+            strict_action_padding_mask=bool(getattr(config, "strict_action_padding_mask", False)),
+        )
+        _write_json(out / "processor_config.json", {"processor_class": "Gr00tN1d7Processor", "processor_kwargs": kwargs})
+        _write_json(out / "statistics.json",
+                    {tag: statistics_for(tag, seed + i, specs.get(tag)) for i, tag in enumerate(tags)})
+        _write_json(out / "embodiment_id.json", _embodiment_ids(tags))
+    except BaseException:  # a Ctrl-C or a failed write: the half-written file is this run's, for the next to remove
+        os.utime(marker)
+        raise
     files = sorted(p.name for p in out.iterdir() if p.name != TEST_CHECKPOINT_MARKER and p.name not in kept)
-    _write_json(out / TEST_CHECKPOINT_MARKER, {"complete": True, "size": size, "seed": seed, "tags": tags, "files": files})
-    logger.info("wrote %s test checkpoint for %s to %s", size, tags, out)
-    return out
+    _write_json(marker, {"complete": True, "size": size, "seed": seed, "tags": tags, "files": files})
 
 
 def _key_set_specs(tag: str, embodiment: Optional[str], dataset_path: Optional[Union[str, Path]]) -> Dict[str, Dict[str, Any]]:

@@ -77,11 +77,16 @@ class _Forgotten(NamedTuple):
 
 
 def _warn_if_still_recorded(root: Path, n_episodes: int) -> None:
-    """A warning when `gr00t-eval record` is still writing the dataset (its claim is live): served silently, the
-    replay held only the episodes finished so far."""
+    """A warning when `gr00t-eval record` is still writing the dataset (its claim is live), or ended without
+    finishing it (killed): served silently, the replay held only the episodes finished so far."""
     from gr00t_eval.dataset.overwrite import RECORD_CLAIM
+    from gr00t_eval.dataset.unfinished_recording import unfinished_recording_warning
     from gr00t_eval.run_claim import holder_gone, read_holder
 
+    unfinished = unfinished_recording_warning(root, n_episodes)
+    if unfinished is not None:
+        logger.warning("%s", unfinished)
+        return
     holder = read_holder(root / RECORD_CLAIM)
     if holder is None or holder.finished:
         return

@@ -1,0 +1,30 @@
+"""Whether a dataset's recording ended without finishing: its record claim says finished: false and the recording's
+process is gone (kill -9, an OOM kill), so the dataset holds only the episodes it finished. Read by the replay server
+and make-test-checkpoint --dataset-path, which would otherwise take it as whole."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from ..run_claim import holder_gone, read_holder
+from .overwrite import RECORD_CLAIM
+
+
+def unfinished_recording_warning(root: Path, n_listed: int) -> Optional[str]:
+    """'dataset ROOT was recorded by a run that ended without finishing (N of M episodes) ...' when the recording of
+    the dataset at `root` (which lists `n_listed` episodes) ended without finishing; None for a finished recording,
+    one still running, or a dataset without a record claim."""
+    claim = root / RECORD_CLAIM
+    holder = read_holder(claim)
+    if holder is None or holder.finished or not holder_gone(holder, claim):
+        return None
+    try:
+        planned = json.loads(claim.read_text()).get("n_episodes")
+    except (OSError, ValueError, AttributeError):
+        planned = None
+    of = f" of {planned}" if isinstance(planned, int) and not isinstance(planned, bool) else ""
+    return (f"dataset {root} was recorded by a run that ended without finishing ({n_listed}{of} episodes): its "
+            f"{RECORD_CLAIM} names {holder.describe()}, now gone (killed?); it holds only the episodes finished before "
+            "it stopped: record it again with --overwrite for the whole set")
