@@ -39,17 +39,24 @@ class InstructedWalk(WalkToEnv):
         return {**super()._obs(), LANGUAGE_KEY: self.text}
 
 
-def test_an_instruction_over_the_servers_limit_errors_only_its_own_envs_episodes():
-    register_env_prefix("instructed", "new_embodiment", lambda task, **kwargs: InstructedWalk())
-    config = RolloutConfig("instructed/walk", n_episodes=4, n_envs=2, seed=100, max_episode_steps=6, n_action_steps=1,
-                           vectorization="sync")
+def outcomes_by_seed(env, n_episodes, n_envs, seed, max_episode_steps):
+    """{seed: EpisodeOutcome} of a rollout of `n_episodes` episodes of `env` (an Env class) on `n_envs` envs from
+    `seed`, against a real server accepting instructions of at most 100 characters."""
+    register_env_prefix(env.__name__.lower(), "new_embodiment", lambda task, **kwargs: env())
+    config = RolloutConfig(f"{env.__name__.lower()}/walk", n_episodes=n_episodes, n_envs=n_envs,
+                           seed=seed, max_episode_steps=max_episode_steps, n_action_steps=1, vectorization="sync")
     with running_server(ConstantPolicy(), limits=ServerLimits(max_language_chars=100)) as server, \
             PolicyClient("127.0.0.1", server.port) as client:
         result = run_rollout(client, config, progress=False)
-    by_seed = {outcome.seed: outcome for outcome in result.outcomes}
+    return {outcome.seed: outcome for outcome in result.outcomes}
+
+
+def test_an_instruction_over_the_servers_limit_errors_only_its_own_envs_episodes():
+    by_seed = outcomes_by_seed(InstructedWalk, n_episodes=4, n_envs=2, seed=100, max_episode_steps=6)
     assert sorted(by_seed) == [100, 101, 102, 103]
     for seed in (101, 103):
-        assert re.search(r"in row \d has 230 characters; this server accepts at most 100", by_seed[seed].error or ""), seed
+        refusal = r"in row \d has 230 characters; this server accepts at most 100"
+        assert re.search(refusal, by_seed[seed].error or ""), seed
     for seed in (100, 102):
         assert by_seed[seed].error is None and by_seed[seed].success, (seed, by_seed[seed].error)
 
@@ -70,13 +77,7 @@ class GrowingInstructionWalk(InstructedWalk):
 def test_a_refusal_naming_an_idle_rows_copy_of_the_long_instruction_errors_only_the_row_it_copies():
     """The server named the idle copy ("in row 2"), no active row was named, and the other running env's episode was
     errored with the long instruction's reason."""
-    register_env_prefix("growing", "new_embodiment", lambda task, **kwargs: GrowingInstructionWalk())
-    config = RolloutConfig("growing/walk", n_episodes=3, n_envs=3, seed=103, max_episode_steps=10, n_action_steps=1,
-                           vectorization="sync")
-    with running_server(ConstantPolicy(), limits=ServerLimits(max_language_chars=100)) as server, \
-            PolicyClient("127.0.0.1", server.port) as client:
-        result = run_rollout(client, config, progress=False)
-    by_seed = {outcome.seed: outcome for outcome in result.outcomes}
+    by_seed = outcomes_by_seed(GrowingInstructionWalk, n_episodes=3, n_envs=3, seed=103, max_episode_steps=10)
     assert "has 230 characters" in (by_seed[103].error or "")
     assert by_seed[104].error is None and by_seed[104].success, by_seed[104].error
     assert by_seed[105].error is None and by_seed[105].success, by_seed[105].error
