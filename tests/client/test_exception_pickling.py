@@ -16,7 +16,7 @@ import pytest
 import gr00t_client
 import gr00t_eval
 from gr00t_client import client as client_module
-from gr00t_client import chunking, chunking_merge, cli_flags, codec, curve, frame_views, policy
+from gr00t_client import chunking, chunking_merge, cli_flags, codec, curve, frame_views, json_keys, policy
 
 
 def _wire_decode_error_noting_npsave():
@@ -50,6 +50,7 @@ def _cases():
         codec.WireEncodeError("object-dtype arrays have no wire form"),
         codec.DecodeLimitError("more than 1000000 items"),
         curve.HandshakeError("CURVE handshake with tcp://127.0.0.1:5555 failed: the server's key is not this one"),
+        json_keys.RepeatedKeyError("gripper", "new_embodiment.action"),
         frame_views.NeedsFullUnpacker(),
         policy.PolicyValidationError("no modality config"),
         policy.ObservationError("Observation key 'state.x' must have dtype float32; got float64"),

@@ -15,6 +15,9 @@ class RepeatedKeyError(ValueError):
         self.key = key
         self.where = where
 
+    def __reduce__(self):  # pickled (a Ray task's error) as made: ValueError's would call this with its message
+        return (type(self), (self.key, self.where))
+
 
 def loads_unique_keys(text: str) -> Any:
     """json.loads of `text`; RepeatedKeyError naming the first key given twice in one object and where that object is
