@@ -300,3 +300,28 @@ def test_two_merges_of_different_evaluations_into_one_output_at_once_refuse_the_
     assert state == "blocked" and second.returncode == 2, err
     assert f"--output {out / 'merged.json'} holds the merge of another evaluation" in err
     assert json.loads((out / "merged.json").read_text())["plan"]["seed"] == 100
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="tells a process waiting for an flock by /proc/locks")
+def test_a_merge_into_a_new_folder_does_not_wait_on_the_lock_of_the_folder_above(shards, tmp_path):
+    """It locked the nearest folder that existed (/tmp, a home folder): a merge stuck into another new folder there made
+    this one wait, silently, for as long (R51)."""
+    import fcntl
+    import subprocess
+    import sys
+
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    descriptor = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # another merge into another new folder under it
+        merge = subprocess.Popen([sys.executable, "-c", "import sys; from gr00t_eval import cli; "
+                                  "sys.exit(cli.main(sys.argv[1:]))", "merge", str(shards), "--output",
+                                  str(parent / "new" / "merged.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        state = _blocked_on_a_lock_or_ended(merge)
+    finally:
+        os.close(descriptor)
+    _out, err = merge.communicate()
+    assert state == "ended" and merge.returncode == 0, err
+    assert json.loads((parent / "new" / "merged.json").read_text())["merged_from"]

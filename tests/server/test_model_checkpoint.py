@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -319,17 +320,19 @@ def test_make_test_checkpoint_never_deletes_the_dataset_it_reads(tmp_path, overw
     assert (dataset / "meta" / "info.json").is_file()
 
 
+@pytest.mark.parametrize("inside", ["recorded", ".cache/recorded"], ids=["sub-folder", "hidden sub-folder"])
 @pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
-def test_make_test_checkpoint_never_empties_a_folder_holding_a_dataset(tmp_path, overwrite):
+def test_make_test_checkpoint_never_empties_a_folder_holding_a_dataset(tmp_path, overwrite, inside):
+    """A dataset in a hidden sub-folder (.cache/) was not looked for, and --overwrite deleted it (R51)."""
     from gr00t_server.test_checkpoint import make_test_checkpoint
 
     folder = tmp_path / "project"
-    _fake_dataset(folder / "recorded")
-    with pytest.raises(FileExistsError, match=r"holds, in recorded/, a LeRobot dataset \(meta/info.json\); "
+    _fake_dataset(folder / inside)
+    with pytest.raises(FileExistsError, match=rf"holds, in {re.escape(inside)}/, a LeRobot dataset \(meta/info.json\); "
                                               r"--overwrite never deletes one: name a new directory") as refused:
         make_test_checkpoint(folder, overwrite=overwrite)
     assert "pass --overwrite" not in str(refused.value)
-    assert (folder / "recorded" / "episode_000000.parquet").read_bytes() == b"recorded"
+    assert (folder / inside / "episode_000000.parquet").read_bytes() == b"recorded"
 
 
 def _interrupted_run_marker(folder):

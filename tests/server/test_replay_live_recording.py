@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from eval.dataset_factory import make_dataset
 from gr00t_eval.dataset.overwrite import RECORD_CLAIM
 from gr00t_eval.run_claim import finish_claim, take_claim
@@ -81,3 +83,30 @@ def test_a_test_checkpoint_from_a_recording_that_ended_without_finishing_warns(t
     with caplog.at_level("WARNING", logger="gr00t_server"):
         make_test_checkpoint(tmp_path / "ck", dataset_path=dataset)
     assert f"dataset {dataset} was recorded by a run that ended without finishing (2 of 40 episodes)" in caplog.text
+
+
+def stopped_recording(dataset, n_episodes):
+    """Give `dataset` the claim of a recording of `n_episodes` stopped by Ctrl-C, SIGTERM or an error: its claim is
+    closed (finished), as every outcome closes it."""
+    from pathlib import Path
+
+    claim = take_claim(Path(dataset), RECORD_CLAIM, {"n_episodes": n_episodes}, flag="--output")
+    finish_claim(claim, "interrupted")
+
+
+@pytest.mark.parametrize("planned, warned", [(40, True), (2, False)], ids=["2-of-40", "all-2"])
+def test_a_recording_stopped_part_way_is_warned_and_a_whole_one_not(tmp_path, planned, warned):
+    """A Ctrl-C, SIGTERM or error closes the claim as finished: a recording stopped at 2 of 40 episodes was taken as
+    whole without a word (only a killed one was warned); one killed after its last episode is whole."""
+    from gr00t_eval.dataset.unfinished_recording import unfinished_recording_warning
+
+    dataset = make_dataset(tmp_path / "ds", lengths=(6, 9))
+    stopped_recording(dataset, planned)
+    said = unfinished_recording_warning(dataset, 2)
+    if warned:
+        assert said.startswith(f"dataset {dataset} was recorded by a run that stopped before finishing (2 of 40 "), said
+    else:
+        assert said is None
+    killed = make_dataset(tmp_path / "killed", lengths=(6, 9))
+    killed_recording(killed, 2)
+    assert unfinished_recording_warning(killed, 2) is None  # killed after its last episode: all there

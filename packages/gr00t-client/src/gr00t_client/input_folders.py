@@ -26,7 +26,8 @@ def input_kind(folder: Path) -> Optional[str]:
 
 def input_around(path: Path, kind: Callable[[Path], Optional[str]] = input_kind) -> Optional[Tuple[str, str]]:
     """(where, what) for the first input (by `kind`) that `path` lies inside ("lies inside ANCESTOR,"), is ("is") or
-    holds below its top, hidden folders aside ("holds, in SUB/,"); None when there is none."""
+    holds below its top, in hidden folders too ("holds, in SUB/,"), the tools' own `.gr00t*` folders aside; None when
+    there is none."""
     for ancestor in path.resolve().parents:
         what = kind(ancestor)
         if what is not None:
@@ -36,5 +37,6 @@ def input_around(path: Path, kind: Callable[[Path], Optional[str]] = input_kind)
         if what is not None:
             relative = Path(folder).relative_to(path)
             return ("is" if str(relative) == "." else f"holds, in {relative}/,"), what
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        # hidden ones too: a dataset in .cache/ was emptied
+        subfolders[:] = [name for name in subfolders if not name.startswith(".gr00t")]
     return None

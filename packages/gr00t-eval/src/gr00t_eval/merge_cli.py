@@ -327,13 +327,13 @@ def _check_eval_info_beside(output: Path) -> None:
 
 
 def _merge_lock(folder: Path) -> "contextlib.AbstractContextManager[None]":
-    """An exclusive flock of `folder`, or of the nearest folder above it that exists (run_claim.locked_file; a
-    directory, as keygen locks its folder: no file is left), held by a merge from its checks through its writes, so
-    that two merges into one folder at once act as one after the other."""
+    """An exclusive flock of the output's `folder` where it exists (run_claim.locked_file; a directory, as keygen locks
+    its folder: no file is left), held by a merge from its checks through its writes, so that two merges into one
+    folder at once act as one after the other. A folder the merge makes is not locked: locking the nearest folder
+    above it (/tmp, a home folder) made every merge into a new folder there wait for any other, silently."""
     from .run_claim import locked_file
 
-    existing = next(path for path in (folder.absolute(), *folder.absolute().parents) if path.is_dir())
-    return locked_file(existing)
+    return locked_file(folder) if folder.is_dir() else contextlib.nullcontext()
 
 
 def _check_and_write(args: argparse.Namespace, output: Path) -> Tuple[Dict[str, Any], Path]:

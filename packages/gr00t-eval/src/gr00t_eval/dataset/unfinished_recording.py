@@ -14,17 +14,27 @@ from .overwrite import RECORD_CLAIM
 
 def unfinished_recording_warning(root: Path, n_listed: int) -> Optional[str]:
     """'dataset ROOT was recorded by a run that ended without finishing (N of M episodes) ...' when the recording of
-    the dataset at `root` (which lists `n_listed` episodes) ended without finishing; None for a finished recording,
-    one still running, or a dataset without a record claim."""
+    the dataset at `root` (which lists `n_listed` episodes) ended without finishing (killed), or stopped (Ctrl-C,
+    SIGTERM, an error) with fewer episodes than it was asked for; None for a whole recording, one still running, or a
+    dataset without a record claim."""
     claim = root / RECORD_CLAIM
     holder = read_holder(claim)
-    if holder is None or holder.finished or not holder_gone(holder, claim):
-        return None
+    if holder is None or (not holder.finished and not holder_gone(holder, claim)):
+        return None  # no claim, or a recording still running (the replay says so itself)
     try:
         planned = json.loads(claim.read_text()).get("n_episodes")
     except (OSError, ValueError, AttributeError):
         planned = None
-    of = f" of {planned}" if isinstance(planned, int) and not isinstance(planned, bool) else ""
+    planned = planned if isinstance(planned, int) and not isinstance(planned, bool) else None
+    if planned is not None and n_listed >= planned:
+        return None  # every episode asked for is there (killed after its last one)
+    if holder.finished:  # stopped by Ctrl-C, SIGTERM or an error: its claim is closed, its episodes fewer
+        if planned is None:
+            return None
+        return (f"dataset {root} was recorded by a run that stopped before finishing ({n_listed} of {planned} "
+                f"episodes: interrupted, or an episode failed); it holds only the episodes finished before it stopped: "
+                "record it again with --overwrite for the whole set")
+    of = f" of {planned}" if planned is not None else ""
     return (f"dataset {root} was recorded by a run that ended without finishing ({n_listed}{of} episodes): its "
             f"{RECORD_CLAIM} names {holder.describe()}, now gone (killed?); it holds only the episodes finished before "
             "it stopped: record it again with --overwrite for the whole set")
