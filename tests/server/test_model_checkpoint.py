@@ -351,7 +351,8 @@ def test_after_an_interrupted_run_files_put_there_later_are_refused_not_deleted(
     (folder / "model.safetensors").write_bytes(b"trained weights")  # a real checkpoint copied in since
     (folder / "NOTES.md").write_text("mine")
     with pytest.raises(FileExistsError, match=r"is not empty \((NOTES.md, model.safetensors|model.safetensors, "
-                                              r"NOTES.md)\).*pass --overwrite"):
+                                              r"NOTES.md)\) and holds the files of an interrupted make-test-checkpoint "
+                                              r"run and these, .*pass --overwrite"):  # not "holds no test checkpoint"
         make_test_checkpoint(folder)
     assert (folder / "model.safetensors").read_bytes() == b"trained weights"
     assert (folder / "NOTES.md").read_text() == "mine"

@@ -393,6 +393,7 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     entries = sorted(out.iterdir())
     if not entries:
         return
+    holds = "holds no test checkpoint written by make-test-checkpoint"
     try:
         marker = json.loads((out / TEST_CHECKPOINT_MARKER).read_text())
     except (OSError, ValueError):
@@ -409,12 +410,14 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
             strays = _interrupted_run_strays(out, entries, kept)
             if not strays:
                 return
-            entries = strays
+            entries = strays  # a user's files put there since, or the file a killed run was writing
+            holds = ("holds the files of an interrupted make-test-checkpoint run and these, which are not its own or "
+                     "are newer than its last step (put there since, or the file it was writing when killed)")
     _refuse_datasets(out)
     if not overwrite:
         shown = ", ".join(entry.name for entry in entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise FileExistsError(
-            f"{out} is not empty ({shown}) and holds no test checkpoint written by make-test-checkpoint; writing one "
+            f"{out} is not empty ({shown}) and {holds}; writing one "
             "would replace its files with random weights. Name a new directory, or pass --overwrite "
             "(overwrite=True) to empty it first"
         )
