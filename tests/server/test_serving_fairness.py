@@ -522,6 +522,35 @@ def test_call_times_count_only_for_calls_of_the_same_cost_signature():
     assert window.least_call_seconds(1, now, cost="one step") == 0.0  # no call of its kind: it runs
 
 
+def test_equal_cost_signatures_are_one_object_and_an_equal_copy_still_counts():
+    """Each request's signature is compared with every recent call's: signatures of equal value are one object (a
+    nested tuple compared item by item cost ~30 us a request), and a copy equal in value counts as the same kind."""
+    observation = {"state": {"x": np.zeros((1, 1), np.float32)}, "video": {"cam": np.zeros((1, 8, 8, 3), np.uint8)}}
+    first = cost_signature({"observation": observation})
+    again = cost_signature({"observation": {key: dict(value) for key, value in observation.items()}})
+    assert again is first
+    copy = (tuple(first[0]), tuple(first[1]))  # equal, not the same object (as after the table was forgotten)
+    window = GatherWindow(cap_ms=20.0)
+    window.observe_call(0.3, 1, copy)
+    assert window.least_call_seconds(1, time.monotonic(), cost=first) == pytest.approx(0.3)
+
+
+def test_an_option_stops_being_volatile_once_its_calls_are_forgotten_and_becomes_so_again():
+    """Which options are volatile is worked out from the recent calls that sent options only: once every call with a
+    counter has made way for calls without options none is, and counter calls make it so again."""
+    window = GatherWindow(cap_ms=20.0)
+    now = time.monotonic()
+    for counter in range(batching.SPREAD_HISTORY):
+        window.observe_call(0.2, 1, cost_signature({"options": {"counter": counter}}))
+    assert window.least_call_seconds(1, now, cost=cost_signature({"options": {"counter": 1000}})) == pytest.approx(0.2)
+    for _ in range(batching.SPREAD_HISTORY):
+        window.observe_call(0.1, 1, cost_signature({}))
+    assert window.least_call_seconds(1, now, cost=cost_signature({"options": {"counter": 1000}})) == 0.0
+    for counter in range(VOLATILE_OPTION_VALUES + 1):
+        window.observe_call(0.25, 1, cost_signature({"options": {"counter": counter}}))
+    assert window.least_call_seconds(1, now, cost=cost_signature({"options": {"counter": 1000}})) == pytest.approx(0.25)
+
+
 def test_a_refusal_for_want_of_time_is_a_timeout_and_still_a_server_error():
     """A robot loop holds position on a timeout: a request the server would not run in time is one (and stays the
     PolicyServerError it was), and the client goes on with the same connection."""

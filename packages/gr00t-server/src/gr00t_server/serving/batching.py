@@ -79,6 +79,10 @@ def cost_signature(data: Any, shape: Optional[BatchShape] = None) -> CallCost:
     """What sets the cost of a get_action's call besides its rows: its observation's batch signature (keys, dtypes and
     per-row shapes: `shape`'s when gathered, else walked here) and its options, a scalar or short text by value (an
     array by dtype and shape, anything else by type). Calls of one signature take alike."""
+    return _interned(_cost_signature(data, shape))
+
+
+def _cost_signature(data: Any, shape: Optional[BatchShape]) -> CallCost:
     data = data if isinstance(data, dict) else {}
     if shape is not None:  # gathered: no option but server_timing
         return shape[0], ()
@@ -91,6 +95,22 @@ def cost_signature(data: Any, shape: Optional[BatchShape] = None) -> CallCost:
     # sorted by name alone: an int key 1 beside a str key "1" compared an array's tuple with a str (TypeError)
     return signature, tuple(sorted(((str(name), _option_cost(value)) for name, value in options.items()
                                     if name not in COST_NEUTRAL_OPTIONS), key=lambda item: item[0]))
+
+
+# One object per cost signature value seen lately, so that GatherWindow compares a request's signature with each recent
+# call's by identity: equal nested tuples compare item by item (32 such compares cost ~30 us a request). Forgotten all
+# at once past MAX_INTERNED_COSTS; an equal copy made before that only compares slower.
+MAX_INTERNED_COSTS = 256
+_COSTS: Dict[CallCost, CallCost] = {}
+
+
+def _interned(cost: CallCost) -> CallCost:
+    held = _COSTS.get(cost)
+    if held is None:
+        if len(_COSTS) >= MAX_INTERNED_COSTS:
+            _COSTS.clear()
+        held = _COSTS.setdefault(cost, cost)
+    return held
 
 
 def _option_cost(value: Any) -> Hashable:
@@ -381,6 +401,7 @@ class GatherWindow:
         # counted is forgotten): asked for every request, it changes only when a call ends or one grows old
         self._least_by_rows: Dict[Tuple[CallCost, int], Tuple[float, float, float]] = {}  # (least s, from, until)
         self._volatile: FrozenSet[str] = frozenset()  # option names of many values among the recent calls (kind_of)
+        self._with_options = 0  # recent calls whose cost signature holds options
         self._refused_since_call = 0  # requests refused by least_call_seconds since the last call ran
         # Refusal probes in a row too slow for their clients, by the bucket of what their call took (too slow for
         # every timeout up to it): (count, rows of the refused round, ms taken); and the probes granted since the last
@@ -398,8 +419,13 @@ class GatherWindow:
         average of durations is kept)."""
         seconds = max(0.0, float(seconds))
         self._call_s = seconds if self._call_s is None else 0.8 * self._call_s + 0.2 * seconds
-        self._recent_calls.append((time.monotonic(), max(1, int(rows)), seconds, cost))
-        self._volatile = _volatile_options(cost for _, _, _, cost in self._recent_calls)
+        recent = self._recent_calls
+        if len(recent) == recent.maxlen:  # the oldest makes way
+            self._with_options -= _has_options(recent[0][3])
+        recent.append((time.monotonic(), max(1, int(rows)), seconds, cost))
+        self._with_options += _has_options(cost)
+        # none of them sent options (the common case): none is volatile, and the walk is saved on every call
+        self._volatile = _volatile_options(cost for _, _, _, cost in recent) if self._with_options else frozenset()
         self._least_by_rows.clear()
         self._refused_since_call = 0
         # A client whose timeout is always shorter than the calls would otherwise have every other request run after
@@ -469,7 +495,7 @@ class GatherWindow:
         oldest = 0.0
         kind = self.kind_of(cost)
         for ended, rows_then, s, cost_then in self._recent_calls:
-            if now - ended > CALL_MEMORY_S or (cost_then != cost and self.kind_of(cost_then) != kind):
+            if now - ended > CALL_MEMORY_S or (cost_then is not cost and self.kind_of(cost_then) != kind):
                 continue
             share = rows / rows_then
             took = s * share if share < 1.0 else s  # its share of a larger call: s * min(1.0, share)
@@ -508,6 +534,11 @@ class GatherWindow:
         if self._call_s is not None:
             window = min(window, self._call_s)
         return min(self.cap_s, window)
+
+
+def _has_options(cost: CallCost) -> bool:
+    """Whether a cost signature (cost_signature's) holds options."""
+    return isinstance(cost, tuple) and len(cost) == 2 and isinstance(cost[1], tuple) and len(cost[1]) > 0
 
 
 def _volatile_options(costs: Iterable[CallCost]) -> FrozenSet[str]:
