@@ -50,16 +50,18 @@ def nearest_step(frame, episodes):
                key=lambda et: float(np.abs(colour - frame_colour(et[0], 0, et[1])).sum()))
 
 
-def test_a_frame_missing_inside_a_shared_v3_segment_is_refused_naming_the_episode_and_both_counts(tmp_path):
+def test_a_frame_missing_inside_a_shared_v3_segment_is_refused_naming_the_file_camera_episode_and_both_counts(tmp_path):
     """One frame of 240 missing is within the 1% rate check: steps after it got the next frame, the last step episode
-    1's first frame."""
+    1's first frame. Refused in the words of a v2.x video of its own (the message named neither the camera nor the
+    frames expected)."""
     lengths = (120, 120)
     root = shared_v3_dataset(tmp_path, lengths, fps=10)
     kept = [i for i in range(240) if i != 20]  # the others keep their own times
     rewrite_video(root / VIDEO, all_frames(lengths)[kept], 10, Fraction(1, 1000), [100 * i for i in kept])
     dataset = LeRobotDataset(root)
-    with pytest.raises(DatasetError, match=r"file-000\.mp4 \(episode 0\): 119 frames are shown in its video segment "
-                                           r"0\.\.12 s and the episode has 120 steps"):
+    with pytest.raises(DatasetError, match=r"file-000\.mp4 \(camera 'observation\.images\.image', episode 0\): its "
+                                           r"video segment 0\.\.12 s holds 119 frames and the episode has 120 steps "
+                                           r"\(a frame dropped\?\); expected 120 frames, one per step"):
         dataset.episode(0).frames("image", [0, 119])
 
 
@@ -69,7 +71,7 @@ def test_the_episode_after_a_missing_frame_is_refused_rather_than_given_frames_c
     root = shared_v3_dataset(tmp_path, lengths, fps=10)
     kept = [i for i in range(240) if i != 20]
     rewrite_video(root / VIDEO, all_frames(lengths)[kept], 10, Fraction(1, 1000), [100 * i for i in kept])
-    with pytest.raises(DatasetError, match=r"\(episode 1\): its video segment 12\.\.24 s starts at frame 119 of the "
+    with pytest.raises(DatasetError, match=r"\(camera 'observation\.images\.image', episode 1\): its video segment 12\.\.24 s starts at frame 119 of the "
                                            r"file by the frames' times, and the episodes before it in the file have "
                                            r"120 steps"):
         LeRobotDataset(root).episode(1).frames("image", [0])
@@ -108,8 +110,9 @@ def test_a_29_97_video_drifting_a_whole_frame_from_segments_written_at_fps_30_is
     root = shared_v3_dataset(tmp_path, lengths, fps=30)
     rewrite_video(root / VIDEO, all_frames(lengths), Fraction(30000, 1001), Fraction(1, 30000),
                   [1001 * i for i in range(1000)])
-    with pytest.raises(DatasetError, match=r"\(episode 4\): 199 frames are shown in its video segment "
-                                           r"26\.6667\.\.33\.3333 s and the episode has 200 steps"):
+    with pytest.raises(DatasetError, match=r"\(camera 'observation\.images\.image', episode 4\): its video segment "
+                                           r"26\.6667\.\.33\.3333 s holds 199 frames and the episode has 200 steps "
+                                           r"\(a frame dropped\?\); expected 200 frames, one per step"):
         LeRobotDataset(root).episode(4).frames("image", [0])
 
 
@@ -186,7 +189,8 @@ def test_segment_times_of_a_shared_v3_video_all_one_frame_late_are_refused_for_e
     pq.write_table(table, episodes)
     dataset = LeRobotDataset(root)
     for episode in range(3):
-        with pytest.raises(DatasetError, match=rf"file-000\.mp4 \(episode {episode}\): the video segments of the "
+        with pytest.raises(DatasetError, match=rf"file-000\.mp4 \(camera 'observation\.images\.image', episode {episode}\): the video "
+                                               r"segments of the "
                                                r"episodes in this file start at 0\.1 s, 1\.0 frames after its first "
                                                r"frame, and end at 2 s, 1\.0 frames past its last \(19 frames at fps 10\)"):
             dataset.episode(episode).frames("image", [0])
@@ -222,8 +226,8 @@ def test_a_frame_inserted_inside_a_v3_segment_whose_last_frame_was_lost_is_refus
     frame before their own."""
     root = shared_v3_dataset(tmp_path, (300,), fps=10)
     inserted_frame_video(root, VIDEO, 300, keep_last_step=False)
-    with pytest.raises(DatasetError, match=r"file-000\.mp4 \(episode 0\): its "
-                                           r"frame 31 is shown at 3\.05 s, 0\.50 frame intervals after frame 30"):
+    with pytest.raises(DatasetError, match=r"file-000\.mp4 \(camera 'observation\.images\.image', episode 0\): "
+                                           r"its frame 31 is shown at 3\.05 s, 0\.50 frame intervals after frame 30"):
         LeRobotDataset(root).episode(0).frames("image", [60])
 
 
@@ -326,3 +330,35 @@ def test_frames_that_pause_among_the_first_frames_still_give_step_k_frame_k(tmp_
     asked = [0, 1, 4, 50, 99]
     frames = LeRobotDataset(root).episode(0).frames("image", asked)
     assert [nearest_step(frame, [0]) for frame in frames] == [(0, step % 64) for step in asked]
+
+
+def test_a_shared_v3_video_s_segment_frames_are_checked_once_per_segment_however_often_they_are_read(tmp_path,
+                                                                                                  monkeypatch):
+    """Every frames() call of a segment ran its count and pace checks again over its frames' times: a long open-loop
+    re-read them at every step."""
+    root = shared_v3_dataset(tmp_path, (12, 9), fps=10)
+    checked = []
+    real_check = LeRobotDataset._check_frames_keep_pace
+
+    def counted_check(self, where, times, rate, first=0):
+        checked.append((where, first))
+        return real_check(self, where, times, rate, first)
+
+    monkeypatch.setattr(LeRobotDataset, "_check_frames_keep_pace", counted_check)
+    dataset = LeRobotDataset(root)
+    for episode, steps in ((0, [0]), (0, [3, 4]), (1, [0]), (0, [11]), (1, [8]), (1, [2])):
+        frames = dataset.episode(episode).frames("image", steps)
+        assert [nearest_step(f, [0, 1]) for f in frames] == [(episode, s) for s in steps]
+    assert sorted(first for _where, first in checked) == [0, 12]  # one check per segment: episode 0's, episode 1's
+
+
+def test_a_refused_v3_segment_is_refused_on_every_read(tmp_path):
+    """Checked once means passed once: a segment that failed its check is not taken as checked."""
+    lengths = (120, 120)
+    root = shared_v3_dataset(tmp_path, lengths, fps=10)
+    kept = [i for i in range(240) if i != 20]
+    rewrite_video(root / VIDEO, all_frames(lengths)[kept], 10, Fraction(1, 1000), [100 * i for i in kept])
+    dataset = LeRobotDataset(root)
+    for _ in range(2):
+        with pytest.raises(DatasetError, match=r"its video segment 0\.\.12 s holds 119 frames"):
+            dataset.episode(0).frames("image", [0])

@@ -88,6 +88,61 @@ def test_identity_hashes_the_files_that_were_loaded_not_those_there_later(two_ch
     assert policy.identity() == loaded
 
 
+def _counted_identity_work(monkeypatch):
+    """{'taken': n, 'checked': n}: how often the checkpoint files' identities are taken (checkpoint_file_identities)
+    and checked (refuse_changed_files), counted where both do their work."""
+    from gr00t_server.model import checkpoint
+
+    counts = {"taken": 0, "checked": 0}
+    real_identities, real_first_changed = checkpoint.file_identities, checkpoint.first_changed
+
+    def file_identities(paths):
+        counts["taken"] += 1
+        return real_identities(paths)
+
+    def first_changed(identities):
+        counts["checked"] += 1
+        return real_first_changed(identities)
+
+    monkeypatch.setattr(checkpoint, "file_identities", file_identities)
+    monkeypatch.setattr(checkpoint, "first_changed", first_changed)
+    return counts
+
+
+def test_a_policy_load_takes_and_checks_the_checkpoint_files_identities_once(copy_of, monkeypatch):
+    """Gr00tPolicy took and checked them, and load_model, which it calls, did the same again for the same folder."""
+    checkpoint_dir = copy_of()
+    counts = _counted_identity_work(monkeypatch)
+    Gr00tPolicy(checkpoint_dir, TAG, device="cpu")
+    assert counts == {"taken": 1, "checked": 1}
+
+
+def test_load_model_alone_takes_and_checks_the_checkpoint_files_identities(copy_of, monkeypatch):
+    from gr00t_server.model.checkpoint import load_model
+
+    checkpoint_dir = copy_of()
+    counts = _counted_identity_work(monkeypatch)
+    load_model(checkpoint_dir, device="cpu")
+    assert counts == {"taken": 1, "checked": 1}
+
+
+def test_load_model_alone_refuses_a_file_rewritten_while_it_loads(two_checkpoints, monkeypatch):
+    from gr00t_server.model import checkpoint
+
+    first, second = two_checkpoints
+    config = first / "config.json"
+    real_shard_index = checkpoint.shard_index
+
+    def shard_index(directory):  # once the identities are taken and config.json read, before the weights
+        config.write_bytes(config.read_bytes() + b" ")
+        return real_shard_index(directory)
+
+    monkeypatch.setattr(checkpoint, "shard_index", shard_index)
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load_model(first, device="cpu")
+    assert str(info.value).startswith(f"{config} changed while the server loaded {first}"), info.value
+
+
 # --- the weights file truncated in place while it is read (cp, rsync --inplace, scp, a shell `>` over it) ---------
 
 _TRUNCATE_WHILE_READING = """

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from eval.dataset_factory import make_dataset
+from eval.recording_claims import killed_recording, stopped_recording
 from gr00t_eval.dataset.overwrite import RECORD_CLAIM
 from gr00t_eval.run_claim import finish_claim, take_claim
 from serving import served
@@ -52,18 +53,6 @@ def test_a_recording_in_another_pid_namespace_is_taken_as_still_writing(tmp_path
     assert f"is still being recorded by `gr00t-eval record` (pid {gone.pid}" in caplog.text
 
 
-def killed_recording(dataset, n_episodes):
-    """Give `dataset` the claim of a recording of `n_episodes` whose process took it and was killed (kill -9, OOM):
-    the claim says finished: false, and its process is gone."""
-    import subprocess
-    import sys
-
-    subprocess.run([sys.executable, "-c", "import os, sys; from pathlib import Path; "
-                    "from gr00t_eval.dataset.overwrite import RECORD_CLAIM; from gr00t_eval.run_claim import take_claim; "
-                    "take_claim(Path(sys.argv[1]), RECORD_CLAIM, {'n_episodes': int(sys.argv[2])}, flag='--output'); "
-                    "os._exit(0)", str(dataset), str(n_episodes)], check=True, timeout=120)
-
-
 def test_serve_warns_of_a_recording_that_ended_without_finishing(tmp_path):
     """A recording killed half-way was served as if finished, without a word."""
     dataset = make_dataset(tmp_path / "ds", lengths=(6, 9))
@@ -83,15 +72,6 @@ def test_a_test_checkpoint_from_a_recording_that_ended_without_finishing_warns(t
     with caplog.at_level("WARNING", logger="gr00t_server"):
         make_test_checkpoint(tmp_path / "ck", dataset_path=dataset)
     assert f"dataset {dataset} was recorded by a run that ended without finishing (2 of 40 episodes)" in caplog.text
-
-
-def stopped_recording(dataset, n_episodes):
-    """Give `dataset` the claim of a recording of `n_episodes` stopped by Ctrl-C, SIGTERM or an error: its claim is
-    closed (finished), as every outcome closes it."""
-    from pathlib import Path
-
-    claim = take_claim(Path(dataset), RECORD_CLAIM, {"n_episodes": n_episodes}, flag="--output")
-    finish_claim(claim, "interrupted")
 
 
 @pytest.mark.parametrize("planned, warned", [(40, True), (2, False)], ids=["2-of-40", "all-2"])

@@ -441,6 +441,7 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
     report(f"Current modality config: \n{ {k: v.to_json_dict() for k, v in configs.items()} }")
     _refuse_flat_spelt_configs(configs)
     dataset = LeRobotDataset(config.dataset_path)
+    _warn_if_recording_unfinished(dataset)  # first: it explains ids past the end of a dataset cut short
     check_traj_ids_in_dataset(config.traj_ids, dataset.num_episodes, config.dataset_path)
     if config.modality_keys:  # a key the dataset lacks fails here, before results.json, not in every trajectory
         config = dataclasses.replace(config, modality_keys=dataset_action_keys(config.modality_keys, dataset.action_keys))
@@ -452,6 +453,16 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
     check_replays_dataset(served, dataset)  # a replay of a split or another export is scored as this one otherwise
     return CheckedPolicy(config, info, served, not_applied, configs, dataset, asked, frozenset(warned),
                          replaceable_plots)
+
+
+def _warn_if_recording_unfinished(dataset: LeRobotDataset) -> None:
+    """A warning when the dataset read here was recorded by a run killed or stopped part-way: scored silently, its
+    episodes were taken for the whole set (the replay server and make-test-checkpoint warn of it the same way)."""
+    from .dataset.unfinished_recording import unfinished_recording_warning
+
+    unfinished = unfinished_recording_warning(Path(dataset.root), dataset.num_episodes)
+    if unfinished is not None:
+        logger.warning("%s", unfinished)
 
 
 def check_traj_ids_in_dataset(traj_ids: Sequence[int], num_episodes: int, dataset_path: str) -> None:

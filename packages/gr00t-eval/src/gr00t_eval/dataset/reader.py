@@ -148,6 +148,9 @@ class LeRobotDataset:
         self._decoders: Dict[str, VideoDecoder] = {}
         self._first_file_widths: Dict[str, Optional[Tuple[int, str]]] = {}  # column -> _first_file_width, read once
         self._frames_checked: Set[Tuple[str, int]] = set()  # (video of an episode, steps) whose frame times passed
+        # (shared v3.0 file, segment's from_timestamp) -> its first frame, once its frame times passed (as the file's
+        # facts, read once per file): every frames() call read them again (a long open-loop's every window of frames)
+        self._segment_first_frames: Dict[Tuple[Path, float], int] = {}
         self.frames_decoded = 0
         logger.debug("opened %s: %d episodes, %s", self.root, len(self._records), self.codebase_version)
 
@@ -380,7 +383,7 @@ class LeRobotDataset:
         segment = record.videos[column]
         facts = self._facts(segment.path)
         rate = facts.rate
-        where = f"{segment.path} (camera '{column}', episode {record.episode_index})"
+        where = _video_where(segment.path, column, record.episode_index)
         if facts.declared_frames is not None and facts.packets < facts.declared_frames:
             raise DatasetError(f"{where}: the file holds {facts.packets} of the {facts.declared_frames} frames its header "
                                "declares: cut short (an interrupted copy or download?); copy or re-download it")
@@ -417,9 +420,8 @@ class LeRobotDataset:
             self._check_frames_keep_pace(where, times, _frames_cadence(times) or facts.rate or self._fps)
             self._frames_checked.add((where, length))
         if facts.frames not in (length, length + 1):
-            hint = "(the video of another episode?)" if abs(facts.frames - length) > 1 else "(a frame dropped?)"
-            raise DatasetError(f"{where}: the video holds {facts.frames} frames and the episode has {length} steps "
-                               f"{hint}; expected {length} frames, or {length + 1} with one trailing the last step")
+            raise _frame_count_error(where, "the video", facts.frames, length,
+                                     f"{length} frames, or {length + 1} with one trailing the last step")
 
     def _step_frame_bounds(self, times: Sequence[float], start: float, length: int) -> np.ndarray:
         """Index in `times` of the first frame shown in each step's interval, and of the first after the last step's:
@@ -475,7 +477,7 @@ class LeRobotDataset:
             first = int(round(from_timestamp * rate))
             wanted = [(first + int(k)) / rate for k in steps]
         else:
-            first = self._segment_first_frame(path, from_timestamp, times, rate)
+            first = self._segment_first_frame(column, path, from_timestamp, times, rate)
             last = first + max(int(k) for k in steps)
             if last >= len(times):
                 raise DatasetError(f"{path}: the segment from {from_timestamp:g} s needs frame {last - first} of it, and "
@@ -509,20 +511,32 @@ class LeRobotDataset:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def _segment_first_frame(self, path: Path, from_timestamp: float, times: List[float], rate: float) -> int:
+    def _segment_first_frame(self, column: str, path: Path, from_timestamp: float, times: List[float],
+                             rate: float) -> int:
         """Index in `times` of the first frame of the segment that starts at `from_timestamp`. DatasetError naming the
-        file and episode where a v3.0 segment does not show as many frames as its episode has steps, or starts at
-        another frame than the steps of the episodes before it in the file count."""
-        # from_timestamp is measured from the file's first frame (as GR00T counts frames by index) on the frames' grid,
-        # not from times[0]: a stream starting at 0.2 s gave a later episode two frames of the one before it, and a
-        # first frame that came late shifted every later segment by one.
+        file, camera `column` and episode where a v3.0 segment does not show as many frames as its episode has steps,
+        or starts at another frame than the steps of the episodes before it in the file count. Checked once per segment
+        of a file (its times are read once per file); a refused one is checked, and refused, again on every read."""
         found = self._segments.get((path, from_timestamp))
         if found is None:  # a file of its own (v2.x): its first frame, as GR00T counts its frames by index (the frame
             return 0  # nearest an origin its first frames set skipped frame 0 where they paused within the first nine)
-        origin = _frames_origin(times, rate)
-        start = origin + from_timestamp
+        first = self._segment_first_frames.get((path, from_timestamp))
+        if first is None:
+            first = self._checked_segment_first_frame(column, path, times, rate, found)
+            self._segment_first_frames[(path, from_timestamp)] = first
+        return first
+
+    def _checked_segment_first_frame(self, column: str, path: Path, times: List[float], rate: float,
+                                     found: Tuple[EpisodeRecord, VideoSegment, Optional[int]]) -> int:
+        """_segment_first_frame of the v3.0 segment `found` (its episode, the segment, the frames before it in the
+        file), found by checking its frames' times: DatasetError where they do not hold one frame per step."""
         record, segment, frames_before = found
-        self._check_segments_within_file(path, record, times, rate)
+        # from_timestamp is measured from the file's first frame (as GR00T counts frames by index) on the frames' grid,
+        # not from times[0]: a stream starting at 0.2 s gave a later episode two frames of the one before it, and a
+        # first frame that came late shifted every later segment by one.
+        start = _frames_origin(times, rate) + segment.from_timestamp
+        where = _video_where(path, column, record.episode_index)
+        self._check_segments_within_file(where, path, times, rate)
         # The segment's frames are those shown in its steps' intervals (_step_frame_bounds; its span, checked against
         # the steps by check_video, within half a frame of theirs): a frame up to nine tenths of an interval late (one
         # that came late, or a 29.97 frames/s video drifting from segments written at fps 30) stays in its own segment.
@@ -530,12 +544,11 @@ class LeRobotDataset:
         # first, within the 1% rate check.
         bounds = self._step_frame_bounds(times, start, record.length)
         first, end = int(bounds[0]), int(bounds[-1])
-        where = f"{path} (episode {record.episode_index})"
         span = f"{segment.from_timestamp:g}..{segment.to_timestamp:g} s"
-        if end - first != record.length:
-            raise DatasetError(f"{where}: {end - first} frames are shown in its video segment {span} and the episode "
-                               f"has {record.length} steps (a frame dropped, repeated or shown late): step k would show "
-                               "another step's frame, or another episode's")
+        if end - first != record.length:  # a frame dropped, repeated or shown late
+            raise _frame_count_error(where, f"its video segment {span}", end - first, record.length,
+                                     f"{record.length} frames, one per step (step k would show another step's frame, "
+                                     "or another episode's)")
         if frames_before is not None and first != frames_before:
             # By time alone, a segment whose frames all lie over nine tenths of a frame behind its times (a 29.97
             # frames/s file whose segments were written at fps 30, some 900 frames in) was read a frame off.
@@ -548,7 +561,7 @@ class LeRobotDataset:
         self._check_frames_keep_pace(where, shown, _frames_cadence(shown) or rate, first)
         return first
 
-    def _check_segments_within_file(self, path: Path, record: EpisodeRecord, times: List[float], rate: float) -> None:
+    def _check_segments_within_file(self, where: str, path: Path, times: List[float], rate: float) -> None:
         """DatasetError for every episode of a shared v3.0 file whose segments start after its first frame and end
         past its last: segment times all some frames late (as a converter counting the first frame at 1/fps writes
         them) gave each episode but the last the next step's frames, the gap before the first read as an episode the
@@ -556,7 +569,7 @@ class LeRobotDataset:
         first_start, last_end = self._file_spans[path]
         overrun = last_end * self._fps - len(times) * self._fps / rate  # frames the segments need past the file's end
         if first_start * self._fps > 0.5 and overrun > 0.5:
-            raise DatasetError(f"{path} (episode {record.episode_index}): the video segments of the episodes in this "
+            raise DatasetError(f"{where}: the video segments of the episodes in this "
                                f"file start at {first_start:g} s, {first_start * self._fps:.1f} frames after its first "
                                f"frame, and end at {last_end:g} s, {overrun:.1f} frames past its last ({len(times)} "
                                f"frames at fps {self._fps:g}); expected segments within the file's frames: their times "
@@ -580,6 +593,22 @@ class LeRobotDataset:
         if path not in self._video_facts:
             self._video_facts[path] = video_stream_facts(path)
         return self._video_facts[path]
+
+
+def _video_where(path: Path, column: str, episode_index: int) -> str:
+    """How a video error names what it is about: the file, the camera and the episode."""
+    return f"{path} (camera '{column}', episode {episode_index})"
+
+
+def _frame_count_error(where: str, holder: str, found: int, length: int, expected: str) -> DatasetError:
+    """DatasetError: `holder` (an episode's video of its own, or its segment of a shared one) holds `found` frames for
+    an episode of `length` steps; `expected` says how many it should hold."""
+    if abs(found - length) > 1:
+        hint = "(the video of another episode?)"
+    else:
+        hint = "(a frame dropped?)" if found < length else "(a frame repeated or inserted?)"
+    return DatasetError(f"{where}: {holder} holds {found} frames and the episode has {length} steps {hint}; expected "
+                        f"{expected}")
 
 
 def _frames_cadence(times: Sequence[float]) -> Optional[float]:

@@ -1,6 +1,7 @@
 """Whether a dataset's recording ended without finishing: its record claim says finished: false and the recording's
 process is gone (kill -9, an OOM kill), so the dataset holds only the episodes it finished. Read by the replay server
-and make-test-checkpoint --dataset-path, which would otherwise take it as whole."""
+and make-test-checkpoint --dataset-path, and by open-loop of the dataset it scores, which would otherwise take it as
+whole."""
 
 from __future__ import annotations
 

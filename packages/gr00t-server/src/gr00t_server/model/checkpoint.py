@@ -536,15 +536,19 @@ def load_model(
     dtype: Union[str, torch.dtype, None] = None,
     subfolder: Optional[str] = None,
     revision: Optional[str] = None,
+    read_files: Optional[dict[Path, FileIdentity]] = None,
 ) -> tuple[Gr00tN1d7, Gr00tN1d7Config]:
     """Load a GR00T N1.7 checkpoint strictly; returns the model in eval mode on `device` in `dtype`.
 
-    `dtype=None` means bfloat16 on CUDA and float32 on CPU (see `resolve_dtype`).
+    `dtype=None` means bfloat16 on CUDA and float32 on CPU (see `resolve_dtype`). `read_files`: the checkpoint files'
+    identities (checkpoint_file_identities), taken by a caller that reads more of them around the load and refuses
+    changed files itself once it has read them all (Gr00tPolicy); None: taken here, and a file changed while the model
+    loaded is refused here (CheckpointError).
     """
     given = resolve_checkpoint_dir(model_dir_or_hub_id, subfolder=subfolder, revision=revision)
     # Every file is read through the folder as it is now: a `latest` link re-pointed meanwhile mixed two checkpoints
     directory = given.resolve()
-    identities = checkpoint_file_identities(directory)
+    identities = checkpoint_file_identities(directory) if read_files is None else None
     config = Gr00tN1d7Config.from_json_file(directory / CONFIG_NAME)
     torch_dtype = resolve_dtype(device, dtype)
     # Each parameter is allocated, then moved to meta: the largest (the embedding, 1.2 GB) must fit once
@@ -559,7 +563,8 @@ def load_model(
     model.to(device=device, dtype=torch_dtype)
     model.requires_grad_(False)
     model.eval()
-    refuse_changed_files(identities, given)
+    if identities is not None:  # else the caller's check, once it has read the files it reads after the model
+        refuse_changed_files(identities, given)
     logger.info("loaded GR00T N1.7 checkpoint %s on %s (%s)", given, device, torch_dtype)
     return model, config
 

@@ -220,7 +220,8 @@ class Gr00tPolicy(Gr00tObservationChecks, Gr00tActionOptions, BasePolicy):
         self.processor.norm_params(tag_value)  # fail at load time, not at the first request, on bad statistics
         self.embodiment_id = self.processor.embodiment_id(tag_value)
 
-        self.model, self.model_config = load_model(directory, device=self.device, dtype=dtype)
+        # read_files: checked once, below, after the files read after the model too
+        self.model, self.model_config = load_model(directory, device=self.device, dtype=dtype, read_files=read_files)
         self.model.eval()
         self._model_dtype = next(self.model.parameters()).dtype  # read now: a backend may swap every sub-module out
         if self._model_dtype == torch.float16:
