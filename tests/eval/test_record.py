@@ -66,6 +66,14 @@ def test_record_refuses_other_envs(tmp_path):
         record_metaworld("pusht/PushT-v0", 1, tmp_path / "x", progress=False)
 
 
+def test_record_refuses_several_tasks_saying_it_takes_one(tmp_path):
+    """rollout's comma-separated --env-name was refused as one unknown Meta-World task 'reach-v3,push-v3'."""
+    with pytest.raises(ValueError, match=r"record takes one task per run, got 'metaworld/reach-v3,metaworld/push-v3': "
+                                         r"record each of 'metaworld/reach-v3', 'metaworld/push-v3' into a folder"):
+        record_metaworld("metaworld/reach-v3,metaworld/push-v3", 1, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_second_recording_cannot_empty_a_directory_another_recording_fills(recorded, tmp_path):
     """Two recordings into one folder both exited 0, leaving episodes that held the other run's data under the wrong
     seeds; --overwrite deleted the running one's finished episodes."""

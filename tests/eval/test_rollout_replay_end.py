@@ -27,9 +27,11 @@ def ran_out(length):
 
 
 class PushProbeEnv(gym.Env):
-    """Succeeds (and ends) once the pushes add up to GOAL; never ends an episode by itself otherwise."""
+    """Succeeds (and, with `ends_at_goal`, ends) once the pushes add up to GOAL; never ends an episode by itself
+    otherwise."""
 
-    def __init__(self):
+    def __init__(self, ends_at_goal=True):
+        self.ends_at_goal = ends_at_goal
         self.observation_space = gym.spaces.Dict({"state.position": gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)})
         self.action_space = gym.spaces.Dict({"action.push": gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)})
         self.position = 0.0
@@ -42,10 +44,12 @@ class PushProbeEnv(gym.Env):
     def step(self, action):
         self.position += float(np.asarray(action["action.push"]).reshape(-1)[0])
         success = self.position >= GOAL
-        return {"state.position": np.full(1, self.position, np.float32)}, 0.0, success, False, {"success": success}
+        ended = success and self.ends_at_goal
+        return {"state.position": np.full(1, self.position, np.float32)}, 0.0, ended, False, {"success": success}
 
 
 register_env_prefix("pushprobe", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: PushProbeEnv())
+register_env_prefix("pushprobeon", EmbodimentTag.NEW_EMBODIMENT, lambda task, **kwargs: PushProbeEnv(ends_at_goal=False))
 
 CONFIGS = {"state": ModalityConfig([0], ["position"]), "action": ModalityConfig(list(range(CHUNK)), ["push"])}
 
@@ -95,6 +99,16 @@ def test_a_replay_past_its_recordings_end_errors_there_instead_of_being_scored(r
     got = [(o.success, o.length, o.error) for o in result.outcomes]
     assert got == [(False, 3, ran_out(3)), (True, GOAL, None), (False, 4, ran_out(4))]
     assert result.errored_episodes == [0, 2] and result.success_rate == 1.0
+
+
+def test_a_replay_run_on_past_success_says_terminate_on_success_is_why_it_ran_out(replay_server):
+    """A recording that stops at success (as `record` writes them), rolled out with terminate_on_success false in an
+    env that goes on after success: the episode runs past the recording's end and errors there; the error said only
+    that the replay ran out (R-roundtrip), not that the setting ran it past the success it reached."""
+    result = rollout(replay_server.port, env_name="pushprobeon/any", terminate_on_success=False)
+    errors = [o.error for o in result.outcomes]
+    assert errors[0] == ran_out(3) and errors[2] == ran_out(4)  # short of the goal: no word of the setting
+    assert errors[1].startswith(ran_out(6)) and "terminate_on_success=false runs it on past success" in errors[1]
 
 
 def test_a_policy_that_reports_no_recording_is_rolled_out_past_any_step_count():

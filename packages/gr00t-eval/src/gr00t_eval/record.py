@@ -76,6 +76,9 @@ def record_metaworld(
     from .rollout.adapters import checked_image_size
     from .rollout.adapters.metaworld import DEFAULT_CAMERA, MetaWorldEnv, scripted_policy
 
+    if "," in env_name:  # rollout's form of several tasks: was refused as one unknown task named 'reach-v3,push-v3'
+        raise ValueError(f"record takes one task per run, got {env_name!r}: record each of "
+                         f"{', '.join(repr(name.strip()) for name in env_name.split(','))} into a folder of its own")
     prefix, task = split_env_name(env_name)
     if prefix != "metaworld" or not task:
         raise ValueError(f"record supports env names 'metaworld/<task>' (e.g. metaworld/reach-v3), got {env_name!r}")

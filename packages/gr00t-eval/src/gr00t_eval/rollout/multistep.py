@@ -417,8 +417,12 @@ class MultiStepWrapper(gym.Wrapper):
         length = self.recording_length
         if length is None or self._steps < length:
             return None
-        return (f"the replay ran out of recorded actions at step {self._steps} (the recording has {length} steps); "
+        said = (f"the replay ran out of recorded actions at step {self._steps} (the recording has {length} steps); "
                 "a replay cannot say what the policy would do after it")
+        if self._success and not self.terminate_on_success:  # a recording that stops at success (as `record` writes)
+            said += ("; this episode reached success, and terminate_on_success=false runs it on past success, where "
+                     "the recording ends: roll a replay out with terminate_on_success true (the default)")
+        return said
 
     def _reward_totals(self) -> Tuple[float, float]:
         """The episode's sum and max reward so far (0.0 before its first step)."""
