@@ -672,6 +672,21 @@ def test_ids_the_dataset_lacks_are_refused_before_connecting(dataset, tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+def test_ids_past_the_end_of_a_killed_recording_are_refused_saying_it_was_cut_short(tmp_path, capsys):
+    """The refusal before connecting said only that the dataset has 2 episodes, not that it is 2 of a recording of 40
+    killed part-way (R53: the warning that says so came only after this check)."""
+    from eval.recording_claims import killed_recording
+
+    short = make_dataset(tmp_path / "ds", lengths=LENGTHS[:2])
+    killed_recording(short, 40)
+    code = open_loop(short, free_port(), tmp_path / "out", "--traj-ids", "0", "2")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (f"traj_ids (--traj-ids) [2] are not in the dataset {short}: it has 2 episodes (ids 0 to 1); expected ids "
+            f"the dataset has (dataset {short} was recorded by a run that ended without finishing (2 of 40 episodes)"
+            ) in err
+
+
 def test_ctrl_c_mid_run_exits_130_with_the_trajectories_scored_in_results(dataset, tmp_path, capsys):
     policy = HangsOnEpisode(dataset, execution_horizon=4, hang_on=2)
 

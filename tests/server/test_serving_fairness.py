@@ -522,17 +522,47 @@ def test_call_times_count_only_for_calls_of_the_same_cost_signature():
     assert window.least_call_seconds(1, now, cost="one step") == 0.0  # no call of its kind: it runs
 
 
-def test_equal_cost_signatures_are_one_object_and_an_equal_copy_still_counts():
-    """Each request's signature is compared with every recent call's: signatures of equal value are one object (a
-    nested tuple compared item by item cost ~30 us a request), and a copy equal in value counts as the same kind."""
+def test_an_equal_copy_of_a_recent_calls_signature_counts_as_its_kind():
+    """The window compares option-free signatures by identity first (equal nested tuples compare item by item: ~30 us
+    a request over 32 recent calls): a request's own signature, equal in value to a recent call's, is of its kind."""
     observation = {"state": {"x": np.zeros((1, 1), np.float32)}, "video": {"cam": np.zeros((1, 8, 8, 3), np.uint8)}}
-    first = cost_signature({"observation": observation})
-    again = cost_signature({"observation": {key: dict(value) for key, value in observation.items()}})
-    assert again is first
-    copy = (tuple(first[0]), tuple(first[1]))  # equal, not the same object (as after the table was forgotten)
     window = GatherWindow(cap_ms=20.0)
-    window.observe_call(0.3, 1, copy)
-    assert window.least_call_seconds(1, time.monotonic(), cost=first) == pytest.approx(0.3)
+    window.observe_call(0.3, 1, cost_signature({"observation": observation}))
+    again = cost_signature({"observation": {key: dict(value) for key, value in observation.items()}})
+    assert window.least_call_seconds(1, time.monotonic(), cost=again) == pytest.approx(0.3)
+
+
+def test_an_options_value_type_is_the_requests_own_whatever_equal_value_another_client_sent():
+    """1, 1.0 and True are equal (and hash alike): a request sending an int counter t=3 was compared as `t=<any
+    float>`, and refused on the word of slow float calls, because another client once sent 3.0 (R53: signatures were
+    looked up by value in a table every request shared)."""
+    window = GatherWindow(cap_ms=20.0)
+    now = time.monotonic()
+    for counter in range(VOLATILE_OPTION_VALUES + 2):
+        window.observe_call(0.4, 1, cost_signature({"options": {"t": float(counter)}}))
+    int_request = cost_signature({"options": {"t": 3}})
+    assert window.least_call_seconds(1, now, cost=int_request) == 0.0  # no int call yet: it runs
+    assert batching.describe_cost(window.kind_of(int_request)).endswith("t=<any int>")
+    window.observe_call(0.05, 1, cost_signature({"options": {"t": 7}}))
+    assert window.least_call_seconds(1, now, cost=int_request) == pytest.approx(0.05)
+
+
+def test_a_signature_only_asked_about_is_not_kept():
+    """A refused request's signature (its keys, up to a message's size) stayed in a table of 256 after its reply (R53:
+    six refused requests with a 40 MB key each kept 240 MB); only the recent calls' signatures are kept."""
+    import gc
+    import sys
+
+    window = GatherWindow(cap_ms=20.0)
+    window.observe_call(0.1, 1, cost_signature({}))
+    key = "".join(["a client's key ", "x" * 64])  # an object of its own, whose references can be counted
+    before = sys.getrefcount(key)
+    request = cost_signature({"observation": {key: np.zeros((1, 1), np.float32)}})
+    assert sys.getrefcount(key) > before  # the signature holds the key itself
+    window.least_call_seconds(1, time.monotonic(), cost=request)
+    del request
+    gc.collect()
+    assert sys.getrefcount(key) == before
 
 
 def test_an_option_stops_being_volatile_once_its_calls_are_forgotten_and_becomes_so_again():

@@ -441,7 +441,7 @@ def check_open_loop_policy(policy: BasePolicy, config: OpenLoopConfig,
     report(f"Current modality config: \n{ {k: v.to_json_dict() for k, v in configs.items()} }")
     _refuse_flat_spelt_configs(configs)
     dataset = LeRobotDataset(config.dataset_path)
-    _warn_if_recording_unfinished(dataset)  # first: it explains ids past the end of a dataset cut short
+    _warn_if_recording_unfinished(dataset)
     check_traj_ids_in_dataset(config.traj_ids, dataset.num_episodes, config.dataset_path)
     if config.modality_keys:  # a key the dataset lacks fails here, before results.json, not in every trajectory
         config = dataclasses.replace(config, modality_keys=dataset_action_keys(config.modality_keys, dataset.action_keys))
@@ -470,9 +470,12 @@ def check_traj_ids_in_dataset(traj_ids: Sequence[int], num_episodes: int, datase
     scored only the others read as complete."""
     missing = [int(t) for t in traj_ids if not 0 <= t < num_episodes]
     if missing:
+        from .dataset.unfinished_recording import unfinished_recording_warning
+
         held = f"ids 0 to {num_episodes - 1}" if num_episodes else "no ids"
+        why = unfinished_recording_warning(Path(dataset_path), num_episodes)  # a recording cut short says so
         raise ValueError(f"traj_ids (--traj-ids) {missing} are not in the dataset {dataset_path}: it has {num_episodes} "
-                         f"episodes ({held}); expected ids the dataset has")
+                         f"episodes ({held}); expected ids the dataset has" + (f" ({why})" if why else ""))
 
 
 def _check_modality_keys_served(keys: List[str], policy_keys: List[str]) -> None:

@@ -79,10 +79,6 @@ def cost_signature(data: Any, shape: Optional[BatchShape] = None) -> CallCost:
     """What sets the cost of a get_action's call besides its rows: its observation's batch signature (keys, dtypes and
     per-row shapes: `shape`'s when gathered, else walked here) and its options, a scalar or short text by value (an
     array by dtype and shape, anything else by type). Calls of one signature take alike."""
-    return _interned(_cost_signature(data, shape))
-
-
-def _cost_signature(data: Any, shape: Optional[BatchShape]) -> CallCost:
     data = data if isinstance(data, dict) else {}
     if shape is not None:  # gathered: no option but server_timing
         return shape[0], ()
@@ -95,22 +91,6 @@ def _cost_signature(data: Any, shape: Optional[BatchShape]) -> CallCost:
     # sorted by name alone: an int key 1 beside a str key "1" compared an array's tuple with a str (TypeError)
     return signature, tuple(sorted(((str(name), _option_cost(value)) for name, value in options.items()
                                     if name not in COST_NEUTRAL_OPTIONS), key=lambda item: item[0]))
-
-
-# One object per cost signature value seen lately, so that GatherWindow compares a request's signature with each recent
-# call's by identity: equal nested tuples compare item by item (32 such compares cost ~30 us a request). Forgotten all
-# at once past MAX_INTERNED_COSTS; an equal copy made before that only compares slower.
-MAX_INTERNED_COSTS = 256
-_COSTS: Dict[CallCost, CallCost] = {}
-
-
-def _interned(cost: CallCost) -> CallCost:
-    held = _COSTS.get(cost)
-    if held is None:
-        if len(_COSTS) >= MAX_INTERNED_COSTS:
-            _COSTS.clear()
-        held = _COSTS.setdefault(cost, cost)
-    return held
 
 
 def _option_cost(value: Any) -> Hashable:
@@ -402,6 +382,8 @@ class GatherWindow:
         self._least_by_rows: Dict[Tuple[CallCost, int], Tuple[float, float, float]] = {}  # (least s, from, until)
         self._volatile: FrozenSet[str] = frozenset()  # option names of many values among the recent calls (kind_of)
         self._with_options = 0  # recent calls whose cost signature holds options
+        # the option-free cost signatures of the recent calls, one object per value (_held)
+        self._costs: Dict[CallCost, CallCost] = {}
         self._refused_since_call = 0  # requests refused by least_call_seconds since the last call ran
         # Refusal probes in a row too slow for their clients, by the bucket of what their call took (too slow for
         # every timeout up to it): (count, rows of the refused round, ms taken); and the probes granted since the last
@@ -422,7 +404,7 @@ class GatherWindow:
         recent = self._recent_calls
         if len(recent) == recent.maxlen:  # the oldest makes way
             self._with_options -= _has_options(recent[0][3])
-        recent.append((time.monotonic(), max(1, int(rows)), seconds, cost))
+        recent.append((time.monotonic(), max(1, int(rows)), seconds, self._held(cost, keep=True)))
         self._with_options += _has_options(cost)
         # none of them sent options (the common case): none is volatile, and the walk is saved on every call
         self._volatile = _volatile_options(cost for _, _, _, cost in recent) if self._with_options else frozenset()
@@ -481,7 +463,23 @@ class GatherWindow:
                 rows_then, longest = self._probing.get(bucket, (rows, timeout_ms))
                 self._probing[bucket] = (max(rows_then, rows), max(longest, timeout_ms))
                 return 0.0
-        return self._least_of_recent(rows, now, cost)
+        return self._least_of_recent(rows, now, self._held(cost))
+
+    def _held(self, cost: CallCost, keep: bool = False) -> CallCost:
+        """The recent calls' object for an option-free signature equal to `cost`, else `cost` itself, so that
+        _least_of_recent compares most signatures by identity (equal nested tuples compare item by item: 32 such
+        compares cost ~30 us a request). Signatures with options are left as they are: 1, 1.0 and True are equal values
+        of different kinds (kind_of). `keep`: a call's signature, held from now; the table holds only the recent calls'
+        (a refused request's keys, up to a message's size, are never kept)."""
+        if not _option_free(cost):
+            return cost
+        held = self._costs.get(cost)
+        if held is not None or not keep:
+            return cost if held is None else held
+        if len(self._costs) >= SPREAD_HISTORY:  # forget those no recent call has any more
+            self._costs = {old: old for _, _, _, old in self._recent_calls if _option_free(old)}
+        self._costs[cost] = cost
+        return cost
 
     def _least_of_recent(self, rows: int, now: float, cost: CallCost) -> float:
         """The least a call of `rows` rows and signature `cost` can take by such calls of the last CALL_MEMORY_S (0
@@ -539,6 +537,12 @@ class GatherWindow:
 def _has_options(cost: CallCost) -> bool:
     """Whether a cost signature (cost_signature's) holds options."""
     return isinstance(cost, tuple) and len(cost) == 2 and isinstance(cost[1], tuple) and len(cost[1]) > 0
+
+
+def _option_free(cost: CallCost) -> bool:
+    """Whether `cost` is a cost signature (cost_signature's) without options: its observation's keys, dtypes and shapes
+    alone (str and int values, equal only when of one type)."""
+    return isinstance(cost, tuple) and len(cost) == 2 and cost[1] == ()
 
 
 def _volatile_options(costs: Iterable[CallCost]) -> FrozenSet[str]:
