@@ -33,15 +33,18 @@ def running_rollout(folder, pid):
     return folder
 
 
+@pytest.mark.parametrize("inside", ["runA", ".scratch/runA"], ids=["sub-folder", "hidden sub-folder"])
 @pytest.mark.parametrize("command", ["rollout", "open-loop", "batch"])
-def test_overwrite_of_a_folder_holding_a_live_runs_folder_is_refused_and_deletes_nothing(command, dataset, tmp_path,
-                                                                                        capsys, live_process):
+def test_overwrite_of_a_folder_holding_a_live_runs_folder_is_refused_and_deletes_nothing(command, inside, dataset,
+                                                                                        tmp_path, capsys, live_process):
+    """A live run in a hidden sub-folder was not looked for (the dataset search was), and was deleted (R52)."""
     parent = tmp_path / "parent"
-    running_rollout(parent / "runA", live_process.pid)
+    running_rollout(parent / inside, live_process.pid)
+    (parent / "episodes.jsonl").write_text("")  # an earlier run's folder, which --overwrite empties
     before = contents(parent)
     assert run_cli([*command_args(command, parent, dataset, tmp_path), "--overwrite"]) == 2
     err = capsys.readouterr().err
-    assert IN_USE.format(pid=live_process.pid) in err and "runA" in err, err
+    assert IN_USE.format(pid=live_process.pid) in err and inside in err, err
     assert contents(parent) == before
 
 

@@ -325,3 +325,49 @@ def test_a_merge_into_a_new_folder_does_not_wait_on_the_lock_of_the_folder_above
     _out, err = merge.communicate()
     assert state == "ended" and merge.returncode == 0, err
     assert json.loads((parent / "new" / "merged.json").read_text())["merged_from"]
+
+
+def _merge_process(results, output):
+    """`gr00t-eval merge results --output output` started in a process of its own (stdout and stderr piped)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", "import sys; from gr00t_eval import cli; "
+                             "sys.exit(cli.main(sys.argv[1:]))", "merge", str(results), "--output", str(output)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="tells a process waiting for an flock by /proc/locks")
+def test_two_merges_of_different_evaluations_into_one_new_folder_refuse_the_second(
+        shards, other_evaluation, tmp_path, monkeypatch):
+    """The folder a merge makes is locked as one that was there: a second merge started while the first is between its
+    checks and its writes waits, then checks what the first wrote. Unlocked, both exited 0 and one result was lost
+    (R52)."""
+    from gr00t_eval import results as results_module
+
+    output = tmp_path / "new" / "merged.json"
+    write = results_module.write_results_together
+    second = {}
+
+    def second_merge_then_write(files):  # the first merge, its checks done: the second starts before it writes
+        second["process"] = _merge_process(other_evaluation, output)
+        second["state"] = _blocked_on_a_lock_or_ended(second["process"])
+        return write(files)
+
+    monkeypatch.setattr(results_module, "write_results_together", second_merge_then_write)
+    assert cli.main(["merge", str(shards), "--output", str(output)]) == 0
+    _out, err = second["process"].communicate()
+    assert second["state"] == "blocked" and second["process"].returncode == 2, err
+    assert f"--output {output} holds the merge of another evaluation" in err
+    assert json.loads(output.read_text())["plan"]["seed"] == 0
+
+
+def test_a_refused_merge_removes_the_new_folder_it_made_and_keeps_one_that_was_there(shards, tmp_path, live_process):
+    split = tmp_path / "split"
+    shutil.copytree(shards, split)
+    held_by(split / "run_shard1of2.json", live_process.pid)  # refused: shard 1/2 is still running
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert cli.main(["merge", str(split), "--output", str(tmp_path / "new" / "merged.json")]) == 2
+    assert cli.main(["merge", str(split), "--output", str(existing / "merged.json")]) == 2
+    assert not (tmp_path / "new").exists() and existing.is_dir()

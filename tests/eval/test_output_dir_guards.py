@@ -35,13 +35,44 @@ def test_open_loop_overwrite_never_deletes_the_dataset_it_evaluates(tmp_path, ca
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
-def test_rollout_overwrite_refuses_a_directory_holding_a_dataset(tmp_path, capsys):
-    make_dataset(tmp_path / "out" / "recorded")
-    code = main(["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--output-dir",
-                 str(tmp_path / "out"), "--overwrite", "--policy-client-port", "9", "--timeout-ms", "500"])
-    assert code == 2
-    assert "holds, in recorded/, a LeRobot dataset (meta/info.json); --overwrite never deletes one" in capsys.readouterr().err
-    assert (tmp_path / "out" / "recorded" / "meta" / "info.json").is_file()
+def _rollout_overwrite(out):
+    """`gr00t-eval rollout --output-dir out --overwrite` (refused before it connects: no server on port 9)."""
+    return main(["rollout", "--env-name", "walkto/slow", "--env-import", "eval.scale_fixtures", "--output-dir",
+                 str(out), "--overwrite", "--policy-client-port", "9", "--timeout-ms", "500"])
+
+
+@pytest.mark.parametrize("inside", ["recorded", ".cache/recorded", ".gr00t_data/recorded", ".gr00t/datasets/recorded"])
+def test_rollout_overwrite_refuses_a_directory_holding_a_dataset(tmp_path, capsys, inside):
+    """A user's folder named .gr00t... is not one of the tools' own: a dataset in it was emptied (R52)."""
+    make_dataset(tmp_path / "out" / inside)
+    (tmp_path / "out" / "episodes.jsonl").write_text("")  # an earlier run's folder, which --overwrite empties
+    assert _rollout_overwrite(tmp_path / "out") == 2
+    assert (f"holds, in {inside}/, a LeRobot dataset (meta/info.json); --overwrite never deletes one"
+            in capsys.readouterr().err)
+    assert (tmp_path / "out" / inside / "meta" / "info.json").is_file()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links")
+def test_rollout_overwrite_refuses_a_directory_holding_a_dataset_whose_info_json_is_not_fetched(tmp_path, capsys):
+    """meta/info.json a link to a file git-annex has not fetched yet (dangling): still a dataset, never emptied."""
+    dataset = make_dataset(tmp_path / "out" / "recorded")
+    (dataset / "meta" / "info.json").unlink()
+    (dataset / "meta" / "info.json").symlink_to(tmp_path / "annex" / "objects" / "info.json")
+    (tmp_path / "out" / "episodes.jsonl").write_text("")
+    assert _rollout_overwrite(tmp_path / "out") == 2
+    assert "holds, in recorded/, a LeRobot dataset (meta/info.json)" in capsys.readouterr().err
+    assert (dataset / "data").is_dir()
+
+
+def test_overwrite_empties_an_earlier_runs_folder_whose_trash_holds_a_dataset_tree(tmp_path):
+    """The tools' own folders are not searched: what a stopped overwrite moved into .gr00t_overwritten/ is deleted."""
+    from gr00t_eval.run_dir import prepare_output_dir
+
+    out = tmp_path / "out"
+    make_dataset(out / ".gr00t_overwritten" / "tmpaside" / "0_recorded")
+    (out / "episodes.jsonl").write_text("")
+    prepare_output_dir(out, overwrite=True)
+    assert list(out.iterdir()) == []
 
 
 @pytest.mark.skipif(os.name == "nt", reason="symbolic links")

@@ -320,10 +320,12 @@ def test_make_test_checkpoint_never_deletes_the_dataset_it_reads(tmp_path, overw
     assert (dataset / "meta" / "info.json").is_file()
 
 
-@pytest.mark.parametrize("inside", ["recorded", ".cache/recorded"], ids=["sub-folder", "hidden sub-folder"])
+@pytest.mark.parametrize("inside", ["recorded", ".cache/recorded", ".gr00t_data/recorded", ".gr00t/datasets/recorded"],
+                         ids=["sub-folder", "hidden sub-folder", "user's .gr00t_data", "user's .gr00t"])
 @pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
 def test_make_test_checkpoint_never_empties_a_folder_holding_a_dataset(tmp_path, overwrite, inside):
-    """A dataset in a hidden sub-folder (.cache/) was not looked for, and --overwrite deleted it (R51)."""
+    """A dataset in a hidden sub-folder (.cache/) was not looked for, and --overwrite deleted it (R51); nor in a user's
+    folder whose name begins .gr00t, taken for one of the tools' own (R52)."""
     from gr00t_server.test_checkpoint import make_test_checkpoint
 
     folder = tmp_path / "project"
@@ -333,6 +335,20 @@ def test_make_test_checkpoint_never_empties_a_folder_holding_a_dataset(tmp_path,
         make_test_checkpoint(folder, overwrite=overwrite)
     assert "pass --overwrite" not in str(refused.value)
     assert (folder / inside / "episode_000000.parquet").read_bytes() == b"recorded"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links")
+def test_make_test_checkpoint_never_empties_a_dataset_whose_info_json_is_not_fetched(tmp_path):
+    """meta/info.json a link to a file git-annex has not fetched yet (dangling): still a dataset."""
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    folder = tmp_path / "project"
+    dataset = _fake_dataset(folder / "recorded")
+    (dataset / "meta" / "info.json").unlink()
+    (dataset / "meta" / "info.json").symlink_to(tmp_path / "annex" / "objects" / "info.json")
+    with pytest.raises(FileExistsError, match=r"holds, in recorded/, a LeRobot dataset \(meta/info.json\)"):
+        make_test_checkpoint(folder, overwrite=True)
+    assert (dataset / "episode_000000.parquet").read_bytes() == b"recorded"
 
 
 def _interrupted_run_marker(folder):
@@ -368,6 +384,78 @@ def test_after_an_interrupted_run_only_its_own_files_are_replaced(tmp_path):
     make_test_checkpoint(folder, seed=4)
     assert json.loads((folder / TEST_CHECKPOINT_MARKER).read_text())["seed"] == 4
     assert (folder / "model.safetensors").read_bytes() != b"half written"
+
+
+# `python -c KILLED_WRITING_WEIGHTS FOLDER`: make-test-checkpoint into FOLDER, killed (SIGKILL, as an OOM kill) as it
+# starts the weights, its config.json written
+KILLED_WRITING_WEIGHTS = """
+import os, signal, sys
+from gr00t_server.model import checkpoint
+from gr00t_server.test_checkpoint import make_test_checkpoint
+checkpoint._save_readable = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+make_test_checkpoint(sys.argv[1])
+"""
+
+
+def test_a_run_killed_after_writing_its_config_is_rerun_into_the_same_folder(tmp_path):
+    """The marker was touched only after the config and the weights together: a run killed while it wrote the weights
+    left its own complete config.json newer than it, and the rerun refused it as a user's (R52)."""
+    import subprocess
+    import sys
+
+    from gr00t_server.test_checkpoint import TEST_CHECKPOINT_MARKER, make_test_checkpoint
+
+    folder = tmp_path / "ck"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITING_WEIGHTS, str(folder)], capture_output=True, text=True)
+    assert killed.returncode == -9 and (folder / "config.json").is_file(), killed.stderr
+    assert not json.loads((folder / TEST_CHECKPOINT_MARKER).read_text())["complete"]
+    make_test_checkpoint(folder, seed=3)  # no overwrite: every file there is the killed run's
+    assert json.loads((folder / TEST_CHECKPOINT_MARKER).read_text())["seed"] == 3
+
+
+def test_after_a_kill_the_file_the_run_was_writing_is_the_one_named_and_kept(tmp_path):
+    """The marker names the file about to be written: the only one of the run's files a rerun cannot tell from one put
+    there since, so it alone is refused, by name."""
+    from gr00t_server.test_checkpoint import TEST_CHECKPOINT_MARKER, make_test_checkpoint
+
+    folder = tmp_path / "ck"
+    _interrupted_run_marker(folder)
+    (folder / "config.json").write_text("{}")  # written before the marker's last rewrite: the run's own
+    os.utime(folder / "config.json", (time.time() - 120, time.time() - 120))
+    marker = json.loads((folder / TEST_CHECKPOINT_MARKER).read_text())
+    (folder / TEST_CHECKPOINT_MARKER).write_text(json.dumps({**marker, "writing": ["model.safetensors"]}))
+    os.utime(folder / TEST_CHECKPOINT_MARKER, (time.time() - 60, time.time() - 60))
+    (folder / "model.safetensors").write_bytes(b"half written, or a real one copied in since")
+    with pytest.raises(FileExistsError, match=r"holds the files of an interrupted make-test-checkpoint run and "
+                                              r"model.safetensors, the file it was writing when it was killed"):
+        make_test_checkpoint(folder)
+    assert (folder / "model.safetensors").read_bytes() == b"half written, or a real one copied in since"
+
+
+def test_make_test_checkpoint_overwrite_never_deletes_a_gr00t_eval_run_still_running_below(tmp_path):
+    """gr00t-eval's own --overwrite refused such a folder; make-test-checkpoint's deleted the live run (R52)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("gr00t_eval")
+    from gr00t_server.test_checkpoint import make_test_checkpoint
+
+    folder = tmp_path / "project"
+    (folder / "runs" / "split").mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / "runs" / "split" / "run_shard1of2.json").write_text(json.dumps({"claim": {
+            "pid": holder.pid, "hostname": __import__("socket").gethostname(), "started": "now",
+            "started_unix": time.time(), "finished": False}}))
+        with pytest.raises(FileExistsError, match=rf"{re.escape(str(folder))} holds the output of another run, which "
+                                                  r"--overwrite would delete: the folder .*split is in use: the run "
+                                                  rf"that claimed it is still running \(pid {holder.pid}"):
+            make_test_checkpoint(folder, overwrite=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (folder / "runs" / "split" / "run_shard1of2.json").is_file() and (folder / "notes.txt").is_file()
 
 
 def test_make_test_checkpoint_lists_every_file_it_may_remove_after_an_interruption(tmp_path):

@@ -8,7 +8,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .run_summary import errors_exit, format_summary, print_errored_episodes, print_incomplete
 
@@ -326,14 +326,62 @@ def _check_eval_info_beside(output: Path) -> None:
                      "file: name --output in another folder, or pass --overwrite")
 
 
-def _merge_lock(folder: Path) -> "contextlib.AbstractContextManager[None]":
-    """An exclusive flock of the output's `folder` where it exists (run_claim.locked_file; a directory, as keygen locks
-    its folder: no file is left), held by a merge from its checks through its writes, so that two merges into one
-    folder at once act as one after the other. A folder the merge makes is not locked: locking the nearest folder
-    above it (/tmp, a home folder) made every merge into a new folder there wait for any other, silently."""
+def _made_folders(folder: Path) -> List[Path]:
+    """Make `folder` and the folders above it that are missing; those this call made, outermost first (one another
+    process made at the same moment is not among them)."""
+    made = []
+    for path in reversed([folder, *folder.parents]):
+        if path.is_dir():
+            continue
+        try:
+            path.mkdir()
+        except FileExistsError:  # made by another merge just now (a file there: _merge_target refused it already)
+            continue
+        made.append(path)
+    return made
+
+
+def _remove_if_empty(folders: List[Path]) -> None:
+    """Remove each of `folders` (those a refused merge made) that is still empty, innermost first."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:  # something was put there since, or it is gone: it is not the merge's to remove
+            return
+
+
+def _folder_identity(folder: Path) -> Optional[Tuple[int, int]]:
+    """The (device, inode) `folder` names now; None when it is gone."""
+    try:
+        facts = folder.stat()
+    except FileNotFoundError:
+        return None
+    return facts.st_dev, facts.st_ino
+
+
+@contextlib.contextmanager
+def _merge_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive flock of the output's `folder` (run_claim.locked_file; a directory, as keygen locks its
+    folder: no file is left), made first where missing, from the merge's checks through its writes, so that two merges
+    into one folder at once act as one after the other, whether or not it was there before. Only that folder is
+    locked, never one above it (/tmp, a home folder), so merges into two new folders there do not wait on each other.
+    A refused merge removes the folders it made that are still empty."""
     from .run_claim import locked_file
 
-    return locked_file(folder) if folder.is_dir() else contextlib.nullcontext()
+    while True:
+        made = _made_folders(folder)
+        before = _folder_identity(folder)
+        if before is None:  # removed just now by a refused merge that made it: make it again
+            continue
+        with locked_file(folder):
+            if _folder_identity(folder) != before:  # removed, while this one waited, by a refused merge that made it
+                continue
+            try:
+                yield
+            except BaseException:
+                _remove_if_empty(made)
+                raise
+            return
 
 
 def _check_and_write(args: argparse.Namespace, output: Path) -> Tuple[Dict[str, Any], Path]:

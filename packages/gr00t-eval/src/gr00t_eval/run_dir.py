@@ -383,23 +383,32 @@ def refuse_what_overwrite_keeps(path: Path, keep: Sequence[str] = (), overwrite:
 def _refuse_inputs(path: Path) -> None:
     """OutputDirError for a directory --overwrite must never empty: one that is, holds (at any depth) or lies
     inside a LeRobot dataset or a checkpoint (a mistyped --output-dir, the dataset's own folder or its meta/), or
-    that holds, below its top (checked by the caller), the folder of a run still running (_refuse_live_runs_in)."""
+    that holds, below its top (checked by the caller), the folder of a run still running: one walk of both."""
     from gr00t_client.input_folders import input_around
 
-    found = input_around(path)
+    found = input_around(path, also=lambda folder, names: _refuse_live_runs_below(path, folder, names))
     if found is not None:
         where, what = found
         raise OutputDirError(f"--output-dir {path} {where} {what}; --overwrite never deletes one: name another "
                              "directory for the run's output")
-    for folder, subfolders, files in os.walk(path, followlinks=False):
-        if folder != str(path):
-            _refuse_live_runs_in(path, Path(folder), files)
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
 
 
-def _refuse_live_runs_in(path: Path, folder: Path, names: Sequence[str]) -> None:
-    """OutputDirError when `folder`, inside the --output-dir `path` that --overwrite would empty, holds (among its
-    file `names`) the claim of a run still running: any command's claim file, or a run's claim on its --video-dir."""
+def _refuse_live_runs_below(path: Path, folder: Path, names: Sequence[str]) -> None:
+    """refuse_live_runs_in `folder`, inside the --output-dir `path` that --overwrite would empty, saying so; nothing for
+    `path` itself, whose claims the caller checks."""
+    if folder == path:
+        return
+    try:
+        refuse_live_runs_in(folder, names)
+    except OutputDirError as exc:
+        raise OutputDirError(f"--output-dir {path} holds the output of another run, which --overwrite would delete: "
+                             f"{exc}") from None
+
+
+def refuse_live_runs_in(folder: Path, names: Sequence[str]) -> None:
+    """OutputDirError ("the folder F is in use: ...") when `folder` holds, among its file `names`, the claim of a run
+    still running: any command's claim file, a shard's run file, or a run's claim on its --video-dir. Also what
+    make-test-checkpoint's --overwrite checks below its output folder."""
     from .run_claim import CLAIM_FILENAMES, refuse_live_claim
     from .video_claims import VIDEO_CLAIM_PREFIX
 
@@ -407,11 +416,7 @@ def _refuse_live_runs_in(path: Path, folder: Path, names: Sequence[str]) -> None
         shard = SHARD_FILE_NAME.fullmatch(name)
         if (name in CLAIM_FILENAMES or (shard is not None and name.startswith("run_"))
                 or (name.startswith(VIDEO_CLAIM_PREFIX) and name.endswith(".json"))):
-            try:
-                refuse_live_claim(folder, name, flag="the folder")
-            except OutputDirError as exc:
-                raise OutputDirError(f"--output-dir {path} holds the output of another run, which --overwrite would "
-                                     f"delete: {exc}") from None
+            refuse_live_claim(folder, name, flag="the folder")
 
 
 def _refuse_foreign_runs(path: Path, names: Sequence[str], what: str, why: str) -> None:

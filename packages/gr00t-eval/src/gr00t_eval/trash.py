@@ -10,11 +10,13 @@ import tempfile
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
+from gr00t_client import input_folders
+
 logger = logging.getLogger(__name__)
 
 # In a directory an overwrite empties (a dataset's, a run's): what it replaces, moved aside to be deleted. Readers never
-# look there; the next writer deletes one that a killed overwrite left.
-OVERWRITE_TRASH = ".gr00t_overwritten"
+# look there; the next writer deletes one that a killed overwrite left. One of the tools' own folders (TOOL_FOLDERS).
+OVERWRITE_TRASH = input_folders.OVERWRITE_TRASH
 
 
 def move_to_trash(entries: Sequence[Path], trash: Path) -> Path:

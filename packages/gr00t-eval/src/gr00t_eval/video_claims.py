@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+from gr00t_client.input_folders import VIDEO_FILES_PREFIX
+
 from .output_files import OutputDirError
 from .run_claim import (CLAIM_KEY, HOLDER_GONE, HOLDER_UNKNOWN, holder_state, holder_unchecked, holding_claim,
                         read_holder, release_alive_lock)
@@ -18,11 +20,11 @@ from .run_file import directory_lock
 # together into one both passed and then overwrote each other's episode_0000_*.mp4. Each run writing there keeps a
 # claim file in it (VIDEO_CLAIM_PREFIX + a hash of who writes: the output directory and shard, or a batch job's
 # folder) while it runs; the shards of one plan share the folder.
-VIDEO_CLAIM_PREFIX = ".gr00t_videos_"
-VIDEO_LOCK_FILENAME = ".gr00t_videos.lock"
+VIDEO_CLAIM_PREFIX = f"{VIDEO_FILES_PREFIX}_"
+VIDEO_LOCK_FILENAME = f"{VIDEO_FILES_PREFIX}.lock"
 # The number of claims made in the folder, counted under the lock: each claim keeps its number (CLAIM_NUMBER_KEY), which
 # orders the claims of one folder without a clock (hosts sharing it may disagree on the time, a clock be stepped back).
-VIDEO_CLAIM_COUNTER_FILENAME = ".gr00t_videos.claims_made"
+VIDEO_CLAIM_COUNTER_FILENAME = f"{VIDEO_FILES_PREFIX}.claims_made"
 CLAIM_NUMBER_KEY = "claim_number"
 
 

@@ -138,11 +138,13 @@ def _listing(paths: Sequence[Path], root: Path) -> str:
 def check_writable(folder: Path) -> None:
     """UsageError when episode videos could not be written to `folder` (read-only, a file in the way): checked before
     any episode runs, with a probe file, instead of a traceback per video and "Video saved to" over nothing."""
+    from gr00t_client.input_folders import WRITE_PROBE_PREFIX
+
     from .cli_errors import UsageError
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".gr00t-write-probe-{os.getpid()}"
+        probe = folder / f"{WRITE_PROBE_PREFIX}{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:

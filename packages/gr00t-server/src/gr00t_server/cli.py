@@ -193,7 +193,7 @@ def _add_checkpoint_parser(subparsers: Any) -> None:
     p.add_argument(*_flag("overwrite"), action="store_true",
                    help="empty a non-empty output directory first (one holding an earlier test checkpoint is replaced "
                         "without it; any other is refused); never one that is, holds or lies inside a LeRobot dataset "
-                        "or the --dataset-path")
+                        "or the --dataset-path, nor one holding a gr00t-eval run still running")
 
 
 def _add_keygen_parser(subparsers: Any) -> None:

@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -287,10 +287,11 @@ def _write_json(path: Path, data: Any) -> None:
 
 TEST_CHECKPOINT_MARKER = "gr00t_test_checkpoint.json"
 # Every file make_test_checkpoint writes beside its marker: the only names a run after an interrupted one removes.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
+                   "special_tokens_map.json", "chat_template.jinja")  # build_test_tokenizer's, written in one step
 TEST_CHECKPOINT_FILES = frozenset({
     "config.json", "model.safetensors", "processor_config.json", "preprocessor_config.json", "statistics.json",
-    "embodiment_id.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
-    "special_tokens_map.json", "chat_template.jinja",
+    "embodiment_id.json", *TOKENIZER_FILES,
 })
 
 
@@ -301,17 +302,39 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _refuse_datasets(out: Path) -> None:
+def _refuse_what_overwrite_keeps(out: Path) -> None:
     """FileExistsError when `out`, a folder with content that is not a test checkpoint's, is, holds or lies inside a
-    LeRobot dataset: --overwrite would delete it, so neither that nor a refusal that suggests it (gr00t-eval's rule for
-    --output-dir, gr00t_client.input_folders)."""
+    LeRobot dataset, or holds a gr00t-eval run still running: --overwrite would delete it, so neither that nor a
+    refusal that suggests it (gr00t-eval's rule for --output-dir, gr00t_client.input_folders)."""
     from gr00t_client.input_folders import dataset_kind, input_around
 
-    found = input_around(out, dataset_kind)
+    found = input_around(out, dataset_kind, also=_live_run_check(out))
     if found is not None:
         where, what = found
         raise FileExistsError(f"{out} {where} {what}; --overwrite never deletes one: name a new directory for the "
                               "test checkpoint")
+
+
+def _live_run_check(out: Path) -> Optional[Callable[[Path, Sequence[str]], None]]:
+    """gr00t-eval's check for a run still running in a folder of `out` (run_dir.refuse_live_runs_in), raising
+    FileExistsError; None where gr00t-eval (the [replay] extra) is not installed, as no gr00t-eval run's claim can be
+    judged without it."""
+    try:
+        from gr00t_eval.output_files import OutputDirError
+        from gr00t_eval.run_dir import refuse_live_runs_in
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (exc.name == "gr00t_eval" or exc.name.startswith("gr00t_eval.")):
+            raise
+        return None
+
+    def refuse(folder: Path, names: Sequence[str]) -> None:
+        try:
+            refuse_live_runs_in(folder, names)
+        except OutputDirError as exc:
+            raise FileExistsError(f"{out} holds the output of another run, which --overwrite would delete: {exc}; "
+                                  "name a new directory for the test checkpoint") from None
+
+    return refuse
 
 
 def _refuse_output_in_dataset(out: Path, dataset_path: Union[str, Path]) -> None:
@@ -374,7 +397,8 @@ def _writer_lock(out: Path) -> Iterator[None]:
 
 def _interrupted_run_strays(out: Path, entries: List[Path], kept: List[Any]) -> List[Path]:
     """Entries of `out` (beside those `kept`) that an interrupted run cannot have written: not named as a test
-    checkpoint's file, or modified after its marker (touched after each file it wrote); the others it removes."""
+    checkpoint's file, or modified after its marker (written again before each file it wrote, naming it: only that
+    one can be newer and its own); the others it removes."""
     marker_time = (out / TEST_CHECKPOINT_MARKER).stat().st_mtime_ns
     own = [entry for entry in entries if entry.name not in kept and entry.name != TEST_CHECKPOINT_MARKER]
     strays = [entry for entry in own
@@ -383,6 +407,18 @@ def _interrupted_run_strays(out: Path, entries: List[Path], kept: List[Any]) -> 
         for entry in own:
             _remove(entry)
     return strays
+
+
+def _interrupted_run_holds(strays: List[Path], writing: Any) -> str:
+    """What the refusal says `out` holds beside an interrupted run's files: `strays`, where all are what its marker
+    says it was `writing` (the only files of its own a kill -9 leaves newer than the marker), those by name."""
+    holds = "holds the files of an interrupted make-test-checkpoint run and "
+    if isinstance(writing, list) and all(stray.name in writing for stray in strays):
+        names = ", ".join(stray.name for stray in strays)
+        return (f"{holds}{names}, the file{'s' if len(strays) > 1 else ''} it was writing when it was killed, or put "
+                "there since: this run cannot tell which")
+    return (f"{holds}these, which are not its own or are newer than its last step (put there since, or the file it "
+            "was writing when killed)")
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
@@ -411,9 +447,8 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
             if not strays:
                 return
             entries = strays  # a user's files put there since, or the file a killed run was writing
-            holds = ("holds the files of an interrupted make-test-checkpoint run and these, which are not its own or "
-                     "are newer than its last step (put there since, or the file it was writing when killed)")
-    _refuse_datasets(out)
+            holds = _interrupted_run_holds(strays, marker.get("writing"))
+    _refuse_what_overwrite_keeps(out)
     if not overwrite:
         shown = ", ".join(entry.name for entry in entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise FileExistsError(
@@ -485,56 +520,91 @@ def make_test_checkpoint(
 
 def _write_checkpoint_files(out: Path, config: Any, tags: List[str], specs: Dict[str, Dict[str, Any]], size: str,
                             seed: int) -> None:
-    """Write the checkpoint's files into the prepared folder `out`, its marker first (complete: false) and touched after
-    each file, so a later run tells the files of an interrupted one from those put there since."""
+    """Write the checkpoint's files into the prepared folder `out`, its marker (complete: false) written again before
+    each file, naming it: after a kill -9 only the file it names can be newer than it, so a later run tells the
+    files of an interrupted one from those put there since."""
     import torch
 
-    from gr00t_server.model.checkpoint import save_model
     from gr00t_server.model.modeling import Gr00tN1d7
-    from gr00t_server.processing.test_assets import DEFAULT_SPECIAL_TOKEN_IDS, build_test_tokenizer
-    from gr00t_server.processing.vision_patches import VisionPatchConfig
 
     marker = out / TEST_CHECKPOINT_MARKER
-    kept = {p.name for p in out.iterdir()}  # files beside an earlier test checkpoint's: not ours to list
+    kept = sorted(p.name for p in out.iterdir())  # files beside an earlier test checkpoint's: not ours to list
     # Written over once every file is there; until then it names what was here before, for a run after a Ctrl-C.
-    _write_json(marker, {"complete": False, "kept": sorted(kept)})
+    _write_json(marker, {"complete": False, "kept": kept})
     try:
         torch.manual_seed(seed)
         model = Gr00tN1d7(config)
-        try:
-            save_model(model, out)
-        except Exception as exc:  # safetensors' own error type (no OSError) for a full disk: one line naming the folder
-            if type(exc).__name__ != "SafetensorError":
-                raise
-            raise OSError(f"writing the weights into {out} failed: {exc}") from exc
-        os.utime(marker)
-
-        backbone = config.backbone_cfg or {}
-        special_ids = dict(DEFAULT_SPECIAL_TOKEN_IDS)
-        special_ids.update(
-            {
-                "<|image_pad|>": config.image_token_id,
-                "<|video_pad|>": backbone.get("video_token_id", special_ids["<|video_pad|>"]),
-                "<|vision_start|>": backbone.get("vision_start_token_id", special_ids["<|vision_start|>"]),
-                "<|vision_end|>": backbone.get("vision_end_token_id", special_ids["<|vision_end|>"]),
-            }
-        )
-        build_test_tokenizer(out, special_token_ids=special_ids)
-        os.utime(marker)
-        _write_json(out / "preprocessor_config.json", VisionPatchConfig().to_dict())
-        kwargs = processor_kwargs_for(
-            tags, config.model_name, config.max_state_dim, config.max_action_dim, config.action_horizon, specs,
-            strict_action_padding_mask=bool(getattr(config, "strict_action_padding_mask", False)),
-        )
-        _write_json(out / "processor_config.json", {"processor_class": "Gr00tN1d7Processor", "processor_kwargs": kwargs})
-        _write_json(out / "statistics.json",
-                    {tag: statistics_for(tag, seed + i, specs.get(tag)) for i, tag in enumerate(tags)})
-        _write_json(out / "embodiment_id.json", _embodiment_ids(tags))
+        for names, write in _checkpoint_steps(out, model, tags, specs, seed):
+            _write_json(marker, {"complete": False, "kept": kept, "writing": list(names)})
+            write()
     except BaseException:  # a Ctrl-C or a failed write: the half-written file is this run's, for the next to remove
         os.utime(marker)
         raise
     files = sorted(p.name for p in out.iterdir() if p.name != TEST_CHECKPOINT_MARKER and p.name not in kept)
     _write_json(marker, {"complete": True, "size": size, "seed": seed, "tags": tags, "files": files})
+
+
+def _checkpoint_steps(out: Path, model: Any, tags: List[str], specs: Dict[str, Dict[str, Any]],
+                      seed: int) -> List[Tuple[Sequence[str], Callable[[], Any]]]:
+    """A test checkpoint's files in the order they are written: (the names a step writes into `out`, the step)."""
+    from gr00t_server.processing.test_assets import build_test_tokenizer
+    from gr00t_server.processing.vision_patches import VisionPatchConfig
+
+    config = model.config
+
+    def processor_config() -> Dict[str, Any]:
+        kwargs = processor_kwargs_for(
+            tags, config.model_name, config.max_state_dim, config.max_action_dim, config.action_horizon, specs,
+            strict_action_padding_mask=bool(getattr(config, "strict_action_padding_mask", False)),
+        )
+        return {"processor_class": "Gr00tN1d7Processor", "processor_kwargs": kwargs}
+
+    json_files = {
+        "preprocessor_config.json": lambda: VisionPatchConfig().to_dict(),
+        "processor_config.json": processor_config,
+        "statistics.json": lambda: {tag: statistics_for(tag, seed + i, specs.get(tag)) for i, tag in enumerate(tags)},
+        "embodiment_id.json": lambda: _embodiment_ids(tags),
+    }
+    return [
+        (["config.json"], lambda: config.save(out)),
+        (["model.safetensors"], lambda: _save_weights(model, out)),
+        (TOKENIZER_FILES, lambda: build_test_tokenizer(out, special_token_ids=_special_token_ids(config))),
+        *(_json_step(out / name, data) for name, data in json_files.items()),
+    ]
+
+
+def _json_step(path: Path, data: Callable[[], Any]) -> Tuple[Sequence[str], Callable[[], Any]]:
+    """The step that writes `data()` as JSON to `path`, with the name it writes."""
+    return [path.name], lambda: _write_json(path, data())
+
+
+def _save_weights(model: Any, out: Path) -> None:
+    """The weights of `model` written into `out` (model.safetensors); a full disk as an OSError naming the folder."""
+    from gr00t_server.model.checkpoint import save_weights
+
+    try:
+        save_weights(model, out)
+    except Exception as exc:  # safetensors' own error type (no OSError) for a full disk: one line naming the folder
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise OSError(f"writing the weights into {out} failed: {exc}") from exc
+
+
+def _special_token_ids(config: Any) -> Dict[str, int]:
+    """The test tokenizer's special token ids: the defaults, with the ids `config` gives the image and video tokens."""
+    from gr00t_server.processing.test_assets import DEFAULT_SPECIAL_TOKEN_IDS
+
+    backbone = config.backbone_cfg or {}
+    special_ids = dict(DEFAULT_SPECIAL_TOKEN_IDS)
+    special_ids.update(
+        {
+            "<|image_pad|>": config.image_token_id,
+            "<|video_pad|>": backbone.get("video_token_id", special_ids["<|video_pad|>"]),
+            "<|vision_start|>": backbone.get("vision_start_token_id", special_ids["<|vision_start|>"]),
+            "<|vision_end|>": backbone.get("vision_end_token_id", special_ids["<|vision_end|>"]),
+        }
+    )
+    return special_ids
 
 
 def _key_set_specs(tag: str, embodiment: Optional[str], dataset_path: Optional[Union[str, Path]]) -> Dict[str, Dict[str, Any]]:

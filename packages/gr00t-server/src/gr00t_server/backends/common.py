@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
+from gr00t_client.input_folders import EXPORT_WORK_PREFIX
 from torch import nn
 
-WORK_PREFIX = ".gr00t-export-"  # an export's hidden work folders in its output: <prefix><kind>-<pid>-<token>-<random>
+WORK_PREFIX = EXPORT_WORK_PREFIX  # an export's hidden work folders in its output: <prefix><kind>-<pid>-<token>-<random>
 ENGINE_METADATA = "engine_metadata.json"
 # Dynamic axes that run along the prompt (chat template, vision tokens and the instruction).
 PROMPT_AXES = ("seq_len", "vl_seq_len")

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
+from gr00t_client.input_folders import EXPORT_LOCK_NAME
 from gr00t_server.backends.common import (
     EXPORT_METADATA,
     WORK_PREFIX,
@@ -59,7 +60,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-LOCK_NAME = ".gr00t-export.lock"
+LOCK_NAME = EXPORT_LOCK_NAME
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
 import torch
+from gr00t_client.input_folders import ENGINE_WORK_PREFIX  # build_engines' staging folder: <prefix><pid>-<token>-...
 
 from gr00t_server.backends.common import (
     ENGINE_METADATA,
@@ -246,9 +247,6 @@ def engine_export_metadata(engine_metadata: dict[str, Any]) -> dict[str, Any]:
         exported = engine_metadata
     return {**exported, "precision": engine_metadata.get("precision", exported.get("precision")),
             "max_batch_size": engine_metadata.get("max_batch_size")}
-
-
-ENGINE_WORK_PREFIX = ".gr00t-engines-"  # build_engines' staging folder in --engine-dir: <prefix><pid>-<token>-<random>
 
 
 def check_engine_files(metadata: dict[str, Any], engine_dir: Union[str, Path]) -> None:

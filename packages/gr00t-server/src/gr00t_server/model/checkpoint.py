@@ -607,6 +607,12 @@ def save_model(model: Gr00tN1d7, out_dir: Union[str, Path], max_shard_size: Unio
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.config.save(out_dir)
+    return save_weights(model, out_dir, max_shard_size)
+
+
+def save_weights(model: Gr00tN1d7, out_dir: Union[str, Path], max_shard_size: Union[int, str, None] = None) -> Path:
+    """Write save_model's weights alone into the folder `out_dir`: `model.safetensors`, or index + shards."""
+    out_dir = Path(out_dir)
     state = {
         key: tensor.detach().to("cpu").contiguous()
         for key, tensor in model.state_dict().items()
