@@ -371,3 +371,18 @@ def test_a_refused_merge_removes_the_new_folder_it_made_and_keeps_one_that_was_t
     assert cli.main(["merge", str(split), "--output", str(tmp_path / "new" / "merged.json")]) == 2
     assert cli.main(["merge", str(split), "--output", str(existing / "merged.json")]) == 2
     assert not (tmp_path / "new").exists() and existing.is_dir()
+
+
+def test_a_refused_merge_leaves_the_folders_above_its_output_that_it_made(shards, tmp_path, live_process, capsys):
+    """A refused merge removed every empty folder it had made, those above its output too: one of them could be
+    another merge's output, locked, which then wrote into a folder made anew and a third merge's result replaced its
+    own (R54). Only the output folder, which it held locked, is removed; a folder that cannot be made is named."""
+    split = tmp_path / "split"
+    shutil.copytree(shards, split)
+    held_by(split / "run_shard1of2.json", live_process.pid)
+    assert cli.main(["merge", str(split), "--output", str(tmp_path / "new" / "out" / "merged.json")]) == 2
+    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "out").exists()
+    capsys.readouterr()
+    too_long = tmp_path / "made" / ("x" * 300)
+    assert cli.main(["merge", str(split), "--output", str(too_long / "merged.json")]) == 2
+    assert f"--output's folder {too_long} cannot be made: File name too long" in capsys.readouterr().err

@@ -432,6 +432,49 @@ def test_after_a_kill_the_file_the_run_was_writing_is_the_one_named_and_kept(tmp
     assert (folder / "model.safetensors").read_bytes() == b"half written, or a real one copied in since"
 
 
+# `python -c KILLED_WRITING_MARKER FOLDER N`: make-test-checkpoint into FOLDER, killed (SIGKILL) as it puts its marker's
+# N-th content in place (the rename of the content written beside it)
+KILLED_WRITING_MARKER = """
+import os, signal, sys
+from gr00t_server import test_checkpoint
+renames, rename = [0], os.replace
+def killed_at_the_nth(source, target):
+    if os.path.basename(target) == test_checkpoint.TEST_CHECKPOINT_MARKER:
+        renames[0] += 1
+        if renames[0] == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+    rename(source, target)
+os.replace = killed_at_the_nth
+test_checkpoint.make_test_checkpoint(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("kill_at", [1, 3])
+def test_a_run_killed_while_it_rewrites_its_marker_leaves_one_the_rerun_reads(tmp_path, kill_at):
+    """The marker was rewritten in place before each file: a kill -9 mid-write left it empty, and the rerun refused
+    the run's own folder as holding no test checkpoint (R54). Killed at its first marker, the rerun writes into the
+    folder; killed as it names the weights, the rerun names the config it had just written (a kill then cannot tell a
+    finished file from a half-written one), not "no test checkpoint"."""
+    import subprocess
+    import sys
+
+    from gr00t_server.test_checkpoint import TEST_CHECKPOINT_MARKER, make_test_checkpoint
+
+    folder = tmp_path / "ck"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITING_MARKER, str(folder), str(kill_at)],
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    if kill_at == 1:
+        make_test_checkpoint(folder, seed=5)
+        assert json.loads((folder / TEST_CHECKPOINT_MARKER).read_text())["seed"] == 5
+        assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+        return
+    assert json.loads((folder / TEST_CHECKPOINT_MARKER).read_text())["writing"] == ["config.json"]
+    with pytest.raises(FileExistsError, match=r"holds the files of an interrupted make-test-checkpoint run and "
+                                              r"config.json, the file it was writing when it was killed"):
+        make_test_checkpoint(folder)
+
+
 def test_make_test_checkpoint_overwrite_never_deletes_a_gr00t_eval_run_still_running_below(tmp_path):
     """gr00t-eval's own --overwrite refused such a folder; make-test-checkpoint's deleted the live run (R52)."""
     import subprocess

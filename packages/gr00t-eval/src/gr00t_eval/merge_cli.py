@@ -328,26 +328,38 @@ def _check_eval_info_beside(output: Path) -> None:
 
 def _made_folders(folder: Path) -> List[Path]:
     """Make `folder` and the folders above it that are missing; those this call made, outermost first (one another
-    process made at the same moment is not among them)."""
-    made = []
-    for path in reversed([folder, *folder.parents]):
-        if path.is_dir():
-            continue
+    process made at the same moment is not among them). A folder that cannot be made is a UsageError naming it."""
+    from .cli_errors import UsageError
+
+    for _attempt in range(3):
+        made = []
         try:
-            path.mkdir()
-        except FileExistsError:  # made by another merge just now (a file there: _merge_target refused it already)
+            for path in reversed([folder, *folder.parents]):
+                if path.is_dir():
+                    continue
+                try:
+                    path.mkdir()
+                except FileExistsError:  # made by another merge just now (a file there: _merge_target refused it)
+                    continue
+                made.append(path)
+            return made
+        except FileNotFoundError:  # the folder above was removed meanwhile (another merge's refused output): again
             continue
-        made.append(path)
-    return made
+        except OSError as exc:
+            raise UsageError(f"--output's folder {folder} cannot be made: {exc.strerror or exc} ({exc.filename}); "
+                             "expected a folder this user can make and write") from None
+    raise UsageError(f"--output's folder {folder} cannot be made: a folder above it keeps vanishing as it is made")
 
 
-def _remove_if_empty(folders: List[Path]) -> None:
-    """Remove each of `folders` (those a refused merge made) that is still empty, innermost first."""
-    for folder in reversed(folders):
+def _remove_made_output(folder: Path, made: List[Path]) -> None:
+    """Remove the output `folder` of a refused merge where this merge made it and it is still empty. Only that folder,
+    which the merge held locked: a folder above it that the merge made may be another merge's locked output by now
+    (R54: removing one lost that merge's result), and is left."""
+    if folder in made:
         try:
             folder.rmdir()
         except OSError:  # something was put there since, or it is gone: it is not the merge's to remove
-            return
+            pass
 
 
 def _folder_identity(folder: Path) -> Optional[Tuple[int, int]]:
@@ -365,7 +377,7 @@ def _merge_lock(folder: Path) -> Iterator[None]:
     folder: no file is left), made first where missing, from the merge's checks through its writes, so that two merges
     into one folder at once act as one after the other, whether or not it was there before. Only that folder is
     locked, never one above it (/tmp, a home folder), so merges into two new folders there do not wait on each other.
-    A refused merge removes the folders it made that are still empty."""
+    A refused merge removes the output folder it made, if still empty (_remove_made_output)."""
     from .run_claim import locked_file
 
     while True:
@@ -379,7 +391,7 @@ def _merge_lock(folder: Path) -> Iterator[None]:
             try:
                 yield
             except BaseException:
-                _remove_if_empty(made)
+                _remove_made_output(folder, made)
                 raise
             return
 

@@ -276,6 +276,13 @@ def processor_kwargs_for(
     return kwargs
 
 
+def _write_marker(marker: Path, data: Any) -> None:
+    """Write the marker's `data` whole: beside it (MARKER_TEMPORARY), then renamed over it."""
+    temporary = marker.with_name(MARKER_TEMPORARY)
+    _write_json(temporary, data)
+    os.replace(temporary, marker)
+
+
 def _write_json(path: Path, data: Any) -> None:
     try:
         path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -286,6 +293,9 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 TEST_CHECKPOINT_MARKER = "gr00t_test_checkpoint.json"
+# The marker's next content, written whole beside it and renamed over it: a kill -9 mid-write left an empty marker,
+# and the rerun refused the run's own folder as holding no test checkpoint. Always this run's own, whatever its time.
+MARKER_TEMPORARY = f".{TEST_CHECKPOINT_MARKER}.tmp"
 # Every file make_test_checkpoint writes beside its marker: the only names a run after an interrupted one removes.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
                    "special_tokens_map.json", "chat_template.jinja")  # build_test_tokenizer's, written in one step
@@ -401,8 +411,8 @@ def _interrupted_run_strays(out: Path, entries: List[Path], kept: List[Any]) -> 
     one can be newer and its own); the others it removes."""
     marker_time = (out / TEST_CHECKPOINT_MARKER).stat().st_mtime_ns
     own = [entry for entry in entries if entry.name not in kept and entry.name != TEST_CHECKPOINT_MARKER]
-    strays = [entry for entry in own
-              if entry.name not in TEST_CHECKPOINT_FILES or entry.lstat().st_mtime_ns > marker_time]
+    strays = [entry for entry in own if entry.name != MARKER_TEMPORARY
+              and (entry.name not in TEST_CHECKPOINT_FILES or entry.lstat().st_mtime_ns > marker_time)]
     if not strays:
         for entry in own:
             _remove(entry)
@@ -427,6 +437,9 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     (FileExistsError) unless `overwrite`, which empties the folder; never a folder that is, holds or lies inside a
     LeRobot dataset."""
     entries = sorted(out.iterdir())
+    if [entry.name for entry in entries] == [MARKER_TEMPORARY]:  # a run killed writing its first marker
+        _remove(entries[0])
+        return
     if not entries:
         return
     holds = "holds no test checkpoint written by make-test-checkpoint"
@@ -530,18 +543,18 @@ def _write_checkpoint_files(out: Path, config: Any, tags: List[str], specs: Dict
     marker = out / TEST_CHECKPOINT_MARKER
     kept = sorted(p.name for p in out.iterdir())  # files beside an earlier test checkpoint's: not ours to list
     # Written over once every file is there; until then it names what was here before, for a run after a Ctrl-C.
-    _write_json(marker, {"complete": False, "kept": kept})
+    _write_marker(marker, {"complete": False, "kept": kept})
     try:
         torch.manual_seed(seed)
         model = Gr00tN1d7(config)
         for names, write in _checkpoint_steps(out, model, tags, specs, seed):
-            _write_json(marker, {"complete": False, "kept": kept, "writing": list(names)})
+            _write_marker(marker, {"complete": False, "kept": kept, "writing": list(names)})
             write()
     except BaseException:  # a Ctrl-C or a failed write: the half-written file is this run's, for the next to remove
         os.utime(marker)
         raise
     files = sorted(p.name for p in out.iterdir() if p.name != TEST_CHECKPOINT_MARKER and p.name not in kept)
-    _write_json(marker, {"complete": True, "size": size, "seed": seed, "tags": tags, "files": files})
+    _write_marker(marker, {"complete": True, "size": size, "seed": seed, "tags": tags, "files": files})
 
 
 def _checkpoint_steps(out: Path, model: Any, tags: List[str], specs: Dict[str, Dict[str, Any]],
