@@ -68,3 +68,27 @@ def test_under_a_latin1_locale_a_dataset_in_a_non_ascii_folder_is_written_and_re
                           encoding="latin-1", timeout=120)
     assert done.returncode == 0 and done.stdout == "read back\n", done.stderr
     assert (tmp_path / os.fsdecode(b"caf\xe9") / "meta" / "info.json").is_file()  # the Latin-1 bytes, as listed
+
+
+def test_a_video_the_locale_cannot_name_is_said_so_not_not_found(tmp_path):
+    """A camera key '相机' (UTF-8 on disk, as LeRobot writes it) read under LC_ALL=C: the path cannot be encoded in the
+    ASCII file-system encoding, Path.is_file() swallowed the UnicodeEncodeError, and every trajectory said 'video file
+    not found' of a file that is there."""
+    root = make_dataset(tmp_path / "ds", lengths=(3,), cameras=("相机",))
+    probe = textwrap.dedent("""
+        import sys
+        from gr00t_eval.dataset import DatasetError, LeRobotDataset
+        assert sys.getfilesystemencoding() == "ascii", sys.getfilesystemencoding()
+        try:
+            LeRobotDataset(sys.argv[1]).episode(0).frames("\\u76f8\\u673a", [0])  # the key, as ASCII source
+        except DatasetError as exc:
+            print(str(exc).encode("ascii", "backslashreplace").decode("ascii"))
+    """)
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), *sys.path])}
+    done = subprocess.run([sys.executable, "-c", probe, str(root)], env=env, capture_output=True, encoding="utf-8",
+                          errors="backslashreplace", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "not found" not in done.stdout
+    assert ("cannot be named in this locale's file-system encoding 'ascii'; run with a UTF-8 locale, e.g. "
+            "LANG=C.UTF-8, or PYTHONUTF8=1") in done.stdout, done.stdout

@@ -472,3 +472,16 @@ def test_a_dataset_path_starting_with_tilde_is_read_from_the_home_folder_not_a_s
     dataset = LeRobotDataset("~/ds")
     assert dataset.root == home_dataset
     assert dataset.episode(0).actions("arm").tolist() == [[7.0, 7.0]] * 5
+
+
+def test_a_dataset_named_through_dotdot_reads_its_episodes_after_the_start_folder_is_renamed(tmp_path, monkeypatch):
+    """`--dataset-path ../ds` from run/: the root kept run/../ds, which no longer resolves once run/ is renamed, and
+    every episode read after that was 'not found'. Named as given in messages, read through the folder found at
+    start."""
+    make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=CAMERAS)
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    dataset = LeRobotDataset("../ds")
+    (tmp_path / "run").rename(tmp_path / "run.old")
+    np.testing.assert_array_equal(dataset.episode(1).actions("arm"), expected_actions(1, LENGTHS[1])["arm"])
+    assert dataset.episode(2).frames(CAMERAS[0], [0]).shape[0] == 1

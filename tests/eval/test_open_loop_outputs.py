@@ -341,3 +341,63 @@ def test_a_host_with_an_empty_host_or_port_is_refused_naming_the_flag(dataset, t
     err = capsys.readouterr().err
     assert code == 2 and f"--host entry {host!r}: the " in err and "expected HOST or HOST:PORT" in err
     assert "port=" not in err and not (tmp_path / "out").exists()
+
+
+NOBODY = 65534
+
+
+def _as_nobody(argv):
+    """(exit code, stderr) of `gr00t-eval argv` run by user nobody: a forked child of this process (modules loaded
+    already; the interpreter's own folder may be closed to that user), its stderr a pipe."""
+    import os
+    import sys
+    import traceback
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 99
+        try:
+            os.close(read_end)
+            sys.stderr = os.fdopen(write_end, "w")
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            code = cli.main(argv)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as err:
+        text = err.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), text
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
+                    reason="needs root, to run the command as another user")
+def test_a_default_output_dir_another_user_made_is_refused_before_connecting_naming_output_dir(monkeypatch):
+    """Root's earlier run made /tmp/open_loop_eval/<date> (0755); user nobody's run without --output-dir connected,
+    hashed the dataset, and then said only 'cannot open .../17-56-08_ds: Permission denied'."""
+    import os
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="open_loop_shared_"))  # /tmp, as the real default: open to every user
+    try:
+        shared.chmod(0o755)
+        dataset = make_dataset(shared / "ds", lengths=(6,))
+        date_folder = shared / "open_loop_eval" / time.strftime("%Y-%m-%d")
+        date_folder.mkdir(parents=True, mode=0o755)  # made by root's earlier run
+        argv = ["open-loop", "--dataset-path", str(dataset), "--port", "9", "--timeout-ms", "500", "--no-plots"]
+        monkeypatch.setattr(open_loop_cli, "DEFAULT_OPEN_LOOP_BASE", str(shared / "root_can"))
+        assert cli.main(argv) == 2  # as root, the modules the child needs are loaded: no policy server on port 9
+        monkeypatch.setattr(open_loop_cli, "DEFAULT_OPEN_LOOP_BASE", str(shared / "open_loop_eval"))
+        code, err = _as_nobody(argv)
+        assert code == 2, err
+        assert f"cannot make the default output folder {date_folder}/" in err
+        assert f"{date_folder} is not writable by this user" in err and "pass --output-dir DIR" in err
+        assert "no policy server answered" not in err  # refused before connecting
+        assert os.listdir(date_folder) == []
+    finally:
+        shutil.rmtree(shared)

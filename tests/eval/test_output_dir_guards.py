@@ -4,6 +4,7 @@ folders) and the earlier run's own folder it empties, and a path under a file.""
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from eval.dataset_factory import make_dataset
@@ -367,3 +368,36 @@ def test_a_dataset_folder_is_refused_without_suggesting_overwrite(tmp_path, caps
            "directory" in err
     assert "pass --overwrite" not in err
     assert (out / "meta" / "info.json").is_file()
+
+
+def _folder_near_path_max(tmp_path, room):
+    """A folder (not made; the folders above it are) whose absolute path leaves `room` bytes below PATH_MAX: enough
+    for results.json, too little for the files written aside before they are renamed into place."""
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1
+    folder = str(tmp_path)
+    while len(folder) + 201 < limit - room:
+        folder = os.path.join(folder, "d" * 200)
+    os.makedirs(folder)
+    return Path(os.path.join(folder, "o" * (limit - room - len(folder) - 1))), limit
+
+
+@pytest.mark.parametrize("command", ["rollout", "open-loop", "batch"])
+def test_an_output_dir_too_long_for_the_files_a_run_writes_is_refused_before_it_is_made(tmp_path, capsys, command):
+    """A 4070-byte folder was claimed, every episode ran, and then results.json (written aside under a longer name)
+    failed with 'File name too long', on every --resume too."""
+    out, limit = _folder_near_path_max(tmp_path, room=len("/results.json") + 1)
+    assert main([*_command_args(tmp_path, command), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {out} is too long a path for the files a run writes there: it is {len(str(out))} bytes" in err
+    assert f"past this file system's limit of {limit} bytes for a path (PATH_MAX)" in err
+    assert not out.exists()  # refused before anything is claimed
+
+
+def test_a_video_dir_too_long_for_the_videos_a_run_writes_is_refused_before_the_output_dir_is_claimed(tmp_path,
+                                                                                                     capsys):
+    videos, limit = _folder_near_path_max(tmp_path / "v", room=len("/episode_0000_failure.mp4") + 1)
+    out = tmp_path / "out"
+    assert main([*_command_args(tmp_path, "rollout"), "--output-dir", str(out), "--video-dir", str(videos)]) == 2
+    err = capsys.readouterr().err
+    assert f"--video-dir {videos} is too long a path" in err and f"limit of {limit} bytes" in err
+    assert not out.exists() and not videos.exists()

@@ -178,3 +178,21 @@ def test_a_batch_resume_is_refused_a_job_video_dir_another_run_has_claimed_since
     claim = claim_output_dir(batch_dir, "batch.json", {})
     with pytest.raises(UsageError, match="was used by another run after this one wrote its videos there"):
         _claim_job_videos([job], batch_dir, claim, resume=True)
+
+
+@pytest.mark.parametrize("how", ["rollout", "batch"])
+def test_an_output_folder_whose_name_is_not_utf8_claims_a_video_dir_elsewhere(tmp_path, capsys, how):
+    """The claim's file name hashed the output folder's path with str.encode(), which refuses the surrogate escapes of
+    a name that is not UTF-8: a bare UnicodeEncodeError, and the output folder was left claimed."""
+    import os
+
+    out, videos = tmp_path / ("caf" + os.fsdecode(b"\xe9")), tmp_path / "videos"
+    with policy_server() as server:
+        if how == "rollout":
+            argv = rollout_args(server.port, out, videos, "--seed", "0", n_episodes=2)
+        else:
+            argv = ["batch", "--jobs", str(write_jobs(tmp_path, server.port, video_dir=str(videos))),
+                    "--output-dir", str(out)]
+        assert run_cli(argv) == 0, capsys.readouterr().err
+    held = claims_in(videos) if how == "rollout" else claims_in(videos / "fast") + claims_in(videos / "slow")
+    assert held and all(read_holder(claim).finished for claim in held)

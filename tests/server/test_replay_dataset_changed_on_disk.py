@@ -266,3 +266,25 @@ def test_a_replay_out_of_descriptors_is_not_marked_changed_on_disk_and_serves_on
     assert "changed on disk" not in out_of_descriptors, out_of_descriptors
     assert afterwards == "served", done.stderr[-3000:]
     assert "Too many open files" in done.stderr, done.stderr[-3000:]
+
+
+def test_a_replay_of_a_path_through_dotdot_keeps_serving_after_its_start_folder_is_renamed(tmp_path, monkeypatch):
+    """`serve --dataset-path ../ds` started in run/: its root was kept as run/../ds, which the kernel no longer
+    resolves once run/ is renamed (a deploy's release folder), and every episode not yet read was refused as the
+    dataset 'changed on disk (meta/episodes.jsonl removed)' though nothing in it changed."""
+    from gr00t_server.cli import _replay_policy, build_parser
+
+    make_dataset(tmp_path / "ds", lengths=LENGTHS, cameras=("image",))
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    from gr00t_client import EmbodimentTag
+
+    args = build_parser().parse_args(["serve", "--dataset-path", "../ds"])
+    policy, _ = _replay_policy(args, EmbodimentTag.NEW_EMBODIMENT)
+    policy.reset(session("robot", episode_index=0))
+    os.rename(tmp_path / "run", tmp_path / "run.old")
+    for episode in (1, 2):
+        policy.reset(session("robot", episode_index=episode))
+        action, info = policy.get_action(None, session("robot"))
+        np.testing.assert_array_equal(action["arm"][0][:4], expected_actions(episode, LENGTHS[episode])["arm"][:4])
+        assert info["episode_length"] == LENGTHS[episode]

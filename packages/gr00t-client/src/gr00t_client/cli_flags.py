@@ -6,8 +6,25 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+
+WORKING_FOLDER_GONE = ("the current working directory no longer exists (deleted or renamed while this shell was in "
+                       "it); cd to an existing folder")
+
+
+def refuse_gone_working_folder(program: str) -> bool:
+    """Whether this process's working folder no longer exists, said in one line on stderr ('PROGRAM: error: ...'):
+    checked once, first thing in a command line's main. Every relative path failed then with a bare '[Errno 2] No
+    such file or directory', and importing torch aborted the process inside oneMKL, as a broken install would."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        print(f"{program}: error: {WORKING_FOLDER_GONE}", file=sys.stderr)
+        return True
+    return False
 
 
 def flag(name: str) -> List[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -19,6 +20,19 @@ def utf8_on_disk(path: Union[str, Path]) -> bool:
         return on_disk == str(path).encode("utf-8")  # differs under a Latin-1 locale
     except UnicodeEncodeError:  # a lone surrogate: a byte that is not UTF-8, as os.fsdecode keeps it
         return False
+
+
+def unnameable_path_problem(path: Union[str, Path], what: str) -> Optional[str]:
+    """A sentence naming `path` (`what`: 'video file') when this locale's file-system encoding cannot hold its text
+    (a non-ASCII name under LC_ALL=C, a Chinese one under Latin-1), so no file can be opened under it: Path.is_file()
+    and os.path.exists() swallow the UnicodeEncodeError and answer False, a file that is there read as 'not found'.
+    None when the name can be encoded."""
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        return (f"{what} {path} cannot be named in this locale's file-system encoding "
+                f"'{sys.getfilesystemencoding()}'; run with a UTF-8 locale, e.g. LANG=C.UTF-8, or PYTHONUTF8=1")
+    return None
 
 
 def non_utf8_path_problem(path: Union[str, Path], what: str, reader: str) -> Optional[str]:

@@ -207,6 +207,12 @@ def _home_folder() -> Optional[str]:
         return None
 
 
+def _deepest_job_videos(jobs: List[Any]) -> str:
+    """The videos folder of the job with the longest folder name, below the batch's folder (jobs/JOB/videos/)."""
+    names = [job_dir_name(job.name) for job in jobs if isinstance(job, Job)]
+    return f"{JOBS_DIRNAME}/{max(names, key=lambda name: len(os.fsencode(name)), default='')}/videos/"
+
+
 def _new_batch(args: argparse.Namespace) -> _Batch:
     """--jobs FILE into --output-dir (or a new dated folder): refused before any folder is made or emptied when the
     job file, the folder or a job's video folder cannot be used."""
@@ -234,7 +240,8 @@ def _new_batch(args: argparse.Namespace) -> _Batch:
         keep = (BATCH_CLAIM_FILENAME, claim_lock_name(BATCH_CLAIM_FILENAME), claim_alive_name(BATCH_CLAIM_FILENAME))
         if Path(os.path.abspath(args.jobs)).parent == Path(os.path.abspath(output_dir)):  # its job file, kept there
             keep = (*keep, Path(args.jobs).name)
-        run_dir.check_output_dir(output_dir, args.overwrite, keep=keep)  # the usual refusals, before any claim
+        run_dir.check_output_dir(output_dir, args.overwrite, keep=keep,  # the usual refusals, before any claim
+                                 videos_below=_deepest_job_videos(jobs))
         output_dir.mkdir(parents=True, exist_ok=True)
         claim = take_claim(output_dir, BATCH_CLAIM_FILENAME, settings)
         try:

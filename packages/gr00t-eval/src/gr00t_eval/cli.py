@@ -17,7 +17,8 @@ from typing import Any, Dict, Optional, Sequence, Set
 
 # Only light modules here: main() makes SIGTERM and SIGHUP stop a command before the heavy imports (numpy, ZeroMQ: the
 # first half second), which a stop during them otherwise ended with a traceback or silently (143, 129).
-from gr00t_client.cli_flags import CommandParser, add_log_level, port_number, subcommand_parsers
+from gr00t_client.cli_flags import (CommandParser, add_log_level, port_number, refuse_gone_working_folder,
+                                    subcommand_parsers)
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals, interrupted_line
 
@@ -162,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_flag("modality-keys"), nargs="+", default=None, help="action keys to compare and plot, ones both the dataset and the policy have (default: all)")
     p.add_argument(*_flag("output-dir"), type=path_flag, default=None,
                    help=f"plots traj_{{id}}.jpeg, {OPEN_LOOP_RUN_FILENAME} and results.json; must be empty or new "
-                        f"(default: a new dated directory {DEFAULT_OPEN_LOOP_BASE}/YYYY-MM-DD/HH-MM-SS_<dataset>). "
+                        f"(default: a new dated directory {DEFAULT_OPEN_LOOP_BASE}/YYYY-MM-DD/HH-MM-SS_<dataset>; "
+                        "where another user's run made those folders, refused before connecting: pass --output-dir). "
                         "Open-loop runs do not resume: run again")
     p.add_argument(*_flag("overwrite"), action="store_true",
                    help="empty a non-empty --output-dir first, once the policy's settings are checked: an earlier run's "
@@ -381,6 +383,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     and a late signal in the interpreter's exit (seconds, with torch or mujoco loaded) ended a finished command with
     130/143/129 and no word.
     """
+    if refuse_gone_working_folder("gr00t-eval"):
+        return USAGE_EXIT_CODE
     stop_signals = ProgramStopSignals()
     try:
         return _main(argv)

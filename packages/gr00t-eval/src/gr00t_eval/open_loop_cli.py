@@ -123,6 +123,8 @@ def cmd_open_loop(args: argparse.Namespace) -> int:
     connection.portable_keys(args)  # a key mistake (a flag or $GR00T_* variable) fails before the folder is claimed
     if args.output_dir:  # a live run's folder, or a non-empty one without --overwrite: refused before connecting
         _refuse_open_loop_output_dir(args)
+    else:  # the shared default's folders another user made: refused before connecting too
+        _refuse_unwritable_default_dir(args)
     output_dir, claiming = None, False
     try:
         with sigterm_as_interrupt(), _connect(args) as client:
@@ -276,7 +278,7 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
         claim_open_loop_output_dir(output_dir, config, host=args.host, port=args.port)
 
     if not args.output_dir:
-        label = Path(args.dataset_path).resolve().name or "dataset"
+        label = _default_dir_label(args)
         for _ in range(100):
             try:
                 output_dir = make_fresh_dated_output_dir(DEFAULT_OPEN_LOOP_BASE, label)
@@ -296,6 +298,22 @@ def _claim_open_loop_output_dir(args: argparse.Namespace, config: Any) -> Path:
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
     return output_dir
+
+
+def _default_dir_label(args: argparse.Namespace) -> str:
+    """The name a run without --output-dir gives its dated folder: the dataset folder's."""
+    return Path(args.dataset_path).resolve().name or "dataset"
+
+
+def _refuse_unwritable_default_dir(args: argparse.Namespace) -> None:
+    """UsageError when this user cannot make the default dated folder (run_dir.refuse_unwritable_default_dir)."""
+    from .output_files import OutputDirError
+    from .run_dir import refuse_unwritable_default_dir
+
+    try:
+        refuse_unwritable_default_dir(DEFAULT_OPEN_LOOP_BASE, _default_dir_label(args))
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _refuse_open_loop_output_dir(args: argparse.Namespace) -> None:
@@ -324,7 +342,8 @@ def _refuse_open_loop_output_dir(args: argparse.Namespace) -> None:
             refuse_what_overwrite_keeps(output_dir)  # not "pass --overwrite" where it would be refused: a circle
             raise UsageError(f"--output-dir {output_dir} is not empty; pass --overwrite to empty it or name a new directory "
                              "(open-loop runs do not resume: run them again)")
-        check_output_dir(output_dir, overwrite=args.overwrite)  # what --overwrite must not empty (a live run inside)
+        # what --overwrite must not empty (a live run inside); a path too long for its plots and results
+        check_output_dir(output_dir, overwrite=args.overwrite, videos_below="")
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
 

@@ -3,10 +3,16 @@ that cannot be used as asked."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, List, Optional, Tuple, Union
 
+# The longest name a run writes into a folder of its videos (videos/, a --video-dir): an episode's video as it is
+# written aside (run_claim.partial_path: .NAME.PID.N@HOST.tmp), with room for a million episodes and a billion files
+# written aside by one process. Every other file a run writes (results.json, a shard's, their asides) is shorter.
+LONGEST_VIDEO_NAME = "episode_999999_failure.mp4"
+DEFAULT_PATH_MAX = 4096  # bytes, with the closing NUL (Linux's PATH_MAX), where pathconf cannot tell
 RUN_FILENAME = "run.json"
 EPISODE_LOG_FILENAME = "episodes.jsonl"
 # The files of one shard of a `rollout --shard I/N` split (shard_suffix).
@@ -56,3 +62,37 @@ def not_a_directory_above(path: Union[str, Path]) -> Optional[Path]:
         if parent.exists() and not parent.is_dir():
             return parent
     return None
+
+
+def longest_written_name(below: str = "") -> str:
+    """The longest path (relative) a run writes below a folder: `below` (e.g. 'videos/') and then an episode video
+    written aside, as this process names it."""
+    from .run_claim import host_tag
+
+    return f"{below}.{LONGEST_VIDEO_NAME}.{os.getpid()}.{'9' * 9}@{host_tag()}.tmp"
+
+
+def refuse_path_too_long(folder: Union[str, Path], flag: str = "--output-dir", below: str = "") -> None:
+    """OutputDirError naming `folder`, the lengths and the limit when its absolute path leaves no room for the longest
+    file a run writes in it (longest_written_name): without it every episode ran, and then results.json (written aside
+    under a longer name) failed with 'File name too long', again on every --resume."""
+    longest = longest_written_name(below)
+    folder_bytes = len(os.fsencode(os.path.abspath(folder)))
+    total = folder_bytes + 1 + len(os.fsencode(longest))
+    limit = _path_max(Path(folder)) - 1  # PATH_MAX counts the closing NUL
+    if total > limit:
+        raise OutputDirError(
+            f"{flag} {folder} is too long a path for the files a run writes there: it is {folder_bytes} bytes, and with "
+            f"the longest of those files ({longest}, {len(os.fsencode(longest))} bytes) {total} bytes, past this file "
+            f"system's limit of {limit} bytes for a path (PATH_MAX); name a folder with a shorter path")
+
+
+def _path_max(folder: Path) -> int:
+    """PATH_MAX of the file system `folder` is (or would be made) on: pathconf of its nearest existing folder."""
+    for candidate in (folder, *folder.absolute().parents):
+        try:
+            limit = os.pathconf(candidate, "PC_PATH_MAX")
+        except (OSError, ValueError):  # not there yet, or not told: the folder above
+            continue
+        return limit if limit > 0 else DEFAULT_PATH_MAX  # -1: no limit told
+    return DEFAULT_PATH_MAX

@@ -31,7 +31,8 @@ from typing import List, Optional, Sequence, Set, Tuple, Union
 from .episode_log import EpisodeLog
 from .eval_info import EVAL_INFO_FILENAME
 from .output_files import (EPISODE_LOG_FILENAME, RUN_FILENAME, SHARD_FILE_NAME, OutputDirError, episode_log_name,
-                           not_a_directory_above, results_file_name, run_file_name, shard_files)
+                           not_a_directory_above, refuse_path_too_long, results_file_name, run_file_name,
+                           shard_files)
 from .run_file import ROLLOUT_LOCK_FILENAME, directory_lock, held_run_claims, write_run_file
 from .run_resume import add_earlier_eval_s, resume_command
 from .trash import OVERWRITE_TRASH, delete_trash, move_to_trash
@@ -39,8 +40,8 @@ from .trash import OVERWRITE_TRASH, delete_trash, move_to_trash
 __all__ = ["RESUMABLE_FILENAMES", "ROLLOUT_LOCK_FILENAME", "RUN_FILENAME", "EpisodeLog", "OutputDirError",
            "add_earlier_eval_s", "check_output_dir", "dated_output_dir", "directory_lock", "episode_log_name",
            "held_run_claims", "make_fresh_dated_output_dir", "make_fresh_dated_output_dir_noting_made",
-           "prepare_output_dir", "remove_merges_of", "remove_quietly", "results_file_name", "resume_command",
-           "run_file_name", "write_run_file"]
+           "prepare_output_dir", "refuse_unwritable_default_dir", "remove_merges_of", "remove_quietly",
+           "results_file_name", "resume_command", "run_file_name", "write_run_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,21 +87,43 @@ def make_fresh_dated_output_dir_noting_made(base: Union[str, Path], label: str,
     path = dated_output_dir(base, label, now)
     made_parents = [folder for folder in (path.parent, *path.parent.parents)
                     if not folder.exists() and not folder.is_symlink()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for number in range(1, 10000):
-        candidate = path if number == 1 else path.with_name(f"{path.name}-{number}")
-        try:
-            candidate.mkdir()
-            return candidate, [candidate, *made_parents]
-        except FileExistsError:
-            continue
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for number in range(1, 10000):
+            candidate = path if number == 1 else path.with_name(f"{path.name}-{number}")
+            try:
+                candidate.mkdir()
+                return candidate, [candidate, *made_parents]
+            except FileExistsError:
+                continue
+    except PermissionError:  # made unwritable since refuse_unwritable_default_dir checked it
+        raise OutputDirError(_unwritable_default_dir(path)) from None
     raise OutputDirError(f"no free output directory {path}-N under {path.parent}; pass --output-dir")
 
 
+def refuse_unwritable_default_dir(base: Union[str, Path], label: str, now: Optional[float] = None) -> None:
+    """OutputDirError, before a run connects, when this user cannot make the dated folder a run without --output-dir
+    gets under `base` (dated_output_dir): the base or date folder another user's earlier run made (0755 under their
+    umask) refused the mkdir only once the server had answered and the dataset been hashed, and said nothing of
+    --output-dir."""
+    path = dated_output_dir(base, label, now)
+    existing = next((folder for folder in (path.parent, *path.parent.parents) if os.path.lexists(folder)), None)
+    if existing is not None and existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputDirError(_unwritable_default_dir(path, existing))
+
+
+def _unwritable_default_dir(path: Path, folder: Optional[Path] = None) -> str:
+    """The refusal of a default output folder `path` this user cannot make (in `folder`, where known)."""
+    where = f": {folder} is not writable by this user (another user's earlier run may have made it)" if folder else (
+        ": permission denied")
+    return f"cannot make the default output folder {path}{where}; pass --output-dir DIR"
+
+
 def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files: Optional[List[str]] = None,
-                     keep: Sequence[str] = ()) -> None:
-    """OutputDirError when prepare_output_dir would refuse `path` (see there); changes nothing, so every check of a
-    run can pass before anything is emptied."""
+                     keep: Sequence[str] = (), videos_below: str = "videos/") -> None:
+    """OutputDirError when prepare_output_dir would refuse `path` (see there), or when its path is too long for the
+    files a run writes there (output_files.refuse_path_too_long; its videos go to `videos_below`); changes nothing, so
+    every check of a run can pass before anything is emptied."""
     from gr00t_client.cli_flags import broken_link_problem
 
     from .run_claim import dead_partial_files, is_alive_file, refuse_live_claims, refuse_live_runs_around
@@ -111,6 +134,7 @@ def check_output_dir(path: Union[str, Path], overwrite: bool = False, own_files:
         raise OutputDirError(problem)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"--output-dir {path} exists and is not a directory")
+    refuse_path_too_long(path, below=videos_below)
     blocker = not_a_directory_above(path)
     if blocker is not None:  # mkdir said only "[Errno 20] Not a directory"
         raise OutputDirError(f"--output-dir {path}: {blocker} exists and is not a directory; expected a folder there, "

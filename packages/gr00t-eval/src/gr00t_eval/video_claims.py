@@ -197,10 +197,13 @@ def _refuse_taken_over(video_dir: Path, writer: str, flag: str) -> None:
 
 
 def _video_claim_file(video_dir: Path, writer: str) -> Path:
-    """The claim file `writer` keeps in `video_dir` (a hash of it, so every writer has its own)."""
+    """The claim file `writer` keeps in `video_dir` (a hash of it, so every writer has its own). Hashed as UTF-8 with
+    surrogate escapes kept as their bytes: a folder name that is not UTF-8 holds escapes str.encode() refused, and
+    os.fsencode refuses any non-ASCII name under an ASCII locale."""
     import hashlib
 
-    return video_dir / f"{VIDEO_CLAIM_PREFIX}{hashlib.sha1(writer.encode()).hexdigest()[:16]}.json"
+    named = writer.encode("utf-8", "surrogateescape")
+    return video_dir / f"{VIDEO_CLAIM_PREFIX}{hashlib.sha1(named).hexdigest()[:16]}.json"
 
 
 def _claim_record(claim: Path) -> Dict[str, Any]:

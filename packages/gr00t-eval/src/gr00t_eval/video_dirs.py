@@ -79,7 +79,7 @@ def _needs_own_check(video_dir: Path, output_dir: Optional[Path], label: str,
     covers it. UsageError when it exists and is not a directory, or is (or lies inside) the output folder of a run
     still running (its videos/, whose names this run's would take), the other shards of a `shard`'s plan aside."""
     from .cli_errors import UsageError
-    from .output_files import OutputDirError
+    from .output_files import OutputDirError, refuse_path_too_long
     from .run_claim import refuse_live_runs_around
 
     refuse_broken_link(label, video_dir)
@@ -88,6 +88,7 @@ def _needs_own_check(video_dir: Path, output_dir: Optional[Path], label: str,
     if video_dir.exists() and not video_dir.is_dir():
         raise UsageError(f"{label} {video_dir} exists and is not a directory")
     try:
+        refuse_path_too_long(video_dir, label)
         refuse_live_runs_around(video_dir, label, include_self=True, shard=shard)
         _refuse_live_runs_below(video_dir, output_dir, label)
     except OutputDirError as exc:

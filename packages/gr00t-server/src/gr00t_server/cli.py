@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 
 # Only light modules here (gr00t_client loads its API on first use): main() makes SIGTERM and SIGHUP stop a command
 # before the heavy imports (numpy, ZeroMQ, torch).
-from gr00t_client.cli_flags import CommandParser, add_log_level, port_number, user_path
+from gr00t_client.cli_flags import CommandParser, add_log_level, port_number, refuse_gone_working_folder, user_path
 from gr00t_client.cli_flags import flag as _flag
 from gr00t_client.cli_signals import ProgramStopSignals, interrupted_line
 
@@ -264,6 +264,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     has returned, and `serve` ends the process as soon as the server has stopped: a late signal in the interpreter's
     exit (seconds, with torch loaded) turned a finished command's status into 130/143/129.
     """
+    if refuse_gone_working_folder("gr00t-server"):  # before torch's import, which oneMKL aborts there
+        return 2
     stop_signals = ProgramStopSignals()
     if argv is None:
         _name_where_a_fatal_signal_strikes()

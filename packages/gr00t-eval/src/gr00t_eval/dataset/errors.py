@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gr00t_client.file_names import unnameable_path_problem
 from gr00t_client.git_lfs import git_lfs_pointer_problem
 
 
@@ -23,7 +24,12 @@ class DatasetColumnNotFoundError(DatasetError, KeyError):
 
 def require_file(path: Path, what: str) -> None:
     """Raise DatasetFileNotFoundError naming `what` when `path` is not a file, and DatasetError when it is a git-lfs
-    pointer in its place (a hub dataset cloned without git-lfs, or with only some of its files pulled)."""
+    pointer in its place (a hub dataset cloned without git-lfs, or with only some of its files pulled), or naming the
+    locale when its file-system encoding cannot name `path` (unnameable_path_problem: is_file() said False, 'not found',
+    of a file that is there)."""
+    unnameable = unnameable_path_problem(path, what)
+    if unnameable is not None:
+        raise DatasetError(unnameable)
     if not path.is_file():
         raise DatasetFileNotFoundError(f"{what} not found: {path}")
     pointer = git_lfs_pointer_problem(path, "dataset")

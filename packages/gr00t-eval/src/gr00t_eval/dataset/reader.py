@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
@@ -33,6 +34,16 @@ _STEP_EARLY = 0.1 - 1e-6
 # inserted or dropped shifts every later one by an interval, where jitter and a lone late frame move one
 _PACE_WINDOW = 5
 _SHIFTED = 0.95  # intervals: a frame inserted or dropped moves the frames after it by one, a late frame by less
+
+
+def dataset_root(path: Union[str, Path]) -> Path:
+    """The dataset folder `path` names, found once, as a checkpoint folder is: '~' expanded, the folders above it
+    resolved (a relative `../ds` no longer resolved once the working folder it was given from was renamed or removed),
+    its own name kept (a `ds` link re-pointed to another recording is then still seen as a change)."""
+    given = Path(home_expanded_path(path))
+    if given.name in ("", "..", "."):
+        return Path(os.path.realpath(given))
+    return Path(os.path.realpath(given.parent)) / given.name
 
 
 def _check_meta_commit_whole(meta_dir: Path) -> None:
@@ -79,10 +90,10 @@ class LeRobotDataset:
 
     def __init__(self, path: Union[str, Path]) -> None:
         # '~' is the home folder, as DatasetWriter writes it; on the text: Path() drops the './' of './~/ds', a folder
-        # named '~'
-        self.root = Path(home_expanded_path(path)).absolute()
+        # named '~'. Found once (dataset_root): every file is read through the folder it named at start.
+        self.root = dataset_root(path)
         if not self.root.is_dir():
-            raise DatasetFileNotFoundError(f"dataset directory not found: {self.root}")
+            raise DatasetFileNotFoundError(f"dataset directory not found: {home_expanded_path(path)}")
         meta_dir = self.root / "meta"
         _check_meta_commit_whole(meta_dir)
         info_path = meta_dir / "info.json"

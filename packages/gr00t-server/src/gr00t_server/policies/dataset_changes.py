@@ -33,9 +33,13 @@ class DatasetChanges:
     that cannot read the files (out of descriptors, an I/O error) sees no change, and the next one looks again."""
 
     def __init__(self, root: Path) -> None:
-        # absolute: a relative root would name other files once the process changes directory (a .py modality
-        # config may, to read its neighbours), and every file would look removed
-        self.root = Path(root).absolute()
+        from gr00t_eval.dataset.reader import dataset_root  # gr00t-eval comes with the `replay` extra
+
+        # Found once, as the reader finds it (dataset_root): a relative root named other files once the process
+        # changed directory (a .py modality config may, to read its neighbours), and a `run/../ds` none once run/ was
+        # renamed; every file then looked removed. Named as given in messages.
+        self.given = Path(root)
+        self.root = dataset_root(root)
         self._meta = self._meta_signatures()
         self._data: Dict[Path, Optional[Signature]] = {}
         self.change: Optional[str] = None  # the first change seen, e.g. "meta/episodes.jsonl rewritten"
@@ -53,7 +57,7 @@ class DatasetChanges:
         if self.change is not None:
             from gr00t_eval.dataset import DatasetError  # gr00t-eval comes with the `replay` extra
 
-            raise DatasetError(f"dataset {self.root} changed on disk since this server loaded it ({self.change}); "
+            raise DatasetError(f"dataset {self.given} changed on disk since this server loaded it ({self.change}); "
                                "restart the server to serve the new recording")
 
     def _first_change_seen(self, data_path: Path) -> Optional[str]:
