@@ -377,6 +377,25 @@ def _as_nobody(argv):
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
                     reason="needs root, to run the command as another user")
+@pytest.mark.parametrize("in_the_way", ["file", "link to nowhere"])
+def test_a_default_output_dir_with_a_file_in_the_way_is_refused_before_connecting(tmp_path, monkeypatch, capsys,
+                                                                                  in_the_way):
+    """A file or a dangling link where the default's base folder belongs failed after connecting with a bare
+    '[Errno 20] Not a directory' or '[Errno 17] File exists', and no word of --output-dir (R55)."""
+    base = tmp_path / "open_loop_eval"
+    if in_the_way == "file":
+        base.write_text("not a folder")
+    else:
+        base.symlink_to(tmp_path / "unmounted" / "share")
+    monkeypatch.setattr(open_loop_cli, "DEFAULT_OPEN_LOOP_BASE", str(base))
+    dataset = make_dataset(tmp_path / "ds", lengths=(6,))
+    argv = ["open-loop", "--dataset-path", str(dataset), "--port", "9", "--timeout-ms", "500", "--no-plots"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cannot make the default output folder {base}/" in err
+    assert f"{base} is not a folder; pass --output-dir DIR" in err and "no policy server answered" not in err
+
+
 def test_a_default_output_dir_another_user_made_is_refused_before_connecting_naming_output_dir(monkeypatch):
     """Root's earlier run made /tmp/open_loop_eval/<date> (0755); user nobody's run without --output-dir connected,
     hashed the dataset, and then said only 'cannot open .../17-56-08_ds: Permission denied'."""

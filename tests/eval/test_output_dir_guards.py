@@ -393,6 +393,34 @@ def test_an_output_dir_too_long_for_the_files_a_run_writes_is_refused_before_it_
     assert not out.exists()  # refused before anything is claimed
 
 
+def test_an_output_dir_without_room_for_a_tasks_video_folder_is_refused(tmp_path, capsys):
+    """The reserve counted videos/ alone: a run of several tasks writes into videos/<task folder>/ (up to 255
+    characters), and in a folder with room for the one but not the other every video write failed while the run exited
+    0 (R55)."""
+    out, limit = _folder_near_path_max(tmp_path, room=200)
+    assert main([*_command_args(tmp_path, "rollout"), "--output-dir", str(out)]) == 2
+    assert "a task's folder of 255 characters" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["rollout", "batch"])
+def test_a_run_moved_too_deep_for_its_files_is_refused_on_resume_before_it_runs(tmp_path, capsys, command):
+    """A stopped run moved deeper (an archive) was resumed: its missing episodes ran, and then eval_info.json failed
+    with a bare 'File name too long' (R55)."""
+    out, _limit = _folder_near_path_max(tmp_path, room=300)
+    out.mkdir()
+    if command == "rollout":
+        (out / "run.json").write_text("{}")
+    else:
+        args = _command_args(tmp_path, "batch")
+        (out / "jobs.json").write_text(Path(args[args.index("--jobs") + 1]).read_text())
+        (out / "batch_results.json").write_text(json.dumps({"jobs": []}))
+    before = sorted(p.name for p in out.iterdir())
+    assert main([command, "--resume", str(out)]) == 2
+    assert f"--resume {out} is too long a path for the files a run writes there" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing claimed
+
+
 def test_a_video_dir_too_long_for_the_videos_a_run_writes_is_refused_before_the_output_dir_is_claimed(tmp_path,
                                                                                                      capsys):
     videos, limit = _folder_near_path_max(tmp_path / "v", room=len("/episode_0000_failure.mp4") + 1)

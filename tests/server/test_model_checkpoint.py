@@ -449,6 +449,23 @@ test_checkpoint.make_test_checkpoint(sys.argv[1])
 """
 
 
+def test_a_run_killed_before_its_first_marker_was_renamed_keeps_a_users_file_and_reruns(tmp_path):
+    """Killed after writing its first marker beside the folder's earlier content (a user's notes kept beside an
+    earlier test checkpoint) and before renaming it into place: the rerun refused the folder as holding no test
+    checkpoint, and the --overwrite it advised deleted the notes (R55). The content written beside the marker says
+    what was there: the notes are kept and the rerun writes."""
+    from gr00t_server.test_checkpoint import MARKER_TEMPORARY, TEST_CHECKPOINT_MARKER, make_test_checkpoint
+
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / MARKER_TEMPORARY).write_text(json.dumps({"complete": False, "kept": ["notes.txt"]}))
+    make_test_checkpoint(folder, seed=6)
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert json.loads((folder / TEST_CHECKPOINT_MARKER).read_text())["seed"] == 6
+    assert not (folder / MARKER_TEMPORARY).exists()
+
+
 @pytest.mark.parametrize("kill_at", [1, 3])
 def test_a_run_killed_while_it_rewrites_its_marker_leaves_one_the_rerun_reads(tmp_path, kill_at):
     """The marker was rewritten in place before each file: a kill -9 mid-write left it empty, and the rerun refused

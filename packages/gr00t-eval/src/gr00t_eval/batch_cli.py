@@ -16,7 +16,7 @@ from gr00t_client.peer_text import shown_text
 from .batch import (BATCH_RESULTS_FILENAME, JOBS_DIRNAME, Job, JobError, format_table, job_dir_name, job_video_dirs,
                     load_jobs, read_job_run_file, run_batch)
 from .cli_errors import UsageError
-from .output_files import OutputDirError
+from .output_files import OutputDirError, refuse_path_too_long
 from .run_claim import (claim_alive_name, claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim,
                         refuse_live_claims, take_claim)
 from .run_resume import command_path
@@ -165,6 +165,10 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
         return saved if isinstance(saved, dict) else None
 
     jobs = load_jobs(jobs_path, start_dir, home_dir, resumed=True, started=started_with)
+    try:  # a batch folder moved deeper since (an archive): its jobs' files would fail after their episodes ran
+        refuse_path_too_long(output_dir, "--resume", below=_deepest_job_videos(jobs))
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
     # Under the claim's lock: of two resumes started at once, one runs and the other is refused.
     settings = {"resumed": True, **{key: value for key, value in ((START_DIR_KEY, start_dir), (HOME_DIR_KEY, home_dir))
                                     if value}}

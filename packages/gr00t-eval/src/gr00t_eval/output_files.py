@@ -64,12 +64,17 @@ def not_a_directory_above(path: Union[str, Path]) -> Optional[Path]:
     return None
 
 
+# A run of several tasks writes each task's videos into a folder of its own below videos/ (or a --video-dir), named
+# for its task: up to a file name's length.
+LONGEST_TASK_FOLDER = "t" * 255 + "/"
+
+
 def longest_written_name(below: str = "") -> str:
-    """The longest path (relative) a run writes below a folder: `below` (e.g. 'videos/') and then an episode video
-    written aside, as this process names it."""
+    """The longest path (relative) a run writes below a folder: `below` (e.g. 'videos/'), a task's folder of a run of
+    several tasks, and then an episode video written aside, as this process names it."""
     from .run_claim import host_tag
 
-    return f"{below}.{LONGEST_VIDEO_NAME}.{os.getpid()}.{'9' * 9}@{host_tag()}.tmp"
+    return f"{below}{LONGEST_TASK_FOLDER}.{LONGEST_VIDEO_NAME}.{os.getpid()}.{'9' * 9}@{host_tag()}.tmp"
 
 
 def refuse_path_too_long(folder: Union[str, Path], flag: str = "--output-dir", below: str = "") -> None:
@@ -83,8 +88,9 @@ def refuse_path_too_long(folder: Union[str, Path], flag: str = "--output-dir", b
     if total > limit:
         raise OutputDirError(
             f"{flag} {folder} is too long a path for the files a run writes there: it is {folder_bytes} bytes, and with "
-            f"the longest of those files ({longest}, {len(os.fsencode(longest))} bytes) {total} bytes, past this file "
-            f"system's limit of {limit} bytes for a path (PATH_MAX); name a folder with a shorter path")
+            f"the longest of those files ({len(os.fsencode(longest))} bytes: an episode video written aside in a "
+            f"task's folder of {len(LONGEST_TASK_FOLDER) - 1} characters) {total} bytes, past this file system's limit "
+            f"of {limit} bytes for a path (PATH_MAX); name a folder with a shorter path")
 
 
 def _path_max(folder: Path) -> int:

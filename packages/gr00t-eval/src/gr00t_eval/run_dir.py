@@ -108,14 +108,19 @@ def refuse_unwritable_default_dir(base: Union[str, Path], label: str, now: Optio
     --output-dir."""
     path = dated_output_dir(base, label, now)
     existing = next((folder for folder in (path.parent, *path.parent.parents) if os.path.lexists(folder)), None)
-    if existing is not None and existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+    if existing is None:
+        return
+    if not existing.is_dir():  # a file, or a link to nowhere, where a folder of the path belongs
+        raise OutputDirError(_unwritable_default_dir(path, existing, "is not a folder"))
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputDirError(_unwritable_default_dir(path, existing))
 
 
-def _unwritable_default_dir(path: Path, folder: Optional[Path] = None) -> str:
-    """The refusal of a default output folder `path` this user cannot make (in `folder`, where known)."""
-    where = f": {folder} is not writable by this user (another user's earlier run may have made it)" if folder else (
-        ": permission denied")
+def _unwritable_default_dir(path: Path, folder: Optional[Path] = None,
+                            problem: str = "is not writable by this user (another user's earlier run may have made it)"
+                            ) -> str:
+    """The refusal of a default output folder `path` this user cannot make (`folder`, where known, and its `problem`)."""
+    where = f": {folder} {problem}" if folder else ": permission denied"
     return f"cannot make the default output folder {path}{where}; pass --output-dir DIR"
 
 

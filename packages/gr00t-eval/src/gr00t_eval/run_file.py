@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
-from .output_files import OutputDirError, run_file_name, started_shards
+from .output_files import OutputDirError, refuse_path_too_long, run_file_name, started_shards
 
 
 def write_run_file(directory: Union[str, Path], settings: Mapping[str, Any], shard: Any = None) -> Path:
@@ -64,6 +64,8 @@ def claim_resumed_run(directory: Union[str, Path], shard: Any = None) -> None:
     path = Path(directory) / run_file_name(shard)
     if not path.is_file():
         return
+    # a run folder moved deeper since (an archive): its episodes would run and its results.json then fail
+    refuse_path_too_long(directory, "--resume", below="videos/")
     with locked_file(path):  # the check and the new claim as one step: two resumes started together, one runs
         try:
             refuse_live_claim(directory, path.name)

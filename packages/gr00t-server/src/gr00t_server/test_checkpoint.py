@@ -276,6 +276,14 @@ def processor_kwargs_for(
     return kwargs
 
 
+def _read_marker(path: Path) -> Any:
+    """The JSON a test checkpoint's marker (or its temporary) holds; None when it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _write_marker(marker: Path, data: Any) -> None:
     """Write the marker's `data` whole: beside it (MARKER_TEMPORARY), then renamed over it."""
     temporary = marker.with_name(MARKER_TEMPORARY)
@@ -405,11 +413,11 @@ def _writer_lock(out: Path) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
-def _interrupted_run_strays(out: Path, entries: List[Path], kept: List[Any]) -> List[Path]:
-    """Entries of `out` (beside those `kept`) that an interrupted run cannot have written: not named as a test
+def _interrupted_run_strays(marker_file: Path, entries: List[Path], kept: List[Any]) -> List[Path]:
+    """Entries of the folder (`entries`, beside those `kept`) that an interrupted run cannot have written: not named as a test
     checkpoint's file, or modified after its marker (written again before each file it wrote, naming it: only that
-    one can be newer and its own); the others it removes."""
-    marker_time = (out / TEST_CHECKPOINT_MARKER).stat().st_mtime_ns
+    one can be newer and its own; `marker_file` is the marker read, or its temporary); the others it removes."""
+    marker_time = marker_file.stat().st_mtime_ns
     own = [entry for entry in entries if entry.name not in kept and entry.name != TEST_CHECKPOINT_MARKER]
     strays = [entry for entry in own if entry.name != MARKER_TEMPORARY
               and (entry.name not in TEST_CHECKPOINT_FILES or entry.lstat().st_mtime_ns > marker_time)]
@@ -443,10 +451,12 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     if not entries:
         return
     holds = "holds no test checkpoint written by make-test-checkpoint"
-    try:
-        marker = json.loads((out / TEST_CHECKPOINT_MARKER).read_text())
-    except (OSError, ValueError):
-        marker = None
+    marker_file = out / TEST_CHECKPOINT_MARKER
+    marker = _read_marker(marker_file)
+    if marker is None and (out / MARKER_TEMPORARY).is_file():
+        # a run killed writing its first marker, before the rename: what it wrote says what was there before it
+        marker_file = out / MARKER_TEMPORARY
+        marker = _read_marker(marker_file)
     if isinstance(marker, dict):
         files = marker.get("files")
         if marker.get("complete") and isinstance(files, list) and all(
@@ -456,7 +466,7 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
             return
         kept = marker.get("kept")
         if marker.get("complete") is False and isinstance(kept, list):  # an interrupted earlier run
-            strays = _interrupted_run_strays(out, entries, kept)
+            strays = _interrupted_run_strays(marker_file, entries, kept)
             if not strays:
                 return
             entries = strays  # a user's files put there since, or the file a killed run was writing
