@@ -13,7 +13,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCES = os.pathsep.join(os.path.join(REPO, "packages", package, "src")
                           for package in ("gr00t-client", "gr00t-server", "gr00t-eval"))
-GONE = ("error: the current working directory no longer exists (deleted or renamed while this shell was in it); "
+GONE = ("error: the current working directory no longer exists (deleted while this shell was in it); "
         "cd to an existing folder")
 
 
@@ -39,3 +39,11 @@ def test_a_command_started_in_a_deleted_folder_says_so_in_one_line(tmp_path, mod
     assert done.returncode == 2, done.stderr
     assert done.stderr == f"gr00t-{program}: {GONE}\n"
     assert sorted(os.listdir(tmp_path)) == []  # nothing made anywhere
+
+
+@pytest.mark.parametrize("module", ["gr00t_server.cli", "gr00t_eval.cli"])
+def test_help_is_answered_in_a_deleted_folder(tmp_path, module):
+    """--help needs no folder: it was refused with the rest (R56)."""
+    done = _run_in_a_deleted_folder(tmp_path, module, "--help")
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout and "no longer exists" not in done.stderr

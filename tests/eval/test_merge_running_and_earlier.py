@@ -373,6 +373,22 @@ def test_a_refused_merge_removes_the_new_folder_it_made_and_keeps_one_that_was_t
     assert not (tmp_path / "new").exists() and existing.is_dir()
 
 
+def test_a_merge_output_too_long_for_the_files_written_aside_is_refused_before_merging(shards, tmp_path, capsys):
+    """In a 4072-byte folder the merge failed with 'File name too long' naming merged.json, which fits: the file that
+    failed was the one written aside first (R56)."""
+    import os
+
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1
+    folder = str(tmp_path)
+    while len(folder) + 201 < limit - 30:
+        folder = os.path.join(folder, "d" * 200)
+    os.makedirs(folder)
+    deep = os.path.join(folder, "o" * (limit - 30 - len(folder) - 1))
+    assert cli.main(["merge", str(shards), "--output", os.path.join(deep, "merged.json")]) == 2
+    assert f"--output's folder {deep} is too long a path" in capsys.readouterr().err
+    assert not os.path.exists(deep)
+
+
 def test_a_refused_merge_leaves_the_folders_above_its_output_that_it_made(shards, tmp_path, live_process, capsys):
     """A refused merge removed every empty folder it had made, those above its output too: one of them could be
     another merge's output, locked, which then wrote into a folder made anew and a third merge's result replaced its

@@ -66,6 +66,22 @@ def test_record_refuses_other_envs(tmp_path):
         record_metaworld("pusht/PushT-v0", 1, tmp_path / "x", progress=False)
 
 
+def test_record_refuses_an_output_too_long_for_a_datasets_files_before_recording(tmp_path):
+    """A 4030-byte --output recorded its episodes and then failed with a bare 'File name too long' naming no file,
+    leaving no loadable dataset (R56)."""
+    import os
+
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1
+    folder = str(tmp_path)
+    while len(folder) + 201 < limit - 100:
+        folder = os.path.join(folder, "d" * 200)
+    os.makedirs(folder)
+    output = os.path.join(folder, "o" * (limit - 100 - len(folder) - 1))
+    with pytest.raises(ValueError, match=r"--output .* is too long a path for the files a run writes there"):
+        record_metaworld("metaworld/reach-v3", 1, output, progress=False)
+    assert not os.path.exists(output)
+
+
 def test_record_refuses_several_tasks_saying_it_takes_one(tmp_path):
     """rollout's comma-separated --env-name was refused as one unknown Meta-World task 'reach-v3,push-v3'."""
     with pytest.raises(ValueError, match=r"record takes one task per run, got 'metaworld/reach-v3,metaworld/push-v3': "

@@ -466,12 +466,11 @@ def test_a_run_killed_before_its_first_marker_was_renamed_keeps_a_users_file_and
     assert not (folder / MARKER_TEMPORARY).exists()
 
 
-@pytest.mark.parametrize("kill_at", [1, 3])
-def test_a_run_killed_while_it_rewrites_its_marker_leaves_one_the_rerun_reads(tmp_path, kill_at):
+@pytest.mark.parametrize("kill_at", [1, 3, 7])
+def test_a_run_killed_while_it_rewrites_its_marker_is_rerun_into_the_same_folder(tmp_path, kill_at):
     """The marker was rewritten in place before each file: a kill -9 mid-write left it empty, and the rerun refused
-    the run's own folder as holding no test checkpoint (R54). Killed at its first marker, the rerun writes into the
-    folder; killed as it names the weights, the rerun names the config it had just written (a kill then cannot tell a
-    finished file from a half-written one), not "no test checkpoint"."""
+    the run's own folder as holding no test checkpoint (R54). It is written beside and renamed: killed before a rename,
+    the content beside it is the newer (R56: the rerun then refused the file it said was finished)."""
     import subprocess
     import sys
 
@@ -481,15 +480,25 @@ def test_a_run_killed_while_it_rewrites_its_marker_leaves_one_the_rerun_reads(tm
     killed = subprocess.run([sys.executable, "-c", KILLED_WRITING_MARKER, str(folder), str(kill_at)],
                             capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr
-    if kill_at == 1:
-        make_test_checkpoint(folder, seed=5)
-        assert json.loads((folder / TEST_CHECKPOINT_MARKER).read_text())["seed"] == 5
-        assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
-        return
-    assert json.loads((folder / TEST_CHECKPOINT_MARKER).read_text())["writing"] == ["config.json"]
-    with pytest.raises(FileExistsError, match=r"holds the files of an interrupted make-test-checkpoint run and "
-                                              r"config.json, the file it was writing when it was killed"):
-        make_test_checkpoint(folder)
+    make_test_checkpoint(folder, seed=5)  # no overwrite: every file there is the killed run's
+    assert json.loads((folder / TEST_CHECKPOINT_MARKER).read_text())["seed"] == 5
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("temporary", ["", '{"complete": fal'], ids=["emptied", "cut short"])
+def test_a_run_killed_writing_its_first_marker_beside_a_users_file_is_rerun_keeping_it(tmp_path, temporary):
+    """Killed while it wrote its first marker's temporary (opened, not yet whole): the rerun refused the folder as
+    holding no test checkpoint, and the --overwrite it advised deleted the user's notes (R56). A run that wrote
+    nothing but that temporary left the folder as it found it: the rerun writes, keeping the notes."""
+    from gr00t_server.test_checkpoint import MARKER_TEMPORARY, TEST_CHECKPOINT_MARKER, make_test_checkpoint
+
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / MARKER_TEMPORARY).write_text(temporary)
+    make_test_checkpoint(folder, seed=8)
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert json.loads((folder / TEST_CHECKPOINT_MARKER).read_text())["seed"] == 8
 
 
 def test_make_test_checkpoint_overwrite_never_deletes_a_gr00t_eval_run_still_running_below(tmp_path):

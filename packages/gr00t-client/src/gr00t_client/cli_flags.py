@@ -11,17 +11,21 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 
-WORKING_FOLDER_GONE = ("the current working directory no longer exists (deleted or renamed while this shell was in "
-                       "it); cd to an existing folder")
+WORKING_FOLDER_GONE = ("the current working directory no longer exists (deleted while this shell was in it); cd to an "
+                       "existing folder")
+_ANSWERED_ANYWHERE = frozenset({"-h", "--help", "--version"})  # what a command line answers without a folder
 
 
-def refuse_gone_working_folder(program: str) -> bool:
+def refuse_gone_working_folder(program: str, argv: Optional[Sequence[str]] = None) -> bool:
     """Whether this process's working folder no longer exists, said in one line on stderr ('PROGRAM: error: ...'):
-    checked once, first thing in a command line's main. Every relative path failed then with a bare '[Errno 2] No
-    such file or directory', and importing torch aborted the process inside oneMKL, as a broken install would."""
+    checked once, first thing in a command line's main (`argv`: its arguments, sys.argv[1:] when None; --help and
+    --version are answered anyway). Every relative path failed then with a bare '[Errno 2] No such file or
+    directory', and importing torch aborted the process inside oneMKL, as a broken install would."""
     try:
         os.getcwd()
     except FileNotFoundError:
+        if _ANSWERED_ANYWHERE.intersection(sys.argv[1:] if argv is None else argv):
+            return False
         print(f"{program}: error: {WORKING_FOLDER_GONE}", file=sys.stderr)
         return True
     return False

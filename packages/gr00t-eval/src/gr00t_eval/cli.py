@@ -383,7 +383,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     and a late signal in the interpreter's exit (seconds, with torch or mujoco loaded) ended a finished command with
     130/143/129 and no word.
     """
-    if refuse_gone_working_folder("gr00t-eval"):
+    if refuse_gone_working_folder("gr00t-eval", argv):
         return USAGE_EXIT_CODE
     stop_signals = ProgramStopSignals()
     try:

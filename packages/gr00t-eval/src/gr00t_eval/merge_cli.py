@@ -189,7 +189,7 @@ def _merge_target(output: Path) -> Path:
     from gr00t_client.cli_flags import broken_link_problem
 
     from .cli_errors import UsageError
-    from .output_files import not_a_directory_above
+    from .output_files import OutputDirError, not_a_directory_above, refuse_path_too_long
 
     problem = broken_link_problem("--output", output)
     if problem is not None:
@@ -198,7 +198,12 @@ def _merge_target(output: Path) -> Path:
     if blocker is not None:  # mkdir said "[Errno 17] File exists" of the --output itself
         raise UsageError(f"--output {output}: {blocker} exists and is not a directory; expected a folder there, or "
                          "name another --output")
-    return Path(os.path.realpath(output)) if output.is_symlink() else output
+    target = Path(os.path.realpath(output)) if output.is_symlink() else output
+    try:  # the merge and its eval_info.json are written aside first, under longer names: 'File name too long' of
+        refuse_path_too_long(target.parent, "--output's folder")  # a file that fits, after every check had passed
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
+    return target
 
 
 def _check_eval_info_apart(output: Path) -> None:

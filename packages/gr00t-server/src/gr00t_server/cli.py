@@ -264,7 +264,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     has returned, and `serve` ends the process as soon as the server has stopped: a late signal in the interpreter's
     exit (seconds, with torch loaded) turned a finished command's status into 130/143/129.
     """
-    if refuse_gone_working_folder("gr00t-server"):  # before torch's import, which oneMKL aborts there
+    if refuse_gone_working_folder("gr00t-server", argv):  # before torch's import, which oneMKL aborts there
         return 2
     stop_signals = ProgramStopSignals()
     if argv is None:

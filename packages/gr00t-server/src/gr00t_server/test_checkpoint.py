@@ -276,6 +276,28 @@ def processor_kwargs_for(
     return kwargs
 
 
+def _killed_at_its_first_marker(out: Path, entries: List[Path]) -> bool:
+    """Whether `out` holds what a run killed writing its first marker leaves: the marker's temporary, no marker, and
+    nothing a test checkpoint is made of (the run had written none of its files; the others were there, kept, when it
+    began, or a user's put there since, which a rerun keeps too). Removes the temporary then."""
+    names = {entry.name for entry in entries}
+    if MARKER_TEMPORARY not in names or TEST_CHECKPOINT_MARKER in names or names & TEST_CHECKPOINT_FILES:
+        return False
+    _remove(out / MARKER_TEMPORARY)
+    return True
+
+
+def _newest_marker(out: Path) -> Tuple[Path, Any]:
+    """(file, content) of the marker of the test checkpoint in `out`: its temporary where that holds a whole marker
+    (written after the marker and renamed over it: a kill before the rename left the newer content beside it, which
+    says the file the marker names was finished), else the marker itself; its content None when unreadable."""
+    temporary = out / MARKER_TEMPORARY
+    content = _read_marker(temporary)
+    if isinstance(content, dict):
+        return temporary, content
+    return out / TEST_CHECKPOINT_MARKER, _read_marker(out / TEST_CHECKPOINT_MARKER)
+
+
 def _read_marker(path: Path) -> Any:
     """The JSON a test checkpoint's marker (or its temporary) holds; None when it cannot be read."""
     try:
@@ -445,23 +467,18 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
     (FileExistsError) unless `overwrite`, which empties the folder; never a folder that is, holds or lies inside a
     LeRobot dataset."""
     entries = sorted(out.iterdir())
-    if [entry.name for entry in entries] == [MARKER_TEMPORARY]:  # a run killed writing its first marker
-        _remove(entries[0])
-        return
     if not entries:
         return
+    if _killed_at_its_first_marker(out, entries):
+        return
     holds = "holds no test checkpoint written by make-test-checkpoint"
-    marker_file = out / TEST_CHECKPOINT_MARKER
-    marker = _read_marker(marker_file)
-    if marker is None and (out / MARKER_TEMPORARY).is_file():
-        # a run killed writing its first marker, before the rename: what it wrote says what was there before it
-        marker_file = out / MARKER_TEMPORARY
-        marker = _read_marker(marker_file)
+    marker_file, marker = _newest_marker(out)
     if isinstance(marker, dict):
         files = marker.get("files")
         if marker.get("complete") and isinstance(files, list) and all(
                 isinstance(f, str) and f and "/" not in f and "\\" not in f and f not in (".", "..") for f in files):
-            for name in [*files, TEST_CHECKPOINT_MARKER]:  # exactly what the earlier run wrote; other files stay
+            # exactly what the earlier run wrote; other files stay
+            for name in [*files, TEST_CHECKPOINT_MARKER, MARKER_TEMPORARY]:
                 _remove(out / name)
             return
         kept = marker.get("kept")
