@@ -47,3 +47,9 @@ def test_help_is_answered_in_a_deleted_folder(tmp_path, module):
     done = _run_in_a_deleted_folder(tmp_path, module, "--help")
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout and "no longer exists" not in done.stderr
+
+
+def test_a_file_named_help_after_the_double_dash_does_not_skip_the_refusal(tmp_path):
+    """After '--', '--help' names a file: it skipped the refusal, and the command failed with the bare error (R57)."""
+    done = _run_in_a_deleted_folder(tmp_path, "gr00t_eval.cli", "merge", "--output", "m.json", "--", "--help")
+    assert done.returncode == 2 and done.stderr == f"gr00t-eval: {GONE}\n"

@@ -389,6 +389,20 @@ def test_a_merge_output_too_long_for_the_files_written_aside_is_refused_before_m
     assert not os.path.exists(deep)
 
 
+def test_a_merge_into_a_deep_folder_with_room_for_its_own_files_is_not_refused(shards, tmp_path):
+    """The reserve was a rollout's (an episode video in a task's folder of 255 characters): a merge, which writes only
+    its results and eval_info.json, was refused in a folder 3900 bytes deep where it writes fine (R57)."""
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1
+    folder = str(tmp_path)
+    while len(folder) + 201 < limit - 150:
+        folder = os.path.join(folder, "d" * 200)
+    os.makedirs(folder)
+    deep = os.path.join(folder, "o" * (limit - 150 - len(folder) - 1))
+    shallow = cli.main(["merge", str(shards), "--output", str(tmp_path / "shallow" / "merged.json")])
+    assert cli.main(["merge", str(shards), "--output", os.path.join(deep, "merged.json")]) == shallow
+    assert os.path.isfile(os.path.join(deep, "merged.json"))
+
+
 def test_a_refused_merge_leaves_the_folders_above_its_output_that_it_made(shards, tmp_path, live_process, capsys):
     """A refused merge removed every empty folder it had made, those above its output too: one of them could be
     another merge's output, locked, which then wrote into a folder made anew and a third merge's result replaced its

@@ -388,7 +388,7 @@ def test_an_output_dir_too_long_for_the_files_a_run_writes_is_refused_before_it_
     out, limit = _folder_near_path_max(tmp_path, room=len("/results.json") + 1)
     assert main([*_command_args(tmp_path, command), "--output-dir", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"--output-dir {out} is too long a path for the files a run writes there: it is {len(str(out))} bytes" in err
+    assert f"--output-dir {out} is too long a path for the files written there: it is {len(str(out))} bytes" in err
     assert f"past this file system's limit of {limit} bytes for a path (PATH_MAX)" in err
     assert not out.exists()  # refused before anything is claimed
 
@@ -417,7 +417,7 @@ def test_a_run_moved_too_deep_for_its_files_is_refused_on_resume_before_it_runs(
         (out / "batch_results.json").write_text(json.dumps({"jobs": []}))
     before = sorted(p.name for p in out.iterdir())
     assert main([command, "--resume", str(out)]) == 2
-    assert f"--resume {out} is too long a path for the files a run writes there" in capsys.readouterr().err
+    assert f"--resume {out} is too long a path for the files written there" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before  # nothing claimed
 
 

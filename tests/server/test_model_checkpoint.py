@@ -485,6 +485,26 @@ def test_a_run_killed_while_it_rewrites_its_marker_is_rerun_into_the_same_folder
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.parametrize("writing", [[], ["model.safetensors"]], ids=["before its first file", "at its weights"])
+def test_a_users_checkpoint_moved_into_a_killed_runs_folder_is_never_taken_for_its_files(tmp_path, writing):
+    """A run killed before its first file (or at its weights), then a user's checkpoint moved in with its file times
+    kept (mv, cp -a): files older than the marker were taken for the killed run's, deleted, and replaced with random
+    weights (R57). A killed run wrote only the steps before the one its marker names."""
+    from gr00t_server.test_checkpoint import TEST_CHECKPOINT_MARKER, make_test_checkpoint
+
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    (folder / TEST_CHECKPOINT_MARKER).write_text(json.dumps({"complete": False, "kept": [], "writing": writing}))
+    os.utime(folder / TEST_CHECKPOINT_MARKER, (time.time() - 60, time.time() - 60))
+    users = ["processor_config.json", "statistics.json"] + (["config.json", "model.safetensors"] if not writing else [])
+    for name in users:
+        (folder / name).write_text("the user's")
+        os.utime(folder / name, (time.time() - 3600, time.time() - 3600))  # older than the marker: times kept
+    with pytest.raises(FileExistsError, match=r"holds the files of an interrupted make-test-checkpoint run and"):
+        make_test_checkpoint(folder)
+    assert all((folder / name).read_text() == "the user's" for name in users)
+
+
 @pytest.mark.parametrize("temporary", ["", '{"complete": fal'], ids=["emptied", "cut short"])
 def test_a_run_killed_writing_its_first_marker_beside_a_users_file_is_rerun_keeping_it(tmp_path, temporary):
     """Killed while it wrote its first marker's temporary (opened, not yet whole): the rerun refused the folder as

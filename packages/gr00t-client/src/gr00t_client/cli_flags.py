@@ -24,7 +24,9 @@ def refuse_gone_working_folder(program: str, argv: Optional[Sequence[str]] = Non
     try:
         os.getcwd()
     except FileNotFoundError:
-        if _ANSWERED_ANYWHERE.intersection(sys.argv[1:] if argv is None else argv):
+        args = list(sys.argv[1:] if argv is None else argv)
+        options = args[:args.index("--")] if "--" in args else args  # after '--', '--help' is a file's name
+        if _ANSWERED_ANYWHERE.intersection(options):
             return False
         print(f"{program}: error: {WORKING_FOLDER_GONE}", file=sys.stderr)
         return True

@@ -189,7 +189,7 @@ def _merge_target(output: Path) -> Path:
     from gr00t_client.cli_flags import broken_link_problem
 
     from .cli_errors import UsageError
-    from .output_files import OutputDirError, not_a_directory_above, refuse_path_too_long
+    from .output_files import OutputDirError, aside_name, not_a_directory_above, refuse_path_too_long
 
     problem = broken_link_problem("--output", output)
     if problem is not None:
@@ -200,7 +200,8 @@ def _merge_target(output: Path) -> Path:
                          "name another --output")
     target = Path(os.path.realpath(output)) if output.is_symlink() else output
     try:  # the merge and its eval_info.json are written aside first, under longer names: 'File name too long' of
-        refuse_path_too_long(target.parent, "--output's folder")  # a file that fits, after every check had passed
+        refuse_path_too_long(target.parent, "--output's folder",  # a file that fits, after every check had passed
+                             longest=aside_name(max(target.name, "eval_info.json", key=len)))
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
     return target

@@ -69,28 +69,38 @@ def not_a_directory_above(path: Union[str, Path]) -> Optional[Path]:
 LONGEST_TASK_FOLDER = "t" * 255 + "/"
 
 
-def longest_written_name(below: str = "") -> str:
-    """The longest path (relative) a run writes below a folder: `below` (e.g. 'videos/'), a task's folder of a run of
-    several tasks, and then an episode video written aside, as this process names it."""
+def aside_name(name: str) -> str:
+    """The longest name `name` is written aside under before it is renamed into place (run_claim.partial_path:
+    .NAME.PID.N@HOST.tmp), with room for a billion files written aside by this process."""
     from .run_claim import host_tag
 
-    return f"{below}{LONGEST_TASK_FOLDER}.{LONGEST_VIDEO_NAME}.{os.getpid()}.{'9' * 9}@{host_tag()}.tmp"
+    return f".{name}.{os.getpid()}.{'9' * 9}@{host_tag()}.tmp"
 
 
-def refuse_path_too_long(folder: Union[str, Path], flag: str = "--output-dir", below: str = "") -> None:
+def longest_written_name(below: str = "") -> str:
+    """The longest path (relative) a run writes below a folder: `below` (e.g. 'videos/'), a task's folder of a run of
+    several tasks, and then an episode video written aside."""
+    return f"{below}{LONGEST_TASK_FOLDER}{aside_name(LONGEST_VIDEO_NAME)}"
+
+
+def refuse_path_too_long(folder: Union[str, Path], flag: str = "--output-dir", below: str = "",
+                         longest: Optional[str] = None) -> None:
     """OutputDirError naming `folder`, the lengths and the limit when its absolute path leaves no room for the longest
-    file a run writes in it (longest_written_name): without it every episode ran, and then results.json (written aside
-    under a longer name) failed with 'File name too long', again on every --resume."""
-    longest = longest_written_name(below)
+    file written in it: `longest` (a relative path) where given (a merge's, a recording's), else a run's
+    (longest_written_name(below)). Without it every episode ran, and then results.json (written aside under a longer
+    name) failed with 'File name too long', again on every --resume."""
+    shown = longest
+    if longest is None:
+        longest = longest_written_name(below)
+        shown = f"an episode video written aside in a task's folder of {len(LONGEST_TASK_FOLDER) - 1} characters"
     folder_bytes = len(os.fsencode(os.path.abspath(folder)))
     total = folder_bytes + 1 + len(os.fsencode(longest))
     limit = _path_max(Path(folder)) - 1  # PATH_MAX counts the closing NUL
     if total > limit:
         raise OutputDirError(
-            f"{flag} {folder} is too long a path for the files a run writes there: it is {folder_bytes} bytes, and with "
-            f"the longest of those files ({len(os.fsencode(longest))} bytes: an episode video written aside in a "
-            f"task's folder of {len(LONGEST_TASK_FOLDER) - 1} characters) {total} bytes, past this file system's limit "
-            f"of {limit} bytes for a path (PATH_MAX); name a folder with a shorter path")
+            f"{flag} {folder} is too long a path for the files written there: it is {folder_bytes} bytes, and with "
+            f"the longest of those files ({shown}: {len(os.fsencode(longest))} bytes) {total} bytes, past this file "
+            f"system's limit of {limit} bytes for a path (PATH_MAX); name a folder with a shorter path")
 
 
 def _path_max(folder: Path) -> int:

@@ -97,7 +97,7 @@ def record_metaworld(
     camera = camera or DEFAULT_CAMERA
     from .run_claim import (claim_alive_name, claim_lock_name, finish_claim, finished_however_it_ends,
                             refuse_live_claims, refuse_live_runs_around, take_claim)
-    from .output_files import not_a_directory_above, refuse_path_too_long
+    from .output_files import aside_name, not_a_directory_above, refuse_path_too_long
     from .run_stop import check_folder_kept, folder_identity, sigterm_as_interrupt
 
     output_path = Path(output).absolute()  # as DatasetWriter takes it (any name: it opens its parquet files itself)
@@ -116,7 +116,8 @@ def record_metaworld(
                               "or name another --output")
     # a dataset's deepest files (an episode's video in its camera's folder, written aside first) fit below PATH_MAX:
     # 'File name too long' came after the episodes had run, naming no file
-    refuse_path_too_long(output_path, "--output", below="videos/chunk-000/")
+    refuse_path_too_long(output_path, "--output",
+                         longest=f"videos/chunk-000/observation.images.{camera}/{aside_name('episode_000000.mp4')}")
     refuse_live_runs_around(output_path, flag="--output")  # never a dataset inside the folder of a run still running
     if output_path.is_dir():
         refuse_live_claims(output_path, flag="--output")  # never empty a directory another recording (or any run) fills

@@ -329,10 +329,11 @@ MARKER_TEMPORARY = f".{TEST_CHECKPOINT_MARKER}.tmp"
 # Every file make_test_checkpoint writes beside its marker: the only names a run after an interrupted one removes.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
                    "special_tokens_map.json", "chat_template.jinja")  # build_test_tokenizer's, written in one step
-TEST_CHECKPOINT_FILES = frozenset({
-    "config.json", "model.safetensors", "processor_config.json", "preprocessor_config.json", "statistics.json",
-    "embodiment_id.json", *TOKENIZER_FILES,
-})
+# The files in the order a run writes them, a step's at once (_checkpoint_steps): a run killed while its marker named a
+# step had written only the steps before it, and perhaps part of that one.
+CHECKPOINT_STEPS = (("config.json",), ("model.safetensors",), TOKENIZER_FILES, ("preprocessor_config.json",),
+                    ("processor_config.json",), ("statistics.json",), ("embodiment_id.json",))
+TEST_CHECKPOINT_FILES = frozenset(name for step in CHECKPOINT_STEPS for name in step)
 
 
 def _remove(path: Path) -> None:
@@ -435,14 +436,31 @@ def _writer_lock(out: Path) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
-def _interrupted_run_strays(marker_file: Path, entries: List[Path], kept: List[Any]) -> List[Path]:
-    """Entries of the folder (`entries`, beside those `kept`) that an interrupted run cannot have written: not named as a test
-    checkpoint's file, or modified after its marker (written again before each file it wrote, naming it: only that
-    one can be newer and its own; `marker_file` is the marker read, or its temporary); the others it removes."""
+def _files_a_killed_run_wrote(marker: Dict[str, Any]) -> frozenset:
+    """The files an interrupted run may have written, by the step its marker names as `writing`: those of the steps
+    before it and its own; none where it named none yet ([]: killed before its first file) or one no run writes; every
+    test checkpoint file for the marker of an older make-test-checkpoint, which named no step. A user's checkpoint
+    moved in since with its file times kept (mv, cp -a) was taken for the killed run's, and deleted."""
+    if "writing" not in marker:
+        return TEST_CHECKPOINT_FILES
+    writing = marker["writing"]
+    written: set = set()
+    for step in CHECKPOINT_STEPS:
+        written.update(step)
+        if isinstance(writing, list) and writing and writing[0] in step:
+            return frozenset(written)
+    return frozenset()
+
+
+def _interrupted_run_strays(marker_file: Path, entries: List[Path], kept: List[Any], written: frozenset) -> List[Path]:
+    """The `entries` (beside those `kept`) that an interrupted run cannot have written: not among the files it may
+    have `written` (_files_a_killed_run_wrote), or modified after its marker (written again before each file it wrote,
+    naming it: only that one can be newer and its own; `marker_file` is the marker read, or its temporary); the
+    others it removes."""
     marker_time = marker_file.stat().st_mtime_ns
     own = [entry for entry in entries if entry.name not in kept and entry.name != TEST_CHECKPOINT_MARKER]
     strays = [entry for entry in own if entry.name != MARKER_TEMPORARY
-              and (entry.name not in TEST_CHECKPOINT_FILES or entry.lstat().st_mtime_ns > marker_time)]
+              and (entry.name not in written or entry.lstat().st_mtime_ns > marker_time)]
     if not strays:
         for entry in own:
             _remove(entry)
@@ -483,7 +501,7 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
             return
         kept = marker.get("kept")
         if marker.get("complete") is False and isinstance(kept, list):  # an interrupted earlier run
-            strays = _interrupted_run_strays(marker_file, entries, kept)
+            strays = _interrupted_run_strays(marker_file, entries, kept, _files_a_killed_run_wrote(marker))
             if not strays:
                 return
             entries = strays  # a user's files put there since, or the file a killed run was writing
@@ -570,7 +588,7 @@ def _write_checkpoint_files(out: Path, config: Any, tags: List[str], specs: Dict
     marker = out / TEST_CHECKPOINT_MARKER
     kept = sorted(p.name for p in out.iterdir())  # files beside an earlier test checkpoint's: not ours to list
     # Written over once every file is there; until then it names what was here before, for a run after a Ctrl-C.
-    _write_marker(marker, {"complete": False, "kept": kept})
+    _write_marker(marker, {"complete": False, "kept": kept, "writing": []})
     try:
         torch.manual_seed(seed)
         model = Gr00tN1d7(config)
