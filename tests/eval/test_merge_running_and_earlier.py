@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+from eval.deep_paths import folder_near_path_max
 from eval.scale_fixtures import ConstantPolicy, policy_server, two_shards
 from gr00t_eval import cli
 
@@ -376,14 +377,7 @@ def test_a_refused_merge_removes_the_new_folder_it_made_and_keeps_one_that_was_t
 def test_a_merge_output_too_long_for_the_files_written_aside_is_refused_before_merging(shards, tmp_path, capsys):
     """In a 4072-byte folder the merge failed with 'File name too long' naming merged.json, which fits: the file that
     failed was the one written aside first (R56)."""
-    import os
-
-    limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1
-    folder = str(tmp_path)
-    while len(folder) + 201 < limit - 30:
-        folder = os.path.join(folder, "d" * 200)
-    os.makedirs(folder)
-    deep = os.path.join(folder, "o" * (limit - 30 - len(folder) - 1))
+    deep = str(folder_near_path_max(tmp_path, room=30)[0])
     assert cli.main(["merge", str(shards), "--output", os.path.join(deep, "merged.json")]) == 2
     assert f"--output's folder {deep} is too long a path" in capsys.readouterr().err
     assert not os.path.exists(deep)
@@ -392,12 +386,7 @@ def test_a_merge_output_too_long_for_the_files_written_aside_is_refused_before_m
 def test_a_merge_into_a_deep_folder_with_room_for_its_own_files_is_not_refused(shards, tmp_path):
     """The reserve was a rollout's (an episode video in a task's folder of 255 characters): a merge, which writes only
     its results and eval_info.json, was refused in a folder 3900 bytes deep where it writes fine (R57)."""
-    limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1
-    folder = str(tmp_path)
-    while len(folder) + 201 < limit - 150:
-        folder = os.path.join(folder, "d" * 200)
-    os.makedirs(folder)
-    deep = os.path.join(folder, "o" * (limit - 150 - len(folder) - 1))
+    deep = str(folder_near_path_max(tmp_path, room=150)[0])
     shallow = cli.main(["merge", str(shards), "--output", str(tmp_path / "shallow" / "merged.json")])
     assert cli.main(["merge", str(shards), "--output", os.path.join(deep, "merged.json")]) == shallow
     assert os.path.isfile(os.path.join(deep, "merged.json"))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from eval.dataset_factory import make_dataset
+from eval.deep_paths import folder_near_path_max
 
 from gr00t_eval.cli import main
 from gr00t_eval.run_dir import OutputDirError, write_run_file
@@ -370,22 +371,11 @@ def test_a_dataset_folder_is_refused_without_suggesting_overwrite(tmp_path, caps
     assert (out / "meta" / "info.json").is_file()
 
 
-def _folder_near_path_max(tmp_path, room):
-    """A folder (not made; the folders above it are) whose absolute path leaves `room` bytes below PATH_MAX: enough
-    for results.json, too little for the files written aside before they are renamed into place."""
-    limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1
-    folder = str(tmp_path)
-    while len(folder) + 201 < limit - room:
-        folder = os.path.join(folder, "d" * 200)
-    os.makedirs(folder)
-    return Path(os.path.join(folder, "o" * (limit - room - len(folder) - 1))), limit
-
-
 @pytest.mark.parametrize("command", ["rollout", "open-loop", "batch"])
 def test_an_output_dir_too_long_for_the_files_a_run_writes_is_refused_before_it_is_made(tmp_path, capsys, command):
     """A 4070-byte folder was claimed, every episode ran, and then results.json (written aside under a longer name)
     failed with 'File name too long', on every --resume too."""
-    out, limit = _folder_near_path_max(tmp_path, room=len("/results.json") + 1)
+    out, limit = folder_near_path_max(tmp_path, room=len("/results.json") + 1)
     assert main([*_command_args(tmp_path, command), "--output-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"--output-dir {out} is too long a path for the files written there: it is {len(str(out))} bytes" in err
@@ -397,7 +387,7 @@ def test_an_output_dir_without_room_for_a_tasks_video_folder_is_refused(tmp_path
     """The reserve counted videos/ alone: a run of several tasks writes into videos/<task folder>/ (up to 255
     characters), and in a folder with room for the one but not the other every video write failed while the run exited
     0 (R55)."""
-    out, limit = _folder_near_path_max(tmp_path, room=200)
+    out, limit = folder_near_path_max(tmp_path, room=200)
     assert main([*_command_args(tmp_path, "rollout"), "--output-dir", str(out)]) == 2
     assert "a task's folder of 255 characters" in capsys.readouterr().err
     assert not out.exists()
@@ -407,7 +397,7 @@ def test_an_output_dir_without_room_for_a_tasks_video_folder_is_refused(tmp_path
 def test_a_run_moved_too_deep_for_its_files_is_refused_on_resume_before_it_runs(tmp_path, capsys, command):
     """A stopped run moved deeper (an archive) was resumed: its missing episodes ran, and then eval_info.json failed
     with a bare 'File name too long' (R55)."""
-    out, _limit = _folder_near_path_max(tmp_path, room=300)
+    out, _limit = folder_near_path_max(tmp_path, room=300)
     out.mkdir()
     if command == "rollout":
         (out / "run.json").write_text("{}")
@@ -423,7 +413,7 @@ def test_a_run_moved_too_deep_for_its_files_is_refused_on_resume_before_it_runs(
 
 def test_a_video_dir_too_long_for_the_videos_a_run_writes_is_refused_before_the_output_dir_is_claimed(tmp_path,
                                                                                                      capsys):
-    videos, limit = _folder_near_path_max(tmp_path / "v", room=len("/episode_0000_failure.mp4") + 1)
+    videos, limit = folder_near_path_max(tmp_path / "v", room=len("/episode_0000_failure.mp4") + 1)
     out = tmp_path / "out"
     assert main([*_command_args(tmp_path, "rollout"), "--output-dir", str(out), "--video-dir", str(videos)]) == 2
     err = capsys.readouterr().err

@@ -71,12 +71,9 @@ def test_record_refuses_an_output_too_long_for_a_datasets_files_before_recording
     leaving no loadable dataset (R56)."""
     import os
 
-    limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1
-    folder = str(tmp_path)
-    while len(folder) + 201 < limit - 40:  # no room for videos/chunk-000/observation.images.CAMERA/episode_...mp4
-        folder = os.path.join(folder, "d" * 200)
-    os.makedirs(folder)
-    output = os.path.join(folder, "o" * (limit - 40 - len(folder) - 1))
+    from eval.deep_paths import folder_near_path_max
+
+    output = str(folder_near_path_max(tmp_path, room=40)[0])  # no room for videos/chunk-000/.../episode_...mp4
     with pytest.raises(ValueError, match=r"--output .* is too long a path for the files written there"):
         record_metaworld("metaworld/reach-v3", 1, output, progress=False)
     assert not os.path.exists(output)
