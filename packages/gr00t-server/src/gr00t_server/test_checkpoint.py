@@ -623,17 +623,18 @@ def _checkpoint_steps(out: Path, model: Any, tags: List[str], specs: Dict[str, D
         "statistics.json": lambda: {tag: statistics_for(tag, seed + i, specs.get(tag)) for i, tag in enumerate(tags)},
         "embodiment_id.json": lambda: _embodiment_ids(tags),
     }
-    return [
-        (["config.json"], lambda: config.save(out)),
-        (["model.safetensors"], lambda: _save_weights(model, out)),
-        (TOKENIZER_FILES, lambda: build_test_tokenizer(out, special_token_ids=_special_token_ids(config))),
-        *(_json_step(out / name, data) for name, data in json_files.items()),
-    ]
+    writes: Dict[str, Callable[[], Any]] = {
+        "config.json": lambda: config.save(out),
+        "model.safetensors": lambda: _save_weights(model, out),
+        TOKENIZER_FILES[0]: lambda: build_test_tokenizer(out, special_token_ids=_special_token_ids(config)),
+        **{name: _json_writer(out / name, data) for name, data in json_files.items()},
+    }
+    return [(step, writes[step[0]]) for step in CHECKPOINT_STEPS]  # in CHECKPOINT_STEPS' order, which a rerun reads
 
 
-def _json_step(path: Path, data: Callable[[], Any]) -> Tuple[Sequence[str], Callable[[], Any]]:
-    """The step that writes `data()` as JSON to `path`, with the name it writes."""
-    return [path.name], lambda: _write_json(path, data())
+def _json_writer(path: Path, data: Callable[[], Any]) -> Callable[[], Any]:
+    """The step that writes `data()` as JSON to `path`."""
+    return lambda: _write_json(path, data())
 
 
 def _save_weights(model: Any, out: Path) -> None:
