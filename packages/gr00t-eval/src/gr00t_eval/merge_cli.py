@@ -369,12 +369,13 @@ def _remove_made_output(folder: Path, made: List[Path]) -> None:
 
 
 def _folder_identity(folder: Path) -> Optional[Tuple[int, int]]:
-    """The (device, inode) `folder` names now; None when it is gone."""
+    """run_stop.folder_identity of `folder`; None when it is gone."""
+    from .run_stop import folder_identity
+
     try:
-        facts = folder.stat()
+        return folder_identity(folder)
     except FileNotFoundError:
         return None
-    return facts.st_dev, facts.st_ino
 
 
 @contextlib.contextmanager
