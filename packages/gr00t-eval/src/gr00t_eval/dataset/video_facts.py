@@ -111,10 +111,20 @@ def _header_display(stream: Any) -> Optional[str]:
 def _frame_display(frame: Any) -> str:
     """What the display matrix of a decoded frame does to it when shown, from all of the matrix: a flip has rotation
     angle 0 and a mirror -180, so the angle alone served a flip as stored and called a mirror a turn. "" for none."""
-    for side_data in getattr(frame, "side_data", ()):
+    for side_data in _frame_side_data(frame):
         if getattr(side_data.type, "name", str(side_data.type)).endswith("DISPLAYMATRIX"):
             return display_matrix_text(struct.unpack("=9i", bytes(side_data)))
     return _rotation_text(float(getattr(frame, "rotation", 0) or 0))
+
+
+def _frame_side_data(frame: Any) -> list:
+    """A decoded frame's side data, each item with its `.type`. Taken by position, which every PyAV reads alike:
+    iterating the container gave the items up to PyAV 18.1.0 and gives their types (the keys of a mapping) since
+    18.1.1."""
+    container = getattr(frame, "side_data", None)
+    if container is None:
+        return []
+    return [container[index] for index in range(len(container))]
 
 
 def display_matrix_text(matrix: Sequence[int]) -> str:
