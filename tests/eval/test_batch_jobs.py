@@ -272,6 +272,36 @@ def test_batch_resume_keeps_done_jobs_and_runs_the_others_again(tmp_path):
     assert resumed["jobs"][1]["results"]["overall"]["n_episodes"] == 3
 
 
+def test_resume_of_a_batch_from_an_older_gr00t_eval_is_refused_saying_what_is_missing_and_keeps_its_records(tmp_path):
+    """A batch folder from a gr00t-eval before `batch --resume` holds batch_results.json alone (no jobs.json) and
+    calls a finished job 'ok': the refusal said batch_results.json was missing, and with a jobs.json added the 'ok'
+    jobs were run again and their records replaced without a word."""
+    from gr00t_eval.cli_errors import UsageError
+
+    with policy_server() as server:
+        path = write_jobs(tmp_path, {"defaults": SMALL, "jobs": [
+            {"name": "a", "env_name": "walkto/fast", "policy_server": {"port": server.port, "timeout_ms": 5000}}]})
+        out = tmp_path / "out"
+        assert run_cli(["batch", "--jobs", str(path), "--output-dir", str(out)]) == 0
+        results = out / "batch_results.json"
+        jobs = (out / "jobs.json").read_bytes()
+        (out / "jobs.json").unlink()
+        written = results.read_bytes()
+        with pytest.raises(UsageError, match=r"batch_results\.json is there but jobs\.json is not \(a gr00t-eval older "
+                                             r"than `batch --resume` saved none\); nothing can be resumed: start a new "
+                                             r"batch with --jobs FILE --output-dir DIR"):
+            run_cli(["batch", "--resume", str(out)])
+        (out / "jobs.json").write_bytes(jobs)
+        old = json.loads(written)
+        old["jobs"][0]["status"] = "ok"
+        results.write_text(json.dumps(old))
+        written = results.read_bytes()
+        with pytest.raises(UsageError, match=r"job 'a' has status 'ok', expected pending, done or failed \(a batch "
+                                             r"from an older gr00t-eval\)"):
+            run_cli(["batch", "--resume", str(out)])
+    assert results.read_bytes() == written
+
+
 def test_batch_refuses_a_non_empty_output_dir(tmp_path):
     path = write_jobs(tmp_path, [{"name": "a", "env_name": "walkto/fast", "policy_server": {"port": 1}}])
     out = tmp_path / "out"

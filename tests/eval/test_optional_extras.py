@@ -212,3 +212,48 @@ def test_ray_and_gym_pusht_installed_but_failing_to_import_name_the_cause_not_th
     env = _stand_in_module(tmp_path, module, "raise ImportError('stand-in failure')\n")
     result = subprocess.run([sys.executable, "-c", call], capture_output=True, text=True, timeout=60, env=env)
     assert result.stderr.strip().splitlines()[-1] == f"gr00t_eval.extras.MissingExtraError: {expected}", result.stderr
+
+
+_EVAL_WITH_MUJOCO = textwrap.dedent(
+    """
+    import sys
+    import mujoco
+    mujoco.__version__ = sys.argv[1]  # the release a `pip install -U mujoco` brings, as the adapter reads it
+    from gr00t_eval.cli import main
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+def test_record_beside_mujoco_4_is_refused_in_one_line_naming_both_versions_and_the_install(tmp_path):
+    """MuJoCo 4 beside Meta-World 3.1.1 stopped every Meta-World command at its first reset with numpy's bare
+    'could not broadcast input array from shape (11,) into shape (12,)' (checked with the real mujoco 4.0.1)."""
+    pytest.importorskip("metaworld")
+    from importlib import metadata
+
+    output = tmp_path / "d"
+    result = subprocess.run([sys.executable, "-c", _EVAL_WITH_MUJOCO, "4.0.1", "record", "--env-name",
+                             "metaworld/reach-v3", "--episodes", "1", "--output", str(output)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"gr00t-eval record: error: Meta-World {metadata.version('metaworld')} is written for MuJoCo 3, and MuJoCo "
+        "4.0.1 is installed (its weld constraints changed shape in 4.0); install MuJoCo 3: pip install "
+        "'mujoco>=3.3,<4'"]
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("mujoco_version, metaworld_version, refused", [
+    ("3.3.0", "3.1.1", False), ("3.9.9", "unknown", False), ("4.0.1", "3.1.1", True), ("4.0.0rc1", "3.0.0", True),
+    ("4.0.1", "unknown", True), ("4.0.1", "3.2.0", False), ("5.1", "4.0", False),
+])
+def test_mujoco_4_is_refused_only_beside_a_meta_world_written_for_mujoco_3(mujoco_version, metaworld_version, refused):
+    pytest.importorskip("gymnasium")
+    from gr00t_eval.extras import MissingExtraError
+    from gr00t_eval.rollout.adapters.metaworld import refuse_mujoco_too_new
+
+    if refused:
+        with pytest.raises(MissingExtraError, match=f"MuJoCo {mujoco_version} is installed"):
+            refuse_mujoco_too_new(mujoco_version, metaworld_version)
+    else:
+        refuse_mujoco_too_new(mujoco_version, metaworld_version)

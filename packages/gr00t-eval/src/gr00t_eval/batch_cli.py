@@ -13,8 +13,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from gr00t_client.peer_text import shown_text
 
-from .batch import (BATCH_RESULTS_FILENAME, JOBS_DIRNAME, Job, JobError, format_table, job_dir_name, job_video_dirs,
-                    load_jobs, read_job_run_file, run_batch)
+from .batch import (BATCH_RESULTS_FILENAME, DONE, FAILED, JOBS_DIRNAME, PENDING, Job, JobError, format_table,
+                    job_dir_name, job_video_dirs, load_jobs, read_job_run_file, run_batch)
 from .cli_errors import UsageError
 from .output_files import OutputDirError, refuse_path_too_long
 from .run_claim import (claim_alive_name, claim_lock_name, claim_output_dir, finish_claim, refuse_live_claim,
@@ -130,6 +130,10 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
     refuse_live_claim(output_dir, BATCH_CLAIM_FILENAME, flag="--resume")
     if started and not results_path.is_file() and not jobs_path.is_file():  # stopped before copying its job file
         raise UsageError(_stopped_before_copy(output_dir))
+    if results_path.is_file() and not jobs_path.is_file():  # a batch from before `batch --resume` kept no job file
+        raise UsageError(f"--resume {output_dir}: {BATCH_RESULTS_FILENAME} is there but jobs.json is not (a gr00t-eval "
+                         "older than `batch --resume` saved none); nothing can be resumed: start a new batch with "
+                         f"--jobs FILE --output-dir DIR (its records stay in {results_path})")
     if not started or not jobs_path.is_file():
         raise UsageError(f"--resume {output_dir}: no {BATCH_RESULTS_FILENAME} and jobs.json there (is it a batch --output-dir?)")
     start_dir, home_dir = _recorded(output_dir, START_DIR_KEY), _recorded(output_dir, HOME_DIR_KEY)
@@ -151,6 +155,12 @@ def _resumed_batch(args: argparse.Namespace) -> _Batch:
         raise UsageError(f"--resume {output_dir}: {results_path} job record #{unnamed} has no 'name' (got "
                          f"{jobs_done[unnamed].get('name')!r}); expected each record to name its job as in jobs.json "
                          f"(restore {BATCH_RESULTS_FILENAME}, or delete the record to run its job again)")
+    odd = next((job for job in jobs_done if job.get("status") not in (PENDING, DONE, FAILED)), None)
+    if odd is not None:  # an older gr00t-eval's word ('ok' for done): read as not done, its job would run again
+        raise UsageError(f"--resume {output_dir}: {results_path} job {shown_text(odd['name'])!r} has status "
+                         f"{odd.get('status')!r}, expected {PENDING}, {DONE} or {FAILED} (a batch from an older "
+                         "gr00t-eval); start a new batch, or set the status to done for a job to keep or pending for "
+                         "one to run again")
     # The settings an earlier attempt recorded for each job it reached: a job keeps a setting a newer check refuses
     # only where it began with that very setting; one added since (or a job never reached) is checked as in a new batch.
     recorded = {job["name"]: job["job_config"] for job in jobs_done if isinstance(job.get("job_config"), dict)}

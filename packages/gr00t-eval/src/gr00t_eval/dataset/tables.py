@@ -62,7 +62,8 @@ def _rows_where(parquet: pq.ParquetFile, path: Path, count: int, column: Optiona
     size = _BATCH_ROWS if column else max(1, min(count, _BATCH_ROWS))  # a search reads on past rows it does not keep
     for batch in parquet.iter_batches(batch_size=size, row_groups=groups, use_threads=False):
         if column is not None:
-            values = _scalar_columns(pa.Table.from_batches([batch]), path).column(column)
+            # one chunk: pyarrow 16 aborts the process (std::bad_variant_access) on a chunked mask in RecordBatch.filter
+            values = _scalar_columns(pa.Table.from_batches([batch]), path).column(column).combine_chunks()
             batch = batch.filter(pc.and_(pc.greater_equal(values, low), pc.less(values, high)))
         # copied out (take), not sliced: a slice kept the batch's whole buffers alive with every array read from it
         batches.append(batch.take(pa.array(np.arange(min(batch.num_rows, count - found)))))

@@ -45,8 +45,7 @@ def video_stream_facts(path: Path) -> VideoFacts:
         with av.open(str(path)) as container:
             stream = video_stream(container, path)
             check_decoder(stream, path)
-            display = _header_display(stream)
-            read_display = display is None
+            display, read_display = None, True
             shown: List[Optional[float]] = []
             keyframes: List[float] = []
             packets = 0
@@ -88,8 +87,8 @@ def video_stream(container: Any, path: Path) -> Any:
 
 
 def _disposition_names(stream: Any) -> Optional[List[str]]:
-    """Names of the disposition flags set on `stream` ("default", "attached_pic", ...); None where PyAV < 13 does not
-    read them."""
+    """Names of the disposition flags set on `stream` ("default", "attached_pic", ...); None where a PyAV does not
+    read them (gr00t-eval requires PyAV 15, the first that reads them for every stream)."""
     flags = getattr(stream, "disposition", None)
     if flags is None:
         return None
@@ -99,13 +98,6 @@ def _disposition_names(stream: Any) -> Optional[List[str]]:
 def _disposition_text(stream: Any) -> str:
     names = _disposition_names(stream)
     return f"unknown (PyAV {av.__version__} does not read it)" if names is None else "|".join(names) or "none"
-
-
-def _header_display(stream: Any) -> Optional[str]:
-    """What the display matrix does as PyAV < 14 reads it from the stream header, a rotation angle only ("" for
-    none); None where only frames tell."""
-    side_data = getattr(stream, "side_data", None)
-    return _rotation_text(float(side_data.get("DISPLAYMATRIX", 0.0))) if isinstance(side_data, dict) else None
 
 
 def _frame_display(frame: Any) -> str:

@@ -6,9 +6,11 @@ task's random goal/object placement from `s` alone, so an episode is the same wh
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import string
+from importlib import metadata
 from typing import Any, Dict, Optional
 
 from ...extras import MissingExtraError, require
@@ -61,7 +63,39 @@ def _import_metaworld():
             raise MissingExtraError(f"Meta-World envs need metaworld and mujoco ({exc}); install with: pip install 'gr00t-eval[sim]'") from exc
         # installed, but failing to load: a GL library, a binary built for another numpy
         raise MissingExtraError(f"Meta-World envs could not import metaworld/mujoco ({exc})") from exc
+    refuse_mujoco_too_new(mujoco.__version__, _installed_version("metaworld"))
     return mujoco, ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE, ENV_POLICY_MAP
+
+
+def _installed_version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:  # imported from a source folder, not installed
+        return "unknown"
+
+
+def _release(version: str) -> tuple:
+    parts = []
+    for part in version.split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def refuse_mujoco_too_new(mujoco_version: str, metaworld_version: str) -> None:
+    """MissingExtraError where MuJoCo 4 sits beside a Meta-World written for MuJoCo 3 (3.1.1 and older, or one whose
+    version is unknown): its resets write 11 values into MuJoCo 4's 12-wide weld rows, and every Meta-World command
+    stopped at the first env with numpy's 'could not broadcast input array from shape (11,) into shape (12,)'."""
+    if _release(mujoco_version) < (4,):
+        return
+    known = _release(metaworld_version)
+    if known and known > (3, 1, 1):
+        return
+    raise MissingExtraError(
+        f"Meta-World {metaworld_version} is written for MuJoCo 3, and MuJoCo {mujoco_version} is installed (its "
+        "weld constraints changed shape in 4.0); install MuJoCo 3: pip install 'mujoco>=3.3,<4'")
 
 
 def check_task(task: str) -> None:
