@@ -9,7 +9,7 @@ is left in the checkout), then runs the package's own tests that need nothing el
 - gr00t-client (Python 3.9, numpy 1.21.0, pyzmq 22.0.0, msgpack 1.0.0 today): the codec, modality, embodiment
   and CURVE tests, and a smoke script (min_versions_smoke.py) against real gr00t-servers of the dev venv over
   loopback: both wire formats, errors, a NaN refusal, CURVE, a timeout and the ActionChunker.
-- gr00t-eval (Python 3.10, numpy 1.21.2, pyarrow 17.0.0, av 15.0.0, tqdm 4.60.0; matplotlib 3.8.4 for [plots]):
+- gr00t-eval (Python 3.10, numpy 1.21.2, pyarrow 17.0.0, av 17.1.0, tqdm 4.60.0; matplotlib 3.8.4 for [plots]):
   the dataset reader and writer (h264 and av1 mp4s, parquet, both LeRobot layouts), metrics and open-loop tests.
 - gr00t-server's model code (transformers 4.57.0, tokenizers 0.22.0, safetensors 0.4.3, huggingface_hub 0.34.0
   today) with the dev venv's Python and torch: the model, checkpoint, policy and processing tests.

@@ -387,9 +387,11 @@ def test_a_state_far_beyond_its_statistics_is_refused_before_the_model_naming_it
     assert "gripper" not in message
 
 
-def test_a_mean_std_column_whose_std_is_0_passes_its_raw_value_however_large(copy_of):
+def test_a_mean_std_column_whose_std_is_0_passes_its_raw_value_up_to_1000_times_its_magnitude(copy_of):
     """A mean/std column with std 0 reaches the model raw, as it did in training (model.md §3.5): 5000 there is the
-    value the model was trained on, not an outlier; the same value in a column with a std is refused."""
+    value the model was trained on, not an outlier; the same value in a column with a std is refused, and so is a
+    value past 1000 times the column's own magnitude (1e20 was sent to the model raw: ONNX Runtime answered finite
+    actions, PyTorch NaN at 1e30)."""
     import json
 
     from gr00t_server.policies.gr00t_policy import Gr00tPolicy
@@ -411,6 +413,38 @@ def test_a_mean_std_column_whose_std_is_0_passes_its_raw_value_however_large(cop
     with pytest.raises(ObservationError, match=r"State key 'joints' of 'new_embodiment' normalizes to \|values\| up to "
                                                r"\S+ in rows \[0\], beyond \+-1000: column 1 holds 5e\+03"):
         policy.get_action(observation, {"seed": 0})
+
+
+def test_a_std_0_column_of_a_mean_std_key_anchoring_nothing_is_refused_far_beyond_its_constant(copy_of):
+    """A gripper constant at 0.04 in training (std 0) under mean/std reaches the model raw: 1e20 there was served
+    without a word on every backend, and 1e30 gave ONNX Runtime finite actions where PyTorch made NaN. Held, as an
+    anchor is, to 1000 times its statistics' magnitude before the model."""
+    import json
+
+    checkpoint = copy_of()
+    config = json.loads((checkpoint / "processor_config.json").read_text())
+    state = config["processor_kwargs"]["modality_configs"]["new_embodiment"]["state"]
+    state["mean_std_embedding_keys"] = [*(state.get("mean_std_embedding_keys") or []), "gripper"]
+    (checkpoint / "processor_config.json").write_text(json.dumps(config))
+    stats = json.loads((checkpoint / "statistics.json").read_text())
+    gripper = stats["new_embodiment"]["state"]["gripper"]
+    for name in gripper:
+        gripper[name] = [0.0 if name == "std" else 0.04 for _ in gripper[name]]
+    (checkpoint / "statistics.json").write_text(json.dumps(stats))
+    processor = _edited_checkpoint(checkpoint)
+    states = _ordinary_states(checkpoint)
+    states["gripper"][...] = 0.04
+    processor.normalize_state("new_embodiment", states)  # the training constant
+    states["gripper"][...] = 900.0  # within 1000 times its magnitude (at least 1): still taken
+    processor.normalize_state("new_embodiment", states)
+    states["gripper"][...] = 1e20
+    with pytest.raises(ObservationError) as refused:
+        processor.normalize_state("new_embodiment", states)
+    assert str(refused.value) == (
+        "State key 'gripper' of 'new_embodiment' is beyond its training data in rows [0]: column 0 holds 1e+20 in "
+        "those rows, its std 0 (constant 0.04 in training), so passed raw to the model, beyond 1000 times its "
+        "statistics' magnitude (+-1000); the model only ever saw the constant there, so this state is likely in other "
+        "units: send states in the units of the checkpoint's statistics")
 
 
 def test_a_min_max_state_far_beyond_its_range_is_refused_only_when_not_clipped(tiny_checkpoint):

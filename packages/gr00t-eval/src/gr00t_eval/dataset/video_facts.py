@@ -88,7 +88,7 @@ def video_stream(container: Any, path: Path) -> Any:
 
 def _disposition_names(stream: Any) -> Optional[List[str]]:
     """Names of the disposition flags set on `stream` ("default", "attached_pic", ...); None where a PyAV does not
-    read them (gr00t-eval requires PyAV 15, the first that reads them for every stream)."""
+    read them (PyAV 15 is the first that reads them for every stream; gr00t-eval requires 17.1)."""
     flags = getattr(stream, "disposition", None)
     if flags is None:
         return None
@@ -103,20 +103,13 @@ def _disposition_text(stream: Any) -> str:
 def _frame_display(frame: Any) -> str:
     """What the display matrix of a decoded frame does to it when shown, from all of the matrix: a flip has rotation
     angle 0 and a mirror -180, so the angle alone served a flip as stored and called a mirror a turn. "" for none."""
-    for side_data in _frame_side_data(frame):
-        if getattr(side_data.type, "name", str(side_data.type)).endswith("DISPLAYMATRIX"):
-            return display_matrix_text(struct.unpack("=9i", bytes(side_data)))
+    side_data = getattr(frame, "side_data", None)
+    # looked up by its type's name, which every admitted PyAV answers alike (iterating gives the items up to 18.1.0
+    # and their types from 18.1.1, and 18.1.1's len() counts types, not items)
+    matrix = side_data.get("DISPLAYMATRIX") if side_data is not None else None
+    if matrix is not None:
+        return display_matrix_text(struct.unpack("=9i", bytes(matrix)))
     return _rotation_text(float(getattr(frame, "rotation", 0) or 0))
-
-
-def _frame_side_data(frame: Any) -> list:
-    """A decoded frame's side data, each item with its `.type`. Taken by position, which every PyAV reads alike:
-    iterating the container gave the items up to PyAV 18.1.0 and gives their types (the keys of a mapping) since
-    18.1.1."""
-    container = getattr(frame, "side_data", None)
-    if container is None:
-        return []
-    return [container[index] for index in range(len(container))]
 
 
 def display_matrix_text(matrix: Sequence[int]) -> str:

@@ -182,12 +182,22 @@ def outlier_magnitude(key: str, normalized: np.ndarray, params: norm.KeyNormPara
 
 
 def check_state_outliers(tag: str, key: str, value: np.ndarray, normalized: np.ndarray, params: norm.KeyNormParams,
-                         state_config: ModalityConfig, sincos: bool) -> None:
+                         state_config: ModalityConfig, sincos: bool, anchors: bool = False) -> None:
     """ObservationError when state `key` normalizes beyond +-STATE_OUTLIER_LIMIT (outlier_magnitude), naming its rows,
     the value and the statistics it was normalized by: refused before the model, whose answer to it depended on the
     backend (PyTorch made NaN, ONNX Runtime finite actions computed from it). Only unclipped keys can get there
     (mean/std keys, and min/max keys with clip_outliers off; a key anchoring a relative action also has
-    check_anchor_magnitude, whatever its normalization)."""
+    check_anchor_magnitude, whatever its normalization, which also judges its std-0 columns: `anchors`)."""
+    if not sincos and not anchors and key in (state_config.mean_std_embedding_keys or []):
+        # a std-0 column reaches the model raw, so the z-score check cannot judge it: its raw value is held to 1000
+        # times its statistics' magnitude (1e20 there gave finite actions on ONNX Runtime, NaN on PyTorch at 1e30)
+        constant = _constant_column_outlier(key, value, params)
+        if constant:
+            beyond = beyond_magnitude(value, params) & np.broadcast_to(np.asarray(params.std) == 0, value.shape)
+            raise ObservationError(
+                f"State key '{key}' of '{tag}' is beyond its training data in rows {flagged_rows(beyond)}: "
+                f"{constant[0].removeprefix(f'state key {key!r} ')}; the model only ever saw the constant there, so "
+                "this state is likely in other units: send states in the units of the checkpoint's statistics")
     magnitude = outlier_magnitude(key, normalized, params, state_config, sincos)
     outlier = magnitude > STATE_OUTLIER_LIMIT
     if not outlier.any():

@@ -210,7 +210,8 @@ class Gr00tN1d7Processor(VideoChecks):
                 key, value, params[key], state_config, self.config.apply_sincos_state_encoding, self.config.clip_outliers
             )
             # Before the model-float check: its "serve in bf16 or fp32" would only meet this refusal in another float
-            actions.check_state_outliers(tag, key, value, normalized, params[key], state_config, sincos)
+            actions.check_state_outliers(tag, key, value, normalized, params[key], state_config, sincos,
+                                         anchors=key in anchors)
             # A key that anchors a relative action: the action is decoded against the raw value, whatever the model saw
             # of it (+-1 clipped, sin/cos, a std-0 column's raw value, a column of one value's 0): a 1e30 state made a
             # finite 1e30 target. Judged by its raw size against the statistics' magnitude, not in units of their

@@ -93,8 +93,10 @@ def refuse_mujoco_too_new(mujoco_version: str, metaworld_version: str) -> None:
     known = _release(metaworld_version)
     if known and known > (3, 1, 1):
         return
+    which = (f"Meta-World {metaworld_version}" if known else
+             "This Meta-World (its version unknown: imported from a folder, not installed)")
     raise MissingExtraError(
-        f"Meta-World {metaworld_version} is written for MuJoCo 3, and MuJoCo {mujoco_version} is installed (its "
+        f"{which} is written for MuJoCo 3, and MuJoCo {mujoco_version} is installed (its "
         "weld constraints changed shape in 4.0); install MuJoCo 3: pip install 'mujoco>=3.3,<4'")
 
 
