@@ -814,3 +814,28 @@ def test_a_state_normalizing_just_beyond_the_limit_prints_enough_digits_to_show_
     with pytest.raises(ObservationError, match=r"normalizes to \|values\| up to 1000\.4 in rows \[0\], beyond \+-1000: "
                                                r"column 0 holds"):
         processor.normalize_state("new_embodiment", states)
+
+
+def test_a_mean_std_std_below_float32_resolution_at_its_mean_is_warned_about_at_load(copy_of, tiny_checkpoint, caplog):
+    """numpy's std of a float64 column constant at 0.1 is 1.4e-17, not 0: every float32 state there normalizes to
+    about 1e8 and is refused, the training value too (serve refused its own warm-up sample). Said at load, naming the
+    statistics file, the key and column, and what to change."""
+    import logging
+
+    checkpoint = copy_of()
+
+    def rounding_std(stats):
+        stats["mean"][0], stats["std"][0] = 0.10000000000000002, 1.3877787807814457e-17
+
+    with caplog.at_level(logging.WARNING, logger="gr00t_server.processing.norm_params"):
+        processor = _edited_checkpoint(checkpoint, joints_stats=rounding_std)
+        processor.norm_params("new_embodiment")
+    warned = [r.getMessage() for r in caplog.records if "float32's resolution" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(
+        f"{checkpoint / 'statistics.json'}: state key 'joints' of 'new_embodiment' column 0 has std 1.39e-17, below float32's resolution "
+        "at its mean 0.1 (7.45e-09): a column constant in training whose std is rounding"), warned
+    assert "set that std to 0" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gr00t_server.processing.norm_params"):
+        _edited_checkpoint(tiny_checkpoint).norm_params("new_embodiment")  # ordinary statistics: nothing said
+    assert not [r for r in caplog.records if "float32's resolution" in r.getMessage()]

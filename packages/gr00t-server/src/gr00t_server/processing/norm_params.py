@@ -151,6 +151,23 @@ def used_statistics(config: ProcessorConfig) -> Dict[str, Dict[str, Dict[str, Se
     return used
 
 
+def _warn_std_below_float32_resolution(source: str, where: str, params: norm.KeyNormParams) -> None:
+    """Warn where a mean/std column's std is not 0 but below float32's resolution at its mean: rounding's std of a
+    column constant in training (numpy's std of 1000 float64 0.1s is 1.4e-17). States and actions are float32, so
+    no value sent normalizes near 0 there: the training value itself is refused as 1e8 standard deviations out."""
+    mean = np.broadcast_to(params.mean, np.shape(params.std))
+    with np.errstate(over="ignore"):
+        resolution = np.spacing(np.abs(mean).astype(np.float32)).astype(np.float64)
+    unresolvable = (params.std != 0) & (np.abs(params.std) < resolution)
+    if unresolvable.any():
+        index = tuple(int(i) for i in np.argwhere(unresolvable)[0])
+        logger.warning("%s: %s column %d has std %.3g, below float32's resolution at its mean %.9g (%.3g): a column "
+                       "constant in training whose std is rounding, so even the training value, sent as float32, is "
+                       "refused as far outside its statistics; set that std to 0 (the column then passes raw, as a "
+                       "constant one does)", source, where, index[-1], float(params.std[index]), float(mean[index]),
+                       float(resolution[index]))
+
+
 def compute_norm_params(tag: str, stats: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]],
                         configs: Mapping[str, ModalityConfig], config: ProcessorConfig,
                         source: str = "statistics.json") -> EmbodimentNormParams:
@@ -168,6 +185,8 @@ def compute_norm_params(tag: str, stats: Mapping[str, Mapping[str, Mapping[str, 
                            f"{_MISSING_STATISTICS_REMEDY}")
         state[key] = norm.key_norm_params(stats["state"][key], pct, f"state key '{key}' of '{tag}'",
                                           mean_std=key in (configs["state"].mean_std_embedding_keys or []))
+        if key in (configs["state"].mean_std_embedding_keys or []):
+            _warn_std_below_float32_resolution(source, f"state key '{key}' of '{tag}'", state[key])
     action: Dict[str, norm.KeyNormParams] = {}
     relative: Dict[str, Dict[str, np.ndarray]] = {}
     action_config = configs.get("action")
@@ -178,6 +197,8 @@ def compute_norm_params(tag: str, stats: Mapping[str, Mapping[str, Mapping[str, 
                            f"{_MISSING_STATISTICS_REMEDY}")
         z_scored = key in (action_config.mean_std_embedding_keys or []) and not _is_relative(config, action_config, index)
         params = norm.key_norm_params(stats["action"][key], pct, f"action key '{key}' of '{tag}'", mean_std=z_scored)
+        if z_scored:
+            _warn_std_below_float32_resolution(source, f"action key '{key}' of '{tag}'", params)
         if "min" in stats["action"][key]:  # the output width comes from the absolute min (model.md §1.5)
             params = replace(params, dim=int(stats["action"][key]["min"].shape[-1]))
         action[key] = params
