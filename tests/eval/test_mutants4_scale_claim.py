@@ -104,13 +104,13 @@ def _batch_folder(tmp_path, port, results):
     return out
 
 
-def test_resuming_a_folder_without_jobs_json_is_refused_naming_both_files(tmp_path, capsys):
+def test_resuming_a_folder_without_jobs_json_is_refused_naming_the_missing_job_file(tmp_path, capsys):
     # mutant: a folder with batch_results.json but no jobs.json passed the check (needs both)
     from eval.scale_fixtures import free_port
     out = _batch_folder(tmp_path, free_port(), {"jobs": []})
     (out / "jobs.json").unlink()
     assert cli.main(["batch", "--resume", str(out)]) == 2
-    assert "no batch_results.json and jobs.json there (is it a batch --output-dir?)" in capsys.readouterr().err
+    assert "batch_results.json is there but jobs.json is not" in capsys.readouterr().err
     assert not (out / "batch.json").exists()
 
 
