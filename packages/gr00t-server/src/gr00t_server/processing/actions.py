@@ -191,12 +191,11 @@ def check_state_outliers(tag: str, key: str, value: np.ndarray, normalized: np.n
     if not sincos and not anchors and key in (state_config.mean_std_embedding_keys or []):
         # a std-0 column reaches the model raw, so the z-score check cannot judge it: its raw value is held to 1000
         # times its statistics' magnitude (1e20 there gave finite actions on ONNX Runtime, NaN on PyTorch at 1e30)
-        constant = _constant_column_outlier(key, value, params)
-        if constant:
-            beyond = beyond_magnitude(value, params) & np.broadcast_to(np.asarray(params.std) == 0, value.shape)
+        beyond = _constant_columns_beyond(value, params)
+        if beyond.any():
             raise ObservationError(
                 f"State key '{key}' of '{tag}' is beyond its training data in rows {flagged_rows(beyond)}: "
-                f"{constant[0].removeprefix(f'state key {key!r} ')}; the model only ever saw the constant there, so "
+                f"{_constant_column_text(value, params, beyond)}; the model only ever saw the constant there, so "
                 "this state is likely in other units: send states in the units of the checkpoint's statistics")
     magnitude = outlier_magnitude(key, normalized, params, state_config, sincos)
     outlier = magnitude > STATE_OUTLIER_LIMIT
@@ -288,16 +287,23 @@ def state_outliers(raw_states: Mapping[str, np.ndarray], rows: Sequence[int], st
 def _constant_column_outlier(key: str, value: np.ndarray, params: norm.KeyNormParams) -> List[str]:
     """For mean/std state `key`: its std-0 column (constant in training, passed raw to the model) whose `value` lies
     beyond STATE_OUTLIER_LIMIT times its statistics' magnitude (KeyNormParams.magnitude), named; none otherwise."""
-    beyond = beyond_magnitude(value, params) & np.broadcast_to(np.asarray(params.std) == 0, value.shape)
-    if not beyond.any():
-        return []
+    beyond = _constant_columns_beyond(value, params)
+    return [f"state key '{key}' {_constant_column_text(value, params, beyond)}"] if beyond.any() else []
+
+
+def _constant_columns_beyond(value: np.ndarray, params: norm.KeyNormParams) -> np.ndarray:
+    """Where mean/std state `value` lies in a std-0 column (passed raw to the model) beyond beyond_magnitude."""
+    return beyond_magnitude(value, params) & np.broadcast_to(np.asarray(params.std) == 0, value.shape)
+
+
+def _constant_column_text(value: np.ndarray, params: norm.KeyNormParams, beyond: np.ndarray) -> str:
+    """The largest entry `beyond` flags (_constant_columns_beyond, some set): its column, value and bound."""
     worst = np.unravel_index(int(np.argmax(np.where(beyond, np.abs(value), -1.0))), value.shape)
-    column = int(worst[-1])
     mean = float(np.broadcast_to(params.mean, value.shape)[worst])
     bound = _magnitude_bound(params, value.shape, worst)
-    return [f"state key '{key}' column {column} holds {beyond_limit_text(float(value[worst]), bound)} in those rows, "
-            f"its std 0 (constant {mean:.6g} in training), so passed raw to the model, beyond {STATE_OUTLIER_LIMIT:g} "
-            f"times its statistics' magnitude (+-{bound:.6g})"]
+    return (f"column {int(worst[-1])} holds {beyond_limit_text(float(value[worst]), bound)} in those rows, its std 0 "
+            f"(constant {mean:.6g} in training), so passed raw to the model, beyond {STATE_OUTLIER_LIMIT:g} times its "
+            f"statistics' magnitude (+-{bound:.6g})")
 
 
 def beyond_magnitude(value: np.ndarray, params: norm.KeyNormParams) -> np.ndarray:
