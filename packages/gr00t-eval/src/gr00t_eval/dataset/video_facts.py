@@ -75,7 +75,7 @@ def video_stream(container: Any, path: Path) -> Any:
     """The stream of an episode video: its one video stream that is not a cover picture or still image. DatasetError
     naming the file and listing its video streams where there is none or several (which is the camera's is unknown)."""
     streams = list(container.streams.video)
-    moving = [s for s in streams if not {"attached_pic", "still_image"} & set(_disposition_names(s) or ())]
+    moving = [s for s in streams if not {"attached_pic", "still_image"} & set(_disposition_names(s))]
     if len(moving) == 1:
         return moving[0]
     listed = "; ".join(f"stream {s.index}: {s.height}x{s.width} (height x width), disposition {_disposition_text(s)}"
@@ -86,30 +86,25 @@ def video_stream(container: Any, path: Path) -> Any:
                        "camera's; keep only that stream (e.g. ffmpeg -i IN -map 0:v:N -c copy OUT)")
 
 
-def _disposition_names(stream: Any) -> Optional[List[str]]:
-    """Names of the disposition flags set on `stream` ("default", "attached_pic", ...); None where a PyAV does not
-    read them (PyAV 15 is the first that reads them for every stream; gr00t-eval requires 17.1)."""
-    flags = getattr(stream, "disposition", None)
-    if flags is None:
-        return None
+def _disposition_names(stream: Any) -> List[str]:
+    """Names of the disposition flags set on `stream` ("default", "attached_pic", ...), which every admitted PyAV
+    reads (15 was the first)."""
+    flags = stream.disposition
     return [flag.name for flag in type(flags) if flag.value and flags & flag]
 
 
 def _disposition_text(stream: Any) -> str:
-    names = _disposition_names(stream)
-    return f"unknown (PyAV {av.__version__} does not read it)" if names is None else "|".join(names) or "none"
+    return "|".join(_disposition_names(stream)) or "none"
 
 
 def _frame_display(frame: Any) -> str:
     """What the display matrix of a decoded frame does to it when shown, from all of the matrix: a flip has rotation
     angle 0 and a mirror -180, so the angle alone served a flip as stored and called a mirror a turn. "" for none."""
-    side_data = getattr(frame, "side_data", None)
     # looked up by its type's name, which every admitted PyAV answers alike (iterating gives the items up to 18.1.0
-    # and their types from 18.1.1, and 18.1.1's len() counts types, not items)
-    matrix = side_data.get("DISPLAYMATRIX") if side_data is not None else None
-    if matrix is not None:
-        return display_matrix_text(struct.unpack("=9i", bytes(matrix)))
-    return _rotation_text(float(getattr(frame, "rotation", 0) or 0))
+    # and their types from 18.1.1, and 18.1.1's len() counts types, not items); a frame's `rotation` is read from
+    # this same matrix, so without one there is nothing to say
+    matrix = frame.side_data.get("DISPLAYMATRIX")
+    return "" if matrix is None else display_matrix_text(struct.unpack("=9i", bytes(matrix)))
 
 
 def display_matrix_text(matrix: Sequence[int]) -> str:
